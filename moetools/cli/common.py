@@ -1,0 +1,376 @@
+"""What every tool shares: the error boundary, stdin/stdout, common flags, progress.
+
+A tool module looks like::
+
+    @tool("moe-cat", example="moe-cat trace.msgpack.zst --head 2 --format jsonl")
+    @input_argument()
+    @output_options(default_format="jsonl")
+    def command(input, output, fmt, uncompressed, **_):
+        \"\"\"One-line summary.\n\nLonger description.\"\"\"
+        reader = read_input(input, kinds="trace")
+        with open_stream_writer(output, "trace", fmt, uncompressed, model=reader.header["model"]) as writer:
+            ...
+
+    main = command.main   # console-script entry point
+
+Errors: library code raises ``moetools.errors`` exceptions; :class:`ToolCommand`
+prints them as ``tool: message`` on stderr (a traceback only with ``-v``) and
+exits with the code of the exception (see ``moetools.errors``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import click
+
+from .. import __version__
+from ..errors import EXIT_FAILURE, EXIT_SIGPIPE, EXIT_USAGE, MoetoolsError, UsageError
+
+EXIT_STATUS_TEXT = """\
+0    success.
+1    runtime failure (a model, network or file-system error, or anything unexpected).
+2    usage error or invalid input: bad options, a file that is not a valid stream, a stream of the
+     wrong kind, segments from different models, an unsupported format version.
+3    truncated input: a stream that ends before its end record, or inside a record or zstd frame.
+130  interrupted (Ctrl-C); outputs written so far are left under their temporary names.
+141  the reader of standard output went away (e.g. `| head`); exits quietly."""
+
+#: Parameter names never recorded in stream headers (secrets).
+SECRET_PARAMS = frozenset({"api_key"})
+
+
+class _State:
+    verbose = 0
+    quiet = False
+    tool = "moetools"
+
+
+state = _State()
+
+
+def say(message: str) -> None:
+    """An informational line on stderr (``tool: message``), silenced by ``-q``."""
+    if not state.quiet:
+        click.echo(f"{state.tool}: {message}", err=True)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr; shown even with ``-q``."""
+    click.echo(f"{state.tool}: warning: {message}", err=True)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"{state.tool}: {message}", err=True)
+    sys.exit(code)
+
+
+def _quiet_broken_pipe() -> None:
+    # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+    with contextlib.suppress(Exception):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(EXIT_SIGPIPE)
+
+
+class ErrorBoundary:
+    """Mixin: the moetools error boundary around a click command's parsing and running."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        state.tool = self.name or prog_name or "moetools"
+        state.verbose, state.quiet = 0, False
+        try:
+            result = super().main(args=args, prog_name=prog_name or self.name, complete_var=complete_var,
+                                  standalone_mode=False, **extra)
+            with contextlib.suppress(ValueError):  # stdout may be closed already (tests)
+                sys.stdout.flush()
+        except click.exceptions.Exit as done:
+            sys.exit(done.exit_code)
+        except click.exceptions.Abort:
+            _fail("interrupted", 130)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+        except click.ClickException as error:
+            hint = f" (try '{self.name} --help')" if isinstance(error, click.UsageError) else ""
+            _fail(error.format_message() + hint, error.exit_code)
+        except MoetoolsError as error:
+            if state.verbose:
+                traceback.print_exc()
+            _fail(str(error), error.exit_code)
+        except OSError as error:
+            if state.verbose:
+                traceback.print_exc()
+            _fail(f"{error.strerror or error}" + (f": {error.filename}" if error.filename else ""), EXIT_FAILURE)
+        except Exception as error:  # noqa: BLE001 - the boundary: one line unless -v
+            if state.verbose:
+                traceback.print_exc()
+            _fail(f"internal error: {type(error).__name__}: {error} (rerun with -v for a traceback)",
+                  EXIT_FAILURE)
+        if standalone_mode:
+            sys.exit(0)
+        return result
+
+
+class ToolCommand(ErrorBoundary, click.Command):
+    """A tool: a click command inside the error boundary."""
+
+
+class ToolGroup(ErrorBoundary, click.Group):
+    """A group of subcommands (``moetools corpus build``) inside the error boundary."""
+
+    command_class = click.Command
+
+
+def _set_verbose(ctx, param, value):
+    state.verbose = value
+    return value
+
+
+def _set_quiet(ctx, param, value):
+    state.quiet = value
+    return value
+
+
+def common_flags(name: str):
+    """``--version``, ``-v/--verbose`` and ``-q/--quiet``, as every tool has them."""
+
+    def decorate(function):
+        function = click.option("-q", "--quiet", is_flag=True, expose_value=False, is_eager=True,
+                                callback=_set_quiet, help="Only errors and warnings on stderr.")(function)
+        function = click.option("-v", "--verbose", count=True, expose_value=False, is_eager=True,
+                                callback=_set_verbose, help="More detail on stderr; tracebacks on errors.")(function)
+        return click.version_option(__version__, "--version", prog_name=name,
+                                    message="%(prog)s (moetools) %(version)s")(function)
+
+    return decorate
+
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _epilog(example: str) -> str:
+    return "Example:\n\n\b\n  " + "\n  ".join(example.strip().splitlines())
+
+
+def tool(name: str, *, example: str, **command_kwargs):
+    """Declare a tool: a :class:`ToolCommand` with ``--version``, ``-v`` and ``-q``.
+
+    ``example`` is shown at the end of ``--help`` and in the man page's EXAMPLES.
+    """
+
+    def decorate(function):
+        function = common_flags(name)(function)
+        command = click.command(name, cls=ToolCommand, epilog=_epilog(example),
+                                context_settings=CONTEXT_SETTINGS, **command_kwargs)(function)
+        command.example = example.strip()
+        return command
+
+    return decorate
+
+
+def tool_group(name: str, *, example: str, **group_kwargs):
+    """Like :func:`tool`, for a command with subcommands."""
+
+    def decorate(function):
+        function = common_flags(name)(function)
+        group = click.group(name, cls=ToolGroup, epilog=_epilog(example), context_settings=CONTEXT_SETTINGS,
+                            **group_kwargs)(function)
+        group.example = example.strip()
+        return group
+
+    return decorate
+
+
+# -- option bundles ---------------------------------------------------------------------------
+
+def input_argument(name: str = "input", required: bool = False):
+    """A positional input path; ``-`` or nothing means stdin."""
+    return click.argument(name, required=required, default="-" if not required else None, metavar="[STREAM]"
+                          if not required else "STREAM", type=click.Path(dir_okay=False, allow_dash=True))
+
+
+def output_options(default_format: str = "msgpack"):
+    """``-o/--output``, ``--format {msgpack,jsonl}``, ``--uncompressed``."""
+
+    def decorate(function):
+        function = click.option("--uncompressed", is_flag=True,
+                                help="Write msgpack without zstd compression.")(function)
+        function = click.option("--format", "fmt", type=click.Choice(["msgpack", "jsonl"]), default=default_format,
+                                show_default=True, help="Output encoding: msgpack (+zstd) or JSON lines.")(function)
+        function = click.option("-o", "--output", default="-", show_default=True,
+                                type=click.Path(dir_okay=False, allow_dash=True),
+                                help="Output file; '-' is stdout. Written under a temporary name and "
+                                     "renamed when complete.")(function)
+        return function
+
+    return decorate
+
+
+# -- opening inputs and outputs -----------------------------------------------------------------
+
+def open_input(path: str | os.PathLike | None) -> BinaryIO:
+    """A binary file for ``path``; ``-``/None is stdin (refused when it is a terminal)."""
+    if path in (None, "-"):
+        stdin = click.get_binary_stream("stdin")
+        if sys.stdin is not None and hasattr(sys.stdin, "isatty") and sys.stdin.isatty():
+            raise UsageError("no input: give a path or pipe a stream into standard input")
+        return stdin
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise UsageError(f"cannot open {path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"cannot open {path}: is a directory") from None
+    except PermissionError:
+        raise UsageError(f"cannot open {path}: permission denied") from None
+
+
+def read_input(path, kinds=None):
+    """Open ``path`` (or stdin) as a :class:`moetools.streams.StreamReader`."""
+    from ..streams import StreamReader
+
+    return StreamReader(open_input(path), kinds=kinds)
+
+
+@contextlib.contextmanager
+def open_output(path: str | os.PathLike | None, *, binary_ok_on_tty: bool = False,
+                keep_partial: bool = False) -> Iterator[BinaryIO]:
+    """A binary output: stdout for ``-``/None, else a temporary file renamed over ``path`` on success.
+
+    On an exception the temporary file is removed (or kept, with ``keep_partial``,
+    for tools that resume from it) and ``path`` is left untouched.
+    """
+    if path in (None, "-"):
+        stdout = click.get_binary_stream("stdout")
+        if not binary_ok_on_tty and sys.stdout is not None and hasattr(sys.stdout, "isatty") and sys.stdout.isatty():
+            raise UsageError("refusing to write a binary stream to a terminal: use -o FILE, a pipe, "
+                             "or --format jsonl")
+        yield stdout
+        stdout.flush()
+        return
+    target = Path(path)
+    if target.parent and not target.parent.exists():
+        raise UsageError(f"cannot write {path}: directory {target.parent} does not exist")
+    temporary = partial_path(target)
+    handle = open(temporary, "wb")
+    try:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+        os.replace(temporary, target)
+    except BaseException:
+        handle.close()
+        if not keep_partial:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+        raise
+
+
+def partial_path(target: str | os.PathLike) -> Path:
+    """Where an output is written until it is complete: ``NAME.partial`` beside it."""
+    target = Path(target)
+    return target.with_name(target.name + ".partial")
+
+
+def tool_info(extra_params: dict | None = None) -> dict:
+    """The ``tool`` field of a header: name, version and the arguments as parsed (secrets removed)."""
+    ctx = click.get_current_context(silent=True)
+    params = dict(ctx.params) if ctx is not None else {}
+    params.update(extra_params or {})
+    clean = {}
+    for key, value in params.items():
+        if key in SECRET_PARAMS:
+            continue
+        if isinstance(value, (tuple, list)):
+            value = [str(v) if isinstance(v, os.PathLike) else v for v in value]
+        elif isinstance(value, os.PathLike):
+            value = str(value)
+        clean[key] = value
+    return {"name": state.tool, "version": __version__, "args": clean}
+
+
+@contextlib.contextmanager
+def open_stream_writer(path, kind: str, fmt: str = "msgpack", uncompressed: bool = False, *,
+                       model: dict | None = None, header_extra: dict | None = None,
+                       keep_partial: bool = False):
+    """Open ``path`` atomically and yield a :class:`StreamWriter` with a header already written.
+
+    Leaving the block normally writes the end record and renames the file into
+    place; an exception leaves no complete-looking output behind.
+    """
+    from ..streams import StreamWriter
+
+    with open_output(path, binary_ok_on_tty=(fmt == "jsonl"), keep_partial=keep_partial) as handle:
+        writer = StreamWriter(handle, kind, tool=tool_info(), model=model, encoding=fmt,
+                              compress=not uncompressed, header_extra=header_extra)
+        try:
+            yield writer
+        except BaseException:
+            writer.abandon()
+            raise
+        writer.close(**getattr(writer, "end_extra", {}))
+
+
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def advance(self, amount: float = 1) -> None:
+        pass
+
+    def update(self, **kwargs) -> None:
+        pass
+
+
+class _RichProgress:
+    def __init__(self, description: str, total: float | None):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        self._description, self._total = description, total
+
+    def __enter__(self):
+        self._progress.__enter__()
+        self._task = self._progress.add_task(self._description, total=self._total)
+        return self
+
+    def __exit__(self, *exc):
+        return self._progress.__exit__(*exc)
+
+    def advance(self, amount: float = 1) -> None:
+        self._progress.advance(self._task, amount)
+
+    def update(self, **kwargs) -> None:
+        self._progress.update(self._task, **kwargs)
+
+
+def progress(description: str, total: float | None = None):
+    """A rich progress bar on stderr when it is a terminal and ``-q`` is off; else a no-op."""
+    if state.quiet or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        return _NoProgress()
+    return _RichProgress(description, total)
+
+
+def usage(message: str) -> UsageError:
+    """Shorthand for raising a usage error from a command: ``raise usage("...")``."""
+    return UsageError(message)
+
+
+__all__ = [
+    "EXIT_STATUS_TEXT", "EXIT_USAGE", "ToolCommand", "ToolGroup", "tool_group", "input_argument", "open_input", "open_output",
+    "open_stream_writer", "output_options", "partial_path", "progress", "read_input", "say", "state", "tool",
+    "tool_info", "usage", "warn",
+]
