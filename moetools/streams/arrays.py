@@ -10,6 +10,8 @@ In JSON lines the same array is ``{"nd": ..., "shape": [...], "values": nested l
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import FormatError
@@ -33,26 +35,39 @@ def _dtype_string(dtype: np.dtype) -> str:
     return text
 
 
-def encode_array(array: np.ndarray) -> dict:
-    """numpy array -> the msgpack map form (``nd``, ``shape``, ``data``)."""
+def _little_endian_c_order(array) -> tuple[str, np.ndarray]:
+    array = np.asarray(array)
     dtype = _dtype_string(array.dtype)
-    contiguous = np.ascontiguousarray(array, dtype=np.dtype(dtype))
+    # np.asarray, not np.ascontiguousarray: the latter turns a 0-d array into shape (1,)
+    return dtype, np.asarray(array, dtype=np.dtype(dtype), order="C")
+
+
+def encode_array(array: np.ndarray) -> dict:
+    """numpy array -> the msgpack map form (``nd``, ``shape``, ``data`` as bytes)."""
+    dtype, contiguous = _little_endian_c_order(array)
     return {"nd": dtype, "shape": list(contiguous.shape), "data": contiguous.tobytes()}
+
+
+def _encode_array_view(array: np.ndarray) -> dict:
+    """Like :func:`encode_array` but ``data`` is a memoryview: msgpack packs it without a copy."""
+    dtype, contiguous = _little_endian_c_order(array)
+    return {"nd": dtype, "shape": list(contiguous.shape), "data": memoryview(contiguous.reshape(-1).view(np.uint8))}
 
 
 def encode_array_json(array: np.ndarray) -> dict:
     """numpy array -> the JSON-lines form (``nd``, ``shape``, ``values``)."""
-    dtype = _dtype_string(array.dtype)
-    return {"nd": dtype, "shape": list(array.shape), "values": np.asarray(array).tolist()}
+    dtype, contiguous = _little_endian_c_order(array)
+    return {"nd": dtype, "shape": list(contiguous.shape), "values": contiguous.tolist()}
 
 
 def _checked_dtype_shape(obj: dict) -> tuple[np.dtype, tuple[int, ...]]:
     dtype = obj["nd"]
-    if dtype not in _SUPPORTED:
-        raise FormatError(f"unsupported array dtype {dtype!r}")
+    if not isinstance(dtype, str) or dtype not in _SUPPORTED:
+        raise FormatError(f"unsupported array dtype {dtype!r} (supported: {', '.join(SUPPORTED_DTYPES)})")
     shape = obj["shape"]
-    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise FormatError(f"bad array shape {shape!r}")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                              for s in shape):
+        raise FormatError(f"bad array shape {shape!r}: a list of non-negative integers")
     return np.dtype(dtype), tuple(shape)
 
 
@@ -62,7 +77,7 @@ def decode_array(obj: dict) -> np.ndarray:
     data = obj["data"]
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise FormatError("array data must be msgpack bin")
-    expected = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    expected = dtype.itemsize * math.prod(shape)
     if len(data) != expected:
         raise FormatError(f"array of shape {list(shape)} {obj['nd']} needs {expected} bytes, has {len(data)}")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
@@ -72,8 +87,10 @@ def decode_array_json(obj: dict) -> np.ndarray:
     dtype, shape = _checked_dtype_shape(obj)
     try:
         array = np.asarray(obj["values"], dtype=dtype)
+        if array.size != math.prod(shape):
+            raise ValueError(f"{array.size} values")
         return array.reshape(shape)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, OverflowError) as error:
         raise FormatError(f"bad JSON array values for shape {list(shape)}: {error}") from None
 
 
@@ -92,7 +109,7 @@ def json_object_hook(obj: dict):
 def msgpack_default(value):
     """msgpack ``default=``: arrays and numpy scalars; anything else is refused."""
     if isinstance(value, np.ndarray):
-        return encode_array(value)
+        return _encode_array_view(value)
     if isinstance(value, np.generic):
         return value.item()
     if hasattr(value, "__fspath__"):

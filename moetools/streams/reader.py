@@ -15,6 +15,7 @@ input plus one record, whatever the stream's length.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import BinaryIO, Iterable, Iterator
 
@@ -26,12 +27,16 @@ from .arrays import json_object_hook, msgpack_object_hook
 from .writer import FORMAT_NAME, FORMAT_VERSION
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+#: bytes read from the input at a time
 CHUNK_BYTES = 1 << 20
-_MAX_RECORD_BYTES = 1 << 31
+#: compressed bytes given to the zstd decoder at a time: bounds the output of one call
+_ZSTD_FEED_BYTES = 128 << 10
+#: the largest record the reader accepts (msgpack Unpacker buffer)
+MAX_RECORD_BYTES = 1 << 31
 
 
 def detect_encoding(prefix: bytes) -> str:
-    """``"zstd"``, ``"msgpack"`` or ``"jsonl"`` from the first bytes of a stream."""
+    """``"zstd"``, ``"msgpack"`` or ``"jsonl"`` from the first bytes of a stream (formats/README.md)."""
     if not prefix:
         raise TruncatedStreamError("empty input: no header record")
     if prefix.startswith(ZSTD_MAGIC):
@@ -43,73 +48,101 @@ def detect_encoding(prefix: bytes) -> str:
         return "jsonl"
     if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):
         return "msgpack"
-    raise FormatError("not a moetools stream (expected zstd, msgpack or JSON lines)")
+    raise FormatError(f"not a moetools stream: first byte 0x{first:02x} starts neither zstd, "
+                      "a msgpack map nor a JSON line")
 
 
-def _read_chunks(source: BinaryIO, first: bytes) -> Iterator[bytes]:
+class _Counter:
+    """Bytes seen at one layer of the input (for moe-cat --summary)."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self):
+        self.bytes = 0
+
+
+def _read_chunks(source: BinaryIO, first: bytes, counter: _Counter) -> Iterator[bytes]:
     if first:
+        counter.bytes += len(first)
         yield first
     while True:
         chunk = source.read(CHUNK_BYTES)
         if not chunk:
             return
+        counter.bytes += len(chunk)
         yield chunk
 
 
-def _zstd_frames(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Decompress concatenated zstd frames, refusing an unfinished last frame."""
+def _zstd_frames(chunks: Iterable[bytes], counter: _Counter) -> Iterator[bytes]:
+    """Decompress concatenated zstd frames (checksums verified), refusing an unfinished last frame."""
     dctx = zstandard.ZstdDecompressor()
     decoder = dctx.decompressobj()
     inside_frame = False
     for chunk in chunks:
-        while chunk:
-            try:
-                out = decoder.decompress(chunk)
-            except zstandard.ZstdError as error:
-                raise FormatError(f"corrupt zstd frame: {error}") from None
-            inside_frame = True
-            if out:
-                yield out
-            if decoder.eof:
-                chunk = decoder.unused_data
-                decoder = dctx.decompressobj()
-                inside_frame = False
-                if chunk and not chunk.startswith(ZSTD_MAGIC[: len(chunk)]):
+        view = memoryview(chunk)
+        while view:
+            piece, view = view[:_ZSTD_FEED_BYTES], view[_ZSTD_FEED_BYTES:]
+            while piece:
+                if not inside_frame and not ZSTD_MAGIC.startswith(bytes(piece[:4])) \
+                        and not bytes(piece[:4]).startswith(ZSTD_MAGIC):
                     raise FormatError("bytes after a zstd frame that are not another zstd frame")
-            else:
-                chunk = b""
+                try:
+                    out = decoder.decompress(piece)
+                except zstandard.ZstdError as error:
+                    raise FormatError(f"corrupt zstd frame: {error}") from None
+                inside_frame = True
+                if out:
+                    counter.bytes += len(out)
+                    yield out
+                if decoder.eof:
+                    piece = memoryview(decoder.unused_data)
+                    decoder = dctx.decompressobj()
+                    inside_frame = False
+                else:
+                    piece = b""
     if inside_frame:
         raise TruncatedStreamError("input ends inside a zstd frame")
 
 
+def _refuse_ext(code: int, data: bytes):
+    raise FormatError(f"msgpack extension type {code} is not allowed in a stream")
+
+
 def _msgpack_records(chunks: Iterable[bytes]) -> Iterator[dict]:
-    unpacker = msgpack.Unpacker(raw=False, object_hook=msgpack_object_hook, strict_map_key=False,
-                                max_buffer_size=_MAX_RECORD_BYTES)
+    unpacker = msgpack.Unpacker(raw=False, object_hook=msgpack_object_hook, ext_hook=_refuse_ext,
+                                strict_map_key=False, max_buffer_size=MAX_RECORD_BYTES)
     fed = 0
     for chunk in chunks:
-        unpacker.feed(chunk)
+        try:
+            unpacker.feed(chunk)
+        except msgpack.BufferFull:
+            raise FormatError(f"a record larger than {MAX_RECORD_BYTES} bytes") from None
         fed += len(chunk)
         try:
             yield from unpacker
         except FormatError:
             raise
-        except (ValueError, TypeError, msgpack.UnpackException) as error:
+        except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as error:
             raise FormatError(f"corrupt msgpack record: {error}") from None
     if unpacker.tell() < fed:
         raise TruncatedStreamError("input ends inside a msgpack record")
 
 
 def _jsonl_records(chunks: Iterable[bytes]) -> Iterator[dict]:
-    pending = b""
+    pending: list[bytes] = []  # the start of a line not finished yet
     line_number = 0
     for chunk in chunks:
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
+        cut = chunk.rfind(b"\n")
+        if cut < 0:
+            pending.append(chunk)
+            continue
+        complete = b"".join(pending) + chunk[:cut] if pending else chunk[:cut]
+        pending = [chunk[cut + 1:]]
+        for line in complete.split(b"\n"):
             line_number += 1
             if line.strip():
                 yield _parse_json_line(line, line_number)
-    if pending.strip():
+    if b"".join(pending).strip():
         # every record ends with "\n": a last line without one was cut short
         raise TruncatedStreamError(f"input ends inside a JSON line (line {line_number + 1} has no newline)")
 
@@ -117,14 +150,14 @@ def _jsonl_records(chunks: Iterable[bytes]) -> Iterator[dict]:
 def _parse_json_line(line: bytes, line_number: int) -> dict:
     try:
         return json.loads(line, object_hook=json_object_hook)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise FormatError(f"line {line_number}: not valid JSON ({error})") from None
 
 
 def check_header(header, *, kinds: tuple[str, ...] | None = None) -> dict:
     """Validate a header record; returns it."""
     if not isinstance(header, dict) or header.get("type") != "header":
-        raise FormatError("stream does not start with a header record")
+        raise FormatError("stream does not start with a header record (a map whose type is \"header\")")
     if header.get("format") != FORMAT_NAME:
         raise FormatError(f"header format is {header.get('format')!r}, expected {FORMAT_NAME!r}")
     version = header.get("version")
@@ -148,7 +181,7 @@ def model_fingerprint(header: dict):
 
 def check_compatible(first: dict, later: dict, segment: int) -> None:
     """Concatenated segments must agree on kind and model (formats/README.md, "Concatenation")."""
-    if later["kind"] != first["kind"]:
+    if later.get("kind") != first.get("kind"):
         raise KindError(f"segment {segment} is a {later['kind']} stream, segment 1 a {first['kind']} stream")
     if model_fingerprint(later) != model_fingerprint(first):
         name_a = (first.get("model") or {}).get("name")
@@ -160,83 +193,130 @@ def check_compatible(first: dict, later: dict, segment: int) -> None:
 
 
 class StreamReader:
-    """Iterate the data records of a (possibly concatenated) stream."""
+    """Iterate the data records of a (possibly concatenated) stream.
 
-    def __init__(self, source: BinaryIO, *, kinds: str | tuple[str, ...] | None = None):
-        self.kinds = (kinds,) if isinstance(kinds, str) else kinds
-        first = source.read(CHUNK_BYTES)
-        self.encoding = detect_encoding(first)
-        chunks = _read_chunks(source, first)
-        if self.encoding == "zstd":
-            self._records = _msgpack_records(_zstd_frames(chunks))
-        elif self.encoding == "msgpack":
-            self._records = _msgpack_records(chunks)
-        else:
-            self._records = _jsonl_records(chunks)
+    ``kinds`` (a kind or a tuple of kinds) refuses other kinds with
+    :class:`KindError`. ``name`` (e.g. the path) prefixes error messages.
+    """
+
+    def __init__(self, source: BinaryIO, *, kinds: str | tuple[str, ...] | None = None,
+                 name: str | None = None):
+        self.kinds = (kinds,) if isinstance(kinds, str) else (tuple(kinds) if kinds else None)
+        self.name = name
         self.headers: list[dict] = []
         self.ends: list[dict] = []
         self._in_segment = False
         self._segment_count = 0
+        self._input = _Counter()
+        self._decoded = self._input
+        with self._naming_errors():
+            first = source.read(CHUNK_BYTES)
+            self.encoding = detect_encoding(first)
+            chunks = _read_chunks(source, first, self._input)
+            if self.encoding == "zstd":
+                self._decoded = _Counter()
+                self._records = _msgpack_records(_zstd_frames(chunks, self._decoded))
+            elif self.encoding == "msgpack":
+                self._records = _msgpack_records(chunks)
+            else:
+                self._records = _jsonl_records(chunks)
+            try:
+                header = next(self._records)
+            except StopIteration:
+                raise TruncatedStreamError("empty input: no header record") from None
+            self._start_segment(header)
+
+    @contextlib.contextmanager
+    def _naming_errors(self):
         try:
-            header = next(self._records)
-        except StopIteration:
-            raise TruncatedStreamError("empty input: no header record") from None
-        self._start_segment(header)
+            yield
+        except FormatError as error:
+            if self.name and error.args and not str(error.args[0]).startswith(f"{self.name}: "):
+                error.args = (f"{self.name}: {error.args[0]}",) + error.args[1:]
+            raise
 
     @property
     def header(self) -> dict:
+        """The first segment's header."""
         return self.headers[0]
 
     @property
     def count(self) -> int:
         """Data records declared by the end records read so far."""
-        return sum(end.get("count", 0) for end in self.ends)
+        return sum(end["count"] for end in self.ends)
+
+    @property
+    def input_bytes(self) -> int:
+        """Bytes read from the input so far (compressed, for zstd)."""
+        return self._input.bytes
+
+    @property
+    def decoded_bytes(self) -> int:
+        """msgpack or JSON-lines bytes decoded so far (equals ``input_bytes`` unless zstd)."""
+        return self._decoded.bytes
 
     def _start_segment(self, header) -> None:
+        segment = len(self.headers) + 1
+        if segment > 1 and not (isinstance(header, dict) and header.get("type") == "header"):
+            raise FormatError(f"a record after the end record of segment {segment - 1} is not a header")
         check_header(header, kinds=self.kinds)
         if self.headers:
-            check_compatible(self.headers[0], header, len(self.headers) + 1)
+            check_compatible(self.headers[0], header, segment)
         self.headers.append(header)
         self._in_segment = True
         self._segment_count = 0
 
+    def _end_segment(self, end: dict) -> None:
+        declared = end.get("count")
+        segment = len(self.headers)
+        if not isinstance(declared, int) or isinstance(declared, bool):
+            raise FormatError(f"end record of segment {segment} has no integer count")
+        if declared != self._segment_count:
+            raise FormatError(f"end record of segment {segment} declares {declared} records, "
+                              f"the segment holds {self._segment_count}")
+        self.ends.append(end)
+        self._in_segment = False
+
     def records(self, *, control: bool = False) -> Iterator[dict]:
-        """All records; with ``control=True`` the header and end records too, in stream order."""
-        if control:
-            yield self.headers[0]
-        for record in self._records:
-            if not isinstance(record, dict):
-                raise FormatError(f"record is a {type(record).__name__}, not a map")
-            kind = record.get("type")
-            if not self._in_segment:
-                self._start_segment(record)
-                if control:
-                    yield record
-                continue
-            if kind == "header":
-                raise FormatError(f"header record inside segment {len(self.headers)} (missing end record)")
-            if kind == "end":
-                declared = record.get("count")
-                if declared != self._segment_count:
-                    raise FormatError(f"end record declares {declared} records, segment "
-                                      f"{len(self.headers)} holds {self._segment_count}")
-                self.ends.append(record)
-                self._in_segment = False
-                if control:
-                    yield record
-                continue
-            if not isinstance(kind, str):
-                raise FormatError("record has no 'type'")
-            self._segment_count += 1
-            yield record
-        if self._in_segment:
-            raise TruncatedStreamError(
-                f"stream ends without an end record after {self._segment_count} records "
-                f"of segment {len(self.headers)} (truncated?)")
+        """All data records; with ``control=True`` the header and end records too, in stream order."""
+        with self._naming_errors():
+            if control:
+                yield self.headers[0]
+            for record in self._records:
+                if not self._in_segment:
+                    self._start_segment(record)
+                    if control:
+                        yield record
+                    continue
+                if not isinstance(record, dict):
+                    raise FormatError(f"record {self._segment_count + 1} of segment {len(self.headers)} "
+                                      f"is a {type(record).__name__}, not a map")
+                kind = record.get("type")
+                if kind == "end":
+                    self._end_segment(record)
+                    if control:
+                        yield record
+                    continue
+                if kind == "header":
+                    raise TruncatedStreamError(
+                        f"segment {len(self.headers)} ends without its end record after "
+                        f"{self._segment_count} records, where segment {len(self.headers) + 1} starts "
+                        "(truncated?)")
+                if not isinstance(kind, str):
+                    raise FormatError(f"record {self._segment_count + 1} of segment {len(self.headers)} "
+                                      "has no string 'type'")
+                self._segment_count += 1
+                yield record
+            if self._in_segment:
+                raise TruncatedStreamError(
+                    f"stream ends without an end record after {self._segment_count} records "
+                    f"of segment {len(self.headers)} (truncated?)")
 
     def __iter__(self) -> Iterator[dict]:
         return self.records()
 
 
-def read_stream(source: BinaryIO, kinds: str | tuple[str, ...] | None = None) -> StreamReader:
-    return StreamReader(source, kinds=kinds)
+def read_stream(source: BinaryIO, kinds: str | tuple[str, ...] | None = None, *,
+                name: str | None = None) -> StreamReader:
+    """Open ``source`` (a binary file) as a :class:`StreamReader`; reads and checks the first header."""
+    return StreamReader(source, kinds=kinds, name=name)
