@@ -1,0 +1,30 @@
+"""DeepSeek-V2 (softmax, greedy or group-limited greedy, no renormalisation, scaled)
+and DeepSeek-V3 (sigmoid + score-correction bias, group-limited, renormalised, scaled).
+Both have shared experts and ``first_k_dense_replace`` dense layers."""
+
+from __future__ import annotations
+
+from ..registry import Adapter, RoutingRule, register_adapter
+
+
+@register_adapter
+class DeepseekV2Adapter(Adapter):
+    name = "deepseek_v2"
+    model_types = ("deepseek_v2",)
+
+    def routing_rule(self, layer=None) -> RoutingRule:
+        return RoutingRule(scoring="softmax", order="softmax_then_topk", renormalize=False,
+                           group_limited=getattr(self.config, "topk_method", "greedy") == "group_limited_greedy",
+                           scaling=float(getattr(self.config, "routed_scaling_factor", 1.0) or 1.0))
+
+
+@register_adapter
+class DeepseekV3Adapter(Adapter):
+    name = "deepseek_v3"
+    model_types = ("deepseek_v3",)
+
+    def routing_rule(self, layer=None) -> RoutingRule:
+        return RoutingRule(scoring="sigmoid", order="softmax_then_topk",
+                           renormalize=bool(getattr(self.config, "norm_topk_prob", True)), score_bias=True,
+                           group_limited=int(getattr(self.config, "n_group", 1) or 1) > 1,
+                           scaling=float(getattr(self.config, "routed_scaling_factor", 1.0) or 1.0))

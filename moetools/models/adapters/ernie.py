@@ -1,0 +1,14 @@
+"""ERNIE-4.5-MoE: softmax, top-k chosen on probabilities + ``moe_statics`` bias,
+gates renormalised (clamped by ``moe_norm_min``); optional shared experts; MoE
+only on layers in [moe_layer_start_index, moe_layer_end_index] every ``moe_layer_interval``."""
+
+from __future__ import annotations
+
+from ..registry import Adapter, RoutingRule, register_adapter
+
+
+@register_adapter
+class Ernie45MoeAdapter(Adapter):
+    name = "ernie4_5_moe"
+    model_types = ("ernie4_5_moe",)
+    rule = RoutingRule(scoring="softmax", order="softmax_then_topk", renormalize=True, score_bias=True)
