@@ -12,6 +12,7 @@ from .common import tool_group
 
 #: modules that define a click command or group named in their ``SUBCOMMAND`` attribute
 SUBCOMMAND_MODULES = (
+    "moetools.cli.corpus",
 )
 
 
