@@ -236,7 +236,8 @@ def read_input(path, kinds=None):
     """Open ``path`` (or stdin) as a :class:`moetools.streams.StreamReader`."""
     from ..streams import StreamReader
 
-    return StreamReader(open_input(path), kinds=kinds)
+    name = None if path in (None, "-") else str(path)
+    return StreamReader(open_input(path), kinds=kinds, name=name)
 
 
 @contextlib.contextmanager

@@ -122,8 +122,9 @@ def json_default(value):
         return encode_array_json(value)
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, (bytes, bytearray)):
-        raise TypeError("bytes cannot be written as JSON lines; wrap them in a numpy uint8 array")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise FormatError("a bin value outside an array cannot be written as JSON lines "
+                          "(formats/README.md, \"Records\"); wrap it in a numpy uint8 array")
     if hasattr(value, "__fspath__"):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} in a stream record")

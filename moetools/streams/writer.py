@@ -41,14 +41,17 @@ class StreamWriter:
 
     ``encoding`` is ``"msgpack"`` (zstd-compressed unless ``compress=False``) or
     ``"jsonl"``. ``header_extra`` fields are added to the header record; keyword
-    arguments to :meth:`close` are added to the end record. Records go to ``out``
+    arguments to :meth:`close` are added to the end record. ``header`` writes a
+    given header record verbatim instead (``moe-cat`` passing a segment through;
+    ``tool``, ``model`` and ``header_extra`` are then ignored). Records go to ``out``
     as they are written (compressed ones one zstd frame of ``frame_bytes`` at a
     time), so memory does not grow with the stream.
     """
 
     def __init__(self, out: BinaryIO, kind: str, *, tool: dict | None = None, model: dict | None = None,
                  encoding: str = "msgpack", compress: bool = True, level: int = DEFAULT_LEVEL,
-                 frame_bytes: int = DEFAULT_FRAME_BYTES, header_extra: dict | None = None):
+                 frame_bytes: int = DEFAULT_FRAME_BYTES, header_extra: dict | None = None,
+                 header: dict | None = None):
         if encoding not in ENCODINGS:
             raise UsageError(f"unknown stream encoding {encoding!r} (choose from {', '.join(ENCODINGS)})")
         if not isinstance(kind, str) or not kind:
@@ -64,7 +67,11 @@ class StreamWriter:
             if (encoding == "msgpack" and compress) else None
         self._frame = None  # the open zstd compressobj, if any
         self._packer = msgpack.Packer(default=msgpack_default, use_bin_type=True)
-        self.header = make_header(kind, tool=tool, model=model, **(header_extra or {}))
+        if header is None:
+            header = make_header(kind, tool=tool, model=model, **(header_extra or {}))
+        elif not isinstance(header, dict) or header.get("type") != "header" or header.get("kind") != kind:
+            raise ValueError(f"header= must be a header record of kind {kind!r}")
+        self.header = header
         self._emit(self.header)
 
     # -- encoding --------------------------------------------------------------------------
@@ -126,10 +133,17 @@ class StreamWriter:
         self.flush()
 
     def abandon(self) -> None:
-        """Flush what was written without an end record: the output reads as truncated."""
+        """Flush what was written without an end record: the output reads as truncated.
+
+        Errors of the output itself (a closed pipe) are ignored: the caller is
+        already handling the error that made it abandon the stream.
+        """
         if not self.closed:
             self.closed = True
-            self.flush()
+            try:
+                self.flush()
+            except (OSError, ValueError):
+                pass
 
     def __enter__(self) -> StreamWriter:
         return self
