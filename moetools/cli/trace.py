@@ -1,0 +1,92 @@
+"""moe-trace: routing traces of a transformers MoE model over a corpus.
+
+Thin command: parses options, opens the corpus and the output, and calls
+:mod:`moetools.trace` (the library; usable from Python without this CLI).
+"""
+
+from __future__ import annotations
+
+import click
+
+from ..trace import cli_run
+from .common import EXIT_STATUS_TEXT, output_options, tool
+
+EXAMPLE = """\
+moe-trace models/olmoe corpus.jsonl --max-length 256 -o trace.msgpack.zst
+moe-trace models/olmoe corpus.jsonl --shard 3/64 --resume -o shards/3.msgpack.zst   # one SLURM array task
+cat shards/*.msgpack.zst | moe-sample ...                                          # shards join with cat"""
+
+
+
+@tool("moe-trace", example=EXAMPLE)
+@click.argument("model", type=click.Path(file_okay=False))
+@click.argument("corpus", required=False, default="-", type=click.Path(dir_okay=False, allow_dash=True))
+@output_options(default_format="msgpack")
+@click.option("--text-field", default="text", show_default=True, help="JSON-lines field holding the text.")
+@click.option("--id-field", default="id", show_default=True,
+              help="JSON-lines field holding the document id (default: CORPUS:LINE).")
+@click.option("--max-length", default=512, show_default=True, type=click.IntRange(1),
+              help="Tokens per window; longer documents are cut into consecutive windows.")
+@click.option("--batch-tokens", default=8192, show_default=True, type=click.IntRange(1),
+              help="Padded tokens per batch (windows are sorted by length first).")
+@click.option("--batch-size", default=None, type=click.IntRange(1), help="Windows per batch (instead of --batch-tokens).")
+@click.option("--sort-buffer", default=1024, show_default=True, type=click.IntRange(1),
+              help="Windows sorted by length together (bounds memory).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="Model weights dtype.")
+@click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1, mps).")
+@click.option("--device-map", default=None, help="'auto' spreads a large model over the GPUs (accelerate).")
+@click.option("--logit-lens", "logit_lens", default=0, show_default=True, type=click.IntRange(0),
+              help="Also record the top-K tokens each selected expert's output promotes.")
+@click.option("--values", "float_dtype", type=click.Choice(["f2", "f4"]), default="f2", show_default=True,
+              help="Float width of gates and contributions on disk.")
+@click.option("--shard", default=None, metavar="I/N", help="Trace only slice I of N (0-based) of the corpus.")
+@click.option("--shard-by", type=click.Choice(["index", "hash"]), default="index", show_default=True,
+              help="Slice by document index mod N, or by a hash of the document id.")
+@click.option("--resume", is_flag=True, help="Continue a killed run from OUTPUT.partial (needs -o).")
+def command(model, corpus, output, fmt, uncompressed, **options):
+    """Trace which experts every token of CORPUS is routed to in MODEL.
+
+    MODEL is a local transformers MoE checkpoint directory (OLMoE, Mixtral,
+    Qwen2-MoE, Qwen3-MoE, DeepSeek-V2/V3, ERNIE-4.5-MoE, GPT-OSS, MONET) with its
+    tokenizer. CORPUS (default stdin) is JSON lines (the --text-field holds the
+    text, --id-field the id, every other field is passed through as metadata)
+    or plain text, one document per line. Lines that cannot be used (invalid
+    UTF-8 or JSON, no text field) are skipped with a warning naming them, and
+    listed in the end record.
+
+    Writes a `trace` stream (formats/trace.md): per window of --max-length
+    tokens its document id, offset, metadata, token ids and pieces; per MoE
+    layer and token the selected experts, their gates g and contributions
+    g*||E_i(x)||_2; per layer the sum of the full router distribution over the
+    window; with --logit-lens K the top-K tokens of each expert output.
+
+    The expert outputs are measured inside the model's own fused experts
+    computation: the experts run once, and the model computes exactly what it
+    computes untraced.
+
+    \b
+    Clusters: --shard I/N takes a deterministic slice; N array tasks write N
+    files that `cat` joins into one valid stream. Output goes to OUTPUT.partial
+    and is renamed when complete; rerun a killed task with --resume to continue
+    after its last complete record. A SLURM array script:
+    \b
+      #!/bin/bash
+      #SBATCH --job-name=moe-trace --array=0-63 --gres=gpu:1 --time=04:00:00
+      #SBATCH --requeue
+      set -euo pipefail
+      mkdir -p shards
+      bin/moe-trace "$MODEL" corpus.jsonl --device cuda --dtype bfloat16 \\
+          --shard "$SLURM_ARRAY_TASK_ID/64" --resume \\
+          -o "shards/$SLURM_ARRAY_TASK_ID.msgpack.zst"
+      # when all tasks are done: cat shards/{0..63}.msgpack.zst > trace.msgpack.zst
+    \b
+    (also in moetools/trace/slurm_example.sh)
+
+    Exit status:
+    """
+    cli_run(model, corpus, output=output, fmt=fmt, uncompressed=uncompressed, **options)
+
+
+command.help = command.help.rstrip() + "\n\n\b\n" + EXIT_STATUS_TEXT
+main = command.main

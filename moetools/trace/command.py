@@ -1,0 +1,72 @@
+"""What ``moe-trace`` does between parsing its options and exiting: files, resume, header and end."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from pathlib import Path
+
+from ..cli.common import open_input, open_stream_writer, partial_path, say, warn
+from ..errors import UsageError
+from ..models import model_identity
+from .corpus import parse_shard, read_documents
+from .runner import (TraceOptions, TraceSummary, check_resumable, complete_records, header_extra, load_model,
+                     resume_source, trace_corpus)
+
+
+def cli_run(model_path, corpus, *, output, fmt, uncompressed, text_field="text", id_field="id", max_length=512,
+            batch_tokens=8192, batch_size=None, sort_buffer=1024, dtype="auto", device="cpu", device_map=None,
+            logit_lens=0, float_dtype="f2", shard=None, shard_by="index", resume=False) -> TraceSummary:
+    if resume and output in (None, "-"):
+        raise UsageError("--resume needs an output file (-o FILE): a pipe cannot be resumed")
+    options = TraceOptions(max_length=max_length, batch_tokens=batch_tokens, batch_size=batch_size,
+                           sort_buffer=sort_buffer, logit_lens=logit_lens, float_dtype=float_dtype,
+                           shard=parse_shard(shard), shard_by=shard_by)
+    corpus_name = "-" if corpus in (None, "-") else Path(corpus).name
+    source = open_input(corpus)  # before the model loads: a missing corpus fails fast
+    model, tokenizer, adapter = load_model(model_path, dtype=dtype, device=device, device_map=device_map)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and max_length > limit:
+        raise UsageError(f"--max-length {max_length} exceeds the model's context of {limit} tokens")
+    identity = model_identity(model, adapter, path=model_path)
+    extra = header_extra(adapter, options, corpus=corpus_name, text_field=text_field, id_field=id_field,
+                         experts_implementation=model.config._experts_implementation)
+
+    summary = TraceSummary()
+
+    def on_skip(line, reason):
+        summary.skip(line, reason)
+        warn(f"{corpus_name}:{line}: skipped: {reason}")
+
+    documents = read_documents(source, name=corpus_name, text_field=text_field, id_field=id_field, on_skip=on_skip)
+    first = next(documents, None)
+    if first is None:  # before any output exists
+        raise UsageError(f"{corpus_name}: no usable documents in the corpus"
+                         + (f" ({summary.skipped_count} lines skipped)" if summary.skipped_count else ""))
+    documents = itertools.chain([first], documents)
+
+    previous = resume_source(partial_path(output)) if resume else None
+    kept_header, kept = complete_records(previous) if previous is not None else (None, iter(()))
+    if kept_header is not None:
+        check_resumable(kept_header, identity, extra)
+    with open_stream_writer(output, "trace", fmt, uncompressed, model=identity, header_extra=extra,
+                            keep_partial=True) as writer:
+        last = None
+        for record in kept:  # the complete records of the killed run, copied once, streamed
+            writer.write(record)
+            last = (record["doc_id"], int(record["window"]))
+        if writer.count:
+            say(f"resuming after {writer.count} complete records of {previous.name}")
+        trace_corpus(model, tokenizer, adapter, documents, writer, options, skip_windows=writer.count,
+                     expect_last=last, summary=summary)
+        if options.shard and summary.documents_traced == 0:
+            warn(f"shard {shard} holds none of the {summary.documents} documents")
+        writer.end_extra = {"documents": summary.documents_traced, "windows": summary.windows,
+                            "tokens": summary.tokens, "skipped_lines": summary.skipped_count,
+                            "skipped": summary.skipped}
+    if previous is not None:
+        with contextlib.suppress(FileNotFoundError):
+            previous.unlink()
+    say(f"traced {summary.windows} windows ({summary.tokens} tokens) of {summary.documents_traced} documents"
+        + (f"; skipped {summary.skipped_count} lines" if summary.skipped_count else ""))
+    return summary

@@ -1,0 +1,263 @@
+"""moe-trace as a library: load a model, read a corpus, write a ``trace`` stream.
+
+    options = TraceOptions(max_length=512, logit_lens=3)
+    model, tokenizer, adapter = load_model("path/to/olmoe", dtype="auto", device="cpu")
+    summary = trace_corpus(model, tokenizer, adapter, documents, writer, options)
+
+:func:`run` is what the CLI calls: it adds the output file handling, ``--resume``
+and the header/end records. Memory stays flat in corpus length: documents are
+read one at a time, windows sorted inside a bounded buffer, records streamed out.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import FormatError, ModelError, TruncatedStreamError, UsageError
+from ..models import adapter_for, model_identity
+from .capture import RoutingCapture
+from .corpus import batches, in_shard, windows_of
+from .records import PieceTable, batch_records
+
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_SKIPPED_REPORTED = 100
+
+
+@dataclass
+class TraceOptions:
+    max_length: int = 512
+    batch_tokens: int = 8192
+    batch_size: int | None = None
+    sort_buffer: int = 1024
+    logit_lens: int = 0
+    float_dtype: str = "f2"
+    shard: tuple[int, int] | None = None
+    shard_by: str = "index"
+    flush_seconds: float = 30.0
+
+
+@dataclass
+class TraceSummary:
+    documents: int = 0  # usable documents read (all shards)
+    documents_traced: int = 0
+    windows: int = 0
+    tokens: int = 0
+    skipped: list = field(default_factory=list)
+    skipped_count: int = 0
+
+    def skip(self, line: int, reason: str) -> None:
+        self.skipped_count += 1
+        if len(self.skipped) < MAX_SKIPPED_REPORTED:
+            self.skipped.append({"line": line, "reason": reason})
+
+
+def load_model(path: str, *, dtype: str = "auto", device: str = "cpu", device_map: str | None = None):
+    """(model, tokenizer, adapter) from a local directory; :class:`ModelError` when that fails."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # moetools reports on stderr itself
+
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ModelError(f"model directory {path} does not exist")
+    if not (directory / "config.json").is_file():
+        raise ModelError(f"{path} is not a transformers model directory (no config.json)")
+    try:  # MONET registers itself with the Auto classes on import
+        import moetools.models.monet  # noqa: F401
+    except ImportError:
+        pass
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown --dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    kwargs = {"dtype": DTYPES[dtype]}
+    if device_map:
+        kwargs["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelError(f"cannot load the model in {path}: {str(error).splitlines()[0]}") from None
+    if not device_map:
+        model.to(device)
+    model.eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelError(f"cannot load the tokenizer in {path}: {str(error).splitlines()[0]}") from None
+    return model, tokenizer, adapter_for(model)
+
+
+def input_device(model) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+def iter_windows(documents, tokenizer, options: TraceOptions, summary: TraceSummary):
+    for document in documents:
+        summary.documents += 1
+        if not in_shard(document, options.shard, options.shard_by):
+            continue
+        token_ids = tokenizer(document.text, add_special_tokens=True)["input_ids"]
+        if not token_ids:
+            summary.skip(document.line, "no tokens")
+            continue
+        summary.documents_traced += 1
+        yield from windows_of(document, token_ids, options.max_length)
+
+
+def _forward(model, input_ids, attention_mask):
+    try:  # the logits are not needed: project only the last position
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
+    except TypeError:
+        return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+
+def trace_corpus(model, tokenizer, adapter, documents, writer, options: TraceOptions, *,
+                 skip_windows: int = 0, expect_last: tuple | None = None, summary: TraceSummary | None = None,
+                 on_batch=None) -> TraceSummary:
+    """Trace ``documents`` into ``writer``; the first ``skip_windows`` windows are not run (``--resume``)."""
+    summary = summary or TraceSummary()
+    layers = adapter.moe_layers()
+    num_experts = layers[0].num_experts
+    pieces = PieceTable(tokenizer)
+    device = input_device(model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    last_flush = time.monotonic()
+    window_stream = iter_windows(documents, tokenizer, options, summary)
+    with RoutingCapture(model, adapter, logit_lens=options.logit_lens) as capture, torch.inference_mode():
+        for batch in batches(window_stream, batch_tokens=options.batch_tokens, batch_size=options.batch_size,
+                             sort_buffer=options.sort_buffer):
+            if skip_windows >= len(batch):
+                skip_windows -= len(batch)
+                if skip_windows == 0 and expect_last is not None:
+                    _check_resume_point(batch[-1], expect_last)
+                summary.windows += len(batch)
+                summary.tokens += sum(len(w.token_ids) for w in batch)
+                continue
+            if skip_windows:
+                if expect_last is not None:
+                    _check_resume_point(batch[skip_windows - 1], expect_last)
+                done, batch = batch[:skip_windows], batch[skip_windows:]
+                summary.windows += len(done)
+                summary.tokens += sum(len(w.token_ids) for w in done)
+                skip_windows = 0
+            seq_len = max(len(w.token_ids) for w in batch)
+            input_ids = torch.full((len(batch), seq_len), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), seq_len), dtype=torch.long)
+            for row, window in enumerate(batch):
+                input_ids[row, :len(window.token_ids)] = torch.tensor(window.token_ids)
+                attention_mask[row, :len(window.token_ids)] = 1
+            _forward(model, input_ids.to(device), attention_mask.to(device))
+            captured = capture.take()
+            for record in batch_records(batch, captured, seq_len=seq_len, num_experts=num_experts, pieces=pieces,
+                                        float_dtype=options.float_dtype):
+                writer.write(record)
+            summary.windows += len(batch)
+            summary.tokens += int(attention_mask.sum())
+            if time.monotonic() - last_flush > options.flush_seconds:
+                writer.flush()  # a killed run then loses at most this many seconds of work
+                last_flush = time.monotonic()
+            if on_batch is not None:
+                on_batch(len(batch), int(attention_mask.sum()))
+    if skip_windows:
+        raise UsageError(f"--resume: the partial output holds {skip_windows} more records than this corpus and "
+                         "these options produce; it was written from another input")
+    return summary
+
+
+def _check_resume_point(window, expected: tuple) -> None:
+    if (window.doc_id, window.window) != tuple(expected):
+        raise UsageError(f"--resume: the partial output's last record is {expected[0]!r} window {expected[1]}, "
+                         f"but this corpus and options put {window.doc_id!r} window {window.window} there; "
+                         "resume with the same corpus and options, or start afresh without --resume")
+
+
+def header_extra(adapter, options: TraceOptions, *, corpus: str, text_field: str, id_field: str,
+                 experts_implementation: str | None) -> dict:
+    layers = adapter.moe_layers()
+    return {
+        "layers": [layer.index for layer in layers],
+        "num_experts": layers[0].num_experts,
+        "top_k": layers[0].top_k,
+        "routing": adapter.routing_rule().as_dict(),
+        "experts_implementation": experts_implementation,
+        "max_length": options.max_length,
+        "text_field": text_field,
+        "id_field": id_field,
+        "corpus": corpus,
+        "shard": None if options.shard is None else f"{options.shard[0]}/{options.shard[1]}",
+        "shard_by": options.shard_by,
+        "logit_lens": options.logit_lens,
+        "float_dtype": options.float_dtype,
+        "order": {"sort_buffer": options.sort_buffer, "batch_tokens": options.batch_tokens,
+                  "batch_size": options.batch_size},
+    }
+
+
+# -- resume -----------------------------------------------------------------------------------
+
+def complete_records(path: Path):
+    """(header, records) of the complete records at the start of a partial stream, as a generator pair.
+
+    The partial stream has no end record (the reader reports it truncated): we
+    keep every record read before the :class:`TruncatedStreamError`.
+    """
+    from ..streams import StreamReader
+
+    handle = open(path, "rb")
+    try:
+        reader = StreamReader(handle, kinds="trace")
+    except (TruncatedStreamError, FormatError):
+        handle.close()
+        return None, iter(())
+
+    def records():
+        try:
+            for record in reader:
+                yield record
+        except TruncatedStreamError:
+            return
+        finally:
+            handle.close()
+
+    return reader.header, records()
+
+
+def count_complete(path: Path) -> int:
+    header, records = complete_records(path)
+    return sum(1 for _ in records) if header is not None else -1
+
+
+def resume_source(partial: Path) -> Path | None:
+    """Move the partial output aside for resuming; returns where it now is (None: nothing to resume).
+
+    A resume that was itself killed leaves ``NAME.partial.resume`` (the older
+    copy) beside a new ``NAME.partial``: the one with more complete records wins.
+    """
+    aside = partial.with_name(partial.name + ".resume")
+    candidates = [p for p in (aside, partial) if p.exists()]
+    if not candidates:
+        return None
+    best = max(candidates, key=count_complete)
+    if best != aside:
+        os.replace(best, aside)
+    elif partial.exists():
+        partial.unlink()
+    return aside
+
+
+def check_resumable(header: dict, identity: dict, extra: dict) -> None:
+    if (header.get("model") or {}).get("fingerprint") != identity["fingerprint"]:
+        raise UsageError("--resume: the partial output was written with another model")
+    for key in ("corpus", "max_length", "shard", "shard_by", "text_field", "id_field", "logit_lens", "order",
+                "float_dtype"):
+        if header.get(key) != extra.get(key):
+            raise UsageError(f"--resume: the partial output was written with {key}={header.get(key)!r}, "
+                             f"this run has {extra.get(key)!r}; use the same options")
+
+
+__all__ = ["TraceOptions", "TraceSummary", "load_model", "trace_corpus", "header_extra", "complete_records",
+           "resume_source", "check_resumable", "model_identity", "asdict"]
