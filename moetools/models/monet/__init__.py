@@ -1,0 +1,57 @@
+"""MONET for transformers: ``MonetConfig``, ``MonetModel``, ``MonetForCausalLM`` and their Auto registration.
+
+``import moetools`` arranges for :func:`register` to run as soon as transformers' Auto modules
+are imported (an import hook, so ``import moetools`` itself stays free of torch); after that
+``AutoConfig``/``AutoModel``/``AutoModelForCausalLM.from_pretrained(dir)`` load a MONET
+checkpoint (``model_type="monet"``) without ``trust_remote_code``. Calling :func:`register`
+directly is harmless and idempotent.
+
+The classes are imported lazily (``moetools.models.monet.MonetForCausalLM``) for the same reason.
+"""
+
+from __future__ import annotations
+
+_LAZY = {
+    "MonetConfig": "configuration_monet",
+    "monet_config_problems": "configuration_monet",
+    "MonetModel": "modeling_monet",
+    "MonetForCausalLM": "modeling_monet",
+    "MonetPreTrainedModel": "modeling_monet",
+}
+
+
+def register_config() -> None:
+    """Register ``MonetConfig`` with ``AutoConfig`` (idempotent)."""
+    from transformers.models.auto.configuration_auto import AutoConfig
+
+    from .configuration_monet import MonetConfig
+
+    AutoConfig.register("monet", MonetConfig, exist_ok=True)
+
+
+def register_models() -> None:
+    """Register ``MonetModel``/``MonetForCausalLM`` with ``AutoModel``/``AutoModelForCausalLM`` (idempotent)."""
+    from transformers.models.auto.modeling_auto import AutoModel, AutoModelForCausalLM
+
+    from .configuration_monet import MonetConfig
+    from .modeling_monet import MonetForCausalLM, MonetModel
+
+    register_config()
+    AutoModel.register(MonetConfig, MonetModel, exist_ok=True)
+    AutoModelForCausalLM.register(MonetConfig, MonetForCausalLM, exist_ok=True)
+
+
+def register() -> None:
+    """Register MONET with AutoConfig, AutoModel and AutoModelForCausalLM (imports torch)."""
+    register_models()
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["register", "register_config", "register_models", *_LAZY]
