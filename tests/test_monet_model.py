@@ -249,4 +249,4 @@ def test_config_refuses_impossible_settings():
     with pytest.raises(Exception, match="moe_topk"):
         tiny_config(moe_topk=9, moe_experts=4)
     with pytest.raises(Exception, match="even hidden size"):
-        tiny_config(hidden_size=12, num_attention_heads=3, moe_decompose="vertical", moe_experts=4)
+        tiny_config(hidden_size=9, num_attention_heads=3, moe_decompose="vertical", moe_experts=4)
