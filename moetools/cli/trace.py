@@ -25,8 +25,9 @@ cat shards/*.msgpack.zst | moe-sample ...                                       
 @click.option("--text-field", default="text", show_default=True, help="JSON-lines field holding the text.")
 @click.option("--id-field", default="id", show_default=True,
               help="JSON-lines field holding the document id (default: CORPUS:LINE).")
-@click.option("--max-length", default=512, show_default=True, type=click.IntRange(1),
-              help="Tokens per window; longer documents are cut into consecutive windows.")
+@click.option("--max-length", default=None, type=click.IntRange(1),
+              help="Tokens per window (default: 512 or the model's context if shorter); longer documents are "
+                   "cut into consecutive windows.")
 @click.option("--batch-tokens", default=8192, show_default=True, type=click.IntRange(1),
               help="Padded tokens per batch (windows are sorted by length first).")
 @click.option("--batch-size", default=None, type=click.IntRange(1), help="Windows per batch (instead of --batch-tokens).")

@@ -10,23 +10,25 @@ from ..cli.common import open_input, open_stream_writer, partial_path, say, warn
 from ..errors import UsageError
 from ..models import model_identity
 from .corpus import parse_shard, read_documents
-from .runner import (TraceOptions, TraceSummary, check_resumable, complete_records, header_extra, load_model,
+from .runner import (DEFAULT_MAX_LENGTH, TraceOptions, TraceSummary, check_resumable, complete_records, header_extra, load_model,
                      resume_source, trace_corpus)
 
 
-def cli_run(model_path, corpus, *, output, fmt, uncompressed, text_field="text", id_field="id", max_length=512,
+def cli_run(model_path, corpus, *, output, fmt, uncompressed, text_field="text", id_field="id", max_length=None,
             batch_tokens=8192, batch_size=None, sort_buffer=1024, dtype="auto", device="cpu", device_map=None,
             logit_lens=0, float_dtype="f2", shard=None, shard_by="index", resume=False) -> TraceSummary:
     if resume and output in (None, "-"):
         raise UsageError("--resume needs an output file (-o FILE): a pipe cannot be resumed")
-    options = TraceOptions(max_length=max_length, batch_tokens=batch_tokens, batch_size=batch_size,
+    options = TraceOptions(max_length=max_length or DEFAULT_MAX_LENGTH, batch_tokens=batch_tokens, batch_size=batch_size,
                            sort_buffer=sort_buffer, logit_lens=logit_lens, float_dtype=float_dtype,
                            shard=parse_shard(shard), shard_by=shard_by)
     corpus_name = "-" if corpus in (None, "-") else Path(corpus).name
     source = open_input(corpus)  # before the model loads: a missing corpus fails fast
     model, tokenizer, adapter = load_model(model_path, dtype=dtype, device=device, device_map=device_map)
     limit = getattr(model.config, "max_position_embeddings", None)
-    if limit and max_length > limit:
+    if limit and max_length is None:
+        options.max_length = min(DEFAULT_MAX_LENGTH, limit)
+    elif limit and max_length > limit:
         raise UsageError(f"--max-length {max_length} exceeds the model's context of {limit} tokens")
     identity = model_identity(model, adapter, path=model_path)
     extra = header_extra(adapter, options, corpus=corpus_name, text_field=text_field, id_field=id_field,

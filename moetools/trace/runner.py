@@ -26,6 +26,7 @@ from .records import PieceTable, batch_records
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_SKIPPED_REPORTED = 100
+DEFAULT_MAX_LENGTH = 512
 
 
 @dataclass

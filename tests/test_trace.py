@@ -1,0 +1,228 @@
+"""moe-trace end to end: a tiny OLMoE with its own tokenizer saved to disk, driven through the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from click.testing import CliRunner
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from moetools.cli.trace import command
+from moetools.errors import TruncatedStreamError
+from moetools.streams import StreamReader
+
+WORDS = ("the a of to and in is it that for on with as was he she they we you code law math cell expert model "
+         "token court patient theorem").split()
+
+
+def save_tokenizer(directory):
+    vocab = {"[UNK]": 0, "[PAD]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]",
+                                         pad_token="[PAD]").save_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def olmoe_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("olmoe")
+    config = transformers.OlmoeConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      num_experts=8, num_experts_per_tok=2, pad_token_id=1, bos_token_id=None,
+                                      eos_token_id=None)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    save_tokenizer(directory)
+    return directory
+
+
+def make_corpus(path, documents=12):
+    rng = np.random.default_rng(0)
+    with open(path, "w") as handle:
+        for number in range(documents):
+            words = rng.choice(WORDS, size=int(rng.integers(3, 40)))
+            handle.write(json.dumps({"id": f"doc{number}", "text": " ".join(words), "domain": ["law", "med"][number % 2],
+                                     "toxicity": number / 10}) + "\n")
+    return path
+
+
+def run(*args, input=None):
+    result = CliRunner().invoke(command, [str(a) for a in args], input=input)
+    return result
+
+
+def read_all(path):
+    with open(path, "rb") as handle:
+        reader = StreamReader(handle, kinds="trace")
+        records = list(reader)
+        return reader.header, records, reader.ends
+
+
+def key(record):
+    return (record["doc_id"], record["window"])
+
+
+def canonical(record):
+    """A record as comparable bytes (arrays by dtype, shape and content)."""
+    out = {}
+    for name, value in record.items():
+        out[name] = (value.dtype.str, value.shape, value.tobytes()) if isinstance(value, np.ndarray) else value
+    return json.dumps(out, sort_keys=True, default=lambda b: b.hex() if isinstance(b, bytes) else str(b))
+
+
+@pytest.fixture(scope="module")
+def full_trace(olmoe_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("trace")
+    corpus = make_corpus(work / "corpus.jsonl")
+    output = work / "full.msgpack.zst"
+    result = run(olmoe_dir, corpus, "--max-length", 16, "--batch-size", 1, "-o", output)
+    assert result.exit_code == 0, result.output
+    return corpus, output, read_all(output)
+
+
+def test_records_follow_the_trace_format(full_trace, olmoe_dir):
+    _, output, (header, records, ends) = full_trace
+    assert header["kind"] == "trace" and header["layers"] == [0, 1] and header["top_k"] == 2
+    assert header["model"]["fingerprint"].startswith("sha256:") and header["model"]["num_experts"] == 8
+    assert ends[0]["count"] == len(records) and ends[0]["documents"] == 12
+    tokenizer = transformers.AutoTokenizer.from_pretrained(olmoe_dir)
+    corpus_docs = {json.loads(line)["id"]: json.loads(line) for line in open(full_trace[0])}
+    assert {record["doc_id"] for record in records} == set(corpus_docs)
+    for record in records:
+        doc = corpus_docs[record["doc_id"]]
+        assert record["meta"] == {"domain": doc["domain"], "toxicity": doc["toxicity"]}
+        ids = tokenizer(doc["text"])["input_ids"]
+        assert record["offset"] == 16 * record["window"]
+        tokens = record["tokens"]
+        assert tokens.tolist() == ids[record["offset"]:record["offset"] + 16]
+        assert record["pieces"] == [tokenizer.decode([t]) for t in tokens.tolist()]
+        length = len(tokens)
+        assert record["experts"].shape == (2, length, 2) and record["experts"].dtype == np.uint8
+        assert record["gates"].shape == record["contribution"].shape == (2, length, 2)
+        assert record["prob_sum"].shape == (2, 8) and record["prob_sum"].dtype == np.float32
+        assert np.allclose(record["prob_sum"].sum(axis=1), length, rtol=1e-5)
+        assert (record["contribution"] > 0).all() and (record["experts"] < 8).all()
+
+
+def test_prob_sum_and_routing_match_the_model_run_directly(full_trace, olmoe_dir):
+    _, _, (_, records, _) = full_trace
+    model = transformers.AutoModelForCausalLM.from_pretrained(olmoe_dir).eval()
+    record = max(records, key=lambda r: len(r["tokens"]))
+    routing = []
+    for layer in model.model.layers:
+        layer.mlp.gate.register_forward_hook(lambda m, a, o: routing.append(o))
+    with torch.no_grad():
+        model(torch.tensor(record["tokens"].astype(np.int64))[None])
+    for layer, (router_logits, gates, ids) in enumerate(routing):
+        expected = torch.softmax(router_logits.double(), dim=-1).sum(0).numpy()
+        assert np.allclose(record["prob_sum"][layer], expected, atol=1e-5)
+        assert np.array_equal(record["experts"][layer], ids.numpy())
+        assert np.allclose(record["gates"][layer], gates.numpy(), atol=1e-3)  # stored as float16
+
+
+def test_shards_concatenated_equal_the_unsharded_trace(full_trace, olmoe_dir, tmp_path):
+    corpus, _, (_, records, _) = full_trace
+    joined = io.BytesIO()
+    for shard in range(3):
+        output = tmp_path / f"shard{shard}.msgpack.zst"
+        result = run(olmoe_dir, corpus, "--max-length", 16, "--batch-size", 1, "--shard", f"{shard}/3",
+                     "--shard-by", "hash", "-o", output)
+        assert result.exit_code == 0, result.output
+        joined.write(output.read_bytes())
+    joined.seek(0)
+    sharded = list(StreamReader(joined, kinds="trace"))
+    assert len(sharded) == len(records)
+    assert sorted(map(canonical, sharded)) == sorted(map(canonical, records))
+
+
+@pytest.mark.parametrize("fraction,uncompressed", [(0.55, True), (0.8, False), (0.0, True)])
+def test_resume_after_a_kill_gives_the_same_records(full_trace, olmoe_dir, tmp_path, fraction, uncompressed):
+    corpus = full_trace[0]
+    flags = ["--max-length", 16, "--batch-size", 1] + (["--uncompressed"] if uncompressed else [])
+    complete = tmp_path / "complete.msgpack"
+    assert run(olmoe_dir, corpus, *flags, "-o", complete).exit_code == 0
+    _, expected, _ = read_all(complete)
+    output = tmp_path / "resumed.msgpack"
+    data = complete.read_bytes()
+    (tmp_path / "resumed.msgpack.partial").write_bytes(data[:int(len(data) * fraction)])  # the kill
+    if fraction:
+        with pytest.raises(TruncatedStreamError):
+            read_all(tmp_path / "resumed.msgpack.partial")
+    result = run(olmoe_dir, corpus, *flags, "--resume", "-o", output)
+    assert result.exit_code == 0, result.output
+    _, resumed, ends = read_all(output)
+    assert [canonical(r) for r in resumed] == [canonical(r) for r in expected]
+    assert len({key(r) for r in resumed}) == len(resumed) == ends[0]["count"]
+    assert not (tmp_path / "resumed.msgpack.partial").exists()
+    assert not (tmp_path / "resumed.msgpack.partial.resume").exists()
+
+
+def test_resume_refuses_other_options(full_trace, olmoe_dir, tmp_path):
+    corpus = full_trace[0]
+    complete = tmp_path / "complete.msgpack"
+    assert run(olmoe_dir, corpus, "--max-length", 16, "--batch-size", 1, "--uncompressed", "-o", complete).exit_code == 0
+    data = complete.read_bytes()
+    target = tmp_path / "t.msgpack"
+    (tmp_path / "t.msgpack.partial").write_bytes(data[:len(data) // 2])
+    result = run(olmoe_dir, corpus, "--max-length", 8, "--batch-size", 1, "--resume", "-o", target)
+    assert result.exit_code == 2 and "max_length" in result.output
+
+
+def test_bad_lines_are_skipped_and_named(olmoe_dir, tmp_path):
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_bytes(b'{"text": "the law"}\n{"txt": "no text"}\nnot json\n{"text": "caf\xe9 bad utf8"}\n'
+                       b'{"text": "' + b" ".join([b"code"] * 100) + b'"}\n')
+    output = tmp_path / "t.jsonl"
+    result = run(olmoe_dir, corpus, "--max-length", 32, "--format", "jsonl", "-o", output)
+    assert result.exit_code == 0, result.output
+    assert "bad.jsonl:2: skipped: no string field 'text'" in result.output
+    assert "bad.jsonl:3: skipped: not valid JSON" in result.output
+    assert "bad.jsonl:4: skipped: invalid UTF-8" in result.output
+    _, records, ends = read_all(output)
+    assert ends[0]["skipped_lines"] == 3 and [s["line"] for s in ends[0]["skipped"]] == [2, 3, 4]
+    # the long document (100 tokens, context 64) is cut into windows of 32
+    long = sorted((r for r in records if r["doc_id"] == "bad.jsonl:5"), key=lambda r: r["window"])
+    assert [(r["window"], r["offset"], len(r["tokens"])) for r in long] == [(0, 0, 32), (1, 32, 32), (2, 64, 32),
+                                                                            (3, 96, 4)]
+
+
+def test_plain_text_corpus_from_stdin_and_logit_lens(olmoe_dir, tmp_path):
+    output = tmp_path / "t.msgpack.zst"
+    result = run(olmoe_dir, "-", "--logit-lens", 2, "-o", output, input="the code of law\nshe was a cell expert\n")
+    assert result.exit_code == 0, result.output
+    _, records, _ = read_all(output)
+    assert sorted(r["doc_id"] for r in records) == ["-:1", "-:2"]
+    for record in records:
+        assert record["logit_lens"].shape == (2, len(record["tokens"]), 2, 2)
+        assert set(record["logit_lens_pieces"]) == {str(t) for t in np.unique(record["logit_lens"])}
+
+
+@pytest.mark.parametrize("problem", ["not-moe", "missing", "empty", "too-long"])
+def test_bad_models_and_inputs_exit_2_with_a_message(olmoe_dir, tmp_path, problem):
+    corpus = make_corpus(tmp_path / "c.jsonl", documents=2)
+    model = olmoe_dir
+    args = []
+    if problem == "not-moe":
+        model = tmp_path / "llama"
+        config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                          num_attention_heads=4, num_key_value_heads=2)
+        transformers.AutoModelForCausalLM.from_config(config).save_pretrained(model)
+        save_tokenizer(model)
+        message = "not a supported MoE model: found LlamaForCausalLM (model_type 'llama')"
+    elif problem == "missing":
+        model, message = tmp_path / "nowhere", "does not exist"
+    elif problem == "empty":
+        corpus.write_text("\n\n")
+        message = "no usable documents"
+    else:
+        args, message = ["--max-length", 65], "exceeds the model's context of 64 tokens"
+    output = tmp_path / "out.msgpack.zst"
+    result = run(model, corpus, *args, "-o", output)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not output.exists()
