@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from ..trace import cli_run
-from .common import EXIT_STATUS_TEXT, output_options, tool
+from .common import output_options, tool
 
 EXAMPLE = """\
 moe-trace models/olmoe corpus.jsonl --max-length 256 -o trace.msgpack.zst
@@ -66,11 +66,12 @@ def command(model, corpus, output, fmt, uncompressed, **options):
     computation: the experts run once, and the model computes exactly what it
     computes untraced.
 
-    \b
     Clusters: --shard I/N takes a deterministic slice; N array tasks write N
     files that `cat` joins into one valid stream. Output goes to OUTPUT.partial
     and is renamed when complete; rerun a killed task with --resume to continue
-    after its last complete record. A SLURM array script:
+    after its last complete record. A SLURM array script (also in
+    moetools/trace/slurm_example.sh):
+
     \b
       #!/bin/bash
       #SBATCH --job-name=moe-trace --array=0-63 --gres=gpu:1 --time=04:00:00
@@ -81,13 +82,8 @@ def command(model, corpus, output, fmt, uncompressed, **options):
           --shard "$SLURM_ARRAY_TASK_ID/64" --resume \\
           -o "shards/$SLURM_ARRAY_TASK_ID.msgpack.zst"
       # when all tasks are done: cat shards/{0..63}.msgpack.zst > trace.msgpack.zst
-    \b
-    (also in moetools/trace/slurm_example.sh)
-
-    Exit status:
     """
     cli_run(model, corpus, output=output, fmt=fmt, uncompressed=uncompressed, **options)
 
 
-command.help = command.help.rstrip() + "\n\n\b\n" + EXIT_STATUS_TEXT
 main = command.main
