@@ -1,0 +1,102 @@
+"""monet-train: pretrain MONET (or a matched dense / MoE baseline) from JSON lines (logic: ``moetools.train``)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import progress, say, tool
+
+EXAMPLE = """\
+monet-train --arch monet-vd --data corpus.jsonl -o monet/ --steps 2000 --max-minutes 60
+torchrun --nproc_per_node 2 $(which monet-train) --data corpus.jsonl -o monet/ --resume"""
+
+# flag -> model config key
+MODEL_FLAGS = {"d_model": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
+               "moe_experts": "moe_experts", "moe_heads": "moe_heads", "moe_topk": "moe_topk",
+               "moe_dim": "moe_dim", "moe_groups": "moe_groups"}
+
+
+@tool("monet-train", example=EXAMPLE)
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="JSON lines, one document per line.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Output directory: config.json, model.safetensors, tokenizer, training_metadata.json, "
+                   "train_log.jsonl, checkpoint/.")
+@click.option("--arch", type=click.Choice(["monet-vd", "monet-hd", "llama", "moe"]), default="monet-vd",
+              show_default=True, help="MONET vertical/horizontal, or the dense LLaMA / top-k MoE (OLMoE) baseline "
+                                      "sized to MONET's active parameters.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True),
+              help="JSON object of model config keys (e.g. hidden_size, moe_experts, num_experts); flags win.")
+@click.option("--text-field", default="text", show_default=True, help="JSON field holding the text.")
+@click.option("--domain-field", default="domain", show_default=True, help="JSON field naming the domain (eval per domain).")
+@click.option("--tokenizer", type=click.Path(file_okay=False), help="A local tokenizer directory; default: train a "
+                                                                     "byte-level BPE on the corpus.")
+@click.option("--vocab-size", default=4096, show_default=True, type=click.IntRange(min=260),
+              help="Vocabulary of the trained tokenizer.")
+@click.option("--d-model", type=click.IntRange(min=2), help="Hidden size [256].")
+@click.option("--layers", type=click.IntRange(min=1), help="Decoder layers [4].")
+@click.option("--heads", type=click.IntRange(min=1), help="Attention heads [4].")
+@click.option("--moe-experts", type=click.IntRange(min=1), help="MONET experts per factor, N = this squared [64].")
+@click.option("--moe-heads", type=click.IntRange(min=1), help="MONET routing heads [4].")
+@click.option("--moe-topk", type=click.IntRange(min=1), help="MONET experts kept per head and factor [4].")
+@click.option("--moe-dim", type=click.IntRange(min=1), help="MONET expert hidden size [8].")
+@click.option("--moe-groups", type=click.IntRange(min=1), help="Layers sharing one routing [4].")
+@click.option("--steps", default=1000, show_default=True, type=click.IntRange(min=1), help="Optimizer steps.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Global batch in sequences (split over torchrun processes).")
+@click.option("--seq-len", default=256, show_default=True, type=click.IntRange(min=2), help="Tokens per sequence.")
+@click.option("--lr", default=5e-4, show_default=True, type=float, help="Peak learning rate (AdamW).")
+@click.option("--warmup", type=click.IntRange(min=0), help="Warmup steps [5% of --steps].")
+@click.option("--weight-decay", default=0.1, show_default=True, type=float)
+@click.option("--grad-clip", default=1.0, show_default=True, type=float, help="Gradient norm clip.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--eval-every", default=100, show_default=True, type=click.IntRange(min=1), help="Steps between evals.")
+@click.option("--eval-batches", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Eval batches per domain.")
+@click.option("--eval-fraction", default=0.05, show_default=True, type=click.FloatRange(0, 0.5),
+              help="Share of documents held out for eval.")
+@click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-minutes", type=click.FloatRange(min=0), help="Stop (checkpoint + save) after this long.")
+@click.option("--stop-at-step", type=click.IntRange(min=1),
+              help="Stop after this step with a checkpoint (split a run over jobs; continue with --resume).")
+@click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint exactly (model, optimizer, "
+                                             "schedule, RNG, data position).")
+def command(data, output, arch, config_file, **options):
+    """Pretrain MONET, or a matched baseline, from JSON lines text.
+
+    Packs the corpus into --seq-len blocks, trains with AdamW, warmup + cosine,
+    gradient clipping and (on GPU) bf16 autocast, evaluates per domain, logs JSON
+    lines to OUTPUT/train_log.jsonl, checkpoints every --checkpoint-every steps
+    without pickle, and writes a directory that AutoModelForCausalLM loads.
+    Under torchrun it trains data-parallel (DDP; gloo on CPU).
+    """
+    from ..errors import UsageError
+    from ..train import TrainOptions, train
+
+    settings = {}
+    if config_file:
+        try:
+            settings = json.loads(open(config_file, encoding="utf-8").read())
+        except json.JSONDecodeError as error:
+            raise UsageError(f"--config {config_file}: not JSON ({error.msg})") from None
+        if not isinstance(settings, dict):
+            raise UsageError(f"--config {config_file}: expected a JSON object of model config keys")
+    for flag, key in MODEL_FLAGS.items():
+        if options.get(flag) is not None:
+            settings[key] = options[flag]
+        options.pop(flag, None)
+    train_options = TrainOptions(data=data, output=output, arch=arch, model_settings=settings, **options)
+
+    def on_log(record):
+        if record["type"] == "eval":
+            say(f"step {record['step']}: eval loss {record['eval_loss']:.4f}")
+
+    with progress("training", total=train_options.steps) as bar:
+        metadata = train(train_options, on_log=on_log, progress=bar)
+    say(f"{metadata['steps']} steps, {metadata['tokens']} tokens, {metadata['parameters']['total']} parameters "
+        f"-> {output}")
+
+
+main = command.main

@@ -1,0 +1,14 @@
+"""monet-train's logic: pretrain MONET (VD/HD) or a matched dense LLaMA / top-k MoE baseline.
+
+``moetools.train.train(TrainOptions(data=..., output=..., arch="monet-vd", ...))`` writes a
+directory that ``transformers.AutoModelForCausalLM.from_pretrained`` loads (after ``import
+moetools`` for MONET): ``config.json``, ``model.safetensors``, tokenizer files,
+``training_metadata.json``, ``train_log.jsonl`` and ``checkpoint/`` (for ``--resume``).
+Modules: :mod:`.data` (JSONL, tokenizer, packing), :mod:`.models` (archs and the matching rule),
+:mod:`.state` (pickle-free checkpoints), :mod:`.loop` (the loop, DDP).
+"""
+
+from .loop import LOG_NAME, METADATA_NAME, TrainOptions, train
+from .models import ARCHS
+
+__all__ = ["ARCHS", "LOG_NAME", "METADATA_NAME", "TrainOptions", "train"]

@@ -1,0 +1,163 @@
+"""Training data for monet-train: JSON lines -> tokenizer -> packed blocks, split by document.
+
+Each line is a JSON object with the text in ``text_field`` and, optionally, a domain in
+``domain_field`` (eval loss is reported per domain). Documents go to the eval split by a
+stable hash of their text (crc32), so the split does not depend on line order or world size.
+Documents are tokenized, joined with the end-of-text token and cut into blocks of
+``seq_len`` tokens ("packing"); training blocks are visited in a seeded permutation per epoch
+(:func:`block_indices`), a pure function of (seed, step), which is what makes resume exact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UsageError
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+
+
+@dataclass
+class Document:
+    text: str
+    domain: str
+
+
+def read_documents(path, text_field: str = "text", domain_field: str = "domain") -> list[Document]:
+    """Documents of a JSON-lines file; blank lines skipped; bad lines raise UsageError with their number."""
+    documents = []
+    try:
+        handle = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"cannot open {path}: no such file") from None
+    with handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UsageError(f"{path}:{number}: not JSON ({error.msg})") from None
+            if not isinstance(record, dict) or text_field not in record:
+                raise UsageError(f"{path}:{number}: no {text_field!r} field (choose it with --text-field)")
+            text = record[text_field]
+            if not isinstance(text, str):
+                raise UsageError(f"{path}:{number}: field {text_field!r} is not a string")
+            if text.strip():
+                documents.append(Document(text, str(record.get(domain_field, "all"))))
+    if not documents:
+        raise UsageError(f"{path}: no non-empty text in field {text_field!r}: nothing to train on")
+    return documents
+
+
+def is_eval_document(document: Document, eval_fraction: float) -> bool:
+    """Stable assignment to the eval split (crc32 of the text)."""
+    return zlib.crc32(document.text.encode("utf-8")) % 10_000 < eval_fraction * 10_000
+
+
+def split_documents(documents: list[Document], eval_fraction: float):
+    """(train, eval) documents; at least one of each when there are two or more documents."""
+    train = [d for d in documents if not is_eval_document(d, eval_fraction)]
+    held = [d for d in documents if is_eval_document(d, eval_fraction)]
+    if eval_fraction > 0 and not held and len(train) > 1:
+        held = [train.pop()]
+    if not train:
+        train, held = held, held[:1]
+    return train, held
+
+
+def train_tokenizer(documents: list[Document], vocab_size: int):
+    """A byte-level BPE trained on ``documents`` with ``tokenizers``, as a PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN, PAD_TOKEN],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator((d.text for d in documents), trainer=trainer, length=len(documents))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
+                                   pad_token=PAD_TOKEN, model_max_length=1_000_000)
+
+
+def load_tokenizer(directory):
+    """A tokenizer saved in a local directory (never the network)."""
+    from transformers import AutoTokenizer
+
+    if not Path(directory).is_dir():
+        raise UsageError(f"--tokenizer {directory}: not a directory")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--tokenizer {directory}: cannot load a tokenizer ({error})") from None
+    if tokenizer.eos_token_id is None:
+        raise UsageError(f"--tokenizer {directory}: the tokenizer has no end-of-text token")
+    return tokenizer
+
+
+def pack(documents: list[Document], tokenizer, seq_len: int) -> torch.Tensor:
+    """Documents joined by the end-of-text token and cut into (blocks, seq_len) int64; the tail is dropped."""
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for start in range(0, len(documents), 512):
+        batch = [d.text for d in documents[start:start + 512]]
+        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+            stream.extend(ids)
+            stream.append(eos)
+    blocks = len(stream) // seq_len
+    return torch.tensor(stream[:blocks * seq_len], dtype=torch.long).view(blocks, seq_len)
+
+
+def pack_by_domain(documents: list[Document], tokenizer, seq_len: int) -> dict[str, torch.Tensor]:
+    """Eval blocks per domain (domains too short for one block are padded into one block with -100 labels later)."""
+    domains: dict[str, list[Document]] = {}
+    for document in documents:
+        domains.setdefault(document.domain, []).append(document)
+    packed = {}
+    for domain, docs in sorted(domains.items()):
+        blocks = pack(docs, tokenizer, seq_len)
+        if blocks.shape[0] == 0:  # a small domain: one short block
+            ids = pack(docs, tokenizer, 1).flatten()[:seq_len]
+            blocks = ids[None]
+        packed[domain] = blocks
+    return packed
+
+
+def block_indices(step: int, global_batch: int, blocks: int, seed: int) -> torch.Tensor:
+    """The training blocks of global step ``step`` (0-based): rows step*B .. step*B+B-1 of the
+    concatenation of per-epoch permutations (seeded by seed and epoch)."""
+    start = step * global_batch
+    rows = []
+    epoch = -1
+    permutation = None
+    for sample in range(start, start + global_batch):
+        if sample // blocks != epoch:
+            epoch = sample // blocks
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            permutation = torch.randperm(blocks, generator=generator)
+        rows.append(permutation[sample % blocks])
+    return torch.stack(rows)
+
+
+def unigram_entropy_bits(blocks: torch.Tensor, vocab_size: int) -> float:
+    """Entropy (bits/token) of the unigram distribution of the tokens in ``blocks``: the loss a
+    model that ignores context would reach, the baseline for a loss curve."""
+    counts = torch.bincount(blocks.flatten(), minlength=vocab_size).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log2()).sum())
+
+
+def nats_to_bits(nats: float) -> float:
+    return nats / math.log(2)
+
+
+__all__ = ["Document", "read_documents", "split_documents", "train_tokenizer", "load_tokenizer", "pack",
+           "pack_by_domain", "block_indices", "unigram_entropy_bits", "EOS_TOKEN", "PAD_TOKEN"]

@@ -1,0 +1,132 @@
+"""Checkpoints without pickle: model, optimizer, schedule, RNG and data position as safetensors + JSON.
+
+Layout of ``OUT/checkpoint/`` (replaced atomically: written to ``checkpoint.partial`` and renamed):
+
+- ``model.safetensors``: the unwrapped model's state dict (BatchNorm running statistics included);
+- ``optimizer.safetensors`` + ``optimizer.json``: ``torch.optim`` state flattened: every tensor
+  of ``state[i][key]`` stored as ``state.{i}.{key}``, the rest (param_groups, scalars) in JSON;
+- ``rng.safetensors``: torch CPU (and CUDA) generator states as uint8 tensors;
+- ``trainer_state.json``: step, schedule state, data position, the run's settings and log offset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file, save_model
+
+from ..errors import MoetoolsError
+
+
+class WarmupCosine:
+    """Linear warmup to ``peak_lr`` over ``warmup`` steps, then cosine decay to ``min_lr`` at ``total`` steps."""
+
+    def __init__(self, peak_lr: float, warmup: int, total: int, min_lr: float = 0.0):
+        self.peak_lr, self.warmup, self.total, self.min_lr = peak_lr, warmup, total, min_lr
+        self.step = 0
+
+    def lr(self, step: int | None = None) -> float:
+        step = self.step if step is None else step
+        if self.warmup and step < self.warmup:
+            return self.peak_lr * (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_lr + 0.5 * (self.peak_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+
+    def apply(self, optimizer) -> float:
+        lr = self.lr()
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def state_dict(self) -> dict:
+        return {"kind": "warmup_cosine", "peak_lr": self.peak_lr, "warmup": self.warmup, "total": self.total,
+                "min_lr": self.min_lr, "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def flatten_optimizer_state(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors (safetensors) and a JSON-able rest."""
+    tensors, scalars = {}, {}
+    for index, values in state_dict["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{index}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """The inverse of :func:`flatten_optimizer_state`."""
+    state: dict[int, dict] = {}
+    for name, tensor in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = tensor
+    for index, values in meta.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    states = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"torch_cuda_{index}"] = state
+    return states
+
+
+def restore_rng(states: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(states["torch_cpu"])
+    cuda = [states[k] for k in sorted(states) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(directory: Path, model, optimizer, trainer_state: dict) -> None:
+    """Write ``directory`` atomically (``directory.partial`` then rename over the old one)."""
+    directory = Path(directory)
+    partial = directory.with_name(directory.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    save_model(model, str(partial / "model.safetensors"))
+    tensors, meta = flatten_optimizer_state(optimizer.state_dict())
+    save_file(tensors, str(partial / "optimizer.safetensors"))
+    (partial / "optimizer.json").write_text(json.dumps(meta))
+    save_file(rng_state(), str(partial / "rng.safetensors"))
+    (partial / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(directory, old)
+    os.replace(partial, directory)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def load_checkpoint(directory: Path, model, optimizer) -> dict:
+    """Restore model, optimizer and RNG in place; return the trainer state."""
+    directory = Path(directory)
+    if not (directory / "trainer_state.json").exists():
+        raise MoetoolsError(f"--resume: no checkpoint in {directory}")
+    from safetensors.torch import load_model
+
+    missing, unexpected = load_model(model, str(directory / "model.safetensors"), strict=True)
+    device = next(model.parameters()).device
+    tensors = {k: v.to(device) for k, v in load_file(str(directory / "optimizer.safetensors")).items()}
+    optimizer.load_state_dict(unflatten_optimizer_state(
+        tensors, json.loads((directory / "optimizer.json").read_text())))
+    restore_rng(load_file(str(directory / "rng.safetensors")))
+    return json.loads((directory / "trainer_state.json").read_text())
+
+
+__all__ = ["WarmupCosine", "flatten_optimizer_state", "unflatten_optimizer_state", "save_checkpoint",
+           "load_checkpoint"]
