@@ -7,7 +7,7 @@
 
 Faults: ``stub.faults`` is a list consumed one per request (``None`` = answer
 normally), and ``stub.rule(body) -> fault | None`` decides per request after it.
-A fault is ``"429"`` (with ``Retry-After: stub.retry_after``), ``"500"``,
+A fault is ``"401"`` (echoing the key), ``"429"`` (with ``Retry-After: stub.retry_after``), ``"500"``,
 ``"timeout"`` (sleep ``stub.hang`` seconds, then answer), ``"drop"`` (close the
 connection without a response), ``"malformed"`` (200 with a body that is not
 JSON) or ``"bad_answer"`` (a valid completion without the expected sentence).
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -66,6 +67,9 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(stub.latency)
             if fault == "429":
                 self._send(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": str(stub.retry_after)})
+            elif fault == "401":  # echoes the key like some hosted APIs do: it must not reach any output
+                key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                self._send(401, json.dumps({"error": {"message": f"Incorrect API key provided: {key}"}}).encode())
             elif fault == "500":
                 self._send(500, b'{"error": {"message": "server error"}}')
             elif fault == "timeout":
@@ -92,8 +96,16 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+    # handler threads are joined on close, so none outlives its test (a sleeping "timeout" handler included)
+    daemon_threads = False
+    block_on_close = True
     request_queue_size = 256
+
+    def handle_error(self, request, client_address):
+        # a client that gave up (timeout, cancelled run) is part of the tests, not an error of the stub
+        error = sys.exc_info()[1]
+        if not isinstance(error, (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 class LLMStub:

@@ -7,7 +7,7 @@ import os
 import click
 
 from ..errors import UsageError
-from .common import input_argument, open_stream_writer, output_options, read_input, say, tool
+from .common import input_argument, open_stream_writer, output_options, read_input, say, tool, warn
 
 EXAMPLE = """\
 moe-explain samples.msgpack.zst --backend offline -o labels.jsonl
@@ -48,6 +48,8 @@ moe-explain samples.msgpack.zst --api-base http://localhost:8000/v1 --model Qwen
               help="openai: seconds per request.")
 @click.option("--max-retries", default=6, show_default=True, type=click.IntRange(0),
               help="openai: retries of a request on 429/5xx/timeouts/connection errors/bad JSON.")
+@click.option("--backoff-base", default=0.5, show_default=True, type=click.FloatRange(0),
+              help="openai: first retry waits about this many seconds, doubling each time (with jitter).")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1),
               help="local, self: prompts generated together.")
 @click.option("--device", default="cpu", show_default=True, help="local, self: torch device.")
@@ -56,7 +58,7 @@ moe-explain samples.msgpack.zst --api-base http://localhost:8000/v1 --model Qwen
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the response cache.")
 @click.option("--refresh", is_flag=True, help="Ask again even when the cache has an answer (and store the new one).")
 def command(input, output, fmt, uncompressed, backend, model, domain, max_examples, logit_lens_top, attempts,
-            temperature, max_tokens, api_base, api_key_env, concurrency, rate, timeout, max_retries, batch_size,
+            temperature, max_tokens, api_base, api_key_env, concurrency, rate, timeout, max_retries, backoff_base, batch_size,
             device, cache_dir, no_cache, refresh):
     """Label every expert of a samples stream with a natural-language explanation.
 
@@ -78,7 +80,7 @@ def command(input, output, fmt, uncompressed, backend, model, domain, max_exampl
 
     domain_spec = load_domain(domain) if domain else None
     options = {"model": model, "api_base": api_base, "api_key_env": api_key_env, "concurrency": concurrency,
-               "rate": rate, "timeout": timeout, "max_retries": max_retries, "temperature": temperature,
+               "rate": rate, "timeout": timeout, "max_retries": max_retries, "backoff_base": backoff_base, "temperature": temperature,
                "max_tokens": max_tokens, "batch_size": batch_size, "device": device}
     cache = ResponseCache(cache_dir, enabled=not no_cache, read=not refresh)
     runner = make_runner(backend, options, cache=cache, domain=domain_spec, max_examples=max_examples,
@@ -113,6 +115,9 @@ def command(input, output, fmt, uncompressed, backend, model, domain, max_exampl
         accounting["seconds"] = round(seconds, 3)
         writer.end_extra = {"accounting": accounting}
     say(runner.accounting.line(seconds))
+    if runner.accounting.failures:
+        warn(f"{runner.accounting.failures} experts failed (status \"failed\" with the reason); rerun with the "
+             "same -o to try them again")
 
 
 main = command.main

@@ -177,9 +177,15 @@ class ExplainRunner:
 
         def collect(done: set[asyncio.Task]) -> None:
             nonlocal next_to_emit
-            for task in done:
-                index, label = task.result()  # a fatal error propagates from here
+            failure = None
+            for task in done:  # retrieve every result, so no task's exception goes unobserved
+                if task.exception() is not None:
+                    failure = failure or task.exception()
+                    continue
+                index, label = task.result()
                 finished[index] = label
+            if failure is not None:
+                raise failure  # a fatal backend error (or a bug) stops the run
             while next_to_emit in finished:
                 emit(finished.pop(next_to_emit))
                 next_to_emit += 1

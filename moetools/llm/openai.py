@@ -108,7 +108,7 @@ class OpenAIExplainer(Explainer):
                          or DEFAULT_API_BASE).rstrip("/")
         self.timeout = float(options.get("timeout") or 60.0)
         self.max_retries = int(options.get("max_retries") if options.get("max_retries") is not None else 6)
-        self.backoff_base = float(options.get("backoff_base") or 0.5)
+        self.backoff_base = float(options["backoff_base"] if options.get("backoff_base") is not None else 0.5)
         self.backoff_cap = float(options.get("backoff_cap") or 30.0)
         self.limiter = RateLimiter(float(options.get("rate") or 0.0))
         key_env = options.get("api_key_env") or "OPENAI_API_KEY"

@@ -1,0 +1,265 @@
+"""moe-explain's openai backend against a real OpenAI-compatible server on 127.0.0.1 (tests/llm_stub.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+from llm_stub import LLMStub, write_samples  # noqa: E402
+
+from moetools.cli.explain import command  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "sk-test-Zq8SECRETkey1234567890"
+
+# Paper 000, Appendix A.1.1, typed out again here (independently of moetools/explain/prompts.py)
+PAPER_MONO_SYSTEM = (
+    "We're studying experts in a large-scale Mixture of Experts (MoE) language model. Each expert specializes in "
+    "processing certain types of content, knowledge domains, linguistic patterns, or reasoning tasks in documents. "
+    "The content that activates each expert in documents is indicated with << ... >>. We will give you a list of "
+    "documents on which the expert is activated by the router, in order from most strongly activating to least "
+    "strongly activating. Look at the parts of the document the expert activates for and summarize in a single "
+    "sentence what type of content or domain this expert specializes in. Provide a reasonable explanation that "
+    "captures the key distinguishing features. Note that some experts will specialize in very specific linguistic "
+    "patterns or substrings, but others will activate on broader content types provided that the text contains "
+    "particular knowledge domains or reasoning patterns. Your explanation should cover the general specialization "
+    "pattern across most or all activating content (for example, don't give an explanation specific to a single "
+    "domain if the expert activates across multiple related areas). Pay attention to things like the subject "
+    "matter, linguistic style, technical complexity, or reasoning type of the activating content, if that seems "
+    "relevant. Keep the explanation as short and simple as possible, limited to 20 words or fewer. Omit "
+    "punctuation and formatting. You should avoid giving long lists of specific topics. Include specific details "
+    "about the semantic patterns, syntactic structures, or functional roles that characterize this expert's "
+    "specialization. Mention key distinguishing features such as specific word types, grammatical constructions, "
+    "or conceptual themes.\n\nYour response should be in the form \"This expert specializes in...\"")
+PAPER_MEDICAL = (
+    "This expert processes medical multiple-choice questions and clinical reasoning, so focus on medical "
+    "terminology, diagnostic reasoning patterns, clinical decision-making, anatomical concepts, pharmacological "
+    "knowledge, pathophysiology, treatment protocols, medical examination patterns, or healthcare domain "
+    "knowledge.\n\n**IMPORTANT:** This expert should ONLY specialize in medical and healthcare content. Do not "
+    "generate explanations about non-medical domains.\n\nYour response should be in the form \"This expert "
+    "specializes in...\"\n\nSome examples: \"This expert specializes in differential diagnosis reasoning in "
+    "multiple-choice contexts\", \"This expert specializes in pharmacological drug mechanism descriptions and "
+    "interactions\", \"This expert specializes in anatomical structure identification and spatial relationships\", "
+    "\"This expert specializes in clinical symptom pattern recognition and analysis\", \"This expert specializes "
+    "in medical procedure descriptions and protocols\", \"This expert specializes in pathophysiology and disease "
+    "mechanism explanations\", \"This expert specializes in medical terminology and nomenclature\", \"This expert "
+    "specializes in treatment option evaluation and selection\".")
+
+
+@pytest.fixture
+def stub():
+    with LLMStub() as server:
+        yield server
+
+
+def explain(tmp_path, stub, *args, samples=None, output="labels.jsonl", env=None):
+    samples = samples or tmp_path / "samples.msgpack.zst"
+    if not Path(samples).exists():
+        write_samples(samples, experts=6)
+    arguments = [str(samples), "--api-base", stub.url, "--model", "stub-model", "--cache-dir",
+                 str(tmp_path / "cache"), "--backoff-base", "0.01", "-o", str(tmp_path / output), *args]
+    result = CliRunner().invoke(command, arguments, env={"OPENAI_API_KEY": SECRET, **(env or {})},
+                                catch_exceptions=False)
+    return result
+
+
+def read_labels(path):
+    lines = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    assert lines[0]["type"] == "header" and lines[-1]["type"] == "end"
+    return lines[0], [line for line in lines if line["type"] == "label"], lines[-1]
+
+
+def test_mono_prompt_is_the_papers_template(tmp_path, stub):
+    result = explain(tmp_path, stub, "--max-examples", "3")
+    assert result.exit_code == 0, result.output
+    bodies = sorted((r["body"] for r in stub.requests), key=lambda b: b["messages"][1]["content"])
+    assert len(bodies) == 6
+    # expert 0 of layer 0 fires on " def" (tests/llm_stub.py); top contexts numbered 2,0,3,1 in the stream
+    body = next(b for b in bodies if "def-" not in b["messages"][1]["content"] and "<< def>>" in
+                b["messages"][1]["content"])
+    assert body["model"] == "stub-model" and body["temperature"] == 0.0
+    system, user = body["messages"]
+    assert system == {"role": "system", "content": PAPER_MONO_SYSTEM}
+    lines = user["content"].split("\n")
+    assert lines[:3] == ["Here is the explanation: this expert specializes in", "", "Here are the examples:"]
+    examples = lines[3:6]
+    assert [line.split(":")[0] for line in examples] == ["Example 1", "Example 2", "Example 3"]
+    # strongest first: context number 0 has the highest activation, then 1, then 2
+    assert examples[0].startswith("Example 1: ") and examples[0].count("<< def>>") == 2
+    assert lines[6:] == ["", 'Top tokens promoted by this expert (logit lens): " defs", " code", " and"']
+    _, labels, end = read_labels(tmp_path / "labels.jsonl")
+    assert [(l["layer"], l["expert"]) for l in labels] == [(0, e) for e in range(6)]
+    assert all(l["status"] == "ok" and l["explanation"].startswith("This expert specializes in ") for l in labels)
+    assert labels[0]["prompt"] == {"kind": "mono", "domain": None}
+    assert labels[0]["explainer"]["backend"] == "openai" and labels[0]["explainer"]["model"] == "stub-model"
+    assert labels[0]["examples"] == ["code-0-0-top-0@0", "code-0-0-top-1@0", "code-0-0-top-2@0"]
+    assert end["accounting"]["requests"] == 6
+
+
+def test_domain_prompt_adds_the_papers_medical_text(tmp_path, stub):
+    result = explain(tmp_path, stub, "--domain", "medical", "--logit-lens-top", "0")
+    assert result.exit_code == 0, result.output
+    system, user = stub.requests[0]["body"]["messages"]
+    assert system["content"] == PAPER_MONO_SYSTEM + "\n\n" + PAPER_MEDICAL
+    assert "logit lens" not in user["content"]
+    header, labels, _ = read_labels(tmp_path / "labels.jsonl")
+    assert labels[0]["prompt"] == {"kind": "domain", "domain": "medical"}
+    assert header["explain"]["prompt"] == {"kind": "domain", "domain": "medical"}
+
+
+def test_own_domain_from_a_file(tmp_path, stub):
+    domain = tmp_path / "chemistry.json"
+    domain.write_text(json.dumps({"name": "chemistry", "focus": "This expert processes chemistry.",
+                                  "important": "Only chemistry.", "examples": ["This expert specializes in acids"]}))
+    assert explain(tmp_path, stub, "--domain", str(domain)).exit_code == 0
+    system = stub.requests[0]["body"]["messages"][0]["content"]
+    assert system.endswith("This expert processes chemistry.\n\n**IMPORTANT:** Only chemistry.\n\n"
+                           "Your response should be in the form \"This expert specializes in...\"\n\n"
+                           "Some examples: \"This expert specializes in acids\".")
+
+
+def test_concurrency_reaches_the_configured_number_in_flight(tmp_path, stub):
+    stub.latency = 0.3
+    write_samples(tmp_path / "many.msgpack.zst", experts=24)
+    started = time.perf_counter()
+    result = explain(tmp_path, stub, "--concurrency", "8", samples=tmp_path / "many.msgpack.zst")
+    elapsed = time.perf_counter() - started
+    assert result.exit_code == 0, result.output
+    assert len(stub.requests) == 24
+    assert stub.max_in_flight == 8
+    assert elapsed < 24 * 0.3 / 2  # far from one at a time
+
+
+def test_transient_faults_are_retried(tmp_path, stub):
+    stub.retry_after = 0.4
+    stub.hang = 1.5
+    stub.faults = ["429", "500", "timeout", "drop", "malformed"]
+    result = explain(tmp_path, stub, "--concurrency", "1", "--timeout", "0.5")
+    assert result.exit_code == 0, result.output
+    _, labels, end = read_labels(tmp_path / "labels.jsonl")
+    assert all(label["status"] == "ok" for label in labels) and len(labels) == 6
+    assert end["accounting"]["retries"] == 5 and end["accounting"]["requests"] == 11
+    assert labels[0]["usage"]["requests"] == 6  # the first expert met all five faults
+    # Retry-After was honoured: the retry after the 429 came at least 0.4 s later
+    assert stub.requests[1]["time"] - stub.requests[0]["time"] >= 0.4
+    assert "retries 5" in result.stderr
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "timeout", "drop", "malformed"])
+def test_persistent_faults_are_reported_and_the_run_goes_on(tmp_path, stub, fault):
+    stub.retry_after = 0.05
+    stub.hang = 1.0
+    stub.rule = lambda body: fault if "<< tort>>" in body["messages"][1]["content"] else None  # expert 1 only
+    result = explain(tmp_path, stub, "--max-retries", "2", "--timeout", "0.3")
+    assert result.exit_code == 0, result.output
+    _, labels, end = read_labels(tmp_path / "labels.jsonl")
+    failed = [label for label in labels if label["status"] == "failed"]
+    assert [(label["layer"], label["expert"]) for label in failed] == [(0, 1)]
+    assert failed[0]["explanation"] is None and failed[0]["usage"]["requests"] == 3
+    expected = {"429": "HTTP 429", "500": "HTTP 500", "timeout": "timed out", "drop": "connection error",
+                "malformed": "malformed response"}[fault]
+    assert expected in failed[0]["error"]
+    assert sum(label["status"] == "ok" for label in labels) == 5
+    assert end["accounting"]["failures"] == 1 and "failures 1" in result.stderr
+
+
+def test_malformed_answer_is_asked_again_then_recorded_raw(tmp_path, stub):
+    stub.rule = lambda body: "bad_answer" if "<< tort>>" in body["messages"][1]["content"] else None
+    stub.faults = [None, "bad_answer"]  # expert 1's ... and one bad answer for someone else, then a good one
+    result = explain(tmp_path, stub, "--concurrency", "1", "--attempts", "3")
+    assert result.exit_code == 0, result.output
+    _, labels, _ = read_labels(tmp_path / "labels.jsonl")
+    by_expert = {label["expert"]: label for label in labels}
+    assert by_expert[1]["status"] == "failed" and by_expert[1]["explanation"] is None
+    assert by_expert[1]["raw"] == "I think it is about many things." and by_expert[1]["attempts"] == 3
+    assert all(by_expert[e]["status"] == "ok" for e in (0, 2, 3, 4, 5))
+    retried = [r["body"] for r in stub.requests if "<< tort>>" in r["body"]["messages"][1]["content"]]
+    assert len(retried) == 3 and retried[1]["temperature"] > 0  # asked again, with some sampling
+
+
+def test_api_key_is_sent_but_never_written(tmp_path, stub):
+    stub.rule = lambda body: "500" if "<< tort>>" in body["messages"][1]["content"] else None
+    result = explain(tmp_path, stub, "-v", "--max-retries", "1", "--api-key-env", "MY_KEY",
+                     env={"MY_KEY": SECRET, "OPENAI_API_KEY": None})
+    assert result.exit_code == 0, result.output
+    assert stub.requests[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
+    assert SECRET not in result.stdout + result.stderr
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert any("cache" in str(path) for path in written)
+    for path in written:
+        assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_second_run_sends_no_request(tmp_path, stub):
+    assert explain(tmp_path, stub).exit_code == 0
+    first = len(stub.requests)
+    stub.reset()
+    result = explain(tmp_path, stub, output="again.jsonl")  # fresh output: all answers from the cache
+    assert result.exit_code == 0 and len(stub.requests) == 0 and first == 6
+    assert "requests 0, cache hits 6" in result.stderr
+    _, a, _ = read_labels(tmp_path / "labels.jsonl")
+    _, b, _ = read_labels(tmp_path / "again.jsonl")
+    assert [l["explanation"] for l in a] == [l["explanation"] for l in b]
+    result = explain(tmp_path, stub)  # same output: every expert already there
+    assert result.exit_code == 0 and len(stub.requests) == 0 and "6 already done" in result.stderr
+    _, c, _ = read_labels(tmp_path / "labels.jsonl")
+    assert c == a
+
+
+def test_killed_run_resumes_with_only_the_missing_requests(tmp_path, stub):
+    stub.latency = 0.25
+    samples = tmp_path / "samples.msgpack.zst"
+    write_samples(samples, experts=12)
+    output = tmp_path / "labels.jsonl"
+    arguments = [str(ROOT / "bin" / "moe-explain"), str(samples), "--api-base", stub.url, "--model", "stub-model",
+                 "--cache-dir", str(tmp_path / "cache"), "--concurrency", "2", "-o", str(output)]
+    env = {**os.environ, "OPENAI_API_KEY": SECRET, "MOETOOLS_PYTHON": sys.executable}
+    process = subprocess.Popen(arguments, env=env, stderr=subprocess.PIPE)
+    partial = tmp_path / "labels.jsonl.partial"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if partial.exists() and partial.read_text().count('"type":"label"') >= 4:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not output.exists() and partial.exists()
+    cached = {json.dumps(json.loads(p.read_text())["request"]["messages"]) for p in (tmp_path / "cache").rglob("*.json")}
+    first_prompts = [json.dumps(r["body"]["messages"]) for r in stub.requests]
+    assert 4 <= len(cached) < 12
+    stub.reset()
+    result = explain(tmp_path, stub, "--concurrency", "2", samples=samples)
+    assert result.exit_code == 0, result.output
+    second_prompts = [json.dumps(r["body"]["messages"]) for r in stub.requests]
+    assert len(second_prompts) == 12 - len(cached)           # only what had no answer yet
+    assert not set(second_prompts) & cached                 # nothing answered before is asked again
+    assert len(set(first_prompts) | set(second_prompts)) == 12
+    _, labels, _ = read_labels(output)
+    assert sorted(label["expert"] for label in labels) == list(range(12))
+    assert all(label["status"] == "ok" for label in labels)
+
+
+def test_rate_limit_spaces_request_starts(tmp_path, stub):
+    assert explain(tmp_path, stub, "--rate", "20", "--concurrency", "6").exit_code == 0
+    times = sorted(r["time"] for r in stub.requests)
+    assert times[-1] - times[0] >= 5 / 20 * 0.9
+
+
+def test_refused_key_stops_the_run(tmp_path, stub):
+    # every other expert would fail the same way: the run stops (exit 1) and leaves no complete output
+    stub.rule = lambda body: "401"
+    result = explain(tmp_path, stub)
+    assert result.exit_code == 1
+    assert "401" in result.stderr and SECRET not in result.stdout + result.stderr
+    assert not (tmp_path / "labels.jsonl").exists()
+    for path in tmp_path.rglob("*"):
+        assert not path.is_file() or SECRET.encode() not in path.read_bytes()
