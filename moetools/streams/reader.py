@@ -179,17 +179,21 @@ def model_fingerprint(header: dict):
     return model.get("fingerprint") if isinstance(model, dict) else None
 
 
+def _describe_model(header: dict) -> str:
+    model = header.get("model")
+    if not isinstance(model, dict):
+        return "no model"
+    return f"{model.get('name')!r} ({model.get('fingerprint')})"
+
+
 def check_compatible(first: dict, later: dict, segment: int) -> None:
     """Concatenated segments must agree on kind and model (formats/README.md, "Concatenation")."""
     if later.get("kind") != first.get("kind"):
-        raise KindError(f"segment {segment} is a {later['kind']} stream, segment 1 a {first['kind']} stream")
+        raise KindError(f"segment {segment} is a {later.get('kind')} stream, segment 1 a {first.get('kind')} stream")
     if model_fingerprint(later) != model_fingerprint(first):
-        name_a = (first.get("model") or {}).get("name")
-        name_b = (later.get("model") or {}).get("name")
         raise ModelMismatchError(
-            f"segment {segment} comes from another model than segment 1 "
-            f"({name_b!r} {model_fingerprint(later)} vs {name_a!r} {model_fingerprint(first)}); "
-            "refusing to mix models in one stream")
+            f"segment {segment} comes from another model than segment 1: {_describe_model(later)} vs "
+            f"{_describe_model(first)}; refusing to mix models in one stream")
 
 
 class StreamReader:
@@ -290,7 +294,7 @@ class StreamReader:
                     continue
                 if not isinstance(record, dict):
                     raise FormatError(f"record {self._segment_count + 1} of segment {len(self.headers)} "
-                                      f"is a {type(record).__name__}, not a map")
+                                      f"is not a map ({type(record).__name__})")
                 kind = record.get("type")
                 if kind == "end":
                     self._end_segment(record)
