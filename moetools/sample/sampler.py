@@ -1,0 +1,328 @@
+"""One streaming pass over a trace -> per (layer, expert) example sets (formats/samples.md).
+
+Paper 000 §3.1 builds each expert's activation dataset in three stages:
+top-activated samples, importance-weighted samples and random negatives. Paper
+002 ranks by the residual-stream contribution ``score(s, E_i) = max_{x∈s}
+g_i(x)·‖E_i(x)‖₂`` and shows the explainer the top-20 sequences, scoring on 10
+positive + 10 negative held-out ones. Here, for every (layer, expert):
+
+==================  ====================================================================  =========
+set                 what                                                                  default
+==================  ====================================================================  =========
+explain.top         the contexts with the largest ``max`` activation (exact top-N)        20
+explain.weighted    contexts drawn with probability ∝ max activation (A-Res), not in top  20
+explain.negative    contexts whose marked token does not route to the expert              20
+holdout.positive    like weighted, from the holdout regions only                          10
+holdout.negative    like negative, from the holdout regions only                          10
+==================  ====================================================================  =========
+
+The split: every region of ``split_region`` tokens of a document (0: the whole
+document) is holdout with probability ``holdout_fraction``, by a hash of (seed,
+document, region); explain sets draw only from explain regions and holdout sets
+only from holdout regions, so the two never share a context, nor overlapping or
+even the same stretch of text.
+
+Negatives are token-level (experts fire densely: a top-8-of-64 expert fires on
+~12 % of tokens, so nearly every 32-token window holds a firing): a negative is a
+(cell, marked token) where the expert is not selected at the marked token (and,
+with ``negative_span`` S > 1, on none of the S tokens ending there). Cells are
+drawn with weight = their number of eligible tokens and the mark uniformly among
+them, so every eligible token is equally likely. Hard negatives: ``domain``
+keeps negatives per domain and matches the domain mix of the positives they go
+with; ``token`` only marks tokens that route to the expert elsewhere in the
+same trace window.
+
+Memory: heaps of (layers x experts x set size) contexts, plus one record; no
+state grows with the trace. All randomness is keyed by content
+(:mod:`moetools.sample.reservoir`), so shard order never changes the result.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import FormatError, UsageError
+from .contexts import Grid, make_context, negative_span_ok, token_matched
+from .reservoir import (PURPOSE_MARK, PURPOSE_NEGATIVE, PURPOSE_SPLIT, PURPOSE_WEIGHTED, HeapBank, content_hash,
+                        document_key, to_uniform, weighted_log_key)
+
+RANK_FIELDS = {"contribution": "contribution", "gate": "gates"}
+HARD_NEGATIVES = ("none", "domain", "token")
+SET_NAMES = ("top", "weighted", "negative", "holdout_positive", "holdout_negative")
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """moe-sample's knobs; defaults from papers 000/002 (see the module docstring)."""
+
+    top: int = 20
+    weighted: int = 20
+    negatives: int = 20
+    holdout_positive: int = 10
+    holdout_negative: int = 10
+    rank: str = "contribution"
+    context: int = 32
+    seed: int = 0
+    holdout_fraction: float = 0.2
+    split_region: int = 256
+    negative_span: int = 1
+    hard_negatives: str = "none"
+    layers: tuple[int, ...] | None = None
+    experts: tuple[int, ...] | None = None
+    domain: str | None = None
+    min_count: int = 0
+
+    def check(self) -> None:
+        for name in ("top", "weighted", "negatives", "holdout_positive", "holdout_negative", "min_count"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
+        if self.rank not in RANK_FIELDS:
+            raise UsageError(f"--rank must be one of {', '.join(RANK_FIELDS)}")
+        if self.context < 1:
+            raise UsageError("--context must be >= 1 token")
+        if not 0.0 <= self.holdout_fraction <= 1.0:
+            raise UsageError("--holdout-fraction must be within [0, 1]")
+        if self.split_region < 0 or (self.split_region and self.split_region % self.context):
+            raise UsageError(f"--split-region must be 0 (whole documents) or a multiple of --context "
+                             f"({self.context}), got {self.split_region}")
+        if self.negative_span < 1:
+            raise UsageError("--negative-span must be >= 1")
+        if self.hard_negatives not in HARD_NEGATIVES:
+            raise UsageError(f"--hard-negatives must be one of {', '.join(HARD_NEGATIVES)}")
+
+    def wanted(self) -> dict:
+        return {"top": self.top, "weighted": self.weighted, "negative": self.negatives,
+                "holdout_positive": self.holdout_positive, "holdout_negative": self.holdout_negative}
+
+
+def _header_ints(header: dict) -> tuple[list[int], int, int]:
+    layers, experts, top_k = header.get("layers"), header.get("num_experts"), header.get("top_k")
+    if not isinstance(layers, list) or not layers or not all(isinstance(x, int) for x in layers):
+        raise FormatError("trace header has no 'layers' list (formats/trace.md)")
+    for name, value in (("num_experts", experts), ("top_k", top_k)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise FormatError(f"trace header has no positive integer '{name}' (formats/trace.md)")
+    return layers, experts, top_k
+
+
+class Sampler:
+    """Feed it sequence records (:meth:`feed`), then take the expert records (:meth:`results`)."""
+
+    def __init__(self, header: dict, options: SampleOptions):
+        options.check()
+        self.options = options
+        self.layers, self.num_experts, self.top_k = _header_ints(header)
+        if options.layers is not None:
+            unknown = sorted(set(options.layers) - set(self.layers))
+            if unknown:
+                raise UsageError(f"--layers {unknown} are not MoE layers of this trace (it has {self.layers})")
+        self.rows = [i for i, layer in enumerate(self.layers) if options.layers is None or layer in options.layers]
+        self.row_layers = np.asarray([self.layers[i] for i in self.rows], dtype=np.int64)
+        if options.experts is not None:
+            unknown = sorted(e for e in set(options.experts) if not 0 <= e < self.num_experts)
+            if unknown:
+                raise UsageError(f"--experts {unknown} out of range (the trace has {self.num_experts} per layer)")
+        self.expert_ids = sorted(set(options.experts)) if options.experts is not None \
+            else list(range(self.num_experts))
+        self.expert_mask = np.zeros(self.num_experts, dtype=bool)
+        self.expert_mask[self.expert_ids] = True
+        rows, experts = len(self.rows), self.num_experts
+        self.rank_field = RANK_FIELDS[options.rank]
+        self.top = HeapBank(rows, experts, options.top)
+        # weighted keeps top-N extra: the top contexts are removed from it at the end (no duplicates)
+        self.weighted = HeapBank(rows, experts, options.weighted + options.top)
+        self.holdout_positive = HeapBank(rows, experts, options.holdout_positive)
+        self.negative: dict = {}           # domain (None unless matching by domain) -> HeapBank
+        self.holdout_negative: dict = {}
+        self.firing = np.zeros((rows, experts), dtype=np.int64)
+        self.max_activation = np.zeros((rows, experts), dtype=np.float64)
+        self.positive_cells = np.zeros((2, rows, experts), dtype=np.int64)  # [explain, holdout]
+        self.negative_cells = np.zeros((2, rows, experts), dtype=np.int64)
+        self.sequences = 0
+        self.tokens = 0
+        self.skipped_domain = 0
+        self.other_records = 0
+
+    # -- the pass --------------------------------------------------------------------------------
+    def _bank(self, banks: dict, domain, capacity: int) -> HeapBank:
+        key = domain if self.options.hard_negatives == "domain" else None
+        bank = banks.get(key)
+        if bank is None:
+            bank = banks[key] = HeapBank(len(self.rows), self.num_experts, capacity)
+        return bank
+
+    def _arrays(self, record: dict, number: int):
+        where = f"trace record {number} (doc {record.get('doc_id')!r})"
+        try:
+            experts = np.asarray(record["experts"])
+            values = np.asarray(record[self.rank_field])
+            pieces = record["pieces"]
+            offset = int(record["offset"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise FormatError(f"{where}: missing or invalid field {error} (formats/trace.md)") from None
+        if experts.ndim != 3 or experts.shape[0] != len(self.layers) or experts.shape[2] != self.top_k \
+                or experts.dtype.kind not in "ui":
+            raise FormatError(f"{where}: 'experts' has shape {experts.shape} dtype {experts.dtype}, expected "
+                              f"integer ({len(self.layers)}, T, {self.top_k})")
+        if values.shape != experts.shape:
+            raise FormatError(f"{where}: '{self.rank_field}' has shape {values.shape}, 'experts' {experts.shape}")
+        if not isinstance(pieces, list) or len(pieces) != experts.shape[1]:
+            raise FormatError(f"{where}: 'pieces' must be a list of {experts.shape[1]} strings")
+        if offset < 0:
+            raise FormatError(f"{where}: negative offset {offset}")
+        return experts, values, pieces, offset
+
+    def feed(self, record: dict, number: int = 0) -> None:
+        """Take one record of the trace (records of other types are counted and ignored)."""
+        if record.get("type") != "sequence":
+            self.other_records += 1
+            return
+        experts, values, pieces, offset = self._arrays(record, number)
+        meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
+        domain = meta.get("domain")
+        if self.options.domain is not None and domain != self.options.domain:
+            self.skipped_domain += 1
+            return
+        self.sequences += 1
+        length = experts.shape[1]
+        self.tokens += length
+        if length == 0:
+            return
+        if len(self.rows) != len(self.layers):
+            experts, values = experts[self.rows], values[self.rows]
+        self._feed(record, experts.astype(np.int64), values.astype(np.float32), pieces, offset, meta, domain)
+
+    def _feed(self, record, experts, values, pieces, offset, meta, domain) -> None:
+        options, rows, num_experts = self.options, len(self.rows), self.num_experts
+        grid = Grid.of(offset, experts.shape[1], options.context)
+        cells, width, padded = grid.cells, grid.width, grid.padded
+        valid = experts < num_experts  # (R, T, K); padding slots hold all-ones ids
+        row_index = np.arange(rows, dtype=np.int64)[:, None, None]
+        token_index = np.arange(grid.length, dtype=np.int64)[None, :, None]
+        flat = ((row_index * padded + grid.pad + token_index) * num_experts + experts)[valid]
+        dense = np.zeros(rows * padded * num_experts, dtype=np.float32)
+        dense[flat] = values[valid]
+        dense = dense.reshape(rows, padded, num_experts)  # (R, C·W, E) activation, 0 where not selected
+        cell_max = dense.reshape(rows, cells, width, num_experts).max(axis=2)  # (R, C, E)
+        cell_key = (row_index * cells + grid.cell_of_token()[None, :, None]) * num_experts + experts
+        fire_count = np.bincount(cell_key[valid], minlength=rows * cells * num_experts)
+        fire_count = fire_count.reshape(rows, cells, num_experts)  # (R, C, E) firing tokens per cell
+        self.firing += fire_count.sum(axis=1)
+        np.maximum(self.max_activation, cell_max.max(axis=1), out=self.max_activation)
+
+        starts = grid.cell_starts()  # (C,)
+        root = document_key(options.seed, record.get("doc_id"))
+        region = starts // options.split_region if options.split_region else np.zeros_like(starts)
+        holdout = to_uniform(content_hash(root, PURPOSE_SPLIT, region)) < options.holdout_fraction  # (C,)
+        sides = (~holdout[None, :, None], holdout[None, :, None])
+        layer_ids = self.row_layers[:, None, None]
+        expert_ids = np.arange(num_experts, dtype=np.int64)[None, None, :]
+        cell_ids = starts[None, :, None]
+
+        # positives: cells where the expert fires at least once
+        positive = (fire_count > 0) & self.expert_mask
+        hash_w = content_hash(root, PURPOSE_WEIGHTED, cell_ids, layer_ids, expert_ids)  # (R, C, E)
+        key_w = np.where(positive, weighted_log_key(to_uniform(hash_w), cell_max), -np.inf)
+        self.positive_cells[0] += (positive & sides[0]).sum(axis=1)
+        self.positive_cells[1] += (positive & sides[1]).sum(axis=1)
+
+        # negatives: cells with at least one eligible (non-firing) token, weight = eligible tokens
+        eligible = None
+        if options.negative_span > 1 or options.hard_negatives == "token":
+            eligible = self._eligible(record, experts, valid, grid)
+            negative_count = eligible.reshape(rows, cells, width, num_experts).sum(axis=2)
+        else:
+            negative_count = grid.tokens_per_cell()[None, :, None] - fire_count
+        negative = (negative_count > 0) & self.expert_mask
+        hash_n = content_hash(root, PURPOSE_NEGATIVE, cell_ids, layer_ids, expert_ids)
+        key_n = np.where(negative, weighted_log_key(to_uniform(hash_n), negative_count), -np.inf)
+        self.negative_cells[0] += (negative & sides[0]).sum(axis=1)
+        self.negative_cells[1] += (negative & sides[1]).sum(axis=1)
+
+        made: dict = {}
+        lens = record.get("logit_lens")
+
+        def positive_context(r, c, e):
+            if (r, c, e) not in made:
+                t0, t1 = grid.bounds(c)
+                activation = dense[r, grid.pad + t0:grid.pad + t1, e]
+                context = make_context(doc_id=record.get("doc_id"), window=record.get("window"), offset=offset,
+                                       t0=t0, t1=t1, mark=int(np.argmax(activation)), pieces=pieces,
+                                       activation=activation, score=cell_max[r, c, e], meta=meta,
+                                       region=region[c])
+                made[(r, c, e)] = (context, self._lens(record, lens, experts, r, e, t0, t1))
+            return made[(r, c, e)]
+
+        def negative_context(r, c, e):
+            t0, t1 = grid.bounds(c)
+            if eligible is not None:
+                allowed = eligible[r, grid.pad + t0:grid.pad + t1, e]
+            else:
+                allowed = ~(experts[r, t0:t1] == e).any(axis=1)
+            positions = np.flatnonzero(allowed)
+            pick = to_uniform(content_hash(int(hash_n[r, c, e]), PURPOSE_MARK))
+            mark = int(positions[min(len(positions) - 1, int(float(pick) * len(positions)))])
+            context = make_context(doc_id=record.get("doc_id"), window=record.get("window"), offset=offset,
+                                   t0=t0, t1=t1, mark=mark, pieces=pieces,
+                                   activation=dense[r, grid.pad + t0:grid.pad + t1, e], score=0.0, meta=meta,
+                                   region=region[c])
+            return context, None
+
+        self._offer(self.top, cell_max, hash_w, positive & sides[0], positive_context)
+        self._offer(self.weighted, key_w, hash_w, positive & sides[0], positive_context)
+        self._offer(self.holdout_positive, key_w, hash_w, positive & sides[1], positive_context)
+        self._offer(self._bank(self.negative, domain, options.negatives), key_n, hash_n,
+                    negative & sides[0], negative_context)
+        self._offer(self._bank(self.holdout_negative, domain, options.holdout_negative), key_n, hash_n,
+                    negative & sides[1], negative_context)
+
+    @staticmethod
+    def _offer(bank: HeapBank, keys, ties, allowed, make) -> None:
+        """Offer every allowed (row, cell, expert) candidate whose key can enter ``bank``."""
+        if bank.capacity == 0:
+            return
+        candidates = allowed & np.isfinite(keys) & (keys >= bank.threshold[:, None, :])
+        for r, c, e in zip(*np.nonzero(candidates)):
+            key, tie = float(keys[r, c, e]), int(ties[r, c, e])
+            if bank.admits(r, e, key, tie):
+                bank.push(r, e, key, tie, make(r, c, e))
+
+    def _eligible(self, record, experts, valid, grid: Grid) -> np.ndarray:
+        """(R, C·W, E) bool: negative-eligible token positions (span and token matching applied)."""
+        rows, num_experts = experts.shape[0], self.num_experts
+        eligible = np.zeros((rows, grid.padded, num_experts), dtype=bool)
+        tokens = np.asarray(record.get("tokens")) if self.options.hard_negatives == "token" else None
+        if tokens is not None and tokens.shape != (grid.length,):
+            raise FormatError(f"trace record of doc {record.get('doc_id')!r}: 'tokens' must have shape "
+                              f"({grid.length},) for --hard-negatives token")
+        for r in range(rows):
+            firing = np.zeros((grid.length, num_experts), dtype=bool)  # (T, E)
+            t_index, k_index = np.nonzero(valid[r])
+            firing[t_index, experts[r, t_index, k_index]] = True
+            allowed = negative_span_ok(firing, self.options.negative_span) & ~firing
+            if tokens is not None:
+                allowed &= token_matched(firing, tokens)
+            eligible[r, grid.pad:grid.pad + grid.length] = allowed
+        return eligible
+
+    def _lens(self, record, lens, experts, r, e, t0, t1):
+        """[(id, piece)] the expert's output promotes (logit lens) at its firing tokens of one context."""
+        if lens is None:
+            return None
+        lens = np.asarray(lens)  # (L, T, K, J), the full L axis even when --layers filters rows
+        if lens.ndim != 4 or lens.shape[0] != len(self.layers) or lens.shape[1:3] != experts.shape[1:]:
+            return None
+        chosen = experts[r, t0:t1] == e  # (W, K)
+        ids = lens[self.rows[r], t0:t1][chosen].reshape(-1)
+        names = record.get("logit_lens_pieces") or {}
+        return [(int(i), str(names.get(str(int(i)), ""))) for i in ids]
+
+    # -- the result ------------------------------------------------------------------------------
+    def results(self):
+        """Expert records, in (layer, expert) order, and the summary for the end record."""
+        from .assemble import assemble
+
+        return assemble(self)
