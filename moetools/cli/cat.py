@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 
 import click
 
@@ -74,7 +75,7 @@ def command(inputs, output, fmt, uncompressed, head, kind, summary, check):
 
 
 def _copy(sources, output, fmt, uncompressed, head, kind) -> None:
-    if fmt is None and output == "-" and click.get_text_stream("stdout").isatty():
+    if fmt is None and output == "-" and sys.stdout.isatty():
         fmt = "jsonl"  # a person is reading: never binary on a terminal unless asked for
     with open_output(output, binary_ok_on_tty=(fmt == "jsonl")) as out:
         cat.copy_streams(sources, out, encoding=fmt, compress=None if (fmt is None and not uncompressed)

@@ -78,8 +78,18 @@ def _quiet_broken_pipe() -> None:
     sys.exit(EXIT_SIGPIPE)
 
 
+class _StdoutClosed(Exception):
+    """A BrokenPipeError carried past click, which (8.5) turns EPIPE into a bare exit 1."""
+
+
 class ErrorBoundary:
     """Mixin: the moetools error boundary around a click command's parsing and running."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise _StdoutClosed() from None
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         state.tool = self.name or prog_name or "moetools"
@@ -95,7 +105,7 @@ class ErrorBoundary:
             _fail("interrupted", 130)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
-        except BrokenPipeError:
+        except (BrokenPipeError, _StdoutClosed):
             _quiet_broken_pipe()
         except click.ClickException as error:
             hint = f" (try '{self.name} --help')" if isinstance(error, click.UsageError) else ""
@@ -215,10 +225,16 @@ def output_options(default_format: str = "msgpack"):
 
 # -- opening inputs and outputs -----------------------------------------------------------------
 
+def binary_stream(name: str) -> BinaryIO:
+    """``sys.stdin``/``sys.stdout`` as bytes (``click.get_binary_stream`` is deprecated since click 8.5)."""
+    stream = getattr(sys, name)
+    return getattr(stream, "buffer", stream)
+
+
 def open_input(path: str | os.PathLike | None) -> BinaryIO:
     """A binary file for ``path``; ``-``/None is stdin (refused when it is a terminal)."""
     if path in (None, "-"):
-        stdin = click.get_binary_stream("stdin")
+        stdin = binary_stream("stdin")
         if sys.stdin is not None and hasattr(sys.stdin, "isatty") and sys.stdin.isatty():
             raise UsageError("no input: give a path or pipe a stream into standard input")
         return stdin
@@ -249,7 +265,7 @@ def open_output(path: str | os.PathLike | None, *, binary_ok_on_tty: bool = Fals
     for tools that resume from it) and ``path`` is left untouched.
     """
     if path in (None, "-"):
-        stdout = click.get_binary_stream("stdout")
+        stdout = binary_stream("stdout")
         if not binary_ok_on_tty and sys.stdout is not None and hasattr(sys.stdout, "isatty") and sys.stdout.isatty():
             raise UsageError("refusing to write a binary stream to a terminal: use -o FILE, a pipe, "
                              "or --format jsonl")
