@@ -14,6 +14,8 @@ import re
 _PHRASE = re.compile(r"\b(?:this|the)\s+expert\s+speciali[sz]es\s+in\b", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)(?<!\betc)[.!?](?=\s|$)|\n")
 _MIN_WORDS = 1
+_QUOTES = "\"'“‘«"
+_CLOSING = {"“": "”", "‘": "’", "«": "»"}
 
 
 def parse_explanation(text: str | None) -> str | None:
@@ -29,6 +31,11 @@ def parse_explanation(text: str | None) -> str | None:
     if match is None:
         return None
     rest = cleaned[match.end():]
+    before = cleaned[: match.start()].rstrip()
+    if before and before[-1] in _QUOTES:  # a quoted answer ends at its closing quote
+        closing = _CLOSING.get(before[-1], before[-1])
+        if closing in rest:
+            rest = rest[: rest.index(closing)]
     end = _SENTENCE_END.search(rest)
     body = rest[: end.start()] if end else rest
     body = body.strip().strip("\"'“”‘’ ").rstrip(".,;:!?\"'“”‘’ ").strip()

@@ -80,6 +80,7 @@ class LocalExplainer(Explainer):
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
         self._lm = self._tokenizer = None
+        self.batches = 0  # generate calls made (fewer than prompts when batching works)
 
     @property
     def model(self) -> str:
@@ -153,6 +154,7 @@ class LocalExplainer(Explainer):
                                  temperature=parameters["temperature"] if sample else None, top_p=None, top_k=None,
                                  pad_token_id=tokenizer.pad_token_id)
         self.accounting.requests += len(jobs)
+        self.batches += 1
         new_tokens = output[:, inputs["input_ids"].shape[1]:]  # (B, new)
         completions = []
         for row, mask in zip(new_tokens, inputs["attention_mask"]):

@@ -32,7 +32,7 @@ BUILTIN_MODULES = ("moetools.llm.openai", "moetools.llm.local", "moetools.llm.se
                    "moetools.llm.offline")
 
 _REGISTRY: dict[str, type] = {}
-_loaded = False
+_imported: set[str] = set()
 
 
 def register_explainer(name: str):
@@ -58,18 +58,17 @@ def _plugin_modules() -> list[str]:
 
 
 def load_plugins() -> None:
-    """Import every backend module once (built-ins, entry points, ``$MOETOOLS_EXPLAINERS``)."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
+    """Import every backend module not imported yet (built-ins, entry points, ``$MOETOOLS_EXPLAINERS``)."""
     for module in _plugin_modules():
+        if module in _imported:
+            continue
         try:
             importlib.import_module(module)
         except ImportError as error:
             if module in BUILTIN_MODULES:
                 raise
             raise UsageError(f"cannot import explainer module {module!r}: {error}") from None
+        _imported.add(module)
 
 
 def available() -> list[str]:

