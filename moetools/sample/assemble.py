@@ -147,4 +147,4 @@ def summary_line(summary: dict) -> str:
     return "; ".join(parts)
 
 
-__all__ = ["assemble", "expert_record", "summarize", "summary_line", "HeapBank"]
+__all__ = ["HeapBank", "assemble", "expert_record", "summarize", "summary_line"]

@@ -38,7 +38,7 @@ class Grid:
     cells: int         # C
 
     @classmethod
-    def of(cls, offset: int, length: int, width: int) -> "Grid":
+    def of(cls, offset: int, length: int, width: int) -> Grid:
         pad = offset % width
         return cls(offset, length, width, pad, -(-(pad + length) // width))
 

@@ -39,15 +39,23 @@ state grows with the trace. All randomness is keyed by content
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import FormatError, UsageError
 from .contexts import Grid, make_context, negative_span_ok, token_matched
-from .reservoir import (PURPOSE_MARK, PURPOSE_NEGATIVE, PURPOSE_SPLIT, PURPOSE_WEIGHTED, HeapBank, content_hash,
-                        document_key, to_uniform, weighted_log_key)
+from .reservoir import (
+    PURPOSE_MARK,
+    PURPOSE_NEGATIVE,
+    PURPOSE_SPLIT,
+    PURPOSE_WEIGHTED,
+    HeapBank,
+    content_hash,
+    document_key,
+    to_uniform,
+    weighted_log_key,
+)
 
 RANK_FIELDS = {"contribution": "contribution", "gate": "gates"}
 HARD_NEGATIVES = ("none", "domain", "token")
