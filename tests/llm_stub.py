@@ -175,7 +175,10 @@ def synthetic_expert(layer: int, expert: int, *, contexts: int = 4, length: int 
     def context(kind: str, number: int, active: bool) -> dict:
         pieces, activation = [], []
         for position in range(length):
-            if active and position in (3 + number % 4, 8):
+            if position == 0:  # names the expert, so no two experts are shown the same prompt
+                pieces.append(f" doc{layer}x{expert}")
+                activation.append(0.0)
+            elif active and position in (3 + number % 4, 8):
                 pieces.append(" " + target)
                 activation.append(round(1.0 + 0.25 * (contexts - number) + 0.01 * position, 3))
             else:

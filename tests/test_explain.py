@@ -131,6 +131,7 @@ def test_user_backend_registered_by_decorator(tmp_path, monkeypatch):
 
 def regenerate_fixture() -> None:
     write_samples(FIXTURES / "samples.jsonl", experts=4, layers=2, encoding="jsonl", empty={(1, 3)})
+    (FIXTURES / "offline_labels.jsonl").unlink(missing_ok=True)  # else the run would resume from it
     result = run_cli(FIXTURES / "samples.jsonl", "--backend", "offline", "--no-cache",
                      "-o", FIXTURES / "offline_labels.jsonl")
     assert result.exit_code == 0, result.output
