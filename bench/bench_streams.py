@@ -89,7 +89,7 @@ def child_read(path: str) -> dict:
 
 
 def run_child(*args: str) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"child {args} failed:\n{result.stderr}")
     return json.loads(result.stdout)

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MODEL, stream_bytes
 
 from moetools.cat import copy_streams
 from moetools.cli.cat import command as moe_cat
 from moetools.streams import ZSTD_MAGIC, read_stream
-
-from conftest import MODEL, stream_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -140,7 +139,7 @@ def test_cat_a_b_pipe_and_head_in_a_real_shell_pipeline(tmp_path):
     (tmp_path / "b.zst").write_bytes(stream_bytes(big[:5]))
     script = ('cat a.zst b.zst | "$MOE_CAT" --summary > summary.json; echo "cat=$?"; '
               '"$MOE_CAT" a.zst --format jsonl | head -1 > first.jsonl; echo "head=${PIPESTATUS[0]}"')
-    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
                             env={"MOE_CAT": str(ROOT / "bin" / "moe-cat"), "PATH": "/usr/bin:/bin"})
     assert result.stderr == ""
     assert "cat=0" in result.stdout and json.loads((tmp_path / "summary.json").read_text())["records"] == 3005

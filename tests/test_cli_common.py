@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import click
 import numpy as np
+from conftest import stream_bytes
 
 from moetools import __version__
 from moetools.cli.cat import command as moe_cat
-from moetools.cli.common import (input_argument, open_stream_writer, output_options, partial_path, read_input,
-                                 tool, tool_info)
+from moetools.cli.common import (
+    input_argument,
+    open_stream_writer,
+    output_options,
+    partial_path,
+    read_input,
+    tool,
+    tool_info,
+)
 from moetools.errors import FormatError, TruncatedStreamError
 from moetools.streams import read_stream
-
-from conftest import stream_bytes
 
 
 @tool("moe-probe", example="moe-probe --fail format -o out.zst")

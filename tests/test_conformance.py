@@ -39,9 +39,8 @@ def test_valid_files_are_read_as_documented(name, run_tool):
 def test_invalid_files_are_refused_with_the_documented_error(name, run_tool):
     entry = MANIFEST[name]
     expected = getattr(errors, entry["error"])
-    with open(EXAMPLES / name, "rb") as source:
-        with pytest.raises(errors.FormatError) as raised:
-            list(StreamReader(source))
+    with open(EXAMPLES / name, "rb") as source, pytest.raises(errors.FormatError) as raised:
+        list(StreamReader(source))
     assert type(raised.value) is expected and entry["message"] in str(raised.value)
     assert raised.value.exit_code == entry["exit"]
     result = run_tool(moe_cat, ["--check", str(EXAMPLES / name)])

@@ -8,18 +8,31 @@ import math
 import numpy as np
 import pytest
 import zstandard
+from conftest import MODEL, stream_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from moetools.cli.cat import command as moe_cat
-from moetools.errors import (FormatError, KindError, ModelMismatchError, MoetoolsError, TruncatedStreamError,
-                             VersionError)
-from moetools.streams import (SUPPORTED_DTYPES, ZSTD_MAGIC, StreamReader, StreamWriter, decode_array,
-                              detect_encoding, encode_array, read_stream)
+from moetools.errors import (
+    FormatError,
+    KindError,
+    ModelMismatchError,
+    MoetoolsError,
+    TruncatedStreamError,
+    VersionError,
+)
+from moetools.streams import (
+    SUPPORTED_DTYPES,
+    ZSTD_MAGIC,
+    StreamReader,
+    StreamWriter,
+    decode_array,
+    detect_encoding,
+    encode_array,
+    read_stream,
+)
 from moetools.streams.reader import check_header
-
-from conftest import MODEL, stream_bytes
 
 ENCODINGS = [("msgpack", True), ("msgpack", False), ("jsonl", False)]
 ENCODING_IDS = ["zstd", "msgpack", "jsonl"]

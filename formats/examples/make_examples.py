@@ -24,7 +24,7 @@ import zstandard
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
-from moetools.streams import SUPPORTED_DTYPES, StreamWriter  # noqa: E402
+from moetools.streams import SUPPORTED_DTYPES, StreamWriter
 
 TOOL = {"name": "make_examples", "version": "1", "args": {"seed": 0}}
 MODEL = {"name": "tiny-moe", "path": None, "model_type": "olmoe", "num_layers": 2, "moe_layers": [0, 1],

@@ -61,7 +61,7 @@ def tool_exists(name: str) -> bool:
 
 def render_command(name: str, command: click.Command) -> str:
     """The roff source of ``name``(1)."""
-    ctx = click.Context(command, info_name=name)
+    ctx = click.Context(command, info_name=name, **command.context_settings)  # as click parses: -h, --help
     help_text = command.help or ""
     summary, _, description = help_text.partition("\n")
     lines = _header(name, 1, f"the click command {name}")

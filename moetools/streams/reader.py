@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import BinaryIO, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 import msgpack
 import zstandard

@@ -145,7 +145,7 @@ class StreamWriter:
             except (OSError, ValueError):
                 pass
 
-    def __enter__(self) -> StreamWriter:
+    def __enter__(self) -> StreamWriter:  # noqa: PYI034 - Python 3.10 has no typing.Self
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
