@@ -39,8 +39,10 @@ cat shards/*.msgpack.zst | moe-sample ...                                       
 @click.option("--device-map", default=None, help="'auto' spreads a large model over the GPUs (accelerate).")
 @click.option("--logit-lens", "logit_lens", default=0, show_default=True, type=click.IntRange(0),
               help="Also record the top-K tokens each selected expert's output promotes.")
-@click.option("--values", "float_dtype", type=click.Choice(["f2", "f4"]), default="f2", show_default=True,
-              help="Float width of gates and contributions on disk.")
+@click.option("--precision", type=click.Choice(["8", "11", "24"]), default="8", show_default=True,
+              callback=lambda ctx, param, value: int(value),
+              help="Significant bits of gates and contributions on disk: 8 (float16 rounded to bfloat16 "
+                   "precision, smallest), 11 (float16), 24 (float32, exact).")
 @click.option("--shard", default=None, metavar="I/N", help="Trace only slice I of N (0-based) of the corpus.")
 @click.option("--shard-by", type=click.Choice(["index", "hash"]), default="index", show_default=True,
               help="Slice by document index mod N, or by a hash of the document id.")

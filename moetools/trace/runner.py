@@ -36,7 +36,7 @@ class TraceOptions:
     batch_size: int | None = None
     sort_buffer: int = 1024
     logit_lens: int = 0
-    float_dtype: str = "f2"
+    precision: int = 8  # significant bits of gates/contributions on disk: 8, 11 (float16) or 24 (float32)
     shard: tuple[int, int] | None = None
     shard_by: str = "index"
     flush_seconds: float = 30.0
@@ -154,7 +154,7 @@ def trace_corpus(model, tokenizer, adapter, documents, writer, options: TraceOpt
             _forward(model, input_ids.to(device), attention_mask.to(device))
             captured = capture.take()
             for record in batch_records(batch, captured, seq_len=seq_len, num_experts=num_experts, pieces=pieces,
-                                        float_dtype=options.float_dtype):
+                                        precision=options.precision):
                 writer.write(record)
             summary.windows += len(batch)
             summary.tokens += int(attention_mask.sum())
@@ -192,7 +192,7 @@ def header_extra(adapter, options: TraceOptions, *, corpus: str, text_field: str
         "shard": None if options.shard is None else f"{options.shard[0]}/{options.shard[1]}",
         "shard_by": options.shard_by,
         "logit_lens": options.logit_lens,
-        "float_dtype": options.float_dtype,
+        "precision": options.precision,
         "order": {"sort_buffer": options.sort_buffer, "batch_tokens": options.batch_tokens,
                   "batch_size": options.batch_size},
     }
@@ -254,7 +254,7 @@ def check_resumable(header: dict, identity: dict, extra: dict) -> None:
     if (header.get("model") or {}).get("fingerprint") != identity["fingerprint"]:
         raise UsageError("--resume: the partial output was written with another model")
     for key in ("corpus", "max_length", "shard", "shard_by", "text_field", "id_field", "logit_lens", "order",
-                "float_dtype"):
+                "precision"):
         if header.get(key) != extra.get(key):
             raise UsageError(f"--resume: the partial output was written with {key}={header.get(key)!r}, "
                              f"this run has {extra.get(key)!r}; use the same options")

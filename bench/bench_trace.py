@@ -1,0 +1,227 @@
+"""Benchmark moe-trace on an OLMoE-shaped model on CPU (8 layers, 32 experts, top-4, d=256).
+
+Measured side by side in one run (ratios; the machine is shared and noisy):
+
+- throughput: ``moe-trace`` (tokenize, traced forward, records, msgpack+zstd to a file)
+  vs. a bare untraced forward over the same batches, both ``logits_to_keep=1`` (what
+  moe-trace runs) and plain ``model(input_ids)`` (full logits); runs alternate, best of N;
+- bytes on disk per token·layer·selected-expert of the written trace (default ``--values f2``);
+- peak RSS of the ``moe-trace`` process at a small vs. a large corpus (separate processes).
+
+    .venv/bin/python bench/bench_trace.py            # 20k vs 1M tokens (minutes)
+    .venv/bin/python bench/bench_trace.py --quick    # 5k vs 100k tokens
+    .venv/bin/python bench/bench_trace.py --write-trace /tmp/trace-1m.msgpack.zst [--tokens 1000000]
+
+``--write-trace`` writes a trace of the synthetic domain corpus (JSON lines with
+``domain`` metadata; text drawn from per-domain word distributions, so routing
+differs by domain once a model is trained; here the model is random) for other
+benchmarks (moe-sample) to reuse. Results: bench/results/trace.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DOMAINS = ("code", "legal", "medical", "math", "general")
+WORDS_PER_DOMAIN = 800
+SHARED_WORDS = 400
+SHAPE = dict(num_hidden_layers=8, num_experts=32, num_experts_per_tok=4, hidden_size=256, intermediate_size=128,
+             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096)
+
+
+def vocabulary() -> list[str]:
+    words = [f"w{i}" for i in range(SHARED_WORDS)]
+    for domain in DOMAINS:
+        words += [f"{domain}{i}" for i in range(WORDS_PER_DOMAIN)]
+    return words
+
+
+def build_model(directory: Path) -> Path:
+    """Save the OLMoE-shaped random model and a WordLevel tokenizer over :func:`vocabulary`."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    if (directory / "config.json").exists():
+        return directory
+    words = vocabulary()
+    vocab = {"[UNK]": 0, "[PAD]": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]",
+                                         pad_token="[PAD]").save_pretrained(directory)
+    config = transformers.OlmoeConfig(vocab_size=len(vocab), pad_token_id=1, bos_token_id=None, eos_token_id=None,
+                                      **SHAPE)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    return directory
+
+
+def write_corpus(path: Path, tokens: int, seed: int = 0) -> int:
+    """Synthetic JSON-lines corpus of about ``tokens`` tokens; documents of 50..1500 words."""
+    rng = np.random.default_rng(seed)
+    zipf = 1.0 / np.arange(1, WORDS_PER_DOMAIN + 1)
+    zipf /= zipf.sum()
+    written = 0
+    with open(path, "w") as handle:
+        number = 0
+        while written < tokens:
+            domain = DOMAINS[number % len(DOMAINS)]
+            length = int(min(tokens - written, rng.integers(50, 1500)))
+            own = rng.choice(WORDS_PER_DOMAIN, size=length, p=zipf)
+            shared = rng.integers(0, SHARED_WORDS, size=length)
+            pick = rng.random(length) < 0.7
+            words = [f"{domain}{o}" if p else f"w{s}" for o, s, p in zip(own, shared, pick)]
+            handle.write(json.dumps({"id": f"{domain}-{number}", "text": " ".join(words), "domain": domain,
+                                     "toxicity": round(float(rng.random()), 3)}) + "\n")
+            written += length
+            number += 1
+    return written
+
+
+def throughput(model_dir: Path, corpus: Path, work: Path, repeats: int, max_length: int) -> dict:
+    """Best-of-``repeats`` seconds of bare forwards vs. the moe-trace library pipeline, alternating."""
+    from moetools.streams import StreamWriter
+    from moetools.trace import TraceOptions, load_model, trace_corpus
+    from moetools.trace.corpus import batches, read_documents
+    from moetools.trace.runner import TraceSummary, iter_windows
+
+    model, tokenizer, adapter = load_model(str(model_dir))
+    options = TraceOptions(max_length=max_length)
+    with open(corpus, "rb") as source:  # the same batches moe-trace forms
+        windows = list(iter_windows(read_documents(source, name="c"), tokenizer, options, TraceSummary()))
+    batch_list = []
+    for batch in batches(windows, batch_tokens=options.batch_tokens, batch_size=None, sort_buffer=options.sort_buffer):
+        length = max(len(w.token_ids) for w in batch)
+        ids = torch.full((len(batch), length), 1, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, window in enumerate(batch):
+            ids[row, :len(window.token_ids)] = torch.tensor(window.token_ids)
+            mask[row, :len(window.token_ids)] = 1
+        batch_list.append((ids, mask))
+    tokens = sum(len(w.token_ids) for w in windows)
+
+    def bare(keep_all: bool) -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for ids, mask in batch_list:
+                if keep_all:
+                    model(ids)  # the plain `model(input_ids)` of the brief (full logits)
+                else:
+                    model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
+        return time.perf_counter() - start
+
+    def traced() -> tuple[float, int]:
+        output = work / "throughput.msgpack.zst"
+        start = time.perf_counter()
+        with open(corpus, "rb") as source, open(output, "wb") as out:
+            writer = StreamWriter(out, "trace", model={"fingerprint": "bench"})
+            trace_corpus(model, tokenizer, adapter, read_documents(source, name="c"), writer, options)
+            writer.close()
+        return time.perf_counter() - start, output.stat().st_size
+
+    times = {"bare_keep1": [], "bare_full_logits": [], "trace": []}
+    size = 0
+    bare(False)  # warm-up
+    for _ in range(repeats):
+        times["bare_keep1"].append(bare(False))
+        seconds, size = traced()
+        times["trace"].append(seconds)
+        times["bare_full_logits"].append(bare(True))
+    best = {name: min(values) for name, values in times.items()}
+    layers, top_k = len(adapter.moe_layers()), adapter.moe_layers()[0].top_k
+    return {
+        "tokens": tokens, "windows": len(windows), "batches": len(batch_list), "repeats": repeats,
+        "seconds_best": best, "seconds_all": times,
+        "tokens_per_s": {name: tokens / value for name, value in best.items()},
+        "trace_overhead_vs_bare_keep1": best["trace"] / best["bare_keep1"] - 1,
+        "trace_overhead_vs_bare_full_logits": best["trace"] / best["bare_full_logits"] - 1,
+        "trace_bytes": size,
+        "bytes_per_token_layer_expert": size / (tokens * layers * top_k),
+    }
+
+
+def peak_rss(model_dir: Path, corpus: Path, output: Path, max_length: int) -> dict:
+    """Run the real CLI in a fresh process; its own peak RSS (ru_maxrss of that process)."""
+    code = ("import resource, sys, json; from moetools.cli.trace import command; "
+            "command.main(args=sys.argv[1:], standalone_mode=False); "
+            "print(json.dumps({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code, str(model_dir), str(corpus), "-q", "--max-length",
+                             str(max_length), "-o", str(output)], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if result.returncode != 0:
+        raise SystemExit(f"moe-trace failed: {result.stderr}")
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report["seconds"] = time.perf_counter() - start
+    report["bytes"] = output.stat().st_size
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="5k vs 100k tokens instead of 20k vs 1M")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--write-trace", metavar="PATH", help="only write a trace of --tokens tokens to PATH")
+    parser.add_argument("--tokens", type=int, default=1_000_000, help="corpus size for --write-trace")
+    parser.add_argument("--model-dir", help="where to keep the benchmark model (default: a temporary directory)")
+    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "trace.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+
+    with tempfile.TemporaryDirectory(prefix="bench-trace-") as temporary:
+        work = Path(temporary)
+        model_dir = build_model(Path(args.model_dir) if args.model_dir else work / "model")
+        if args.write_trace:
+            corpus = work / "corpus.jsonl"
+            tokens = write_corpus(corpus, args.tokens)
+            report = peak_rss(model_dir, corpus, Path(args.write_trace), args.max_length)
+            print(json.dumps({"trace": args.write_trace, "tokens": tokens, **report}))
+            return
+        small_tokens, large_tokens = (5_000, 100_000) if args.quick else (20_000, 1_000_000)
+        small, large = work / "small.jsonl", work / "large.jsonl"
+        write_corpus(small, small_tokens, seed=1)
+        write_corpus(large, large_tokens, seed=2)
+        speed = throughput(model_dir, small if not args.quick else small, work, args.repeats, args.max_length)
+        rss_small = peak_rss(model_dir, small, work / "small.msgpack.zst", args.max_length)
+        rss_large = peak_rss(model_dir, large, work / "large.msgpack.zst", args.max_length)
+    results = {
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__},
+        "model": SHAPE, "quick": args.quick,
+        "throughput": speed,
+        "peak_rss": {"small_tokens": small_tokens, "large_tokens": large_tokens, "small": rss_small,
+                     "large": rss_large, "ratio_large_to_small": rss_large["peak_rss_mb"] / rss_small["peak_rss_mb"]},
+        "bytes_per_token_layer_expert_large": rss_large["bytes"] / (large_tokens * SHAPE["num_hidden_layers"]
+                                                                   * SHAPE["num_experts_per_tok"]),
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    t = speed
+    print(f"moe-trace {t['tokens_per_s']['trace']:.0f} tok/s, bare forward {t['tokens_per_s']['bare_keep1']:.0f} tok/s "
+          f"(overhead {100 * t['trace_overhead_vs_bare_keep1']:+.1f}%), bare model(input_ids) "
+          f"{t['tokens_per_s']['bare_full_logits']:.0f} tok/s (overhead {100 * t['trace_overhead_vs_bare_full_logits']:+.1f}%)")
+    print(f"bytes per token·layer·selected expert: {t['bytes_per_token_layer_expert']:.2f} (small), "
+          f"{results['bytes_per_token_layer_expert_large']:.2f} (large)")
+    print(f"peak RSS {rss_small['peak_rss_mb']:.0f} MB at {small_tokens} tokens vs {rss_large['peak_rss_mb']:.0f} MB at "
+          f"{large_tokens} tokens (ratio {results['peak_rss']['ratio_large_to_small']:.3f})")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
