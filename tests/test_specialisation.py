@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -113,3 +114,64 @@ def test_bad_traces_are_refused():
     writer.close()
     with pytest.raises(KindError):
         routing_from_stream(io.BytesIO(out.getvalue()))
+
+
+# -- bench/bench_specialisation.py ---------------------------------------------------------------
+
+def load_bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "bench_specialisation.py"
+    spec = importlib.util.spec_from_file_location("bench_specialisation", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_on_given_traces_writes_results_and_a_plain_verdict(tmp_path, capsys):
+    trained, untrained = tmp_path / "trained.msgpack.zst", tmp_path / "random.msgpack.zst"
+    trained.write_bytes(synthetic_trace())
+    untrained.write_bytes(synthetic_trace(uniform_everywhere=True))
+    output = tmp_path / "results.json"
+    assert load_bench().main(["--traces", "synthetic", str(trained), str(untrained), "--output", str(output)]) == 0
+    results = json.loads(output.read_text())
+    assert results["models"]["synthetic"]["comparison"]["skewed_experts"]["trained"] == 4
+    printed = capsys.readouterr().out
+    assert "MORE specialised than its random-init copy" in printed
+    load_bench().main(["--traces", "swapped", str(untrained), str(trained), "--output", str(output)])
+    assert "NOT more specialised" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_traces_a_model_and_its_random_init_copy(tmp_path, capsys):
+    """End to end through moe-trace on a tiny random OLMoE (about 20 s: two moe-trace processes)."""
+    pytest.importorskip("moetools.cli.trace")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import OlmoeConfig, OlmoeForCausalLM, PreTrainedTokenizerFast
+
+    texts = {"code": "def add(a, b):\n    return a + b\n", "legal": "Permission is hereby granted, free of charge."}
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(list(texts.values()) * 4, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    model_dir = tmp_path / "tiny"
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", pad_token="<eos>").save_pretrained(model_dir)
+    config = OlmoeConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, intermediate_size=32,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2, num_experts=4,
+                         num_experts_per_tok=2, max_position_embeddings=64, pad_token_id=0, eos_token_id=0)
+    OlmoeForCausalLM(config).save_pretrained(model_dir)
+    corpus = tmp_path / "validation.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"{d}:{i}#0", "text": t * (i + 1), "domain": d, "tokens": 10}) + "\n"
+                              for i in range(3) for d, t in texts.items()))
+    output = tmp_path / "results.json"
+    assert load_bench().main(["--model", str(model_dir), "--corpus", str(corpus), "--tokens-per-domain", "20",
+                              "--max-length", "32", "--output", str(output)]) == 0
+    results = json.loads(output.read_text())
+    entry = results["models"]["tiny"]
+    assert entry["trained"]["experts_per_layer"] == 4 and entry["trained"]["layers"] == 2
+    assert entry["trained"]["top_expert_share"]["k"] == 2
+    assert set(entry["random"]["tokens"]) == {"code", "legal"}
+    assert results["corpus_tokens_per_domain"] == {"code": 20, "legal": 20}  # two records each
+    assert "verdict" in capsys.readouterr().out

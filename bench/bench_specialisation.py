@@ -1,0 +1,197 @@
+"""Do the trained models' experts specialise by domain more than a random-init copy's? (issue 5, item 4)
+
+For each model directory: trace a per-domain sample of the corpus's validation
+split with moe-trace, build a random-init copy of the same config (same
+tokenizer, seed fixed) and trace it the same way, then compute, from the two
+`trace` streams only (moetools.corpus.specialisation):
+
+- the share of each domain's routing mass held by its top-k experts per layer
+  (k = the model's top-k), and the gap to the share the same experts hold of the
+  other domains' mass;
+- the number of experts whose mean routing probability on one domain is >= 2x
+  the runner-up domain's (paper 004 §5.1).
+
+Prints trained vs random side by side with their ratio, and writes everything
+to bench/results/specialisation.json. No trained model is "more specialised"
+unless both its skewed-expert count and its top-share gap exceed the random
+copy's: the verdict line says so plainly either way.
+
+    .venv/bin/python bench/bench_specialisation.py                   # models under $MOETOOLS_HOME/models
+    .venv/bin/python bench/bench_specialisation.py --model DIR --corpus corpus/validation.jsonl
+    .venv/bin/python bench/bench_specialisation.py --quick           # 3000 tokens per domain
+    .venv/bin/python bench/bench_specialisation.py --traces NAME TRAINED.msgpack.zst RANDOM.msgpack.zst
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from moetools.corpus.specialisation import compare_reports, routing_from_stream, specialisation_report
+
+RESULTS = REPO / "bench" / "results" / "specialisation.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def home() -> Path:
+    return Path(os.environ.get("MOETOOLS_HOME", REPO / ".moetools"))
+
+
+def find_models(root: Path) -> list[Path]:
+    """Model directories (holding config.json) directly under ``root``."""
+    if not root.is_dir():
+        return []
+    return sorted(path for path in root.iterdir() if (path / "config.json").is_file())
+
+
+def sample_corpus(corpus: Path, tokens_per_domain: int, out: Path) -> dict[str, int]:
+    """The first records of each domain up to ``tokens_per_domain`` corpus tokens (the split is in hash order).
+
+    Balanced by tokens, not documents: a fortune is ~40 tokens, a code chunk ~350.
+    """
+    from moetools.corpus.text import count_tokens
+
+    taken: dict[str, int] = {}
+    with open(corpus, encoding="utf-8") as source, open(out, "w", encoding="utf-8") as sink:
+        for line in source:
+            record = json.loads(line)
+            domain = record.get("domain")
+            if domain is None or taken.get(domain, 0) >= tokens_per_domain:
+                continue
+            taken[domain] = taken.get(domain, 0) + int(record.get("tokens") or count_tokens(record["text"]))
+            sink.write(line)
+    return taken
+
+
+def random_init_copy(model_dir: Path, out: Path, seed: int) -> Path:
+    """Same config and tokenizer files, freshly initialised weights (safetensors)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:  # registers MONET with the Auto classes where the project provides it
+        import moetools.models.monet  # noqa: F401
+    except ImportError:
+        pass
+    config = AutoConfig.from_pretrained(model_dir)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    for path in model_dir.iterdir():  # tokenizer and generation files, not weights or the config
+        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and not path.name.endswith(".index.json") \
+                and not (out / path.name).exists():
+            shutil.copy2(path, out / path.name)
+    return out
+
+
+def trace(model_dir: Path, corpus: Path, out: Path, max_length: int) -> float:
+    """Run moe-trace; returns its wall time."""
+    started = time.perf_counter()
+    command = [str(REPO / "bin" / "moe-trace"), str(model_dir), str(corpus), "--max-length", str(max_length),
+               "-o", str(out), "-q"]
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench_specialisation: moe-trace failed on {model_dir} (exit {done.returncode}):\n"
+                         f"{done.stderr.strip()}")
+    return time.perf_counter() - started
+
+
+def report_of(trace_path: Path, top_k: int | None, ratio: float) -> dict:
+    with open(trace_path, "rb") as handle:
+        routing, header = routing_from_stream(handle)
+    k = top_k or header.get("top_k") or (header.get("model") or {}).get("top_k") or 1
+    report = specialisation_report(routing, k=int(k), ratio=ratio)
+    report["model"] = header.get("model")
+    return report
+
+
+def print_comparison(name: str, trained: dict, random: dict, comparison: dict) -> None:
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.3g}"
+
+    print(f"\n{name}: {trained['layers']} MoE layers x {trained['experts_per_layer']} experts, "
+          f"k={trained['top_expert_share']['k']}, tokens per domain {trained['tokens']}")
+    print(f"  {'figure':44s} {'trained':>10s} {'random':>10s} {'ratio':>8s}")
+    rows = [("top-k share of a domain's routing mass", "top_share"),
+            ("gap: own top-k share - other domains' share", "top_share_gap"),
+            ("experts with p(domain) >= 2x runner-up", "skewed_experts")]
+    for label, key in rows:
+        entry = comparison[key]
+        print(f"  {label:44s} {fmt(entry['trained']):>10s} {fmt(entry['random']):>10s} {fmt(entry['ratio']):>8s}")
+    print(f"  {'uniform router top-k share':44s} {fmt(trained['top_expert_share']['uniform']):>10s}")
+    print("  skewed experts by domain (trained / random): " + ", ".join(
+        f"{d} {trained['skewed_experts']['by_domain'].get(d, 0)}/{random['skewed_experts']['by_domain'].get(d, 0)}"
+        for d in trained["tokens"]))
+    verdict = ("MORE specialised than its random-init copy" if comparison["more_specialised_than_random"]
+               else "NOT more specialised than its random-init copy (a finding, not hidden)")
+    print(f"  verdict: {verdict}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", action="append", type=Path, default=[],
+                        help="trained model directory (repeatable; default: every model under $MOETOOLS_HOME/models)")
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help="validation split (default: $MOETOOLS_HOME/corpus/validation.jsonl)")
+    parser.add_argument("--traces", nargs=3, action="append", default=[], metavar=("NAME", "TRAINED", "RANDOM"),
+                        help="use two existing trace streams instead of tracing (repeatable)")
+    parser.add_argument("--tokens-per-domain", type=int, default=20000,
+                        help="validation tokens per domain to trace (corpus regex tokens)")
+    parser.add_argument("--max-length", type=int, default=256, help="tokens per traced window")
+    parser.add_argument("--top-k", type=int, default=None, help="k of the top-expert share (default: model top-k)")
+    parser.add_argument("--ratio", type=float, default=2.0, help="skew criterion (paper 004: 2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random-init copies")
+    parser.add_argument("--quick", action="store_true", help="3000 tokens per domain")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    per_domain = 3000 if args.quick else args.tokens_per_domain
+
+    pairs: list[tuple[str, Path, Path]] = [(name, Path(a), Path(b)) for name, a, b in args.traces]
+    models = args.model or ([] if pairs else find_models(home() / "models"))
+    if not models and not pairs:
+        print(f"bench_specialisation: no trained models under {home() / 'models'} and no --model/--traces: "
+              "nothing measured (train them first, e.g. `make models`)")
+        return 0
+    results = {"ratio": args.ratio, "tokens_per_domain": per_domain, "max_length": args.max_length, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="bench_specialisation_") as scratch:
+        scratch = Path(scratch)
+        if models:
+            corpus = args.corpus or home() / "corpus" / "validation.jsonl"
+            if not corpus.is_file():
+                print(f"bench_specialisation: no corpus at {corpus}: run `moetools corpus build` first",
+                      file=sys.stderr)
+                return 2
+            sample = scratch / "sample.jsonl"
+            results["corpus_tokens_per_domain"] = sample_corpus(corpus, per_domain, sample)
+            results["corpus"] = str(corpus)
+            for model in models:
+                random_dir = random_init_copy(model, scratch / f"{model.name}-random", args.seed)
+                trained_trace, random_trace = scratch / f"{model.name}.msgpack.zst", scratch / f"{model.name}-r.zst"
+                seconds = trace(model, sample, trained_trace, args.max_length)
+                trace(random_dir, sample, random_trace, args.max_length)
+                pairs.append((model.name, trained_trace, random_trace))
+                results.setdefault("trace_seconds", {})[model.name] = round(seconds, 2)
+        for name, trained_path, random_path in pairs:
+            trained = report_of(trained_path, args.top_k, args.ratio)
+            random = report_of(random_path, args.top_k or trained["top_expert_share"]["k"], args.ratio)
+            comparison = compare_reports(trained, random)
+            print_comparison(name, trained, random, comparison)
+            results["models"][name] = {"comparison": comparison, "trained": trained, "random": random}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
