@@ -12,16 +12,26 @@ from safetensors.torch import save_file
 import moetools  # noqa: F401  (registers MONET with the Auto classes)
 from moetools.models.monet.configuration_monet import MonetConfig
 from moetools.models.monet.modeling_monet import (
-    MonetForCausalLM, MonetHorizontalExperts, MonetRouter, MonetVerticalExperts, routing_threshold)
+    MonetForCausalLM,
+    MonetHorizontalExperts,
+    MonetRouter,
+    MonetVerticalExperts,
+    routing_threshold,
+)
 from moetools.models.monet.routing import (
-    composed_gate_sums, composed_gates, expert_output_norms, expert_outputs, run_with_routing,
-    top_composed_experts)
+    composed_gate_sums,
+    composed_gates,
+    expert_output_norms,
+    expert_outputs,
+    run_with_routing,
+    top_composed_experts,
+)
 
 
 def tiny_config(**overrides):
-    values = dict(vocab_size=61, hidden_size=16, num_hidden_layers=3, num_attention_heads=4,
-                  moe_dim=4, moe_heads=2, moe_experts=4, moe_topk=2, moe_groups=2,
-                  max_position_embeddings=64)
+    values = {"vocab_size": 61, "hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 4,
+                  "moe_dim": 4, "moe_heads": 2, "moe_experts": 4, "moe_topk": 2, "moe_groups": 2,
+                  "max_position_embeddings": 64}
     values.update(overrides)
     return MonetConfig(**values)
 
@@ -220,7 +230,7 @@ def test_routing_api_top_experts_gates_and_outputs():
     randomize(model)
     model.eval()
     ids = torch.randint(0, 61, (2, 5))
-    outputs, layers = run_with_routing(model, ids)
+    _outputs, layers = run_with_routing(model, ids)
     assert [r.layer for r in layers] == [0, 1, 2]
     assert layers[1].g1 is layers[0].g1 or torch.equal(layers[1].g1, layers[0].g1)  # grouped routing reused
     experts = config.moe_experts

@@ -78,7 +78,8 @@ def command(data, output, arch, config_file, **options):
     settings = {}
     if config_file:
         try:
-            settings = json.loads(open(config_file, encoding="utf-8").read())
+            with open(config_file, encoding="utf-8") as handle:
+                settings = json.load(handle)
         except json.JSONDecodeError as error:
             raise UsageError(f"--config {config_file}: not JSON ({error.msg})") from None
         if not isinstance(settings, dict):

@@ -33,11 +33,9 @@ class Document:
 def read_documents(path, text_field: str = "text", domain_field: str = "domain") -> list[Document]:
     """Documents of a JSON-lines file; blank lines skipped; bad lines raise UsageError with their number."""
     documents = []
-    try:
-        handle = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"cannot open {path}: no such file") from None
-    with handle:
+    if not Path(path).is_file():
+        raise UsageError(f"cannot open {path}: no such file")
+    with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
@@ -159,5 +157,16 @@ def nats_to_bits(nats: float) -> float:
     return nats / math.log(2)
 
 
-__all__ = ["Document", "read_documents", "split_documents", "train_tokenizer", "load_tokenizer", "pack",
-           "pack_by_domain", "block_indices", "unigram_entropy_bits", "EOS_TOKEN", "PAD_TOKEN"]
+__all__ = [
+    "EOS_TOKEN",
+    "PAD_TOKEN",
+    "Document",
+    "block_indices",
+    "load_tokenizer",
+    "pack",
+    "pack_by_domain",
+    "read_documents",
+    "split_documents",
+    "train_tokenizer",
+    "unigram_entropy_bits",
+]

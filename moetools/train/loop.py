@@ -213,7 +213,7 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16) if dist.device.type == "cuda" \
             else torch.autocast("cpu", enabled=False)
 
-    log_handle = open(log_path, "a", encoding="utf-8") if dist.main else None
+    log_handle = open(log_path, "a", encoding="utf-8") if dist.main else None  # noqa: SIM115 (closed below)
 
     def log(record: dict):
         if log_handle is not None:
@@ -290,4 +290,4 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
     return metadata
 
 
-__all__ = ["TrainOptions", "train", "evaluate", "LOG_NAME", "METADATA_NAME"]
+__all__ = ["LOG_NAME", "METADATA_NAME", "TrainOptions", "evaluate", "train"]

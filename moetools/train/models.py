@@ -76,10 +76,10 @@ def resolve_model_config(arch: str, settings: dict, vocab_size: int, special_ids
 def build_model(arch: str, config_kwargs: dict):
     """A freshly initialised transformers causal LM for ``arch``."""
     if arch.startswith("monet"):
+        from types import SimpleNamespace
+
         from ..models.monet.configuration_monet import MonetConfig, monet_config_problems
         from ..models.monet.modeling_monet import MonetForCausalLM
-
-        from types import SimpleNamespace
 
         # check with our messages (exit 2) before transformers' validation would raise its own
         config = SimpleNamespace(**{"moe_decompose": "vertical", "moe_topk": 32, "moe_experts": 512,
@@ -109,4 +109,4 @@ def parameter_counts(model, arch: str) -> dict:
     return counts
 
 
-__all__ = ["ARCHS", "DEFAULTS", "resolve_model_config", "build_model", "parameter_counts", "monet_expert_parameters"]
+__all__ = ["ARCHS", "DEFAULTS", "build_model", "monet_expert_parameters", "parameter_counts", "resolve_model_config"]

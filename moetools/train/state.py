@@ -119,7 +119,7 @@ def load_checkpoint(directory: Path, model, optimizer) -> dict:
         raise MoetoolsError(f"--resume: no checkpoint in {directory}")
     from safetensors.torch import load_model
 
-    missing, unexpected = load_model(model, str(directory / "model.safetensors"), strict=True)
+    _missing, _unexpected = load_model(model, str(directory / "model.safetensors"), strict=True)
     device = next(model.parameters()).device
     tensors = {k: v.to(device) for k, v in load_file(str(directory / "optimizer.safetensors")).items()}
     optimizer.load_state_dict(unflatten_optimizer_state(
@@ -128,5 +128,10 @@ def load_checkpoint(directory: Path, model, optimizer) -> dict:
     return json.loads((directory / "trainer_state.json").read_text())
 
 
-__all__ = ["WarmupCosine", "flatten_optimizer_state", "unflatten_optimizer_state", "save_checkpoint",
-           "load_checkpoint"]
+__all__ = [
+    "WarmupCosine",
+    "flatten_optimizer_state",
+    "load_checkpoint",
+    "save_checkpoint",
+    "unflatten_optimizer_state",
+]

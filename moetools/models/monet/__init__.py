@@ -54,4 +54,5 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["register", "register_config", "register_models", *_LAZY]
+__all__ = ["MonetConfig", "MonetForCausalLM", "MonetModel", "MonetPreTrainedModel",
+           "monet_config_problems", "register", "register_config", "register_models"]

@@ -29,7 +29,7 @@ class MonetConfig(PreTrainedConfig):
     """
 
     model_type = "monet"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values"]  # noqa: RUF012 (transformers convention)
 
     # LLaMA keys (the attention, norms and embeddings are LLaMA's)
     vocab_size: int = 32000
@@ -98,4 +98,4 @@ def monet_config_problems(config) -> list[str]:
     return problems
 
 
-__all__ = ["MonetConfig", "monet_config_problems", "DECOMPOSITIONS"]
+__all__ = ["DECOMPOSITIONS", "MonetConfig", "monet_config_problems"]

@@ -289,8 +289,8 @@ class MonetPreTrainedModel(PreTrainedModel):
     config: MonetConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = False
-    _no_split_modules = ["MonetDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _no_split_modules = ["MonetDecoderLayer"]  # noqa: RUF012 (transformers convention)
+    _skip_keys_device_placement = ["past_key_values"]  # noqa: RUF012
     _supports_sdpa = True
 
     def _init_weights(self, module):
@@ -380,7 +380,7 @@ class MonetModel(MonetPreTrainedModel):
 
 
 class MonetForCausalLM(MonetPreTrainedModel, GenerationMixin):
-    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}  # noqa: RUF012
 
     def __init__(self, config: MonetConfig):
         super().__init__(config)
@@ -430,6 +430,17 @@ class MonetForCausalLM(MonetPreTrainedModel, GenerationMixin):
                                    aux_loss=outputs.aux_loss, lm_loss=lm_loss)
 
 
-__all__ = ["MonetConfig", "MonetModel", "MonetForCausalLM", "MonetPreTrainedModel", "MonetRouter",
-           "MonetVerticalExperts", "MonetHorizontalExperts", "MonetAttention", "MonetRMSNorm",
-           "MonetDecoderLayer", "routing_threshold", "routing_aux_losses"]
+__all__ = [
+    "MonetAttention",
+    "MonetConfig",
+    "MonetDecoderLayer",
+    "MonetForCausalLM",
+    "MonetHorizontalExperts",
+    "MonetModel",
+    "MonetPreTrainedModel",
+    "MonetRMSNorm",
+    "MonetRouter",
+    "MonetVerticalExperts",
+    "routing_aux_losses",
+    "routing_threshold",
+]

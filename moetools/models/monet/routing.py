@@ -175,7 +175,7 @@ def expert_outputs(model, layer: int, x: torch.Tensor, token_index: torch.Tensor
             a1 = moe.act_fn(torch.einsum("pmd,pd->pm", u1[i], xs) + moe.u1.bias.view(experts, m)[i])
             a2 = moe.act_fn(torch.einsum("pmd,pd->pm", u2[j], xs) + moe.u2.bias.view(experts, m)[j])
 
-            def block(linear, index, activation):
+            def block(linear, index, activation, m=m):
                 return torch.einsum("dpm,pm->pd", linear.weight.view(-1, experts, m)[:, index], activation)
 
             top_half = block(moe.v11, i, a1) + block(moe.v12, i, a2) + moe.b1[i]
@@ -192,5 +192,15 @@ def expert_output_norms(model, layer: int, x, token_index, ids, chunk_size: int 
     return expert_outputs(model, layer, x, token_index, ids, chunk_size).float().norm(dim=-1)
 
 
-__all__ = ["MonetLayerRouting", "is_monet", "run_with_routing", "top_composed_experts", "composed_gates",
-           "composed_gate_sums", "expert_outputs", "expert_output_norms", "composed_id", "split_composed_id"]
+__all__ = [
+    "MonetLayerRouting",
+    "composed_gate_sums",
+    "composed_gates",
+    "composed_id",
+    "expert_output_norms",
+    "expert_outputs",
+    "is_monet",
+    "run_with_routing",
+    "split_composed_id",
+    "top_composed_experts",
+]

@@ -1,0 +1,195 @@
+"""Benchmark: MONET's efficient expert forms against a dense LLaMA and a naive MONET (issue 4).
+
+Model: d=256, 4 layers, 4 attention heads, 4 routing heads, moe_dim=8, moe_topk = moe_experts/16,
+batch 4 x 128 tokens (``--quick``: 2 x 64). Compared side by side in one run, each in its own
+child process (so peak RSS is that variant's alone):
+
+* ``monet-vd``, ``monet-hd``: the reorganised forms (Algorithms 1-2), for moe_experts in {16, 64, 256}
+* ``llama``: transformers LlamaForCausalLM with the matched MLP (moetools.train.models)
+* ``naive``: MONET-VD that composes the N = moe_experts**2 experts explicitly (gathers U_ij, V_ij
+  for every (i, j), then sum_ij g_ij E_ij(x)), for moe_experts in {16, 64} (256 needs > 10 GB)
+
+Figures: forward+backward step time (fastest step of the fastest of ``--rounds`` interleaved
+child runs: the machine is shared and noisy), peak RSS growth during the steps, and
+the bytes of tensors autograd saves for backward (exact, noise-free activation memory).
+``--data FILE.jsonl --minutes M`` also trains MONET-VD with monet-train for M minutes and
+reports its eval-loss curve against the unigram entropy of the same data (bits/token).
+
+    .venv/bin/python bench/bench_monet.py --quick
+    .venv/bin/python bench/bench_monet.py --data corpus.jsonl --minutes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SHAPE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "moe_heads": 4, "moe_dim": 8,
+         "moe_groups": 4}
+
+
+class NaiveVerticalExperts:
+    """Forward of a MonetVerticalExperts layer composing every E_ij explicitly (O(N) memory)."""
+
+    def __init__(self, moe):
+        self.moe = moe
+
+    def __call__(self, x, g1, g2):
+        import torch
+
+        moe, experts, m = self.moe, self.moe.experts, self.moe.half_dim
+        i = torch.arange(experts).repeat_interleave(experts)       # (N,) bottom index of composed expert
+        j = torch.arange(experts).repeat(experts)                  # (N,)
+        u1, u2 = moe.u1.weight.view(experts, m, -1), moe.u2.weight.view(experts, m, -1)
+        U = torch.cat((u1[i], u2[j]), dim=1)                        # (N, M, D)
+        hidden_bias = torch.cat((moe.u1.bias.view(experts, m)[i], moe.u2.bias.view(experts, m)[j]), 1)  # (N, M)
+
+        def block(linear, index):
+            return linear.weight.view(-1, experts, m)[:, index]     # (D/2, N, M/2)
+
+        V = torch.cat((torch.cat((block(moe.v11, i), block(moe.v12, i)), 2),
+                       torch.cat((block(moe.v21, j), block(moe.v22, j)), 2)), 0)   # (D, N, M)
+        out_bias = torch.cat((moe.b1[i], moe.b2[j]), 1)             # (N, D)
+        gates = torch.einsum("bthi,bthj->btij", g1, g2).flatten(-2)  # (B, T, N)
+        hidden = moe.act_fn(torch.einsum("nmd,btd->btnm", U, x) + hidden_bias)      # (B, T, N, M)
+        return torch.einsum("dnm,btnm->btd", V, hidden * gates[..., None]) + gates @ out_bias
+
+
+def child(variant: str, experts: int, batch: int, length: int, steps: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    from moetools.train.models import build_model, resolve_model_config
+
+    settings = {**SHAPE, "moe_experts": experts, "moe_topk": max(1, experts // 16)}
+    special = {"eos_token_id": 0, "bos_token_id": 0, "pad_token_id": 1}
+    arch = {"naive": "monet-vd"}.get(variant, variant)
+    model = build_model(arch, resolve_model_config(arch, settings, 4096, special))
+    if variant == "naive":
+        for layer in model.model.layers:
+            naive = NaiveVerticalExperts(layer.moe)
+            layer.moe.forward = naive.__call__
+    model.train()
+    ids = torch.randint(0, 4096, (batch, length))
+    saved_bytes = [0]
+
+    def pack(tensor):
+        saved_bytes[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids).loss.backward()           # warm-up, and count saved activations
+    model.zero_grad()
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        model(input_ids=ids, labels=ids).loss.backward()
+        times.append(time.perf_counter() - start)
+        model.zero_grad()
+    return {"variant": variant, "moe_experts": experts, "composed_experts": experts ** 2,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "step_s": min(times), "saved_activation_mb": saved_bytes[0] / 1e6,  # min: the least disturbed step
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024}
+
+
+def run_child(variant, experts, args) -> dict:
+    command = [sys.executable, __file__, "--child", variant, str(experts), str(args.batch), str(args.length),
+               str(args.steps), str(args.threads)]
+    completed = subprocess.run(command, check=False, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS":
+                                                                             str(args.threads)})
+    if completed.returncode:
+        return {"variant": variant, "moe_experts": experts, "error": completed.stderr.strip().splitlines()[-1:]}
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def train_on_real_text(data: str, minutes: float) -> dict:
+    from moetools.train import TrainOptions, train
+
+    with tempfile.TemporaryDirectory() as out:
+        options = TrainOptions(data=data, output=out, arch="monet-vd", steps=100_000, batch_size=8, seq_len=128,
+                               model_settings={**SHAPE, "moe_experts": 64, "moe_topk": 4}, eval_every=50,
+                               checkpoint_every=10_000_000, max_minutes=minutes, vocab_size=4096)
+        log = []
+        metadata = train(options, on_log=log.append)
+    to_bits = 1 / math.log(2)
+    curve = [{"step": r["step"], "eval_loss_bits": r["eval_loss"] * to_bits} for r in log if r["type"] == "eval"]
+    return {"minutes": minutes, "steps": metadata["steps"], "tokens": metadata["tokens"],
+            "unigram_entropy_bits": metadata["unigram_entropy_bits"], "eval_curve": curve,
+            "final_eval_bits": curve[-1]["eval_loss_bits"] if curve else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small batch, moe_experts in {16, 64}, 3 steps")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every variant")
+    parser.add_argument("--data", help="JSONL corpus: also train MONET-VD on it for --minutes")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "monet.json"))
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        variant, experts, batch, length, steps, threads = args.child
+        print(json.dumps(child(variant, int(experts), int(batch), int(length), int(steps), int(threads))))
+        return
+    args.batch, args.length, args.steps = (2, 64, 3) if args.quick else (4, 128, 5)
+    sizes = (16, 64) if args.quick else (16, 64, 256)
+    rows = []
+    for experts in sizes:
+        best = {}
+        for _ in range(args.rounds):  # interleaved rounds; each variant keeps its fastest round
+            for variant in ("monet-vd", "monet-hd", "llama", "naive"):
+                if variant == "naive" and experts > 64:
+                    continue
+                row = run_child(variant, experts, args)
+                print(json.dumps(row), file=sys.stderr)
+                if variant not in best or row.get("step_s", math.inf) < best[variant].get("step_s", math.inf):
+                    best[variant] = row
+        rows.extend(best.values())
+    by = {(r["variant"], r["moe_experts"]): r for r in rows if "error" not in r}
+    ratios = {}
+    for experts in sizes:
+        dense = by.get(("llama", experts))
+        for variant in ("monet-vd", "monet-hd", "naive"):
+            row = by.get((variant, experts))
+            if row and dense:
+                ratios[f"{variant}/llama step time @E={experts}"] = round(row["step_s"] / dense["step_s"], 3)
+        if ("naive", experts) in by and ("monet-vd", experts) in by:
+            ratios[f"naive/monet-vd saved activations @E={experts}"] = round(
+                by[("naive", experts)]["saved_activation_mb"] / by[("monet-vd", experts)]["saved_activation_mb"], 2)
+    for variant in ("monet-vd", "monet-hd"):
+        if (variant, sizes[0]) in by and (variant, sizes[-1]) in by:
+            small, large = by[(variant, sizes[0])], by[(variant, sizes[-1])]
+            ratios[f"{variant} saved activations E={sizes[-1]} / E={sizes[0]} (E ratio {sizes[-1] // sizes[0]})"] = \
+                round(large["saved_activation_mb"] / small["saved_activation_mb"], 2)
+    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads},
+              "batch": args.batch, "seq_len": args.length, "shape": SHAPE, "rows": rows, "ratios": ratios}
+    if args.data:
+        result["real_text"] = train_on_real_text(args.data, args.minutes)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=1))
+    for name, value in ratios.items():
+        print(f"{name:60s} {value}")
+    if args.data:
+        real = result["real_text"]
+        print(f"real text: {real['steps']} steps in {real['minutes']} min, eval {real['final_eval_bits']} bits/token "
+              f"vs unigram entropy {real['unigram_entropy_bits']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
