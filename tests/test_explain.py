@@ -12,14 +12,14 @@ import pytest
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
-from llm_stub import synthetic_expert, write_samples  # noqa: E402
+from llm_stub import synthetic_expert, write_samples
 
-from moetools.cli.explain import command  # noqa: E402
-from moetools.explain import ResponseCache, load_domain, make_runner, run_sync  # noqa: E402
-from moetools.explain.parse import parse_explanation  # noqa: E402
-from moetools.explain.prompts import mark_context, system_prompt  # noqa: E402
-from moetools.explain.runner import select_examples  # noqa: E402
-from moetools.llm import Completion, get_explainer  # noqa: E402
+from moetools.cli.explain import command
+from moetools.explain import ResponseCache, load_domain, make_runner, run_sync
+from moetools.explain.parse import parse_explanation
+from moetools.explain.prompts import mark_context, system_prompt
+from moetools.explain.runner import select_examples
+from moetools.llm import Completion, get_explainer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "explain"
 
@@ -225,7 +225,7 @@ def test_self_backend_places_averaged_embeddings_in_the_monet_prompt(tmp_path, t
     job = runner.make_job(synthetic_expert(0, 0))
     ids = backend.activating_token_ids(job)
     assert ids == [WORDS.index("def")] * 12
-    segments, leading = backend._prompt_ids()
+    segments, _leading = backend._prompt_ids()
     tokenizer = backend._tokenizer
     assert [tokenizer.decode(s) for s in segments] == ["Q : What is the meaning of the word",
                                                        "? A : Sure! The meaning of the word", "is"]

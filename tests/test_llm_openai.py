@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
-from llm_stub import LLMStub, write_samples  # noqa: E402
+from llm_stub import LLMStub, write_samples
 
-from moetools.cli.explain import command  # noqa: E402
+from moetools.cli.explain import command
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-Zq8SECRETkey1234567890"
@@ -215,7 +215,8 @@ def test_second_run_sends_no_request(tmp_path, stub):
     assert c == a
 
 
-def test_killed_run_resumes_with_only_the_missing_requests(tmp_path, stub):
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+def test_killed_run_resumes_with_only_the_missing_requests(tmp_path, stub, how):
     stub.latency = 0.25
     samples = tmp_path / "samples.msgpack.zst"
     write_samples(samples, experts=12)
@@ -230,8 +231,9 @@ def test_killed_run_resumes_with_only_the_missing_requests(tmp_path, stub):
         if partial.exists() and partial.read_text().count('"type":"label"') >= 4:
             break
         time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.send_signal(how)
+    code = process.wait()
+    assert code == (130 if how == signal.SIGINT else -signal.SIGKILL)
     assert not output.exists() and partial.exists()
     cached = {json.dumps(json.loads(p.read_text())["request"]["messages"]) for p in (tmp_path / "cache").rglob("*.json")}
     first_prompts = [json.dumps(r["body"]["messages"]) for r in stub.requests]

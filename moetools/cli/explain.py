@@ -54,12 +54,14 @@ moe-explain samples.msgpack.zst --api-base http://localhost:8000/v1 --model Qwen
               help="local, self: prompts generated together.")
 @click.option("--device", default="cpu", show_default=True, help="local, self: torch device.")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
-              help="Response cache [default: $MOETOOLS_HOME/cache, MOETOOLS_HOME defaulting to ~/.cache/moetools].")
+              help="Response cache [default: $MOETOOLS_HOME/cache; MOETOOLS_HOME defaults to "
+                   "~/.cache/moetools].")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the response cache.")
-@click.option("--refresh", is_flag=True, help="Ask again even when the cache has an answer (and store the new one).")
+@click.option("--refresh", is_flag=True,
+              help="Ask again even when the cache has an answer (and store the new one).")
 def command(input, output, fmt, uncompressed, backend, model, domain, max_examples, logit_lens_top, attempts,
-            temperature, max_tokens, api_base, api_key_env, concurrency, rate, timeout, max_retries, backoff_base, batch_size,
-            device, cache_dir, no_cache, refresh):
+            temperature, max_tokens, api_base, api_key_env, concurrency, rate, timeout, max_retries, backoff_base,
+            batch_size, device, cache_dir, no_cache, refresh):
     """Label every expert of a samples stream with a natural-language explanation.
 
     Reads a samples stream (moe-sample), shows the explainer each expert's
@@ -80,8 +82,8 @@ def command(input, output, fmt, uncompressed, backend, model, domain, max_exampl
 
     domain_spec = load_domain(domain) if domain else None
     options = {"model": model, "api_base": api_base, "api_key_env": api_key_env, "concurrency": concurrency,
-               "rate": rate, "timeout": timeout, "max_retries": max_retries, "backoff_base": backoff_base, "temperature": temperature,
-               "max_tokens": max_tokens, "batch_size": batch_size, "device": device}
+               "rate": rate, "timeout": timeout, "max_retries": max_retries, "backoff_base": backoff_base,
+               "temperature": temperature, "max_tokens": max_tokens, "batch_size": batch_size, "device": device}
     cache = ResponseCache(cache_dir, enabled=not no_cache, read=not refresh)
     runner = make_runner(backend, options, cache=cache, domain=domain_spec, max_examples=max_examples,
                          logit_lens_top=logit_lens_top, attempts=attempts)

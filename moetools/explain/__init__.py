@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from ..llm import Accounting, get_explainer
 from .cache import ResponseCache, default_cache_dir
@@ -38,6 +38,18 @@ def run_sync(runner: ExplainRunner, records: Iterable[dict], emit: Callable[[dic
     return time.perf_counter() - started
 
 
-__all__ = ["Accounting", "BUILTIN_DOMAINS", "Domain", "ExplainRunner", "ResponseCache", "build_messages",
-           "default_cache_dir", "load_domain", "logit_lens_pieces", "make_runner", "parse_explanation",
-           "run_sync", "select_examples"]
+__all__ = [
+    "BUILTIN_DOMAINS",
+    "Accounting",
+    "Domain",
+    "ExplainRunner",
+    "ResponseCache",
+    "build_messages",
+    "default_cache_dir",
+    "load_domain",
+    "logit_lens_pieces",
+    "make_runner",
+    "parse_explanation",
+    "run_sync",
+    "select_examples",
+]

@@ -8,5 +8,16 @@ Built-ins: ``openai`` (any OpenAI-compatible chat-completions endpoint),
 from .base import Accounting, BackendError, Completion, Explainer, ExplainJob, FatalBackendError
 from .registry import ENTRY_POINT_GROUP, available, get_explainer, load_plugins, register_explainer
 
-__all__ = ["Accounting", "BackendError", "Completion", "Explainer", "ExplainJob", "FatalBackendError",
-           "ENTRY_POINT_GROUP", "available", "get_explainer", "load_plugins", "register_explainer"]
+__all__ = [
+           "ENTRY_POINT_GROUP",
+           "Accounting",
+           "BackendError",
+           "Completion",
+           "ExplainJob",
+           "Explainer",
+           "FatalBackendError",
+           "available",
+           "get_explainer",
+           "load_plugins",
+           "register_explainer",
+]
