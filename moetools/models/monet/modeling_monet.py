@@ -10,6 +10,10 @@ Shapes: B batch, T query tokens, S key tokens, D hidden size, H routing heads (`
 E experts per factor (``moe_experts``; N = E**2 composed experts), M expert hidden size
 (``moe_dim``).  No tensor of size N (nor (B, T, H, N)) is ever built: the forwards reorder the
 sums so that only (B, T, E, M) and (B, T, H, M) intermediates exist (eq. 12, eq. 22-29).
+
+Differences from the published PyTorch port: its routers are frozen (``requires_grad_(False)``,
+it is an inference/fine-tuning port); here they train, as in the paper's pretraining. The
+auxiliary losses (eq. 16-18) are computed in training mode and added to ``loss``.
 """
 
 from __future__ import annotations
