@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from collections import Counter
 
+from .contexts import context_record
 from .reservoir import HeapBank
 
 #: logit-lens tokens kept per expert (moe-explain shows the top 3, paper 002)
 LOGIT_LENS_KEEP = 10
 
 
+def _examples(items) -> list:
+    return [item[-1][0] for item in items]
+
+
 def _contexts(items) -> list[dict]:
-    return [payload[0] for _key, _tie, payload in items]
+    return [context_record(example) for example in _examples(items)]
 
 
 def _allocate(banks: dict, row: int, expert: int, domains: Counter, wanted: int) -> list:
@@ -43,11 +48,11 @@ def _allocate(banks: dict, row: int, expert: int, domains: Counter, wanted: int)
     return sorted(chosen, key=lambda item: item[:2], reverse=True)
 
 
-def _logit_lens(payloads) -> list[dict]:
+def _logit_lens(examples) -> list[dict]:
     counts: Counter = Counter()
     names: dict = {}
-    for _context, lens in payloads:
-        for token_id, piece in lens or ():
+    for example in examples:
+        for token_id, piece in example.lens or ():
             counts[token_id] += 1
             names[token_id] = piece
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:LOGIT_LENS_KEEP]
@@ -68,7 +73,7 @@ def expert_record(sampler, row: int, expert: int) -> dict:
     top = _contexts(top_items)
     top_ids = {context["id"] for context in top}
     weighted_items = [] if below else [item for item in sampler.weighted.items(row, expert)
-                                       if item[2][0]["id"] not in top_ids][:options.weighted]
+                                       if item[-1][0].id not in top_ids][:options.weighted]
     weighted = _contexts(weighted_items)
     holdout_positive = [] if below else _contexts(sampler.holdout_positive.items(row, expert))
     negative = [] if below else _contexts(_allocate(sampler.negative, row, expert, _domains(top + weighted),
@@ -99,7 +104,7 @@ def expert_record(sampler, row: int, expert: int) -> dict:
         "explain": {"top": top, "weighted": weighted, "negative": negative},
         "holdout": {"positive": holdout_positive, "negative": holdout_negative},
     }
-    lens = _logit_lens(item[2] for item in top_items + weighted_items)
+    lens = _logit_lens(_examples(top_items + weighted_items))
     if lens:
         record["logit_lens"] = lens
     return record

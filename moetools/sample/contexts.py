@@ -23,6 +23,7 @@ tokens: they carry no activation and are never marked.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -64,21 +65,38 @@ class Grid:
         return (np.arange(self.length, dtype=np.int64) + self.pad) // self.width
 
 
-def make_context(*, doc_id: str, window, offset: int, t0: int, t1: int, mark: int, pieces: list,
-                 activation: np.ndarray, score: float, meta, region: int) -> dict:
-    """A context record (formats/samples.md): ``mark`` and the arrays are relative to ``t0``."""
-    start = int(offset) + int(t0)
+class Example(NamedTuple):
+    """A context as the heaps hold it (compact; :func:`context_record` makes the output map)."""
+
+    doc_id: str
+    window: object
+    offset: int            # document position of the first token
+    mark: int              # index of the marked token in the context
+    pieces: list           # T token texts
+    activation: np.ndarray  # (T,) float32, this expert's activation per token
+    score: float
+    meta: object
+    region: int
+    lens: list | None      # [(token id, piece)] the expert promotes at its firing tokens (logit lens)
+
+    @property
+    def id(self) -> str:
+        return f"{self.doc_id}@{self.offset}+{self.mark}"
+
+
+def context_record(example: Example) -> dict:
+    """The context map of formats/samples.md."""
     return {
-        "id": f"{doc_id}@{start}+{int(mark)}",
-        "doc_id": doc_id,
-        "window": window,
-        "offset": start,
-        "mark": int(mark),
-        "pieces": list(pieces[t0:t1]),
-        "activation": np.ascontiguousarray(activation, dtype="<f4"),
-        "score": float(score),
-        "meta": meta,
-        "region": int(region),
+        "id": example.id,
+        "doc_id": example.doc_id,
+        "window": example.window,
+        "offset": int(example.offset),
+        "mark": int(example.mark),
+        "pieces": list(example.pieces),
+        "activation": np.ascontiguousarray(example.activation, dtype="<f4"),
+        "score": float(example.score),
+        "meta": example.meta,
+        "region": int(example.region),
     }
 
 

@@ -90,7 +90,7 @@ class HeapBank:
         self.experts = experts
         self.heaps: list[list] = [[] for _ in range(rows * experts)]
         self.threshold = np.full((rows, experts), -np.inf if self.capacity else np.inf)
-        self.offered = np.zeros((rows, experts), dtype=np.int64)  # candidates seen (not only admitted)
+        self._serial = 0  # breaks exact (key, tie) ties without ever comparing payloads
 
     def admits(self, row: int, expert: int, key: float, tie: int) -> bool:
         """Whether ``(key, tie)`` would enter the heap of (row, expert) now."""
@@ -100,7 +100,8 @@ class HeapBank:
     def push(self, row: int, expert: int, key: float, tie: int, payload) -> None:
         """Insert (call only after :meth:`admits` said yes)."""
         heap = self.heaps[row * self.experts + expert]
-        item = (key, tie, payload)
+        self._serial += 1
+        item = (key, tie, self._serial, payload)
         if len(heap) < self.capacity:
             heapq.heappush(heap, item)
         else:
@@ -109,7 +110,7 @@ class HeapBank:
             self.threshold[row, expert] = heap[0][0]
 
     def items(self, row: int, expert: int) -> list[tuple]:
-        """(key, tie, payload) items of one heap, largest key first."""
+        """(key, tie, serial, payload) items of one heap, largest key first."""
         return sorted(self.heaps[row * self.experts + expert], key=lambda item: item[:2], reverse=True)
 
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FormatError, UsageError
-from .contexts import Grid, make_context, negative_span_ok, token_matched
+from .contexts import Example, Grid, negative_span_ok, token_matched
 from .reservoir import (
     PURPOSE_MARK,
     PURPOSE_NEGATIVE,
@@ -220,6 +220,8 @@ class Sampler:
         fire_count = fire_count.reshape(rows, cells, num_experts)  # (R, C, E) firing tokens per cell
         self.firing += fire_count.sum(axis=1)
         np.maximum(self.max_activation, cell_max.max(axis=1), out=self.max_activation)
+        real = np.zeros(padded, dtype=bool)  # (C·W,) grid positions that are tokens of this record
+        real[grid.pad:grid.pad + grid.length] = True
 
         starts = grid.cell_starts()  # (C,)
         root = document_key(options.seed, record.get("doc_id"))
@@ -250,53 +252,82 @@ class Sampler:
         self.negative_cells[0] += (negative & sides[0]).sum(axis=1)
         self.negative_cells[1] += (negative & sides[1]).sum(axis=1)
 
-        made: dict = {}
         lens = record.get("logit_lens")
+        doc_id, window = record.get("doc_id"), record.get("window")
+        positions = np.arange(width, dtype=np.int64)[None, :]
 
-        def positive_context(r, c, e):
-            if (r, c, e) not in made:
-                t0, t1 = grid.bounds(c)
-                activation = dense[r, grid.pad + t0:grid.pad + t1, e]
-                context = make_context(doc_id=record.get("doc_id"), window=record.get("window"), offset=offset,
-                                       t0=t0, t1=t1, mark=int(np.argmax(activation)), pieces=pieces,
-                                       activation=activation, score=cell_max[r, c, e], meta=meta,
-                                       region=region[c])
-                made[(r, c, e)] = (context, self._lens(record, lens, experts, r, e, t0, t1))
-            return made[(r, c, e)]
+        def examples(r, c, e, marks, activations):
+            """Example tuples for candidates (r, c, e) with marks / activations in cell coordinates."""
+            first = np.maximum(c * width - grid.pad, 0)  # record-local [t0, t1) of each cell
+            last = np.minimum((c + 1) * width - grid.pad, grid.length)
+            skip = first - (c * width - grid.pad)  # cell positions before the first real token
+            out = []
+            for i, (ri, ci, ei, t0, t1, lo) in enumerate(zip(r.tolist(), c.tolist(), e.tolist(), first.tolist(),
+                                                             last.tolist(), skip.tolist())):
+                out.append(Example(doc_id, window, offset + t0, int(marks[i]) - lo, pieces[t0:t1],
+                                   activations[i, lo:lo + t1 - t0].copy(), float(cell_max[ri, ci, ei]), meta,
+                                   int(region[ci]),
+                                   None if lens is None else self._lens(record, lens, experts, ri, ei, t0, t1)))
+            return out
 
-        def negative_context(r, c, e):
-            t0, t1 = grid.bounds(c)
+        def positive_examples(r, c, e, ties):
+            columns = (c * width)[:, None] + positions  # (n, W) grid positions of each cell
+            activations = dense[r[:, None], columns, e[:, None]]  # (n, W)
+            marks = np.where(real[columns], activations, -1.0).argmax(axis=1)  # the cell's maximum
+            return examples(r, c, e, marks, activations)
+
+        firing = []
+
+        def negative_examples(r, c, e, ties):
+            columns = (c * width)[:, None] + positions  # (n, W)
             if eligible is not None:
-                allowed = eligible[r, grid.pad + t0:grid.pad + t1, e]
+                allowed = eligible[r[:, None], columns, e[:, None]]
             else:
-                allowed = ~(experts[r, t0:t1] == e).any(axis=1)
-            positions = np.flatnonzero(allowed)
-            pick = to_uniform(content_hash(int(hash_n[r, c, e]), PURPOSE_MARK))
-            mark = int(positions[min(len(positions) - 1, int(float(pick) * len(positions)))])
-            context = make_context(doc_id=record.get("doc_id"), window=record.get("window"), offset=offset,
-                                   t0=t0, t1=t1, mark=mark, pieces=pieces,
-                                   activation=dense[r, grid.pad + t0:grid.pad + t1, e], score=0.0, meta=meta,
-                                   region=region[c])
-            return context, None
+                if not firing:
+                    selected = np.zeros(rows * padded * num_experts, dtype=bool)
+                    selected[flat] = True
+                    firing.append(selected.reshape(rows, padded, num_experts))
+                allowed = real[columns] & ~firing[0][r[:, None], columns, e[:, None]]
+            count = allowed.sum(axis=1)  # > 0 for every candidate
+            pick = to_uniform(content_hash(PURPOSE_MARK, ties))  # uniform among the eligible tokens
+            nth = np.minimum((pick * count).astype(np.int64), count - 1)
+            marks = (np.cumsum(allowed, axis=1) > nth[:, None]).argmax(axis=1)
+            found = examples(r, c, e, marks, dense[r[:, None], columns, e[:, None]])
+            return [example._replace(score=0.0) for example in found]
 
-        self._offer(self.top, cell_max, hash_w, positive & sides[0], positive_context)
-        self._offer(self.weighted, key_w, hash_w, positive & sides[0], positive_context)
-        self._offer(self.holdout_positive, key_w, hash_w, positive & sides[1], positive_context)
+        self._offer(self.top, cell_max, hash_w, positive & sides[0], positive_examples)
+        self._offer(self.weighted, key_w, hash_w, positive & sides[0], positive_examples)
+        self._offer(self.holdout_positive, key_w, hash_w, positive & sides[1], positive_examples)
         self._offer(self._bank(self.negative, domain, options.negatives), key_n, hash_n,
-                    negative & sides[0], negative_context)
+                    negative & sides[0], negative_examples)
         self._offer(self._bank(self.holdout_negative, domain, options.holdout_negative), key_n, hash_n,
-                    negative & sides[1], negative_context)
+                    negative & sides[1], negative_examples)
 
     @staticmethod
     def _offer(bank: HeapBank, keys, ties, allowed, make) -> None:
-        """Offer every allowed (row, cell, expert) candidate whose key can enter ``bank``."""
+        """Offer every allowed (row, cell, expert) candidate whose key can enter ``bank``.
+
+        Admission is decided one candidate at a time (exact heap semantics); the
+        admitted candidates' contexts are then cut out together, vectorised.
+        """
         if bank.capacity == 0:
             return
         candidates = allowed & np.isfinite(keys) & (keys >= bank.threshold[:, None, :])
-        for r, c, e in zip(*np.nonzero(candidates)):
-            key, tie = float(keys[r, c, e]), int(ties[r, c, e])
-            if bank.admits(r, e, key, tie):
-                bank.push(r, e, key, tie, make(r, c, e))
+        r, c, e = np.nonzero(candidates)
+        if not len(r):
+            return
+        key_list, tie_array = keys[r, c, e].tolist(), ties[r, c, e]
+        admitted, slots = [], []
+        for i, (ri, ei, key, tie) in enumerate(zip(r.tolist(), e.tolist(), key_list, tie_array.tolist())):
+            if bank.admits(ri, ei, key, tie):
+                slot = [None]  # filled below: most admissions of a record are cut out in one batch
+                bank.push(ri, ei, key, tie, slot)
+                admitted.append(i)
+                slots.append(slot)
+        if admitted:
+            chosen = np.asarray(admitted)
+            for slot, example in zip(slots, make(r[chosen], c[chosen], e[chosen], tie_array[chosen])):
+                slot[0] = example
 
     def _eligible(self, record, experts, valid, grid: Grid) -> np.ndarray:
         """(R, C·W, E) bool: negative-eligible token positions (span and token matching applied)."""
