@@ -321,3 +321,17 @@ def test_memory_is_bounded_by_set_sizes_not_trace_length():
              *sampler.holdout_negative.values()]
     assert max(len(heap) for bank in banks for heap in bank.heaps) <= 5
     assert math.isclose(sampler.tokens, 30 * 256)
+
+
+def test_format_example_is_current(tmp_path):
+    """formats/examples/samples/samples.jsonl is what moe-sample makes of the trace beside it."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "formats" / "examples" / "samples"
+    args = ["--format", "jsonl", "-q", "--context", "8", "--split-region", "16", "--top", "2", "--weighted", "1",
+            "--negatives", "1", "--holdout-positive", "1", "--holdout-negative", "1", "--experts", "0-1",
+            "--holdout-fraction", "0.3", "-o", str(tmp_path / "out.jsonl"), str(folder / "trace.jsonl")]
+    assert CliRunner().invoke(command, args).exit_code == 0
+    made = list(StreamReader(open(tmp_path / "out.jsonl", "rb"), kinds="samples"))
+    shipped = list(StreamReader(open(folder / "samples.jsonl", "rb"), kinds="samples"))
+    assert _same(made, shipped) and len(shipped) == 2
