@@ -68,7 +68,7 @@ def sample_corpus(corpus: Path, tokens_per_domain: int, out: Path) -> dict[str, 
             domain = record.get("domain")
             if domain is None or taken.get(domain, 0) >= tokens_per_domain:
                 continue
-            taken[domain] = taken.get(domain, 0) + int(record.get("tokens") or count_tokens(record["text"]))
+            taken[domain] = taken.get(domain, 0) + int(record.get("token_count") or count_tokens(record["text"]))
             sink.write(line)
     return taken
 

