@@ -25,7 +25,7 @@ ENCODINGS = ("msgpack", "jsonl")
 #: downstream sees records at least this often, and a reader's memory is bounded by one frame's output.
 DEFAULT_FRAME_BYTES = 4 << 20
 #: zstd level 1: on trace-shaped data (mostly float16) level 3 saves ~4 % of the bytes but writes at
-#: ~60 % of the speed, under the 200 MB/s target on one core (bench/bench_streams.py).
+#: about half the speed, under the 200 MB/s target on one core (bench/bench_streams.py).
 DEFAULT_LEVEL = 1
 
 
