@@ -213,3 +213,17 @@ def test_identity_fingerprint_covers_config_and_tokenizer(tmp_path):
         "model_type": "qwen3_moe", "num_layers": 2, "moe_layers": [0, 1], "num_experts": 8, "top_k": 2}
     (tmp_path / "b" / "tokenizer.json").write_text('{"v": 2}')
     assert first["fingerprint"] != model_identity(model, path=tmp_path / "b")["fingerprint"]
+
+
+def test_prob_sum_counts_only_real_tokens_of_each_sequence():
+    model = tiny_model("qwen2_moe")
+    adapter = adapter_for(model)
+    input_ids = torch.randint(0, 64, (2, 6), generator=torch.Generator().manual_seed(3))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    with torch.no_grad(), RoutingCapture(model, adapter) as capture:
+        model(input_ids, attention_mask=mask)
+        layers = capture.take(mask, keep_probs=True)
+    for layer in layers:
+        probs = layer["probs"].view(2, 6, 8).double()
+        assert torch.allclose(layer["prob_sum"][0].double(), probs[0].sum(0), atol=1e-5)
+        assert torch.allclose(layer["prob_sum"][1].double(), probs[1, :3].sum(0), atol=1e-5)

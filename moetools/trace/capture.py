@@ -109,8 +109,14 @@ class RoutingCapture:
         self._handles, self._sinks, self._logits, self._saved_implementations = [], [], [], []
 
     # -- results ---------------------------------------------------------------------------
-    def take(self) -> list[dict]:
-        """What the forward passes since the last call recorded, per MoE layer, on CPU; clears it."""
+    def take(self, attention_mask: torch.Tensor | None = None, keep_probs: bool = False) -> list[dict]:
+        """What the forward pass since the last call recorded, per MoE layer, on CPU; clears it.
+
+        With ``attention_mask`` (B, T) each layer also gets ``prob_sum`` (B, E): the
+        full distribution summed over each sequence's real tokens, reduced on the
+        model's device (so no (N, E) tensor per layer is copied out). ``probs``
+        (N, E) is returned without a mask, or with ``keep_probs``.
+        """
         results = []
         for layer, sink, logits in zip(self.layers, self._sinks, self._logits):
             if len(sink) != 1 or len(logits) != 1:
@@ -124,8 +130,13 @@ class RoutingCapture:
                 "ids": entry["ids"].to("cpu"),
                 "gates": gates.to("cpu"),
                 "contribution": (gates.float() * entry["norms"]).to("cpu"),
-                "probs": probs.to("cpu"),
             }
+            if attention_mask is not None:
+                mask = attention_mask.to(probs.device, torch.float32)  # (B, T)
+                per_sequence = probs.view(*mask.shape, probs.shape[-1]) * mask[..., None]  # (B, T, E)
+                result["prob_sum"] = per_sequence.sum(dim=1).to("cpu")  # (B, E)
+            if attention_mask is None or keep_probs:
+                result["probs"] = probs.to("cpu")
             if "lens" in entry:
                 result["lens"] = entry["lens"].to("cpu")
             results.append(result)

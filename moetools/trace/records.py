@@ -64,7 +64,7 @@ def batch_records(windows, layers: list[dict], *, seq_len: int, num_experts: int
     experts = per_window("ids", ids_type)  # (B, L, T, K)
     gates = stored_values(per_window("gates", None).float().numpy(), precision)  # (B, L, T, K)
     contribution = stored_values(per_window("contribution", None).numpy(), precision)
-    probs = per_window("probs", None)  # (B, L, T, E) fp32 tensor
+    prob_sum = torch.stack([layer["prob_sum"] for layer in layers], dim=1).float().numpy()  # (B, L, E)
     lens = per_window("lens", None) if "lens" in layers[0] else None  # (B, L, T, K, J)
 
     records = []
@@ -81,8 +81,7 @@ def batch_records(windows, layers: list[dict], *, seq_len: int, num_experts: int
             "experts": np.ascontiguousarray(experts[b, :, :length]),
             "gates": np.ascontiguousarray(gates[b, :, :length]),
             "contribution": np.ascontiguousarray(contribution[b, :, :length]),
-            # fp32 sums over the window's tokens only (padding excluded), fp64 accumulation
-            "prob_sum": probs[b, :, :length].double().sum(dim=1).float().numpy(),  # (L, E)
+            "prob_sum": np.ascontiguousarray(prob_sum[b]),  # (L, E): the window's real tokens only
         }
         if lens is not None:
             top = lens[b, :, :length].numpy().astype("<i4")  # (L, T, K, J)

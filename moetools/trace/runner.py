@@ -151,18 +151,20 @@ def trace_corpus(model, tokenizer, adapter, documents, writer, options: TraceOpt
             for row, window in enumerate(batch):
                 input_ids[row, :len(window.token_ids)] = torch.tensor(window.token_ids)
                 attention_mask[row, :len(window.token_ids)] = 1
-            _forward(model, input_ids.to(device), attention_mask.to(device))
-            captured = capture.take()
+            attention_mask = attention_mask.to(device)
+            _forward(model, input_ids.to(device), attention_mask)
+            captured = capture.take(attention_mask)
             for record in batch_records(batch, captured, seq_len=seq_len, num_experts=num_experts, pieces=pieces,
                                         precision=options.precision):
                 writer.write(record)
             summary.windows += len(batch)
-            summary.tokens += int(attention_mask.sum())
+            tokens = sum(len(w.token_ids) for w in batch)
+            summary.tokens += tokens
             if time.monotonic() - last_flush > options.flush_seconds:
                 writer.flush()  # a killed run then loses at most this many seconds of work
                 last_flush = time.monotonic()
             if on_batch is not None:
-                on_batch(len(batch), int(attention_mask.sum()))
+                on_batch(len(batch), tokens)
     if skip_windows:
         raise UsageError(f"--resume: the partial output holds {skip_windows} more records than this corpus and "
                          "these options produce; it was written from another input")
