@@ -332,6 +332,16 @@ def test_format_example_is_current(tmp_path):
             "--negatives", "1", "--holdout-positive", "1", "--holdout-negative", "1", "--experts", "0-1",
             "--holdout-fraction", "0.3", "-o", str(tmp_path / "out.jsonl"), str(folder / "trace.jsonl")]
     assert CliRunner().invoke(command, args).exit_code == 0
-    made = list(StreamReader(open(tmp_path / "out.jsonl", "rb"), kinds="samples"))
-    shipped = list(StreamReader(open(folder / "samples.jsonl", "rb"), kinds="samples"))
+    with open(tmp_path / "out.jsonl", "rb") as made_file, open(folder / "samples.jsonl", "rb") as shipped_file:
+        made = list(StreamReader(made_file, kinds="samples"))
+        shipped = list(StreamReader(shipped_file, kinds="samples"))
     assert _same(made, shipped) and len(shipped) == 2
+
+
+def test_layer_chunks_give_the_same_result(monkeypatch):
+    from moetools.sample import sampler as sampler_module
+
+    records = make_records(documents=3, tokens=90, seed=13, logit_lens=2)
+    whole = sample(records, hard_negatives="token")
+    monkeypatch.setattr(sampler_module, "DENSE_BUDGET", 1)  # one layer row at a time
+    assert _same(sample(records, hard_negatives="token"), whole)

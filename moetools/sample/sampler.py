@@ -60,6 +60,8 @@ from .reservoir import (
 RANK_FIELDS = {"contribution": "contribution", "gate": "gates"}
 HARD_NEGATIVES = ("none", "domain", "token")
 SET_NAMES = ("top", "weighted", "negative", "holdout_positive", "holdout_negative")
+#: entries of the dense (layer rows, tokens, experts) arrays built at once; more layers are done in chunks
+DENSE_BUDGET = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -201,10 +203,17 @@ class Sampler:
             return
         if len(self.rows) != len(self.layers):
             experts, values = experts[self.rows], values[self.rows]
-        self._feed(record, experts.astype(np.int64), values.astype(np.float32), pieces, offset, meta, domain)
+        # layers in chunks: the dense (rows, T, E) arrays of one chunk stay under ~8M entries (big models)
+        chunk = max(1, DENSE_BUDGET // max(1, (length + self.options.context) * self.num_experts))
+        for first in range(0, len(self.rows), chunk):
+            part = slice(first, min(first + chunk, len(self.rows)))
+            self._feed(record, experts[part].astype(np.int64), values[part].astype(np.float32), pieces, offset,
+                       meta, domain, first)
 
-    def _feed(self, record, experts, values, pieces, offset, meta, domain) -> None:
-        options, rows, num_experts = self.options, len(self.rows), self.num_experts
+    def _feed(self, record, experts, values, pieces, offset, meta, domain, first: int) -> None:
+        """One record, MoE-layer rows ``first .. first + len(experts)`` of the selected rows."""
+        options, rows, num_experts = self.options, experts.shape[0], self.num_experts
+        part = slice(first, first + rows)
         grid = Grid.of(offset, experts.shape[1], options.context)
         cells, width, padded = grid.cells, grid.width, grid.padded
         valid = experts < num_experts  # (R, T, K); padding slots hold all-ones ids
@@ -218,8 +227,8 @@ class Sampler:
         cell_key = (row_index * cells + grid.cell_of_token()[None, :, None]) * num_experts + experts
         fire_count = np.bincount(cell_key[valid], minlength=rows * cells * num_experts)
         fire_count = fire_count.reshape(rows, cells, num_experts)  # (R, C, E) firing tokens per cell
-        self.firing += fire_count.sum(axis=1)
-        np.maximum(self.max_activation, cell_max.max(axis=1), out=self.max_activation)
+        self.firing[part] += fire_count.sum(axis=1)
+        np.maximum(self.max_activation[part], cell_max.max(axis=1), out=self.max_activation[part])
         real = np.zeros(padded, dtype=bool)  # (C·W,) grid positions that are tokens of this record
         real[grid.pad:grid.pad + grid.length] = True
 
@@ -228,7 +237,7 @@ class Sampler:
         region = starts // options.split_region if options.split_region else np.zeros_like(starts)
         holdout = to_uniform(content_hash(root, PURPOSE_SPLIT, region)) < options.holdout_fraction  # (C,)
         sides = (~holdout[None, :, None], holdout[None, :, None])
-        layer_ids = self.row_layers[:, None, None]
+        layer_ids = self.row_layers[part, None, None]
         expert_ids = np.arange(num_experts, dtype=np.int64)[None, None, :]
         cell_ids = starts[None, :, None]
 
@@ -236,8 +245,8 @@ class Sampler:
         positive = (fire_count > 0) & self.expert_mask
         hash_w = content_hash(root, PURPOSE_WEIGHTED, cell_ids, layer_ids, expert_ids)  # (R, C, E)
         key_w = np.where(positive, weighted_log_key(to_uniform(hash_w), cell_max), -np.inf)
-        self.positive_cells[0] += (positive & sides[0]).sum(axis=1)
-        self.positive_cells[1] += (positive & sides[1]).sum(axis=1)
+        self.positive_cells[0, part] += (positive & sides[0]).sum(axis=1)
+        self.positive_cells[1, part] += (positive & sides[1]).sum(axis=1)
 
         # negatives: cells with at least one eligible (non-firing) token, weight = eligible tokens
         eligible = None
@@ -249,8 +258,8 @@ class Sampler:
         negative = (negative_count > 0) & self.expert_mask
         hash_n = content_hash(root, PURPOSE_NEGATIVE, cell_ids, layer_ids, expert_ids)
         key_n = np.where(negative, weighted_log_key(to_uniform(hash_n), negative_count), -np.inf)
-        self.negative_cells[0] += (negative & sides[0]).sum(axis=1)
-        self.negative_cells[1] += (negative & sides[1]).sum(axis=1)
+        self.negative_cells[0, part] += (negative & sides[0]).sum(axis=1)
+        self.negative_cells[1, part] += (negative & sides[1]).sum(axis=1)
 
         lens = record.get("logit_lens")
         doc_id, window = record.get("doc_id"), record.get("window")
@@ -258,16 +267,17 @@ class Sampler:
 
         def examples(r, c, e, marks, activations):
             """Example tuples for candidates (r, c, e) with marks / activations in cell coordinates."""
-            first = np.maximum(c * width - grid.pad, 0)  # record-local [t0, t1) of each cell
-            last = np.minimum((c + 1) * width - grid.pad, grid.length)
-            skip = first - (c * width - grid.pad)  # cell positions before the first real token
+            begin = np.maximum(c * width - grid.pad, 0)  # record-local [t0, t1) of each cell
+            end = np.minimum((c + 1) * width - grid.pad, grid.length)
+            skip = begin - (c * width - grid.pad)  # cell positions before the first real token
             out = []
-            for i, (ri, ci, ei, t0, t1, lo) in enumerate(zip(r.tolist(), c.tolist(), e.tolist(), first.tolist(),
-                                                             last.tolist(), skip.tolist())):
+            for i, (ri, ci, ei, t0, t1, lo) in enumerate(zip(r.tolist(), c.tolist(), e.tolist(), begin.tolist(),
+                                                             end.tolist(), skip.tolist())):
                 out.append(Example(doc_id, window, offset + t0, int(marks[i]) - lo, pieces[t0:t1],
                                    activations[i, lo:lo + t1 - t0].copy(), float(cell_max[ri, ci, ei]), meta,
                                    int(region[ci]),
-                                   None if lens is None else self._lens(record, lens, experts, ri, ei, t0, t1)))
+                                   None if lens is None
+                                   else self._lens(record, lens, experts, ri, first + ri, ei, t0, t1)))
             return out
 
         def positive_examples(r, c, e, ties):
@@ -295,16 +305,16 @@ class Sampler:
             found = examples(r, c, e, marks, dense[r[:, None], columns, e[:, None]])
             return [example._replace(score=0.0) for example in found]
 
-        self._offer(self.top, cell_max, hash_w, positive & sides[0], positive_examples)
-        self._offer(self.weighted, key_w, hash_w, positive & sides[0], positive_examples)
-        self._offer(self.holdout_positive, key_w, hash_w, positive & sides[1], positive_examples)
-        self._offer(self._bank(self.negative, domain, options.negatives), key_n, hash_n,
+        self._offer(self.top, first, cell_max, hash_w, positive & sides[0], positive_examples)
+        self._offer(self.weighted, first, key_w, hash_w, positive & sides[0], positive_examples)
+        self._offer(self.holdout_positive, first, key_w, hash_w, positive & sides[1], positive_examples)
+        self._offer(self._bank(self.negative, domain, options.negatives), first, key_n, hash_n,
                     negative & sides[0], negative_examples)
-        self._offer(self._bank(self.holdout_negative, domain, options.holdout_negative), key_n, hash_n,
+        self._offer(self._bank(self.holdout_negative, domain, options.holdout_negative), first, key_n, hash_n,
                     negative & sides[1], negative_examples)
 
     @staticmethod
-    def _offer(bank: HeapBank, keys, ties, allowed, make) -> None:
+    def _offer(bank: HeapBank, first: int, keys, ties, allowed, make) -> None:
         """Offer every allowed (row, cell, expert) candidate whose key can enter ``bank``.
 
         Admission is decided one candidate at a time (exact heap semantics); the
@@ -312,16 +322,17 @@ class Sampler:
         """
         if bank.capacity == 0:
             return
-        candidates = allowed & np.isfinite(keys) & (keys >= bank.threshold[:, None, :])
+        threshold = bank.threshold[first:first + keys.shape[0], None, :]  # (rows, 1, E)
+        candidates = allowed & np.isfinite(keys) & (keys >= threshold)
         r, c, e = np.nonzero(candidates)
         if not len(r):
             return
         key_list, tie_array = keys[r, c, e].tolist(), ties[r, c, e]
         admitted, slots = [], []
         for i, (ri, ei, key, tie) in enumerate(zip(r.tolist(), e.tolist(), key_list, tie_array.tolist())):
-            if bank.admits(ri, ei, key, tie):
+            if bank.admits(first + ri, ei, key, tie):
                 slot = [None]  # filled below: most admissions of a record are cut out in one batch
-                bank.push(ri, ei, key, tie, slot)
+                bank.push(first + ri, ei, key, tie, slot)
                 admitted.append(i)
                 slots.append(slot)
         if admitted:
@@ -347,7 +358,7 @@ class Sampler:
             eligible[r, grid.pad:grid.pad + grid.length] = allowed
         return eligible
 
-    def _lens(self, record, lens, experts, r, e, t0, t1):
+    def _lens(self, record, lens, experts, r, row, e, t0, t1):
         """[(id, piece)] the expert's output promotes (logit lens) at its firing tokens of one context."""
         if lens is None:
             return None
@@ -355,7 +366,7 @@ class Sampler:
         if lens.ndim != 4 or lens.shape[0] != len(self.layers) or lens.shape[1:3] != experts.shape[1:]:
             return None
         chosen = experts[r, t0:t1] == e  # (W, K)
-        ids = lens[self.rows[r], t0:t1][chosen].reshape(-1)
+        ids = lens[self.rows[row], t0:t1][chosen].reshape(-1)
         names = record.get("logit_lens_pieces") or {}
         return [(int(i), str(names.get(str(int(i)), ""))) for i in ids]
 
