@@ -95,6 +95,7 @@ def write_corpus(path: Path, tokens: int, seed: int = 0) -> int:
 def throughput(model_dir: Path, corpus: Path, work: Path, repeats: int, max_length: int) -> dict:
     """Best-of-``repeats`` seconds of bare forwards vs. the moe-trace library pipeline, alternating."""
     from moetools.streams import StreamWriter
+    from moetools.trace.command import TRACE_ZSTD_LEVEL
     from moetools.trace import TraceOptions, load_model, trace_corpus
     from moetools.trace.corpus import batches, read_documents
     from moetools.trace.runner import TraceSummary, iter_windows
@@ -128,7 +129,7 @@ def throughput(model_dir: Path, corpus: Path, work: Path, repeats: int, max_leng
         output = work / "throughput.msgpack.zst"
         start = time.perf_counter()
         with open(corpus, "rb") as source, open(output, "wb") as out:
-            writer = StreamWriter(out, "trace", model={"fingerprint": "bench"})
+            writer = StreamWriter(out, "trace", model={"fingerprint": "bench"}, level=TRACE_ZSTD_LEVEL)
             trace_corpus(model, tokenizer, adapter, read_documents(source, name="c"), writer, options)
             writer.close()
         return time.perf_counter() - start, output.stat().st_size
@@ -179,6 +180,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--write-trace", metavar="PATH", help="only write a trace of --tokens tokens to PATH")
     parser.add_argument("--tokens", type=int, default=1_000_000, help="corpus size for --write-trace")
+    parser.add_argument("--keep-large", metavar="PATH", help="keep the large run's trace at PATH (for moe-sample)")
     parser.add_argument("--model-dir", help="where to keep the benchmark model (default: a temporary directory)")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "trace.json"))
     args = parser.parse_args()
@@ -200,7 +202,8 @@ def main() -> None:
         write_corpus(large, large_tokens, seed=2)
         speed = throughput(model_dir, small if not args.quick else small, work, args.repeats, args.max_length)
         rss_small = peak_rss(model_dir, small, work / "small.msgpack.zst", args.max_length)
-        rss_large = peak_rss(model_dir, large, work / "large.msgpack.zst", args.max_length)
+        rss_large = peak_rss(model_dir, large, Path(args.keep_large) if args.keep_large else work / "large.msgpack.zst",
+                             args.max_length)
     results = {
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__},
         "model": SHAPE, "quick": args.quick,

@@ -227,3 +227,75 @@ def test_prob_sum_counts_only_real_tokens_of_each_sequence():
         probs = layer["probs"].view(2, 6, 8).double()
         assert torch.allclose(layer["prob_sum"][0].double(), probs[0].sum(0), atol=1e-5)
         assert torch.allclose(layer["prob_sum"][1].double(), probs[1, :3].sum(0), atol=1e-5)
+
+
+def _monet(decompose: str):
+    import moetools  # noqa: F401  (registers MONET with the Auto classes)
+    from moetools.models.monet.configuration_monet import MonetConfig
+
+    config = MonetConfig(vocab_size=61, hidden_size=16, num_hidden_layers=3, num_attention_heads=4, moe_dim=4,
+                         moe_heads=2, moe_experts=4, moe_topk=2, moe_groups=2, max_position_embeddings=64,
+                         moe_decompose=decompose)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)
+    return model
+
+
+def _naive_monet_expert(moe, i: int, j: int, x: torch.Tensor) -> torch.Tensor:
+    """E_ij(x) from the weight matrices: HD eq. 6, VD eq. 13 (squared ReLU)."""
+    relu2 = lambda t: torch.relu(t) ** 2  # noqa: E731
+    experts = moe.experts
+    x = x.double()
+    if hasattr(moe, "u"):
+        m = moe.moe_dim
+        hidden = relu2(moe.u.weight.double().view(experts, m, -1)[i] @ x + moe.u.bias.double().view(experts, m)[i])
+        return moe.v.weight.double().view(-1, experts, m)[:, j] @ hidden + moe.b.double()[j]
+    m = moe.half_dim
+    a1 = relu2(moe.u1.weight.double().view(experts, m, -1)[i] @ x + moe.u1.bias.double().view(experts, m)[i])
+    a2 = relu2(moe.u2.weight.double().view(experts, m, -1)[j] @ x + moe.u2.bias.double().view(experts, m)[j])
+
+    def block(linear, index, activation):
+        return linear.weight.double().view(-1, experts, m)[:, index] @ activation
+
+    top = block(moe.v11, i, a1) + block(moe.v12, i, a2) + moe.b1.double()[i]
+    bottom = block(moe.v21, j, a1) + block(moe.v22, j, a2) + moe.b2.double()[j]
+    return torch.cat((top, bottom))
+
+
+@pytest.mark.parametrize("decompose", ["vertical", "horizontal"])
+def test_monet_adapter_composed_experts(decompose):
+    model = _monet(decompose)
+    adapter = adapter_for(model)
+    assert adapter.name == "monet" and [layer.num_experts for layer in adapter.moe_layers()] == [16, 16, 16]
+    input_ids = torch.randint(0, 61, (2, 5), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(input_ids)
+    seen = []
+    hooks = [layer.experts.register_forward_pre_hook(lambda m, a: seen.append(a)) for layer in adapter.moe_layers()]
+    with torch.no_grad():
+        untraced = model(input_ids).logits
+        seen.clear()
+        with adapter.capture() as capture:
+            traced = model(input_ids, attention_mask=mask).logits
+            layers = capture.take(mask)
+    for hook in hooks:
+        hook.remove()
+    assert torch.equal(traced, untraced)
+    for layer, recorded, (x, g1, g2) in zip(adapter.moe_layers(), layers, seen):
+        g1, g2 = g1.double().flatten(0, 1), g2.double().flatten(0, 1)  # (N, H, E)
+        every = torch.einsum("nhi,nhj->nij", g1, g2).reshape(-1, 16)  # g_ij of all 16 pairs
+        ids, gates = recorded["ids"].long(), recorded["gates"].double()
+        assert ids.shape == (10, 2)
+        for n in range(10):
+            best = every[n].sort(descending=True).values[:2]
+            assert torch.allclose(gates[n], best, atol=1e-6)
+            for slot in range(2):
+                if gates[n, slot] > 0:
+                    expert = int(ids[n, slot])
+                    assert torch.isclose(gates[n, slot], every[n, expert], atol=1e-6)
+                    out = _naive_monet_expert(layer.experts, expert // 4, expert % 4, x.flatten(0, 1)[n])
+                    assert torch.isclose(recorded["contribution"][n, slot].double(), gates[n, slot] * out.norm(),
+                                         rtol=1e-5)
+        assert torch.allclose(recorded["prob_sum"].double(), every.view(2, 5, 16).sum(1), atol=1e-5)

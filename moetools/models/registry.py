@@ -137,6 +137,17 @@ class Adapter:
             return scores / scores.sum(dim=-1, keepdim=True)
         return torch.softmax(logits, dim=-1)
 
+    def capture(self, logit_lens: int = 0):
+        """A context manager recording routing during forward passes (``take()`` per batch).
+
+        Default: :class:`moetools.trace.capture.RoutingCapture` (transformers' pluggable
+        experts implementation); an adapter for another architecture returns its own object
+        with the same ``__enter__``/``__exit__``/``take(attention_mask, keep_probs)`` contract.
+        """
+        from ..trace.capture import RoutingCapture
+
+        return RoutingCapture(self.model, self, logit_lens=logit_lens)
+
     def describe(self) -> dict:
         layers = self.moe_layers()
         return {"adapter": self.name, "moe_layers": [layer.index for layer in layers],

@@ -20,7 +20,6 @@ import torch
 
 from ..errors import FormatError, ModelError, TruncatedStreamError, UsageError
 from ..models import adapter_for, model_identity
-from .capture import RoutingCapture
 from .corpus import batches, in_shard, windows_of
 from .records import PieceTable, batch_records
 
@@ -128,7 +127,7 @@ def trace_corpus(model, tokenizer, adapter, documents, writer, options: TraceOpt
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     last_flush = time.monotonic()
     window_stream = iter_windows(documents, tokenizer, options, summary)
-    with RoutingCapture(model, adapter, logit_lens=options.logit_lens) as capture, torch.inference_mode():
+    with adapter.capture(logit_lens=options.logit_lens) as capture, torch.inference_mode():
         for batch in batches(window_stream, batch_tokens=options.batch_tokens, batch_size=options.batch_size,
                              sort_buffer=options.sort_buffer):
             if skip_windows >= len(batch):
