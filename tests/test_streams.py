@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -241,3 +243,29 @@ def test_mixed_models_and_kinds_are_refused():
 def test_errors_name_the_input():
     with pytest.raises(TruncatedStreamError, match="^shard-3.zst: "):
         list(StreamReader(io.BytesIO(stream_bytes(SMALL, end=False)), name="shard-3.zst"))
+
+
+@pytest.mark.parametrize("encoding,compress", ENCODINGS, ids=ENCODING_IDS)
+def test_records_reach_a_reader_downstream_of_a_pipe_while_the_writer_runs(encoding, compress):
+    """`moe-trace | moe-sample`: a record flushed by the writer is read before the writer goes on."""
+    read_end, write_end = os.pipe()
+    first_seen = threading.Event()
+
+    def produce():
+        with os.fdopen(write_end, "wb") as out:
+            writer = StreamWriter(out, "trace", model=MODEL, encoding=encoding, compress=compress)
+            writer.write({"type": "sequence", "doc_id": "d0"})
+            writer.flush()
+            first_seen.wait(timeout=10)  # a reader waiting for a full chunk would stall here
+            writer.write({"type": "sequence", "doc_id": "d1"})
+            writer.close()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    order = []
+    with os.fdopen(read_end, "rb") as source:
+        for record in read_stream(source):
+            order.append((record["doc_id"], first_seen.is_set()))
+            first_seen.set()
+    producer.join()
+    assert order == [("d0", False), ("d1", True)]

@@ -62,12 +62,29 @@ class _Counter:
         self.bytes = 0
 
 
-def _read_chunks(source: BinaryIO, first: bytes, counter: _Counter) -> Iterator[bytes]:
+def _reader(source: BinaryIO):
+    """``read1`` where the file has it: what a pipe holds now, not a full chunk (records flow downstream
+    as the producer writes them instead of once a MiB has arrived)."""
+    return getattr(source, "read1", None) or source.read
+
+
+def _first_bytes(read) -> bytes:
+    """At least the 4 bytes that tell the encoding apart, unless the input is shorter."""
+    first = read(CHUNK_BYTES) or b""
+    while 0 < len(first) < len(ZSTD_MAGIC):
+        more = read(CHUNK_BYTES)
+        if not more:
+            break
+        first += more
+    return first
+
+
+def _read_chunks(read, first: bytes, counter: _Counter) -> Iterator[bytes]:
     if first:
         counter.bytes += len(first)
         yield first
     while True:
-        chunk = source.read(CHUNK_BYTES)
+        chunk = read(CHUNK_BYTES)
         if not chunk:
             return
         counter.bytes += len(chunk)
@@ -215,9 +232,10 @@ class StreamReader:
         self._input = _Counter()
         self._decoded = self._input
         with self._naming_errors():
-            first = source.read(CHUNK_BYTES)
+            read = _reader(source)
+            first = _first_bytes(read)
             self.encoding = detect_encoding(first)
-            chunks = _read_chunks(source, first, self._input)
+            chunks = _read_chunks(read, first, self._input)
             if self.encoding == "zstd":
                 self._decoded = _Counter()
                 self._records = _msgpack_records(_zstd_frames(chunks, self._decoded))
