@@ -101,8 +101,7 @@ def _zstd_frames(chunks: Iterable[bytes], counter: _Counter) -> Iterator[bytes]:
         while view:
             piece, view = view[:_ZSTD_FEED_BYTES], view[_ZSTD_FEED_BYTES:]
             while piece:
-                if not inside_frame and not ZSTD_MAGIC.startswith(bytes(piece[:4])) \
-                        and not bytes(piece[:4]).startswith(ZSTD_MAGIC):
+                if not inside_frame and not ZSTD_MAGIC.startswith(bytes(piece[:4])):
                     raise FormatError("bytes after a zstd frame that are not another zstd frame")
                 try:
                     out = decoder.decompress(piece)
