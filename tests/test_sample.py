@@ -257,6 +257,7 @@ def test_logit_lens_tokens_and_context_fields():
     assert {"id", "doc_id", "window", "offset", "mark", "pieces", "activation", "score", "meta", "region"} \
         <= set(context)
     assert len(context["pieces"]) == len(context["activation"]) <= 32
+    assert context["pieces"] == [f"t{int(t)}" for t in context["tokens"]]  # ids and pieces line up
 
 
 def test_explain_stage_reads_the_records():

@@ -78,6 +78,7 @@ class Example(NamedTuple):
     meta: object
     region: int
     lens: list | None      # [(token id, piece)] the expert promotes at its firing tokens (logit lens)
+    tokens: np.ndarray | None = None  # (T,) int32 token ids, when the trace has them
 
     @property
     def id(self) -> str:
@@ -97,6 +98,7 @@ def context_record(example: Example) -> dict:
         "score": float(example.score),
         "meta": example.meta,
         "region": int(example.region),
+        **({} if example.tokens is None else {"tokens": np.ascontiguousarray(example.tokens, dtype="<i4")}),
     }
 
 

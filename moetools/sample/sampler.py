@@ -262,6 +262,10 @@ class Sampler:
         self.negative_cells[1, part] += (negative & sides[1]).sum(axis=1)
 
         lens = record.get("logit_lens")
+        token_ids = record.get("tokens")
+        if token_ids is not None:
+            token_ids = np.asarray(token_ids)
+            token_ids = token_ids if token_ids.shape == (grid.length,) else None
         doc_id, window = record.get("doc_id"), record.get("window")
         positions = np.arange(width, dtype=np.int64)[None, :]
 
@@ -277,7 +281,8 @@ class Sampler:
                                    activations[i, lo:lo + t1 - t0].copy(), float(cell_max[ri, ci, ei]), meta,
                                    int(region[ci]),
                                    None if lens is None
-                                   else self._lens(record, lens, experts, ri, first + ri, ei, t0, t1)))
+                                   else self._lens(record, lens, experts, ri, first + ri, ei, t0, t1),
+                                   None if token_ids is None else token_ids[t0:t1].copy()))
             return out
 
         def positive_examples(r, c, e, ties):
