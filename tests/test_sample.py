@@ -236,6 +236,8 @@ def test_filters_layers_experts_domain_min_count():
     assert not rare["explain"]["top"] and end["summary"]["below_min_count"] == 1
     code, *_ , stderr = run_cli(write_trace(records), "--layers", "1")
     assert code == 2 and "not MoE layers" in stderr
+    result = CliRunner().invoke(command, ["--format", "jsonl", "--domain", "nowhere"], input=write_trace(records))
+    assert result.exit_code == 0 and "no sequence has meta.domain 'nowhere'" in result.stderr
 
 
 def test_domain_matched_negatives_follow_the_positive_mix():

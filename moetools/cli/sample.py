@@ -6,7 +6,7 @@ import click
 
 from ..errors import UsageError
 from ..sample import HARD_NEGATIVES, RANK_FIELDS, SampleOptions, sample_trace, summary_line
-from .common import input_argument, open_stream_writer, output_options, read_input, say, tool
+from .common import input_argument, open_stream_writer, output_options, read_input, say, tool, warn
 
 EXAMPLE = """\
 moe-trace models/olmoe corpus.jsonl | moe-sample -o samples.msgpack.zst
@@ -93,6 +93,8 @@ def command(input, output, fmt, uncompressed, layers, experts, **options):
             writer.write(record)
         writer.end_extra = {"summary": summary}
     say(summary_line(summary))
+    if sample_options.domain is not None and not summary["sequences"]:
+        warn(f"no sequence has meta.domain {sample_options.domain!r}: every expert is empty")
 
 
 main = command.main

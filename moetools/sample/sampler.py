@@ -183,6 +183,8 @@ class Sampler:
             raise FormatError(f"{where}: 'pieces' must be a list of {experts.shape[1]} strings")
         if offset < 0:
             raise FormatError(f"{where}: negative offset {offset}")
+        if record.get("doc_id") is None:
+            raise FormatError(f"{where}: no 'doc_id' (formats/trace.md)")
         return experts, values, pieces, offset
 
     def feed(self, record: dict, number: int = 0) -> None:
