@@ -226,3 +226,13 @@ def test_bad_models_and_inputs_exit_2_with_a_message(olmoe_dir, tmp_path, proble
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not output.exists()
+
+
+def test_resume_of_a_finished_output_does_nothing(full_trace, olmoe_dir, tmp_path):
+    corpus, output, _ = full_trace
+    target = tmp_path / "done.msgpack.zst"
+    target.write_bytes(output.read_bytes())
+    before = target.stat().st_mtime_ns
+    result = run(olmoe_dir, corpus, "--max-length", 16, "--batch-size", 1, "--resume", "-o", target)
+    assert result.exit_code == 0 and "complete already" in result.output
+    assert target.stat().st_mtime_ns == before

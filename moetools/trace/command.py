@@ -6,8 +6,8 @@ import contextlib
 import itertools
 from pathlib import Path
 
-from ..cli.common import open_input, open_output, partial_path, say, tool_info, warn
-from ..errors import UsageError
+from ..cli.common import open_input, open_output, partial_path, progress, say, tool_info, warn
+from ..errors import FormatError, TruncatedStreamError, UsageError
 from ..models import model_identity
 from ..streams import StreamWriter
 from .corpus import parse_shard, read_documents
@@ -36,6 +36,27 @@ def trace_writer(output, fmt, uncompressed, identity, extra):
         writer.close(**getattr(writer, "end_extra", {}))
 
 
+def finished_output(output, identity: dict, extra: dict) -> bool:
+    """True when ``output`` is a complete trace of this model and these options and nothing is partial.
+
+    A requeued SLURM task whose shard finished then exits at once instead of redoing it.
+    """
+    partial = partial_path(output)
+    if not Path(output).is_file() or partial.exists() or partial.with_name(partial.name + ".resume").exists():
+        return False
+    from ..streams import StreamReader
+
+    with open(output, "rb") as handle:
+        try:
+            reader = StreamReader(handle, kinds="trace")
+            check_resumable(reader.header, identity, extra)
+            for _ in reader:
+                pass
+        except (TruncatedStreamError, FormatError):
+            return False
+    return True
+
+
 def cli_run(model_path, corpus, *, output, fmt, uncompressed, text_field="text", id_field="id", max_length=None,
             batch_tokens=8192, batch_size=None, sort_buffer=1024, dtype="auto", device="cpu", device_map=None,
             logit_lens=0, precision=8, shard=None, shard_by="index", resume=False) -> TraceSummary:
@@ -57,6 +78,9 @@ def cli_run(model_path, corpus, *, output, fmt, uncompressed, text_field="text",
                          experts_implementation=model.config._experts_implementation)
 
     summary = TraceSummary()
+    if resume and finished_output(output, identity, extra):
+        say(f"{output} is complete already (--resume): nothing to do")
+        return summary
 
     def on_skip(line, reason):
         summary.skip(line, reason)
@@ -80,8 +104,9 @@ def cli_run(model_path, corpus, *, output, fmt, uncompressed, text_field="text",
             last = (record["doc_id"], int(record["window"]))
         if writer.count:
             say(f"resuming after {writer.count} complete records of {previous.name}")
-        trace_corpus(model, tokenizer, adapter, documents, writer, options, skip_windows=writer.count,
-                     expect_last=last, summary=summary)
+        with progress("tracing tokens") as bar:
+            trace_corpus(model, tokenizer, adapter, documents, writer, options, skip_windows=writer.count,
+                         expect_last=last, summary=summary, on_batch=lambda windows, tokens: bar.advance(tokens))
         if options.shard and summary.documents_traced == 0:
             warn(f"shard {shard} holds none of the {summary.documents} documents")
         writer.end_extra = {"documents": summary.documents_traced, "windows": summary.windows,
