@@ -94,11 +94,11 @@ def random_init_copy(model_dir: Path, out: Path, seed: int) -> Path:
     return out
 
 
-def trace(model_dir: Path, corpus: Path, out: Path, max_length: int) -> float:
+def trace(model_dir: Path, corpus: Path, out: Path, max_length: int, device: str = "cpu") -> float:
     """Run moe-trace; returns its wall time."""
     started = time.perf_counter()
     command = [str(REPO / "bin" / "moe-trace"), str(model_dir), str(corpus), "--max-length", str(max_length),
-               "-o", str(out), "-q"]
+               "--device", device, "-o", str(out), "-q"]
     done = subprocess.run(command, check=False, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"bench_specialisation: moe-trace failed on {model_dir} (exit {done.returncode}):\n"
@@ -151,6 +151,7 @@ def main(argv=None) -> int:
     parser.add_argument("--top-k", type=int, default=None, help="k of the top-expert share (default: model top-k)")
     parser.add_argument("--ratio", type=float, default=2.0, help="skew criterion (paper 004: 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random-init copies")
+    parser.add_argument("--device", default="cpu", help="moe-trace --device (cpu, cuda)")
     parser.add_argument("--quick", action="store_true", help="3000 tokens per domain")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -158,6 +159,11 @@ def main(argv=None) -> int:
 
     pairs: list[tuple[str, Path, Path]] = [(name, Path(a), Path(b)) for name, a, b in args.traces]
     models = args.model or ([] if pairs else find_models(home() / "models"))
+    not_models = [str(model) for model in models if not (model / "config.json").is_file()]
+    if not_models:
+        print(f"bench_specialisation: not a model directory (no config.json): {', '.join(not_models)}",
+              file=sys.stderr)
+        return 2
     if not models and not pairs:
         print(f"bench_specialisation: no trained models under {home() / 'models'} and no --model/--traces: "
               "nothing measured (train them first, e.g. `make models`)")
@@ -177,8 +183,8 @@ def main(argv=None) -> int:
             for model in models:
                 random_dir = random_init_copy(model, scratch / f"{model.name}-random", args.seed)
                 trained_trace, random_trace = scratch / f"{model.name}.msgpack.zst", scratch / f"{model.name}-r.zst"
-                seconds = trace(model, sample, trained_trace, args.max_length)
-                trace(random_dir, sample, random_trace, args.max_length)
+                seconds = trace(model, sample, trained_trace, args.max_length, args.device)
+                trace(random_dir, sample, random_trace, args.max_length, args.device)
                 pairs.append((model.name, trained_trace, random_trace))
                 results.setdefault("trace_seconds", {})[model.name] = round(seconds, 2)
         for name, trained_path, random_path in pairs:
