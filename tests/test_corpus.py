@@ -298,3 +298,15 @@ def test_real_corpus_has_at_least_100k_tokens_per_domain(tmp_path):
         assert 100_000 <= manifest["counts"][domain]["total"]["tokens"] <= 300_000 + 2000, domain
         assert manifest["counts"][domain]["validation"]["records"] > 20, domain
     assert manifest["warnings"] == []
+
+
+def test_sources_subcommand_lists_each_domain_and_what_to_install(tmp_path):
+    roots = make_fixture(tmp_path / "sources")
+    args = ["corpus", "sources", *[f"--source-root={d}={p}" for d, p in roots.items()]]
+    result = CliRunner().invoke(command, args)
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t")[:2] for line in result.stdout.splitlines()] == [[d, "ok"] for d in DOMAINS]
+    result = CliRunner().invoke(command, [*args, f"--source-root=medical={tmp_path / 'gone'}"])
+    assert result.exit_code == 2
+    medical = next(line for line in result.stdout.splitlines() if line.startswith("medical"))
+    assert "missing" in medical and "pip install simple-icd-10-cm" in medical
