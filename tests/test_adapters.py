@@ -5,16 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from torch.nn import functional as F
 
 from moetools.errors import ModelError
-from moetools.models import Adapter, adapter_for, model_identity, register_adapter
-from moetools.models import registry
+from moetools.models import Adapter, adapter_for, model_identity, register_adapter, registry
 from moetools.trace.capture import RoutingCapture
 
-COMMON = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=128)
-MLA = dict(kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, num_key_value_heads=4)
+COMMON = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128}
+MLA = {"kv_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 8, "num_key_value_heads": 4}
 
 
 def tiny_config(family: str):
@@ -102,8 +100,8 @@ def traced(request):
         after = model(input_ids).logits
     for hook in hooks:
         hook.remove()
-    return dict(family=family, model=model, adapter=adapter, untraced=untraced, logits=logits, after=after,
-                layers=layers, router_inputs=router_inputs, experts_inputs=experts_inputs)
+    return {"family": family, "model": model, "adapter": adapter, "untraced": untraced, "logits": logits,
+            "after": after, "layers": layers, "router_inputs": router_inputs, "experts_inputs": experts_inputs}
 
 
 def test_adapter_finds_moe_and_dense_layers(traced):
@@ -246,7 +244,7 @@ def _monet(decompose: str):
 
 def _naive_monet_expert(moe, i: int, j: int, x: torch.Tensor) -> torch.Tensor:
     """E_ij(x) from the weight matrices: HD eq. 6, VD eq. 13 (squared ReLU)."""
-    relu2 = lambda t: torch.relu(t) ** 2  # noqa: E731
+    relu2 = lambda t: torch.relu(t) ** 2
     experts = moe.experts
     x = x.double()
     if hasattr(moe, "u"):

@@ -16,8 +16,7 @@ from moetools.cli.trace import command
 from moetools.errors import TruncatedStreamError
 from moetools.streams import StreamReader
 
-WORDS = ("the a of to and in is it that for on with as was he she they we you code law math cell expert model "
-         "token court patient theorem").split()
+WORDS = ["the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "on", "with", "as", "was", "he", "she", "they", "we", "you", "code", "law", "math", "cell", "expert", "model", "token", "court", "patient", "theorem"]
 
 
 def save_tokenizer(directory):
@@ -86,12 +85,13 @@ def full_trace(olmoe_dir, tmp_path_factory):
 
 
 def test_records_follow_the_trace_format(full_trace, olmoe_dir):
-    _, output, (header, records, ends) = full_trace
+    _, _, (header, records, ends) = full_trace
     assert header["kind"] == "trace" and header["layers"] == [0, 1] and header["top_k"] == 2
     assert header["model"]["fingerprint"].startswith("sha256:") and header["model"]["num_experts"] == 8
     assert ends[0]["count"] == len(records) and ends[0]["documents"] == 12
     tokenizer = transformers.AutoTokenizer.from_pretrained(olmoe_dir)
-    corpus_docs = {json.loads(line)["id"]: json.loads(line) for line in open(full_trace[0])}
+    with open(full_trace[0]) as handle:
+        corpus_docs = {json.loads(line)["id"]: json.loads(line) for line in handle}
     assert {record["doc_id"] for record in records} == set(corpus_docs)
     for record in records:
         doc = corpus_docs[record["doc_id"]]

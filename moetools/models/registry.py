@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import ModelError
 
-_ADAPTERS: list[type["Adapter"]] = []
+_ADAPTERS: list[type[Adapter]] = []
 
 
 @dataclass(frozen=True)

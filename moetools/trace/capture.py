@@ -71,7 +71,7 @@ class RoutingCapture:
 
         return lens
 
-    def __enter__(self) -> "RoutingCapture":
+    def __enter__(self) -> RoutingCapture:  # noqa: PYI034 - Python 3.10 has no typing.Self
         register_trace_implementations()
         for config in self._configs():
             current = config._experts_implementation

@@ -11,9 +11,17 @@ from ..errors import FormatError, TruncatedStreamError, UsageError
 from ..models import model_identity
 from ..streams import StreamWriter
 from .corpus import parse_shard, read_documents
-from .runner import (DEFAULT_MAX_LENGTH, TraceOptions, TraceSummary, check_resumable, complete_records, header_extra, load_model,
-                     resume_source, trace_corpus)
-
+from .runner import (
+    DEFAULT_MAX_LENGTH,
+    TraceOptions,
+    TraceSummary,
+    check_resumable,
+    complete_records,
+    header_extra,
+    load_model,
+    resume_source,
+    trace_corpus,
+)
 
 #: zstd level of trace streams. On trace records (8-bit gates/contributions, random routing) level 1,
 #: the streams default, stores 3.70 bytes per token·layer·selected expert, level 3 3.19, level 5 3.02,

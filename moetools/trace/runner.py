@@ -209,7 +209,7 @@ def complete_records(path: Path):
     """
     from ..streams import StreamReader
 
-    handle = open(path, "rb")
+    handle = open(path, "rb")  # noqa: SIM115 - closed by the records generator
     try:
         reader = StreamReader(handle, kinds="trace")
     except (TruncatedStreamError, FormatError):
@@ -218,8 +218,7 @@ def complete_records(path: Path):
 
     def records():
         try:
-            for record in reader:
-                yield record
+            yield from reader
         except TruncatedStreamError:
             return
         finally:
@@ -261,5 +260,15 @@ def check_resumable(header: dict, identity: dict, extra: dict) -> None:
                              f"this run has {extra.get(key)!r}; use the same options")
 
 
-__all__ = ["TraceOptions", "TraceSummary", "load_model", "trace_corpus", "header_extra", "complete_records",
-           "resume_source", "check_resumable", "model_identity", "asdict"]
+__all__ = [
+    "TraceOptions",
+    "TraceSummary",
+    "asdict",
+    "check_resumable",
+    "complete_records",
+    "header_extra",
+    "load_model",
+    "model_identity",
+    "resume_source",
+    "trace_corpus",
+]
