@@ -236,3 +236,28 @@ def test_resume_of_a_finished_output_does_nothing(full_trace, olmoe_dir, tmp_pat
     result = run(olmoe_dir, corpus, "--max-length", 16, "--batch-size", 1, "--resume", "-o", target)
     assert result.exit_code == 0 and "complete already" in result.output
     assert target.stat().st_mtime_ns == before
+
+
+def test_monet_model_traces_composed_experts(tmp_path):
+    import moetools  # noqa: F401  (registers MONET with the Auto classes)
+    from moetools.models.monet.configuration_monet import MonetConfig
+
+    directory = tmp_path / "monet"
+    config = MonetConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, moe_dim=4,
+                         moe_heads=2, moe_experts=4, moe_topk=2, moe_groups=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    save_tokenizer(directory)
+    output = tmp_path / "monet.msgpack.zst"
+    result = run(directory, "-", "--logit-lens", 1, "-o", output, input="the law of the cell\nshe was a model\n")
+    assert result.exit_code == 0, result.output
+    header, records, _ = read_all(output)
+    assert header["model"]["model_type"] == "monet" and header["num_experts"] == 16 and header["top_k"] == 2
+    assert header["experts_implementation"] is None
+    for record in records:
+        length = len(record["tokens"])
+        assert record["experts"].shape == (2, length, 2) and record["prob_sum"].shape == (2, 16)
+        live = record["gates"] > 0
+        assert (record["experts"][live] < 16).all() and (record["experts"][~live] == 255).all()
+        assert np.allclose(record["prob_sum"].sum(axis=1), 2 * length, rtol=1e-3)  # H = 2 heads
+        assert record["logit_lens"].shape == (2, length, 2, 1)

@@ -148,6 +148,11 @@ class Adapter:
 
         return RoutingCapture(self.model, self, logit_lens=logit_lens)
 
+    def traced_experts_implementation(self) -> str | None:
+        """The transformers experts implementation a trace runs (RoutingCapture's rule), for the header."""
+        current = getattr(self.config, "_experts_implementation", None)
+        return current if current in ("grouped_mm", "batched_mm") else "grouped_mm"
+
     def describe(self) -> dict:
         layers = self.moe_layers()
         return {"adapter": self.name, "moe_layers": [layer.index for layer in layers],

@@ -83,7 +83,7 @@ def cli_run(model_path, corpus, *, output, fmt, uncompressed, text_field="text",
         raise UsageError(f"--max-length {max_length} exceeds the model's context of {limit} tokens")
     identity = model_identity(model, adapter, path=model_path)
     extra = header_extra(adapter, options, corpus=corpus_name, text_field=text_field, id_field=id_field,
-                         experts_implementation=model.config._experts_implementation)
+                         experts_implementation=adapter.traced_experts_implementation())
 
     summary = TraceSummary()
     if resume and finished_output(output, identity, extra):

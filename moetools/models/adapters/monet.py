@@ -96,5 +96,8 @@ class MonetAdapter(Adapter):
     def dense_layers(self) -> list[int]:
         return []
 
+    def traced_experts_implementation(self) -> str | None:
+        return None  # MONET's own experts modules, not transformers' pluggable implementation
+
     def capture(self, logit_lens: int = 0):
         return MonetCapture(self.model, self, logit_lens=logit_lens)
