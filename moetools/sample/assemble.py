@@ -60,7 +60,9 @@ def _logit_lens(examples) -> list[dict]:
 
 
 def _domains(contexts) -> Counter:
-    return Counter((context.get("meta") or {}).get("domain") for context in contexts)
+    from .sampler import domain_key
+
+    return Counter(domain_key((context.get("meta") or {}).get("domain")) for context in contexts)
 
 
 def expert_record(sampler, row: int, expert: int) -> dict:

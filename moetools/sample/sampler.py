@@ -64,6 +64,11 @@ SET_NAMES = ("top", "weighted", "negative", "holdout_positive", "holdout_negativ
 DENSE_BUDGET = 8 << 20
 
 
+def domain_key(domain):
+    """A domain as a dict key: plain values as they are, anything else (a list, a map) by its text."""
+    return domain if isinstance(domain, (str, int, float, bool, type(None))) else str(domain)
+
+
 @dataclass(frozen=True)
 class SampleOptions:
     """moe-sample's knobs; defaults from papers 000/002 (see the module docstring)."""
@@ -158,7 +163,7 @@ class Sampler:
 
     # -- the pass --------------------------------------------------------------------------------
     def _bank(self, banks: dict, domain, capacity: int) -> HeapBank:
-        key = domain if self.options.hard_negatives == "domain" else None
+        key = domain_key(domain) if self.options.hard_negatives == "domain" else None
         bank = banks.get(key)
         if bank is None:
             bank = banks[key] = HeapBank(len(self.rows), self.num_experts, capacity)
