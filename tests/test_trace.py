@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -261,3 +263,26 @@ def test_monet_model_traces_composed_experts(tmp_path):
         assert (record["experts"][live] < 16).all() and (record["experts"][~live] == 255).all()
         assert np.allclose(record["prob_sum"].sum(axis=1), 2 * length, rtol=1e-3)  # H = 2 heads
         assert record["logit_lens"].shape == (2, length, 2, 1)
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples" / "trace"
+
+
+def test_trace_examples_and_real_records_validate(full_trace):
+    from moetools.errors import FormatError
+    from moetools.trace.validate import check_sequence
+
+    _, _, (header, records, _) = full_trace
+    for number, record in enumerate(records):
+        check_sequence(record, header, number)
+    manifest = json.loads((EXAMPLES / "manifest.json").read_text())
+    for name in manifest["valid"]:
+        header, records, _ = read_all(EXAMPLES / name)
+        assert records
+        for record in records:
+            check_sequence(record, header)
+    for name, message in manifest["invalid"].items():
+        header, records, _ = read_all(EXAMPLES / name)
+        with pytest.raises(FormatError, match=re.escape(message)):
+            for record in records:
+                check_sequence(record, header)
