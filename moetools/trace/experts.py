@@ -28,6 +28,15 @@ TRACE_IMPLEMENTATIONS = {
 }
 
 
+def _refuse_expert_parallel(module) -> None:
+    if module._is_expert_parallel:
+        # expert-parallel dispatch sends sentinel ids for experts on other ranks: the norms
+        # of this rank's slice would not be the whole story, so refuse rather than record less
+        from ..errors import ModelError
+
+        raise ModelError("moe-trace does not support expert parallelism; load the model with device_map instead")
+
+
 def _record(module, expert_ids, gates, expert_out, order=None) -> None:
     """Append this call's routing and output norms to the module's sink.
 
@@ -53,6 +62,7 @@ def _record(module, expert_ids, gates, expert_out, order=None) -> None:
 
 def traced_grouped_mm_forward(self, hidden_states, top_k_index, top_k_weights):
     """``transformers.integrations.moe.grouped_mm_experts_forward`` + :func:`_record` (no expert parallelism)."""
+    _refuse_expert_parallel(self)
     device = hidden_states.device
     num_top_k = top_k_index.size(-1)
     num_tokens = hidden_states.size(0)
@@ -88,6 +98,7 @@ def traced_grouped_mm_forward(self, hidden_states, top_k_index, top_k_weights):
 
 def traced_batched_mm_forward(self, hidden_states, top_k_index, top_k_weights):
     """``transformers.integrations.moe.batched_mm_experts_forward`` + :func:`_record` (no expert parallelism)."""
+    _refuse_expert_parallel(self)
     num_top_k = top_k_index.size(-1)
     num_tokens = hidden_states.size(0)
     hidden_dim = hidden_states.size(-1)
