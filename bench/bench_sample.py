@@ -6,7 +6,7 @@ experts, top-4, d=256; ``bench/bench_trace.py``), measured in one run:
 - ``moe-sample`` wall time (the real CLI in a fresh process, default options,
   best of ``--repeats``) as a fraction of the wall time of the ``moe-trace`` CLI
   process that wrote the trace (target < 5 %);
-- peak RSS (``ru_maxrss`` of the moe-sample process) on the first ~100k tokens of
+- peak RSS (``VmHWM`` of the moe-sample process) on the first ~100k tokens of
   that trace vs. the whole ~1M-token trace (target: within 10 %).
 
 The trace comes from ``bench/bench_trace.py --write-trace`` (the real moe-trace CLI
@@ -46,9 +46,12 @@ MAX_LENGTH = 512
 
 def _measured(args: list[str], module: str, env: dict | None = None) -> dict:
     """Run ``moetools.cli.<module>`` in a fresh process: wall seconds, its own CPU seconds and peak RSS."""
+    # peak RSS from /proc/self/status VmHWM (this process's own address space): ru_maxrss would carry over
+    # the RSS of the parent at fork (Linux keeps the high-water mark across exec)
     code = (f"import resource, sys, json; from moetools.cli.{module} import command; "
             "command.main(args=sys.argv[1:], standalone_mode=False); r = resource.getrusage(resource.RUSAGE_SELF); "
-            "print(json.dumps({'peak_rss_mb': r.ru_maxrss / 1024, 'cpu_seconds': r.ru_utime + r.ru_stime}))")
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
+            "print(json.dumps({'peak_rss_mb': int(hwm) / 1024, 'cpu_seconds': r.ru_utime + r.ru_stime}))")
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", code, *args], check=False, capture_output=True, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})

@@ -157,6 +157,7 @@ class Sampler:
         self.positive_cells = np.zeros((2, rows, experts), dtype=np.int64)  # [explain, holdout]
         self.negative_cells = np.zeros((2, rows, experts), dtype=np.int64)
         self.sequences = 0
+        self._pieces: dict = {}
         self.tokens = 0
         self.skipped_domain = 0
         self.other_records = 0
@@ -204,6 +205,14 @@ class Sampler:
             self.skipped_domain += 1
             return
         self.sequences += 1
+        # one str object per distinct piece: contexts kept from many records then share them, so memory is
+        # bounded by the vocabulary, not by how many records the kept contexts came from
+        canonical = self._pieces
+        try:
+            pieces = [canonical.setdefault(piece, piece) for piece in pieces]
+        except TypeError:
+            raise FormatError(f"trace record {number} (doc {record.get('doc_id')!r}): 'pieces' must be "
+                              "strings") from None
         length = experts.shape[1]
         self.tokens += length
         if length == 0:
