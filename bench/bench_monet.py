@@ -9,8 +9,9 @@ child process (so peak RSS is that variant's alone):
 * ``naive``: MONET-VD that composes the N = moe_experts**2 experts explicitly (gathers U_ij, V_ij
   for every (i, j), then sum_ij g_ij E_ij(x)), for moe_experts in {16, 64} (256 needs > 10 GB)
 
-Figures: forward+backward step time (fastest step of the fastest of ``--rounds`` interleaved
-child runs: the machine is shared and noisy), peak RSS growth during the steps, and
+Figures: forward+backward step time (fastest of ``--rounds`` steps, the variants of one size taking
+turns in one process so that they share the machine's noise; naive only at moe_experts=16, at 64
+its single step in the memory child is reported as ``step_s_separate_process``), peak RSS growth during the steps, and
 the bytes of tensors autograd saves for backward (exact, noise-free activation memory).
 ``--data FILE.jsonl --minutes M`` also trains MONET-VD with monet-train for M minutes and
 reports its eval-loss curve against the unigram entropy of the same data (bits/token).
@@ -67,12 +68,12 @@ class NaiveVerticalExperts:
         return torch.einsum("dnm,btnm->btd", V, hidden * gates[..., None]) + gates @ out_bias
 
 
-def child(variant: str, experts: int, batch: int, length: int, steps: int, threads: int) -> dict:
+def make_model(variant: str, experts: int):
     import torch
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
     from moetools.train.models import build_model, resolve_model_config
+
+    torch.manual_seed(0)
 
     settings = {**SHAPE, "moe_experts": experts, "moe_topk": max(1, experts // 16)}
     special = {"eos_token_id": 0, "bos_token_id": 0, "pad_token_id": 1}
@@ -82,7 +83,34 @@ def child(variant: str, experts: int, batch: int, length: int, steps: int, threa
         for layer in model.model.layers:
             naive = NaiveVerticalExperts(layer.moe)
             layer.moe.forward = naive.__call__
-    model.train()
+    return model.train()
+
+
+def time_interleaved(variants, experts: int, batch: int, length: int, rounds: int, threads: int) -> dict:
+    """Fastest forward+backward step per variant, the variants taking turns so they share the noise."""
+    import torch
+
+    torch.set_num_threads(threads)
+    models = {variant: make_model(variant, experts) for variant in variants}
+    ids = torch.randint(0, 4096, (batch, length))
+    best = dict.fromkeys(variants, math.inf)
+    for round_index in range(rounds + 1):  # round 0 warms up
+        warm = round_index > 0
+        for variant, model in models.items():
+            start = time.perf_counter()
+            model(input_ids=ids, labels=ids).loss.backward()
+            elapsed = time.perf_counter() - start
+            model.zero_grad()
+            if warm:
+                best[variant] = min(best[variant], elapsed)
+    return best
+
+
+def child(variant: str, experts: int, batch: int, length: int, steps: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    model = make_model(variant, experts)
     ids = torch.randint(0, 4096, (batch, length))
     saved_bytes = [0]
 
@@ -122,13 +150,16 @@ def train_on_real_text(data: str, minutes: float) -> dict:
 
     with tempfile.TemporaryDirectory() as out:
         options = TrainOptions(data=data, output=out, arch="monet-vd", steps=100_000, batch_size=8, seq_len=128,
-                               model_settings={**SHAPE, "moe_experts": 64, "moe_topk": 4}, eval_every=50,
-                               checkpoint_every=10_000_000, max_minutes=minutes, vocab_size=4096)
+                               model_settings={**SHAPE, "moe_experts": 64, "moe_topk": 4}, eval_every=100, eval_batches=4,
+                               checkpoint_every=10_000_000, max_minutes=minutes, vocab_size=4096,
+                               warmup=50, lr=1e-3)
         log = []
         metadata = train(options, on_log=log.append)
     to_bits = 1 / math.log(2)
     curve = [{"step": r["step"], "eval_loss_bits": r["eval_loss"] * to_bits} for r in log if r["type"] == "eval"]
-    return {"minutes": minutes, "steps": metadata["steps"], "tokens": metadata["tokens"],
+    train_curve = [{"step": r["step"], "lm_loss_bits": r["lm_loss"] * to_bits} for r in log
+                   if r["type"] == "train" and (r["step"] % 25 == 0 or r["step"] == 1)]
+    return {"minutes": minutes, "steps": metadata["steps"], "tokens": metadata["tokens"], "train_curve": train_curve,
             "unigram_entropy_bits": metadata["unigram_entropy_bits"], "eval_curve": curve,
             "final_eval_bits": curve[-1]["eval_loss_bits"] if curve else None}
 
@@ -137,37 +168,51 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small batch, moe_experts in {16, 64}, 3 steps")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every variant")
+    parser.add_argument("--rounds", type=int, default=8, help="interleaved timed steps of every variant")
     parser.add_argument("--data", help="JSONL corpus: also train MONET-VD on it for --minutes")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "monet.json"))
+    parser.add_argument("--skip-speed", action="store_true",
+                        help="only the --data run, added to the existing --output JSON")
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         variant, experts, batch, length, steps, threads = args.child
         print(json.dumps(child(variant, int(experts), int(batch), int(length), int(steps), int(threads))))
         return
-    args.batch, args.length, args.steps = (2, 64, 3) if args.quick else (4, 128, 5)
+    if args.skip_speed:
+        if not args.data:
+            parser.error("--skip-speed needs --data")
+        result = json.loads(Path(args.output).read_text()) if Path(args.output).exists() else {}
+        result["real_text"] = train_on_real_text(args.data, args.minutes)
+        Path(args.output).write_text(json.dumps(result, indent=1))
+        print(json.dumps(result["real_text"], indent=1))
+        return
+    args.batch, args.length, args.steps = (2, 64, 1) if args.quick else (4, 128, 1)
+    if args.quick:
+        args.rounds = min(args.rounds, 3)
     sizes = (16, 64) if args.quick else (16, 64, 256)
     rows = []
     for experts in sizes:
-        best = {}
-        for _ in range(args.rounds):  # interleaved rounds; each variant keeps its fastest round
-            for variant in ("monet-vd", "monet-hd", "llama", "naive"):
-                if variant == "naive" and experts > 64:
-                    continue
-                row = run_child(variant, experts, args)
-                print(json.dumps(row), file=sys.stderr)
-                if variant not in best or row.get("step_s", math.inf) < best[variant].get("step_s", math.inf):
-                    best[variant] = row
-        rows.extend(best.values())
+        variants = [v for v in ("monet-vd", "monet-hd", "llama", "naive") if v != "naive" or experts <= 64]
+        # memory: one child process per variant (peak RSS is its own); time: one process, interleaved
+        timed = time_interleaved([v for v in variants if v != "naive" or experts <= 16], experts,
+                                 args.batch, args.length, args.rounds, args.threads)
+        for variant in variants:
+            row = run_child(variant, experts, args)
+            if variant in timed:
+                row["step_s"] = timed[variant]
+            else:
+                row["step_s_separate_process"] = row.pop("step_s", None)
+            print(json.dumps(row), file=sys.stderr)
+            rows.append(row)
     by = {(r["variant"], r["moe_experts"]): r for r in rows if "error" not in r}
     ratios = {}
     for experts in sizes:
         dense = by.get(("llama", experts))
         for variant in ("monet-vd", "monet-hd", "naive"):
             row = by.get((variant, experts))
-            if row and dense:
+            if row and dense and "step_s" in row:
                 ratios[f"{variant}/llama step time @E={experts}"] = round(row["step_s"] / dense["step_s"], 3)
         if ("naive", experts) in by and ("monet-vd", experts) in by:
             ratios[f"naive/monet-vd saved activations @E={experts}"] = round(
