@@ -118,10 +118,10 @@ def child(variant: str, experts: int, batch: int, length: int, steps: int, threa
         saved_bytes[0] += tensor.numel() * tensor.element_size()
         return tensor
 
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # the model built, no step run yet
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=ids, labels=ids).loss.backward()           # warm-up, and count saved activations
+        model(input_ids=ids, labels=ids).loss.backward()           # the first step; count saved activations
     model.zero_grad()
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     for _ in range(steps):
         start = time.perf_counter()

@@ -85,6 +85,10 @@ def test_resume_continues_the_loss_curve_exactly(tmp_path, corpus):
     first = run([*args, "-o", str(split), "--stop-at-step", "3"])
     assert first.exit_code == 0, first.output
     assert [r["step"] for r in train_log(split) if r["type"] == "train"] == [1, 2, 3]
+    saved = json.loads((split / "checkpoint" / "trainer_state.json").read_text())
+    assert saved["step"] == 3 and saved["data_position"]["samples_seen"] == 12
+    assert sorted(p.name for p in (split / "checkpoint").iterdir()) == [
+        "model.safetensors", "optimizer.json", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"]
     second = run([*args, "-o", str(split), "--resume"])
     assert second.exit_code == 0, second.output
     losses = {r["step"]: r["loss"] for r in train_log(straight) if r["type"] == "train"}
@@ -93,6 +97,19 @@ def test_resume_continues_the_loss_curve_exactly(tmp_path, corpus):
     from safetensors.torch import load_file
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(split / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_given_tokenizer_directory_is_used_and_saved(tmp_path, corpus):
+    from transformers import AutoTokenizer
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run(["--data", str(corpus), "-o", str(first), "--arch", "llama", *TINY, "--steps", "1"]).exit_code == 0
+    result = run(["--data", str(corpus), "-o", str(second), "--arch", "llama", *TINY, "--steps", "1",
+                  "--tokenizer", str(first), "--vocab-size", "999"])
+    assert result.exit_code == 0, result.output
+    given, saved = AutoTokenizer.from_pretrained(first), AutoTokenizer.from_pretrained(second)
+    assert given.get_vocab() == saved.get_vocab()
+    assert json.loads((second / "config.json").read_text())["vocab_size"] == len(given)
 
 
 def test_optimizer_state_round_trips_through_tensors_and_json():

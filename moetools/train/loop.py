@@ -227,6 +227,10 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
             log_handle.flush()
             save_checkpoint(checkpoint_dir, model, optimizer,
                             {**state, "schedule": schedule.state_dict(), "log_bytes": log_path.stat().st_size,
+                             # informational: the order itself is block_indices(step, batch, blocks, seed)
+                             "data_position": {"samples_seen": state["step"] * options.batch_size,
+                                               "epoch": state["step"] * options.batch_size // len(train_blocks),
+                                               "train_blocks": len(train_blocks), "seed": options.seed},
                              "arch": options.arch, "options": asdict(options)})
         dist.barrier()
 
