@@ -348,3 +348,23 @@ def test_layer_chunks_give_the_same_result(monkeypatch):
     whole = sample(records, hard_negatives="token")
     monkeypatch.setattr(sampler_module, "DENSE_BUDGET", 1)  # one layer row at a time
     assert _same(sample(records, hard_negatives="token"), whole)
+
+
+def test_moe_trace_conformance_files():
+    """The real tiny-OLMoE trace of formats/examples/trace samples; its invalid variants are refused (exit 2)."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "formats" / "examples" / "trace"
+    valid = folder / "valid" / "olmoe-tiny.jsonl"
+    if not valid.exists():
+        pytest.skip("moe-trace's conformance files are not there")
+    result = CliRunner().invoke(command, ["-q", "--format", "jsonl", "--top", "2", str(valid)])
+    assert result.exit_code == 0, result.output
+    records = list(StreamReader(io.BytesIO(result.stdout_bytes), kinds="samples"))
+    header = StreamReader(io.BytesIO(valid.read_bytes())).header
+    assert len(records) == len(header["layers"]) * header["num_experts"]
+    assert any(record["explain"]["top"] for record in records)
+    for name, message in (("experts-shape", "'experts' has shape"), ("expert-out-of-range", "ids >= num_experts"),
+                          ("pieces-length", "'pieces' must be a list of"), ("no-contribution", "'contribution'")):
+        result = CliRunner().invoke(command, ["-q", str(folder / "invalid" / f"{name}.jsonl")])
+        assert result.exit_code == 2 and message in result.stderr, (name, result.stderr)

@@ -13,7 +13,7 @@ import numpy as np
 
 from moetools.streams import StreamWriter
 
-MODEL = {"name": "synthetic-moe", "path": None, "model_type": "olmoe", "num_layers": 4, "moe_layers": 2,
+MODEL = {"name": "synthetic-moe", "path": None, "model_type": "olmoe", "num_layers": 4, "moe_layers": [0, 2],
          "num_experts": 8, "top_k": 2, "fingerprint": "sha256:synthetic"}
 
 
@@ -63,7 +63,7 @@ def write_trace(records: list[dict], *, layers=(0, 2), num_experts: int = 8, top
                 encoding: str = "msgpack", compress: bool = True, close: bool = True) -> bytes:
     """One trace segment holding ``records`` as bytes (without its end record when ``close`` is False)."""
     out = io.BytesIO()
-    model = dict(MODEL, num_experts=num_experts, top_k=top_k, moe_layers=len(layers))
+    model = dict(MODEL, num_experts=num_experts, top_k=top_k, moe_layers=list(layers))
     writer = StreamWriter(out, "trace", tool={"name": "trace_factory"}, model=model, encoding=encoding,
                           compress=compress, header_extra=header_extra(layers, num_experts, top_k, max_length))
     for record in records:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from ..errors import FormatError
 from .assemble import summary_line
-from .sampler import HARD_NEGATIVES, RANK_FIELDS, SET_NAMES, SampleOptions, Sampler
+from .options import HARD_NEGATIVES, RANK_FIELDS, SET_NAMES, SampleOptions
+from .sampler import Sampler
 
 #: version of the samples record layout (formats/samples.md, "Version history")
 SAMPLES_VERSION = 2

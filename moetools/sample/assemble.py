@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from .contexts import context_record
-from .reservoir import HeapBank
+from .options import domain_key
 
 #: logit-lens tokens kept per expert (moe-explain shows the top 3, paper 002)
 LOGIT_LENS_KEEP = 10
@@ -60,8 +60,6 @@ def _logit_lens(examples) -> list[dict]:
 
 
 def _domains(contexts) -> Counter:
-    from .sampler import domain_key
-
     return Counter(domain_key((context.get("meta") or {}).get("domain")) for context in contexts)
 
 
@@ -154,4 +152,4 @@ def summary_line(summary: dict) -> str:
     return "; ".join(parts)
 
 
-__all__ = ["HeapBank", "assemble", "expert_record", "summarize", "summary_line"]
+__all__ = ["assemble", "expert_record", "summarize", "summary_line"]

@@ -39,12 +39,11 @@ state grows with the trace. All randomness is keyed by content
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..errors import FormatError, UsageError
 from .contexts import Example, Grid, negative_span_ok, token_matched
+from .options import DENSE_BUDGET, RANK_FIELDS, SampleOptions, domain_key
 from .reservoir import (
     PURPOSE_MARK,
     PURPOSE_NEGATIVE,
@@ -56,61 +55,6 @@ from .reservoir import (
     to_uniform,
     weighted_log_key,
 )
-
-RANK_FIELDS = {"contribution": "contribution", "gate": "gates"}
-HARD_NEGATIVES = ("none", "domain", "token")
-SET_NAMES = ("top", "weighted", "negative", "holdout_positive", "holdout_negative")
-#: entries of the dense (layer rows, tokens, experts) arrays built at once; more layers are done in chunks
-DENSE_BUDGET = 8 << 20
-
-
-def domain_key(domain):
-    """A domain as a dict key: plain values as they are, anything else (a list, a map) by its text."""
-    return domain if isinstance(domain, (str, int, float, bool, type(None))) else str(domain)
-
-
-@dataclass(frozen=True)
-class SampleOptions:
-    """moe-sample's knobs; defaults from papers 000/002 (see the module docstring)."""
-
-    top: int = 20
-    weighted: int = 20
-    negatives: int = 20
-    holdout_positive: int = 10
-    holdout_negative: int = 10
-    rank: str = "contribution"
-    context: int = 32
-    seed: int = 0
-    holdout_fraction: float = 0.2
-    split_region: int = 256
-    negative_span: int = 1
-    hard_negatives: str = "none"
-    layers: tuple[int, ...] | None = None
-    experts: tuple[int, ...] | None = None
-    domain: str | None = None
-    min_count: int = 0
-
-    def check(self) -> None:
-        for name in ("top", "weighted", "negatives", "holdout_positive", "holdout_negative", "min_count"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 0")
-        if self.rank not in RANK_FIELDS:
-            raise UsageError(f"--rank must be one of {', '.join(RANK_FIELDS)}")
-        if self.context < 1:
-            raise UsageError("--context must be >= 1 token")
-        if not 0.0 <= self.holdout_fraction <= 1.0:
-            raise UsageError("--holdout-fraction must be within [0, 1]")
-        if self.split_region < 0 or (self.split_region and self.split_region % self.context):
-            raise UsageError(f"--split-region must be 0 (whole documents) or a multiple of --context "
-                             f"({self.context}), got {self.split_region}")
-        if self.negative_span < 1:
-            raise UsageError("--negative-span must be >= 1")
-        if self.hard_negatives not in HARD_NEGATIVES:
-            raise UsageError(f"--hard-negatives must be one of {', '.join(HARD_NEGATIVES)}")
-
-    def wanted(self) -> dict:
-        return {"top": self.top, "weighted": self.weighted, "negative": self.negatives,
-                "holdout_positive": self.holdout_positive, "holdout_negative": self.holdout_negative}
 
 
 def _header_ints(header: dict) -> tuple[list[int], int, int]:
@@ -171,26 +115,35 @@ class Sampler:
         return bank
 
     def _arrays(self, record: dict, number: int):
+        """The fields moe-sample uses, checked against the header (messages as moetools.trace.validate)."""
         where = f"trace record {number} (doc {record.get('doc_id')!r})"
-        try:
-            experts = np.asarray(record["experts"])
-            values = np.asarray(record[self.rank_field])
-            pieces = record["pieces"]
-            offset = int(record["offset"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise FormatError(f"{where}: missing or invalid field {error} (formats/trace.md)") from None
-        if experts.ndim != 3 or experts.shape[0] != len(self.layers) or experts.shape[2] != self.top_k \
-                or experts.dtype.kind not in "ui":
-            raise FormatError(f"{where}: 'experts' has shape {experts.shape} dtype {experts.dtype}, expected "
-                              f"integer ({len(self.layers)}, T, {self.top_k})")
-        if values.shape != experts.shape:
-            raise FormatError(f"{where}: '{self.rank_field}' has shape {values.shape}, 'experts' {experts.shape}")
-        if not isinstance(pieces, list) or len(pieces) != experts.shape[1]:
-            raise FormatError(f"{where}: 'pieces' must be a list of {experts.shape[1]} strings")
-        if offset < 0:
-            raise FormatError(f"{where}: negative offset {offset}")
         if record.get("doc_id") is None:
             raise FormatError(f"{where}: no 'doc_id' (formats/trace.md)")
+        try:
+            offset = int(record["offset"])
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{where}: 'offset' must be an integer >= 0") from None
+        if offset < 0:
+            raise FormatError(f"{where}: 'offset' must be an integer >= 0")
+        pieces, tokens = record.get("pieces"), record.get("tokens")
+        length = len(tokens) if isinstance(tokens, np.ndarray) and tokens.ndim == 1 else \
+            (len(pieces) if isinstance(pieces, list) else -1)
+        if not isinstance(pieces, list) or len(pieces) != length:
+            raise FormatError(f"{where}: 'pieces' must be a list of {max(length, 0)} strings")
+        shape = (len(self.layers), length, self.top_k)
+        arrays = []
+        for name, kinds in (("experts", "ui"), (self.rank_field, "f")):
+            value = record.get(name)
+            if not isinstance(value, np.ndarray):
+                raise FormatError(f"{where}: '{name}' is missing or not an array (formats/trace.md)")
+            if value.dtype.kind not in kinds or value.shape != shape:
+                raise FormatError(f"{where}: '{name}' has shape {list(value.shape)} dtype {value.dtype.str}, "
+                                  f"expected {list(shape)} of kind {' or '.join(kinds)}")
+            arrays.append(value)
+        experts, values = arrays
+        padding = np.iinfo(experts.dtype).max  # padding slots (formats/trace.md): all-ones id, gate 0
+        if ((experts >= self.num_experts) & (experts != padding)).any():
+            raise FormatError(f"{where}: 'experts' holds ids >= num_experts ({self.num_experts})")
         return experts, values, pieces, offset
 
     def feed(self, record: dict, number: int = 0) -> None:
