@@ -106,6 +106,19 @@ def trace(model_dir: Path, corpus: Path, out: Path, max_length: int, device: str
     return time.perf_counter() - started
 
 
+TRAINING_KEYS = ("arch", "steps", "steps_planned", "finished", "tokens", "elapsed_s", "device", "parameters",
+                 "last_eval")
+
+
+def training_of(model_dir: Path) -> dict | None:
+    """What monet-train says about how the model was trained (training_metadata.json), if anything."""
+    try:
+        metadata = json.loads((model_dir / "training_metadata.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return {key: metadata[key] for key in TRAINING_KEYS if key in metadata}
+
+
 def report_of(trace_path: Path, top_k: int | None, ratio: float) -> dict:
     with open(trace_path, "rb") as handle:
         routing, header = routing_from_stream(handle)
@@ -187,12 +200,19 @@ def main(argv=None) -> int:
                 trace(random_dir, sample, random_trace, args.max_length, args.device)
                 pairs.append((model.name, trained_trace, random_trace))
                 results.setdefault("trace_seconds", {})[model.name] = round(seconds, 2)
+                results.setdefault("model_dirs", {})[model.name] = {"path": str(model), "training": training_of(model)}
         for name, trained_path, random_path in pairs:
             trained = report_of(trained_path, args.top_k, args.ratio)
             random = report_of(random_path, args.top_k or trained["top_expert_share"]["k"], args.ratio)
             comparison = compare_reports(trained, random)
             print_comparison(name, trained, random, comparison)
-            results["models"][name] = {"comparison": comparison, "trained": trained, "random": random}
+            training = results.get("model_dirs", {}).get(name, {}).get("training")
+            if training:
+                print(f"  trained for {training.get('steps')} steps ({training.get('tokens')} tokens, "
+                      f"{training.get('elapsed_s', 0) / 60:.1f} min on {training.get('device')}, "
+                      f"finished as planned: {training.get('finished')})")
+            results["models"][name] = {"comparison": comparison, "training": training, "trained": trained,
+                                       "random": random}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nwrote {args.output}")
