@@ -4,7 +4,8 @@ Measured side by side in one run (ratios; the machine is shared and noisy):
 
 - throughput: ``moe-trace`` (tokenize, traced forward, records, msgpack+zstd to a file)
   vs. a bare untraced forward over the same batches, both ``logits_to_keep=1`` (what
-  moe-trace runs) and plain ``model(input_ids)`` (full logits); runs alternate, best of N;
+  moe-trace runs) and plain ``model(input_ids)`` (full logits); paired batch by batch,
+  shuffled order, fastest of ``--repeats`` per batch (see :func:`throughput`);
 - bytes on disk per token·layer·selected-expert of the written trace (default ``--values f2``);
 - peak RSS of the ``moe-trace`` process at a small vs. a large corpus (separate processes).
 
@@ -92,66 +93,90 @@ def write_corpus(path: Path, tokens: int, seed: int = 0) -> int:
     return written
 
 
-def throughput(model_dir: Path, corpus: Path, work: Path, repeats: int, max_length: int) -> dict:
-    """Best-of-``repeats`` seconds of bare forwards vs. the moe-trace library pipeline, alternating."""
+def throughput(model_dir: Path, corpus: Path, work: Path, repeats: int, max_length: int,
+               batch_tokens: int = 2048) -> dict:
+    """moe-trace's per-batch work vs. bare forwards of the same batches, paired batch by batch.
+
+    For each batch, the three variants run ``repeats`` times in shuffled order and each keeps
+    its fastest time (the machine is shared: pairing per batch and taking minima cancels most
+    of the other processes' noise). The traced variant is everything moe-trace does per batch:
+    traced forward, records, msgpack+zstd into a file; moe-trace's tokenization of the corpus
+    (timed once) is added to its total. One end-to-end ``trace_corpus`` run is reported too.
+    """
+    import random
+
     from moetools.streams import StreamWriter
     from moetools.trace import TraceOptions, load_model, trace_corpus
     from moetools.trace.command import TRACE_ZSTD_LEVEL
     from moetools.trace.corpus import batches, read_documents
-    from moetools.trace.runner import TraceSummary, iter_windows
+    from moetools.trace.records import PieceTable, batch_records
+    from moetools.trace.runner import TraceSummary, _forward, iter_windows, pad_batch
 
     model, tokenizer, adapter = load_model(str(model_dir))
-    options = TraceOptions(max_length=max_length)
-    with open(corpus, "rb") as source:  # the same batches moe-trace forms
+    options = TraceOptions(max_length=max_length, batch_tokens=batch_tokens)
+    start = time.perf_counter()
+    with open(corpus, "rb") as source:  # the same windows and batches moe-trace forms
         windows = list(iter_windows(read_documents(source, name="c"), tokenizer, options, TraceSummary()))
-    batch_list = []
-    for batch in batches(windows, batch_tokens=options.batch_tokens, batch_size=None, sort_buffer=options.sort_buffer):
-        length = max(len(w.token_ids) for w in batch)
-        ids = torch.full((len(batch), length), 1, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, window in enumerate(batch):
-            ids[row, :len(window.token_ids)] = torch.tensor(window.token_ids)
-            mask[row, :len(window.token_ids)] = 1
-        batch_list.append((ids, mask))
+    tokenize_seconds = time.perf_counter() - start
+    batch_list = [(batch, *pad_batch(batch, max(len(w.token_ids) for w in batch), 1))
+                  for batch in batches(windows, batch_tokens=batch_tokens, batch_size=None,
+                                       sort_buffer=options.sort_buffer)]
     tokens = sum(len(w.token_ids) for w in windows)
+    layers = adapter.moe_layers()
+    pieces = PieceTable(tokenizer)
+    output = work / "throughput.msgpack.zst"
+    out = open(output, "wb")  # noqa: SIM115 - closed below
+    writer = StreamWriter(out, "trace", model={"fingerprint": "bench"}, level=TRACE_ZSTD_LEVEL)
+    capture = adapter.capture()
 
-    def bare(keep_all: bool) -> float:
-        start = time.perf_counter()
-        with torch.inference_mode():
-            for ids, mask in batch_list:
-                if keep_all:
-                    model(ids)  # the plain `model(input_ids)` of the brief (full logits)
-                else:
-                    model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
-        return time.perf_counter() - start
+    def bare_keep1(batch, ids, mask):
+        _forward(model, ids, mask)
 
-    def traced() -> tuple[float, int]:
-        output = work / "throughput.msgpack.zst"
-        start = time.perf_counter()
-        with open(corpus, "rb") as source, open(output, "wb") as out:
-            writer = StreamWriter(out, "trace", model={"fingerprint": "bench"}, level=TRACE_ZSTD_LEVEL)
-            trace_corpus(model, tokenizer, adapter, read_documents(source, name="c"), writer, options)
-            writer.close()
-        return time.perf_counter() - start, output.stat().st_size
+    def bare_full_logits(batch, ids, mask):
+        model(ids)  # the plain `model(input_ids)` of the brief (full logits)
 
-    times = {"bare_keep1": [], "bare_full_logits": [], "trace": []}
-    size = 0
-    bare(False)  # warm-up
-    for _ in range(repeats):
-        times["bare_keep1"].append(bare(False))
-        seconds, size = traced()
-        times["trace"].append(seconds)
-        times["bare_full_logits"].append(bare(True))
-    best = {name: min(values) for name, values in times.items()}
-    layers, top_k = len(adapter.moe_layers()), adapter.moe_layers()[0].top_k
+    def trace(batch, ids, mask):
+        with capture:
+            _forward(model, ids, mask)
+            captured = capture.take(mask)
+        for record in batch_records(batch, captured, seq_len=ids.shape[1], num_experts=layers[0].num_experts,
+                                    pieces=pieces):
+            writer.write(record)
+
+    variants = {"bare_keep1": bare_keep1, "bare_full_logits": bare_full_logits, "trace": trace}
+    best = dict.fromkeys(variants, 0.0)
+    shuffle = random.Random(0)
+    with torch.inference_mode():
+        bare_keep1(*batch_list[0])  # warm-up
+        for batch, ids, mask in batch_list:
+            fastest = dict.fromkeys(variants, float("inf"))
+            for _ in range(repeats):
+                for name in shuffle.sample(list(variants), len(variants)):
+                    begin = time.perf_counter()
+                    variants[name](batch, ids, mask)
+                    fastest[name] = min(fastest[name], time.perf_counter() - begin)
+            for name in variants:
+                best[name] += fastest[name]
+    writer.close()
+    out.close()
+    best["trace"] += tokenize_seconds
+    start = time.perf_counter()
+    end_to_end = work / "end_to_end.msgpack.zst"
+    with open(corpus, "rb") as source, open(end_to_end, "wb") as handle, torch.inference_mode():
+        stream = StreamWriter(handle, "trace", model={"fingerprint": "bench"}, level=TRACE_ZSTD_LEVEL)
+        trace_corpus(model, tokenizer, adapter, read_documents(source, name="c"), stream, options)
+        stream.close()
+    end_to_end_seconds = time.perf_counter() - start
+    size = end_to_end.stat().st_size
     return {
-        "tokens": tokens, "windows": len(windows), "batches": len(batch_list), "repeats": repeats,
-        "seconds_best": best, "seconds_all": times,
+        "tokens": tokens, "windows": len(windows), "batches": len(batch_list), "batch_tokens": batch_tokens,
+        "repeats": repeats, "seconds": best, "tokenize_seconds": tokenize_seconds,
+        "end_to_end_trace_seconds": end_to_end_seconds,
         "tokens_per_s": {name: tokens / value for name, value in best.items()},
         "trace_overhead_vs_bare_keep1": best["trace"] / best["bare_keep1"] - 1,
         "trace_overhead_vs_bare_full_logits": best["trace"] / best["bare_full_logits"] - 1,
         "trace_bytes": size,
-        "bytes_per_token_layer_expert": size / (tokens * layers * top_k),
+        "bytes_per_token_layer_expert": size / (tokens * len(layers) * layers[0].top_k),
     }
 
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+import numpy as np
+
 from ..errors import UsageError
 
 
@@ -36,7 +38,7 @@ class Window:
     window: int  # index of this window within its document
     offset: int  # token offset of the first token within the document
     meta: dict
-    token_ids: list[int]
+    token_ids: np.ndarray  # (T,) int32: 4 bytes a token in the sort buffer, not a Python int each
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -105,8 +107,9 @@ def read_documents(source: BinaryIO, *, name: str, text_field: str = "text", id_
         yield document
 
 
-def windows_of(document: Document, token_ids: list[int], max_length: int) -> Iterator[Window]:
+def windows_of(document: Document, token_ids, max_length: int) -> Iterator[Window]:
     """Consecutive non-overlapping windows of at most ``max_length`` tokens."""
+    token_ids = np.asarray(token_ids, dtype=np.int32)
     for number, start in enumerate(range(0, len(token_ids), max_length)):
         yield Window(document.doc_id, number, start, document.meta, token_ids[start:start + max_length])
 

@@ -77,7 +77,7 @@ def batch_records(windows, layers: list[dict], *, seq_len: int, num_experts: int
             "offset": window.offset,
             "meta": window.meta,
             "tokens": np.asarray(window.token_ids, dtype="<i4"),
-            "pieces": [pieces(t) for t in window.token_ids],
+            "pieces": [pieces(t) for t in window.token_ids.tolist()],
             "experts": np.ascontiguousarray(experts[b, :, :length]),
             "gates": np.ascontiguousarray(gates[b, :, :length]),
             "contribution": np.ascontiguousarray(contribution[b, :, :length]),

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import FormatError, ModelError, TruncatedStreamError, UsageError
@@ -108,6 +109,16 @@ def iter_windows(documents, tokenizer, options: TraceOptions, summary: TraceSumm
         yield from windows_of(document, token_ids, options.max_length)
 
 
+def pad_batch(batch, seq_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask (B, seq_len) int64, right-padded."""
+    ids = np.full((len(batch), seq_len), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), seq_len), dtype=np.int64)
+    for row, window in enumerate(batch):
+        ids[row, :len(window.token_ids)] = window.token_ids
+        mask[row, :len(window.token_ids)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
 def _forward(model, input_ids, attention_mask):
     try:  # the logits are not needed: project only the last position
         return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, logits_to_keep=1)
@@ -145,11 +156,7 @@ def trace_corpus(model, tokenizer, adapter, documents, writer, options: TraceOpt
                 summary.tokens += sum(len(w.token_ids) for w in done)
                 skip_windows = 0
             seq_len = max(len(w.token_ids) for w in batch)
-            input_ids = torch.full((len(batch), seq_len), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), seq_len), dtype=torch.long)
-            for row, window in enumerate(batch):
-                input_ids[row, :len(window.token_ids)] = torch.tensor(window.token_ids)
-                attention_mask[row, :len(window.token_ids)] = 1
+            input_ids, attention_mask = pad_batch(batch, seq_len, pad_id)
             attention_mask = attention_mask.to(device)
             _forward(model, input_ids.to(device), attention_mask)
             captured = capture.take(attention_mask)
