@@ -368,3 +368,13 @@ def test_moe_trace_conformance_files():
                           ("pieces-length", "'pieces' must be a list of"), ("no-contribution", "'contribution'")):
         result = CliRunner().invoke(command, ["-q", str(folder / "invalid" / f"{name}.jsonl")])
         assert result.exit_code == 2 and message in result.stderr, (name, result.stderr)
+
+
+def test_a_record_given_twice_gives_no_duplicate_context():
+    records = make_records(documents=2, tokens=100, seed=14)
+    out = sample(records + records, top=30, holdout_fraction=0.3)
+    for record in out:
+        for side, sets in (("explain", record["explain"]), ("holdout", record["holdout"])):
+            for contexts in sets.values():
+                ids = [c["id"] for c in contexts]
+                assert len(ids) == len(set(ids))

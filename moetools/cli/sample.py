@@ -6,7 +6,7 @@ import click
 
 from ..errors import UsageError
 from ..sample import HARD_NEGATIVES, RANK_FIELDS, SampleOptions, sample_trace, summary_line
-from .common import input_argument, open_stream_writer, output_options, read_input, say, tool, warn
+from .common import input_argument, open_stream_writer, output_options, progress, read_input, say, tool, warn
 
 EXAMPLE = """\
 moe-trace models/olmoe corpus.jsonl | moe-sample -o samples.msgpack.zst
@@ -86,7 +86,8 @@ def command(input, output, fmt, uncompressed, layers, experts, **options):
                                    **options)
     sample_options.check()
     reader = read_input(input, kinds="trace")
-    header_extra, records, summary = sample_trace(reader, sample_options)
+    with progress("moe-sample: reading the trace") as bar:
+        header_extra, records, summary = sample_trace(reader, sample_options, on_record=lambda _: bar.advance())
     with open_stream_writer(output, "samples", fmt, uncompressed, model=reader.header.get("model"),
                             header_extra=header_extra) as writer:
         for record in records:

@@ -31,11 +31,12 @@ def _check_segments(reader, seen: int) -> int:
     return len(reader.headers)
 
 
-def sample_trace(reader, options: SampleOptions) -> tuple[dict, list[dict], dict]:
+def sample_trace(reader, options: SampleOptions, on_record=None) -> tuple[dict, list[dict], dict]:
     """Read every record of ``reader`` (a trace StreamReader) and return (header extra, records, summary).
 
     Nothing is returned before the whole input is read: a truncated or invalid
-    input raises before any output exists.
+    input raises before any output exists. ``on_record`` (optional) is called with
+    every record read (progress display).
     """
     sampler = Sampler(reader.header, options)
     segments = 1
@@ -43,6 +44,8 @@ def sample_trace(reader, options: SampleOptions) -> tuple[dict, list[dict], dict
         if len(reader.headers) > segments:
             segments = _check_segments(reader, segments)
         sampler.feed(record, number)
+        if on_record is not None:
+            on_record(record)
     records, summary = sampler.results()
     header = reader.header
     extra = {

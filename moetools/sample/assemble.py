@@ -15,6 +15,17 @@ def _examples(items) -> list:
     return [item[-1][0] for item in items]
 
 
+def _unique(items) -> list:
+    """Items with distinct context ids (the same record twice in the input, e.g. overlapping shards)."""
+    seen, kept = set(), []
+    for item in items:
+        identifier = item[-1][0].id
+        if identifier not in seen:
+            seen.add(identifier)
+            kept.append(item)
+    return kept
+
+
 def _contexts(items) -> list[dict]:
     return [context_record(example) for example in _examples(items)]
 
@@ -25,8 +36,9 @@ def _allocate(banks: dict, row: int, expert: int, domains: Counter, wanted: int)
     Without a domain mix (no positives, or not matching by domain) it is the top
     ``wanted`` keys over all banks.
     """
-    pools = {domain: bank.items(row, expert) for domain, bank in banks.items()}
-    merged = sorted((item for items in pools.values() for item in items), key=lambda item: item[:2], reverse=True)
+    pools = {domain: _unique(bank.items(row, expert)) for domain, bank in banks.items()}
+    merged = _unique(sorted((item for items in pools.values() for item in items), key=lambda item: item[:2],
+                            reverse=True))
     total = sum(domains.values())
     if not total or len(pools) <= 1:
         return merged[:wanted]
@@ -69,13 +81,13 @@ def expert_record(sampler, row: int, expert: int) -> dict:
     wanted = options.wanted()
     firing = int(sampler.firing[row, expert])
     below = firing < options.min_count
-    top_items = [] if below else sampler.top.items(row, expert)
+    top_items = [] if below else _unique(sampler.top.items(row, expert))
     top = _contexts(top_items)
     top_ids = {context["id"] for context in top}
-    weighted_items = [] if below else [item for item in sampler.weighted.items(row, expert)
+    weighted_items = [] if below else [item for item in _unique(sampler.weighted.items(row, expert))
                                        if item[-1][0].id not in top_ids][:options.weighted]
     weighted = _contexts(weighted_items)
-    holdout_positive = [] if below else _contexts(sampler.holdout_positive.items(row, expert))
+    holdout_positive = [] if below else _contexts(_unique(sampler.holdout_positive.items(row, expert)))
     negative = [] if below else _contexts(_allocate(sampler.negative, row, expert, _domains(top + weighted),
                                                     options.negatives))
     holdout_negative = [] if below else _contexts(_allocate(sampler.holdout_negative, row, expert,
