@@ -378,3 +378,17 @@ def test_a_record_given_twice_gives_no_duplicate_context():
             for contexts in sets.values():
                 ids = [c["id"] for c in contexts]
                 assert len(ids) == len(set(ids))
+
+
+def test_rank_by_gate():
+    records = make_records(documents=2, tokens=100, seed=15)
+    code, out, _, _ = run_cli(write_trace(records), "--rank", "gate", "--top", "3", "--holdout-fraction", "0")
+    assert code == 0
+    table = {(r["doc_id"], r["offset"] + t): r["gates"][:, t] for r in records for t in range(len(r["tokens"]))}
+    experts = {(r["doc_id"], r["offset"] + t): r["experts"][:, t] for r in records for t in range(len(r["tokens"]))}
+    for record in out:
+        row = LAYERS.index(record["layer"])
+        for context in record["explain"]["top"]:
+            key = (context["doc_id"], context["offset"] + context["mark"])
+            slot = list(experts[key][row]).index(record["expert"])
+            assert context["score"] == pytest.approx(float(table[key][row][slot]))
