@@ -110,7 +110,8 @@ def synthetic_trace(path: Path, tokens: int) -> dict:
             written += length
             number += 1
         writer.close()
-    config = transformers.OlmoeConfig(vocab_size=4400, **SHAPE)
+    config = transformers.OlmoeConfig(vocab_size=4400, pad_token_id=1, bos_token_id=None, eos_token_id=None,
+                                      **SHAPE)
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     torch.set_num_threads(1)  # as moe-trace is measured: one torch thread on a shared machine
