@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from click.testing import CliRunner  # noqa: E402
-from llm_stub import LLMStub, write_samples  # noqa: E402
+from click.testing import CliRunner
+from llm_stub import LLMStub, write_samples
 
-from moetools.cli.explain import command  # noqa: E402
+from moetools.cli.explain import command
 
 LATENCY = 0.2
 

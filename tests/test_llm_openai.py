@@ -265,3 +265,19 @@ def test_refused_key_stops_the_run(tmp_path, stub):
     assert not (tmp_path / "labels.jsonl").exists()
     for path in tmp_path.rglob("*"):
         assert not path.is_file() or SECRET.encode() not in path.read_bytes()
+
+
+def test_samples_written_by_moe_sample(tmp_path, stub):
+    # the format's own example (formats/examples/samples, made by moe-sample from a trace)
+    samples = ROOT / "formats" / "examples" / "samples" / "samples.jsonl"
+    result = explain(tmp_path, stub, samples=samples)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    experts = [r for r in records if r["type"] == "expert"]
+    _, labels, _ = read_labels(tmp_path / "labels.jsonl")
+    assert [(l["layer"], l["expert"]) for l in labels] == [(r["layer"], r["expert"]) for r in experts]
+    for label, record, request in zip(labels, experts, sorted(stub.requests, key=lambda r: r["time"])):
+        shown = {c["id"] for c in record["explain"]["top"] + record["explain"]["weighted"]}
+        assert set(label["examples"]) <= shown and label["examples"]
+        assert not set(label["examples"]) & {c["id"] for c in record["holdout"]["positive"]}
+    assert all("<<" in r["body"]["messages"][1]["content"] for r in stub.requests)

@@ -130,7 +130,9 @@ class ExplainRunner:
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "cache_hits": 0}
         raw, error = None, None
         if not job.examples:
-            error = "no activating examples in the explain sets"
+            status = record.get("status")
+            error = "no activating examples in the explain sets" + (f" (samples status: {status})"
+                                                                    if status and status != "ok" else "")
         for attempt in range(self.attempts if job.examples else 0):
             job.attempt = attempt
             if attempt:

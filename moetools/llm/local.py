@@ -39,6 +39,9 @@ def smollm2_gguf() -> Path | None:
 def load_causal_lm(model: str | os.PathLike, device: str = "cpu"):
     """(model, tokenizer) from a directory or a ``.gguf`` file; transformers' Auto classes, no remote code."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # moe-explain reports on stderr itself; no tqdm bars
 
     path = Path(model)
     if not path.exists():
