@@ -42,6 +42,7 @@ def data_records(path):
     ("**The expert specializes in** Python keywords\nMore text", "This expert specializes in Python keywords"),
     ("this expert specialises in e.g. units and numbers. Done", "This expert specializes in e.g. units and numbers"),
     ("This expert specializes in...", None),
+    ("This expert specializes in the specialization pattern of\n\nThis expert", None),
     ("This expert specializes in", None),
     ("I am not sure what this does.", None),
     ("", None),

@@ -14,6 +14,8 @@ import re
 _PHRASE = re.compile(r"\b(?:this|the)\s+expert\s+speciali[sz]es\s+in\b", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)(?<!\betc)[.!?](?=\s|$)|\n")
 _MIN_WORDS = 1
+_DANGLING = frozenset({"a", "an", "the", "of", "in", "on", "at", "to", "for", "with", "by", "from", "and", "or",
+                       "as", "such", "like", "including", "its", "their"})
 _QUOTES = "\"'“‘«"
 _CLOSING = {"“": "”", "‘": "’", "«": "»"}
 
@@ -21,8 +23,9 @@ _CLOSING = {"“": "”", "‘": "’", "«": "»"}
 def parse_explanation(text: str | None) -> str | None:
     """``"This expert specializes in X"`` from ``text``, or None when malformed.
 
-    Malformed: no such phrase, nothing after it, or only the prompt's placeholder
-    ("This expert specializes in...").
+    Malformed: no such phrase, nothing after it, only the prompt's placeholder
+    ("This expert specializes in..."), or a sentence cut off after a function word
+    ("... the pattern of").
     """
     if not text:
         return None
@@ -43,5 +46,7 @@ def parse_explanation(text: str | None) -> str | None:
     if not body or body in ("...", "…") or body.startswith(("...", "…")) or len(body.split()) < _MIN_WORDS:
         return None
     if not re.search(r"[A-Za-z0-9]", body):
+        return None
+    if body.split()[-1].lower() in _DANGLING:  # cut off mid-sentence ("... the pattern of")
         return None
     return f"This expert specializes in {body}"

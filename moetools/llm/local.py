@@ -9,13 +9,16 @@ Prompts go through the model's chat template; up to ``--batch-size`` prompts are
 generated together (left padding), greedy at ``--temperature 0``, sampled on a
 retry of a malformed answer. The assistant's turn is started with "This expert
 specializes in" (the form the paper's prompt asks for), which small models need
-to answer in that form; the recorded answer includes it.
+to answer in that form, and its first generated token may not be white space or
+end-of-sequence; the recorded answer includes the prefix.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
+import io
 import os
 from pathlib import Path
 
@@ -52,9 +55,12 @@ def load_causal_lm(model: str | os.PathLike, device: str = "cpu"):
         if path.suffix != ".gguf":
             raise UsageError(f"{model}: give a model directory or a .gguf file")
         directory, kwargs = path.parent, {"gguf_file": path.name}
+    # transformers' GGUF conversion draws a raw tqdm bar on stderr; keep it off the tool's stderr
+    quiet = contextlib.redirect_stderr(io.StringIO()) if kwargs else contextlib.nullcontext()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+        with quiet:
+            tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
+            lm = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot load a causal LM from {model}: {error}") from None
     lm.to(device).eval()
@@ -62,6 +68,20 @@ def load_causal_lm(model: str | os.PathLike, device: str = "cpu"):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return lm, tokenizer
+
+
+def whitespace_token_ids(tokenizer) -> list[int]:
+    """Tokens that are only white space, and end-of-sequence: banned as the first generated token.
+
+    Right after "This expert specializes in" small models like to end the line (and then
+    repeat the phrase); the sentence must go on with a word.
+    """
+    banned = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for token, index in tokenizer.get_vocab().items():
+        text = tokenizer.convert_tokens_to_string([token])
+        if text and not text.strip():
+            banned.add(index)
+    return sorted(banned)
 
 
 @register_explainer("local")
@@ -83,6 +103,7 @@ class LocalExplainer(Explainer):
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
         self._lm = self._tokenizer = None
+        self._first_step_banned: list[int] = []
         self.batches = 0  # generate calls made (fewer than prompts when batching works)
 
     @property
@@ -101,11 +122,13 @@ class LocalExplainer(Explainer):
         identity = super().request_identity(job)
         identity["model"] = self.identity()["model"]  # the file's name, not where it happens to lie
         identity["answer_prefix"] = ANSWER_PREFIX
+        identity["first_token"] = "not white space or end-of-sequence"
         return identity
 
     async def start(self) -> None:
         if self._lm is None:
             self._lm, self._tokenizer = await asyncio.to_thread(load_causal_lm, self.model_path, self.device)
+            self._first_step_banned = whitespace_token_ids(self._tokenizer)
         self._queue = asyncio.Queue()
         self._worker = asyncio.create_task(self._batches())
 
@@ -154,6 +177,7 @@ class LocalExplainer(Explainer):
         sample = parameters["temperature"] > 0
         with torch.inference_mode():
             output = lm.generate(**inputs, max_new_tokens=parameters["max_tokens"], do_sample=sample,
+                                 begin_suppress_tokens=self._first_step_banned or None,
                                  temperature=parameters["temperature"] if sample else None, top_p=None, top_k=None,
                                  pad_token_id=tokenizer.pad_token_id)
         self.accounting.requests += len(jobs)
