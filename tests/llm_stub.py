@@ -148,7 +148,7 @@ class LLMStub:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> LLMStub:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
