@@ -6,6 +6,8 @@ Thin command: parses options, opens the corpus and the output, and calls
 
 from __future__ import annotations
 
+import inspect
+
 import click
 
 from ..trace import cli_run
@@ -88,4 +90,6 @@ def command(model, corpus, output, fmt, uncompressed, **options):
     cli_run(model, corpus, output=output, fmt=fmt, uncompressed=uncompressed, **options)
 
 
+# dedented, so man-page renderers see click's \b verbatim marker at the start of the SLURM block
+command.help = inspect.cleandoc(command.help)
 main = command.main
