@@ -73,9 +73,29 @@ def test_baselines_match_monet_active_parameters(tmp_path, corpus):
     settings = {"hidden_size": 64, "moe_experts": 16, "moe_dim": 8}
     expert = monet_expert_parameters(64, 16, 8)
     llama = resolve_model_config("llama", settings, 300, special)
-    assert abs(3 * 64 * llama["intermediate_size"] - expert) <= 3 * 64
+    # sizes are rounded to a multiple of 8 (aligned strides for the fused experts): at most 4 units off
+    assert llama["intermediate_size"] % 8 == 0
+    assert abs(3 * 64 * llama["intermediate_size"] - expert) <= 3 * 64 * 4
     moe = resolve_model_config("moe", settings, 300, special)
-    assert abs(3 * 64 * moe["intermediate_size"] * moe["num_experts_per_tok"] - expert) <= 3 * 64 * 2
+    assert moe["intermediate_size"] % 8 == 0
+    assert abs(3 * 64 * moe["intermediate_size"] * moe["num_experts_per_tok"] - expert) <= 3 * 64 * 2 * 4
+
+
+def test_moe_baseline_at_the_default_shape_trains_a_step():
+    """The default MoE baseline goes through transformers' fused grouped_mm experts (aligned strides)."""
+    import torch
+
+    from moetools.train.models import build_model, resolve_model_config
+
+    special = {"eos_token_id": 0, "bos_token_id": 0, "pad_token_id": 1}
+    config = resolve_model_config("moe", {}, 300, special)
+    torch.manual_seed(0)
+    model = build_model("moe", config)
+    ids = torch.randint(2, 300, (2, 16))
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.model.layers[0].mlp.experts.gate_up_proj.grad is not None
 
 
 def test_resume_continues_the_loss_curve_exactly(tmp_path, corpus):

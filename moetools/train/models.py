@@ -12,7 +12,9 @@ baseline gets a SwiGLU MLP of ``intermediate_size = round(P / (3 d))`` (3 d I pa
 i.e. the same active (= total) MLP parameters; the MoE baseline gets ``num_experts`` SwiGLU
 experts (default 8) of which ``num_experts_per_tok`` (default 2) are active, each of
 ``intermediate_size = round(P / (3 d k))``, so its *active* expert parameters equal P.
-Any key given in ``--config`` overrides these defaults.
+Both sizes are rounded to a multiple of 8 (at most 4 units off, under 3% at the default
+shape): transformers' fused ``grouped_mm`` experts need 16-byte aligned strides, and
+aligned matrices are faster everywhere. Any key given in ``--config`` overrides these defaults.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ MONET_KEYS = ("moe_dim", "moe_heads", "moe_experts", "moe_topk", "moe_groups", "
 def monet_expert_parameters(hidden_size: int, moe_experts: int, moe_dim: int) -> int:
     """Expert parameters of one MONET layer (Appendix A.2): E * (2 m d + m + d), for VD and HD alike."""
     return moe_experts * (2 * moe_dim * hidden_size + moe_dim + hidden_size)
+
+
+def aligned_size(value: float, multiple: int = 8) -> int:
+    """``value`` rounded to the nearest positive multiple of ``multiple`` (fused kernels need aligned strides)."""
+    return max(multiple, multiple * round(value / multiple))
 
 
 def resolve_model_config(arch: str, settings: dict, vocab_size: int, special_ids: dict) -> dict:
@@ -61,14 +68,14 @@ def resolve_model_config(arch: str, settings: dict, vocab_size: int, special_ids
     config = {k: values[k] for k in values if k in SHARED_KEYS or k in ("pad_token_id", "bos_token_id", "eos_token_id")}
     config.update({k: v for k, v in extra.items() if k not in config})
     if arch == "llama":
-        config.setdefault("intermediate_size", max(1, round(expert_parameters / (3 * d))))
+        config.setdefault("intermediate_size", aligned_size(expert_parameters / (3 * d)))
     else:
         config.setdefault("num_experts", 8)
         config.setdefault("num_experts_per_tok", 2)
         if config["num_experts_per_tok"] > config["num_experts"]:
             raise UsageError("num_experts_per_tok must not exceed num_experts")
         config.setdefault("intermediate_size",
-                          max(1, round(expert_parameters / (3 * d * config["num_experts_per_tok"]))))
+                          aligned_size(expert_parameters / (3 * d * config["num_experts_per_tok"])))
         config.setdefault("output_router_logits", True)  # so the load-balancing loss trains the router
     return config
 
