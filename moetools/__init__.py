@@ -5,7 +5,8 @@ module (``moetools.streams``, ``moetools.trace``, ...) and ``moetools.cli``
 holds the thin click commands.
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:  # one source of truth: the installed package metadata (pyproject.toml)
     __version__ = _version("moetools")
@@ -14,7 +15,7 @@ except PackageNotFoundError:  # running from a checkout via bin/ without install
     from pathlib import Path as _Path
 
     _pyproject = _Path(__file__).resolve().parent.parent / "pyproject.toml"
-    _match = _re.search(r'^version\s*=\s*"([^"]+)"', _pyproject.read_text(), _re.M) if _pyproject.exists() else None
+    _match = _re.search(r'^version\s*=\s*"([^"]+)"', _pyproject.read_text(), _re.MULTILINE) if _pyproject.exists() else None
     __version__ = _match.group(1) if _match else "0+unknown"
 
 

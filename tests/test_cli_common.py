@@ -1,9 +1,15 @@
-"""moetools.cli.common: the error boundary, exit codes, atomic outputs, --version, stdin/stdout."""
+"""moetools.cli.common: the error boundary, exit codes, atomic outputs, --version, stdin/stdout, -q, progress."""
 
 from __future__ import annotations
 
+import os
+import pty
+import subprocess
+from pathlib import Path
+
 import click
 import numpy as np
+import pytest
 from conftest import stream_bytes
 
 from moetools import __version__
@@ -14,8 +20,10 @@ from moetools.cli.common import (
     output_options,
     partial_path,
     read_input,
+    say,
     tool,
     tool_info,
+    warn,
 )
 from moetools.errors import FormatError, TruncatedStreamError
 from moetools.streams import read_stream
@@ -120,5 +128,67 @@ def test_version_and_help_carry_the_example(run_tool):
     assert helped.exit_code == 0 and "moe-cat trace.msgpack.zst --head 2 --format jsonl" in helped.output
 
 
-def test_quiet_flag_and_tool_info_outside_a_command():
+@tool("moe-talk", example="moe-talk -q")
+def talk():
+    """A test tool: one informational line and one warning on stderr."""
+    say("working")
+    warn("careful")
+
+
+def test_quiet_silences_information_but_not_warnings(run_tool):
+    loud = run_tool(talk, [])
+    assert loud.exit_code == 0 and loud.stderr == "moe-talk: working\nmoe-talk: warning: careful\n"
+    quiet = run_tool(talk, ["-q"])
+    assert quiet.exit_code == 0 and quiet.stderr == "moe-talk: warning: careful\n"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+TRACE = ROOT / "formats" / "examples" / "samples" / "trace.jsonl"
+
+
+def _stderr_of_moe_sample(tmp_path, *args, terminal: bool) -> bytes:
+    """moe-sample's stderr when stderr is a pseudo-terminal (``terminal``) or a pipe."""
+    command = [str(ROOT / "bin" / "moe-sample"), str(TRACE), "--format", "jsonl", "-o", str(tmp_path / "o.jsonl"),
+               *args]
+    if not terminal:
+        return subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+                              check=True).stderr
+    master, slave = pty.openpty()
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert process.wait(timeout=120) == 0, seen
+    return seen
+
+
+def test_progress_bar_only_on_a_terminal_and_never_with_quiet(tmp_path):
+    on_terminal = _stderr_of_moe_sample(tmp_path, terminal=True)
+    assert b"\x1b[" in on_terminal and b"reading the trace" in on_terminal  # rich drew its bar
+    on_pipe = _stderr_of_moe_sample(tmp_path, terminal=False)
+    assert b"\x1b" not in on_pipe and on_pipe.startswith(b"moe-sample: ")  # plain lines only
+    assert _stderr_of_moe_sample(tmp_path, "-q", terminal=True) == b""
+
+
+def test_a_failed_write_to_stdout_is_reported_not_swallowed():
+    """The flush/close check of stdout: a full disk (/dev/full) is exit 1 with one line, not a silent 0."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run([str(ROOT / "bin" / "moe-cat"), str(ROOT / "formats" / "examples" / "valid" /
+                                 "minimal.jsonl"), "--format", "jsonl"], stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=120, check=False)
+    assert result.returncode == 1
+    assert result.stderr == "moe-cat: No space left on device\n"
+
+
+def test_tool_info_outside_a_command_drops_secrets():
     assert tool_info({"api_key": "x", "path": __import__("pathlib").Path("/tmp/a")})["args"] == {"path": "/tmp/a"}

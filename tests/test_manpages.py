@@ -42,6 +42,34 @@ def test_moe_cat_page_has_every_section_the_exit_codes_and_the_example():
     assert ".B \\-\\-head N\n" in page and "moe\\-formats(5)" in page
 
 
+@pytest.mark.parametrize("name", EXISTING)
+def test_every_page_documents_the_exit_codes_and_the_example_of_help(name):
+    """The exit-code contract and the --help example are in every tool's man page, not only moe-cat's."""
+    command = load_command(name)
+    page = render_command(name, command)
+    for section in ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "EXIT STATUS", "EXAMPLES"):
+        assert f".SH {section}\n" in page, (name, section)
+    for code in ("0", "1", "2", "3", "130", "141"):
+        assert f".TP\n.B {code}\n" in page, (name, code)
+    assert name in command.example  # the example runs this very tool
+    examples = page.split(".SH EXAMPLES\n", 1)[1]
+    assert name.replace("-", "\\-") in examples
+
+
+@pytest.mark.parametrize("name", EXISTING)
+def test_every_tool_has_help_with_an_example_and_a_version(name):
+    from click.testing import CliRunner
+
+    from moetools import __version__
+
+    command = load_command(name)
+    helped = CliRunner().invoke(command, ["--help"])
+    assert helped.exit_code == 0 and "Example:" in helped.output
+    assert command.example.splitlines()[0].strip() in helped.output
+    version = CliRunner().invoke(command, ["--version"])
+    assert version.exit_code == 0 and version.output == f"{name} (moetools) {__version__}\n"
+
+
 def _project_scripts() -> dict:
     text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     try:

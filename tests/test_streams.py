@@ -269,3 +269,51 @@ def test_records_reach_a_reader_downstream_of_a_pipe_while_the_writer_runs(encod
             first_seen.set()
     producer.join()
     assert order == [("d0", False), ("d1", True)]
+
+
+# -- memory: independent of the stream's length (DESIGN.md "Streams") -------------------------------
+
+def _peak_traced_bytes(function) -> int:
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        function()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("encoding,compress", ENCODINGS, ids=ENCODING_IDS)
+def test_memory_of_writing_and_reading_does_not_grow_with_stream_length(tmp_path, encoding, compress):
+    """Ten times the records, the same peak memory (Python and numpy allocations, tracemalloc).
+
+    The bound is one input chunk plus one zstd frame plus one record (formats/README.md): the frames are
+    made small here so that the short stream already holds several of them."""
+    rng = np.random.default_rng(0)  # random values: the stream does not compress to nothing
+    records = [{"type": "sequence", "doc_id": f"d{index}",
+                "experts": rng.integers(0, 64, (16, 32), dtype="<u2"),
+                "gates": rng.random((16, 32), dtype="<f4").astype("<f2")} for index in range(64)]
+    small_count = 300 if encoding == "jsonl" else 1500  # a few MiB: past the plateau of the input buffers
+    peaks = {}
+    for count in (small_count, 10 * small_count):
+        path = tmp_path / f"{count}.stream"
+
+        def write(path=path, count=count):
+            with open(path, "wb") as out:
+                writer = StreamWriter(out, "trace", model=MODEL, encoding=encoding, compress=compress,
+                                      frame_bytes=256 << 10)  # several frames already in the short stream
+                for index in range(count):
+                    writer.write(records[index % 64])
+                writer.close()
+
+        def read(path=path, count=count):
+            with open(path, "rb") as source:
+                assert sum(1 for _ in read_stream(source)) == count
+
+        peaks[count] = (_peak_traced_bytes(write), _peak_traced_bytes(read))
+    for side, (small, large) in zip(("write", "read"), zip(peaks[small_count], peaks[10 * small_count])):
+        assert large < 1.3 * small + (256 << 10), (side, small, large)
+        assert large < 6 << 20, (side, large)  # about one input chunk, one frame and one record

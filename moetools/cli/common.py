@@ -24,8 +24,9 @@ import contextlib
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import click
 
@@ -276,7 +277,7 @@ def open_output(path: str | os.PathLike | None, *, binary_ok_on_tty: bool = Fals
     if target.parent and not target.parent.exists():
         raise UsageError(f"cannot write {path}: directory {target.parent} does not exist")
     temporary = partial_path(target)
-    handle = open(temporary, "wb")
+    handle = open(temporary, "wb")  # noqa: SIM115 - closed below, after the fsync and before the rename
     try:
         yield handle
         handle.flush()
@@ -387,7 +388,23 @@ def usage(message: str) -> UsageError:
 
 
 __all__ = [
-    "EXIT_STATUS_TEXT", "EXIT_USAGE", "ToolCommand", "ToolGroup", "tool_group", "input_argument", "open_input", "open_output",
-    "open_stream_writer", "output_options", "partial_path", "progress", "read_input", "say", "state", "tool",
-    "tool_info", "usage", "warn",
+    "EXIT_STATUS_TEXT",
+    "EXIT_USAGE",
+    "ToolCommand",
+    "ToolGroup",
+    "input_argument",
+    "open_input",
+    "open_output",
+    "open_stream_writer",
+    "output_options",
+    "partial_path",
+    "progress",
+    "read_input",
+    "say",
+    "state",
+    "tool",
+    "tool_group",
+    "tool_info",
+    "usage",
+    "warn",
 ]
