@@ -16,6 +16,7 @@ from moetools.models.monet.modeling_monet import (
     MonetHorizontalExperts,
     MonetRouter,
     MonetVerticalExperts,
+    routing_aux_losses,
     routing_threshold,
 )
 from moetools.models.monet.routing import (
@@ -260,3 +261,42 @@ def test_config_refuses_impossible_settings():
         tiny_config(moe_topk=9, moe_experts=4)
     with pytest.raises(Exception, match="even hidden size"):
         tiny_config(hidden_size=9, num_attention_heads=3, moe_decompose="vertical", moe_experts=4)
+
+
+def test_uniformity_and_ambiguity_losses_follow_eq_16_17_and_enter_the_loss_with_lambda():
+    """Eq. 16-17 written out with loops, against routing_aux_losses; eq. 18 with lambda = 1e-3 in training only."""
+    generator = torch.Generator().manual_seed(3)
+    batch, length, heads, experts = 2, 5, 3, 4
+    g1 = random_gates((batch, length, heads, experts), generator)
+    g2 = random_gates((batch, length, heads, experts), generator)
+    uniformity, ambiguity = routing_aux_losses(g1, g2)
+    expected_uniformity = expected_ambiguity = 0.0
+    for g in (g1, g2):
+        for h in range(heads):
+            for i in range(experts):  # g-hat: the routing probability averaged over the batch's tokens
+                expected_uniformity -= math.log(g[:, :, h, i].mean().item()) / (2 * heads * experts)
+            expected_ambiguity += sum(1 - g[b, t, h].max().item() for b in range(batch) for t in range(length)) \
+                / (batch * length) / (2 * heads)
+    assert uniformity.item() == pytest.approx(expected_uniformity, rel=1e-6)
+    assert ambiguity.item() == pytest.approx(expected_ambiguity, rel=1e-6)
+    # the extremes: uniform routing is the minimum of L_unif (log E); one-hot routing has no ambiguity
+    flat = torch.full((batch, length, heads, experts), 1 / experts)
+    assert routing_aux_losses(flat, flat)[0].item() == pytest.approx(math.log(experts))
+    one_hot = torch.nn.functional.one_hot(torch.arange(batch * length * heads) % experts, experts).float()
+    one_hot = one_hot.view(batch, length, heads, experts)
+    assert routing_aux_losses(one_hot, one_hot)[1].item() == 0.0
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    assert config.router_aux_loss_coef == 1e-3  # paper B.1 / C.1
+    model = MonetForCausalLM(config)
+    ids = torch.randint(0, 61, (2, 7))
+    model.train()
+    out = model(ids, labels=ids, output_router_probs=True)
+    routed = [sum(routing_aux_losses(*probs)) for probs in out.router_probs]  # one per routing group
+    assert len(routed) == 2  # 3 layers, moe_groups=2: routing computed at layers 0 and 2
+    torch.testing.assert_close(out.aux_loss, sum(routed) / len(routed))
+    torch.testing.assert_close(out.loss, out.lm_loss + 1e-3 * out.aux_loss)
+    model.eval()
+    evaluated = model(ids, labels=ids)
+    assert evaluated.aux_loss is None and torch.equal(evaluated.loss, evaluated.lm_loss)

@@ -150,6 +150,7 @@ def test_optimizer_state_round_trips_through_tensors_and_json():
     (["--arch", "mixtral"], "Invalid value for '--arch'"),
     (["--moe-topk", "9"], "--moe-topk 9 must be between 1 and --moe-experts 8"),
     (["--arch", "monet-vd", "--moe-dim", "3"], "both must be even"),
+    (["--arch", "monet-vd", "--d-model", "33", "--heads", "3"], "both must be even (--d-model 33"),
 ])
 def test_bad_settings_fail_with_clear_messages(tmp_path, corpus, args, message):
     result = run(["--data", str(corpus), "-o", str(tmp_path / "out"), *TINY, *args])
@@ -188,3 +189,22 @@ def test_torchrun_two_processes_match_one(tmp_path, corpus, arch, tolerance):
     assert len(one) == len(two) == 3
     # MONET's BatchNorm routing statistics are per process: equal up to that
     assert max(abs(a - b) for a, b in zip(one, two)) < tolerance, (one, two)
+
+
+def test_learning_rate_follows_warmup_then_cosine(tmp_path, corpus):
+    """The lr logged at every step is linear warmup to --lr, then cosine decay to the end of --steps."""
+    import math
+
+    out = tmp_path / "out"
+    args = ["--data", str(corpus), "-o", str(out), "--arch", "llama", *TINY, "--steps", "6", "--warmup", "2",
+            "--lr", "0.01"]
+    result = run(args)
+    assert result.exit_code == 0, result.output
+    records = [r for r in train_log(out) if r["type"] == "train"]
+    logged = [r["lr"] for r in records]
+    expected = [0.01 * 1 / 2, 0.01 * 2 / 2] + [0.5 * 0.01 * (1 + math.cos(math.pi * (step - 2) / 4))
+                                               for step in range(2, 6)]
+    assert logged == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert max(logged) == pytest.approx(0.01) and logged[5] < logged[4] < logged[3] < logged[2]
+    assert all(r["grad_norm"] > 0 and math.isfinite(r["grad_norm"]) for r in records)
+    assert [r["tokens"] for r in records] == [4 * 24 * step for step in range(1, 7)]  # packed: no padding
