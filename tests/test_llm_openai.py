@@ -54,6 +54,18 @@ PAPER_MEDICAL = (
     "mechanism explanations\", \"This expert specializes in medical terminology and nomenclature\", \"This expert "
     "specializes in treatment option evaluation and selection\".")
 
+PAPER_LEGAL = (
+    "This expert processes legal content and reasoning, so focus on legal terminology, case law analysis, statutory "
+    "interpretation, legal argumentation patterns, contractual language, judicial reasoning, legal precedents, or "
+    "jurisprudential concepts.\n\n**IMPORTANT:** This expert should ONLY specialize in legal and jurisprudence "
+    "content. Do not generate explanations about non-legal domains.\n\nYour response should be in the form \"This "
+    "expert specializes in...\"\n\nSome examples: \"This expert specializes in contract clause interpretation and "
+    "analysis\", \"This expert specializes in case law citation and precedent application\", \"This expert "
+    "specializes in statutory construction and legislative intent\", \"This expert specializes in legal doctrine "
+    "and principle formulation\", \"This expert specializes in evidentiary reasoning and burden of proof\", \"This "
+    "expert specializes in constitutional law interpretation\", \"This expert specializes in tort law causation "
+    "analysis\", \"This expert specializes in criminal law mens rea and actus reus concepts\".")
+
 
 @pytest.fixture
 def stub():
@@ -115,6 +127,13 @@ def test_domain_prompt_adds_the_papers_medical_text(tmp_path, stub):
     assert labels[0]["prompt"] == {"kind": "domain", "domain": "medical"}
     assert header["explain"]["prompt"] == {"kind": "domain", "domain": "medical"}
 
+
+def test_domain_prompt_adds_the_papers_legal_text(tmp_path, stub):
+    result = explain(tmp_path, stub, "--domain", "legal")
+    assert result.exit_code == 0, result.output
+    assert {r["body"]["messages"][0]["content"] for r in stub.requests} == {PAPER_MONO_SYSTEM + "\n\n" + PAPER_LEGAL}
+    _, labels, _ = read_labels(tmp_path / "labels.jsonl")
+    assert {label["prompt"]["domain"] for label in labels} == {"legal"}
 
 def test_own_domain_from_a_file(tmp_path, stub):
     domain = tmp_path / "chemistry.json"
@@ -281,3 +300,23 @@ def test_samples_written_by_moe_sample(tmp_path, stub):
         assert set(label["examples"]) <= shown and label["examples"]
         assert not set(label["examples"]) & {c["id"] for c in record["holdout"]["positive"]}
     assert all("<<" in r["body"]["messages"][1]["content"] for r in stub.requests)
+
+
+def test_backoff_is_exponential_with_jitter_capped_and_honours_retry_after():
+    import email.utils
+    import random
+
+    from moetools.llm.openai import backoff_seconds, retry_after_seconds
+
+    random.seed(0)
+    for attempt in range(6):
+        delays = [backoff_seconds(attempt, 0.5, 4.0) for _ in range(200)]
+        ceiling = min(4.0, 0.5 * 2 ** attempt)
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)      # doubling, capped at 4 s
+        assert len(set(delays)) > 100 and max(delays) - min(delays) > ceiling / 4  # jittered, not in lockstep
+    assert backoff_seconds(0, 0.5, 4.0, retry_after=3.0) == 3.0      # never sooner than the server asked
+    assert retry_after_seconds("2") == 2.0 and retry_after_seconds(" 0.5 ") == 0.5
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    later = email.utils.formatdate(time.time() + 10, usegmt=True)  # the HTTP-date form
+    assert 8.0 <= retry_after_seconds(later) <= 10.0
+    assert retry_after_seconds(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0.0
