@@ -392,3 +392,25 @@ def test_rank_by_gate():
             key = (context["doc_id"], context["offset"] + context["mark"])
             slot = list(experts[key][row]).index(record["expert"])
             assert context["score"] == pytest.approx(float(table[key][row][slot]))
+
+
+def test_an_expert_that_fires_everywhere_has_no_negatives_and_says_so():
+    """Negatives are counted, never invented: experts on every token are short of negatives, by how many."""
+    tokens = 64
+    experts = np.zeros((1, tokens, 2), dtype="<u2")
+    experts[0, :, 1] = 1                                     # top-2 of 2: both experts on every token
+    values = np.full((1, tokens, 2), 0.5, dtype="<f4")
+    record = {"type": "sequence", "doc_id": "d", "window": 0, "offset": 0, "meta": {}, "tokens":
+              np.zeros(tokens, "<i4"), "pieces": ["x"] * tokens, "experts": experts, "gates": values,
+              "contribution": values}
+    sampler = Sampler({"layers": [0], "num_experts": 2, "top_k": 2},
+                      SampleOptions(top=2, weighted=0, negatives=3, holdout_positive=0, holdout_negative=0,
+                                    context=8, split_region=8, holdout_fraction=0.0))
+    sampler.feed(record)
+    results, summary = sampler.results()
+    assert len(results) == 2
+    for result in results:
+        assert result["explain"]["negative"] == [] and result["found"]["negative"] == 0
+        assert result["short"] and result["status"] == "short" and len(result["explain"]["top"]) == 2
+    assert summary["short_by_set"]["negative"] == {"experts": 2, "missing": 6}
+    assert summary["negatives_found"] == 0
