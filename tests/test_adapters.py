@@ -96,7 +96,7 @@ def traced(request):
         router_inputs.clear(), experts_inputs.clear()
         with RoutingCapture(model, adapter) as capture:
             logits = model(input_ids).logits
-            layers = capture.take()
+            layers = capture.take(torch.ones_like(input_ids), keep_probs=True)  # probs and per-sequence prob_sum
         after = model(input_ids).logits
     for hook in hooks:
         hook.remove()
@@ -150,6 +150,9 @@ def test_full_distribution_equals_router_probabilities(traced):
             assert recorded["probs"].shape == (18, 8)
             assert torch.allclose(recorded["probs"].double().sum(0), expected.sum(0), atol=1e-5)
             assert torch.allclose(recorded["probs"].double().sum(-1), torch.ones(18, dtype=torch.float64), atol=1e-5)
+            # what the trace stores: the per-sequence sum of the full distribution (2 sequences of 9 tokens)
+            assert recorded["prob_sum"].shape == (2, 8)
+            assert torch.allclose(recorded["prob_sum"].double(), expected.view(2, 9, 8).sum(1), atol=1e-5)
 
 
 def test_logit_lens_is_top_tokens_of_each_expert_output():

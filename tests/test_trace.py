@@ -164,6 +164,23 @@ def test_resume_after_a_kill_gives_the_same_records(full_trace, olmoe_dir, tmp_p
     assert not (tmp_path / "resumed.msgpack.partial.resume").exists()
 
 
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.7])
+def test_resume_inside_a_batch_gives_the_same_records(full_trace, olmoe_dir, tmp_path, fraction):
+    """Killed in the middle of a batch: the resumed run reruns that whole batch (same shapes, same rounding)."""
+    corpus = full_trace[0]
+    flags = ["--max-length", 16, "--batch-tokens", 64, "--uncompressed"]  # batches of up to 4 windows
+    complete = tmp_path / "complete.msgpack"
+    assert run(olmoe_dir, corpus, *flags, "-o", complete).exit_code == 0
+    _, expected, _ = read_all(complete)
+    output = tmp_path / "resumed.msgpack"
+    data = complete.read_bytes()
+    (tmp_path / "resumed.msgpack.partial").write_bytes(data[:int(len(data) * fraction)])
+    result = run(olmoe_dir, corpus, *flags, "--resume", "-o", output)
+    assert result.exit_code == 0, result.output
+    _, resumed, _ = read_all(output)
+    assert [canonical(r) for r in resumed] == [canonical(r) for r in expected]
+
+
 def test_resume_refuses_other_options(full_trace, olmoe_dir, tmp_path):
     corpus = full_trace[0]
     complete = tmp_path / "complete.msgpack"
@@ -204,7 +221,8 @@ def test_plain_text_corpus_from_stdin_and_logit_lens(olmoe_dir, tmp_path):
         assert set(record["logit_lens_pieces"]) == {str(t) for t in np.unique(record["logit_lens"])}
 
 
-@pytest.mark.parametrize("problem", ["not-moe", "missing", "empty", "too-long"])
+@pytest.mark.parametrize("problem", ["not-moe", "missing", "no-config", "empty", "all-lines-bad", "no-corpus",
+                                     "too-long"])
 def test_bad_models_and_inputs_exit_2_with_a_message(olmoe_dir, tmp_path, problem):
     corpus = make_corpus(tmp_path / "c.jsonl", documents=2)
     model = olmoe_dir
@@ -218,6 +236,16 @@ def test_bad_models_and_inputs_exit_2_with_a_message(olmoe_dir, tmp_path, proble
         message = "not a supported MoE model: found LlamaForCausalLM (model_type 'llama')"
     elif problem == "missing":
         model, message = tmp_path / "nowhere", "does not exist"
+    elif problem == "no-config":
+        model = tmp_path / "weights-only"
+        model.mkdir()
+        (model / "model.safetensors").write_bytes(b"")
+        message = "is not a transformers model directory (no config.json)"
+    elif problem == "all-lines-bad":
+        corpus.write_bytes(b'{"body": "no text field"}\n{"text": "caf\xe9"}\n')
+        message = "no usable documents in the corpus (2 lines skipped)"
+    elif problem == "no-corpus":
+        corpus, message = tmp_path / "absent.jsonl", "cannot open"
     elif problem == "empty":
         corpus.write_text("\n\n")
         message = "no usable documents"

@@ -30,8 +30,9 @@ cat shards/*.msgpack.zst | moe-sample ...                                       
 @click.option("--max-length", default=None, type=click.IntRange(1),
               help="Tokens per window (default: 512 or the model's context if shorter); longer documents are "
                    "cut into consecutive windows.")
-@click.option("--batch-tokens", default=8192, show_default=True, type=click.IntRange(1),
-              help="Padded tokens per batch (windows are sorted by length first).")
+@click.option("--batch-tokens", default=None, type=click.IntRange(1),
+              help="Padded tokens per batch (windows are sorted by length first; default 2048 on CPU, where "
+                   "bigger batches are no faster and cost memory, 8192 on a GPU).")
 @click.option("--batch-size", default=None, type=click.IntRange(1), help="Windows per batch (instead of --batch-tokens).")
 @click.option("--sort-buffer", default=1024, show_default=True, type=click.IntRange(1),
               help="Windows sorted by length together (bounds memory).")

@@ -17,17 +17,19 @@ from .runner import (
     TraceSummary,
     check_resumable,
     complete_records,
+    default_batch_tokens,
     header_extra,
     load_model,
     resume_source,
     trace_corpus,
 )
 
-#: zstd level of trace streams. On trace records (8-bit gates/contributions, random routing) level 1,
-#: the streams default, stores 3.70 bytes per token·layer·selected expert, level 3 3.19, level 5 3.02,
-#: level 7 2.98; levels 3 and 5 both compress ~47 MB/s on one core here (level 7: 29 MB/s), far more
-#: than a GPU produces (~170 bytes/token raw).
-TRACE_ZSTD_LEVEL = 5
+#: zstd level of trace streams. On trace records (8-bit gates/contributions, random routing; 175 bytes
+#: a token raw) level 1, the streams default, stores 3.70 bytes per token·layer·selected expert, level
+#: 3 3.19, level 5 3.03, level 6 3.01, level 7 2.98, level 9 2.97. Level 7 compresses ~50 MB/s on one
+#: core here (level 5: ~80 MB/s), i.e. ~300k tokens/s: 100x what the CPU forward traces, and more
+#: than one GPU traces of any but tiny models.
+TRACE_ZSTD_LEVEL = 7
 
 
 @contextlib.contextmanager
@@ -66,7 +68,7 @@ def finished_output(output, identity: dict, extra: dict) -> bool:
 
 
 def cli_run(model_path, corpus, *, output, fmt, uncompressed, text_field="text", id_field="id", max_length=None,
-            batch_tokens=8192, batch_size=None, sort_buffer=1024, dtype="auto", device="cpu", device_map=None,
+            batch_tokens=None, batch_size=None, sort_buffer=1024, dtype="auto", device="cpu", device_map=None,
             logit_lens=0, precision=8, shard=None, shard_by="index", resume=False) -> TraceSummary:
     if resume and output in (None, "-"):
         raise UsageError("--resume needs an output file (-o FILE): a pipe cannot be resumed")
@@ -81,6 +83,8 @@ def cli_run(model_path, corpus, *, output, fmt, uncompressed, text_field="text",
         options.max_length = min(DEFAULT_MAX_LENGTH, limit)
     elif limit and max_length > limit:
         raise UsageError(f"--max-length {max_length} exceeds the model's context of {limit} tokens")
+    if options.batch_tokens is None:
+        options.batch_tokens = default_batch_tokens(model)
     identity = model_identity(model, adapter, path=model_path)
     extra = header_extra(adapter, options, corpus=corpus_name, text_field=text_field, id_field=id_field,
                          experts_implementation=adapter.traced_experts_implementation())

@@ -27,12 +27,19 @@ from .records import PieceTable, batch_records
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_SKIPPED_REPORTED = 100
 DEFAULT_MAX_LENGTH = 512
+#: --batch-tokens when not given. On CPU a batch's transient tensors (the MoE layers' N·K × d
+#: buffers) live in the process heap: at 8192 padded tokens they are ~400 MB, and how glibc places
+#: them drifts from batch to batch, so the peak RSS crept up with corpus length (1.18x from 20k to
+#: 1M tokens); at 2048 it is flat and a CPU forward is no slower (bench/bench_trace.py). GPU memory
+#: comes from torch's caching allocator, where bigger batches pay off.
+DEFAULT_BATCH_TOKENS_CPU = 2048
+DEFAULT_BATCH_TOKENS_ACCELERATOR = 8192
 
 
 @dataclass
 class TraceOptions:
     max_length: int = 512
-    batch_tokens: int = 8192
+    batch_tokens: int | None = None  # None: default_batch_tokens(model)
     batch_size: int | None = None
     sort_buffer: int = 1024
     logit_lens: int = 0
@@ -109,6 +116,13 @@ def iter_windows(documents, tokenizer, options: TraceOptions, summary: TraceSumm
         yield from windows_of(document, token_ids, options.max_length)
 
 
+def default_batch_tokens(model) -> int:
+    """Padded tokens per batch when ``--batch-tokens`` is not given: 2048 on CPU, 8192 on an accelerator."""
+    if input_device(model).type == "cpu":
+        return DEFAULT_BATCH_TOKENS_CPU
+    return DEFAULT_BATCH_TOKENS_ACCELERATOR
+
+
 def pad_batch(batch, seq_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """input_ids, attention_mask (B, seq_len) int64, right-padded."""
     ids = np.full((len(batch), seq_len), pad_id, dtype=np.int64)
@@ -139,7 +153,8 @@ def trace_corpus(model, tokenizer, adapter, documents, writer, options: TraceOpt
     last_flush = time.monotonic()
     window_stream = iter_windows(documents, tokenizer, options, summary)
     with adapter.capture(logit_lens=options.logit_lens) as capture, torch.inference_mode():
-        for batch in batches(window_stream, batch_tokens=options.batch_tokens, batch_size=options.batch_size,
+        batch_tokens = options.batch_tokens or default_batch_tokens(model)
+        for batch in batches(window_stream, batch_tokens=batch_tokens, batch_size=options.batch_size,
                              sort_buffer=options.sort_buffer):
             if skip_windows >= len(batch):
                 skip_windows -= len(batch)
@@ -148,24 +163,27 @@ def trace_corpus(model, tokenizer, adapter, documents, writer, options: TraceOpt
                 summary.windows += len(batch)
                 summary.tokens += sum(len(w.token_ids) for w in batch)
                 continue
+            first = 0  # records of this batch already in the output (a run killed inside the batch)
             if skip_windows:
                 if expect_last is not None:
                     _check_resume_point(batch[skip_windows - 1], expect_last)
-                done, batch = batch[:skip_windows], batch[skip_windows:]
-                summary.windows += len(done)
-                summary.tokens += sum(len(w.token_ids) for w in done)
-                skip_windows = 0
+                first, skip_windows = skip_windows, 0
+            # the whole batch runs even when resuming inside it: the same shapes give the same
+            # floating-point rounding, so the resumed records equal an uninterrupted run's bit for bit
             seq_len = max(len(w.token_ids) for w in batch)
             input_ids, attention_mask = pad_batch(batch, seq_len, pad_id)
             attention_mask = attention_mask.to(device)
             _forward(model, input_ids.to(device), attention_mask)
             captured = capture.take(attention_mask)
-            for record in batch_records(batch, captured, seq_len=seq_len, num_experts=num_experts, pieces=pieces,
-                                        precision=options.precision):
+            records = batch_records(batch, captured, seq_len=seq_len, num_experts=num_experts, pieces=pieces,
+                                    precision=options.precision)
+            del captured, input_ids, attention_mask
+            for record in records[first:]:
                 writer.write(record)
+            del records
             summary.windows += len(batch)
-            tokens = sum(len(w.token_ids) for w in batch)
-            summary.tokens += tokens
+            summary.tokens += sum(len(w.token_ids) for w in batch)
+            tokens = sum(len(w.token_ids) for w in batch[first:])
             if time.monotonic() - last_flush > options.flush_seconds:
                 writer.flush()  # a killed run then loses at most this many seconds of work
                 last_flush = time.monotonic()
@@ -201,7 +219,8 @@ def header_extra(adapter, options: TraceOptions, *, corpus: str, text_field: str
         "shard_by": options.shard_by,
         "logit_lens": options.logit_lens,
         "precision": options.precision,
-        "order": {"sort_buffer": options.sort_buffer, "batch_tokens": options.batch_tokens,
+        "order": {"sort_buffer": options.sort_buffer,
+                  "batch_tokens": options.batch_tokens or default_batch_tokens(adapter.model),
                   "batch_size": options.batch_size},
     }
 
@@ -273,6 +292,7 @@ __all__ = [
     "asdict",
     "check_resumable",
     "complete_records",
+    "default_batch_tokens",
     "header_extra",
     "load_model",
     "model_identity",
