@@ -225,7 +225,9 @@ def main() -> None:
         small, large = work / "small.jsonl", work / "large.jsonl"
         # the small corpus is the first documents of the large one (same seed): same document
         # lengths, so the same batch shapes, and the peak is set by the largest padded batch
-        # (attention over B x T x T, bounded by --batch-tokens), not by how much was read
+        # (bounded by --batch-tokens, 2048 on CPU by default), not by how much was read. At 8192
+        # the batch's ~400 MB of transient tensors landed differently in glibc's heap from batch
+        # to batch and the peak drifted up with the number of batches (1.18x at 1M tokens).
         write_corpus(small, small_tokens, seed=2)
         write_corpus(large, large_tokens, seed=2)
         speed = throughput(model_dir, small, work, args.repeats, args.max_length)
