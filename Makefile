@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MOETOOLS_HOME ?= $(CURDIR)/.moetools
 
-.PHONY: install test test-all demo lint man bench clean
+.PHONY: install sources test test-all demo models lint man bench clean
 
 install: $(STAMP)
 
@@ -27,8 +27,20 @@ test: install
 test-all: install
 	$(PY) -m pytest -q tests
 
-demo: install
-	$(PY) -m moetools.demo
+# The math domain's source is a Debian package (the book `derivations`); install it when apt can,
+# otherwise the corpus is built without it and `moetools corpus sources` says what is missing.
+sources:
+	@test -f /usr/share/doc/derivations/derivations.pdf || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get install -y -qq derivations >/dev/null 2>&1 || \
+	     { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq derivations >/dev/null 2>&1; }) ; } || \
+	  echo "make: Debian package derivations not installed (math domain skipped); apt-get install derivations"
+
+demo: install sources
+	$(PY) -m moetools.cli.main demo
+
+models: install sources
+	$(PY) -m moetools.cli.main models
 
 lint: install
 	$(PY) -m ruff check moetools tests bench

@@ -10,9 +10,10 @@ import importlib
 
 from .common import tool_group
 
-#: modules that define a click command or group named in their ``SUBCOMMAND`` attribute
+#: modules that define a click command or group in ``SUBCOMMAND`` (or several in ``SUBCOMMANDS``)
 SUBCOMMAND_MODULES = (
     "moetools.cli.corpus",
+    "moetools.cli.demo",
 )
 
 
@@ -25,7 +26,12 @@ def command():
     """
 
 
-for _module in SUBCOMMAND_MODULES:
-    command.add_command(importlib.import_module(_module).SUBCOMMAND)
+for _module in map(importlib.import_module, SUBCOMMAND_MODULES):
+    for _subcommand in getattr(_module, "SUBCOMMANDS", None) or (_module.SUBCOMMAND,):
+        command.add_command(_subcommand)
 
 main = command.main
+
+
+if __name__ == "__main__":
+    main(prog_name="moetools")

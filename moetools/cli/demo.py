@@ -1,0 +1,61 @@
+"""``moetools demo`` and ``moetools models``: the embedded default (logic in :mod:`moetools.demo`)."""
+
+from __future__ import annotations
+
+import click
+
+from .. import demo as demo_lib
+from .common import CONTEXT_SETTINGS, say
+from .corpus import _verbosity
+
+
+def _budget(function):
+    function = click.option("--max-minutes", type=click.FloatRange(min=0.1), default=demo_lib.DEFAULT_MAX_MINUTES,
+                            show_default=True, help="Cap on each model's training time (monet-train --max-minutes).")(
+        function)
+    return click.option("--steps", type=click.IntRange(min=1), default=demo_lib.DEFAULT_STEPS, show_default=True,
+                        help="Training steps per model (batch 8 x 256 tokens).")(function)
+
+
+def _home(function):
+    return click.option("--home", type=click.Path(file_okay=False), default=None,
+                        help="Where corpus/, models/ and demo/ live [$MOETOOLS_HOME or ./.moetools].")(function)
+
+
+@click.command("demo", context_settings=CONTEXT_SETTINGS,
+               epilog="Example:\n\n\b\n  make demo\n  moetools demo --home /scratch/moetools --steps 2000")
+@_home
+@_budget
+@click.option("--tokens-per-domain", type=click.IntRange(min=100), default=demo_lib.DEFAULT_TOKENS_PER_DOMAIN,
+              show_default=True, help="Validation text traced per domain (corpus tokens).")
+@_verbosity
+def demo(home, steps, max_minutes, tokens_per_domain):
+    """Run the main job on the embedded default, building what is missing.
+
+    Builds the offline corpus and trains two small models (a top-k MoE of the
+    OLMoE family and MONET-VD) unless they are cached under the home
+    directory, then runs moe-trace | moe-sample | moe-explain (offline
+    explainer) on a per-domain slice of the validation split and prints the
+    routing concentration per domain, the experts that pass MONET's 2x
+    domain-skew criterion, and the most domain-skewed experts with their labels.
+    """
+    demo_lib.run_demo(home, steps=steps, max_minutes=max_minutes, tokens_per_domain=tokens_per_domain,
+                      log=say, echo=click.echo)
+
+
+@click.command("models", context_settings=CONTEXT_SETTINGS,
+               epilog="Example:\n\n\b\n  make models\n  moetools models --steps 2000 --max-minutes 30")
+@_home
+@_budget
+@_verbosity
+def models(home, steps, max_minutes):
+    """Build the corpus and train the demo models if they are not cached.
+
+    Writes HOME/models/moe and HOME/models/monet-vd with monet-train; a run
+    that was killed resumes from its checkpoint.
+    """
+    for path in demo_lib.run_models(home, steps=steps, max_minutes=max_minutes, log=say):
+        click.echo(str(path))
+
+
+SUBCOMMANDS = (demo, models)

@@ -1,0 +1,248 @@
+"""The embedded default: the offline corpus, two small trained MoE models, and the main job on them.
+
+``make demo`` (``moetools demo``) builds what is missing under ``$MOETOOLS_HOME``
+(default ``./.moetools``) and runs, for each model, the pipeline of the README::
+
+    moe-trace MODEL demo.jsonl | tee trace.msgpack.zst | moe-sample ... \\
+        | tee samples.msgpack.zst | moe-explain --backend offline -o labels.jsonl
+
+then prints what a person wants to see first: how concentrated each domain's
+routing is against the other domains' (``moetools.corpus.specialisation``),
+how many experts pass MONET's 2x domain-skew criterion (paper 004 §5.1), and
+the most domain-skewed experts with their label and strongest context.
+
+Layout under ``$MOETOOLS_HOME``::
+
+    corpus/{train,validation,test}.jsonl, manifest.json   moetools corpus build
+    models/moe/, models/monet-vd/                           monet-train (cached; a killed run resumes)
+    demo/demo.jsonl                                        a per-domain balanced slice of validation
+    demo/<model>/{trace,samples}.msgpack.zst, labels.jsonl the pipeline's streams
+
+The models (``DEFAULT_RECIPES``) are a standard top-k MoE (OLMoE family, 8
+experts, top-2) and a MONET-VD model with matched active expert parameters
+(``moetools.train.models``), both d=256, 4 layers, vocabulary 4096. Their
+training budget is ``--steps`` (default 500 at batch 8 x 256 tokens, ~1M
+tokens, about 4 minutes each on 2 idle cores) capped by ``--max-minutes``
+per model, so a slow machine gets a less-trained model rather than a demo
+that never ends; the summary prints how far each got.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MoetoolsError, UsageError
+
+
+@dataclass
+class Recipe:
+    """How one demo model is trained and sampled."""
+
+    name: str
+    arch: str                                   # monet-train --arch
+    train_args: list[str] = field(default_factory=list)
+    sample_args: list[str] = field(default_factory=list)  # moe-sample flags for this model
+
+
+DEFAULT_RECIPES = (
+    Recipe("moe", "moe", ["--lr", "1e-3"]),
+    # MONET-VD has 64^2 = 4096 composed experts per layer, and its 4 layers share one routing
+    # (moe_groups = 4): sample one layer, and only experts that fire often enough to explain.
+    Recipe("monet-vd", "monet-vd", ["--lr", "1e-3"], ["--layers", "0", "--min-count", "40"]),
+)
+DEFAULT_STEPS = 500
+DEFAULT_MAX_MINUTES = 5.0
+DEFAULT_TOKENS_PER_DOMAIN = 4000
+
+
+def home() -> Path:
+    return Path(os.environ.get("MOETOOLS_HOME") or ".moetools")
+
+
+def tool_path() -> str:
+    """PATH with the directory of this Python's console scripts first (the venv's moe-trace, ...)."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+def run_shell(line: str, log) -> float:
+    """Run a pipeline with bash -o pipefail; any stage failing fails the step. Returns its wall time."""
+    log(f"$ {line}")
+    started = time.perf_counter()
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", line], check=False, env={**os.environ, "PATH": tool_path()})
+    if done.returncode != 0:
+        raise MoetoolsError(f"this step failed (exit {done.returncode}): {line}")
+    return time.perf_counter() - started
+
+
+def ensure_corpus(root: Path, log) -> Path:
+    """``root/corpus``, built with every source that is installed when it is not there yet."""
+    corpus = root / "corpus"
+    if (corpus / "manifest.json").is_file() and (corpus / "validation.jsonl").is_file():
+        log(f"corpus: {corpus} (cached)")
+        return corpus
+    run_shell(f"moetools corpus build -o {shlex.quote(str(corpus))} --skip-missing", log)
+    return corpus
+
+
+def model_is_complete(directory: Path) -> bool:
+    """monet-train writes the weights and training_metadata.json last: both present = finished (or out of time)."""
+    return (directory / "model.safetensors").is_file() and (directory / "training_metadata.json").is_file()
+
+
+def ensure_model(recipe: Recipe, corpus: Path, root: Path, steps: int, max_minutes: float, log) -> Path:
+    """``root/models/<name>``: trained with monet-train unless complete; a killed training resumes."""
+    directory = root / "models" / recipe.name
+    if model_is_complete(directory):
+        log(f"model {recipe.name}: {directory} (cached)")
+        return directory
+    resume = " --resume" if (directory / "checkpoint").is_dir() else ""
+    args = " ".join(shlex.quote(arg) for arg in recipe.train_args)
+    run_shell(f"monet-train --arch {recipe.arch} --data {shlex.quote(str(corpus / 'train.jsonl'))} "
+              f"-o {shlex.quote(str(directory))} --steps {steps} --max-minutes {max_minutes:g} "
+              f"--eval-every {max(1, steps // 5)} --checkpoint-every {max(1, steps // 5)} {args}{resume}", log)
+    return directory
+
+
+def balanced_slice(corpus: Path, tokens_per_domain: int, out: Path) -> dict[str, int]:
+    """The first records of each domain up to ``tokens_per_domain`` corpus tokens (the split is in hash order).
+
+    Balanced by tokens, not documents: a fortune is ~40 tokens, a code chunk ~350.
+    """
+    from .corpus.text import count_tokens
+
+    taken: dict[str, int] = {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    with open(corpus, encoding="utf-8") as source, open(partial, "w", encoding="utf-8") as sink:
+        for line in source:
+            record = json.loads(line)
+            domain = record.get("domain")
+            if domain is None or taken.get(domain, 0) >= tokens_per_domain:
+                continue
+            taken[domain] = taken.get(domain, 0) + int(record.get("token_count") or count_tokens(record["text"]))
+            sink.write(line)
+    os.replace(partial, out)
+    return taken
+
+
+def run_pipeline(recipe: Recipe, model: Path, corpus: Path, out: Path, log) -> dict[str, Path]:
+    """The main job on one model; every stream kept for the summary (and for the user)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"trace": out / "trace.msgpack.zst", "samples": out / "samples.msgpack.zst",
+             "labels": out / "labels.jsonl"}
+    quoted = {key: shlex.quote(str(path)) for key, path in paths.items()}
+    sample_args = "".join(f" {shlex.quote(arg)}" for arg in recipe.sample_args)
+    # -o FILE rather than a redirection: written under a temporary name, renamed when complete
+    run_shell(f"moe-trace {shlex.quote(str(model))} {shlex.quote(str(corpus))} -q | tee {quoted['trace']} "
+              f"| moe-sample -q{sample_args} | tee {quoted['samples']} "
+              f"| moe-explain -q --backend offline --no-cache -o {quoted['labels']}", log)
+    return paths
+
+
+def _read(path: Path, kinds: str):
+    """The data records of a stream file (headers and end records are checked by the reader)."""
+    from .streams import read_stream
+
+    with open(path, "rb") as handle:
+        yield from read_stream(handle, kinds, name=str(path))
+
+
+def summarise(recipe: Recipe, model: Path, paths: dict[str, Path], examples: int = 3) -> str:
+    """A short human summary of one model's run (plain text)."""
+    from .corpus.specialisation import routing_from_stream, specialisation_report
+    from .explain.prompts import mark_context
+
+    lines = [f"== {recipe.name} ({recipe.arch}) — {model}"]
+    try:
+        training = json.loads((model / "training_metadata.json").read_text())
+    except (OSError, ValueError):
+        training = {}
+    if training:
+        evaluation = training.get("last_eval") or {}
+        by_domain = ", ".join(f"{d} {v:.2f}" for d, v in sorted((evaluation.get("eval_loss_by_domain") or {}).items()))
+        lines.append(f"trained {training.get('steps')}/{training.get('steps_planned')} steps, "
+                     f"{training.get('tokens', 0):,} tokens in {training.get('elapsed_s', 0):.0f} s; "
+                     f"validation loss {evaluation.get('eval_loss', float('nan')):.2f} ({by_domain})")
+
+    with open(paths["trace"], "rb") as handle:
+        routing, header = routing_from_stream(handle)
+    top_k = int(header.get("model", {}).get("top_k") or 1)
+    report = specialisation_report(routing, k=top_k)
+    share, skew = report["top_expert_share"], report["skewed_experts"]
+    lines.append(f"routing concentration: share of a domain's router mass on its top-{top_k} experts per layer "
+                 f"(uniform {share['uniform']:.3f}) vs. the share the same experts get of the other domains")
+    for domain, figures in share["domains"].items():
+        lines.append(f"  {domain:<10} {figures['share']:.3f} vs {figures['elsewhere']:.3f} elsewhere, "
+                     f"{skew['by_domain'].get(domain, 0)} experts >= 2x the runner-up domain")
+    lines.append(f"experts >= 2x the runner-up domain (paper 004 §5.1): {skew['total']} of {skew['experts']}")
+
+    domains, probability = routing.mean_probability()  # (D, L, E)
+    labels = {(r["layer"], r["expert"]): r for r in _read(paths["labels"], "labels") if r.get("type") == "label"}
+    ordered = np.sort(probability, axis=0)
+    ratio = ordered[-1] / np.maximum(ordered[-2], 1e-12) if len(domains) > 1 else ordered[-1]  # (L, E)
+    candidates = sorted(((float(ratio[layer, expert]), layer, expert) for layer, expert in labels
+                         if labels[(layer, expert)].get("status") == "ok"), reverse=True)[:examples]
+    wanted = {(layer, expert) for _, layer, expert in candidates}
+    contexts = {}
+    for record in _read(paths["samples"], "samples"):
+        key = (record.get("layer"), record.get("expert"))
+        if record.get("type") == "expert" and key in wanted and record["explain"]["top"]:
+            contexts[key] = record["explain"]["top"][0]
+    ok = sum(1 for label in labels.values() if label.get("status") == "ok")
+    lines.append(f"labels: {ok} of {len(labels)} experts labelled ({paths['labels']}); the most domain-skewed:")
+    for value, layer, expert in candidates:
+        domain = domains[int(np.argmax(probability[:, layer, expert]))]
+        lines.append(f"  layer {layer} expert {expert}: {value:.1f}x on {domain} — "
+                     f"{labels[(layer, expert)]['explanation']}")
+        if (layer, expert) in contexts:
+            context = contexts[(layer, expert)]
+            text = mark_context(context["pieces"], context["activation"]).replace("\n", "⏎")
+            lines.append(f"      top context: {text[:160]}")
+    return "\n".join(lines)
+
+
+def run_demo(root: Path | None = None, *, recipes=DEFAULT_RECIPES, steps: int = DEFAULT_STEPS,
+             max_minutes: float = DEFAULT_MAX_MINUTES, tokens_per_domain: int = DEFAULT_TOKENS_PER_DOMAIN,
+             corpus: Path | None = None, log=print, echo=print) -> list[str]:
+    """Build what is missing, run the pipeline on every model, print and return the summaries."""
+    root = Path(root or home())
+    started = time.perf_counter()
+    corpus_dir = Path(corpus) if corpus else ensure_corpus(root, log)
+    validation = corpus_dir / "validation.jsonl"
+    if not validation.is_file():
+        raise UsageError(f"no validation split at {validation}: build the corpus with `moetools corpus build`")
+    models = [(recipe, ensure_model(recipe, corpus_dir, root, steps, max_minutes, log)) for recipe in recipes]
+    sliced = root / "demo" / "demo.jsonl"
+    taken = balanced_slice(validation, tokens_per_domain, sliced)
+    if not taken:
+        raise UsageError(f"{validation} has no records with a domain")
+    log(f"demo input: {sliced} ({', '.join(f'{d} {n}' for d, n in sorted(taken.items()))} corpus tokens)")
+    summaries = []
+    for recipe, model in models:
+        paths = run_pipeline(recipe, model, sliced, root / "demo" / recipe.name, log)
+        summary = summarise(recipe, model, paths)
+        echo(summary)
+        summaries.append(summary)
+    echo(f"demo finished in {time.perf_counter() - started:.0f} s; streams under {root / 'demo'}")
+    return summaries
+
+
+def run_models(root: Path | None = None, *, recipes=DEFAULT_RECIPES, steps: int = DEFAULT_STEPS,
+               max_minutes: float = DEFAULT_MAX_MINUTES, log=print) -> list[Path]:
+    """``make models``: the corpus and every demo model, nothing else."""
+    root = Path(root or home())
+    corpus = ensure_corpus(root, log)
+    return [ensure_model(recipe, corpus, root, steps, max_minutes, log) for recipe in recipes]
+
+
+__all__ = ["DEFAULT_RECIPES", "Recipe", "balanced_slice", "ensure_corpus", "ensure_model", "run_demo",
+           "run_models", "summarise"]

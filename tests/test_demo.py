@@ -1,0 +1,115 @@
+"""The demo's pipeline on a tiny model trained for a few steps: corpus -> monet-train -> moe-trace | moe-sample |
+moe-explain, summary, and the cache (a second run trains nothing)."""
+
+import json
+import random
+
+import pytest
+from click.testing import CliRunner
+
+from moetools import demo
+from moetools.cli.main import command as moetools_command
+from moetools.streams import read_stream
+
+TINY_TRAIN = ["--batch-size", "4", "--seq-len", "32", "--d-model", "32", "--layers", "2", "--heads", "2",
+              "--moe-experts", "8", "--moe-topk", "2", "--moe-dim", "4", "--moe-heads", "2", "--moe-groups", "2",
+              "--vocab-size", "300", "-q"]
+RECIPES = (demo.Recipe("moe", "moe", TINY_TRAIN, ["--top", "4", "--weighted", "2", "--negatives", "2"]),
+           demo.Recipe("monet-vd", "monet-vd", TINY_TRAIN, ["--layers", "0", "--min-count", "5", "--top", "4"]))
+WORDS = {"pets": ["the", "cat", "sat", "on", "a", "mat", "and", "the", "dog", "barked", "at", "the", "cat", "near", "the", "warm", "fire"],
+         "code": ["def", "loop", "return", "value", "for", "item", "in", "list", "if", "else", "while", "print", "import", "class", "self"],
+         "medical": ["patient", "fracture", "of", "femur", "acute", "infection", "chronic", "pain", "diagnosis", "unspecified"]}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A corpus directory as `moetools corpus build` writes it (train / validation splits, manifest)."""
+    rng = random.Random(0)
+    root = tmp_path_factory.mktemp("corpus")
+    for split, count in (("train", 90), ("validation", 30)):
+        with open(root / f"{split}.jsonl", "w") as handle:
+            for index in range(count):
+                domain = list(WORDS)[index % 3]
+                text = " ".join(rng.choice(WORDS[domain]) for _ in range(50))
+                handle.write(json.dumps({"id": f"{split}-{index}", "text": text, "domain": domain,
+                                         "token_count": 50}) + "\n")
+    (root / "manifest.json").write_text(json.dumps({"counts": {}}))
+    return root
+
+
+def records(path):
+    """(header, data records, end record) of a stream file."""
+    with open(path, "rb") as handle:
+        reader = read_stream(handle)
+        data = list(reader)
+        return reader.headers[0], data, reader.ends[-1]
+
+
+def test_balanced_slice_takes_each_domain_up_to_the_budget(tmp_path, corpus):
+    taken = demo.balanced_slice(corpus / "validation.jsonl", 120, tmp_path / "slice.jsonl")
+    assert taken == {"pets": 150, "code": 150, "medical": 150}  # 3 records of 50 tokens: first to reach 120
+    lines = (tmp_path / "slice.jsonl").read_text().splitlines()
+    assert len(lines) == 9 and not (tmp_path / "slice.jsonl.partial").exists()
+
+
+@pytest.mark.slow
+def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
+    home = tmp_path / "home"
+    logged, shown = [], []
+    summaries = demo.run_demo(home, recipes=RECIPES, steps=6, max_minutes=5, tokens_per_domain=400,
+                              corpus=corpus, log=logged.append, echo=shown.append)
+    assert len(summaries) == 2
+    for recipe in RECIPES:
+        model = home / "models" / recipe.name
+        assert demo.model_is_complete(model)
+        out = home / "demo" / recipe.name
+        header, trace, end = records(out / "trace.msgpack.zst")
+        assert header["kind"] == "trace" and end["count"] == len(trace)
+        assert {r["meta"]["domain"] for r in trace if r["type"] == "sequence"} == set(WORDS)
+        header, samples, end = records(out / "samples.msgpack.zst")
+        assert header["kind"] == "samples" and end["count"] == len(samples)
+        header, labels, end = records(out / "labels.jsonl")
+        assert header["kind"] == "labels" and end["count"] == len(labels)
+        experts = [r for r in samples if r["type"] == "expert"]
+        assert len([r for r in labels if r["type"] == "label"]) == len(experts) > 0
+        assert any(r["status"] == "ok" and r["explanation"].startswith("This expert specializes in")
+                   for r in labels if r["type"] == "label")
+    moe_summary = summaries[0]
+    for domain in WORDS:
+        assert f"  {domain} " in moe_summary
+    assert "experts >= 2x the runner-up domain" in moe_summary and "trained 6/6 steps" in moe_summary
+    assert any(line.startswith("$ moe-trace ") and "| moe-sample" in line and "| moe-explain" in line
+               for line in logged)
+
+    # cached: no monet-train, same models; the pipeline runs again
+    weights = {r.name: (home / "models" / r.name / "model.safetensors").stat().st_mtime_ns for r in RECIPES}
+    logged.clear()
+    demo.run_demo(home, recipes=RECIPES, steps=6, max_minutes=5, tokens_per_domain=400, corpus=corpus,
+                  log=logged.append, echo=shown.append)
+    assert not any("monet-train" in line for line in logged)
+    assert sum("(cached)" in line for line in logged) == 2
+    assert weights == {r.name: (home / "models" / r.name / "model.safetensors").stat().st_mtime_ns for r in RECIPES}
+
+
+def test_killed_training_resumes_from_its_checkpoint(tmp_path, corpus):
+    """A model directory with a checkpoint but no final weights is continued, not restarted."""
+    recipe = RECIPES[0]
+    home = tmp_path / "home"
+    directory = home / "models" / recipe.name
+    (directory / "checkpoint").mkdir(parents=True)
+    logged = []
+    with pytest.raises(demo.MoetoolsError):  # the empty checkpoint is refused by monet-train --resume
+        demo.ensure_model(recipe, corpus, home, steps=2, max_minutes=1, log=logged.append)
+    assert logged[-1].startswith("$ monet-train --arch moe") and logged[-1].endswith("--resume")
+
+
+def test_demo_without_a_validation_split_is_a_usage_error(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    with pytest.raises(demo.UsageError, match="no validation split"):
+        demo.run_demo(tmp_path, recipes=RECIPES, corpus=tmp_path / "corpus", log=print, echo=print)
+
+
+def test_models_and_demo_have_help_with_an_example():
+    for name in ("demo", "models"):
+        result = CliRunner().invoke(moetools_command, [name, "--help"])
+        assert result.exit_code == 0 and "Example:" in result.output and "--steps" in result.output

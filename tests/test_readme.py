@@ -1,0 +1,89 @@
+"""The README's pipeline examples run as written, in bash with pipefail, on a tiny OLMoE and a real corpus file.
+
+Also: the README's two commands are the Makefile's targets and .ci/run runs the test one.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from moetools.streams import read_stream
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+WORDS = ["the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "on", "with", "code", "law", "math", "cell", "patient", "court", "theorem", "model"]
+
+
+def readme_blocks(marker: str) -> list[str]:
+    """Fenced sh blocks preceded by ``<!-- tested: MARKER -->``."""
+    return re.findall(rf"<!-- tested: {marker} -->\n```sh\n(.*?)```", README, flags=re.DOTALL)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A directory with model/ (tiny random OLMoE + word-level tokenizer) and corpus.jsonl."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    root = tmp_path_factory.mktemp("readme")
+    config = transformers.OlmoeConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      num_experts=8, num_experts_per_tok=2, pad_token_id=1, bos_token_id=None,
+                                      eos_token_id=None)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(root / "model")
+    vocab = {"[UNK]": 0, "[PAD]": 1, **{word: index + 2 for index, word in enumerate(WORDS)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]",
+                                         pad_token="[PAD]").save_pretrained(root / "model")
+    rng = np.random.default_rng(0)
+    with open(root / "corpus.jsonl", "w") as handle:
+        for number in range(16):
+            text = " ".join(rng.choice(WORDS, size=int(rng.integers(20, 60))))
+            handle.write(json.dumps({"id": f"doc{number}", "text": text, "domain": ["law", "med"][number % 2]}) + "\n")
+    return root
+
+
+def test_readme_has_a_tested_pipeline_block():
+    blocks = readme_blocks("pipeline")
+    assert len(blocks) == 1 and "moe-trace model/ corpus.jsonl | moe-sample | moe-explain" in blocks[0]
+
+
+def test_readme_pipeline_examples_run(workdir):
+    block = readme_blocks("pipeline")[0]
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), str(REPO / "bin"),
+                                                 os.environ["PATH"]])}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], check=False, cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+
+    def data(name):
+        with open(workdir / name, "rb") as handle:
+            return list(read_stream(handle))
+
+    labels = data("labels.jsonl")
+    assert len(labels) == 16 and all(r["type"] == "label" for r in labels)  # 2 layers x 8 experts
+    assert {r["layer"] for r in data("layer0.labels.jsonl")} == {0}
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["kind"] == "samples" and summary["complete"] is True
+    for shard in ("shard-0.msgpack.zst", "shard-1.msgpack.zst"):
+        assert data(shard)  # each shard holds part of the corpus
+    first_two = [json.loads(line) for line in (workdir / "first-two.jsonl").read_text().splitlines()]
+    assert [r["type"] for r in first_two] == ["header", "expert", "expert", "end"]
+
+
+def test_two_commands_are_make_targets_and_ci_runs_the_test_one():
+    commands = re.findall(r"^make (\w+)\s+#", README, flags=re.MULTILINE)
+    assert commands[:2] == ["demo", "test"]
+    makefile = (REPO / "Makefile").read_text()
+    for target in commands[:2]:
+        assert re.search(rf"^{target}:", makefile, flags=re.MULTILINE)
+    assert re.search(r"^make test$", (REPO / ".ci" / "run").read_text(), flags=re.MULTILINE)
