@@ -198,7 +198,10 @@ def summarise(recipe: Recipe, model: Path, paths: dict[str, Path], examples: int
         if record.get("type") == "expert" and key in wanted and record["explain"]["top"]:
             contexts[key] = record["explain"]["top"][0]
     ok = sum(1 for label in labels.values() if label.get("status") == "ok")
-    lines.append(f"labels: {ok} of {len(labels)} experts labelled ({paths['labels']}); the most domain-skewed:")
+    empty = sum(1 for label in labels.values() if "no activating examples" in (label.get("error") or ""))
+    unexplained = f", {empty} with too few firing tokens to explain" if empty else ""
+    lines.append(f"labels: {ok} of {len(labels)} experts labelled{unexplained} ({paths['labels']}); "
+                 "the most domain-skewed:")
     for value, layer, expert in candidates:
         domain = domains[int(np.argmax(probability[:, layer, expert]))]
         lines.append(f"  layer {layer} expert {expert}: {value:.1f}x on {domain} — "

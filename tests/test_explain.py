@@ -169,6 +169,19 @@ def test_offline_resume_skips_labelled_experts(tmp_path):
     assert other.exit_code == 2 and "use another -o" in other.stderr  # never mixes two explainers in one file
 
 
+def test_experts_with_no_examples_are_failed_counted_apart_and_not_a_warning(tmp_path):
+    write_samples(tmp_path / "s.msgpack.zst", experts=4, empty=((0, 1), (0, 3)))
+    result = run_cli(tmp_path / "s.msgpack.zst", "--backend", "offline", "-o", tmp_path / "l.jsonl", "--no-cache")
+    assert result.exit_code == 0
+    _, labels, end = data_records(tmp_path / "l.jsonl")
+    assert [label["status"] for label in labels] == ["ok", "failed", "ok", "failed"]
+    assert all(label["explanation"] is None and "no activating examples" in label["error"]
+               for label in labels if label["status"] == "failed")
+    assert end["accounting"]["failures"] == 2 and end["accounting"]["no_examples"] == 2
+    assert "2 failed (2 with no examples)" in result.stderr
+    assert "2 experts had no activating examples" in result.stderr and "warning" not in result.stderr
+
+
 def test_wrong_stream_kind_is_a_usage_error(tmp_path):
     from moetools.streams import StreamWriter
 

@@ -117,9 +117,13 @@ def command(input, output, fmt, uncompressed, backend, model, domain, max_exampl
         accounting["seconds"] = round(seconds, 3)
         writer.end_extra = {"accounting": accounting}
     say(runner.accounting.line(seconds))
-    if runner.accounting.failures:
-        warn(f"{runner.accounting.failures} experts failed (status \"failed\" with the reason); rerun with the "
-             "same -o to try them again")
+    accounting = runner.accounting
+    if accounting.failures > accounting.no_examples:
+        warn(f"{accounting.failures - accounting.no_examples} experts failed (status \"failed\" with the reason); "
+             "rerun with the same -o to try them again")
+    if accounting.no_examples:
+        say(f"{accounting.no_examples} experts had no activating examples to explain (status \"failed\"; e.g. "
+            "below moe-sample's --min-count)")
 
 
 main = command.main

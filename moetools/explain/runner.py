@@ -162,6 +162,7 @@ class ExplainRunner:
             label["error"] = error
             label["raw"] = raw
             self.accounting.failures += 1
+            self.accounting.no_examples += not job.examples
         else:
             self.accounting.labelled += 1
         return label

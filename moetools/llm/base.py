@@ -25,6 +25,7 @@ class Accounting:
     retries: int = 0           # transport-level retries (429, 5xx, timeouts, dropped connections, bad JSON)
     answer_retries: int = 0    # answers that did not parse and were asked again
     failures: int = 0          # experts recorded as failed
+    no_examples: int = 0       # of those, experts with nothing to explain (no activating examples)
     labelled: int = 0          # experts labelled in this run
     skipped: int = 0           # experts already labelled in the output (resume)
     prompt_tokens: int = 0
@@ -36,7 +37,8 @@ class Accounting:
 
     def line(self, seconds: float) -> str:
         tokens = self.prompt_tokens + self.completion_tokens
-        return (f"{self.labelled} labelled, {self.failures} failed, {self.skipped} already done; "
+        nothing = f" ({self.no_examples} with no examples)" if self.no_examples else ""
+        return (f"{self.labelled} labelled, {self.failures} failed{nothing}, {self.skipped} already done; "
                 f"requests {self.requests}, cache hits {self.cache_hits}, retries {self.retries + self.answer_retries}, "
                 f"failures {self.failures}, tokens {tokens} (prompt {self.prompt_tokens}, "
                 f"completion {self.completion_tokens}); {seconds:.1f} s")
