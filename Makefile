@@ -21,10 +21,10 @@ $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: install
+test: install sources
 	$(PY) -m pytest -q -m "not slow" tests
 
-test-all: install
+test-all: install sources
 	$(PY) -m pytest -q tests
 
 # The math domain's source is a Debian package (the book `derivations`); install it when apt can,
