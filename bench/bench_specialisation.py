@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from moetools.corpus.specialisation import compare_reports, routing_from_stream, specialisation_report
+from moetools.demo import balanced_slice
 
 RESULTS = REPO / "bench" / "results" / "specialisation.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -52,25 +53,6 @@ def find_models(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(path for path in root.iterdir() if (path / "config.json").is_file())
-
-
-def sample_corpus(corpus: Path, tokens_per_domain: int, out: Path) -> dict[str, int]:
-    """The first records of each domain up to ``tokens_per_domain`` corpus tokens (the split is in hash order).
-
-    Balanced by tokens, not documents: a fortune is ~40 tokens, a code chunk ~350.
-    """
-    from moetools.corpus.text import count_tokens
-
-    taken: dict[str, int] = {}
-    with open(corpus, encoding="utf-8") as source, open(out, "w", encoding="utf-8") as sink:
-        for line in source:
-            record = json.loads(line)
-            domain = record.get("domain")
-            if domain is None or taken.get(domain, 0) >= tokens_per_domain:
-                continue
-            taken[domain] = taken.get(domain, 0) + int(record.get("token_count") or count_tokens(record["text"]))
-            sink.write(line)
-    return taken
 
 
 def random_init_copy(model_dir: Path, out: Path, seed: int) -> Path:
@@ -191,7 +173,7 @@ def main(argv=None) -> int:
                       file=sys.stderr)
                 return 2
             sample = scratch / "sample.jsonl"
-            results["corpus_tokens_per_domain"] = sample_corpus(corpus, per_domain, sample)
+            results["corpus_tokens_per_domain"] = balanced_slice(corpus, per_domain, sample)
             results["corpus"] = str(corpus)
             for model in models:
                 random_dir = random_init_copy(model, scratch / f"{model.name}-random", args.seed)

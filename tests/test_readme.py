@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import transformers
+from tiny_models import save_tiny_olmoe
 
 from moetools.streams import read_stream
 
@@ -30,20 +29,8 @@ def readme_blocks(marker: str) -> list[str]:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A directory with model/ (tiny random OLMoE + word-level tokenizer) and corpus.jsonl."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
     root = tmp_path_factory.mktemp("readme")
-    config = transformers.OlmoeConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                      num_experts=8, num_experts_per_tok=2, pad_token_id=1, bos_token_id=None,
-                                      eos_token_id=None)
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(root / "model")
-    vocab = {"[UNK]": 0, "[PAD]": 1, **{word: index + 2 for index, word in enumerate(WORDS)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]",
-                                         pad_token="[PAD]").save_pretrained(root / "model")
+    save_tiny_olmoe(root / "model", WORDS)
     rng = np.random.default_rng(0)
     with open(root / "corpus.jsonl", "w") as handle:
         for number in range(16):

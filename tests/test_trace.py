@@ -12,7 +12,7 @@ import pytest
 import torch
 import transformers
 from click.testing import CliRunner
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tiny_models import save_tiny_olmoe, save_word_tokenizer
 
 from moetools.cli.trace import command
 from moetools.errors import TruncatedStreamError
@@ -22,23 +22,13 @@ WORDS = ["the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "on", "
 
 
 def save_tokenizer(directory):
-    vocab = {"[UNK]": 0, "[PAD]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]",
-                                         pad_token="[PAD]").save_pretrained(directory)
+    save_word_tokenizer(directory, WORDS)
 
 
 @pytest.fixture(scope="module")
 def olmoe_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("olmoe")
-    config = transformers.OlmoeConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                      num_experts=8, num_experts_per_tok=2, pad_token_id=1, bos_token_id=None,
-                                      eos_token_id=None)
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-    save_tokenizer(directory)
+    save_tiny_olmoe(directory, WORDS)
     return directory
 
 
