@@ -284,7 +284,6 @@ def test_real_derivations_pdf_gives_math_text(tmp_path):
     assert manifest["sources"]["math"]["pages"] > 500
 
 
-@pytest.mark.slow
 def test_real_corpus_has_at_least_100k_tokens_per_domain(tmp_path):
     """The whole default build on this machine's real sources (about 15 s)."""
     if shutil.which("dpkg") is None or not Path(sysconfig.get_paths()["stdlib"]).is_dir():

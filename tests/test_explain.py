@@ -283,7 +283,6 @@ def test_local_backend_batches_chat_prompts(tmp_path, tiny_llama):
     assert again.accounting.requests == 0 and again.accounting.cache_hits == 6
 
 
-@pytest.mark.slow
 def test_local_backend_labels_with_smollm2_gguf(tmp_path):
     from moetools.llm.local import smollm2_gguf
 

@@ -181,7 +181,6 @@ def _torchrun(nproc, out, corpus, arch):
     return [r["loss"] for r in train_log(out) if r["type"] == "train"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("arch,tolerance", [("llama", 1e-5), ("moe", 1e-3), ("monet-vd", 3e-3)])
 def test_torchrun_two_processes_match_one(tmp_path, corpus, arch, tolerance):
     one = _torchrun(1, tmp_path / "one", corpus, arch)
