@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,11 +36,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from moetools.corpus.specialisation import compare_reports, routing_from_stream, specialisation_report
+from moetools.corpus.specialisation import (
+    compare_reports,
+    random_init_copy,
+    routing_from_stream,
+    specialisation_report,
+)
 from moetools.demo import balanced_slice
 
 RESULTS = REPO / "bench" / "results" / "specialisation.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 def home() -> Path:
@@ -53,27 +56,6 @@ def find_models(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(path for path in root.iterdir() if (path / "config.json").is_file())
-
-
-def random_init_copy(model_dir: Path, out: Path, seed: int) -> Path:
-    """Same config and tokenizer files, freshly initialised weights (safetensors)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:  # registers MONET with the Auto classes where the project provides it
-        import moetools.models.monet  # noqa: F401
-    except ImportError:
-        pass
-    config = AutoConfig.from_pretrained(model_dir)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    for path in model_dir.iterdir():  # tokenizer and generation files, not weights or the config
-        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and not path.name.endswith(".index.json") \
-                and not (out / path.name).exists():
-            shutil.copy2(path, out / path.name)
-    return out
 
 
 def trace(model_dir: Path, corpus: Path, out: Path, max_length: int, device: str = "cpu") -> float:

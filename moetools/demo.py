@@ -8,8 +8,10 @@
 
 then prints what a person wants to see first: how concentrated each domain's
 routing is against the other domains' (``moetools.corpus.specialisation``),
-how many experts pass MONET's 2x domain-skew criterion (paper 004 §5.1), and
-the most domain-skewed experts with their label and strongest context.
+how many experts pass MONET's 2x domain-skew criterion (paper 004 §5.1), each
+beside the same figure for a random-init copy of the model (routing depends on
+the tokens even untrained, so only the excess is learned), and the most
+domain-skewed experts with their label and strongest context.
 
 Layout under ``$MOETOOLS_HOME``::
 
@@ -17,6 +19,7 @@ Layout under ``$MOETOOLS_HOME``::
     models/moe/, models/monet-vd/                           monet-train (cached; a killed run resumes)
     demo/demo.jsonl                                        a per-domain balanced slice of validation
     demo/<model>/{trace,samples}.msgpack.zst, labels.jsonl the pipeline's streams
+    demo/<model>/random-init/, random-init.trace.msgpack.zst  the same architecture untrained, traced
 
 The models (``DEFAULT_RECIPES``) are a standard top-k MoE (OLMoE family, 8
 experts, top-2) and a MONET-VD model with matched active expert parameters
@@ -32,6 +35,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -134,17 +138,40 @@ def balanced_slice(corpus: Path, tokens_per_domain: int, out: Path) -> dict[str,
     return taken
 
 
+def ensure_random_copy(model: Path, out: Path, log) -> Path:
+    """A random-init copy of ``model`` (same config and tokenizer), the baseline for its routing figures."""
+    from .corpus.specialisation import random_init_copy
+
+    weights = out / "model.safetensors"
+    if weights.is_file() and weights.stat().st_mtime >= (model / "model.safetensors").stat().st_mtime:
+        return out
+    log(f"random-init copy of {model.name}: {out}")
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    random_init_copy(model, partial, seed=0)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(partial, out)
+    return out
+
+
 def run_pipeline(recipe: Recipe, model: Path, corpus: Path, out: Path, log) -> dict[str, Path]:
-    """The main job on one model; every stream kept for the summary (and for the user)."""
+    """The main job on one model, and a trace of its random-init copy; every stream kept for the summary."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"trace": out / "trace.msgpack.zst", "samples": out / "samples.msgpack.zst",
-             "labels": out / "labels.jsonl"}
+             "labels": out / "labels.jsonl", "random_trace": out / "random-init.trace.msgpack.zst"}
     quoted = {key: shlex.quote(str(path)) for key, path in paths.items()}
     sample_args = "".join(f" {shlex.quote(arg)}" for arg in recipe.sample_args)
+    for stale in (paths["labels"], paths["labels"].with_name(paths["labels"].name + ".partial")):
+        stale.unlink(missing_ok=True)  # moe-explain -o resumes from an existing file; the demo labels afresh
     # -o FILE rather than a redirection: written under a temporary name, renamed when complete
     run_shell(f"moe-trace {shlex.quote(str(model))} {shlex.quote(str(corpus))} -q | tee {quoted['trace']} "
               f"| moe-sample -q{sample_args} | tee {quoted['samples']} "
               f"| moe-explain -q --backend offline --no-cache -o {quoted['labels']}", log)
+    random_model = ensure_random_copy(model, out / "random-init", log)
+    run_shell(f"moe-trace {shlex.quote(str(random_model))} {shlex.quote(str(corpus))} -q "
+              f"-o {quoted['random_trace']}", log)
     return paths
 
 
@@ -158,7 +185,7 @@ def _read(path: Path, kinds: str):
 
 def summarise(recipe: Recipe, model: Path, paths: dict[str, Path], examples: int = 3) -> str:
     """A short human summary of one model's run (plain text)."""
-    from .corpus.specialisation import routing_from_stream, specialisation_report
+    from .corpus.specialisation import compare_reports, routing_from_stream, specialisation_report
     from .explain.prompts import mark_context
 
     lines = [f"== {recipe.name} ({recipe.arch}) — {model}"]
@@ -175,15 +202,26 @@ def summarise(recipe: Recipe, model: Path, paths: dict[str, Path], examples: int
 
     with open(paths["trace"], "rb") as handle:
         routing, header = routing_from_stream(handle)
+    with open(paths["random_trace"], "rb") as handle:
+        random_routing, _ = routing_from_stream(handle)
     top_k = int(header.get("model", {}).get("top_k") or 1)
-    report = specialisation_report(routing, k=top_k)
+    report, random = specialisation_report(routing, k=top_k), specialisation_report(random_routing, k=top_k)
     share, skew = report["top_expert_share"], report["skewed_experts"]
+    random_share, random_skew = random["top_expert_share"], random["skewed_experts"]
     lines.append(f"routing concentration: share of a domain's router mass on its top-{top_k} experts per layer "
-                 f"(uniform {share['uniform']:.3f}) vs. the share the same experts get of the other domains")
+                 f"(uniform {share['uniform']:.3f}) vs. the share the same experts get of the other domains; "
+                 "[the same for a random-init copy]")
     for domain, figures in share["domains"].items():
-        lines.append(f"  {domain:<10} {figures['share']:.3f} vs {figures['elsewhere']:.3f} elsewhere, "
-                     f"{skew['by_domain'].get(domain, 0)} experts >= 2x the runner-up domain")
-    lines.append(f"experts >= 2x the runner-up domain (paper 004 §5.1): {skew['total']} of {skew['experts']}")
+        baseline = random_share["domains"].get(domain, {})
+        lines.append(f"  {domain:<10} {figures['share']:.3f} vs {figures['elsewhere']:.3f} elsewhere "
+                     f"[{baseline.get('share', float('nan')):.3f} vs {baseline.get('elsewhere', float('nan')):.3f}], "
+                     f"{skew['by_domain'].get(domain, 0)} experts >= 2x the runner-up domain "
+                     f"[{random_skew['by_domain'].get(domain, 0)}]")
+    comparison = compare_reports(report, random)
+    verdict = "more" if comparison["more_specialised_than_random"] else "NOT more"
+    lines.append(f"experts >= 2x the runner-up domain (paper 004 §5.1): {skew['total']} of {skew['experts']} "
+                 f"[random-init {random_skew['total']}]; gap own - elsewhere {share['mean_gap']:.4f} "
+                 f"[{random_share['mean_gap']:.4f}]: {verdict} domain-specialised than at random init")
 
     domains, probability = routing.mean_probability()  # (D, L, E)
     labels = {(r["layer"], r["expert"]): r for r in _read(paths["labels"], "labels") if r.get("type") == "label"}

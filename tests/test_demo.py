@@ -4,6 +4,7 @@ moe-explain, summary, and the cache (a second run trains nothing)."""
 import json
 import random
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -77,6 +78,14 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
     for domain in WORDS:
         assert f"  {domain} " in moe_summary
     assert "experts >= 2x the runner-up domain" in moe_summary and "trained 6/6 steps" in moe_summary
+    assert "[random-init " in moe_summary and "domain-specialised than at random init" in moe_summary
+    random_header, random_trace, _ = records(home / "demo" / "moe" / "random-init.trace.msgpack.zst")
+    trained_header, trained_trace, _ = records(home / "demo" / "moe" / "trace.msgpack.zst")
+    # same architecture and tokenizer (the fingerprint covers config + tokenizer), other weights
+    assert random_header["model"]["fingerprint"] == trained_header["model"]["fingerprint"]
+    assert random_header["model"]["path"] != trained_header["model"]["path"]
+    assert len(random_trace) == len(trained_trace)
+    assert any(not np.array_equal(a["prob_sum"], b["prob_sum"]) for a, b in zip(random_trace, trained_trace))
     assert any(line.startswith("$ moe-trace ") and "| moe-sample" in line and "| moe-explain" in line
                for line in logged)
 

@@ -152,8 +152,29 @@ def test_offline_backend_matches_the_fixture(tmp_path):
     assert end["count"] == expected_end["count"] == 8
     by_key = {(label["layer"], label["expert"]): label for label in labels}
     assert by_key[(1, 3)]["status"] == "failed" and by_key[(1, 3)]["explanation"] is None  # nothing to explain
-    assert by_key[(0, 0)]["explainer"]["method"].startswith("offline-log-odds-v1")
+    assert by_key[(0, 0)]["explainer"]["method"].startswith("offline-log-odds-v2")
     assert by_key[(0, 0)]["prompt"]["kind"] == "offline"
+
+
+def test_offline_names_an_expert_that_fires_on_white_space(tmp_path):
+    """Indentation and line-end experts are common in code: they get a label, not a failure."""
+    from moetools.streams import StreamWriter
+
+    record = synthetic_expert(0, 0)
+    for contexts in record["explain"].values():
+        for context in contexts:
+            context["pieces"] = ["\n" if value > 0 else piece
+                                 for piece, value in zip(context["pieces"], np.asarray(context["activation"]))]
+    model = {"name": "tiny", "model_type": "olmoe", "num_layers": 1, "num_experts": 1, "top_k": 1,
+             "fingerprint": "sha256:" + "0" * 64}
+    with open(tmp_path / "s.msgpack.zst", "wb") as handle:
+        writer = StreamWriter(handle, "samples", tool={"name": "test"}, model=model)
+        writer.write(record)
+        writer.close()
+    result = run_cli(tmp_path / "s.msgpack.zst", "--backend", "offline", "--no-cache", "-o", tmp_path / "l.jsonl")
+    assert result.exit_code == 0, result.output
+    label = data_records(tmp_path / "l.jsonl")[1][0]
+    assert label["status"] == "ok" and label["explanation"].startswith('This expert specializes in the tokens "\\\\n"')
 
 
 def test_offline_resume_skips_labelled_experts(tmp_path):

@@ -32,6 +32,7 @@ model, so skew appears there too; only the excess over it is learned.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterable
 
 import numpy as np
@@ -184,6 +185,37 @@ def compare_reports(trained: dict, untrained: dict) -> dict:
         "more_specialised_than_random": bool(t_skew["total"] > u_skew["total"]
                                              and t_share["mean_gap"] > u_share["mean_gap"]),
     }
+
+
+#: files of a model directory that hold weights (not copied into a random-init copy)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def random_init_copy(model_dir, out, seed: int = 0):
+    """``out``: the same config, tokenizer and generation files as ``model_dir``, freshly initialised weights.
+
+    The baseline of :func:`compare_reports`: routing of an untrained model of the same architecture.
+    """
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from ..models import monet as _registers_monet  # noqa: F401  (MONET with the Auto classes)
+
+    model_dir, out = Path(model_dir), Path(out)
+    config = AutoConfig.from_pretrained(model_dir)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    out.mkdir(parents=True, exist_ok=True)
+    hf_logging.disable_progress_bar()  # callers report on stderr themselves
+    model.save_pretrained(out)
+    for path in model_dir.iterdir():  # tokenizer and generation files, not weights or the config
+        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and not path.name.endswith(".index.json") \
+                and not (out / path.name).exists():
+            shutil.copy2(path, out / path.name)
+    return out
 
 
 def routing_from_stream(binary_file, domain_field: str = "domain") -> tuple[DomainRouting, dict]:

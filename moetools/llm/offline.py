@@ -1,12 +1,15 @@
 """``offline``: a deterministic label with no language model at all.
 
-Method ``offline-log-odds-v1`` (what the label records say in ``explainer.method``
+Method ``offline-log-odds-v2`` (what the label records say in ``explainer.method``
 and, with the numbers, in ``details``):
 
 1. Background: every token of every context the explainer may see (``explain``
    sets: top, weighted and negative; never the holdout), each distinct context
    counted once, over the whole samples stream. Tokens are normalized by
-   stripping surrounding white space and lower-casing; empty ones are ignored.
+   stripping surrounding white space and lower-casing; a piece that is only
+   white space is named by its escapes (``\\n``, ``\\t``, ``␣`` per space), since
+   experts that fire on indentation or line ends are common in code; empty
+   pieces are ignored.
 2. Foreground: the tokens at the expert's activating positions (activation > 0)
    in the contexts shown to it (the same selection an LLM explainer gets).
 3. Each token t is ranked by the smoothed log ratio
@@ -34,7 +37,7 @@ import numpy as np
 from .base import Completion, Explainer, ExplainJob
 from .registry import register_explainer
 
-METHOD = "offline-log-odds-v1"
+METHOD = "offline-log-odds-v2"  # v1 ignored white-space-only pieces (no label for such experts)
 DESCRIPTION = (f"{METHOD}: the tokens most over-represented at the expert's activating positions against all "
                "tokens of the samples' explain contexts (add-one smoothed log ratio), its top logit-lens tokens "
                "and its dominant document domain; no language model")
@@ -44,7 +47,11 @@ DOMINANT_SHARE = 0.5
 
 
 def normalize(piece: str) -> str:
-    return piece.strip().lower()
+    """Lower-cased and stripped; a white-space-only piece as visible escapes ("\\n", "␣␣")."""
+    token = piece.strip().lower()
+    if token or not piece:
+        return token
+    return piece.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t").replace(" ", "␣")
 
 
 def quote(text: str) -> str:
