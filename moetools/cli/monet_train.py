@@ -10,7 +10,8 @@ from .common import progress, say, tool
 
 EXAMPLE = """\
 monet-train --arch monet-vd --data corpus.jsonl -o monet/ --steps 2000 --max-minutes 60
-torchrun --nproc_per_node 2 $(which monet-train) --data corpus.jsonl -o monet/ --resume"""
+torchrun --nproc_per_node 2 $(which monet-train) --data corpus.jsonl -o monet/ --resume
+torchrun --nproc_per_node 8 $(which monet-train) --fsdp --data corpus.jsonl -o monet/"""
 
 # flag -> model config key
 MODEL_FLAGS = {"d_model": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
@@ -63,6 +64,9 @@ MODEL_FLAGS = {"d_model": "hidden_size", "layers": "num_hidden_layers", "heads":
               help="Stop after this step with a checkpoint (split a run over jobs; continue with --resume).")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint exactly (model, optimizer, "
                                              "schedule, RNG, data position).")
+@click.option("--fsdp", is_flag=True, help="Under torchrun (2 or more processes): shard parameters, gradients and "
+                                           "optimizer state with FSDP2 (per decoder layer) instead of DDP; same "
+                                           "batches, logs, checkpoints and output.")
 def command(data, output, arch, config_file, **options):
     """Pretrain MONET, or a matched baseline, from JSON lines text.
 
@@ -70,7 +74,8 @@ def command(data, output, arch, config_file, **options):
     gradient clipping and (on GPU) bf16 autocast, evaluates per domain, logs JSON
     lines to OUTPUT/train_log.jsonl, checkpoints every --checkpoint-every steps
     without pickle, and writes a directory that AutoModelForCausalLM loads.
-    Under torchrun it trains data-parallel (DDP; gloo on CPU).
+    Under torchrun it trains data-parallel (DDP; gloo on CPU), or with --fsdp
+    sharded with FSDP2.
     """
     from ..errors import UsageError
     from ..train import TrainOptions, train

@@ -1,14 +1,20 @@
 """The monet-train loop: AdamW, warmup + cosine, clipping, bf16 autocast on GPU, eval per domain,
-JSON-lines log, checkpoints and exact resume, DDP through torchrun.
+JSON-lines log, checkpoints and exact resume, DDP or FSDP through torchrun.
 
 Data parallelism: run under ``torchrun --nproc_per_node N``; ``--batch-size`` is the *global*
 batch, each rank takes rows ``rank::N`` of it, gradients are averaged (DDP), so the loss curve
 matches one process with the same global batch (MONET's BatchNorm routing statistics are per
 rank, the only source of difference). Only rank 0 writes.
+
+With ``fsdp=True`` (``--fsdp``, torchrun with 2 or more processes) the model is sharded with
+FSDP2 ``fully_shard`` instead of wrapped in DDP (:mod:`.sharding`): same batch split, same
+averaged gradients, clipping on the global norm, same optimizer, same logs, and the same
+checkpoint and output files (full state dicts gathered on rank 0).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -19,8 +25,9 @@ import torch
 
 from ..errors import UsageError
 from . import data as data_lib
+from . import sharding
 from .models import build_model, parameter_counts, resolve_model_config
-from .state import WarmupCosine, load_checkpoint, save_checkpoint
+from .state import WarmupCosine, load_checkpoint, save_checkpoint, tied_parameter_names
 
 LOG_NAME = "train_log.jsonl"
 METADATA_NAME = "training_metadata.json"
@@ -52,6 +59,7 @@ class TrainOptions:
     max_minutes: float | None = None
     stop_at_step: int | None = None  # stop (after checkpointing) once this step is done
     resume: bool = False
+    fsdp: bool = False  # shard with FSDP2 instead of DDP (torchrun, 2+ processes)
 
 
 class _Distributed:
@@ -156,6 +164,9 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
     """
     if options.steps < 1 or options.batch_size < 1 or options.seq_len < 2:
         raise UsageError("--steps and --batch-size must be at least 1 and --seq-len at least 2")
+    if options.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise UsageError("--fsdp shards the model over torchrun processes: run under torchrun with "
+                         "--nproc_per_node 2 or more (WORLD_SIZE is 1 here)")
     dist = _Distributed()
     if options.batch_size % dist.world:
         raise UsageError(f"--batch-size {options.batch_size} is not divisible by the {dist.world} processes")
@@ -183,6 +194,9 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
     torch.manual_seed(options.seed)
     model = build_model(options.arch, config_kwargs).to(dist.device)
     counts = parameter_counts(model, options.arch)
+    tied = tied_parameter_names(model)
+    if options.fsdp:  # before the optimizer: fully_shard replaces the parameters with DTensor shards
+        sharding.shard_model(model, dist.device, dist.world)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
@@ -192,7 +206,7 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
     log_path = out / LOG_NAME
     state = {"step": 0, "tokens": 0, "elapsed_s": 0.0}
     if options.resume:
-        saved = load_checkpoint(checkpoint_dir, model, optimizer)
+        saved = load_checkpoint(checkpoint_dir, model, optimizer, sharded=options.fsdp, tied=tied)
         schedule.load_state_dict(saved["schedule"])
         state = {k: saved[k] for k in ("step", "tokens", "elapsed_s")}
         if dist.main and log_path.exists():  # drop log lines written after the checkpoint
@@ -202,7 +216,7 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
         log_path.unlink()
 
     wrapped = model
-    if dist.world > 1:
+    if dist.world > 1 and not options.fsdp:
         from torch.nn.parallel import DistributedDataParallel
 
         wrapped = DistributedDataParallel(model, device_ids=[dist.device] if dist.device.type == "cuda" else None,
@@ -223,9 +237,13 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
             on_log(record)
 
     def checkpoint():
+        gathered = {}
+        if options.fsdp:  # collectives: every rank takes part, rank 0 gets the full tensors
+            gathered = {"model_state": sharding.full_model_state(model),
+                        "optimizer_state": sharding.full_optimizer_state(model, optimizer), "tied": tied}
         if dist.main:
             log_handle.flush()
-            save_checkpoint(checkpoint_dir, model, optimizer,
+            save_checkpoint(checkpoint_dir, model, optimizer, **gathered, trainer_state=
                             {**state, "schedule": schedule.state_dict(), "log_bytes": log_path.stat().st_size,
                              # informational: the order itself is block_indices(step, batch, blocks, seed)
                              "data_position": {"samples_seen": state["step"] * options.batch_size,
@@ -247,11 +265,16 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
         ids = train_blocks[rows[dist.rank::dist.world]].to(dist.device)      # (B / world, T)
         schedule.step = step
         lr = schedule.apply(optimizer)
+        if options.fsdp:  # buffers (BatchNorm routing statistics) are rank 0's, as DDP broadcasts them
+            sharding.broadcast_buffers(model)
         with autocast():
             outputs = wrapped(input_ids=ids, labels=ids, use_cache=False)
         optimizer.zero_grad(set_to_none=True)
         outputs.loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip))
+        if options.fsdp:
+            grad_norm = sharding.clip_grad_norm(model.parameters(), options.grad_clip)
+        else:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip))
         optimizer.step()
         state["step"] = step + 1
         state["tokens"] += options.batch_size * options.seq_len
@@ -277,18 +300,27 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
 
     metadata = {"arch": options.arch, "steps": state["step"], "steps_planned": options.steps,
                 "finished": state["step"] >= options.steps, "tokens": state["tokens"],
-                "elapsed_s": round(state["elapsed_s"], 3), "world_size": dist.world, "device": str(dist.device),
+                "elapsed_s": round(state["elapsed_s"], 3), "world_size": dist.world,
+                "parallel": "fsdp" if options.fsdp else ("ddp" if dist.world > 1 else "none"),
+                "device": str(dist.device),
                 "bf16_autocast": use_bf16, "parameters": counts, "model_config": config_kwargs,
                 "train_blocks": int(train_blocks.shape[0]), "eval_domains": sorted(eval_blocks),
                 "unigram_entropy_bits": data_lib.unigram_entropy_bits(train_blocks, len(tokenizer)),
                 "last_eval": last_eval, "options": asdict(options)}
+    full_state = sharding.full_model_state(model) if options.fsdp else None  # a collective
     if dist.main:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own progress is on stderr already
-        _unwrap(wrapped).save_pretrained(out)
+        _unwrap(wrapped).save_pretrained(out, state_dict=full_state)
         (out / METADATA_NAME).write_text(json.dumps(metadata, indent=1))
     dist.barrier()
+    if options.fsdp:
+        # drop FSDP's modules, optimizer and autograd graph (which hold gloo work objects) while the
+        # interpreter is alive: left to interpreter exit, their teardown aborts a rank now and then
+        # ("terminate called without an active exception", SIGABRT)
+        del wrapped, model, optimizer, outputs
+        gc.collect()
     if dist.world > 1:
         torch.distributed.destroy_process_group()
     return metadata

@@ -7,6 +7,9 @@ Layout of ``OUT/checkpoint/`` (replaced atomically: written to ``checkpoint.part
   of ``state[i][key]`` stored as ``state.{i}.{key}``, the rest (param_groups, scalars) in JSON;
 - ``rng.safetensors``: torch CPU (and CUDA) generator states as uint8 tensors;
 - ``trainer_state.json``: step, schedule state, data position, the run's settings and log offset.
+
+Under ``--fsdp`` the same files are written: the full state dicts are gathered on rank 0 first
+(:mod:`.sharding`) and passed in, and a resume shards them back into the model and optimizer.
 """
 
 from __future__ import annotations
@@ -89,15 +92,43 @@ def restore_rng(states: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def save_checkpoint(directory: Path, model, optimizer, trainer_state: dict) -> None:
-    """Write ``directory`` atomically (``directory.partial`` then rename over the old one)."""
+def tied_parameter_names(model) -> list[list[str]]:
+    """Groups (sorted) of parameter names that share one tensor (tied weights), e.g. an LM head tied to the embeddings."""
+    groups: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(parameter), []).append(name)
+    return [sorted(names) for names in groups.values() if len(names) > 1]
+
+
+def save_model_state(state_dict: dict[str, torch.Tensor], filename: str, tied: list[list[str]]) -> None:
+    """``safetensors.torch.save_model`` for a state dict already gathered: tied names kept once
+    (the first in sorted order, the others named in the metadata, as ``save_model`` does)."""
+    state_dict, metadata = dict(state_dict), {}
+    for names in tied:
+        for name in names[1:]:
+            if name in state_dict and names[0] in state_dict:
+                del state_dict[name]
+                metadata[name] = names[0]
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, filename, metadata=metadata or None)
+
+
+def save_checkpoint(directory: Path, model, optimizer, trainer_state: dict, *, model_state: dict | None = None,
+                    optimizer_state: dict | None = None, tied: list[list[str]] | None = None) -> None:
+    """Write ``directory`` atomically (``directory.partial`` then rename over the old one).
+
+    ``model_state`` / ``optimizer_state`` (FSDP: gathered on rank 0) replace ``model.state_dict()``
+    and ``optimizer.state_dict()``; ``tied`` names the tied parameters of ``model_state``.
+    """
     directory = Path(directory)
     partial = directory.with_name(directory.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    save_model(model, str(partial / "model.safetensors"))
-    tensors, meta = flatten_optimizer_state(optimizer.state_dict())
+    if model_state is None:
+        save_model(model, str(partial / "model.safetensors"))
+    else:
+        save_model_state(model_state, str(partial / "model.safetensors"), tied or [])
+    tensors, meta = flatten_optimizer_state(optimizer.state_dict() if optimizer_state is None else optimizer_state)
     save_file(tensors, str(partial / "optimizer.safetensors"))
     (partial / "optimizer.json").write_text(json.dumps(meta))
     save_file(rng_state(), str(partial / "rng.safetensors"))
@@ -112,18 +143,34 @@ def save_checkpoint(directory: Path, model, optimizer, trainer_state: dict) -> N
         shutil.rmtree(old)
 
 
-def load_checkpoint(directory: Path, model, optimizer) -> dict:
-    """Restore model, optimizer and RNG in place; return the trainer state."""
+def load_checkpoint(directory: Path, model, optimizer, *, sharded: bool = False,
+                    tied: list[list[str]] | None = None) -> dict:
+    """Restore model, optimizer and RNG in place; return the trainer state.
+
+    ``sharded``: ``model`` is FSDP-sharded; every rank reads the full files and keeps its shards.
+    """
     directory = Path(directory)
     if not (directory / "trainer_state.json").exists():
         raise MoetoolsError(f"--resume: no checkpoint in {directory}")
-    from safetensors.torch import load_model
+    meta = json.loads((directory / "optimizer.json").read_text())
+    if sharded:
+        from .sharding import load_full_state
 
-    _missing, _unexpected = load_model(model, str(directory / "model.safetensors"), strict=True)
-    device = next(model.parameters()).device
-    tensors = {k: v.to(device) for k, v in load_file(str(directory / "optimizer.safetensors")).items()}
-    optimizer.load_state_dict(unflatten_optimizer_state(
-        tensors, json.loads((directory / "optimizer.json").read_text())))
+        model_state = load_file(str(directory / "model.safetensors"))
+        for names in tied or []:  # names save_model_state / save_model dropped
+            kept = next((name for name in names if name in model_state), None)
+            for name in names:
+                if kept is not None and name not in model_state:
+                    model_state[name] = model_state[kept]
+        optimizer_state = unflatten_optimizer_state(load_file(str(directory / "optimizer.safetensors")), meta)
+        load_full_state(model, optimizer, model_state, optimizer_state)
+    else:
+        from safetensors.torch import load_model
+
+        _missing, _unexpected = load_model(model, str(directory / "model.safetensors"), strict=True)
+        device = next(model.parameters()).device
+        tensors = {k: v.to(device) for k, v in load_file(str(directory / "optimizer.safetensors")).items()}
+        optimizer.load_state_dict(unflatten_optimizer_state(tensors, meta))
     restore_rng(load_file(str(directory / "rng.safetensors")))
     return json.loads((directory / "trainer_state.json").read_text())
 
@@ -133,5 +180,7 @@ __all__ = [
     "flatten_optimizer_state",
     "load_checkpoint",
     "save_checkpoint",
+    "save_model_state",
+    "tied_parameter_names",
     "unflatten_optimizer_state",
 ]

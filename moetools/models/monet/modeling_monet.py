@@ -366,7 +366,7 @@ class MonetModel(MonetPreTrainedModel):
             if all_hidden is not None:
                 all_hidden.append(x)
             x, probs = layer(x, cos, sin, mask, past_key_values, router_probs)
-            if probs is not router_probs:
+            if hasattr(layer, "router"):  # not `probs is not router_probs`: FSDP hands back views
                 routing.append(probs)
             router_probs = probs
         x = self.norm(x)
