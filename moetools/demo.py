@@ -73,8 +73,10 @@ def home() -> Path:
 
 
 def tool_path() -> str:
-    """PATH with the directory of this Python's console scripts first (the venv's moe-trace, ...)."""
-    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    """PATH with this Python's console scripts first (the venv's moe-trace, ...), then a checkout's bin/."""
+    checkout_bin = Path(__file__).resolve().parent.parent / "bin"
+    first = [str(Path(sys.executable).parent)] + ([str(checkout_bin)] if (checkout_bin / "moe-trace").is_file() else [])
+    return os.pathsep.join([*first, os.environ.get("PATH", "")])
 
 
 def run_shell(line: str, log) -> float:
