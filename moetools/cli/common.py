@@ -163,6 +163,20 @@ def common_flags(name: str):
     return decorate
 
 
+def subcommand_verbosity(function):
+    """``-v``/``-q`` after a subcommand too (``moetools corpus build -q``); they add to the group's flags."""
+    def set_quiet(ctx, param, value):
+        state.quiet = state.quiet or value
+
+    def set_verbose(ctx, param, value):
+        state.verbose = max(state.verbose, value)
+
+    function = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=set_quiet,
+                            help="Only errors and warnings on stderr.")(function)
+    return click.option("-v", "--verbose", count=True, expose_value=False, callback=set_verbose,
+                        help="More detail on stderr; tracebacks on errors.")(function)
+
+
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -402,6 +416,7 @@ __all__ = [
     "read_input",
     "say",
     "state",
+    "subcommand_verbosity",
     "tool",
     "tool_group",
     "tool_info",

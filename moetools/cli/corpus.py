@@ -17,21 +17,7 @@ from ..corpus.builder import (
 )
 from ..corpus.sources import DOMAINS, make_source
 from ..errors import UsageError
-from .common import CONTEXT_SETTINGS, say, state
-
-
-def _verbosity(function):
-    """``-v``/``-q`` after the subcommand too (``moetools corpus build -q``), as on every tool."""
-    def set_quiet(ctx, param, value):
-        state.quiet = state.quiet or value
-
-    def set_verbose(ctx, param, value):
-        state.verbose = max(state.verbose, value)
-
-    function = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=set_quiet,
-                            help="Only errors and warnings on stderr.")(function)
-    return click.option("-v", "--verbose", count=True, expose_value=False, callback=set_verbose,
-                        help="More detail on stderr; tracebacks on errors.")(function)
+from .common import CONTEXT_SETTINGS, say, subcommand_verbosity
 
 
 def default_output() -> str:
@@ -99,7 +85,7 @@ def SUBCOMMAND():
                    "a directory with fortunes / fortunes-o.")
 @click.option("--skip-missing", is_flag=True,
               help="Build the domains whose sources exist and list the missing ones, instead of failing.")
-@_verbosity
+@subcommand_verbosity
 def build(output, domains, max_tokens_per_domain, min_tokens_per_domain, max_chars, max_chunks_per_document,
           split_fractions, source_roots, skip_missing):
     """Write the corpus as JSON lines {"id", "text", "domain", "source", ...} with a manifest.
@@ -127,7 +113,7 @@ def build(output, domains, max_tokens_per_domain, min_tokens_per_domain, max_cha
                     epilog="Example:\n\n\b\n  moetools corpus sources")
 @click.option("--source-root", "source_roots", multiple=True, metavar="DOMAIN=PATH",
               help="As for build.")
-@_verbosity
+@subcommand_verbosity
 def sources(source_roots):
     """List each domain's source, where it is read from, and how to install what is missing.
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import demo as demo_lib
-from .common import CONTEXT_SETTINGS, say
-from .corpus import _verbosity
+from .common import CONTEXT_SETTINGS, say, subcommand_verbosity
 
 
 def _budget(function):
@@ -28,7 +27,7 @@ def _home(function):
 @_budget
 @click.option("--tokens-per-domain", type=click.IntRange(min=100), default=demo_lib.DEFAULT_TOKENS_PER_DOMAIN,
               show_default=True, help="Validation text traced per domain (corpus tokens).")
-@_verbosity
+@subcommand_verbosity
 def demo(home, steps, max_minutes, tokens_per_domain):
     """Run the main job on the embedded default, building what is missing.
 
@@ -47,7 +46,7 @@ def demo(home, steps, max_minutes, tokens_per_domain):
                epilog="Example:\n\n\b\n  make models\n  moetools models --steps 2000 --max-minutes 30")
 @_home
 @_budget
-@_verbosity
+@subcommand_verbosity
 def models(home, steps, max_minutes):
     """Build the corpus and train the demo models if they are not cached.
 

@@ -17,7 +17,6 @@ from .runner import (
     TraceSummary,
     check_resumable,
     complete_records,
-    default_batch_tokens,
     header_extra,
     load_model,
     resume_source,
@@ -83,8 +82,6 @@ def cli_run(model_path, corpus, *, output, fmt, uncompressed, text_field="text",
         options.max_length = min(DEFAULT_MAX_LENGTH, limit)
     elif limit and max_length > limit:
         raise UsageError(f"--max-length {max_length} exceeds the model's context of {limit} tokens")
-    if options.batch_tokens is None:
-        options.batch_tokens = default_batch_tokens(model)
     identity = model_identity(model, adapter, path=model_path)
     extra = header_extra(adapter, options, corpus=corpus_name, text_field=text_field, id_field=id_field,
                          experts_implementation=adapter.traced_experts_implementation())

@@ -48,12 +48,6 @@ def shard_model(model, device: torch.device, world: int):
     return model
 
 
-def is_sharded(model) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
 @torch.no_grad()
 def broadcast_buffers(model) -> None:
     """Every rank's buffers := rank 0's (what DDP does before each forward with ``broadcast_buffers``)."""
@@ -119,5 +113,5 @@ def load_full_state(model, optimizer, model_state: dict, optimizer_state: dict) 
     set_optimizer_state_dict(model, optimizer, by_name, options=_options())
 
 
-__all__ = ["broadcast_buffers", "clip_grad_norm", "full_model_state", "full_optimizer_state", "is_sharded",
+__all__ = ["broadcast_buffers", "clip_grad_norm", "full_model_state", "full_optimizer_state",
            "load_full_state", "optimizer_parameter_names", "shard_model"]
