@@ -24,14 +24,14 @@ import contextlib
 import os
 import sys
 import traceback
-from collections.abc import Iterator
-from pathlib import Path
-from typing import BinaryIO
 
 import click
 
 from .. import __version__
 from ..errors import EXIT_FAILURE, EXIT_SIGPIPE, EXIT_USAGE, MoetoolsError, UsageError
+from ..streams import files
+from ..streams.files import binary_stream, open_input, partial_path
+from ..streams.files import create_output as open_output
 
 EXIT_STATUS_TEXT = """\
 0    success.
@@ -238,78 +238,11 @@ def output_options(default_format: str = "msgpack"):
     return decorate
 
 
-# -- opening inputs and outputs -----------------------------------------------------------------
+# -- opening inputs and outputs (the library's moetools.streams.files, with the CLI's tool info) --------
 
-def binary_stream(name: str) -> BinaryIO:
-    """``sys.stdin``/``sys.stdout`` as bytes (``click.get_binary_stream`` is deprecated since click 8.5)."""
-    stream = getattr(sys, name)
-    return getattr(stream, "buffer", stream)
-
-
-def open_input(path: str | os.PathLike | None) -> BinaryIO:
-    """A binary file for ``path``; ``-``/None is stdin (refused when it is a terminal)."""
-    if path in (None, "-"):
-        stdin = binary_stream("stdin")
-        if sys.stdin is not None and hasattr(sys.stdin, "isatty") and sys.stdin.isatty():
-            raise UsageError("no input: give a path or pipe a stream into standard input")
-        return stdin
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        raise UsageError(f"cannot open {path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"cannot open {path}: is a directory") from None
-    except PermissionError:
-        raise UsageError(f"cannot open {path}: permission denied") from None
-
-
-def read_input(path, kinds=None):
+def read_input(path, kinds=None, *, validate: bool = False):
     """Open ``path`` (or stdin) as a :class:`moetools.streams.StreamReader`."""
-    from ..streams import StreamReader
-
-    name = None if path in (None, "-") else str(path)
-    return StreamReader(open_input(path), kinds=kinds, name=name)
-
-
-@contextlib.contextmanager
-def open_output(path: str | os.PathLike | None, *, binary_ok_on_tty: bool = False,
-                keep_partial: bool = False) -> Iterator[BinaryIO]:
-    """A binary output: stdout for ``-``/None, else a temporary file renamed over ``path`` on success.
-
-    On an exception the temporary file is removed (or kept, with ``keep_partial``,
-    for tools that resume from it) and ``path`` is left untouched.
-    """
-    if path in (None, "-"):
-        stdout = binary_stream("stdout")
-        if not binary_ok_on_tty and sys.stdout is not None and hasattr(sys.stdout, "isatty") and sys.stdout.isatty():
-            raise UsageError("refusing to write a binary stream to a terminal: use -o FILE, a pipe, "
-                             "or --format jsonl")
-        yield stdout
-        stdout.flush()
-        return
-    target = Path(path)
-    if target.parent and not target.parent.exists():
-        raise UsageError(f"cannot write {path}: directory {target.parent} does not exist")
-    temporary = partial_path(target)
-    handle = open(temporary, "wb")  # noqa: SIM115 - closed below, after the fsync and before the rename
-    try:
-        yield handle
-        handle.flush()
-        os.fsync(handle.fileno())
-        handle.close()
-        os.replace(temporary, target)
-    except BaseException:
-        handle.close()
-        if not keep_partial:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-        raise
-
-
-def partial_path(target: str | os.PathLike) -> Path:
-    """Where an output is written until it is complete: ``NAME.partial`` beside it."""
-    target = Path(target)
-    return target.with_name(target.name + ".partial")
+    return files.read_input(path, kinds, validate=validate)
 
 
 def tool_info(extra_params: dict | None = None) -> dict:
@@ -329,26 +262,10 @@ def tool_info(extra_params: dict | None = None) -> dict:
     return {"name": state.tool, "version": __version__, "args": clean}
 
 
-@contextlib.contextmanager
-def open_stream_writer(path, kind: str, fmt: str = "msgpack", uncompressed: bool = False, *,
-                       model: dict | None = None, header_extra: dict | None = None,
-                       keep_partial: bool = False):
-    """Open ``path`` atomically and yield a :class:`StreamWriter` with a header already written.
-
-    Leaving the block normally writes the end record and renames the file into
-    place; an exception leaves no complete-looking output behind.
-    """
-    from ..streams import StreamWriter
-
-    with open_output(path, binary_ok_on_tty=(fmt == "jsonl"), keep_partial=keep_partial) as handle:
-        writer = StreamWriter(handle, kind, tool=tool_info(), model=model, encoding=fmt,
-                              compress=not uncompressed, header_extra=header_extra)
-        try:
-            yield writer
-        except BaseException:
-            writer.abandon()
-            raise
-        writer.close(**getattr(writer, "end_extra", {}))
+def open_stream_writer(path, kind: str, fmt: str = "msgpack", uncompressed: bool = False, **kwargs):
+    """:func:`moetools.streams.files.open_stream_writer` with this command's ``tool`` field."""
+    kwargs.setdefault("tool", tool_info())
+    return files.open_stream_writer(path, kind, fmt, uncompressed, **kwargs)
 
 
 class _NoProgress:

@@ -7,6 +7,7 @@ touches a model) does not pay for importing torch here.
 _LAZY = {
     "Adapter": "registry", "MoeLayer": "registry", "RoutingRule": "registry", "adapter_for": "registry",
     "register_adapter": "registry", "registered_adapters": "registry", "model_identity": "identity",
+    "load_model": "loader", "LoadedModel": "loader", "torch_dtype": "loader",
 }
 
 
@@ -18,5 +19,5 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Adapter", "MoeLayer", "RoutingRule", "adapter_for", "model_identity", "register_adapter",
+__all__ = ["Adapter", "LoadedModel", "load_model", "torch_dtype", "MoeLayer", "RoutingRule", "adapter_for", "model_identity", "register_adapter",
            "registered_adapters"]

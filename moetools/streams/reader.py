@@ -25,6 +25,7 @@ import zstandard
 
 from ..errors import FormatError, KindError, ModelMismatchError, TruncatedStreamError, VersionError
 from .arrays import json_object_hook, msgpack_object_hook
+from .schema import schema_for
 from .writer import FORMAT_NAME, FORMAT_VERSION
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -221,7 +222,8 @@ class StreamReader:
     """
 
     def __init__(self, source: BinaryIO, *, kinds: str | tuple[str, ...] | None = None,
-                 name: str | None = None):
+                 name: str | None = None, validate: bool = False):
+        self.validate = validate
         self.kinds = (kinds,) if isinstance(kinds, str) else (tuple(kinds) if kinds else None)
         self.name = name
         self.headers: list[dict] = []
@@ -282,6 +284,10 @@ class StreamReader:
         if segment > 1 and not (isinstance(header, dict) and header.get("type") == "header"):
             raise FormatError(f"a record after the end record of segment {segment - 1} is not a header")
         check_header(header, kinds=self.kinds)
+        if self.validate:
+            schema = schema_for(header["kind"])
+            if schema is not None:
+                schema.check_header(header)
         if self.headers:
             check_compatible(self.headers[0], header, segment)
         self.headers.append(header)
@@ -328,6 +334,10 @@ class StreamReader:
                     raise FormatError(f"record {self._segment_count + 1} of segment {len(self.headers)} "
                                       "has no string 'type'")
                 self._segment_count += 1
+                if self.validate:
+                    schema = schema_for(self.headers[-1]["kind"])
+                    if schema is not None:
+                        schema.check_record(record, self.headers[-1], self._segment_count)
                 yield record
             if self._in_segment:
                 raise TruncatedStreamError(
@@ -339,6 +349,6 @@ class StreamReader:
 
 
 def read_stream(source: BinaryIO, kinds: str | tuple[str, ...] | None = None, *,
-                name: str | None = None) -> StreamReader:
+                name: str | None = None, validate: bool = False) -> StreamReader:
     """Open ``source`` (a binary file) as a :class:`StreamReader`; reads and checks the first header."""
-    return StreamReader(source, kinds=kinds, name=name)
+    return StreamReader(source, kinds=kinds, name=name, validate=validate)

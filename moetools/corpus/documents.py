@@ -1,0 +1,130 @@
+"""Reading a corpus: the one :class:`Document` and reader that trace, train, tune, eval and probe use.
+
+    for document in read_corpus("validation.jsonl", bad_lines="skip", on_skip=warn):
+        document.text, document.doc_id, document.meta, document.domain("domain")
+
+Input is JSON lines (``{"text": ..., "id": ..., other fields...}``; the other fields
+become ``meta``) or plain text (one document per line), decided by the first
+non-blank line. Unusable lines (invalid UTF-8, invalid JSON, not an object, no
+string text field, empty text) follow ``bad_lines``:
+
+- ``"skip"``: skipped, each reported through ``on_skip(line_number, reason)`` and
+  counted in ``CorpusStats`` (moe-trace, moe-eval);
+- ``"fail"``: the first one raises :class:`UsageError` naming the file and line
+  (monet-train, moe-tune: training on a silently shortened corpus is worse than
+  stopping).
+
+Documents are yielded one at a time, so memory does not grow with the corpus.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from ..errors import UsageError
+from ..streams.files import is_stdio, open_input
+
+BAD_LINE_POLICIES = ("skip", "fail")
+
+
+@dataclass
+class Document:
+    """One document of a corpus."""
+
+    index: int  # 0-based index among the corpus's usable documents (before sharding)
+    line: int  # 1-based line number in the corpus file
+    doc_id: str  # the id field, else "<name>:<line>"
+    text: str
+    meta: dict = field(default_factory=dict)  # every other field of the JSON line
+
+    def domain(self, domain_field: str = "domain", default: str = "all") -> str:
+        """The document's domain (``meta[domain_field]`` as a string), else ``default``."""
+        value = self.meta.get(domain_field)
+        return default if value is None else str(value)
+
+
+@dataclass
+class CorpusStats:
+    """What a read of a corpus saw: usable documents and skipped lines."""
+
+    documents: int = 0
+    skipped: int = 0
+    first_skips: list = field(default_factory=list)  # up to 100 (line, reason) pairs
+
+    def skip(self, line: int, reason: str) -> None:
+        self.skipped += 1
+        if len(self.first_skips) < 100:
+            self.first_skips.append((line, reason))
+
+
+def read_documents(source: BinaryIO, *, name: str, text_field: str = "text", id_field: str = "id",
+                   bad_lines: str = "skip", on_skip: Callable[[int, str], None] | None = None,
+                   stats: CorpusStats | None = None) -> Iterator[Document]:
+    """Documents of a JSON-lines or plain-text corpus read from a binary file object."""
+    if bad_lines not in BAD_LINE_POLICIES:
+        raise UsageError(f"unknown bad-line policy {bad_lines!r} (choose from {', '.join(BAD_LINE_POLICIES)})")
+    stats = stats if stats is not None else CorpusStats()
+
+    def skip(line_number: int, reason: str) -> None:
+        if bad_lines == "fail":
+            raise UsageError(f"{name}:{line_number}: {reason}")
+        stats.skip(line_number, reason)
+        if on_skip is not None:
+            on_skip(line_number, reason)
+
+    mode = None
+    index = 0
+    for line_number, raw in enumerate(source, start=1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as error:
+            skip(line_number, f"invalid UTF-8 at byte {error.start}")
+            continue
+        if not line.strip():
+            continue
+        if mode is None:
+            mode = "jsonl" if line.lstrip().startswith("{") else "text"
+        if mode == "text":
+            document = Document(index, line_number, f"{name}:{line_number}", line)
+        else:
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as error:
+                skip(line_number, f"not valid JSON ({error.msg})")
+                continue
+            if not isinstance(obj, dict):
+                skip(line_number, "not a JSON object")
+                continue
+            text = obj.pop(text_field, None)
+            if not isinstance(text, str):
+                skip(line_number, f"no string field {text_field!r} (choose it with --text-field)")
+                continue
+            if not text.strip():
+                skip(line_number, f"empty {text_field!r}")
+                continue
+            doc_id = obj.pop(id_field, None)
+            doc_id = f"{name}:{line_number}" if doc_id is None else str(doc_id)
+            document = Document(index, line_number, doc_id, text, obj)
+        index += 1
+        stats.documents += 1
+        yield document
+
+
+def read_corpus(path, *, text_field: str = "text", id_field: str = "id", bad_lines: str = "skip",
+                on_skip: Callable[[int, str], None] | None = None,
+                stats: CorpusStats | None = None) -> Iterator[Document]:
+    """:func:`read_documents` on a path (``-`` is stdin); the file is closed when iteration ends."""
+    name = "stdin" if is_stdio(path) else str(path)
+    source = open_input(path)
+    try:
+        yield from read_documents(source, name=name, text_field=text_field, id_field=id_field,
+                                  bad_lines=bad_lines, on_skip=on_skip, stats=stats)
+    finally:
+        if not is_stdio(path):
+            source.close()
+
+
+__all__ = ["BAD_LINE_POLICIES", "CorpusStats", "Document", "read_corpus", "read_documents"]
