@@ -21,9 +21,12 @@ $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# the fast tier: every test not marked `slow` (under ~4 minutes on 2 idle cores)
 test: install sources
 	$(PY) -m pytest -q -m "not slow" tests
 
+# everything, the `slow` tier too (torchrun launches, the demo and README pipelines, the 135M
+# local model): the full run, what CI runs (.ci/run)
 test-all: install sources
 	$(PY) -m pytest -q tests
 

@@ -3,7 +3,7 @@
 For each model directory: trace a per-domain sample of the corpus's validation
 split with moe-trace, build a random-init copy of the same config (same
 tokenizer, seed fixed) and trace it the same way, then compute, from the two
-`trace` streams only (moetools.corpus.specialisation):
+`trace` streams only (moetools.score.specialisation):
 
 - the share of each domain's routing mass held by its top-k experts per layer
   (k = the model's top-k), and the gap to the share the same experts hold of the
@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from moetools.corpus.specialisation import (
+from moetools.score.specialisation import (
     compare_reports,
     random_init_copy,
     routing_from_stream,

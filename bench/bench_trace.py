@@ -105,8 +105,9 @@ def throughput(model_dir: Path, corpus: Path, work: Path, repeats: int, max_leng
     """
     import random
 
+    from moetools.models import load_model
     from moetools.streams import StreamWriter
-    from moetools.trace import TraceOptions, load_model, trace_corpus
+    from moetools.trace import TraceOptions, trace_corpus
     from moetools.trace.command import TRACE_ZSTD_LEVEL
     from moetools.trace.corpus import batches, read_documents
     from moetools.trace.records import PieceTable, batch_records

@@ -3,7 +3,8 @@
 Usable without the CLI::
 
     from moetools.cat import copy_streams, summarize
-    with open("a.zst", "rb") as a, open("b.zst", "rb") as b, open("ab.jsonl", "wb") as out:
+    from moetools.streams.files import create_output, open_input
+    with open_input("a.zst") as a, open_input("b.zst") as b, create_output("ab.jsonl") as out:
         copy_streams([("a.zst", a), ("b.zst", b)], out, encoding="jsonl")
 
 Several inputs read as their concatenation (``cat a b | moe-cat``): every
@@ -101,9 +102,12 @@ def _array_bytes(value) -> int:
     return 0
 
 
-def walk(sources: Iterable[Source], *, kind: str | None = None,
-         summary: Summary | None = None) -> Iterator[tuple[str, dict]]:
+def walk(sources: Iterable[Source], *, kind: str | None = None, summary: Summary | None = None,
+         validate: bool = False) -> Iterator[tuple[str, dict]]:
     """``("header" | "record" | "end", record)`` for every record of every input, in order.
+
+    ``validate=True`` also checks every header, record and end record against the
+    schema of its kind (:func:`moetools.streams.schema.schema_for`), as ``--check`` does.
 
     Raises the reader's typed errors (truncation, corruption, kind, version) and
     :class:`ModelMismatchError` when an input's segment disagrees with the first
@@ -113,7 +117,7 @@ def walk(sources: Iterable[Source], *, kind: str | None = None,
     first_header = None
     for name, source in sources:
         summary.inputs.append(name or "-")
-        reader = StreamReader(source, kinds=kind, name=name)
+        reader = StreamReader(source, kinds=kind, name=name, validate=validate)
         summary.encodings.append(reader.encoding)
         try:
             for record in reader.records(control=True):
@@ -151,12 +155,19 @@ def copy_streams(sources: Iterable[Source], out: BinaryIO, *, encoding: str | No
 
     On an error in the input, the records copied so far are flushed without an
     end record, so that the output reads as truncated too, and the error is raised.
+    A segment's end record is passed on only once the input is known to go on
+    with another segment or to end there (its last zstd frame verified): input
+    damaged after an end record never leaves a complete-looking output.
     """
     summary = summary if summary is not None else Summary()
     writer: StreamWriter | None = None
+    pending_end: dict | None = None  # the end record of the segment just read, not yet passed on
     written = 0
     try:
         for event, record in walk(sources, kind=kind, summary=summary):
+            if pending_end is not None:  # the input goes on with the next segment: its end stands
+                writer.close(**pending_end)
+                writer, pending_end = None, None
             if event == "header":
                 if head is not None and written >= head and writer is None and summary.segments > 1:
                     summary.stopped_at_head = True
@@ -174,10 +185,9 @@ def copy_streams(sources: Iterable[Source], out: BinaryIO, *, encoding: str | No
                 writer.write(record)
                 written += 1
             else:
-                writer.close(**{key: value for key, value in record.items() if key not in ("type", "count")})
-                writer = None
-        if writer is not None:  # --head stopped inside a segment: close it with the count written
-            writer.close()
+                pending_end = {key: value for key, value in record.items() if key not in ("type", "count")}
+        if writer is not None:  # the input's end verified, or --head stopped inside a segment (count written)
+            writer.close(**(pending_end or {}))
     except BaseException:
         if writer is not None:
             writer.abandon()
@@ -186,9 +196,10 @@ def copy_streams(sources: Iterable[Source], out: BinaryIO, *, encoding: str | No
 
 
 def check_streams(sources: Iterable[Source], *, kind: str | None = None) -> Summary:
-    """Read every record (arrays decoded and size-checked); raise on the first problem."""
+    """Read every record (arrays decoded and size-checked, fields checked against the kind's schema:
+    formats/<kind>.md); raise on the first problem."""
     summary = Summary()
-    for _ in walk(sources, kind=kind, summary=summary):
+    for _ in walk(sources, kind=kind, summary=summary, validate=True):
         pass
     return summary
 

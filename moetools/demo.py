@@ -7,7 +7,7 @@
         | tee samples.msgpack.zst | moe-explain --backend offline -o labels.jsonl
 
 then prints what a person wants to see first: how concentrated each domain's
-routing is against the other domains' (``moetools.corpus.specialisation``),
+routing is against the other domains' (``moetools.score.specialisation``),
 how many experts pass MONET's 2x domain-skew criterion (paper 004 §5.1), each
 beside the same figure for a random-init copy of the model (routing depends on
 the tokens even untrained, so only the excess is learned), and the most
@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MoetoolsError, UsageError
+from .streams.files import create_directory, create_output, open_input, partial_path
 
 
 @dataclass
@@ -127,8 +127,7 @@ def balanced_slice(corpus: Path, tokens_per_domain: int, out: Path) -> dict[str,
 
     taken: dict[str, int] = {}
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    with open(corpus, encoding="utf-8") as source, open(partial, "w", encoding="utf-8") as sink:
+    with open_input(corpus) as source, create_output(out) as sink:  # lines copied as bytes, unchanged
         for line in source:
             record = json.loads(line)
             domain = record.get("domain")
@@ -136,25 +135,19 @@ def balanced_slice(corpus: Path, tokens_per_domain: int, out: Path) -> dict[str,
                 continue
             taken[domain] = taken.get(domain, 0) + int(record.get("token_count") or count_tokens(record["text"]))
             sink.write(line)
-    os.replace(partial, out)
     return taken
 
 
 def ensure_random_copy(model: Path, out: Path, log) -> Path:
     """A random-init copy of ``model`` (same config and tokenizer), the baseline for its routing figures."""
-    from .corpus.specialisation import random_init_copy
+    from .score.specialisation import random_init_copy
 
     weights = out / "model.safetensors"
     if weights.is_file() and weights.stat().st_mtime >= (model / "model.safetensors").stat().st_mtime:
         return out
     log(f"random-init copy of {model.name}: {out}")
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    random_init_copy(model, partial, seed=0)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
+    with create_directory(out) as partial:
+        random_init_copy(model, partial, seed=0)
     return out
 
 
@@ -165,7 +158,7 @@ def run_pipeline(recipe: Recipe, model: Path, corpus: Path, out: Path, log) -> d
              "labels": out / "labels.jsonl", "random_trace": out / "random-init.trace.msgpack.zst"}
     quoted = {key: shlex.quote(str(path)) for key, path in paths.items()}
     sample_args = "".join(f" {shlex.quote(arg)}" for arg in recipe.sample_args)
-    for stale in (paths["labels"], paths["labels"].with_name(paths["labels"].name + ".partial")):
+    for stale in (paths["labels"], partial_path(paths["labels"])):
         stale.unlink(missing_ok=True)  # moe-explain -o resumes from an existing file; the demo labels afresh
     # -o FILE rather than a redirection: written under a temporary name, renamed when complete
     run_shell(f"moe-trace {shlex.quote(str(model))} {shlex.quote(str(corpus))} -q | tee {quoted['trace']} "
@@ -181,13 +174,13 @@ def _read(path: Path, kinds: str):
     """The data records of a stream file (headers and end records are checked by the reader)."""
     from .streams import read_stream
 
-    with open(path, "rb") as handle:
+    with open_input(path) as handle:
         yield from read_stream(handle, kinds, name=str(path))
 
 
 def summarise(recipe: Recipe, model: Path, paths: dict[str, Path], examples: int = 3) -> str:
     """A short human summary of one model's run (plain text)."""
-    from .corpus.specialisation import compare_reports, routing_from_stream, specialisation_report
+    from .score.specialisation import compare_reports, routing_from_stream, specialisation_report
     from .explain.prompts import mark_context
 
     lines = [f"== {recipe.name} ({recipe.arch}) — {model}"]
@@ -202,9 +195,9 @@ def summarise(recipe: Recipe, model: Path, paths: dict[str, Path], examples: int
                      f"{training.get('tokens', 0):,} tokens in {training.get('elapsed_s', 0):.0f} s; "
                      f"validation loss {evaluation.get('eval_loss', float('nan')):.2f} ({by_domain})")
 
-    with open(paths["trace"], "rb") as handle:
+    with open_input(paths["trace"]) as handle:
         routing, header = routing_from_stream(handle)
-    with open(paths["random_trace"], "rb") as handle:
+    with open_input(paths["random_trace"]) as handle:
         random_routing, _ = routing_from_stream(handle)
     top_k = int(header.get("model", {}).get("top_k") or 1)
     report, random = specialisation_report(routing, k=top_k), specialisation_report(random_routing, k=top_k)

@@ -10,9 +10,13 @@ normally), and ``stub.rule(body) -> fault | None`` decides per request after it.
 A fault is ``"401"`` (echoing the key), ``"429"`` (with ``Retry-After: stub.retry_after``), ``"500"``,
 ``"timeout"`` (sleep ``stub.hang`` seconds, then answer), ``"drop"`` (close the
 connection without a response), ``"malformed"`` (200 with a body that is not
-JSON) or ``"bad_answer"`` (a valid completion without the expected sentence).
+JSON), ``"bad_answer"`` (a valid completion without the expected sentence) or
+``"length"`` (the normal answer going on and cut mid-sentence, ``finish_reason: "length"``).
 The normal answer is ``stub.answer(body)``: by default "This expert specializes
 in <a word taken from the prompt's first marked span>".
+
+``LLMStub(slots=1)`` makes it a server that works on one request at a time (the
+others wait, as llama.cpp's server does). ``GET /v1/models`` lists ``stub.models``.
 """
 
 from __future__ import annotations
@@ -52,6 +56,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
+    def do_GET(self):
+        stub = self.server.stub
+        with stub.lock:
+            stub.gets.append(self.path)
+        if self.path.rstrip("/").endswith("/models") and stub.models is not None:
+            self._send(200, json.dumps({"object": "list", "data": [{"id": name, "object": "model"}
+                                                                   for name in stub.models]}).encode())
+        else:
+            self._send(404, b'{"error": {"message": "not found"}}')
+
     def do_POST(self):
         stub = self.server.stub
         length = int(self.headers.get("Content-Length") or 0)
@@ -67,7 +81,11 @@ class _Handler(BaseHTTPRequestHandler):
             if fault is None and stub.rule is not None:
                 fault = stub.rule(body)
             if stub.latency:
-                time.sleep(stub.latency)
+                if stub.slot is not None:
+                    with stub.slot:  # one request at a time: the others queue
+                        time.sleep(stub.latency)
+                else:
+                    time.sleep(stub.latency)
             if fault == "429":
                 self._send(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": str(stub.retry_after)})
             elif fault == "401":  # echoes the key like some hosted APIs do: it must not reach any output
@@ -85,10 +103,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, b'{"choices": [{"message": {"content": "This expert spec')
             else:
                 text = "I think it is about many things." if fault == "bad_answer" else stub.answer(body)
+                if fault == "length":  # the answer going on past max_tokens, cut mid-sentence
+                    text = text.rstrip(".") + " and the words that usually come right after"
                 prompt_tokens = sum(len(m["content"].split()) for m in body.get("messages", []))
                 payload = {"id": f"stub-{len(stub.requests)}", "object": "chat.completion",
                            "model": body.get("model"),
-                           "choices": [{"index": 0, "finish_reason": "stop",
+                           "choices": [{"index": 0, "finish_reason": "length" if fault == "length" else "stop",
                                         "message": {"role": "assistant", "content": text}}],
                            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
                                      "total_tokens": prompt_tokens + len(text.split())}}
@@ -114,8 +134,12 @@ class _Server(ThreadingHTTPServer):
 class LLMStub:
     """The server; a context manager that starts and stops it (see the module docstring)."""
 
-    def __init__(self, latency: float = 0.0, *, retry_after: float = 0.1, hang: float = 2.0):
+    def __init__(self, latency: float = 0.0, *, retry_after: float = 0.1, hang: float = 2.0, slots: int | None = None,
+                 models: list[str] | None = ("stub-model",)):
         self.latency = latency
+        self.slot = threading.Semaphore(slots) if slots else None
+        self.models = list(models) if models is not None else None
+        self.gets: list[str] = []
         self.retry_after = retry_after
         self.hang = hang
         self.faults: list[str | None] = []

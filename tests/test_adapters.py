@@ -7,8 +7,9 @@ import torch
 import transformers
 
 from moetools.errors import ModelError
-from moetools.models import Adapter, adapter_for, model_identity, register_adapter, registry
-from moetools.trace.capture import RoutingCapture
+from moetools.models import Adapter, adapter_for, model_identity, register_adapter
+from moetools.models.capture import RoutingCapture
+from moetools.models.registry import unregister_adapter
 
 COMMON = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
           "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128}
@@ -197,7 +198,7 @@ def test_user_adapter_registers_like_a_builtin():
         adapter = adapter_for(tiny_model("olmoe"))
         assert adapter.name == "my-olmoe" and len(adapter.moe_layers()) == 2
     finally:
-        registry._ADAPTERS.remove(MyOlmoe)
+        unregister_adapter(MyOlmoe)
     assert adapter_for(tiny_model("olmoe")).name == "olmoe"
 
 
@@ -231,7 +232,7 @@ def test_prob_sum_counts_only_real_tokens_of_each_sequence():
 
 
 def _monet(decompose: str):
-    import moetools  # noqa: F401  (registers MONET with the Auto classes)
+    import moetools.models.monet  # noqa: F401  (registers MONET with the Auto classes)
     from moetools.models.monet.configuration_monet import MonetConfig
 
     config = MonetConfig(vocab_size=61, hidden_size=16, num_hidden_layers=3, num_attention_heads=4, moe_dim=4,

@@ -23,6 +23,24 @@ def sequences(count: int, start: int = 0) -> list[dict]:
              "gates": np.full((2, 3, 2), 0.5, dtype="<f2")} for index in range(count)]
 
 
+#: the header fields formats/trace.md requires (--check validates records against them)
+TRACE_HEADER = {"layers": [0, 1], "num_experts": 4, "top_k": 2}
+
+
+def valid_sequences(count: int, start: int = 0) -> list[dict]:
+    """Sequence records that satisfy formats/trace.md under TRACE_HEADER (moe-cat --check checks contents)."""
+    shape = (2, 3, 2)
+    return [{"type": "sequence", "doc_id": f"d{start + index}", "window": 0, "offset": 0, "meta": {},
+             "tokens": np.arange(3, dtype="<i4"), "pieces": ["a", "b", "c"],
+             "experts": np.full(shape, index % 4, dtype="<u2"), "gates": np.full(shape, 0.5, dtype="<f2"),
+             "contribution": np.full(shape, 1.0, dtype="<f2"), "prob_sum": np.ones((2, 4), dtype="<f4")}
+            for index in range(count)]
+
+
+def trace_bytes(count: int, start: int = 0, **kwargs) -> bytes:
+    return stream_bytes(valid_sequences(count, start), header_extra=TRACE_HEADER, **kwargs)
+
+
 def read_all(raw: bytes):
     reader = read_stream(io.BytesIO(raw))
     return reader, list(reader)
@@ -70,7 +88,7 @@ def test_head_does_not_read_past_what_it_needs(run_tool):
 
 
 def test_kind_is_asserted(run_tool):
-    raw = stream_bytes(sequences(1))
+    raw = trace_bytes(1)
     assert run_tool(moe_cat, ["--kind", "trace", "--check"], input=raw).exit_code == 0
     result = run_tool(moe_cat, ["--kind", "labels"], input=raw)
     assert result.exit_code == 2 and result.stderr == "moe-cat: expected a labels stream, got a trace stream\n"
@@ -97,7 +115,7 @@ def test_summary_of_a_truncated_stream_shows_what_was_read_and_exits_3(run_tool)
 
 
 def test_check_is_silent_unless_verbose(run_tool):
-    raw = stream_bytes(sequences(2))
+    raw = trace_bytes(2)
     quiet = run_tool(moe_cat, ["--check"], input=raw)
     assert (quiet.exit_code, quiet.stdout_bytes, quiet.stderr) == (0, b"", "")
     verbose = run_tool(moe_cat, ["--check", "-v"], input=raw)
@@ -117,8 +135,8 @@ def test_several_inputs_and_stdin_read_as_one_stream(run_tool, tmp_path):
 
 def test_mixed_models_are_refused_across_files_and_in_one_stream(run_tool, tmp_path):
     other = dict(MODEL, name="other", fingerprint="sha256:" + "b2" * 32)
-    (tmp_path / "a").write_bytes(stream_bytes(sequences(1)))
-    (tmp_path / "b").write_bytes(stream_bytes(sequences(1), model=other))
+    (tmp_path / "a").write_bytes(trace_bytes(1))
+    (tmp_path / "b").write_bytes(trace_bytes(1, model=other))
     across = run_tool(moe_cat, [str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(tmp_path / "out")])
     assert across.exit_code == 2 and "refusing to mix models" in across.stderr and across.stderr.count("\n") == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

@@ -309,3 +309,85 @@ def test_sources_subcommand_lists_each_domain_and_what_to_install(tmp_path):
     assert result.exit_code == 2
     medical = next(line for line in result.stdout.splitlines() if line.startswith("medical"))
     assert "missing" in medical and "pip install simple-icd-10-cm" in medical
+
+
+# -- reading a corpus back: the one reader of trace, train, tune and eval (moetools.corpus.documents) ----
+
+BAD_CORPUS = (b'{"text": "the law", "id": "a", "domain": "legal", "toxicity": 0.5}\n'
+              b'\n'
+              b'{"txt": "no text"}\n'
+              b'not json\n'
+              b'{"text": "caf\xe9"}\n'
+              b'[1, 2]\n'
+              b'{"text": "   "}\n'
+              b'{"text": "x = 1", "domain": 7}\n')
+
+
+def test_reader_skip_policy_counts_and_reports_each_bad_line(tmp_path):
+    from moetools.corpus.documents import CorpusStats, read_corpus
+
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(BAD_CORPUS)
+    skipped, stats = [], CorpusStats()
+    documents = list(read_corpus(path, bad_lines="skip", on_skip=lambda line, reason: skipped.append((line, reason)),
+                                 stats=stats))
+    assert [(d.index, d.line, d.doc_id, d.text) for d in documents] == [(0, 1, "a", "the law"),
+                                                                          (1, 8, f"{path}:8", "x = 1")]
+    assert documents[0].meta == {"domain": "legal", "toxicity": 0.5}
+    assert [d.domain() for d in documents] == ["legal", "7"] and documents[0].domain("genre") == "all"
+    assert [line for line, _ in skipped] == [3, 4, 5, 6, 7]
+    assert [reason.split(" (")[0] for _, reason in skipped] == [
+        "no string field 'text'", "not valid JSON", "invalid UTF-8 at byte 13", "not a JSON object", "empty 'text'"]
+    assert (stats.documents, stats.skipped, stats.first_skips) == (2, 5, skipped)
+
+
+def test_reader_fail_policy_names_the_file_and_line(tmp_path):
+    from moetools.corpus.documents import read_corpus
+    from moetools.errors import UsageError
+
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(BAD_CORPUS)
+    with pytest.raises(UsageError, match=rf"^{path}:3: no string field 'text' \(choose it with --text-field\)$"):
+        list(read_corpus(path, bad_lines="fail"))
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"body": "one"}\n\n{"body": "two"}\n')
+    assert [d.text for d in read_corpus(good, bad_lines="fail", text_field="body")] == ["one", "two"]
+    with pytest.raises(UsageError, match="unknown bad-line policy 'ignore'"):
+        list(read_corpus(path, bad_lines="ignore"))
+    with pytest.raises(UsageError, match="no such file"):
+        list(read_corpus(tmp_path / "absent.jsonl"))
+
+
+def test_reader_takes_plain_text_one_document_a_line(tmp_path):
+    from moetools.corpus.documents import read_corpus
+
+    path = tmp_path / "c.txt"
+    path.write_text("first line of prose\n\n{not json but text}\nlast\n")
+    documents = list(read_corpus(path))
+    assert [(d.line, d.doc_id, d.text, d.meta) for d in documents] == [
+        (1, f"{path}:1", "first line of prose", {}), (3, f"{path}:3", "{not json but text}", {}),
+        (4, f"{path}:4", "last", {})]
+
+
+def test_built_corpus_reads_back_with_its_domains(tmp_path):
+    """What `moetools corpus build` writes, the reader reads: every record a document, domain in meta."""
+    from moetools.corpus.documents import read_corpus
+
+    path = tmp_path / "validation.jsonl"
+    records = [{"id": f"stdlib:a.py#{n}", "text": f"def f{n}(): pass", "domain": "code", "source": "cpython",
+                "doc": "stdlib:a.py", "chunk": n, "token_count": 4} for n in range(3)]
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    documents = list(read_corpus(path, bad_lines="fail"))
+    assert [d.doc_id for d in documents] == [r["id"] for r in records]
+    assert {d.domain() for d in documents} == {"code"} and documents[2].meta["chunk"] == 2
+
+
+def test_one_document_class():
+    """The builder's per-source text is a SourceText, not a second Document."""
+    import moetools.corpus as corpus
+    from moetools.corpus.documents import Document
+    from moetools.trace import corpus as trace_corpus
+    from moetools.train import data as train_data
+
+    assert not hasattr(corpus, "Document") and hasattr(corpus, "SourceText")
+    assert trace_corpus.Document is Document and train_data.Document is Document

@@ -53,6 +53,7 @@ def test_balanced_slice_takes_each_domain_up_to_the_budget(tmp_path, corpus):
     assert len(lines) == 9 and not (tmp_path / "slice.jsonl.partial").exists()
 
 
+@pytest.mark.slow  # the demo pipeline: trains, traces, samples and explains two models
 def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
     home = tmp_path / "home"
     logged, shown = [], []

@@ -15,11 +15,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from llm_stub import synthetic_expert, write_samples
 
 from moetools.cli.explain import command
-from moetools.explain import ResponseCache, load_domain, make_runner, run_sync
+from moetools.explain import ExplainSettings, ResponseCache, load_domain, make_runner, run_sync
 from moetools.explain.parse import parse_explanation
 from moetools.explain.prompts import mark_context, system_prompt
+from moetools.explain.registry import explainer_class
 from moetools.explain.runner import select_examples
-from moetools.llm import Completion, get_explainer
+from moetools.llm import Completion, Usage, client_class
 
 FIXTURES = Path(__file__).parent / "fixtures" / "explain"
 
@@ -82,8 +83,9 @@ def test_cache_round_trip_atomic_and_damage_tolerant(tmp_path):
     identity = {"backend": "openai", "model": "m", "messages": [{"role": "user", "content": "x"}],
                 "parameters": {"temperature": 0.0}}
     assert cache.get(identity) is None
-    cache.put(identity, Completion("This expert specializes in x", 3, 5))
-    assert cache.get(identity) == Completion("This expert specializes in x", 3, 5)
+    cache.put(identity, Completion("This expert specializes in x", "stop", Usage(3, 5)))
+    assert cache.get(identity) == Completion("This expert specializes in x", "stop", Usage(3, 5, requests=0),
+                                             cached=True)
     assert cache.get({**identity, "model": "other"}) is None
     files = list((tmp_path / "explain").rglob("*"))
     assert [f.suffix for f in files if f.is_file()] == [".json"]  # no temporary file left behind
@@ -94,7 +96,7 @@ def test_cache_round_trip_atomic_and_damage_tolerant(tmp_path):
 
 
 def test_default_cache_dir_under_moetools_home(monkeypatch, tmp_path):
-    from moetools.explain.cache import default_cache_dir
+    from moetools.llm.cache import default_cache_dir
 
     monkeypatch.setenv("MOETOOLS_HOME", str(tmp_path))
     assert default_cache_dir() == tmp_path / "cache"
@@ -106,7 +108,8 @@ def test_default_cache_dir_under_moetools_home(monkeypatch, tmp_path):
 
 def test_user_backend_registered_by_decorator(tmp_path, monkeypatch):
     (tmp_path / "my_explainers.py").write_text(textwrap.dedent('''
-        from moetools.llm import Completion, Explainer, register_explainer
+        from moetools.explain import Explainer, register_explainer
+        from moetools.llm import Completion
 
         @register_explainer("shout")
         class Shout(Explainer):
@@ -124,7 +127,7 @@ def test_user_backend_registered_by_decorator(tmp_path, monkeypatch):
     _, labels, _ = data_records(tmp_path / "l.jsonl")
     assert [label["explainer"]["backend"] for label in labels] == ["shout", "shout"]
     assert all(label["explanation"].startswith("This expert specializes in") for label in labels)
-    assert get_explainer("openai").name == "openai"
+    assert client_class("openai").name == "openai" and explainer_class("offline").name == "offline"
     assert run_cli(tmp_path / "s.msgpack.zst", "--backend", "nope").exit_code == 2
 
 
@@ -152,7 +155,9 @@ def test_offline_backend_matches_the_fixture(tmp_path):
     assert end["count"] == expected_end["count"] == 8
     by_key = {(label["layer"], label["expert"]): label for label in labels}
     assert by_key[(1, 3)]["status"] == "failed" and by_key[(1, 3)]["explanation"] is None  # nothing to explain
-    assert by_key[(0, 0)]["explainer"]["method"].startswith("offline-log-odds-v2")
+    assert by_key[(0, 0)]["explainer"]["method"].startswith("offline-log-odds-v3")
+    # the sentence says what it is: a statistical summary, no LLM's reading
+    assert by_key[(0, 0)]["explanation"].endswith("(a statistical summary of its activating tokens, not an LLM label)")
     assert by_key[(0, 0)]["prompt"]["kind"] == "offline"
 
 
@@ -186,7 +191,7 @@ def test_offline_resume_skips_labelled_experts(tmp_path):
     assert again.exit_code == 0 and "5 already done" in again.stderr
     assert data_records(tmp_path / "l.jsonl")[1] == first
     other = run_cli(tmp_path / "s.msgpack.zst", "--backend", "openai", "--api-base", "http://127.0.0.1:9/v1",
-                    "-o", tmp_path / "l.jsonl")
+                    "--model", "m", "-o", tmp_path / "l.jsonl")
     assert other.exit_code == 2 and "use another -o" in other.stderr  # never mixes two explainers in one file
 
 
@@ -246,7 +251,7 @@ def tiny_llama(tmp_path_factory):
 def test_self_backend_places_averaged_embeddings_in_the_monet_prompt(tmp_path, tiny_llama):
     import torch
 
-    from moetools.llm.self_explain import SELF_PROMPT
+    from moetools.explain.self_explain import SELF_PROMPT
 
     write_samples(tmp_path / "s.msgpack.zst", experts=3, empty={(0, 2)})
     runner = make_runner("self", {"model": str(tiny_llama), "max_tokens": 4}, cache=ResponseCache(tmp_path / "c"))
@@ -276,7 +281,7 @@ def test_self_backend_places_averaged_embeddings_in_the_monet_prompt(tmp_path, t
     completion = backend._generate(job)
     assert completion.details["generated_token_ids"][0] == int(logits.argmax())
     assert completion.details["averaged_tokens"] == 12
-    assert completion.prompt_tokens == sum(len(s) for s in segments) + 2
+    assert completion.usage.prompt_tokens == sum(len(s) for s in segments) + 2
 
 
 def iter_records(path):
@@ -289,19 +294,22 @@ def iter_records(path):
 def test_local_backend_batches_chat_prompts(tmp_path, tiny_llama):
     write_samples(tmp_path / "s.msgpack.zst", experts=6)
     runner = make_runner("local", {"model": str(tiny_llama), "max_tokens": 3, "batch_size": 4},
-                         cache=ResponseCache(tmp_path / "c"), attempts=1)
+                         cache=ResponseCache(tmp_path / "c"), settings=ExplainSettings(attempts=1))
     labels = []
     run_sync(runner, iter_records(tmp_path / "s.msgpack.zst"), labels.append)
     assert len(labels) == 6 and runner.accounting.requests == 6
-    assert runner.backend.batches < 6  # several prompts per generate call
+    assert runner.backend.client.batches < 6  # several prompts per generate call
+    assert 1 < runner.accounting.max_in_flight <= 4  # the prompts of one generate call (was 0)
     for label in labels:  # a tiny random model: whatever it says is recorded, never invented
         assert (label["status"] == "ok") == (label["explanation"] is not None)
         if label["status"] == "failed":
             assert label["raw"].startswith("This expert specializes in")
     again = make_runner("local", {"model": str(tiny_llama), "max_tokens": 3, "batch_size": 4},
-                        cache=ResponseCache(tmp_path / "c"), attempts=1)
+                        cache=ResponseCache(tmp_path / "c"), settings=ExplainSettings(attempts=1))
     run_sync(again, iter_records(tmp_path / "s.msgpack.zst"), lambda label: None)
-    assert again.accounting.requests == 0 and again.accounting.cache_hits == 6
+    labelled = sum(label["status"] == "ok" for label in labels)
+    # only labels were cached: those are served again, the answers that were not are asked again
+    assert again.accounting.cache_hits == labelled and again.accounting.requests == 6 - labelled
 
 
 def test_local_backend_labels_with_smollm2_gguf(tmp_path):
@@ -323,3 +331,72 @@ def test_local_backend_labels_with_smollm2_gguf(tmp_path):
 
 if __name__ == "__main__" and "--regenerate" in sys.argv:
     regenerate_fixture()
+
+
+# -- answers that are not labels (each a real answer from a server; issue 16) -----------------------
+
+@pytest.mark.parametrize("answer", [
+    # the phrase found mid-clause
+    "To understand what this expert specializes in and provide a list of documents, I read every example.",
+    # a sentence that only introduces a list
+    "This expert specializes in the following tasks:\n1. Parsing numbers\n2. Reading dates",
+    # no specific content
+    "This expert specializes in the following topics",
+    "This expert specializes in the following",
+    "This expert specializes in processing certain types of content.",
+    # an unbalanced bracket kept
+    "This expert specializes in numbers and units).",
+    # the prompt's marks kept
+    "This expert specializes in << fever>> and << dose>> tokens.",
+])
+def test_parser_rejects_non_labels(answer):
+    assert parse_explanation(answer) is None
+
+
+def test_parser_rejects_an_answer_cut_off_before_its_sentence_ended():
+    from moetools.explain.parse import check_explanation
+
+    label, why = check_explanation("This expert specializes in medical dosage terms and units of", truncated=True)
+    assert label is None and "finish_reason" in why
+    label, why = check_explanation("This expert specializes in medical dosage terms and units", truncated=True)
+    assert label is None  # no sentence end: it may have gone on
+    # cut off later, after the first sentence ended: the sentence is whole
+    assert check_explanation("This expert specializes in medical dosage terms. It also fires on",
+                             truncated=True) == ("This expert specializes in medical dosage terms", None)
+    assert parse_explanation("This expert specializes in numbers (dates and years).") == \
+        "This expert specializes in numbers (dates and years)"
+
+
+# -- options: each backend owns its own -------------------------------------------------------------
+
+def test_a_flag_the_backend_does_not_take_is_a_usage_error(tmp_path):
+    write_samples(tmp_path / "s.msgpack.zst", experts=1)
+    result = run_cli(tmp_path / "s.msgpack.zst", "--backend", "offline", "--api-base", "http://x/v1", "--no-cache")
+    assert result.exit_code == 2 and "--api-base does not apply to backend offline" in result.stderr
+    result = run_cli(tmp_path / "s.msgpack.zst", "--backend", "local", "-O", "batch_size=many", "--no-cache")
+    assert result.exit_code == 2 and "--batch-size: 'many' is not a valid int" in result.stderr
+    result = run_cli(tmp_path / "s.msgpack.zst", "--backend", "offline", "--max-examples", "0")
+    assert result.exit_code == 2 and "--max-examples must be >= 1" in result.stderr
+
+
+def test_options_dataclasses_own_defaults_and_checks():
+    from moetools.errors import UsageError
+    from moetools.llm.local import LocalOptions
+    from moetools.llm.openai import OpenAIOptions
+
+    options = OpenAIOptions.from_settings({"api_base": "http://localhost:8000/v1", "concurrency": "4"},
+                                          backend="openai")
+    assert options.concurrency == 4 and options.max_tokens == 64 and options.connect_timeout < options.timeout
+    assert LocalOptions.from_settings({}).max_tokens == options.max_tokens  # max_tokens is defined once
+    with pytest.raises(UsageError, match="not an http"):
+        OpenAIOptions.from_settings({"api_base": "localhost:8000"})
+    with pytest.raises(UsageError, match="--max-tokens must be >= 1"):
+        LocalOptions.from_settings({"max_tokens": 0})
+
+
+def test_offline_resume_refuses_labels_of_the_previous_offline_method(tmp_path):
+    """An output of offline v2 (no "statistical summary" in its sentence) is not mixed with v3's."""
+    old = tmp_path / "l.jsonl"
+    old.write_text((FIXTURES / "offline_labels.jsonl").read_text().replace("offline-log-odds-v3", "offline-log-odds-v2"))
+    result = run_cli(FIXTURES / "samples.jsonl", "--backend", "offline", "--no-cache", "-o", old)
+    assert result.exit_code == 2 and "use another -o" in result.stderr

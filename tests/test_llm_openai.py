@@ -188,7 +188,7 @@ def test_persistent_faults_are_reported_and_the_run_goes_on(tmp_path, stub, faul
                 "malformed": "malformed response"}[fault]
     assert expected in failed[0]["error"]
     assert sum(label["status"] == "ok" for label in labels) == 5
-    assert end["accounting"]["failures"] == 1 and "failures 1" in result.stderr
+    assert end["accounting"]["failures"] == 1 and "1 failed" in result.stderr and "failures" not in result.stderr
 
 
 def test_malformed_answer_is_asked_again_then_recorded_raw(tmp_path, stub):
@@ -320,3 +320,120 @@ def test_backoff_is_exponential_with_jitter_capped_and_honours_retry_after():
     later = email.utils.formatdate(time.time() + 10, usegmt=True)  # the HTTP-date form
     assert 8.0 <= retry_after_seconds(later) <= 10.0
     assert retry_after_seconds(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0.0
+
+
+# -- issue 16: a real server as a new user meets it ------------------------------------------------
+
+def test_answer_cut_off_by_max_tokens_is_not_a_label(tmp_path, stub):
+    stub.rule = lambda body: "length" if "<< tort>>" in body["messages"][1]["content"] else None
+    result = explain(tmp_path, stub, "--attempts", "2")
+    _, labels, _ = read_labels(tmp_path / "labels.jsonl")
+    failed = [label for label in labels if label["status"] == "failed"]
+    assert [label["expert"] for label in failed] == [1]
+    assert "finish_reason" in failed[0]["error"] and failed[0]["attempts"] == 2
+    assert "raise --max-tokens" in result.stderr
+
+
+def test_an_answer_that_is_not_a_label_is_not_served_from_the_cache(tmp_path, stub):
+    stub.rule = lambda body: "bad_answer" if "<< tort>>" in body["messages"][1]["content"] else None
+    assert explain(tmp_path, stub, "--attempts", "1").exit_code == 0
+    _, labels, _ = read_labels(tmp_path / "labels.jsonl")
+    assert [label["expert"] for label in labels if label["status"] == "failed"] == [1]
+    stub.reset()
+    stub.rule = None  # the server answers properly now: the rerun asks again, only for expert 1
+    result = explain(tmp_path, stub, "--attempts", "1")
+    assert result.exit_code == 0 and len(stub.requests) == 1, result.stderr
+    _, labels, _ = read_labels(tmp_path / "labels.jsonl")
+    assert all(label["status"] == "ok" for label in labels) and len(labels) == 6
+    stub.reset()  # and on a fresh output, every answer comes from the cache
+    result = explain(tmp_path, stub, output="again.jsonl")
+    assert result.exit_code == 0 and len(stub.requests) == 0 and "cache hits 6" in result.stderr
+
+
+def _explain_without_model(tmp_path, stub, *args):
+    write_samples(tmp_path / "samples.msgpack.zst", experts=2)
+    arguments = [str(tmp_path / "samples.msgpack.zst"), "--api-base", stub.url, "--cache-dir",
+                 str(tmp_path / "cache"), "-o", str(tmp_path / "labels.jsonl"), *args]
+    return CliRunner().invoke(command, arguments, env={"OPENAI_API_KEY": SECRET}, catch_exceptions=False)
+
+
+def test_model_comes_from_the_server_when_it_serves_exactly_one(tmp_path, stub):
+    stub.models = ["smollm2-135m-instruct"]
+    result = _explain_without_model(tmp_path, stub)
+    assert result.exit_code == 0, result.stderr
+    assert {r["body"]["model"] for r in stub.requests} == {"smollm2-135m-instruct"}
+    header, labels, _ = read_labels(tmp_path / "labels.jsonl")
+    assert header["explain"]["explainer"]["model"] == "smollm2-135m-instruct"
+    assert all(label["explainer"]["model"] == "smollm2-135m-instruct" for label in labels)
+
+
+@pytest.mark.parametrize("models", [["a", "b"], []])
+def test_model_is_required_with_api_base_otherwise(tmp_path, stub, models):
+    stub.models = models
+    result = _explain_without_model(tmp_path, stub)
+    assert result.exit_code == 2 and "--model is required with --api-base" in result.stderr
+    assert not stub.requests and not (tmp_path / "labels.jsonl").exists()
+
+
+def test_cache_key_includes_the_endpoint(tmp_path, stub):
+    assert explain(tmp_path, stub).exit_code == 0 and len(stub.requests) == 6
+    with LLMStub() as other:  # another server, the same model name: its answers are its own
+        other.answer = lambda body: "This expert specializes in other things."
+        result = explain(tmp_path, other, output="other.jsonl")
+        assert result.exit_code == 0 and len(other.requests) == 6 and "cache hits 0" in result.stderr
+    _, labels, _ = read_labels(tmp_path / "other.jsonl")
+    assert {label["explanation"] for label in labels} == {"This expert specializes in other things"}
+    entry = json.loads(next((tmp_path / "cache").rglob("*.json")).read_text())
+    assert entry["request"]["client"]["endpoint"] in (stub.url, other.url)
+    assert entry["request"]["client"]["model"] == "stub-model"
+
+
+def test_bad_api_base_is_a_usage_error_before_any_work(tmp_path, stub):
+    result = explain(tmp_path, stub, "--api-base", "localhost:8000")  # the later flag wins
+    assert result.exit_code == 2 and "is not an http(s) URL" in result.stderr
+    assert not stub.requests and not list(tmp_path.glob("labels.jsonl*"))
+
+
+def test_unreachable_server_fails_before_any_work(tmp_path, stub):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.perf_counter()
+    result = explain(tmp_path, stub, "--api-base", f"http://127.0.0.1:{port}/v1")
+    assert result.exit_code == 1 and "cannot reach" in result.stderr
+    assert time.perf_counter() - started < 10 and not list(tmp_path.glob("labels.jsonl*"))
+
+
+def test_exit_1_when_no_expert_was_labelled_and_with_strict_when_some_failed(tmp_path, stub):
+    stub.rule = lambda body: "500"
+    result = explain(tmp_path, stub, "--max-retries", "0")
+    assert result.exit_code == 1 and "no expert was labelled (6 failed)" in result.stderr
+    _, labels, end = read_labels(tmp_path / "labels.jsonl")  # the failures are still recorded, end record included
+    assert len(labels) == 6 and end["accounting"]["failures"] == 6
+    stub.rule = lambda body: "500" if "<< tort>>" in body["messages"][1]["content"] else None
+    assert explain(tmp_path, stub, "--max-retries", "0", output="some.jsonl").exit_code == 0
+    result = explain(tmp_path, stub, "--max-retries", "0", "--strict", output="strict.jsonl")
+    assert result.exit_code == 1 and "1 experts failed (--strict)" in result.stderr
+
+
+def test_a_server_with_one_slot_and_more_requests_than_it_can_take_in_time(tmp_path):
+    """llama.cpp's server works on one request at a time: queued requests must not time out in a loop."""
+    with LLMStub(latency=0.3, slots=1) as slow:
+        result = explain(tmp_path, slow, "--concurrency", "6", "--timeout", "1.0")
+        assert result.exit_code == 0, result.stderr
+        _, labels, end = read_labels(tmp_path / "labels.jsonl")
+        assert all(label["status"] == "ok" for label in labels)
+        # the first timeouts halve the requests in flight, so few requests are ever repeated
+        assert end["accounting"]["requests"] <= 12, end["accounting"]
+
+
+def test_a_server_slower_than_the_timeout_gets_advice_that_says_what_to_change(tmp_path):
+    write_samples(tmp_path / "samples.msgpack.zst", experts=2)
+    with LLMStub(latency=0.6, slots=1) as slow:
+        result = explain(tmp_path, slow, "--concurrency", "2", "--timeout", "0.2", "--max-retries", "1")
+    assert result.exit_code == 1
+    assert "the server answers slower than --timeout 0.2 s; try --concurrency 1 --timeout 300" in result.stderr
+    _, labels, _ = read_labels(tmp_path / "labels.jsonl")
+    assert all("timed out after 0.2 s waiting for an answer" in label["error"] for label in labels)

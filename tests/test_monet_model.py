@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import moetools  # noqa: F401  (registers MONET with the Auto classes)
+import moetools.models.monet  # noqa: F401  (registers MONET with the Auto classes)
 from moetools.models.monet.configuration_monet import MonetConfig
 from moetools.models.monet.modeling_monet import (
     MonetForCausalLM,

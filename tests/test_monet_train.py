@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import moetools  # noqa: F401  (registers MONET)
+import moetools.models.monet  # noqa: F401  (registers MONET with the Auto classes)
 from moetools.cli.monet_train import command
 from moetools.train.state import flatten_optimizer_state, unflatten_optimizer_state
 
@@ -161,13 +161,43 @@ def test_bad_settings_fail_with_clear_messages(tmp_path, corpus, args, message):
 
 def test_empty_data_fails_clearly(tmp_path):
     empty = tmp_path / "empty.jsonl"
-    empty.write_text('{"text": ""}\n\n')
+    empty.write_text("\n\n")
     result = run(["--data", str(empty), "-o", str(tmp_path / "out"), *TINY])
     assert result.exit_code == 2 and "nothing to train on" in result.output
     missing = tmp_path / "other.jsonl"
-    missing.write_text('{"body": "hello"}\n')
+    missing.write_text('{"text": "fine"}\n{"body": "hello"}\n')
     result = run(["--data", str(missing), "-o", str(tmp_path / "out"), *TINY])
-    assert result.exit_code == 2 and "no 'text' field" in result.output
+    assert result.exit_code == 2 and f"{missing}:2: no string field 'text'" in result.output
+
+
+@pytest.mark.parametrize("content,line,reason", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", 1, "invalid UTF-8 at byte"),      # a binary file
+    (b'{"text": "one"}\n{"text": "two"}\n{"text": "caf\xe9"}\n', 3, "invalid UTF-8 at byte 13"),
+    (b'{"text": "one"}\n{"text": ""}\n', 2, "empty 'text'"),
+    (b'{"text": "one"}\n{"text": "two"\n', 2, "not valid JSON"),
+])
+def test_bad_data_lines_stop_with_the_file_and_line(tmp_path, content, line, reason):
+    """The corpus reader's fail policy: one line naming FILE:LINE, exit 2, no internal error (issue 16 item 6)."""
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(content)
+    result = run(["--data", str(data), "-o", str(tmp_path / "out"), *TINY])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"monet-train: {data}:{line}: {reason}"), result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "internal error" not in result.output and "Traceback" not in result.output
+
+
+def test_plain_text_data_trains(tmp_path):
+    """The one reader takes plain text (one document a line) as trace does; eval falls in domain "all"."""
+    data = tmp_path / "data.txt"
+    rng = random.Random(1)
+    data.write_text("".join(" ".join(rng.choice(["the", "cat", "sat", "def", "loop"]) for _ in range(50)) + "\n"
+                            for _ in range(30)))
+    out = tmp_path / "out"
+    result = run(["--data", str(data), "-o", str(out), *TINY, "--arch", "llama"])
+    assert result.exit_code == 0, result.output
+    metadata = json.loads((out / "training_metadata.json").read_text())
+    assert metadata["eval_domains"] == ["all"] and metadata["steps"] == 4
 
 
 def _torchrun(nproc, out, corpus, arch, *extra, steps=3):
@@ -181,6 +211,7 @@ def _torchrun(nproc, out, corpus, arch, *extra, steps=3):
     return [r["loss"] for r in train_log(out) if r["type"] == "train"]
 
 
+@pytest.mark.slow  # torchrun launches: 6 runs of 1-2 processes
 @pytest.mark.parametrize("arch,tolerance", [("llama", 1e-5), ("moe", 1e-3), ("monet-vd", 3e-3)])
 def test_torchrun_two_processes_match_one(tmp_path, corpus, arch, tolerance):
     one = _torchrun(1, tmp_path / "one", corpus, arch)
@@ -190,6 +221,7 @@ def test_torchrun_two_processes_match_one(tmp_path, corpus, arch, tolerance):
     assert max(abs(a - b) for a, b in zip(one, two)) < tolerance, (one, two)
 
 
+@pytest.mark.slow  # torchrun launches
 @pytest.mark.parametrize("arch,tolerance", [("llama", 1e-5), ("moe", 1e-3), ("monet-vd", 3e-3)])
 def test_torchrun_fsdp_two_processes_match_one(tmp_path, corpus, arch, tolerance):
     """--fsdp (FSDP2 fully_shard per decoder layer, gloo on CPU) follows one process's loss curve
@@ -210,6 +242,7 @@ def test_torchrun_fsdp_two_processes_match_one(tmp_path, corpus, arch, tolerance
     assert metadata["parallel"] == "fsdp" and metadata["world_size"] == 2
 
 
+@pytest.mark.slow  # torchrun launches
 def test_torchrun_fsdp_resume_continues_the_loss_curve(tmp_path, corpus):
     """A run stopped at step 3 under --fsdp and resumed (full checkpoint gathered on rank 0, sharded
     back on load) continues exactly as the run that never stopped."""

@@ -1,6 +1,6 @@
 """The README's pipeline examples run as written, in bash with pipefail, on a tiny OLMoE and a real corpus file.
 
-Also: the README's two commands are the Makefile's targets and .ci/run runs the test one.
+Also: the README's commands are the Makefile's targets, and .ci/run runs the full test run the README names.
 """
 
 import json
@@ -44,6 +44,7 @@ def test_readme_has_a_tested_pipeline_block():
     assert len(blocks) == 1 and "moe-trace model/ corpus.jsonl | moe-sample | moe-explain" in blocks[0]
 
 
+@pytest.mark.slow  # the README pipeline in bash: every tool as a subprocess
 def test_readme_pipeline_examples_run(workdir):
     block = readme_blocks("pipeline")[0]
     env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), str(REPO / "bin"),
@@ -67,10 +68,14 @@ def test_readme_pipeline_examples_run(workdir):
     assert [r["type"] for r in first_two] == ["header", "expert", "expert", "end"]
 
 
-def test_two_commands_are_make_targets_and_ci_runs_the_test_one():
-    commands = re.findall(r"^make (\w+)\s+#", README, flags=re.MULTILINE)
-    assert commands[:2] == ["demo", "test"]
+def test_two_commands_are_make_targets_and_ci_runs_the_full_test_run():
+    """`make demo` and `make test` come first; `make test-all` is the full run, and the one .ci/run makes."""
+    commands = re.findall(r"^make ([\w-]+)\s+#", README, flags=re.MULTILINE)
+    assert commands[:2] == ["demo", "test"] and "test-all" in commands
     makefile = (REPO / "Makefile").read_text()
-    for target in commands[:2]:
+    for target in set(commands):
         assert re.search(rf"^{target}:", makefile, flags=re.MULTILINE)
-    assert re.search(r"^make test$", (REPO / ".ci" / "run").read_text(), flags=re.MULTILINE)
+    assert re.search(r'^test:.*\n\t.*pytest -q -m "not slow" tests$', makefile, flags=re.MULTILINE)
+    assert re.search(r"^test-all:.*\n\t.*pytest -q tests$", makefile, flags=re.MULTILINE)
+    ci_commands = re.findall(r"^make [\w-]+$", (REPO / ".ci" / "run").read_text(), flags=re.MULTILINE)
+    assert ci_commands == ["make test-all"]

@@ -85,7 +85,7 @@ def _weighted_trace(weights) -> list[dict]:
         values[0, 4 * c + 1, 0] = weight
     return [{"type": "sequence", "doc_id": "d", "window": 0, "offset": 0, "meta": {}, "tokens":
              np.zeros(4 * cells, "<i4"), "pieces": ["x"] * (4 * cells), "experts": experts, "gates": values,
-             "contribution": values}]
+             "contribution": values, "prob_sum": np.zeros((1, 2), "<f4")}]
 
 
 @pytest.mark.parametrize("draws", [1, 2])
@@ -402,7 +402,7 @@ def test_an_expert_that_fires_everywhere_has_no_negatives_and_says_so():
     values = np.full((1, tokens, 2), 0.5, dtype="<f4")
     record = {"type": "sequence", "doc_id": "d", "window": 0, "offset": 0, "meta": {}, "tokens":
               np.zeros(tokens, "<i4"), "pieces": ["x"] * tokens, "experts": experts, "gates": values,
-              "contribution": values}
+              "contribution": values, "prob_sum": np.zeros((1, 2), "<f4")}
     sampler = Sampler({"layers": [0], "num_experts": 2, "top_k": 2},
                       SampleOptions(top=2, weighted=0, negatives=3, holdout_positive=0, holdout_negative=0,
                                     context=8, split_region=8, holdout_fraction=0.0))

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from moetools.corpus.specialisation import (
+from moetools.score.specialisation import (
     DomainRouting,
     compare_reports,
     routing_from_stream,

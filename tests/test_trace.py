@@ -235,7 +235,7 @@ def test_bad_models_and_inputs_exit_2_with_a_message(olmoe_dir, tmp_path, proble
         corpus.write_bytes(b'{"body": "no text field"}\n{"text": "caf\xe9"}\n')
         message = "no usable documents in the corpus (2 lines skipped)"
     elif problem == "no-corpus":
-        corpus, message = tmp_path / "absent.jsonl", "cannot open"
+        corpus, message = tmp_path / "absent.jsonl", "does not exist"
     elif problem == "empty":
         corpus.write_text("\n\n")
         message = "no usable documents"
@@ -259,7 +259,7 @@ def test_resume_of_a_finished_output_does_nothing(full_trace, olmoe_dir, tmp_pat
 
 
 def test_monet_model_traces_composed_experts(tmp_path):
-    import moetools  # noqa: F401  (registers MONET with the Auto classes)
+    import moetools.models.monet  # noqa: F401  (registers MONET with the Auto classes)
     from moetools.models.monet.configuration_monet import MonetConfig
 
     directory = tmp_path / "monet"

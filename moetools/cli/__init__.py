@@ -10,6 +10,9 @@ TOOLS = {
     "moe-trace": "moetools.cli.trace",
     "moe-sample": "moetools.cli.sample",
     "moe-explain": "moetools.cli.explain",
+    "moe-score": "moetools.cli.score",
+    "moe-select": "moetools.cli.select",
+    "moe-tune": "moetools.cli.tune",
     "monet-train": "moetools.cli.monet_train",
     "moetools": "moetools.cli.main",
 }

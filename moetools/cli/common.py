@@ -28,10 +28,10 @@ import traceback
 import click
 
 from .. import __version__
-from ..errors import EXIT_FAILURE, EXIT_SIGPIPE, EXIT_USAGE, MoetoolsError, UsageError
+from ..errors import EXIT_FAILURE, EXIT_SIGPIPE, EXIT_USAGE, MoetoolsError
 from ..streams import files
-from ..streams.files import binary_stream, open_input, partial_path
 from ..streams.files import create_output as open_output
+from ..streams.files import open_input, partial_path
 
 EXIT_STATUS_TEXT = """\
 0    success.
@@ -39,8 +39,13 @@ EXIT_STATUS_TEXT = """\
 2    usage error or invalid input: bad options, a file that is not a valid stream, a stream of the
      wrong kind, segments from different models, an unsupported format version.
 3    truncated input: a stream that ends before its end record, or inside a record or zstd frame.
-130  interrupted (Ctrl-C); outputs written so far are left under their temporary names.
-141  the reader of standard output went away (e.g. `| head`); exits quietly."""
+130  interrupted (Ctrl-C, SIGINT). Every tool leaves the output files written so far under their
+     temporary names (NAME.partial, never renamed into place): complete records without an end
+     record, which read as truncated; tools with --resume continue from them. (After an error,
+     exit 1-3, a tool removes its NAME.partial unless it can resume from it.)
+141  the reader of standard output went away (e.g. `| head`); exits quietly.
+143  terminated by SIGTERM (scancel, a SLURM time limit; SIGKILL: 137): the tool stops at once, with
+     no message; NAME.partial is left as after Ctrl-C and --resume continues from it."""
 
 #: Parameter names never recorded in stream headers (secrets).
 SECRET_PARAMS = frozenset({"api_key"})
@@ -122,8 +127,8 @@ class ErrorBoundary:
         except Exception as error:  # noqa: BLE001 - the boundary: one line unless -v
             if state.verbose:
                 traceback.print_exc()
-            _fail(f"internal error: {type(error).__name__}: {error} (rerun with -v for a traceback)",
-                  EXIT_FAILURE)
+            _fail(f"internal error: {type(error).__name__}: {error}"
+                  + ("" if state.verbose else " (rerun with -v for a traceback)"), EXIT_FAILURE)
         if standalone_mode:
             sys.exit(0)
         return result
@@ -313,11 +318,6 @@ def progress(description: str, total: float | None = None):
     return _RichProgress(description, total)
 
 
-def usage(message: str) -> UsageError:
-    """Shorthand for raising a usage error from a command: ``raise usage("...")``."""
-    return UsageError(message)
-
-
 __all__ = [
     "EXIT_STATUS_TEXT",
     "EXIT_USAGE",
@@ -337,6 +337,5 @@ __all__ = [
     "tool",
     "tool_group",
     "tool_info",
-    "usage",
     "warn",
 ]

@@ -85,7 +85,7 @@ def command(input, output, fmt, uncompressed, layers, experts, **options):
     sample_options = SampleOptions(layers=parse_ids(layers, "layers"), experts=parse_ids(experts, "experts"),
                                    **options)
     sample_options.check()
-    reader = read_input(input, kinds="trace")
+    reader = read_input(input, kinds="trace", validate=True)  # formats/trace.md, field by field
     with progress("moe-sample: reading the trace") as bar:
         header_extra, records, summary = sample_trace(reader, sample_options, on_record=lambda _: bar.advance())
     with open_stream_writer(output, "samples", fmt, uncompressed, model=reader.header.get("model"),

@@ -1,7 +1,9 @@
 """moe-trace: routing traces of a transformers MoE model over a corpus.
 
 Thin command: parses options, opens the corpus and the output, and calls
-:mod:`moetools.trace` (the library; usable from Python without this CLI).
+:mod:`moetools.trace` (the library; usable from Python without this CLI). The library
+is imported inside the command, so ``--help``, ``--version``, ``--list-models`` and
+usage errors answer without importing torch or transformers.
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ import inspect
 
 import click
 
-from ..trace import cli_run
-from .common import output_options, tool
+from .common import output_options, progress, say, tool, tool_info, warn
 
 EXAMPLE = """\
 moe-trace models/olmoe corpus.jsonl --max-length 256 -o trace.msgpack.zst
@@ -19,10 +20,26 @@ moe-trace models/olmoe corpus.jsonl --shard 3/64 --resume -o shards/3.msgpack.zs
 cat shards/*.msgpack.zst | moe-sample ...                                          # shards join with cat"""
 
 
+def list_models(ctx, param, value) -> None:
+    """``--list-models``: one line per adapter of the registry (built-ins and installed plugins)."""
+    if not value or ctx.resilient_parsing:
+        return
+    from ..models.registry import adapter_table
+
+    rows = adapter_table()
+    columns = [[row["name"] for row in rows], [",".join(row["model_types"]) for row in rows],
+               [row["package"] for row in rows]]
+    widths = [max((len(cell) for cell in column), default=0) for column in columns]
+    for index, row in enumerate(rows):
+        cells = [column[index].ljust(width) for column, width in zip(columns, widths)]
+        click.echo("  ".join([*cells, row["summary"]]).rstrip())
+    ctx.exit()
+
+
 
 @tool("moe-trace", example=EXAMPLE)
-@click.argument("model", type=click.Path(file_okay=False))
-@click.argument("corpus", required=False, default="-", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("model", type=click.Path(exists=True, file_okay=False))  # exists: checked before torch loads
+@click.argument("corpus", required=False, default="-", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @output_options(default_format="msgpack")
 @click.option("--text-field", default="text", show_default=True, help="JSON-lines field holding the text.")
 @click.option("--id-field", default="id", show_default=True,
@@ -33,7 +50,12 @@ cat shards/*.msgpack.zst | moe-sample ...                                       
 @click.option("--batch-tokens", default=None, type=click.IntRange(1),
               help="Padded tokens per batch (windows are sorted by length first; default 2048 on CPU, where "
                    "bigger batches are no faster and cost memory, 8192 on a GPU).")
-@click.option("--batch-size", default=None, type=click.IntRange(1), help="Windows per batch (instead of --batch-tokens).")
+@click.option("--batch-size", default=None, type=click.IntRange(1),
+              help="Windows per batch (instead of --batch-tokens). In bfloat16/float16 (--dtype auto on a "
+                   "bf16 checkpoint) padding changes the rounding, as in plain transformers: gates differ "
+                   "from a --batch-size 1 run by up to 1.9e-2 relative (OLMoE; 5e-3 DeepSeek-V3), and an "
+                   "expert near a tie can flip. --batch-size 1 or --dtype float32 avoids it; the header's "
+                   "reduced_precision_padding says whether a trace was run so.")
 @click.option("--sort-buffer", default=1024, show_default=True, type=click.IntRange(1),
               help="Windows sorted by length together (bounds memory).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
@@ -50,12 +72,15 @@ cat shards/*.msgpack.zst | moe-sample ...                                       
 @click.option("--shard-by", type=click.Choice(["index", "hash"]), default="index", show_default=True,
               help="Slice by document index mod N, or by a hash of the document id.")
 @click.option("--resume", is_flag=True, help="Continue a killed run from OUTPUT.partial (needs -o).")
+@click.option("--list-models", is_flag=True, expose_value=False, is_eager=True, callback=list_models,
+              help="List the model families moe-trace knows (its adapters: built in and from installed "
+                   "plugins) and exit.")
 def command(model, corpus, output, fmt, uncompressed, **options):
     """Trace which experts every token of CORPUS is routed to in MODEL.
 
-    MODEL is a local transformers MoE checkpoint directory (OLMoE, Mixtral,
-    Qwen2-MoE, Qwen3-MoE, DeepSeek-V2/V3, ERNIE-4.5-MoE, GPT-OSS, MONET) with its
-    tokenizer. CORPUS (default stdin) is JSON lines (the --text-field holds the
+    MODEL is a local transformers MoE checkpoint directory with its tokenizer,
+    of any family --list-models lists (an adapter each; other packages add
+    families through the `moetools.adapters` entry points). CORPUS (default stdin) is JSON lines (the --text-field holds the
     text, --id-field the id, every other field is passed through as metadata)
     or plain text, one document per line. Lines that cannot be used (invalid
     UTF-8 or JSON, no text field) are skipped with a warning naming them, and
@@ -88,7 +113,10 @@ def command(model, corpus, output, fmt, uncompressed, **options):
           -o "shards/$SLURM_ARRAY_TASK_ID.msgpack.zst"
       # when all tasks are done: cat shards/{0..63}.msgpack.zst > trace.msgpack.zst
     """
-    cli_run(model, corpus, output=output, fmt=fmt, uncompressed=uncompressed, **options)
+    from ..trace import run_trace
+
+    run_trace(model, corpus, output=output, fmt=fmt, uncompressed=uncompressed, **options,
+              tool=tool_info(), log=say, warn=warn, progress=progress)
 
 
 # dedented, so man-page renderers see click's \b verbatim marker at the start of the SLURM block

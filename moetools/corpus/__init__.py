@@ -2,7 +2,9 @@
 
 ``build_corpus(output_dir)`` writes train/validation/test JSON lines and a manifest
 from resources installable by package name (see :mod:`moetools.corpus.sources`);
-``moetools corpus build`` is its command line.
+``moetools corpus build`` is its command line. Reading a corpus back (any JSON-lines
+or plain-text file, for trace, train, tune and eval) is :mod:`moetools.corpus.documents`:
+its ``Document`` is a corpus line; a source's :class:`SourceText` is what the builder chunks.
 """
 
 from .builder import (
@@ -13,7 +15,7 @@ from .builder import (
                       build_corpus,
                       collect_domain,
 )
-from .sources import DOMAINS, Document, MissingSourceError, Source, make_source
+from .sources import DOMAINS, MissingSourceError, Source, SourceText, make_source
 from .splits import DEFAULT_FRACTIONS, SPLITS, split_of
 from .text import TOKEN_PATTERN, chunk_text, count_tokens
 
@@ -26,9 +28,9 @@ __all__ = [
                       "MIN_TOKENS_PER_DOMAIN",
                       "SPLITS",
                       "TOKEN_PATTERN",
-                      "Document",
                       "MissingSourceError",
                       "Source",
+                      "SourceText",
                       "build_corpus",
                       "chunk_text",
                       "collect_domain",

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -46,6 +45,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UsageError
+from ..streams.files import write_file_atomic
 from .sources import DOMAINS, MissingSourceError, Source, make_source
 from .splits import (
     DEFAULT_FRACTIONS,
@@ -145,12 +145,7 @@ def missing_message(errors: list[MissingSourceError]) -> str:
 
 
 def _write_atomically(path: Path, payload: bytes) -> None:
-    temporary = path.with_name(path.name + ".partial")
-    with open(temporary, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    write_file_atomic(path, payload)  # NAME.partial, fsync, rename (moetools.streams.files)
 
 
 def _counts() -> dict:

@@ -11,7 +11,7 @@ import platform
 import sysconfig
 from pathlib import Path
 
-from .sources import Document, Source
+from .sources import Source, SourceText
 from .splits import hash_order
 
 #: directories never read: tests (deliberately odd files), installed packages, caches
@@ -48,12 +48,12 @@ class StdlibCodeSource(Source):
     def units(self) -> list[str]:
         return hash_order(self._files())
 
-    def load(self, unit: str) -> Document | None:
+    def load(self, unit: str) -> SourceText | None:
         try:
             text = (self.root / unit).read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             return None
-        return Document(id=f"stdlib:{unit}", text=text) if text.strip() else None
+        return SourceText(id=f"stdlib:{unit}", text=text) if text.strip() else None
 
     def version(self) -> str | None:
         return f"{platform.python_implementation()} {platform.python_version()}"

@@ -19,7 +19,7 @@ import hashlib
 import importlib.metadata
 from pathlib import Path
 
-from .sources import Document, Source
+from .sources import Source, SourceText
 from .splits import hash_order
 from .text import paragraph_key
 
@@ -96,8 +96,8 @@ class _FortunesSource(Source):
     def units(self) -> list[str]:
         return hash_order(self.fortunes())
 
-    def load(self, unit: str) -> Document | None:
-        return Document(id=f"{self.prefix}:{unit}", text=self.fortunes()[unit],
+    def load(self, unit: str) -> SourceText | None:
+        return SourceText(id=f"{self.prefix}:{unit}", text=self.fortunes()[unit],
                         extra={"toxicity": self.toxicity})
 
 

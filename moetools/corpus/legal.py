@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .sources import Document, Source, dpkg_version
+from .sources import Source, SourceText, dpkg_version
 from .splits import hash_order
 from .text import paragraph_key, split_paragraphs
 
@@ -61,7 +61,7 @@ class LegalSource(Source):
     def units(self) -> list[str]:
         return self._licences() + hash_order(self._copyright_files())
 
-    def load(self, unit: str) -> Document | None:
+    def load(self, unit: str) -> SourceText | None:
         try:
             text = (self.root / unit).read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
@@ -78,7 +78,7 @@ class LegalSource(Source):
             return None
         name = unit.split("/")[1]
         prefix = "license" if unit.startswith("common-licenses/") else "copyright"
-        return Document(id=f"{prefix}:{name}", text="\n\n".join(kept))
+        return SourceText(id=f"{prefix}:{name}", text="\n\n".join(kept))
 
     def describe(self) -> dict:
         info = super().describe()

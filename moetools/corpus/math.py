@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .sources import Document, Source, dpkg_version
+from .sources import Source, SourceText, dpkg_version
 from .splits import hash_order
 from .text import count_tokens
 
@@ -63,11 +63,11 @@ class DerivationsSource(Source):
     def units(self) -> list[str]:
         return hash_order(f"p{number:04d}" for number in range(1, len(self._pages()) + 1))
 
-    def load(self, unit: str) -> Document | None:
+    def load(self, unit: str) -> SourceText | None:
         text = self._pages()[int(unit[1:]) - 1].extract_text() or ""
         if count_tokens(text) < MIN_PAGE_TOKENS:
             return None
-        return Document(id=f"derivations:{unit}", text=text)
+        return SourceText(id=f"derivations:{unit}", text=text)
 
     def describe(self) -> dict:
         info = super().describe()

@@ -16,7 +16,7 @@ import importlib.util
 from pathlib import Path
 from xml.etree import ElementTree
 
-from .sources import Document, Source
+from .sources import Source, SourceText
 from .splits import hash_order
 
 #: XML element -> label of the note it holds
@@ -108,7 +108,7 @@ class Icd10cmSource(Source):
     def units(self) -> list[str]:
         return hash_order(code for code in self._parse() if code)
 
-    def load(self, unit: str) -> Document | None:
+    def load(self, unit: str) -> SourceText | None:
         title, diag = self._parse()[unit]
         # a paragraph per subcategory (E11.0, E11.1, ...): the chunker cuts between them first
         heading: list[str] = [f"ICD-10-CM {title}"] if title else []
@@ -120,7 +120,7 @@ class Icd10cmSource(Source):
             lines: list[str] = []
             render_diagnosis(child, lines)
             paragraphs.append("\n".join(lines))
-        return Document(id=f"icd10cm:{unit}", text="\n\n".join(paragraphs))
+        return SourceText(id=f"icd10cm:{unit}", text="\n\n".join(paragraphs))
 
     def describe(self) -> dict:
         info = super().describe()

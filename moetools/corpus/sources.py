@@ -1,6 +1,6 @@
 """The source interface of the corpus builder, and the registry of domains.
 
-A :class:`Source` turns one offline resource into :class:`Document` s for one
+A :class:`Source` turns one offline resource into :class:`SourceText` s for one
 domain. It lists its units cheaply (files, pages, categories, fortunes) in the
 order the builder consumes them (:meth:`Source.units`), so a token cap reads only
 what it keeps, and loads each unit on demand (:meth:`Source.load`).
@@ -41,8 +41,11 @@ class MissingSourceError(UsageError):
 
 
 @dataclass
-class Document:
-    """One source document before chunking.
+class SourceText:
+    """One text a source yields (a file, a page, a category, a fortune), before chunking.
+
+    Not a corpus :class:`moetools.corpus.documents.Document`: the builder chunks it into
+    the JSON-lines records that the corpus reader later reads back as documents.
 
     ``id`` is stable across runs and machines (a path relative to the source's
     root, a code, a page number or a content hash, prefixed by the source's
@@ -89,7 +92,7 @@ class Source:
         """Unit keys in consumption order (deterministic, usually a salted hash order)."""
         raise NotImplementedError
 
-    def load(self, unit: str) -> Document | None:
+    def load(self, unit: str) -> SourceText | None:
         """The document of ``unit``, or None when it holds no usable text."""
         raise NotImplementedError
 

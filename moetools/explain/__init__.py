@@ -1,7 +1,17 @@
-"""moe-explain's logic: prompts, answer parsing, the response cache and the async runner.
+"""moe-explain's logic: prompts, answer parsing, the explainer methods and the async runner.
 
-    from moetools.explain import explain_stream
-    explain_stream(reader, writer, backend="offline")
+The methods (``--backend``): the paper's chat prompt through any completion client
+of :mod:`moetools.llm` (``openai``, ``local``, or a plugin's; :mod:`.chat`), MONET
+self-explanation (``self``, :mod:`.self_explain`) and an offline statistical
+summary (``offline``, :mod:`.offline`). From Python::
+
+    from moetools.explain import ExplainSettings, ResponseCache, make_explainer, make_runner, run_sync
+
+    explainer = make_explainer("openai", {"api_base": "http://localhost:8000/v1", "model": "m"},
+                               settings=ExplainSettings(max_examples=10))
+    explainer.prepare()                                   # reach the server before any work
+    runner = make_runner(explainer, cache=ResponseCache(), domain=load_domain("medical"))
+    seconds = run_sync(runner, samples_reader, labels.append)   # one label record per expert record
 
 See :mod:`moetools.explain.runner` for the method and formats/labels.md for the output.
 """
@@ -12,22 +22,20 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
-from ..llm import Accounting, get_explainer
-from .cache import ResponseCache, default_cache_dir
-from .parse import parse_explanation
+from ..llm.cache import ResponseCache, default_cache_dir
+from .method import ExplainAccounting, Explainer, ExplainJob, ExplainSettings
+from .parse import check_explanation, parse_explanation
 from .prompts import BUILTIN_DOMAINS, Domain, build_messages, load_domain
+from .registry import available, backend_table, describe_backends, make_explainer, register_explainer
 from .runner import ExplainRunner, logit_lens_pieces, select_examples
 
 
-def make_runner(backend: str, options: dict, *, cache: ResponseCache, domain: Domain | None = None,
-                max_examples: int = 20, logit_lens_top: int = 3, attempts: int = 3,
-                accounting: Accounting | None = None) -> ExplainRunner:
-    """A runner for the backend registered as ``backend`` with moe-explain's ``options``."""
-    accounting = accounting or Accounting()
-    options = {**options, "max_examples": max_examples}
-    explainer = get_explainer(backend)(options, accounting)
-    return ExplainRunner(explainer, cache=cache, accounting=accounting, domain=domain,
-                         max_examples=max_examples, logit_lens_top=logit_lens_top, attempts=attempts)
+def make_runner(explainer: Explainer | str, options: dict | None = None, *, cache: ResponseCache | None,
+                domain: Domain | None = None, settings: ExplainSettings | None = None) -> ExplainRunner:
+    """A runner for ``explainer`` (an :class:`Explainer`, or a ``--backend`` name with its options)."""
+    if isinstance(explainer, str):
+        explainer = make_explainer(explainer, options, settings=settings)
+    return ExplainRunner(explainer, cache=cache, domain=domain)
 
 
 def run_sync(runner: ExplainRunner, records: Iterable[dict], emit: Callable[[dict], None],
@@ -40,16 +48,25 @@ def run_sync(runner: ExplainRunner, records: Iterable[dict], emit: Callable[[dic
 
 __all__ = [
     "BUILTIN_DOMAINS",
-    "Accounting",
     "Domain",
+    "ExplainAccounting",
+    "ExplainJob",
     "ExplainRunner",
+    "ExplainSettings",
+    "Explainer",
     "ResponseCache",
+    "available",
+    "backend_table",
     "build_messages",
+    "check_explanation",
     "default_cache_dir",
+    "describe_backends",
     "load_domain",
     "logit_lens_pieces",
+    "make_explainer",
     "make_runner",
     "parse_explanation",
+    "register_explainer",
     "run_sync",
     "select_examples",
 ]

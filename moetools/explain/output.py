@@ -15,24 +15,21 @@ from pathlib import Path
 
 from ..errors import FormatError, TruncatedStreamError, UsageError
 from ..streams import StreamReader
-
-
-def _partial(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
+from ..streams.files import is_stdio, open_input, partial_path
 
 
 def previous_labels(output: str | None, settings: dict) -> list[dict]:
     """The ``ok`` labels an earlier run left in ``output`` (its partial file first); [] when none."""
-    if output in (None, "-"):
+    if is_stdio(output):
         return []
     path = Path(output)
-    source = _partial(path) if _partial(path).exists() else path if path.exists() else None
+    source = partial_path(path) if partial_path(path).exists() else path if path.exists() else None
     if source is None or source.stat().st_size == 0:
         return []
     labels: list[dict] = []
-    with open(source, "rb") as handle:
+    with open_input(source) as handle:
         try:
-            reader = StreamReader(handle, kinds="labels")
+            reader = StreamReader(handle, kinds="labels", validate=True)  # kept labels go into the new output
         except TruncatedStreamError:
             return []
         except FormatError as error:

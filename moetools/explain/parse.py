@@ -2,37 +2,61 @@
 
 Paper 000's prompts ask for a response "in the form 'This expert specializes in...'"
 (Appendix A.1.1). Explainers wrap it in chatter, quotes or markdown; this finds
-the sentence and returns it cleaned, or None when the answer holds no such
-sentence (then moe-explain asks again and finally records the raw answer as a
-failure — it never makes a label up).
+the sentence and returns it cleaned, or says why the answer holds no usable one
+(then moe-explain asks again and finally records the raw answer as a failure — it
+never makes a label up).
+
+Not a label (each seen from real servers, each a test case): the phrase found
+mid-clause ("... understand what this expert specializes in and provide a list"),
+a sentence that only introduces a list ("... in the following tasks:"), no specific
+content ("... in the following topics", "... in processing certain types of
+content"), the prompt's ``<< >>`` marks or an unbalanced bracket kept, a sentence
+cut off after a function word ("... the pattern of"), and an answer the server cut
+off at ``max_tokens`` (``finish_reason: "length"``) before its first sentence ended.
 """
 
 from __future__ import annotations
 
 import re
 
+NOT_A_LABEL = "answer has no \"This expert specializes in ...\" sentence"
+
 _PHRASE = re.compile(r"\b(?:this|the)\s+expert\s+speciali[sz]es\s+in\b", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)(?<!\betc)[.!?](?=\s|$)|\n")
-_MIN_WORDS = 1
 _DANGLING = frozenset({"a", "an", "the", "of", "in", "on", "at", "to", "for", "with", "by", "from", "and", "or",
                        "as", "such", "like", "including", "its", "their"})
+#: a sentence starting with one of these continues a clause ("... specializes in and provide a list")
+_CLAUSE_WORDS = frozenset({"and", "or", "but", "what", "which", "that", "provide", "providing", "then", "so"})
+#: words that say nothing about what an expert does ("the following topics", "certain types of content")
+_GENERIC = _DANGLING | frozenset({
+    "following", "topics", "topic", "tasks", "task", "things", "thing", "types", "type", "kinds", "kind", "content",
+    "areas", "area", "various", "different", "certain", "specific", "many", "several", "some", "list", "below",
+    "above", "these", "those", "this", "that", "processing", "handling", "general", "domains", "domain", "it",
+    "is", "are", "here", "ways", "aspects"})
 _QUOTES = "\"'“‘«"
 _CLOSING = {"“": "”", "‘": "’", "«": "»"}
+_LEAD_IN = " \t\"'“‘«*#>-"
 
 
-def parse_explanation(text: str | None) -> str | None:
-    """``"This expert specializes in X"`` from ``text``, or None when malformed.
+def _starts_a_sentence(before: str) -> bool:
+    """Whether text ending in ``before`` leaves the phrase at the start of a sentence, line or quote."""
+    stripped = before.rstrip(_LEAD_IN)
+    return not stripped or stripped[-1] in ".!?:\n" or stripped.endswith(("Answer", "answer"))
 
-    Malformed: no such phrase, nothing after it, only the prompt's placeholder
-    ("This expert specializes in..."), or a sentence cut off after a function word
-    ("... the pattern of").
+
+def check_explanation(text: str | None, truncated: bool = False) -> tuple[str | None, str | None]:
+    """``("This expert specializes in X", None)``, or ``(None, why it is not a label)``.
+
+    ``truncated``: the answer was cut off at ``max_tokens`` (its first sentence must have ended).
     """
     if not text:
-        return None
+        return None, NOT_A_LABEL
     cleaned = text.replace("**", "").replace("__", "").replace("`", "")
-    match = _PHRASE.search(cleaned)
+    match = next((found for found in _PHRASE.finditer(cleaned) if _starts_a_sentence(cleaned[: found.start()])), None)
     if match is None:
-        return None
+        if _PHRASE.search(cleaned):
+            return None, NOT_A_LABEL + " (the phrase only appears mid-sentence)"
+        return None, NOT_A_LABEL
     rest = cleaned[match.end():]
     before = cleaned[: match.start()].rstrip()
     if before and before[-1] in _QUOTES:  # a quoted answer ends at its closing quote
@@ -40,13 +64,32 @@ def parse_explanation(text: str | None) -> str | None:
         if closing in rest:
             rest = rest[: rest.index(closing)]
     end = _SENTENCE_END.search(rest)
-    body = rest[: end.start()] if end else rest
-    body = body.strip().strip("\"'“”‘’ ").rstrip(".,;:!?\"'“”‘’ ").strip()
+    raw_body = (rest[: end.start()] if end else rest).strip()
+    if truncated and end is None and not rest.rstrip().endswith(tuple(_QUOTES + "”’»")):
+        return None, NOT_A_LABEL + " (cut off at --max-tokens: finish_reason \"length\")"
+    body = raw_body.strip("\"'“”‘’ ").rstrip(".,;:!?\"'“”‘’ ").strip()
     body = re.sub(r"\s+", " ", body)
-    if not body or body in ("...", "…") or body.startswith(("...", "…")) or len(body.split()) < _MIN_WORDS:
-        return None
-    if not re.search(r"[A-Za-z0-9]", body):
-        return None
-    if body.split()[-1].lower() in _DANGLING:  # cut off mid-sentence ("... the pattern of")
-        return None
-    return f"This expert specializes in {body}"
+    if not body or body.startswith(("...", "…")) or not re.search(r"[A-Za-z0-9]", body):
+        return None, NOT_A_LABEL
+    words = body.split()
+    why = None
+    if raw_body.rstrip().endswith(":"):
+        why = "it only introduces a list"
+    elif words[0].lower() in _CLAUSE_WORDS:
+        why = "the phrase continues a clause"
+    elif "<<" in body or ">>" in body:
+        why = "it keeps the prompt's << >> marks"
+    elif body.count("(") != body.count(")") or body.count("[") != body.count("]"):
+        why = "unbalanced brackets"
+    elif words[-1].lower() in _DANGLING:  # cut off mid-sentence ("... the pattern of")
+        why = "it ends in a function word"
+    elif all(re.sub(r"[^\w]", "", word.lower()) in _GENERIC for word in words):
+        why = "no specific content"
+    if why is not None:
+        return None, f"{NOT_A_LABEL} ({why})"
+    return f"This expert specializes in {body}", None
+
+
+def parse_explanation(text: str | None, truncated: bool = False) -> str | None:
+    """The label in ``text``, or None when it holds none (see :func:`check_explanation`)."""
+    return check_explanation(text, truncated)[0]

@@ -8,13 +8,14 @@ into one ``label`` record (formats/labels.md):
    "in order from most strongly activating to least strongly activating"), at most
    ``max_examples`` (paper 002 shows 20), plus the top logit-lens tokens (paper 002: 3);
 2. the prompt (P_mono or P_domain(d), :mod:`moetools.explain.prompts`);
-3. the answer: from the response cache when it holds this exact request, else from
-   the backend, then cached; an answer without a "This expert specializes in ..."
-   sentence is asked again (``attempts`` in all) and finally recorded as failed with
-   the raw text.
+3. the answer: from the response cache when it holds this exact request and the
+   answer there is a label, else from the method, then cached when it is a label;
+   an answer that is not a label (:mod:`moetools.explain.parse`) is asked again
+   (``attempts`` in all) and finally recorded as failed with the raw text and why.
 
-Up to ``window`` experts are being worked on at once (the backend limits its own
-requests in flight); labels are emitted in input order as soon as every earlier
+Up to ``window`` experts are being worked on at once, and at most the method's
+``concurrency`` of them wait for an answer (a client also bounds its own requests
+in flight); labels are emitted in input order as soon as every earlier
 one is done, so the output is deterministic. A killed run loses no answer that
 came back: it is in the cache, and a rerun asks only for the rest.
 """
@@ -23,16 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from ..llm.base import Accounting, BackendError, Completion, Explainer, ExplainJob, FatalBackendError
-from .cache import ResponseCache
+from ..llm.base import BackendError, FatalBackendError
+from ..llm.cache import ResponseCache, through_cache
+from .method import DEFAULT_LOGIT_LENS_TOP, DEFAULT_MAX_EXAMPLES, ExplainAccounting, Explainer, ExplainJob
 from .prompts import Domain, build_messages
-
-DEFAULT_MAX_EXAMPLES = 20     # paper 002: the top-20 activating sequences per expert
-DEFAULT_LOGIT_LENS_TOP = 3    # paper 002: top-3 logit-lens tokens
 
 
 def max_activation(context: dict) -> float:
@@ -72,53 +72,52 @@ def logit_lens_pieces(record: dict, top: int = DEFAULT_LOGIT_LENS_TOP) -> list[s
 
 
 class ExplainRunner:
-    """Drives one backend over a stream of expert records (see the module docstring)."""
+    """Drives one explainer method over a stream of expert records (see the module docstring).
 
-    def __init__(self, backend: Explainer, *, cache: ResponseCache, accounting: Accounting,
-                 domain: Domain | None = None, max_examples: int = DEFAULT_MAX_EXAMPLES,
-                 logit_lens_top: int = DEFAULT_LOGIT_LENS_TOP, attempts: int = 3,
+    ``max_examples``, ``logit_lens_top`` and ``attempts`` come from the method's
+    :class:`moetools.explain.method.ExplainSettings`.
+    """
+
+    def __init__(self, backend: Explainer, *, cache: ResponseCache | None, domain: Domain | None = None,
                  window: int | None = None):
         self.backend = backend
         self.cache = cache
-        self.accounting = accounting
+        self.accounting: ExplainAccounting = backend.accounting
         self.domain = domain
-        self.max_examples = max_examples
-        self.logit_lens_top = logit_lens_top
-        self.attempts = max(1, 1 if backend.deterministic else attempts)
+        self.max_examples = backend.settings.max_examples
+        self.logit_lens_top = backend.settings.logit_lens_top
+        self.attempts = max(1, backend.settings.attempts)
         self.window = window or max(2, 2 * backend.concurrency)
         self._slots = asyncio.Semaphore(max(1, backend.concurrency))
+        #: why experts failed, by kind (a BackendError's kind, "answer", "length"), for the advice line
+        self.failure_kinds: Counter = Counter()
 
     # -- one expert ------------------------------------------------------------------------------
     def prompt_record(self) -> dict:
         if not self.backend.uses_chat_prompt:
-            return {"kind": getattr(self.backend, "prompt_kind", self.backend.name), "domain": None}
+            return {"kind": self.backend.prompt_kind or self.backend.name, "domain": None}
         if self.domain is None:
             return {"kind": "mono", "domain": None}
         return {"kind": "domain", "domain": self.domain.name}
 
     def make_job(self, record: dict) -> ExplainJob:
-        # a backend's corpus pass may have chosen the examples already (and dropped the rest of the record)
+        # a method's corpus pass may have chosen the examples already (and dropped the rest of the record)
         examples = record["shown"] if "shown" in record else select_examples(record, self.max_examples)
         messages = build_messages(examples, self.domain, logit_lens_pieces(record, self.logit_lens_top)) \
             if self.backend.uses_chat_prompt and examples else []
         return ExplainJob(layer=int(record["layer"]), expert=int(record["expert"]), messages=messages,
                           examples=examples, record=record)
 
-    async def _answer(self, job: ExplainJob) -> tuple[Completion, bool]:
-        """The backend's answer to ``job`` and whether it came from the cache."""
-        identity = self.backend.request_identity(job) if self.backend.cacheable else None
-        if identity is not None:
-            cached = self.cache.get(identity)
-            if cached is not None:
-                self.accounting.cache_hits += 1
-                return cached, True
-        async with self._slots:
-            completion = await self.backend.complete(job)
-        self.accounting.prompt_tokens += completion.prompt_tokens
-        self.accounting.completion_tokens += completion.completion_tokens
-        if identity is not None:
-            self.cache.put(identity, completion)
-        return completion, False
+    async def _answer(self, job: ExplainJob):
+        """The method's answer to ``job``: a cached one when it is a label, else a fresh one (cached if a label)."""
+        identity = self.backend.request_identity(job) if self.backend.cacheable and self.cache is not None else None
+
+        async def fresh():
+            async with self._slots:
+                return await self.backend.complete(job)
+
+        return await through_cache(self.cache, identity, fresh, accounting=self.accounting,
+                                   accept=lambda completion: self.backend.interpret(completion)[0] is not None)
 
     async def label(self, record: dict) -> dict:
         """The label record of one expert (status ok or failed; never a made-up explanation)."""
@@ -128,7 +127,7 @@ class ExplainRunner:
                  "status": "failed", "prompt": self.prompt_record(), "explainer": self.backend.identity(),
                  "examples": [str(context.get("id")) for context in job.examples]}
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "cache_hits": 0}
-        raw, error = None, None
+        raw, error, kind = None, None, None
         if not job.examples:
             status = record.get("status")
             error = "no activating examples in the explain sets" + (f" (samples status: {status})"
@@ -138,22 +137,23 @@ class ExplainRunner:
             if attempt:
                 self.accounting.answer_retries += 1
             try:
-                completion, from_cache = await self._answer(job)
+                completion = await self._answer(job)
             except FatalBackendError:
                 raise
             except BackendError as failure:
-                raw, error = None, str(failure)
+                raw, error, kind = None, str(failure), failure.kind
                 break  # the transport already retried; asking again would only repeat that
-            usage["cache_hits"] += int(from_cache)
-            usage["prompt_tokens"] += completion.prompt_tokens
-            usage["completion_tokens"] += completion.completion_tokens
-            explanation = self.backend.parse(completion.text)
+            usage["cache_hits"] += int(completion.cached)
+            usage["prompt_tokens"] += completion.usage.prompt_tokens
+            usage["completion_tokens"] += completion.usage.completion_tokens
+            explanation, problem = self.backend.interpret(completion)
             if explanation is not None:
-                label["explanation"], label["status"], raw, error = explanation, "ok", None, None
+                label["explanation"], label["status"], raw, error, kind = explanation, "ok", None, None, None
                 if completion.details:
                     label["details"] = completion.details
                 break
-            raw, error = completion.text, "answer has no \"This expert specializes in ...\" sentence"
+            raw, error = completion.text, problem
+            kind = "length" if completion.truncated else "answer"
         usage["requests"] = job.requests
         label["usage"] = usage
         label["attempts"] = job.attempt + 1 if job.examples else 0
@@ -163,10 +163,18 @@ class ExplainRunner:
             label["raw"] = raw
             self.accounting.failures += 1
             self.accounting.no_examples += not job.examples
+            if kind is not None:
+                self.failure_kinds[kind] += 1
         else:
             self.accounting.labelled += 1
         return label
 
+    def advice(self) -> str | None:
+        """One line on what to change, from the most common reason experts failed (None when nothing to say)."""
+        if not self.failure_kinds:
+            return None
+        kind, _ = self.failure_kinds.most_common(1)[0]
+        return self.backend.advice(kind)
     # -- the stream ------------------------------------------------------------------------------
     async def run(self, records: Iterable[dict], emit: Callable[[dict], None],
                   skip: Callable[[dict], bool] | None = None) -> None:

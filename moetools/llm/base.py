@@ -1,136 +1,227 @@
-"""What every explainer backend implements, and what it gets and returns."""
+"""What every completion client is, takes and returns: options, completions, accounting, errors."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from ..errors import MoetoolsError
+from ..errors import MoetoolsError, UsageError
 
 
 class BackendError(MoetoolsError):
-    """A request that failed after its retries (the expert is recorded as failed; the run goes on)."""
+    """A request that failed after its retries (the caller records the item as failed and goes on).
+
+    ``kind`` says what went wrong, for advice: ``timeout``, ``connection``, ``http``, ``malformed``.
+    """
+
+    def __init__(self, message: str, kind: str = "http", requests: int = 0):
+        super().__init__(message)
+        self.kind = kind
+        self.requests = requests  # requests sent for it, retries included
 
 
 class FatalBackendError(MoetoolsError):
-    """A failure no other expert can escape (bad key, unknown model, wrong URL): the run stops."""
+    """A failure no other request can escape (bad key, unknown model, unreachable server): the run stops."""
 
 
 @dataclass
-class Accounting:
-    """Counters for the end-of-run line and the end record (shared by runner and backend)."""
+class Usage:
+    """Tokens of one answer as the backend reported them (0 when unknown), and the requests it took."""
 
-    requests: int = 0          # requests actually sent (HTTP requests, generate calls), retries included
-    cache_hits: int = 0
-    retries: int = 0           # transport-level retries (429, 5xx, timeouts, dropped connections, bad JSON)
-    answer_retries: int = 0    # answers that did not parse and were asked again
-    failures: int = 0          # experts recorded as failed
-    no_examples: int = 0       # of those, experts with nothing to explain (no activating examples)
-    labelled: int = 0          # experts labelled in this run
-    skipped: int = 0           # experts already labelled in the output (resume)
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    max_in_flight: int = 0
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def line(self, seconds: float) -> str:
-        tokens = self.prompt_tokens + self.completion_tokens
-        nothing = f" ({self.no_examples} with no examples)" if self.no_examples else ""
-        return (f"{self.labelled} labelled, {self.failures} failed{nothing}, {self.skipped} already done; "
-                f"requests {self.requests}, cache hits {self.cache_hits}, retries {self.retries + self.answer_retries}, "
-                f"failures {self.failures}, tokens {tokens} (prompt {self.prompt_tokens}, "
-                f"completion {self.completion_tokens}); {seconds:.1f} s")
+    requests: int = 1  # retries included; 0 for an answer from the cache
 
 
 @dataclass
 class Completion:
-    """One answer from a backend."""
+    """One answer: its text, why it ended, its token usage and whether it came from the cache.
+
+    ``finish_reason`` is the server's (``"stop"``, ``"length"`` when cut off by
+    ``max_tokens``, or None when unknown). ``details`` carries evidence of methods
+    that are not chat models (moetools.explain's offline and self methods).
+    """
 
     text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    #: backend-specific evidence copied into the label record (e.g. the offline method's statistics)
+    finish_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    cached: bool = False
     details: dict | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
 
 
 @dataclass
-class ExplainJob:
-    """What a backend is asked about one expert.
+class Accounting:
+    """Request and token counters of one run, shared by a client and whoever drives it."""
 
-    Chat backends read ``messages`` (the paper's prompt, already filled in);
-    backends that work from the activations themselves (``self``, ``offline``)
-    read ``examples`` (the contexts shown, in order of activation) and ``record``.
+    requests: int = 0          # requests actually sent (HTTP requests, generated prompts), retries included
+    cache_hits: int = 0
+    retries: int = 0           # transport-level retries (429, 5xx, timeouts, dropped connections, bad JSON)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    max_in_flight: int = 0
+
+    def add_usage(self, usage: Usage) -> None:
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def option(default: Any, help: str, **metadata) -> Any:
+    """A field of an options dataclass with its help text (shown by ``moe-explain --list-backends``)."""
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _type_text(annotation: Any) -> str:
+    """``"int"``, ``"str | None"``: a field's annotation as text (a string already under postponed annotations)."""
+    if isinstance(annotation, str):
+        return annotation
+    return getattr(annotation, "__name__", None) or str(annotation)
+
+
+def _convert(value: Any, annotation: str, name: str) -> Any:
+    """``value`` (a flag's typed value, or a ``-O key=value`` string) as the field's type."""
+    if value is None or not isinstance(value, str):
+        if isinstance(value, int) and not isinstance(value, bool) and "float" in annotation:
+            return float(value)
+        return value
+    kinds = annotation.replace(" ", "").split("|")
+    try:
+        if "bool" in kinds:
+            lowered = value.lower()
+            if lowered not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(value)
+            return lowered in ("1", "true", "yes", "on")
+        if "int" in kinds:
+            return int(value)
+        if "float" in kinds:
+            return float(value)
+    except ValueError:
+        raise UsageError(f"{flag_name(name)}: {value!r} is not a valid {kinds[0]}") from None
+    return value
+
+
+@dataclass
+class Options:
+    """Base of a backend's typed options: each backend's own dataclass owns its defaults and checks.
+
+    :meth:`from_settings` takes what the user gave (flags by field name; ``-O
+    key=value`` strings are converted by the field's type), refuses what the backend
+    does not take, fills in the defaults and runs :meth:`check`.
     """
 
-    layer: int
-    expert: int
-    messages: list[dict]
-    examples: list[dict]
-    record: dict = field(repr=False, default_factory=dict)
-    attempt: int = 0
-    #: requests the backend sent for this job (retries included); backends add to it
-    requests: int = 0
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any] | None = None, *, backend: str = "?") -> Options:
+        known = {item.name: item for item in dataclasses.fields(cls)}
+        unknown = [name for name in (settings or {}) if name not in known]
+        if unknown:
+            takes = ", ".join(flag_name(name) for name in known) or "no options"
+            raise UsageError(f"{', '.join(flag_name(name) for name in unknown)} does not apply to backend "
+                             f"{backend} (it takes {takes})")
+        values = {name: _convert(value, _type_text(known[name].type), name) for name, value in (settings or {}).items()}
+        options = cls(**values)
+        options.check()
+        return options
+
+    def check(self) -> None:
+        """Raise :class:`moetools.errors.UsageError` for values that cannot work."""
+
+    @classmethod
+    def describe(cls) -> list[tuple[str, Any, str]]:
+        """``(flag, default, help)`` of every option, for ``--list-backends``."""
+        return [(flag_name(item.name), item.default, item.metadata.get("help", ""))
+                for item in dataclasses.fields(cls)]
 
 
-class Explainer:
-    """Base class of a backend; subclasses override :meth:`complete` (async).
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UsageError(message)
 
-    ``options`` holds every moe-explain option (``model``, ``api_base``,
-    ``concurrency``, ``temperature``, ``max_tokens``, ...); a backend reads what it
-    needs. Class attributes tell the runner how to drive it.
+
+@dataclass
+class GenerationOptions(Options):
+    """What every completion client takes: the model and how much and how randomly to answer."""
+
+    model: str | None = option(None, "the model (a name for a server, a directory or file for a local model)")
+    temperature: float = option(0.0, "sampling temperature (0: greedy)")
+    max_tokens: int = option(64, "most tokens an answer may have")
+
+    def check(self) -> None:
+        require(self.temperature >= 0, f"--temperature must be >= 0 (got {self.temperature})")
+        require(self.max_tokens >= 1, f"--max-tokens must be >= 1 (got {self.max_tokens})")
+
+
+class CompletionClient:
+    """Base class of a completion backend: chat messages in, :class:`Completion` out.
+
+    Subclasses set ``options_class`` and implement :meth:`complete` (async); the
+    client itself bounds its requests in flight to :attr:`concurrency`.
     """
 
     name = "?"
-    #: responses may be stored in and served from the response cache
-    cacheable = True
-    #: the backend answers the paper's chat prompt (so prompt kind mono/domain applies)
-    uses_chat_prompt = True
-    #: answers are deterministic: a malformed one is not asked again
-    deterministic = False
-    #: the backend needs every record before the first answer (see offline)
-    needs_corpus_pass = False
+    options_class: type[GenerationOptions] = GenerationOptions
+    #: one line for ``--list-backends``
+    summary = ""
+    #: the client can start the answer with a given prefix (``answer_prefix``)
+    supports_prefix = False
 
-    def __init__(self, options: dict, accounting: Accounting):
+    def __init__(self, options: GenerationOptions, accounting: Accounting | None = None):
         self.options = options
-        self.accounting = accounting
+        self.accounting = accounting if accounting is not None else Accounting()
 
     @property
     def model(self) -> str | None:
-        return self.options.get("model")
+        return self.options.model
 
     @property
     def concurrency(self) -> int:
-        return int(self.options.get("concurrency") or 1)
+        return 1
 
     def identity(self) -> dict:
-        """``explainer`` field of the label records: backend, model, method."""
+        """What identifies the answering model: backend, endpoint (where one exists), model (never a secret)."""
+        return {"backend": self.name, "model": self.model}
+
+    def label(self) -> dict:
+        """``{backend, model, method}`` for records (the model as people name it)."""
         return {"backend": self.name, "model": self.model, "method": None}
 
-    def parameters(self, job: ExplainJob) -> dict:
-        """Generation parameters that change the answer (part of the cache key)."""
-        temperature = float(self.options.get("temperature") or 0.0)
-        if job.attempt > 0:  # a malformed answer: ask again with some sampling
-            temperature = max(temperature, float(self.options.get("retry_temperature") or 0.7))
-        return {"temperature": temperature, "max_tokens": int(self.options.get("max_tokens") or 64),
-                "attempt": job.attempt if self.deterministic is False and job.attempt > 0 else 0}
+    def parameters(self, temperature: float | None = None, max_tokens: int | None = None,
+                   answer_prefix: str | None = None) -> dict:
+        """Generation parameters that change the answer (options' defaults filled in)."""
+        parameters = {"temperature": float(self.options.temperature if temperature is None else temperature),
+                      "max_tokens": int(self.options.max_tokens if max_tokens is None else max_tokens)}
+        if answer_prefix is not None:
+            parameters["answer_prefix"] = answer_prefix
+        return parameters
 
-    def request_identity(self, job: ExplainJob) -> dict:
-        """Everything the answer depends on: the response cache key (never a secret)."""
-        return {"backend": self.name, "model": self.model, "messages": job.messages,
-                "parameters": self.parameters(job)}
+    def request_identity(self, messages: list[dict], **parameters) -> dict:
+        """Everything an answer depends on: the response cache key."""
+        return {"client": self.identity(), "messages": messages, "parameters": self.parameters(**parameters)}
 
-    def parse(self, text: str) -> str | None:
-        from ..explain.parse import parse_explanation
+    def prepare(self) -> None:
+        """Checks before any work (synchronous): reach the server, resolve the model. Raises on failure."""
 
-        return parse_explanation(text)
+    def advice(self, kind: str) -> str | None:
+        """What to change when many requests failed with ``kind`` (see :class:`BackendError`)."""
+        return None
 
     async def start(self) -> None:
-        """Called once before the first request (load a model, open a client)."""
+        """Called once before the first request (load a model, open connections)."""
 
-    async def complete(self, job: ExplainJob) -> Completion:  # pragma: no cover - interface
-        raise NotImplementedError
+    async def complete(self, messages: list[dict], *, temperature: float | None = None,
+                       max_tokens: int | None = None, answer_prefix: str | None = None) -> Completion:
+        raise NotImplementedError  # pragma: no cover - interface
 
     async def aclose(self) -> None:
         """Called once at the end, also after an error or Ctrl-C."""

@@ -1,86 +1,104 @@
-"""The explainer backend registry: one decorator, used by the built-ins and by users alike.
+"""Backends come from entry-point groups; moetools' own are declared in its pyproject.toml the same way.
 
-A backend is a class registered under a name::
+A completion backend is a :class:`moetools.llm.CompletionClient` subclass named in
+the group ``moetools.llm_backends``::
 
-    from moetools.llm import Explainer, Completion, register_explainer
+    # my_package's pyproject.toml
+    [project.entry-points."moetools.llm_backends"]
+    mine = "my_package.client:MyClient"
 
-    @register_explainer("echo")
-    class EchoExplainer(Explainer):
-        async def complete(self, job):
-            return Completion(text="This expert specializes in echoing")
-
-Built-in backends live in the modules listed in :data:`BUILTIN_MODULES`; a user's
-own are found the same way, by importing a module whose import runs the
-decorator. Such modules are named in the entry-points group
-``moetools.explainers`` (``[project.entry-points."moetools.explainers"]
-mine = "my_package.explainers"``) or in ``$MOETOOLS_EXPLAINERS``
-(comma-separated module names). Modules load lazily, the first time a backend is
-looked up, so ``--help`` stays fast and a broken plugin only matters when used.
+The built-ins (``openai``, ``local``) are declared in moetools' pyproject.toml
+exactly so. When moetools runs uninstalled (``bin/`` launchers with
+``PYTHONPATH``) or its installed metadata predates a group, the built-ins are read
+from the checkout's pyproject.toml: the same declarations. Entries load lazily,
+the first time a backend is looked up, so ``--help`` stays fast and a broken
+plugin only matters when it is used. Another package's entry point of the same
+name takes over a built-in.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-from importlib.metadata import entry_points
+import re
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 
 from ..errors import UsageError
 
-ENTRY_POINT_GROUP = "moetools.explainers"
-#: the built-in backends: loaded exactly like a plugin module
-BUILTIN_MODULES = ("moetools.llm.openai", "moetools.llm.local", "moetools.llm.self_explain",
-                   "moetools.llm.offline")
-
-_REGISTRY: dict[str, type] = {}
-_imported: set[str] = set()
+ENTRY_POINT_GROUP = "moetools.llm_backends"
+BUILTIN_DISTRIBUTION = "moetools"
 
 
-def register_explainer(name: str):
-    """Class decorator: make ``cls`` available as ``--backend NAME``."""
-
-    def decorate(cls):
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing is not cls and existing.__qualname__ != cls.__qualname__:
-            raise UsageError(f"two explainer backends named {name!r}: {existing.__module__} and {cls.__module__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
+def _distribution(entry: EntryPoint) -> str:
+    dist = getattr(entry, "dist", None)
+    return dist.name if dist is not None else BUILTIN_DISTRIBUTION
 
 
-def _plugin_modules() -> list[str]:
-    modules = list(BUILTIN_MODULES)
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        modules.append(entry.value.split(":")[0])
-    modules += [name.strip() for name in os.environ.get("MOETOOLS_EXPLAINERS", "").split(",") if name.strip()]
-    return modules
+def _is_builtin(entry: EntryPoint) -> bool:
+    return _distribution(entry).lower().replace("_", "-") == BUILTIN_DISTRIBUTION
 
 
-def load_plugins() -> None:
-    """Import every backend module not imported yet (built-ins, entry points, ``$MOETOOLS_EXPLAINERS``)."""
-    for module in _plugin_modules():
-        if module in _imported:
-            continue
-        try:
-            importlib.import_module(module)
-        except ImportError as error:
-            if module in BUILTIN_MODULES:
-                raise
-            raise UsageError(f"cannot import explainer module {module!r}: {error}") from None
-        _imported.add(module)
+def checkout_entry_points(group: str) -> list[EntryPoint]:
+    """The built-ins of ``group`` as declared in the checkout's pyproject.toml."""
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    if not pyproject.is_file():
+        return []
+    pattern = r'^\[project\.entry-points\."' + re.escape(group) + r'"\][ \t]*\n(.*?)(?=^\[|\Z)'
+    section = re.search(pattern, pyproject.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
+    if section is None:
+        return []
+    pairs = re.findall(r'^[ \t]*"?([\w.-]+)"?[ \t]*=[ \t]*"([^"]+)"', section.group(1), re.MULTILINE)
+    return [EntryPoint(name, value, group) for name, value in pairs]
 
 
-def available() -> list[str]:
-    load_plugins()
-    return sorted(_REGISTRY)
+def group_entry_points(group: str) -> dict[str, tuple[EntryPoint, str]]:
+    """name -> (entry point, distribution): the built-ins, then other packages' (which win on a clash)."""
+    found = list(entry_points(group=group))
+    builtins = [entry for entry in found if _is_builtin(entry)] or checkout_entry_points(group)
+    table = {entry.name: (entry, BUILTIN_DISTRIBUTION) for entry in builtins}
+    for entry in sorted((e for e in found if not _is_builtin(e)), key=lambda e: (_distribution(e), e.name)):
+        table[entry.name] = (entry, _distribution(entry))
+    return table
 
 
-def get_explainer(name: str) -> type:
-    """The backend class registered as ``name``."""
-    load_plugins()
+def load_entry(entry: EntryPoint, distribution: str, what: str):
     try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UsageError(f"unknown explainer backend {name!r} (available: {', '.join(sorted(_REGISTRY))})") \
-            from None
+        return entry.load()
+    except (ImportError, AttributeError) as error:
+        raise UsageError(f"cannot load {what} {entry.name} = {entry.value!r} (package {distribution}): "
+                         f"{error}") from None
+
+
+_LOADED: dict[str, type] = {}
+
+
+def available() -> dict[str, str]:
+    """Backend name -> the package that provides it."""
+    return {name: distribution for name, (_, distribution) in sorted(group_entry_points(ENTRY_POINT_GROUP).items())}
+
+
+def client_class(name: str) -> type:
+    """The :class:`moetools.llm.CompletionClient` subclass registered as ``name``."""
+    from .base import CompletionClient
+
+    if name not in _LOADED:
+        table = group_entry_points(ENTRY_POINT_GROUP)
+        if name not in table:
+            raise UsageError(f"unknown LLM backend {name!r} (available: {', '.join(sorted(table))})")
+        cls = load_entry(*table[name], "LLM backend")
+        if not (isinstance(cls, type) and issubclass(cls, CompletionClient)):
+            raise UsageError(f"LLM backend {name} = {table[name][0].value!r} is not a CompletionClient subclass")
+        cls.name = name
+        _LOADED[name] = cls
+    return _LOADED[name]
+
+
+def make_client(name: str, options=None, accounting=None):
+    """A client of backend ``name``; ``options`` is its options dataclass or a mapping of option values.
+
+    A mapping goes through the backend's ``options_class.from_settings`` (types,
+    defaults, checks; an option the backend does not take is a UsageError).
+    """
+    cls = client_class(name)
+    if not isinstance(options, cls.options_class):
+        options = cls.options_class.from_settings(options or {}, backend=name)
+    return cls(options, accounting)

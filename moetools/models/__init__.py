@@ -1,13 +1,21 @@
-"""What knows model families: MoE layers, routers, experts, unembedding; model identity.
+"""What knows model families: adapters, the routing capture, one model loader, model identity.
 
-Names are imported lazily, so ``import moetools.models.monet`` (or any tool that never
-touches a model) does not pay for importing torch here.
+- :mod:`.registry`: :class:`Adapter` and the ``moetools.adapters`` entry-point group
+  (built-ins in :mod:`.adapters`, declared in pyproject.toml like any plugin's);
+- :mod:`.capture` / :mod:`.traced_experts`: routing, gates and g·‖E‖ recorded inside
+  transformers' experts computation;
+- :mod:`.loader`: :func:`load_model`, the one loader every tool uses;
+- :mod:`.monet`: the MONET model, registered with transformers' Auto classes on import.
+
+Names are imported lazily, so importing this package (or any tool that never touches a
+model) does not pay for importing torch.
 """
 
 _LAZY = {
     "Adapter": "registry", "MoeLayer": "registry", "RoutingRule": "registry", "adapter_for": "registry",
-    "register_adapter": "registry", "registered_adapters": "registry", "model_identity": "identity",
-    "load_model": "loader", "LoadedModel": "loader", "torch_dtype": "loader",
+    "register_adapter": "registry", "registered_adapters": "registry", "adapter_table": "registry",
+    "model_identity": "identity", "load_model": "loader", "load_tokenizer": "loader", "LoadedModel": "loader",
+    "torch_dtype": "loader", "check_device": "loader", "RoutingCapture": "capture",
 }
 
 
@@ -19,5 +27,6 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Adapter", "LoadedModel", "load_model", "torch_dtype", "MoeLayer", "RoutingRule", "adapter_for", "model_identity", "register_adapter",
-           "registered_adapters"]
+__all__ = ["Adapter", "LoadedModel", "MoeLayer", "RoutingCapture", "RoutingRule", "adapter_for", "adapter_table",
+           "check_device", "load_model", "load_tokenizer", "model_identity", "register_adapter",
+           "registered_adapters", "torch_dtype"]

@@ -2,11 +2,14 @@
 
     loaded = load_model("path/to/olmoe", dtype="auto", device="cpu")
     loaded.model, loaded.tokenizer, loaded.adapter      # adapter None with require_moe=False on a dense model
+    load_model("smollm2.gguf", require_moe=False)       # a GGUF file: de-quantized by transformers (gguf)
 
 Local directories only (``local_files_only``; nothing is fetched from a hub) and
-``trust_remote_code`` off unless the caller asks. MONET registers itself with the
-transformers Auto classes through :mod:`moetools.models.monet`, imported here once.
-Every failure is a :class:`moetools.errors.ModelError` (exit 2) naming the path.
+``trust_remote_code`` off unless the caller asks. MONET is registered with the
+transformers Auto classes by importing :mod:`moetools.models.monet`, done here and
+nowhere else. Every failure of the model directory is a :class:`moetools.errors.ModelError`
+naming the path, and a device that does not exist a :class:`UsageError` (both exit 2),
+checked before anything is loaded.
 """
 
 from __future__ import annotations
@@ -17,6 +20,14 @@ from pathlib import Path
 from ..errors import ModelError, UsageError
 
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+#: files of which a directory needs one to hold a tokenizer (transformers 5 builds an EMPTY
+#: tokenizer from config.json alone, and every text then encodes to no tokens)
+TOKENIZER_VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                              "sentencepiece.bpe.model", "tekken.json")
+#: what from_pretrained raises on a damaged or mismatched directory (SafetensorError: weights
+#: file of random bytes or cut short; the others: bad config, missing or misshapen weights)
+_LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, RuntimeError, TypeError,
+                                                 AttributeError, EOFError)
 
 
 @dataclass
@@ -40,6 +51,31 @@ def torch_dtype(name: str):
     return table[name]
 
 
+def check_device(device: str, option: str = "--device"):
+    """The torch.device for ``device``; UsageError when it is not a device name or not on this machine."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UsageError(f"{option} {device}: not a torch device (cpu, cuda, cuda:1, mps)") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"{option} {device}: no CUDA GPU is available here (use --device cpu)")
+        if parsed.index is not None and parsed.index >= count:
+            raise UsageError(f"{option} {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif parsed.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UsageError(f"{option} {device}: MPS is not available here (use --device cpu)")
+    elif parsed.type != "cpu":
+        accelerator = getattr(torch, parsed.type, None)
+        available = getattr(accelerator, "is_available", None)
+        if available is None or not available():
+            raise UsageError(f"{option} {device}: no {parsed.type} device is available here (use --device cpu)")
+    return parsed
+
+
 def check_model_directory(path) -> Path:
     directory = Path(path)
     if not directory.is_dir():
@@ -49,39 +85,78 @@ def check_model_directory(path) -> Path:
     return directory
 
 
+def load_tokenizer(path, *, trust_remote_code: bool = False, what: str | None = None):
+    """The tokenizer saved in a local directory; ModelError when it has none or it does not load.
+
+    ``what`` names the directory in messages (default: the path), e.g. ``"--tokenizer DIR"``.
+    """
+    from transformers import AutoTokenizer
+
+    what = what or str(path)
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ModelError(f"{what}: not a directory")
+    if not any((directory / name).is_file() for name in TOKENIZER_VOCABULARY_FILES):
+        raise ModelError(f"{what} has no tokenizer (none of {', '.join(TOKENIZER_VOCABULARY_FILES)})")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True,
+                                                  trust_remote_code=trust_remote_code)
+    except _LOAD_ERRORS as error:
+        raise ModelError(f"cannot load the tokenizer in {what}: {_first_line(error)}") from None
+    if len(tokenizer) == 0:
+        raise ModelError(f"{what} has no tokenizer (its tokenizer files hold no vocabulary)")
+    return tokenizer
+
+
 def load_model(path, *, dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
                tokenizer: bool = True, require_moe: bool = True, trust_remote_code: bool = False,
                train: bool = False) -> LoadedModel:
     """Load a local model directory: model (eval mode unless ``train``), tokenizer, adapter.
 
     ``require_moe=False`` accepts a model without MoE layers (adapter None): a dense
-    baseline for moe-eval, moe-tune or moe-probe.
+    baseline for moe-eval, moe-tune or moe-probe. The checks that need no weights
+    (device, dtype, directory, tokenizer files) come first, so a mistake costs no load time.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from . import monet  # noqa: F401 - registers MONET with the Auto classes
-    from .registry import adapter_for
+    from . import monet  # noqa: F401 - the one place MONET is registered with the Auto classes
+    from .registry import adapter_for, registered_adapters
 
     hf_logging.disable_progress_bar()  # moetools reports on stderr itself
-    directory = check_model_directory(path)
-    kwargs = {"dtype": torch_dtype(dtype), "local_files_only": True, "trust_remote_code": trust_remote_code}
+    if not device_map:
+        check_device(device)
+    torch_type = torch_dtype(dtype)
+    # adapters first: a plugin's module may register its own model classes with the Auto classes
+    registered_adapters()
+    kwargs = {"dtype": torch_type, "local_files_only": True, "trust_remote_code": trust_remote_code}
+    if Path(path).is_file() and Path(path).suffix == ".gguf":  # weights, config and tokenizer in one file
+        directory, kwargs["gguf_file"] = Path(path).parent, Path(path).name
+    else:
+        directory = check_model_directory(path)
+        if tokenizer and not any((directory / name).is_file() for name in TOKENIZER_VOCABULARY_FILES):
+            raise ModelError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_VOCABULARY_FILES)})")
     if device_map:
         kwargs["device_map"] = device_map
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
-        raise ModelError(f"cannot load the model in {path}: {str(error).splitlines()[0]}") from None
+        with _gguf_quiet(kwargs):
+            model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
+    except (*_LOAD_ERRORS, SafetensorError) as error:
+        raise ModelError(f"cannot load the model in {path}: {_first_line(error)}") from None
     if not device_map:
         model.to(device)
     model.train(train)
     loaded_tokenizer = None
-    if tokenizer:
+    if tokenizer and "gguf_file" in kwargs:
         try:
-            loaded_tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True,
-                                                             trust_remote_code=trust_remote_code)
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ModelError(f"cannot load the tokenizer in {path}: {str(error).splitlines()[0]}") from None
+            with _gguf_quiet(kwargs):
+                loaded_tokenizer = AutoTokenizer.from_pretrained(str(directory), gguf_file=kwargs["gguf_file"],
+                                                                 local_files_only=True)
+        except _LOAD_ERRORS as error:
+            raise ModelError(f"cannot load the tokenizer in {path}: {_first_line(error)}") from None
+    elif tokenizer:
+        loaded_tokenizer = load_tokenizer(directory, trust_remote_code=trust_remote_code, what=str(path))
     adapter = None
     try:
         adapter = adapter_for(model)
@@ -91,4 +166,18 @@ def load_model(path, *, dtype: str = "auto", device: str = "cpu", device_map: st
     return LoadedModel(model, loaded_tokenizer, adapter, str(path))
 
 
-__all__ = ["DTYPE_NAMES", "LoadedModel", "check_model_directory", "load_model", "torch_dtype"]
+def _gguf_quiet(kwargs: dict):
+    """transformers' GGUF conversion draws a raw tqdm bar on stderr: keep it off the tool's stderr."""
+    import contextlib
+    import io
+
+    return contextlib.redirect_stderr(io.StringIO()) if "gguf_file" in kwargs else contextlib.nullcontext()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+__all__ = ["DTYPE_NAMES", "TOKENIZER_VOCABULARY_FILES", "LoadedModel", "check_device", "check_model_directory",
+           "load_model", "load_tokenizer", "torch_dtype"]

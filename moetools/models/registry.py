@@ -1,40 +1,64 @@
 """Model adapters: what the tools need to know about one family of MoE models.
 
-An adapter is a class registered with :func:`register_adapter`; the built-in
-families (``moetools/models/adapters/``) use the same decorator a user's own
-adapter would::
+An adapter is an :class:`Adapter` subclass named in the entry-point group
+``moetools.adapters``. The built-in families (``moetools/models/adapters/``) are
+declared there by moetools' own pyproject.toml exactly as another package
+declares its own::
 
-    from moetools.models import Adapter, register_adapter
+    # my_package/adapters.py
+    from moetools.models import Adapter, RoutingRule
 
-    @register_adapter
     class MyMoeAdapter(Adapter):
+        '''My-MoE: softmax over all experts, then top-k.'''
         name = "my-moe"
         model_types = ("my_moe",)
         rule = RoutingRule(scoring="softmax", order="softmax_then_topk", renormalize=True)
 
+    # my_package's pyproject.toml
+    [project.entry-points."moetools.adapters"]
+    my-moe = "my_package.adapters:MyMoeAdapter"
+
+Entry points load lazily, the first time an adapter is looked up, so ``--help``
+stays fast and a broken plugin matters only when a model is loaded. A script
+can also call :func:`register_adapter` (a class decorator) at run time; later
+registrations win over entry points, and another package's entry points over
+the built-ins, so a plugin can take over a family.
+
 :func:`adapter_for` returns an instance for a loaded model, or raises
-:class:`moetools.errors.ModelError` naming what it found.
+:class:`moetools.errors.ModelError` naming what it found. This module does not
+import torch (``moe-trace --list-models`` answers without it).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
-
-import torch
-from torch import nn
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ModelError
 
-_ADAPTERS: list[type[Adapter]] = []
+if TYPE_CHECKING:  # annotations only: importing torch here would slow every --help
+    import torch
+    from torch import nn
+
+ENTRY_POINT_GROUP = "moetools.adapters"
+#: the distribution whose entry points are the built-in adapters
+BUILTIN_DISTRIBUTION = "moetools"
+
+_REGISTERED: list[type[Adapter]] = []  # register_adapter() at run time, most recent first
+_ENTRY_POINT_ADAPTERS: list[tuple[type[Adapter], str]] | None = None  # (class, distribution), loaded once
 
 
 @dataclass(frozen=True)
 class RoutingRule:
     """How a router turns logits into the selected experts and their gates.
 
-    ``scoring``: "softmax" or "sigmoid" (the per-expert score). ``order``:
-    "softmax_then_topk" (score all experts, keep the top-k) or "topk_then_softmax"
-    (top-k logits, softmax over those). ``renormalize``: selected scores divided
+    ``scoring``: "softmax", "sigmoid" (the per-expert score) or "product_key" (MONET's
+    g_ij = Σ_h g¹_hi·g²_hj). ``order``: "softmax_then_topk" (score all experts, keep the
+    top-k), "topk_then_softmax" (top-k logits, softmax over those) or
+    "threshold_then_softmax" (MONET). ``renormalize``: selected scores divided
     by their sum. ``score_bias``: a correction bias added to the scores for the
     choice only (DeepSeek-V3 ``e_score_correction_bias``, ERNIE ``moe_statics``).
     ``group_limited``: experts chosen only from the best groups. ``router_bias``:
@@ -67,7 +91,10 @@ class MoeLayer:
 
 
 class Adapter:
-    """Base class: the defaults fit the transformers 5 decoder-only MoE layout."""
+    """Base class: the defaults fit the transformers 5 decoder-only MoE layout.
+
+    The first line of a subclass's docstring is what ``moe-trace --list-models`` shows.
+    """
 
     name: str = "base"
     model_types: tuple[str, ...] = ()
@@ -84,6 +111,12 @@ class Adapter:
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
         return getattr(model.config, "model_type", None) in cls.model_types
+
+    @classmethod
+    def summary(cls) -> str:
+        """One line about the family (the docstring's first line)."""
+        doc = cls.__doc__ if "__doc__" in cls.__dict__ else None
+        return (doc or "").strip().splitlines()[0].strip() if (doc or "").strip() else ""
 
     # -- structure -------------------------------------------------------------------------
     def decoder_layers(self) -> list[nn.Module]:
@@ -118,6 +151,10 @@ class Adapter:
     def unembedding(self) -> nn.Module:
         return self.model.get_output_embeddings()
 
+    def vocab_size(self) -> int:
+        """Rows of the unembedding: the largest ``--logit-lens`` top-J there is."""
+        return int(self.unembedding().weight.shape[0])
+
     # -- routing ---------------------------------------------------------------------------
     def router_logits(self, router_output) -> torch.Tensor:
         """The (N, E) logits from the router module's output."""
@@ -131,6 +168,8 @@ class Adapter:
         sigmoid routers: the sigmoid scores divided by their sum over experts, so
         each row sums to 1 (paper 003 eq. 1 needs a per-expert routing score g_t).
         """
+        import torch
+
         logits = logits.float().reshape(-1, logits.shape[-1])
         if self.routing_rule(layer).scoring == "sigmoid":
             scores = logits.sigmoid()
@@ -140,11 +179,11 @@ class Adapter:
     def capture(self, logit_lens: int = 0):
         """A context manager recording routing during forward passes (``take()`` per batch).
 
-        Default: :class:`moetools.trace.capture.RoutingCapture` (transformers' pluggable
+        Default: :class:`moetools.models.capture.RoutingCapture` (transformers' pluggable
         experts implementation); an adapter for another architecture returns its own object
         with the same ``__enter__``/``__exit__``/``take(attention_mask, keep_probs)`` contract.
         """
-        from ..trace.capture import RoutingCapture
+        from .capture import RoutingCapture
 
         return RoutingCapture(self.model, self, logit_lens=logit_lens)
 
@@ -160,25 +199,97 @@ class Adapter:
                 "shared_experts": any(layer.shared is not None for layer in layers)}
 
 
-def register_adapter(cls: type[Adapter]) -> type[Adapter]:
-    """Class decorator: make ``cls`` available to :func:`adapter_for` (later registrations win)."""
+# -- the registry ---------------------------------------------------------------------------
+
+def _check_adapter_class(cls, where: str) -> type[Adapter]:
     if not (isinstance(cls, type) and issubclass(cls, Adapter)):
-        raise TypeError("register_adapter expects an Adapter subclass")
-    if cls in _ADAPTERS:
-        _ADAPTERS.remove(cls)
-    _ADAPTERS.insert(0, cls)
+        raise ModelError(f"{where} is not an Adapter subclass (moetools.models.Adapter)")
     return cls
 
 
-def registered_adapters() -> list[type[Adapter]]:
-    from . import adapters  # noqa: F401 - registers the built-ins
+def register_adapter(cls: type[Adapter]) -> type[Adapter]:
+    """Class decorator: make ``cls`` available to :func:`adapter_for` now (wins over entry points)."""
+    if not (isinstance(cls, type) and issubclass(cls, Adapter)):
+        raise TypeError("register_adapter expects an Adapter subclass")
+    if cls in _REGISTERED:
+        _REGISTERED.remove(cls)
+    _REGISTERED.insert(0, cls)
+    return cls
 
-    return list(_ADAPTERS)
+
+def unregister_adapter(cls: type[Adapter]) -> None:
+    """Undo :func:`register_adapter` (entry-point adapters stay)."""
+    if cls in _REGISTERED:
+        _REGISTERED.remove(cls)
+
+
+def _distribution(entry: EntryPoint) -> str:
+    dist = getattr(entry, "dist", None)
+    return dist.name if dist is not None else BUILTIN_DISTRIBUTION
+
+
+def _is_builtin(entry: EntryPoint) -> bool:
+    return _distribution(entry).lower().replace("_", "-") == BUILTIN_DISTRIBUTION
+
+
+def checkout_entry_points() -> list[EntryPoint]:
+    """The built-ins as declared in the checkout's pyproject.toml.
+
+    Used when moetools runs uninstalled (``bin/`` launchers with ``PYTHONPATH``) or its
+    installed metadata predates the group: the same declarations, read from the source.
+    """
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    if not pyproject.is_file():
+        return []
+    pattern = r'^\[project\.entry-points\."' + re.escape(ENTRY_POINT_GROUP) + r'"\][ \t]*\n(.*?)(?=^\[|\Z)'
+    section = re.search(pattern, pyproject.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
+    if section is None:
+        return []
+    pairs = re.findall(r'^[ \t]*"?([\w.-]+)"?[ \t]*=[ \t]*"([^"]+)"', section.group(1), re.MULTILINE)
+    return [EntryPoint(name, value, ENTRY_POINT_GROUP) for name, value in pairs]
+
+
+def adapter_entry_points() -> list[tuple[EntryPoint, str]]:
+    """(entry point, distribution) of the group: other packages' first (sorted), then the built-ins."""
+    found = list(entry_points(group=ENTRY_POINT_GROUP))
+    builtins = sorted([e for e in found if _is_builtin(e)] or checkout_entry_points(), key=lambda e: e.name)
+    others = sorted((e for e in found if not _is_builtin(e)), key=lambda e: (_distribution(e), e.name))
+    return [(e, _distribution(e)) for e in others] + [(e, BUILTIN_DISTRIBUTION) for e in builtins]
+
+
+def _entry_point_adapters() -> list[tuple[type[Adapter], str]]:
+    global _ENTRY_POINT_ADAPTERS
+    if _ENTRY_POINT_ADAPTERS is None:
+        loaded = []
+        for entry, distribution in adapter_entry_points():
+            where = f"adapter entry point {entry.name} = {entry.value!r} (package {distribution})"
+            try:
+                cls = entry.load()
+            except (ImportError, AttributeError) as error:
+                raise ModelError(f"cannot load {where}: {error}") from None
+            loaded.append((_check_adapter_class(cls, where), distribution))
+        _ENTRY_POINT_ADAPTERS = loaded
+    return list(_ENTRY_POINT_ADAPTERS)
+
+
+def registered_adapters() -> list[type[Adapter]]:
+    """Every adapter class, in the order :func:`adapter_for` tries them (first match wins)."""
+    return [*_REGISTERED, *(cls for cls, _ in _entry_point_adapters())]
+
+
+def adapter_table() -> list[dict]:
+    """One row per adapter for ``--list-models``: name, model types, package, summary."""
+    rows = [{"name": cls.name, "model_types": list(cls.model_types), "package": cls.__module__.split(".")[0],
+             "summary": cls.summary()} for cls in _REGISTERED]
+    rows += [{"name": cls.name, "model_types": list(cls.model_types), "package": distribution,
+              "summary": cls.summary()} for cls, distribution in _entry_point_adapters()]
+    return rows
 
 
 def adapter_for(model: nn.Module) -> Adapter:
     """The adapter of ``model``, or a :class:`ModelError` naming what was found."""
-    for cls in registered_adapters():
+    candidates = registered_adapters()
+    for cls in candidates:
         if cls.matches(model):
             adapter = cls(model)
             if not adapter.moe_layers():
@@ -186,7 +297,7 @@ def adapter_for(model: nn.Module) -> Adapter:
             return adapter
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    known = sorted({t for cls in _ADAPTERS for t in cls.model_types})
+    known = sorted({t for cls in candidates for t in cls.model_types})
     raise ModelError(f"not a supported MoE model: found {type(model).__name__} (model_type "
                      f"{model_type!r}) with no MoE layers a moetools adapter knows; supported model types: "
-                     f"{', '.join(known)}")
+                     f"{', '.join(known)} (moe-trace --list-models)")

@@ -38,7 +38,7 @@ def sample_trace(reader, options: SampleOptions, on_record=None) -> tuple[dict, 
     input raises before any output exists. ``on_record`` (optional) is called with
     every record read (progress display).
     """
-    sampler = Sampler(reader.header, options)
+    sampler = Sampler(reader.header, options, checked=getattr(reader, "validate", False))  # schema checks once
     segments = 1
     for number, record in enumerate(reader, start=1):
         if len(reader.headers) > segments:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import FormatError, UsageError
+from ..streams.schema import schema_for
 from .contexts import Example, Grid, negative_span_ok, token_matched
 from .options import DENSE_BUDGET, RANK_FIELDS, SampleOptions, domain_key
 from .reservoir import (
@@ -57,23 +58,22 @@ from .reservoir import (
 )
 
 
-def _header_ints(header: dict) -> tuple[list[int], int, int]:
-    layers, experts, top_k = header.get("layers"), header.get("num_experts"), header.get("top_k")
-    if not isinstance(layers, list) or not layers or not all(isinstance(x, int) for x in layers):
-        raise FormatError("trace header has no 'layers' list (formats/trace.md)")
-    for name, value in (("num_experts", experts), ("top_k", top_k)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise FormatError(f"trace header has no positive integer '{name}' (formats/trace.md)")
-    return layers, experts, top_k
-
-
 class Sampler:
-    """Feed it sequence records (:meth:`feed`), then take the expert records (:meth:`results`)."""
+    """Feed it sequence records (:meth:`feed`), then take the expert records (:meth:`results`).
 
-    def __init__(self, header: dict, options: SampleOptions):
+    The header and every record are checked by the trace stream's schema
+    (:mod:`moetools.streams.schemas.trace`, formats/trace.md), the one check every
+    consumer shares; ``checked=True`` skips the per-record check when the records come
+    from a ``StreamReader(validate=True)``, which ran it already.
+    """
+
+    def __init__(self, header: dict, options: SampleOptions, *, checked: bool = False):
         options.check()
         self.options = options
-        self.layers, self.num_experts, self.top_k = _header_ints(header)
+        self.schema = schema_for("trace")
+        self.schema.check_header(header)
+        self.header, self.checked = header, checked
+        self.layers, self.num_experts, self.top_k = header["layers"], header["num_experts"], header["top_k"]
         if options.layers is not None:
             unknown = sorted(set(options.layers) - set(self.layers))
             if unknown:
@@ -115,36 +115,10 @@ class Sampler:
         return bank
 
     def _arrays(self, record: dict, number: int):
-        """The fields moe-sample uses, checked against the header (messages as moetools.trace.validate)."""
-        where = f"trace record {number} (doc {record.get('doc_id')!r})"
-        if record.get("doc_id") is None:
-            raise FormatError(f"{where}: no 'doc_id' (formats/trace.md)")
-        try:
-            offset = int(record["offset"])
-        except (KeyError, TypeError, ValueError):
-            raise FormatError(f"{where}: 'offset' must be an integer >= 0") from None
-        if offset < 0:
-            raise FormatError(f"{where}: 'offset' must be an integer >= 0")
-        pieces, tokens = record.get("pieces"), record.get("tokens")
-        length = len(tokens) if isinstance(tokens, np.ndarray) and tokens.ndim == 1 else \
-            (len(pieces) if isinstance(pieces, list) else -1)
-        if not isinstance(pieces, list) or len(pieces) != length:
-            raise FormatError(f"{where}: 'pieces' must be a list of {max(length, 0)} strings")
-        shape = (len(self.layers), length, self.top_k)
-        arrays = []
-        for name, kinds in (("experts", "ui"), (self.rank_field, "f")):
-            value = record.get(name)
-            if not isinstance(value, np.ndarray):
-                raise FormatError(f"{where}: '{name}' is missing or not an array (formats/trace.md)")
-            if value.dtype.kind not in kinds or value.shape != shape:
-                raise FormatError(f"{where}: '{name}' has shape {list(value.shape)} dtype {value.dtype.str}, "
-                                  f"expected {list(shape)} of kind {' or '.join(kinds)}")
-            arrays.append(value)
-        experts, values = arrays
-        padding = np.iinfo(experts.dtype).max  # padding slots (formats/trace.md): all-ones id, gate 0
-        if ((experts >= self.num_experts) & (experts != padding)).any():
-            raise FormatError(f"{where}: 'experts' holds ids >= num_experts ({self.num_experts})")
-        return experts, values, pieces, offset
+        """The fields moe-sample uses, once the record passed the trace schema (formats/trace.md)."""
+        if not self.checked:
+            self.schema.check_record(record, self.header, number)
+        return record["experts"], record[self.rank_field], record["pieces"], int(record["offset"])
 
     def feed(self, record: dict, number: int = 0) -> None:
         """Take one record of the trace (records of other types are counted and ignored)."""
@@ -181,111 +155,49 @@ class Sampler:
 
     def _feed(self, record, experts, values, pieces, offset, meta, domain, first: int) -> None:
         """One record, MoE-layer rows ``first .. first + len(experts)`` of the selected rows."""
-        options, rows, num_experts = self.options, experts.shape[0], self.num_experts
-        part = slice(first, first + rows)
-        grid = Grid.of(offset, experts.shape[1], options.context)
-        cells, width, padded = grid.cells, grid.width, grid.padded
-        valid = experts < num_experts  # (R, T, K); padding slots hold all-ones ids
-        row_index = np.arange(rows, dtype=np.int64)[:, None, None]
-        token_index = np.arange(grid.length, dtype=np.int64)[None, :, None]
-        flat = ((row_index * padded + grid.pad + token_index) * num_experts + experts)[valid]
-        dense = np.zeros(rows * padded * num_experts, dtype=np.float32)
-        dense[flat] = values[valid]
-        dense = dense.reshape(rows, padded, num_experts)  # (R, C·W, E) activation, 0 where not selected
-        cell_max = dense.reshape(rows, cells, width, num_experts).max(axis=2)  # (R, C, E)
-        cell_key = (row_index * cells + grid.cell_of_token()[None, :, None]) * num_experts + experts
-        fire_count = np.bincount(cell_key[valid], minlength=rows * cells * num_experts)
-        fire_count = fire_count.reshape(rows, cells, num_experts)  # (R, C, E) firing tokens per cell
-        self.firing[part] += fire_count.sum(axis=1)
-        np.maximum(self.max_activation[part], cell_max.max(axis=1), out=self.max_activation[part])
-        real = np.zeros(padded, dtype=bool)  # (C·W,) grid positions that are tokens of this record
-        real[grid.pad:grid.pad + grid.length] = True
-
-        starts = grid.cell_starts()  # (C,)
-        root = document_key(options.seed, record.get("doc_id"))
-        region = starts // options.split_region if options.split_region else np.zeros_like(starts)
-        holdout = to_uniform(content_hash(root, PURPOSE_SPLIT, region)) < options.holdout_fraction  # (C,)
-        sides = (~holdout[None, :, None], holdout[None, :, None])
-        layer_ids = self.row_layers[part, None, None]
-        expert_ids = np.arange(num_experts, dtype=np.int64)[None, None, :]
-        cell_ids = starts[None, :, None]
-
-        # positives: cells where the expert fires at least once
-        positive = (fire_count > 0) & self.expert_mask
-        hash_w = content_hash(root, PURPOSE_WEIGHTED, cell_ids, layer_ids, expert_ids)  # (R, C, E)
-        key_w = np.where(positive, weighted_log_key(to_uniform(hash_w), cell_max), -np.inf)
-        self.positive_cells[0, part] += (positive & sides[0]).sum(axis=1)
-        self.positive_cells[1, part] += (positive & sides[1]).sum(axis=1)
-
-        # negatives: cells with at least one eligible (non-firing) token, weight = eligible tokens
-        eligible = None
-        if options.negative_span > 1 or options.hard_negatives == "token":
-            eligible = self._eligible(record, experts, valid, grid)
-            negative_count = eligible.reshape(rows, cells, width, num_experts).sum(axis=2)
-        else:
-            negative_count = grid.tokens_per_cell()[None, :, None] - fire_count
-        negative = (negative_count > 0) & self.expert_mask
-        hash_n = content_hash(root, PURPOSE_NEGATIVE, cell_ids, layer_ids, expert_ids)
-        key_n = np.where(negative, weighted_log_key(to_uniform(hash_n), negative_count), -np.inf)
-        self.negative_cells[0, part] += (negative & sides[0]).sum(axis=1)
-        self.negative_cells[1, part] += (negative & sides[1]).sum(axis=1)
-
-        lens = record.get("logit_lens")
-        token_ids = record.get("tokens")
-        if token_ids is not None:
-            token_ids = np.asarray(token_ids)
-            token_ids = token_ids if token_ids.shape == (grid.length,) else None
-        doc_id, window = record.get("doc_id"), record.get("window")
-        positions = np.arange(width, dtype=np.int64)[None, :]
-
-        def examples(r, c, e, marks, activations):
-            """Example tuples for candidates (r, c, e) with marks / activations in cell coordinates."""
-            begin = np.maximum(c * width - grid.pad, 0)  # record-local [t0, t1) of each cell
-            end = np.minimum((c + 1) * width - grid.pad, grid.length)
-            skip = begin - (c * width - grid.pad)  # cell positions before the first real token
-            out = []
-            for i, (ri, ci, ei, t0, t1, lo) in enumerate(zip(r.tolist(), c.tolist(), e.tolist(), begin.tolist(),
-                                                             end.tolist(), skip.tolist())):
-                out.append(Example(doc_id, window, offset + t0, int(marks[i]) - lo, pieces[t0:t1],
-                                   activations[i, lo:lo + t1 - t0].copy(), float(cell_max[ri, ci, ei]), meta,
-                                   int(region[ci]),
-                                   None if lens is None
-                                   else self._lens(record, lens, experts, ri, first + ri, ei, t0, t1),
-                                   None if token_ids is None else token_ids[t0:t1].copy()))
-            return out
-
-        def positive_examples(r, c, e, ties):
-            columns = (c * width)[:, None] + positions  # (n, W) grid positions of each cell
-            activations = dense[r[:, None], columns, e[:, None]]  # (n, W)
-            marks = np.where(real[columns], activations, -1.0).argmax(axis=1)  # the cell's maximum
-            return examples(r, c, e, marks, activations)
-
-        firing = []
-
-        def negative_examples(r, c, e, ties):
-            columns = (c * width)[:, None] + positions  # (n, W)
-            if eligible is not None:
-                allowed = eligible[r[:, None], columns, e[:, None]]
-            else:
-                if not firing:
-                    selected = np.zeros(rows * padded * num_experts, dtype=bool)
-                    selected[flat] = True
-                    firing.append(selected.reshape(rows, padded, num_experts))
-                allowed = real[columns] & ~firing[0][r[:, None], columns, e[:, None]]
-            count = allowed.sum(axis=1)  # > 0 for every candidate
-            pick = to_uniform(content_hash(PURPOSE_MARK, ties))  # uniform among the eligible tokens
-            nth = np.minimum((pick * count).astype(np.int64), count - 1)
-            marks = (np.cumsum(allowed, axis=1) > nth[:, None]).argmax(axis=1)
-            found = examples(r, c, e, marks, dense[r[:, None], columns, e[:, None]])
-            return [example._replace(score=0.0) for example in found]
-
-        self._offer(self.top, first, cell_max, hash_w, positive & sides[0], positive_examples)
-        self._offer(self.weighted, first, key_w, hash_w, positive & sides[0], positive_examples)
-        self._offer(self.holdout_positive, first, key_w, hash_w, positive & sides[1], positive_examples)
+        chunk = _Chunk(self, record, experts, values, pieces, offset, meta, first)
+        self._count_firing(chunk)
+        positive, key_w, hash_w = self._positive_candidates(chunk)
+        negative, key_n, hash_n = self._negative_candidates(chunk)
+        explain, holdout = chunk.sides
+        options = self.options
+        self._offer(self.top, first, chunk.cell_max, hash_w, positive & explain, chunk.positive_examples)
+        self._offer(self.weighted, first, key_w, hash_w, positive & explain, chunk.positive_examples)
+        self._offer(self.holdout_positive, first, key_w, hash_w, positive & holdout, chunk.positive_examples)
         self._offer(self._bank(self.negative, domain, options.negatives), first, key_n, hash_n,
-                    negative & sides[0], negative_examples)
+                    negative & explain, chunk.negative_examples)
         self._offer(self._bank(self.holdout_negative, domain, options.holdout_negative), first, key_n, hash_n,
-                    negative & sides[1], negative_examples)
+                    negative & holdout, chunk.negative_examples)
+
+    def _count_firing(self, chunk: _Chunk) -> None:
+        """Per (layer, expert): firing tokens and the largest activation seen."""
+        self.firing[chunk.part] += chunk.fire_count.sum(axis=1)
+        np.maximum(self.max_activation[chunk.part], chunk.cell_max.max(axis=1), out=self.max_activation[chunk.part])
+
+    def _positive_candidates(self, chunk: _Chunk):
+        """Cells where the expert fires at least once: (mask (R, C, E), weighted key, tie hash)."""
+        positive = (chunk.fire_count > 0) & self.expert_mask
+        hash_w = content_hash(chunk.root, PURPOSE_WEIGHTED, chunk.cell_ids, chunk.layer_ids, chunk.expert_ids)
+        key_w = np.where(positive, weighted_log_key(to_uniform(hash_w), chunk.cell_max), -np.inf)  # (R, C, E)
+        self.positive_cells[0, chunk.part] += (positive & chunk.sides[0]).sum(axis=1)
+        self.positive_cells[1, chunk.part] += (positive & chunk.sides[1]).sum(axis=1)
+        return positive, key_w, hash_w
+
+    def _negative_candidates(self, chunk: _Chunk):
+        """Cells with at least one eligible (non-firing) token, weight = their eligible tokens:
+        (mask (R, C, E), weighted key, tie hash)."""
+        options, grid = self.options, chunk.grid
+        if options.negative_span > 1 or options.hard_negatives == "token":
+            chunk.eligible = self._eligible(chunk.record, chunk.experts, chunk.valid, grid)
+            negative_count = chunk.eligible.reshape(chunk.rows, grid.cells, grid.width, self.num_experts).sum(axis=2)
+        else:
+            negative_count = grid.tokens_per_cell()[None, :, None] - chunk.fire_count
+        negative = (negative_count > 0) & self.expert_mask
+        hash_n = content_hash(chunk.root, PURPOSE_NEGATIVE, chunk.cell_ids, chunk.layer_ids, chunk.expert_ids)
+        key_n = np.where(negative, weighted_log_key(to_uniform(hash_n), negative_count), -np.inf)
+        self.negative_cells[0, chunk.part] += (negative & chunk.sides[0]).sum(axis=1)
+        self.negative_cells[1, chunk.part] += (negative & chunk.sides[1]).sum(axis=1)
+        return negative, key_n, hash_n
 
     @staticmethod
     def _offer(bank: HeapBank, first: int, keys, ties, allowed, make) -> None:
@@ -350,3 +262,100 @@ class Sampler:
         from .assemble import assemble
 
         return assemble(self)
+
+
+class _Chunk:
+    """MoE-layer rows ``first .. first + R`` of one record laid on the context grid (C cells of W
+    positions, C·W padded): the dense activations and per-cell figures every example set draws
+    from, the explain/holdout side of each cell, and the cutting of examples out of it."""
+
+    def __init__(self, sampler: Sampler, record: dict, experts, values, pieces, offset: int, meta: dict,
+                 first: int):
+        options, num_experts = sampler.options, sampler.num_experts
+        self.sampler, self.record, self.experts, self.pieces, self.offset, self.meta = (
+            sampler, record, experts, pieces, offset, meta)
+        self.first, self.rows = first, experts.shape[0]
+        rows = self.rows
+        self.part = slice(first, first + rows)
+        self.grid = grid = Grid.of(offset, experts.shape[1], options.context)
+        cells, width, padded = grid.cells, grid.width, grid.padded
+        self.valid = valid = experts < num_experts  # (R, T, K); padding slots hold all-ones ids
+        row_index = np.arange(rows, dtype=np.int64)[:, None, None]
+        token_index = np.arange(grid.length, dtype=np.int64)[None, :, None]
+        self.flat = flat = ((row_index * padded + grid.pad + token_index) * num_experts + experts)[valid]
+        dense = np.zeros(rows * padded * num_experts, dtype=np.float32)
+        dense[flat] = values[valid]
+        self.dense = dense.reshape(rows, padded, num_experts)  # (R, C·W, E) activation, 0 where not selected
+        self.cell_max = self.dense.reshape(rows, cells, width, num_experts).max(axis=2)  # (R, C, E)
+        cell_key = (row_index * cells + grid.cell_of_token()[None, :, None]) * num_experts + experts
+        fire_count = np.bincount(cell_key[valid], minlength=rows * cells * num_experts)
+        self.fire_count = fire_count.reshape(rows, cells, num_experts)  # (R, C, E) firing tokens per cell
+        self.real = np.zeros(padded, dtype=bool)  # (C·W,) grid positions that are tokens of this record
+        self.real[grid.pad:grid.pad + grid.length] = True
+
+        starts = grid.cell_starts()  # (C,)
+        self.root = document_key(options.seed, record.get("doc_id"))
+        self.region = starts // options.split_region if options.split_region else np.zeros_like(starts)
+        holdout = to_uniform(content_hash(self.root, PURPOSE_SPLIT, self.region)) < options.holdout_fraction  # (C,)
+        self.sides = (~holdout[None, :, None], holdout[None, :, None])  # (explain, holdout) cells
+        self.layer_ids = sampler.row_layers[self.part, None, None]
+        self.expert_ids = np.arange(num_experts, dtype=np.int64)[None, None, :]
+        self.cell_ids = starts[None, :, None]
+        self.eligible = None  # (R, C·W, E) negative-eligible tokens, when span or token matching asks for it
+        self._selected = None  # (R, C·W, E) where the expert is selected, made on first need
+
+        self.lens = record.get("logit_lens")
+        token_ids = record.get("tokens")
+        if token_ids is not None:
+            token_ids = np.asarray(token_ids)
+            token_ids = token_ids if token_ids.shape == (grid.length,) else None
+        self.token_ids = token_ids
+        self.positions = np.arange(width, dtype=np.int64)[None, :]
+
+    def examples(self, r, c, e, marks, activations) -> list[Example]:
+        """Example tuples for candidates (r, c, e) with marks / activations in cell coordinates."""
+        grid, width = self.grid, self.grid.width
+        begin = np.maximum(c * width - grid.pad, 0)  # record-local [t0, t1) of each cell
+        end = np.minimum((c + 1) * width - grid.pad, grid.length)
+        skip = begin - (c * width - grid.pad)  # cell positions before the first real token
+        doc_id, window = self.record.get("doc_id"), self.record.get("window")
+        out = []
+        for i, (ri, ci, ei, t0, t1, lo) in enumerate(zip(r.tolist(), c.tolist(), e.tolist(), begin.tolist(),
+                                                         end.tolist(), skip.tolist())):
+            out.append(Example(doc_id, window, self.offset + t0, int(marks[i]) - lo, self.pieces[t0:t1],
+                               activations[i, lo:lo + t1 - t0].copy(), float(self.cell_max[ri, ci, ei]), self.meta,
+                               int(self.region[ci]),
+                               None if self.lens is None
+                               else self.sampler._lens(self.record, self.lens, self.experts, ri, self.first + ri, ei,
+                                                       t0, t1),
+                               None if self.token_ids is None else self.token_ids[t0:t1].copy()))
+        return out
+
+    def positive_examples(self, r, c, e, ties) -> list[Example]:
+        """Contexts of positive candidates, marked at the cell's largest activation."""
+        columns = (c * self.grid.width)[:, None] + self.positions  # (n, W) grid positions of each cell
+        activations = self.dense[r[:, None], columns, e[:, None]]  # (n, W)
+        marks = np.where(self.real[columns], activations, -1.0).argmax(axis=1)  # the cell's maximum
+        return self.examples(r, c, e, marks, activations)
+
+    def negative_examples(self, r, c, e, ties) -> list[Example]:
+        """Contexts of negative candidates, marked at an eligible token drawn uniformly (by the tie hash)."""
+        columns = (c * self.grid.width)[:, None] + self.positions  # (n, W)
+        if self.eligible is not None:
+            allowed = self.eligible[r[:, None], columns, e[:, None]]
+        else:
+            allowed = self.real[columns] & ~self.selected()[r[:, None], columns, e[:, None]]
+        count = allowed.sum(axis=1)  # > 0 for every candidate
+        pick = to_uniform(content_hash(PURPOSE_MARK, ties))  # uniform among the eligible tokens
+        nth = np.minimum((pick * count).astype(np.int64), count - 1)
+        marks = (np.cumsum(allowed, axis=1) > nth[:, None]).argmax(axis=1)
+        found = self.examples(r, c, e, marks, self.dense[r[:, None], columns, e[:, None]])
+        return [example._replace(score=0.0) for example in found]
+
+    def selected(self) -> np.ndarray:
+        """(R, C·W, E) bool: the expert is selected at that grid position."""
+        if self._selected is None:
+            selected = np.zeros(self.rows * self.grid.padded * self.sampler.num_experts, dtype=bool)
+            selected[self.flat] = True
+            self._selected = selected.reshape(self.rows, self.grid.padded, self.sampler.num_experts)
+        return self._selected

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +59,7 @@ def open_input(path: str | os.PathLike | None) -> BinaryIO:
             raise UsageError("no input: give a path or pipe a stream into standard input")
         return binary_stream("stdin")
     try:
-        return open(path, "rb")  # noqa: SIM115 - the caller owns the handle
+        return open(path, "rb")  # the caller owns the handle
     except FileNotFoundError:
         raise UsageError(f"cannot open {path}: no such file") from None
     except IsADirectoryError:
@@ -104,7 +105,10 @@ def create_output(path: str | os.PathLike | None, *, binary_ok_on_tty: bool = Fa
     """A binary output: stdout for ``-``/None, else ``NAME.partial`` renamed over ``path`` on success.
 
     On an exception the temporary file is removed (or kept, with ``keep_partial``,
-    for tools that resume from it) and ``path`` is left untouched.
+    for tools that resume from it) and ``path`` is left untouched. An interrupt
+    (KeyboardInterrupt: Ctrl-C) always keeps it: the one rule of every tool
+    (moetools.cli.common.EXIT_STATUS_TEXT), as SIGTERM and SIGKILL, which end the
+    process at once, do too.
     ``append_partial`` opens an existing ``.partial`` for appending (resume).
     """
     if is_stdio(path):
@@ -124,12 +128,43 @@ def create_output(path: str | os.PathLike | None, *, binary_ok_on_tty: bool = Fa
         os.fsync(handle.fileno())
         handle.close()
         os.replace(temporary, target)
-    except BaseException:
+    except BaseException as error:
         handle.close()
-        if not keep_partial:
+        if not (keep_partial or isinstance(error, KeyboardInterrupt)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
         raise
+
+
+@contextlib.contextmanager
+def create_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """A directory output (a checkpoint, a model copy): yields ``NAME.partial/``, renamed over ``path`` on success.
+
+    A stale ``NAME.partial/`` is removed first; parents are created. On success an
+    existing ``path`` is moved to ``NAME.old`` for the moment of the swap (a kill
+    then leaves either the old or the new directory complete) and removed after.
+    On an exception ``NAME.partial/`` is removed (kept on an interrupt, as
+    :func:`create_output` does) and ``path`` is left untouched.
+    """
+    target = Path(path)
+    temporary = partial_path(target)
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    temporary.mkdir(parents=True)
+    try:
+        yield temporary
+    except BaseException as error:
+        if not isinstance(error, KeyboardInterrupt):
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    old = target.with_name(target.name + ".old")
+    if target.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(target, old)
+    os.replace(temporary, target)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def write_file_atomic(path: str | os.PathLike, data: bytes | str) -> None:
@@ -178,5 +213,5 @@ def open_stream_writer(path, kind: str, fmt: str = "msgpack", uncompressed: bool
         writer.close(**getattr(writer, "end_extra", {}))
 
 
-__all__ = ["binary_stream", "check_output_directory", "create_output", "is_stdio", "open_input",
+__all__ = ["binary_stream", "check_output_directory", "create_directory", "create_output", "is_stdio", "open_input",
            "open_stream_writer", "open_text_input", "partial_path", "read_input", "write_file_atomic"]

@@ -9,8 +9,10 @@
 Iteration raises :class:`TruncatedStreamError` when the input stops before an
 end record (or inside a record or zstd frame), :class:`ModelMismatchError` when a
 later segment's header names another model, and :class:`FormatError` for
-anything else that is not a valid stream. Memory stays bounded by one chunk of
-input plus one record, whatever the stream's length.
+anything else that is not a valid stream. Records of a zstd stream are returned
+only once the checksum of the frame holding them has been verified. Memory stays
+bounded by one chunk of input, one zstd frame and one record, whatever the
+stream's length.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import zstandard
 from ..errors import FormatError, KindError, ModelMismatchError, TruncatedStreamError, VersionError
 from .arrays import json_object_hook, msgpack_object_hook
 from .schema import schema_for
-from .writer import FORMAT_NAME, FORMAT_VERSION
+from .writer import FORMAT_NAME, FORMAT_VERSION, MAX_FRAME_BYTES
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 #: bytes read from the input at a time
@@ -93,10 +95,18 @@ def _read_chunks(read, first: bytes, counter: _Counter) -> Iterator[bytes]:
 
 
 def _zstd_frames(chunks: Iterable[bytes], counter: _Counter) -> Iterator[bytes]:
-    """Decompress concatenated zstd frames (checksums verified), refusing an unfinished last frame."""
+    """Decompress concatenated zstd frames, handing on each frame's bytes only once its checksum is verified.
+
+    zstd checks a frame's checksum when the frame ends, so the decompressed bytes of a frame
+    are held back until then: a damaged frame gives an error, never altered records. Memory is
+    bounded by one frame's output (:data:`MAX_FRAME_BYTES`); a larger frame is refused.
+    Refuses an unfinished last frame (truncation).
+    """
     dctx = zstandard.ZstdDecompressor()
     decoder = dctx.decompressobj()
     inside_frame = False
+    held: list[bytes] = []  # the decompressed bytes of the current frame, not verified yet
+    held_bytes = 0
     for chunk in chunks:
         view = memoryview(chunk)
         while view:
@@ -110,9 +120,18 @@ def _zstd_frames(chunks: Iterable[bytes], counter: _Counter) -> Iterator[bytes]:
                     raise FormatError(f"corrupt zstd frame: {error}") from None
                 inside_frame = True
                 if out:
-                    counter.bytes += len(out)
-                    yield out
-                if decoder.eof:
+                    held.append(out)
+                    held_bytes += len(out)
+                    if held_bytes > MAX_FRAME_BYTES:
+                        raise FormatError(
+                            f"a zstd frame decompresses to more than {MAX_FRAME_BYTES >> 20} MiB, the most a "
+                            "reader holds before verifying its checksum (formats/README.md); decompress it "
+                            "first (zstd -dc FILE | TOOL) or rewrite it in smaller frames")
+                if decoder.eof:  # the frame ended and its checksum matched: its bytes can go on
+                    for out in held:
+                        counter.bytes += len(out)
+                        yield out
+                    held, held_bytes = [], 0
                     piece = memoryview(decoder.unused_data)
                     decoder = dctx.decompressobj()
                     inside_frame = False
@@ -209,9 +228,22 @@ def check_compatible(first: dict, later: dict, segment: int) -> None:
     if later.get("kind") != first.get("kind"):
         raise KindError(f"segment {segment} is a {later.get('kind')} stream, segment 1 a {first.get('kind')} stream")
     if model_fingerprint(later) != model_fingerprint(first):
+        schemes = {_fingerprint_scheme(model_fingerprint(header)) for header in (first, later)}
+        hint = ("; the two fingerprints are of different identity schemes (moetools 0.1.0 wrote 'sha256:', "
+                "later versions 'v2:sha256:'): trace the older segments again" if schemes == {1, 2} else "")
         raise ModelMismatchError(
             f"segment {segment} comes from another model than segment 1: {_describe_model(later)} vs "
-            f"{_describe_model(first)}; refusing to mix models in one stream")
+            f"{_describe_model(first)}; refusing to mix models in one stream{hint}")
+
+
+def _fingerprint_scheme(value) -> int | None:
+    """1 for moetools 0.1.0's ``sha256:`` fingerprints, 2 for ``v2:sha256:`` (formats/README.md)."""
+    if isinstance(value, str):
+        if value.startswith("sha256:"):
+            return 1
+        if value.startswith("v2:sha256:"):
+            return 2
+    return None
 
 
 class StreamReader:
@@ -302,6 +334,10 @@ class StreamReader:
         if declared != self._segment_count:
             raise FormatError(f"end record of segment {segment} declares {declared} records, "
                               f"the segment holds {self._segment_count}")
+        if self.validate:
+            schema = schema_for(self.headers[-1]["kind"])
+            if schema is not None:
+                schema.check_end(end, self.headers[-1])
         self.ends.append(end)
         self._in_segment = False
 

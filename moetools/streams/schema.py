@@ -15,6 +15,12 @@ Every kind (trace, samples, labels, scores, experts, eval, ...) has one module i
         def check_record(self, record, header, number): ...   # FormatError naming the field
 
 A kind with no schema module is framed-checked only (header, end record, counts).
+
+What a schema requires and what it checks only when present: the fields a consumer
+needs are *required*; every other field of the spec is checked *when present* (a
+stage of one's own may leave provenance out). Fields and record types the spec does
+not list are ignored (formats/README.md: readers MUST ignore unknown fields and MAY
+skip unknown record types), so a newer writer's additions never break an older reader.
 """
 
 from __future__ import annotations
@@ -40,12 +46,15 @@ class Schema:
         """Raise :class:`FormatError` unless the kind-specific header fields are valid."""
 
     def check_record(self, record: dict, header: dict, number: int | None = None) -> None:
-        """Raise :class:`FormatError` unless ``record`` is valid in a stream with this ``header``."""
+        """Raise :class:`FormatError` unless ``record`` is valid in a stream with this ``header``.
+
+        Dispatches a record whose ``type`` is in :attr:`record_types` to the method
+        ``check_<type>`` (``-`` read as ``_``); records of other types are ignored
+        (formats/README.md: a reader MAY skip record types it does not use).
+        """
         kind = record.get("type")
-        if self.record_types and kind not in self.record_types:
-            where = "record" if number is None else f"record {number}"
-            raise FormatError(f"{where}: type {kind!r} is not a {self.kind} record type "
-                              f"({', '.join(self.record_types)})")
+        if kind in self.record_types:
+            getattr(self, "check_" + kind.replace("-", "_"))(record, header, number)
 
     def check_end(self, end: dict, header: dict) -> None:
         """Raise :class:`FormatError` unless the end record's kind-specific fields are valid."""
@@ -107,4 +116,102 @@ def is_number(value) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
-__all__ = ["Schema", "is_int", "is_number", "known_kinds", "need", "register_schema", "schema_for", "where"]
+# Field checks: each raises FormatError("{place}: '{name}' must be ...") naming the field and the
+# rule of the spec; ``optional=True`` accepts a missing field (checked only when present).
+
+_MISSING = object()
+
+
+def _value(record: dict, name: str, place: str, optional: bool):
+    value = record.get(name, _MISSING) if isinstance(record, dict) else _MISSING
+    if value is _MISSING and not optional:
+        raise FormatError(f"{place}: '{name}' is missing")
+    return value
+
+
+def field_int(record: dict, name: str, place: str, *, minimum: int | None = 0, maximum: int | None = None,
+              optional: bool = False, nullable: bool = False):
+    """An integer field (bools are not integers) within ``[minimum, maximum]``; returns it."""
+    value = _value(record, name, place, optional)
+    if value is _MISSING or (nullable and value is None):
+        return None
+    if minimum is not None and maximum is not None:
+        bounds = f" in [{minimum}, {maximum}]"
+    else:
+        bounds = f" >= {minimum}" if minimum is not None else (f" <= {maximum}" if maximum is not None else "")
+    need(is_int(value) and (minimum is None or value >= minimum) and (maximum is None or value <= maximum),
+         place, f"'{name}' must be an integer{bounds}{' or null' if nullable else ''}, got {value!r}")
+    return value
+
+
+def field_number(record: dict, name: str, place: str, *, optional: bool = False, nullable: bool = False):
+    value = _value(record, name, place, optional)
+    if value is _MISSING or (nullable and value is None):
+        return None
+    need(is_number(value), place, f"'{name}' must be a number, got {value!r}")
+    return value
+
+
+def field_str(record: dict, name: str, place: str, *, optional: bool = False, nullable: bool = False):
+    value = _value(record, name, place, optional)
+    if value is _MISSING or (nullable and value is None):
+        return None
+    need(isinstance(value, str), place, f"'{name}' must be a string{' or null' if nullable else ''}, "
+                                        f"got {type(value).__name__}")
+    return value
+
+
+def field_bool(record: dict, name: str, place: str, *, optional: bool = False):
+    value = _value(record, name, place, optional)
+    if value is _MISSING:
+        return None
+    need(isinstance(value, bool), place, f"'{name}' must be true or false, got {value!r}")
+    return value
+
+
+def field_map(record: dict, name: str, place: str, *, optional: bool = False, nullable: bool = False):
+    value = _value(record, name, place, optional)
+    if value is _MISSING or (nullable and value is None):
+        return None
+    need(isinstance(value, dict), place, f"'{name}' must be a map, got {type(value).__name__}")
+    return value
+
+
+def field_list(record: dict, name: str, place: str, *, optional: bool = False):
+    value = _value(record, name, place, optional)
+    if value is _MISSING:
+        return None
+    need(isinstance(value, list), place, f"'{name}' must be a list, got {type(value).__name__}")
+    return value
+
+
+def field_choice(record: dict, name: str, place: str, choices, *, optional: bool = False):
+    """A field whose value must be one the spec lists (any other is refused)."""
+    value = _value(record, name, place, optional)
+    if value is _MISSING:
+        return None
+    need(value in tuple(choices), place, f"'{name}' is {value!r}, not one of the values the spec lists "
+                                         f"({', '.join(repr(c) for c in choices)})")
+    return value
+
+
+def field_array(record: dict, name: str, place: str, dtypes: tuple[str, ...], shape: tuple | None = None, *,
+                optional: bool = False):
+    """A numpy array with one of the ``dtypes`` (e.g. ``("|u1", "<u2")``) and, if given, ``shape``."""
+    import numpy as np
+
+    value = _value(record, name, place, optional)
+    if value is _MISSING:
+        return None
+    if not isinstance(value, np.ndarray):
+        raise FormatError(f"{place}: '{name}' is missing or not an array")
+    if value.dtype.str not in dtypes:
+        raise FormatError(f"{place}: '{name}' has dtype {value.dtype.str}, expected {' or '.join(dtypes)}")
+    if shape is not None and value.shape != tuple(shape):
+        raise FormatError(f"{place}: '{name}' has shape {list(value.shape)}, expected {list(shape)}")
+    return value
+
+
+__all__ = ["Schema", "field_array", "field_bool", "field_choice", "field_int", "field_list", "field_map",
+           "field_number", "field_str", "is_int", "is_number", "known_kinds", "need", "register_schema",
+           "schema_for", "where"]

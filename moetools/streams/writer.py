@@ -24,6 +24,10 @@ ENCODINGS = ("msgpack", "jsonl")
 #: a zstd frame is closed at the first record boundary after this many uncompressed bytes: a reader
 #: downstream sees records at least this often, and a reader's memory is bounded by one frame's output.
 DEFAULT_FRAME_BYTES = 4 << 20
+#: the most uncompressed bytes one zstd frame may hold: a reader holds a frame's bytes until the frame's
+#: checksum is verified (formats/README.md, "zstd framing"), so it refuses larger frames. A record that
+#: would carry a frame past it starts a new frame; a single record larger than it cannot be compressed.
+MAX_FRAME_BYTES = 256 << 20
 #: zstd level 1: on trace-shaped data (mostly float16) level 3 saves ~4 % of the bytes but writes at
 #: about half the speed, under the 200 MB/s target on one core (bench/bench_streams.py).
 DEFAULT_LEVEL = 1
@@ -66,6 +70,11 @@ class StreamWriter:
         self._compressor = zstandard.ZstdCompressor(level=level, write_checksum=True) \
             if (encoding == "msgpack" and compress) else None
         self._frame = None  # the open zstd compressobj, if any
+        # True while bytes are on their way from the compressor to ``out``: an exception (Ctrl-C)
+        # that lands there leaves the open frame without some of its bytes, and closing the frame then
+        # would write a checksum over data that was never written. abandon() leaves such a frame
+        # unfinished instead: the output reads as truncated at that frame, every record before it intact.
+        self._torn = False
         self._packer = msgpack.Packer(default=msgpack_default, use_bin_type=True)
         if header is None:
             header = make_header(kind, tool=tool, model=model, **(header_extra or {}))
@@ -87,23 +96,36 @@ class StreamWriter:
 
     def _emit(self, record: dict) -> None:
         data = self._encode(record)
+        if self._torn:
+            raise ValueError("write to a StreamWriter after a failed write")
         if self._compressor is None:
+            self._torn = True
             self.out.write(data)
+            self._torn = False
             return
+        if len(data) > MAX_FRAME_BYTES:
+            raise ValueError(f"cannot write a {record.get('type')!r} record of {len(data)} bytes: a zstd stream's "
+                             f"records are at most {MAX_FRAME_BYTES} bytes (write it uncompressed)")
+        if self._in_frame and self._in_frame + len(data) > MAX_FRAME_BYTES:
+            self._end_frame()
         if self._frame is None:
             self._frame = self._compressor.compressobj(size=-1)
+        self._torn = True
         compressed = self._frame.compress(data)
         if compressed:
             self.out.write(compressed)
+        self._torn = False
         self._in_frame += len(data)
         if self._in_frame >= self._frame_bytes:
             self._end_frame()
 
     def _end_frame(self) -> None:
         if self._frame is not None:
+            self._torn = True
             self.out.write(self._frame.flush(zstandard.COMPRESSOBJ_FLUSH_FINISH))
             self._frame = None
             self._in_frame = 0
+            self._torn = False
 
     # -- public ----------------------------------------------------------------------------
     def write(self, record: dict) -> None:
@@ -135,13 +157,20 @@ class StreamWriter:
     def abandon(self) -> None:
         """Flush what was written without an end record: the output reads as truncated.
 
-        Errors of the output itself (a closed pipe) are ignored: the caller is
-        already handling the error that made it abandon the stream.
+        The open zstd frame is closed (its records kept) unless the exception came
+        between compressing and writing (``_torn``): that frame is then left
+        unfinished, so a reader sees truncation there, never a frame whose checksum
+        disagrees with its bytes. Errors of the output itself (a closed pipe) are
+        ignored: the caller is already handling the error that made it abandon the stream.
         """
         if not self.closed:
             self.closed = True
             try:
-                self.flush()
+                if self._torn:
+                    self._frame = None
+                    self.out.flush()
+                else:
+                    self.flush()
             except (OSError, ValueError):
                 pass
 

@@ -1,19 +1,23 @@
 """moe-trace as a library (record contract: formats/trace.md).
 
-- :class:`RoutingCapture` (``capture``): routing, gates, g·‖E‖ and full router
-  distributions from one forward pass of any adapter-known model;
-- :func:`trace_corpus` (``runner``): a corpus into ``sequence`` records on a StreamWriter;
-- :func:`cli_run` (``command``): what ``moe-trace`` does, output files and ``--resume`` included.
+- :func:`trace_corpus` (``runner``): a corpus into ``sequence`` records on a StreamWriter,
+  for a model from :func:`moetools.models.load_model` (the routing capture is the
+  adapter's, :mod:`moetools.models.capture`);
+- :func:`run_trace` (``command``): what ``moe-trace`` does, output files and ``--resume`` included
+  (messages, progress and the header's tool field are the caller's callbacks: no CLI needed).
+
+Names are imported lazily: ``import moetools.trace`` does not import torch.
 """
 
-from .capture import RoutingCapture
-from .runner import TraceOptions, TraceSummary, load_model, trace_corpus
+_LAZY = {"TraceOptions": "runner", "TraceSummary": "runner", "trace_corpus": "runner", "run_trace": "command"}
 
 
-def cli_run(*args, **kwargs):
-    from .command import cli_run as run
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
 
-    return run(*args, **kwargs)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["RoutingCapture", "TraceOptions", "TraceSummary", "cli_run", "load_model", "trace_corpus"]
+__all__ = ["TraceOptions", "TraceSummary", "run_trace", "trace_corpus"]

@@ -1,24 +1,33 @@
-"""What ``moe-trace`` does between parsing its options and exiting: files, resume, header and end."""
+"""What ``moe-trace`` does between parsing its options and exiting: files, resume, header and end.
+
+    from moetools.trace.command import run_trace
+    run_trace("models/olmoe", "corpus.jsonl", output="trace.msgpack.zst", resume=True, log=print, warn=print)
+
+Usable from Python without the CLI (no click): the caller passes what to do with
+messages (``log``, ``warn``), a progress-bar factory (``progress``) and the header's
+``tool`` field (:mod:`moetools.reporting`); ``moetools.cli.trace`` passes its own.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from pathlib import Path
 
-from ..cli.common import open_input, open_output, partial_path, progress, say, tool_info, warn
+from .. import __version__
 from ..errors import FormatError, TruncatedStreamError, UsageError
 from ..models import model_identity
-from ..streams import StreamWriter
+from ..models.loader import load_model
+from ..reporting import Log, ProgressFactory, log_info, log_warning, no_progress
+from ..streams.files import is_stdio, open_input, open_stream_writer, partial_path
 from .corpus import parse_shard, read_documents
 from .runner import (
     DEFAULT_MAX_LENGTH,
     TraceOptions,
     TraceSummary,
     check_resumable,
+    clear_resume_state,
     complete_records,
     header_extra,
-    load_model,
     resume_source,
     trace_corpus,
 )
@@ -31,18 +40,11 @@ from .runner import (
 TRACE_ZSTD_LEVEL = 7
 
 
-@contextlib.contextmanager
-def trace_writer(output, fmt, uncompressed, identity, extra):
-    """``open_stream_writer`` with the trace's zstd level; the partial output is kept on failure (--resume)."""
-    with open_output(output, binary_ok_on_tty=(fmt == "jsonl"), keep_partial=True) as handle:
-        writer = StreamWriter(handle, "trace", tool=tool_info(), model=identity, encoding=fmt,
-                              compress=not uncompressed, level=TRACE_ZSTD_LEVEL, header_extra=extra)
-        try:
-            yield writer
-        except BaseException:
-            writer.abandon()
-            raise
-        writer.close(**getattr(writer, "end_extra", {}))
+def trace_writer(output, fmt, uncompressed, identity, extra, tool: dict | None = None):
+    """The trace's stream writer: ``open_stream_writer`` at the trace's zstd level, keeping the partial
+    output on failure (``--resume`` continues from it)."""
+    return open_stream_writer(output, "trace", fmt, uncompressed, tool=tool, model=identity, header_extra=extra,
+                              keep_partial=True, level=TRACE_ZSTD_LEVEL)
 
 
 def finished_output(output, identity: dict, extra: dict) -> bool:
@@ -50,12 +52,11 @@ def finished_output(output, identity: dict, extra: dict) -> bool:
 
     A requeued SLURM task whose shard finished then exits at once instead of redoing it.
     """
-    partial = partial_path(output)
-    if not Path(output).is_file() or partial.exists() or partial.with_name(partial.name + ".resume").exists():
+    if not Path(output).is_file():  # finished whatever resume state lies beside it (cleared by the caller)
         return False
     from ..streams import StreamReader
 
-    with open(output, "rb") as handle:
+    with open_input(output) as handle:
         try:
             reader = StreamReader(handle, kinds="trace")
             check_resumable(reader.header, identity, extra)
@@ -66,15 +67,27 @@ def finished_output(output, identity: dict, extra: dict) -> bool:
     return True
 
 
-def cli_run(model_path, corpus, *, output, fmt, uncompressed, text_field="text", id_field="id", max_length=None,
-            batch_tokens=None, batch_size=None, sort_buffer=1024, dtype="auto", device="cpu", device_map=None,
-            logit_lens=0, precision=8, shard=None, shard_by="index", resume=False) -> TraceSummary:
-    if resume and output in (None, "-"):
+def run_trace(model_path, corpus, *, output, fmt="msgpack", uncompressed=False, text_field="text", id_field="id",
+              max_length=None, batch_tokens=None, batch_size=None, sort_buffer=1024, dtype="auto", device="cpu",
+              device_map=None, logit_lens=0, precision=8, shard=None, shard_by="index", resume=False,
+              tool: dict | None = None, log: Log = log_info, warn: Log = log_warning,
+              progress: ProgressFactory = no_progress) -> TraceSummary:
+    """Trace ``corpus`` (a path or ``-``) through the model at ``model_path`` into ``output`` (path or ``-``).
+
+    ``resume=True`` continues a killed run from ``OUTPUT.partial`` (or does nothing
+    when ``output`` is complete already). ``tool`` is the header's ``tool`` field
+    (name, version, arguments); ``log``/``warn`` take one line of text each;
+    ``progress(description)`` gives a context manager whose ``advance(tokens)`` is
+    called after every batch.
+    """
+    if resume and is_stdio(output):
         raise UsageError("--resume needs an output file (-o FILE): a pipe cannot be resumed")
+    if tool is None:
+        tool = {"name": "moetools.trace", "version": __version__, "args": {}}
     options = TraceOptions(max_length=max_length or DEFAULT_MAX_LENGTH, batch_tokens=batch_tokens, batch_size=batch_size,
                            sort_buffer=sort_buffer, logit_lens=logit_lens, precision=precision,
                            shard=parse_shard(shard), shard_by=shard_by)
-    corpus_name = "-" if corpus in (None, "-") else Path(corpus).name
+    corpus_name = "-" if is_stdio(corpus) else Path(corpus).name
     source = open_input(corpus)  # before the model loads: a missing corpus fails fast
     model, tokenizer, adapter = load_model(model_path, dtype=dtype, device=device, device_map=device_map)
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -88,7 +101,8 @@ def cli_run(model_path, corpus, *, output, fmt, uncompressed, text_field="text",
 
     summary = TraceSummary()
     if resume and finished_output(output, identity, extra):
-        say(f"{output} is complete already (--resume): nothing to do")
+        clear_resume_state(partial_path(output))
+        log(f"{output} is complete already (--resume): nothing to do")
         return summary
 
     def on_skip(line, reason):
@@ -106,13 +120,13 @@ def cli_run(model_path, corpus, *, output, fmt, uncompressed, text_field="text",
     kept_header, kept = complete_records(previous) if previous is not None else (None, iter(()))
     if kept_header is not None:
         check_resumable(kept_header, identity, extra)
-    with trace_writer(output, fmt, uncompressed, identity, extra) as writer:
+    with trace_writer(output, fmt, uncompressed, identity, extra, tool) as writer:
         last = None
         for record in kept:  # the complete records of the killed run, copied once, streamed
             writer.write(record)
             last = (record["doc_id"], int(record["window"]))
         if writer.count:
-            say(f"resuming after {writer.count} complete records of {previous.name}")
+            log(f"resuming after {writer.count} complete records of {previous.name}")
         with progress("tracing tokens") as bar:
             trace_corpus(model, tokenizer, adapter, documents, writer, options, skip_windows=writer.count,
                          expect_last=last, summary=summary, on_batch=lambda windows, tokens: bar.advance(tokens))
@@ -121,9 +135,11 @@ def cli_run(model_path, corpus, *, output, fmt, uncompressed, text_field="text",
         writer.end_extra = {"documents": summary.documents_traced, "windows": summary.windows,
                             "tokens": summary.tokens, "skipped_lines": summary.skipped_count,
                             "skipped": summary.skipped}
-    if previous is not None:
-        with contextlib.suppress(FileNotFoundError):
-            previous.unlink()
-    say(f"traced {summary.windows} windows ({summary.tokens} tokens) of {summary.documents_traced} documents"
+    if not is_stdio(output):
+        clear_resume_state(partial_path(output))  # the resumed-from copy, or stale state of an earlier run
+    log(f"traced {summary.windows} windows ({summary.tokens} tokens) of {summary.documents_traced} documents"
         + (f"; skipped {summary.skipped_count} lines" if summary.skipped_count else ""))
     return summary
+
+
+__all__ = ["TRACE_ZSTD_LEVEL", "finished_output", "run_trace", "trace_writer"]

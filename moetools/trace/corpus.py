@@ -1,10 +1,9 @@
-"""Corpus input for moe-trace: documents, shards, windows, length-sorted batches.
+"""Corpus input for moe-trace: shards, windows, length-sorted batches.
 
-Input is JSON lines (``{"text": ..., "id": ..., other fields...}``; other fields
-become the record's ``meta``) or plain text (one document per line), decided by
-the first non-blank line. Lines that cannot be used (invalid UTF-8, invalid
-JSON, no text field, empty text) are skipped and reported through ``on_skip``;
-the rest of the corpus is traced.
+Documents come from the one corpus reader, :func:`moetools.corpus.documents.read_documents`
+(JSON lines or plain text), with the ``skip`` bad-line policy: unusable lines (invalid
+UTF-8, invalid JSON, no text field, empty text) are reported through ``on_skip``, counted
+in the end record, and the rest of the corpus is traced.
 
 Everything here streams: memory is bounded by one sort buffer of windows,
 whatever the corpus length.
@@ -13,23 +12,13 @@ whatever the corpus length.
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from typing import BinaryIO
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..corpus.documents import Document, read_documents
 from ..errors import UsageError
-
-
-@dataclass
-class Document:
-    index: int  # 0-based index among the corpus's usable documents (before sharding)
-    line: int  # 1-based line number in the corpus
-    doc_id: str
-    text: str
-    meta: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -64,47 +53,6 @@ def in_shard(document: Document, shard: tuple[int, int] | None, by: str = "index
     else:
         key = document.index
     return key % count == index
-
-
-def read_documents(source: BinaryIO, *, name: str, text_field: str = "text", id_field: str = "id",
-                   on_skip: Callable[[int, str], None] | None = None) -> Iterator[Document]:
-    """Documents of a JSON-lines or plain-text corpus; unusable lines go to ``on_skip(line, reason)``."""
-    skip = on_skip or (lambda line, reason: None)
-    mode = None
-    index = 0
-    for line_number, raw in enumerate(source, start=1):
-        try:
-            line = raw.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError as error:
-            skip(line_number, f"invalid UTF-8 at byte {error.start}")
-            continue
-        if not line.strip():
-            continue
-        if mode is None:
-            mode = "jsonl" if line.lstrip().startswith("{") else "text"
-        if mode == "text":
-            document = Document(index, line_number, f"{name}:{line_number}", line)
-        else:
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as error:
-                skip(line_number, f"not valid JSON ({error.msg})")
-                continue
-            if not isinstance(obj, dict):
-                skip(line_number, "not a JSON object")
-                continue
-            text = obj.pop(text_field, None)
-            if not isinstance(text, str):
-                skip(line_number, f"no string field {text_field!r}")
-                continue
-            if not text.strip():
-                skip(line_number, f"empty {text_field!r}")
-                continue
-            doc_id = obj.pop(id_field, None)
-            doc_id = f"{name}:{line_number}" if doc_id is None else str(doc_id)
-            document = Document(index, line_number, doc_id, text, obj)
-        index += 1
-        yield document
 
 
 def windows_of(document: Document, token_ids, max_length: int) -> Iterator[Window]:
@@ -143,3 +91,6 @@ def batches(windows: Iterable[Window], *, batch_tokens: int | None, batch_size: 
             buffer = []
     if buffer:
         yield from flush(buffer)
+
+
+__all__ = ["Document", "Window", "batches", "in_shard", "parse_shard", "read_documents", "windows_of"]

@@ -1,16 +1,17 @@
 """moe-trace as a library: load a model, read a corpus, write a ``trace`` stream.
 
     options = TraceOptions(max_length=512, logit_lens=3)
-    model, tokenizer, adapter = load_model("path/to/olmoe", dtype="auto", device="cpu")
+    model, tokenizer, adapter = moetools.models.load_model("path/to/olmoe", dtype="auto", device="cpu")
     summary = trace_corpus(model, tokenizer, adapter, documents, writer, options)
 
-:func:`run` is what the CLI calls: it adds the output file handling, ``--resume``
-and the header/end records. Memory stays flat in corpus length: documents are
+:mod:`moetools.trace.command` (what ``moe-trace`` calls) adds the output file
+handling, ``--resume`` and the header/end records. Memory stays flat in corpus length: documents are
 read one at a time, windows sorted inside a bounded buffer, records streamed out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,12 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import FormatError, ModelError, TruncatedStreamError, UsageError
-from ..models import adapter_for, model_identity
+from ..errors import FormatError, TruncatedStreamError, UsageError
+from ..models.identity import model_identity
+from ..models.loader import (
+    load_model,  # the one loader (moetools.models); re-exported for callers of this module
+)
 from .corpus import batches, in_shard, windows_of
 from .records import PieceTable, batch_records
 
-DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_SKIPPED_REPORTED = 100
 DEFAULT_MAX_LENGTH = 512
 #: --batch-tokens when not given. On CPU a batch's transient tensors (the MoE layers' N·K × d
@@ -62,41 +65,6 @@ class TraceSummary:
         self.skipped_count += 1
         if len(self.skipped) < MAX_SKIPPED_REPORTED:
             self.skipped.append({"line": line, "reason": reason})
-
-
-def load_model(path: str, *, dtype: str = "auto", device: str = "cpu", device_map: str | None = None):
-    """(model, tokenizer, adapter) from a local directory; :class:`ModelError` when that fails."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # moetools reports on stderr itself
-
-    directory = Path(path)
-    if not directory.is_dir():
-        raise ModelError(f"model directory {path} does not exist")
-    if not (directory / "config.json").is_file():
-        raise ModelError(f"{path} is not a transformers model directory (no config.json)")
-    try:  # MONET registers itself with the Auto classes on import
-        import moetools.models.monet  # noqa: F401
-    except ImportError:
-        pass
-    if dtype not in DTYPES:
-        raise UsageError(f"unknown --dtype {dtype!r} (choose from {', '.join(DTYPES)})")
-    kwargs = {"dtype": DTYPES[dtype]}
-    if device_map:
-        kwargs["device_map"] = device_map
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise ModelError(f"cannot load the model in {path}: {str(error).splitlines()[0]}") from None
-    if not device_map:
-        model.to(device)
-    model.eval()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    except (OSError, ValueError, KeyError) as error:
-        raise ModelError(f"cannot load the tokenizer in {path}: {str(error).splitlines()[0]}") from None
-    return model, tokenizer, adapter_for(model)
 
 
 def input_device(model) -> torch.device:
@@ -145,6 +113,7 @@ def trace_corpus(model, tokenizer, adapter, documents, writer, options: TraceOpt
                  on_batch=None) -> TraceSummary:
     """Trace ``documents`` into ``writer``; the first ``skip_windows`` windows are not run (``--resume``)."""
     summary = summary or TraceSummary()
+    check_options(adapter, options)
     layers = adapter.moe_layers()
     num_experts = layers[0].num_experts
     pieces = PieceTable(tokenizer)
@@ -202,8 +171,29 @@ def _check_resume_point(window, expected: tuple) -> None:
                          "resume with the same corpus and options, or start afresh without --resume")
 
 
+def check_options(adapter, options: TraceOptions) -> None:
+    """UsageError for options this model cannot run (before any output exists)."""
+    if options.logit_lens:
+        vocabulary = adapter.vocab_size()
+        if options.logit_lens > vocabulary:
+            raise UsageError(f"--logit-lens {options.logit_lens} exceeds the model's vocabulary of {vocabulary} tokens")
+
+
+def reduced_precision_padding(model, options: TraceOptions) -> bool:
+    """True when windows of different lengths may share a padded batch and the model computes in 16 bits.
+
+    Padding changes the shapes, hence the bf16/fp16 rounding, of every matrix product (in plain
+    transformers too), so gates differ from a one-window-per-batch run: by up to 1.9e-2 relative
+    on OLMoE and 5e-3 on DeepSeek-V3 in bf16 (issue 16); a near-tie between two experts can flip.
+    """
+    dtype = getattr(model, "dtype", None)
+    return options.batch_size != 1 and str(dtype) in ("torch.bfloat16", "torch.float16")
+
+
 def header_extra(adapter, options: TraceOptions, *, corpus: str, text_field: str, id_field: str,
                  experts_implementation: str | None) -> dict:
+    """The trace header's fields after the model identity (formats/trace.md); checks the options first."""
+    check_options(adapter, options)
     layers = adapter.moe_layers()
     return {
         "layers": [layer.index for layer in layers],
@@ -222,6 +212,7 @@ def header_extra(adapter, options: TraceOptions, *, corpus: str, text_field: str
         "order": {"sort_buffer": options.sort_buffer,
                   "batch_tokens": options.batch_tokens or default_batch_tokens(adapter.model),
                   "batch_size": options.batch_size},
+        "reduced_precision_padding": reduced_precision_padding(adapter.model, options),
     }
 
 
@@ -231,11 +222,15 @@ def complete_records(path: Path):
     """(header, records) of the complete records at the start of a partial stream, as a generator pair.
 
     The partial stream has no end record (the reader reports it truncated): we
-    keep every record read before the :class:`TruncatedStreamError`.
+    keep every record read before the :class:`TruncatedStreamError`, and before a
+    damaged tail (a corrupt last frame: :class:`FormatError`) too. The reader hands
+    on a zstd frame's records only once its checksum is verified, so every record
+    kept is intact; the damaged frame's records are traced again.
     """
     from ..streams import StreamReader
+    from ..streams.files import open_input
 
-    handle = open(path, "rb")  # noqa: SIM115 - closed by the records generator
+    handle = open_input(path)  # closed by the records generator
     try:
         reader = StreamReader(handle, kinds="trace")
     except (TruncatedStreamError, FormatError):
@@ -245,7 +240,7 @@ def complete_records(path: Path):
     def records():
         try:
             yield from reader
-        except TruncatedStreamError:
+        except FormatError:  # TruncatedStreamError included
             return
         finally:
             handle.close()
@@ -276,6 +271,14 @@ def resume_source(partial: Path) -> Path | None:
     return aside
 
 
+def clear_resume_state(partial: Path) -> None:
+    """Remove ``NAME.partial`` and ``NAME.partial.resume`` once ``NAME`` is complete: stale resume state
+    (e.g. of a resume refused for other options) never outlives a finished output."""
+    for stale in (partial, partial.with_name(partial.name + ".resume")):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+
+
 def check_resumable(header: dict, identity: dict, extra: dict) -> None:
     if (header.get("model") or {}).get("fingerprint") != identity["fingerprint"]:
         raise UsageError("--resume: the partial output was written with another model")
@@ -290,12 +293,14 @@ __all__ = [
     "TraceOptions",
     "TraceSummary",
     "asdict",
+    "check_options",
     "check_resumable",
     "complete_records",
     "default_batch_tokens",
     "header_extra",
     "load_model",
     "model_identity",
+    "reduced_precision_padding",
     "resume_source",
     "trace_corpus",
 ]

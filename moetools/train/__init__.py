@@ -2,7 +2,7 @@
 
 ``moetools.train.train(TrainOptions(data=..., output=..., arch="monet-vd", ...))`` writes a
 directory that ``transformers.AutoModelForCausalLM.from_pretrained`` loads (after ``import
-moetools`` for MONET): ``config.json``, ``model.safetensors``, tokenizer files,
+moetools.models.monet`` for MONET): ``config.json``, ``model.safetensors``, tokenizer files,
 ``training_metadata.json``, ``train_log.jsonl`` and ``checkpoint/`` (for ``--resume``).
 Modules: :mod:`.data` (JSONL, tokenizer, packing), :mod:`.models` (archs and the matching rule),
 :mod:`.state` (pickle-free checkpoints), :mod:`.sharding` (FSDP2), :mod:`.loop` (the loop, DDP or FSDP).

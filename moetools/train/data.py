@@ -1,8 +1,10 @@
-"""Training data for monet-train: JSON lines -> tokenizer -> packed blocks, split by document.
+"""Training data for monet-train: corpus -> tokenizer -> packed blocks, split by document.
 
-Each line is a JSON object with the text in ``text_field`` and, optionally, a domain in
-``domain_field`` (eval loss is reported per domain). Documents go to the eval split by a
-stable hash of their text (crc32), so the split does not depend on line order or world size.
+The corpus is read by the one corpus reader (:mod:`moetools.corpus.documents`, ``fail``
+policy): JSON lines with the text in ``text_field`` and, optionally, a domain in
+``domain_field`` (eval loss is reported per domain), or plain text, one document a line.
+Documents go to the eval split by a stable hash of their text (crc32), so the split does
+not depend on line order or world size.
 Documents are tokenized, joined with the end-of-text token and cut into blocks of
 ``seq_len`` tokens ("packing"); training blocks are visited in a seeded permutation per epoch
 (:func:`block_indices`), a pure function of (seed, step), which is what makes resume exact.
@@ -10,46 +12,25 @@ Documents are tokenized, joined with the end-of-text token and cut into blocks o
 
 from __future__ import annotations
 
-import json
 import math
 import zlib
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from ..corpus.documents import Document, read_corpus
 from ..errors import UsageError
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 
 
-@dataclass
-class Document:
-    text: str
-    domain: str
-
-
-def read_documents(path, text_field: str = "text", domain_field: str = "domain") -> list[Document]:
-    """Documents of a JSON-lines file; blank lines skipped; bad lines raise UsageError with their number."""
-    documents = []
-    if not Path(path).is_file():
-        raise UsageError(f"cannot open {path}: no such file")
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UsageError(f"{path}:{number}: not JSON ({error.msg})") from None
-            if not isinstance(record, dict) or text_field not in record:
-                raise UsageError(f"{path}:{number}: no {text_field!r} field (choose it with --text-field)")
-            text = record[text_field]
-            if not isinstance(text, str):
-                raise UsageError(f"{path}:{number}: field {text_field!r} is not a string")
-            if text.strip():
-                documents.append(Document(text, str(record.get(domain_field, "all"))))
+def read_training_documents(path, text_field: str = "text") -> list[Document]:
+    """Every document of the corpus at ``path`` (``-`` is stdin), read with the one corpus reader
+    (:func:`moetools.corpus.documents.read_corpus`) under the ``fail`` bad-line policy: the first
+    unusable line (invalid UTF-8 — a binary file —, invalid JSON, no text field, empty text) stops
+    the run with ``FILE:LINE: reason`` (exit 2), since training on a silently shortened corpus is
+    worse than stopping. Blank lines are skipped."""
+    documents = list(read_corpus(path, text_field=text_field, bad_lines="fail"))
     if not documents:
         raise UsageError(f"{path}: no non-empty text in field {text_field!r}: nothing to train on")
     return documents
@@ -87,15 +68,10 @@ def train_tokenizer(documents: list[Document], vocab_size: int):
 
 
 def load_tokenizer(directory):
-    """A tokenizer saved in a local directory (never the network)."""
-    from transformers import AutoTokenizer
+    """A tokenizer saved in a local directory (never the network); ModelError when it has none."""
+    from ..models.loader import load_tokenizer as load_local_tokenizer
 
-    if not Path(directory).is_dir():
-        raise UsageError(f"--tokenizer {directory}: not a directory")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise UsageError(f"--tokenizer {directory}: cannot load a tokenizer ({error})") from None
+    tokenizer = load_local_tokenizer(directory, what=f"--tokenizer {directory}")
     if tokenizer.eos_token_id is None:
         raise UsageError(f"--tokenizer {directory}: the tokenizer has no end-of-text token")
     return tokenizer
@@ -114,11 +90,13 @@ def pack(documents: list[Document], tokenizer, seq_len: int) -> torch.Tensor:
     return torch.tensor(stream[:blocks * seq_len], dtype=torch.long).view(blocks, seq_len)
 
 
-def pack_by_domain(documents: list[Document], tokenizer, seq_len: int) -> dict[str, torch.Tensor]:
-    """Eval blocks per domain (domains too short for one block are padded into one block with -100 labels later)."""
+def pack_by_domain(documents: list[Document], tokenizer, seq_len: int,
+                   domain_field: str = "domain") -> dict[str, torch.Tensor]:
+    """Eval blocks per domain (``Document.domain(domain_field)``, "all" where a document has none;
+    domains too short for one block are padded into one block with -100 labels later)."""
     domains: dict[str, list[Document]] = {}
     for document in documents:
-        domains.setdefault(document.domain, []).append(document)
+        domains.setdefault(document.domain(domain_field), []).append(document)
     packed = {}
     for domain, docs in sorted(domains.items()):
         blocks = pack(docs, tokenizer, seq_len)
@@ -165,7 +143,7 @@ __all__ = [
     "load_tokenizer",
     "pack",
     "pack_by_domain",
-    "read_documents",
+    "read_training_documents",
     "split_documents",
     "train_tokenizer",
     "unigram_entropy_bits",

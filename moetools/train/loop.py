@@ -156,170 +156,265 @@ def evaluate(model, eval_blocks: dict[str, torch.Tensor], batch_size: int, max_b
     return losses, (total / count if count else float("nan"))
 
 
-def train(options: TrainOptions, on_log=None, progress=None) -> dict:
-    """Train per ``options``; return the metadata written to ``OUT/training_metadata.json``.
-
-    ``on_log(record)`` sees every JSON-lines log record; ``progress`` (optional) has
-    ``advance(n)`` and ``update(**fields)`` (a rich progress bar in the CLI).
-    """
+def _check_options(options: TrainOptions) -> None:
+    """Usage errors that need no process group."""
     if options.steps < 1 or options.batch_size < 1 or options.seq_len < 2:
         raise UsageError("--steps and --batch-size must be at least 1 and --seq-len at least 2")
     if options.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
         raise UsageError("--fsdp shards the model over torchrun processes: run under torchrun with "
                          "--nproc_per_node 2 or more (WORLD_SIZE is 1 here)")
-    dist = _Distributed()
+
+
+def _prepare_output(options: TrainOptions, dist: _Distributed) -> Path:
+    """The output directory (made by rank 0); with ``--resume`` it must hold a checkpoint."""
     if options.batch_size % dist.world:
         raise UsageError(f"--batch-size {options.batch_size} is not divisible by the {dist.world} processes")
     out = Path(options.output)
-    checkpoint_dir = out / "checkpoint"
-    if options.resume and not (checkpoint_dir / "trainer_state.json").exists():
-        raise UsageError(f"--resume: no checkpoint in {checkpoint_dir}")
+    if options.resume and not (out / "checkpoint" / "trainer_state.json").exists():
+        raise UsageError(f"--resume: no checkpoint in {out / 'checkpoint'}")
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    torch.manual_seed(options.seed)
-    documents = data_lib.read_documents(options.data, options.text_field, options.domain_field)
+    return out
+
+
+@dataclass
+class _Data:
+    tokenizer: object
+    train_blocks: torch.Tensor  # (blocks, seq_len) int64
+    eval_blocks: dict  # domain -> (blocks, seq_len) int64
+
+
+def _load_data(options: TrainOptions, out: Path, dist: _Distributed) -> _Data:
+    """Corpus -> train/eval documents -> tokenizer (trained or given, saved in ``out``) -> packed blocks."""
+    documents = data_lib.read_training_documents(options.data, options.text_field)
     train_docs, eval_docs = data_lib.split_documents(documents, options.eval_fraction)
     tokenizer = _prepare_tokenizer(options, out, train_docs, dist)
     train_blocks = data_lib.pack(train_docs, tokenizer, options.seq_len)
     if train_blocks.shape[0] == 0:
         raise UsageError(f"the training text is shorter than one block of --seq-len {options.seq_len} tokens")
-    eval_blocks = data_lib.pack_by_domain(eval_docs, tokenizer, options.seq_len) if eval_docs else {}
+    eval_blocks = (data_lib.pack_by_domain(eval_docs, tokenizer, options.seq_len, options.domain_field)
+                   if eval_docs else {})
+    return _Data(tokenizer, train_blocks, eval_blocks)
 
+
+def _build_model(options: TrainOptions, tokenizer, dist: _Distributed):
+    """(model on the device, its config keys), initialised from ``options.seed``."""
     special = {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
                "pad_token_id": tokenizer.pad_token_id}
     config_kwargs = resolve_model_config(options.arch, options.model_settings, len(tokenizer), special)
     if config_kwargs.get("max_position_embeddings", 0) < options.seq_len:
         config_kwargs["max_position_embeddings"] = options.seq_len
     torch.manual_seed(options.seed)
-    model = build_model(options.arch, config_kwargs).to(dist.device)
-    counts = parameter_counts(model, options.arch)
-    tied = tied_parameter_names(model)
-    if options.fsdp:  # before the optimizer: fully_shard replaces the parameters with DTensor shards
-        sharding.shard_model(model, dist.device, dist.world)
+    return build_model(options.arch, config_kwargs).to(dist.device), config_kwargs
+
+
+def _make_optimizer(options: TrainOptions, model):
+    """AdamW (no weight decay on embeddings, norms and biases) and its warmup + cosine schedule."""
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=options.lr, betas=(0.9, 0.95))
     warmup = options.warmup if options.warmup is not None else max(1, options.steps // 20)
-    schedule = WarmupCosine(options.lr, warmup, options.steps, options.min_lr)
-    log_path = out / LOG_NAME
-    state = {"step": 0, "tokens": 0, "elapsed_s": 0.0}
-    if options.resume:
-        saved = load_checkpoint(checkpoint_dir, model, optimizer, sharded=options.fsdp, tied=tied)
-        schedule.load_state_dict(saved["schedule"])
-        state = {k: saved[k] for k in ("step", "tokens", "elapsed_s")}
-        if dist.main and log_path.exists():  # drop log lines written after the checkpoint
-            with open(log_path, "r+", encoding="utf-8") as handle:
-                handle.truncate(saved["log_bytes"])
-    elif dist.main and log_path.exists():
-        log_path.unlink()
+    return optimizer, WarmupCosine(options.lr, warmup, options.steps, options.min_lr)
 
-    wrapped = model
-    if dist.world > 1 and not options.fsdp:
-        from torch.nn.parallel import DistributedDataParallel
 
-        wrapped = DistributedDataParallel(model, device_ids=[dist.device] if dist.device.type == "cuda" else None,
-                                          find_unused_parameters=options.arch == "moe")
-    use_bf16 = dist.device.type == "cuda" and torch.cuda.is_bf16_supported()
+def _wrap_data_parallel(model, options: TrainOptions, dist: _Distributed):
+    """DDP around ``model`` under torchrun without --fsdp; ``model`` itself otherwise."""
+    if dist.world == 1 or options.fsdp:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
 
-    def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16) if dist.device.type == "cuda" \
-            else torch.autocast("cpu", enabled=False)
+    return DistributedDataParallel(model, device_ids=[dist.device] if dist.device.type == "cuda" else None,
+                                   find_unused_parameters=options.arch == "moe")
 
-    log_handle = open(log_path, "a", encoding="utf-8") if dist.main else None  # noqa: SIM115 (closed below)
 
-    def log(record: dict):
-        if log_handle is not None:
-            log_handle.write(json.dumps(record) + "\n")
-            log_handle.flush()
-        if on_log is not None and dist.main:
-            on_log(record)
+class _Run:
+    """One training run's model, optimizer, schedule, counters and log: what the steps of
+    :func:`train` share. Built in the order that fixes the random state (model initialised
+    from the seed, then optimizer, then the checkpoint restored over both)."""
 
-    def checkpoint():
+    def __init__(self, options: TrainOptions, dist: _Distributed, out: Path, data: _Data, on_log):
+        self.options, self.dist, self.out, self.data, self.on_log = options, dist, out, data, on_log
+        self.checkpoint_dir = out / "checkpoint"
+        self.log_path = out / LOG_NAME
+        self.model, self.config_kwargs = _build_model(options, data.tokenizer, dist)
+        self.counts = parameter_counts(self.model, options.arch)
+        self.tied = tied_parameter_names(self.model)
+        if options.fsdp:  # before the optimizer: fully_shard replaces the parameters with DTensor shards
+            sharding.shard_model(self.model, dist.device, dist.world)
+        self.optimizer, self.schedule = _make_optimizer(options, self.model)
+        self.state = {"step": 0, "tokens": 0, "elapsed_s": 0.0}
+        self._restore_or_reset()
+        self.wrapped = _wrap_data_parallel(self.model, options, dist)
+        self.use_bf16 = dist.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        self.log_handle = open(self.log_path, "a", encoding="utf-8") if dist.main else None  # noqa: SIM115
+        self.last_eval = None
+
+    def _restore_or_reset(self) -> None:
+        """--resume: model, optimizer, schedule and counters from the checkpoint, and the log cut back
+        to what it held then; otherwise a fresh log."""
+        if self.options.resume:
+            saved = load_checkpoint(self.checkpoint_dir, self.model, self.optimizer, sharded=self.options.fsdp,
+                                    tied=self.tied)
+            self.schedule.load_state_dict(saved["schedule"])
+            self.state = {k: saved[k] for k in ("step", "tokens", "elapsed_s")}
+            if self.dist.main and self.log_path.exists():  # drop log lines written after the checkpoint
+                with open(self.log_path, "r+", encoding="utf-8") as handle:
+                    handle.truncate(saved["log_bytes"])
+        elif self.dist.main and self.log_path.exists():
+            self.log_path.unlink()
+
+    def autocast(self):
+        if self.dist.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16)
+        return torch.autocast("cpu", enabled=False)
+
+    def log(self, record: dict) -> None:
+        if self.log_handle is not None:
+            self.log_handle.write(json.dumps(record) + "\n")
+            self.log_handle.flush()
+        if self.on_log is not None and self.dist.main:
+            self.on_log(record)
+
+    def batch(self) -> torch.Tensor:
+        """This rank's rows of the global batch of the current step, (B / world, T) on the device."""
+        options, dist = self.options, self.dist
+        rows = data_lib.block_indices(self.state["step"], options.batch_size, len(self.data.train_blocks),
+                                      options.seed)
+        return self.data.train_blocks[rows[dist.rank::dist.world]].to(dist.device)
+
+    def set_learning_rate(self) -> float:
+        self.schedule.step = self.state["step"]
+        return self.schedule.apply(self.optimizer)
+
+    def forward_backward_update(self, ids: torch.Tensor) -> tuple[dict, float]:
+        """One optimizer step on ``ids``; (loss parts averaged over ranks, gradient norm before clipping)."""
+        if self.options.fsdp:  # buffers (BatchNorm routing statistics) are rank 0's, as DDP broadcasts them
+            sharding.broadcast_buffers(self.model)
+        with self.autocast():
+            outputs = self.wrapped(input_ids=ids, labels=ids, use_cache=False)
+        self.optimizer.zero_grad(set_to_none=True)
+        outputs.loss.backward()
+        if self.options.fsdp:
+            grad_norm = sharding.clip_grad_norm(self.model.parameters(), self.options.grad_clip)
+        else:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip))
+        self.optimizer.step()
+        return {k: self.dist.mean(v) for k, v in _loss_parts(outputs).items()}, grad_norm
+
+    def count_step(self, started: float) -> None:
+        self.state["step"] += 1
+        self.state["tokens"] += self.options.batch_size * self.options.seq_len
+        self.state["elapsed_s"] = time.monotonic() - started
+
+    def should_stop(self, run_started: float) -> bool:
+        """Out of --max-minutes on any rank (a collective: every rank calls it every step) or at --stop-at-step."""
+        options = self.options
+        out_of_time = options.max_minutes is not None and (time.monotonic() - run_started) > options.max_minutes * 60
+        return self.dist.any(out_of_time) or (options.stop_at_step is not None
+                                              and self.state["step"] >= options.stop_at_step)
+
+    def evaluate(self) -> None:
+        per_domain, overall = evaluate(self.model, self.data.eval_blocks, self.options.batch_size // self.dist.world,
+                                       self.options.eval_batches, self.dist.device, self.autocast)
+        self.last_eval = {"eval_loss": overall, "eval_loss_by_domain": per_domain}
+        self.log({"type": "eval", "step": self.state["step"], **self.last_eval})
+
+    def checkpoint(self) -> None:
+        """Model, optimizer, schedule, counters and log length to OUT/checkpoint (rank 0 writes)."""
+        options, state = self.options, self.state
         gathered = {}
         if options.fsdp:  # collectives: every rank takes part, rank 0 gets the full tensors
-            gathered = {"model_state": sharding.full_model_state(model),
-                        "optimizer_state": sharding.full_optimizer_state(model, optimizer), "tied": tied}
-        if dist.main:
-            log_handle.flush()
-            save_checkpoint(checkpoint_dir, model, optimizer, **gathered, trainer_state=
-                            {**state, "schedule": schedule.state_dict(), "log_bytes": log_path.stat().st_size,
+            gathered = {"model_state": sharding.full_model_state(self.model),
+                        "optimizer_state": sharding.full_optimizer_state(self.model, self.optimizer),
+                        "tied": self.tied}
+        if self.dist.main:
+            self.log_handle.flush()
+            train_blocks = len(self.data.train_blocks)
+            save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, **gathered, trainer_state=
+                            {**state, "schedule": self.schedule.state_dict(),
+                             "log_bytes": self.log_path.stat().st_size,
                              # informational: the order itself is block_indices(step, batch, blocks, seed)
                              "data_position": {"samples_seen": state["step"] * options.batch_size,
-                                               "epoch": state["step"] * options.batch_size // len(train_blocks),
-                                               "train_blocks": len(train_blocks), "seed": options.seed},
+                                               "epoch": state["step"] * options.batch_size // train_blocks,
+                                               "train_blocks": train_blocks, "seed": options.seed},
                              "arch": options.arch, "options": asdict(options)})
-        dist.barrier()
+        self.dist.barrier()
 
-    per_rank = options.batch_size // dist.world
-    started = time.monotonic() - state["elapsed_s"]
-    run_started = time.monotonic()
-    last_eval = None
-    if progress is not None:
-        progress.update(total=options.steps, completed=state["step"])
-    wrapped.train()
-    while state["step"] < options.steps:
-        step = state["step"]
-        rows = data_lib.block_indices(step, options.batch_size, len(train_blocks), options.seed)
-        ids = train_blocks[rows[dist.rank::dist.world]].to(dist.device)      # (B / world, T)
-        schedule.step = step
-        lr = schedule.apply(optimizer)
-        if options.fsdp:  # buffers (BatchNorm routing statistics) are rank 0's, as DDP broadcasts them
-            sharding.broadcast_buffers(model)
-        with autocast():
-            outputs = wrapped(input_ids=ids, labels=ids, use_cache=False)
-        optimizer.zero_grad(set_to_none=True)
-        outputs.loss.backward()
-        if options.fsdp:
-            grad_norm = sharding.clip_grad_norm(model.parameters(), options.grad_clip)
-        else:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip))
-        optimizer.step()
-        state["step"] = step + 1
-        state["tokens"] += options.batch_size * options.seq_len
-        state["elapsed_s"] = time.monotonic() - started
-        parts = {k: dist.mean(v) for k, v in _loss_parts(outputs).items()}
-        log({"type": "train", "step": state["step"], **parts, "lr": lr, "grad_norm": grad_norm,
-             "tokens": state["tokens"], "elapsed_s": round(state["elapsed_s"], 3)})
-        if progress is not None:
-            progress.update(advance=1, description=f"loss {parts['loss']:.3f}")
-        done = state["step"] >= options.steps
-        out_of_time = options.max_minutes is not None and (time.monotonic() - run_started) > options.max_minutes * 60
-        stop = dist.any(out_of_time) or (options.stop_at_step is not None and state["step"] >= options.stop_at_step)
-        if eval_blocks and (state["step"] % options.eval_every == 0 or done or stop):
-            per_domain, overall = evaluate(model, eval_blocks, per_rank, options.eval_batches, dist.device, autocast)
-            last_eval = {"eval_loss": overall, "eval_loss_by_domain": per_domain}
-            log({"type": "eval", "step": state["step"], **last_eval})
-        if (state["step"] % options.checkpoint_every == 0 and not done) or (stop and not done):
-            checkpoint()
-        if stop:
-            break
-    if log_handle is not None:
-        log_handle.close()
+    def close_log(self) -> None:
+        if self.log_handle is not None:
+            self.log_handle.close()
 
-    metadata = {"arch": options.arch, "steps": state["step"], "steps_planned": options.steps,
+    def metadata(self) -> dict:
+        options, state, dist, data = self.options, self.state, self.dist, self.data
+        return {"arch": options.arch, "steps": state["step"], "steps_planned": options.steps,
                 "finished": state["step"] >= options.steps, "tokens": state["tokens"],
                 "elapsed_s": round(state["elapsed_s"], 3), "world_size": dist.world,
                 "parallel": "fsdp" if options.fsdp else ("ddp" if dist.world > 1 else "none"),
                 "device": str(dist.device),
-                "bf16_autocast": use_bf16, "parameters": counts, "model_config": config_kwargs,
-                "train_blocks": int(train_blocks.shape[0]), "eval_domains": sorted(eval_blocks),
-                "unigram_entropy_bits": data_lib.unigram_entropy_bits(train_blocks, len(tokenizer)),
-                "last_eval": last_eval, "options": asdict(options)}
-    full_state = sharding.full_model_state(model) if options.fsdp else None  # a collective
-    if dist.main:
-        from transformers.utils import logging as hf_logging
+                "bf16_autocast": self.use_bf16, "parameters": self.counts, "model_config": self.config_kwargs,
+                "train_blocks": int(data.train_blocks.shape[0]), "eval_domains": sorted(data.eval_blocks),
+                "unigram_entropy_bits": data_lib.unigram_entropy_bits(data.train_blocks, len(data.tokenizer)),
+                "last_eval": self.last_eval, "options": asdict(options)}
 
-        hf_logging.disable_progress_bar()  # our own progress is on stderr already
-        _unwrap(wrapped).save_pretrained(out, state_dict=full_state)
-        (out / METADATA_NAME).write_text(json.dumps(metadata, indent=1))
-    dist.barrier()
+    def save(self, metadata: dict) -> None:
+        """The transformers directory (config, weights) and the metadata file, written by rank 0."""
+        full_state = sharding.full_model_state(self.model) if self.options.fsdp else None  # a collective
+        if self.dist.main:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()  # our own progress is on stderr already
+            _unwrap(self.wrapped).save_pretrained(self.out, state_dict=full_state)
+            (self.out / METADATA_NAME).write_text(json.dumps(metadata, indent=1))
+        self.dist.barrier()
+
+
+def train(options: TrainOptions, on_log=None, progress=None) -> dict:
+    """Train per ``options``; return the metadata written to ``OUT/training_metadata.json``.
+
+    ``on_log(record)`` sees every JSON-lines log record; ``progress`` (optional) has
+    ``advance(n)`` and ``update(**fields)`` (a rich progress bar in the CLI).
+    """
+    _check_options(options)
+    dist = _Distributed()
+    out = _prepare_output(options, dist)
+    torch.manual_seed(options.seed)
+    data = _load_data(options, out, dist)
+    run = _Run(options, dist, out, data, on_log)
+
+    started = time.monotonic() - run.state["elapsed_s"]
+    run_started = time.monotonic()
+    if progress is not None:
+        progress.update(total=options.steps, completed=run.state["step"])
+    run.wrapped.train()
+    while run.state["step"] < options.steps:
+        ids = run.batch()                                                 # (B / world, T)
+        lr = run.set_learning_rate()
+        parts, grad_norm = run.forward_backward_update(ids)
+        run.count_step(started)
+        run.log({"type": "train", "step": run.state["step"], **parts, "lr": lr, "grad_norm": grad_norm,
+                 "tokens": run.state["tokens"], "elapsed_s": round(run.state["elapsed_s"], 3)})
+        if progress is not None:
+            progress.update(advance=1, description=f"loss {parts['loss']:.3f}")
+        step = run.state["step"]
+        done = step >= options.steps
+        stop = run.should_stop(run_started)
+        if data.eval_blocks and (step % options.eval_every == 0 or done or stop):
+            run.evaluate()
+        if (step % options.checkpoint_every == 0 and not done) or (stop and not done):
+            run.checkpoint()
+        if stop:
+            break
+    run.close_log()
+
+    metadata = run.metadata()
+    run.save(metadata)
     if options.fsdp:
         # drop FSDP's modules, optimizer and autograd graph (which hold gloo work objects) while the
         # interpreter is alive: left to interpreter exit, their teardown aborts a rank now and then
         # ("terminate called without an active exception", SIGABRT)
-        del wrapped, model, optimizer, outputs
+        del run
         gc.collect()
     if dist.world > 1:
         torch.distributed.destroy_process_group()

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file, save_model
 
 from ..errors import MoetoolsError
+from ..streams.files import create_directory
 
 
 class WarmupCosine:
@@ -119,28 +118,17 @@ def save_checkpoint(directory: Path, model, optimizer, trainer_state: dict, *, m
     ``model_state`` / ``optimizer_state`` (FSDP: gathered on rank 0) replace ``model.state_dict()``
     and ``optimizer.state_dict()``; ``tied`` names the tied parameters of ``model_state``.
     """
-    directory = Path(directory)
-    partial = directory.with_name(directory.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    if model_state is None:
-        save_model(model, str(partial / "model.safetensors"))
-    else:
-        save_model_state(model_state, str(partial / "model.safetensors"), tied or [])
-    tensors, meta = flatten_optimizer_state(optimizer.state_dict() if optimizer_state is None else optimizer_state)
-    save_file(tensors, str(partial / "optimizer.safetensors"))
-    (partial / "optimizer.json").write_text(json.dumps(meta))
-    save_file(rng_state(), str(partial / "rng.safetensors"))
-    (partial / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-    old = directory.with_name(directory.name + ".old")
-    if directory.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(directory, old)
-    os.replace(partial, directory)
-    if old.exists():
-        shutil.rmtree(old)
+    with create_directory(directory) as partial:  # NAME.partial/, then swapped in through NAME.old
+        if model_state is None:
+            save_model(model, str(partial / "model.safetensors"))
+        else:
+            save_model_state(model_state, str(partial / "model.safetensors"), tied or [])
+        tensors, meta = flatten_optimizer_state(optimizer.state_dict() if optimizer_state is None
+                                                else optimizer_state)
+        save_file(tensors, str(partial / "optimizer.safetensors"))
+        (partial / "optimizer.json").write_text(json.dumps(meta))
+        save_file(rng_state(), str(partial / "rng.safetensors"))
+        (partial / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
 
 
 def load_checkpoint(directory: Path, model, optimizer, *, sharded: bool = False,

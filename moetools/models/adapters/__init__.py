@@ -1,8 +1,6 @@
-"""Built-in adapters, one module per family group; importing this registers them."""
+"""Built-in adapters, one module per family group.
 
-from . import deepseek, ernie, gpt_oss, softmax_topk  # noqa: F401
-
-try:  # MONET plugs in when its model code is present (moetools/models/monet/)
-    from . import monet  # noqa: F401
-except ImportError:  # pragma: no cover - MONET model not installed
-    pass
+They are registered through the ``moetools.adapters`` entry points in moetools'
+pyproject.toml, exactly as another package's adapters are (see
+:mod:`moetools.models.registry`); importing this package registers nothing.
+"""

@@ -4,11 +4,12 @@ Both have shared experts and ``first_k_dense_replace`` dense layers."""
 
 from __future__ import annotations
 
-from ..registry import Adapter, RoutingRule, register_adapter
+from ..registry import Adapter, RoutingRule
 
 
-@register_adapter
 class DeepseekV2Adapter(Adapter):
+    """DeepSeek-V2: softmax, greedy or group-limited top-k, scaled; shared experts."""
+
     name = "deepseek_v2"
     model_types = ("deepseek_v2",)
 
@@ -18,8 +19,9 @@ class DeepseekV2Adapter(Adapter):
                            scaling=float(getattr(self.config, "routed_scaling_factor", 1.0) or 1.0))
 
 
-@register_adapter
 class DeepseekV3Adapter(Adapter):
+    """DeepSeek-V3: sigmoid + score-correction bias, group-limited top-k, renormalised, scaled."""
+
     name = "deepseek_v3"
     model_types = ("deepseek_v3",)
 

@@ -4,11 +4,12 @@ only on layers in [moe_layer_start_index, moe_layer_end_index] every ``moe_layer
 
 from __future__ import annotations
 
-from ..registry import Adapter, RoutingRule, register_adapter
+from ..registry import Adapter, RoutingRule
 
 
-@register_adapter
 class Ernie45MoeAdapter(Adapter):
+    """ERNIE-4.5-MoE: softmax, top-k on probabilities + moe_statics bias, renormalised."""
+
     name = "ernie4_5_moe"
     model_types = ("ernie4_5_moe",)
     rule = RoutingRule(scoring="softmax", order="softmax_then_topk", renormalize=True, score_bias=True)

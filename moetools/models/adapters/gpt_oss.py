@@ -3,11 +3,12 @@ experts stored transposed (gate_up_proj [E, d, 2I] interleaved, down_proj [E, I,
 
 from __future__ import annotations
 
-from ..registry import Adapter, RoutingRule, register_adapter
+from ..registry import Adapter, RoutingRule
 
 
-@register_adapter
 class GptOssAdapter(Adapter):
+    """GPT-OSS: router with bias, top-k on logits, softmax over the selected k."""
+
     name = "gpt_oss"
     model_types = ("gpt_oss",)
     router_attribute = "router"

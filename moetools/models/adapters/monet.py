@@ -12,13 +12,11 @@ id dtype) and gate 0.
 
 from __future__ import annotations
 
-import torch
-
-from ..registry import Adapter, MoeLayer, RoutingRule, register_adapter
+from ..registry import Adapter, MoeLayer, RoutingRule
 
 
 class MonetCapture:
-    """The :class:`moetools.trace.capture.RoutingCapture` contract for MONET models."""
+    """The :class:`moetools.models.capture.RoutingCapture` contract for MONET models."""
 
     def __init__(self, model, adapter, logit_lens: int = 0):
         self.model, self.adapter, self.logit_lens = model, adapter, int(logit_lens)
@@ -40,6 +38,8 @@ class MonetCapture:
         self._handles, self._seen = [], {}
 
     def take(self, attention_mask=None, keep_probs: bool = False) -> list[dict]:
+        import torch
+
         from ..monet import routing
 
         results = []
@@ -67,14 +67,17 @@ class MonetCapture:
 
 
 def _padding_id(num_experts: int) -> int:
+    import torch
+
     from ...trace.records import id_dtype
 
     return int(torch.iinfo(torch.int64).max if num_experts > 1 << 32 else
                {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}[id_dtype(num_experts).itemsize])
 
 
-@register_adapter
 class MonetAdapter(Adapter):
+    """MONET: product-key composed experts (i, j), N = moe_experts² per layer, top-M by g_ij."""
+
     name = "monet"
     model_types = ("monet",)
     rule = RoutingRule(scoring="product_key", order="threshold_then_softmax", renormalize=False)

@@ -6,7 +6,7 @@ Mixtral always does. Qwen2-MoE adds a sigmoid-gated shared expert.
 
 from __future__ import annotations
 
-from ..registry import Adapter, RoutingRule, register_adapter
+from ..registry import Adapter, RoutingRule
 
 
 class _SoftmaxTopK(Adapter):
@@ -15,14 +15,16 @@ class _SoftmaxTopK(Adapter):
                            renormalize=bool(getattr(self.config, "norm_topk_prob", False)))
 
 
-@register_adapter
 class OlmoeAdapter(_SoftmaxTopK):
+    """OLMoE: softmax over all experts, top-k, renormalised when norm_topk_prob."""
+
     name = "olmoe"
     model_types = ("olmoe",)
 
 
-@register_adapter
 class MixtralAdapter(_SoftmaxTopK):
+    """Mixtral: softmax over all experts, top-k, always renormalised."""
+
     name = "mixtral"
     model_types = ("mixtral",)
 
@@ -30,13 +32,15 @@ class MixtralAdapter(_SoftmaxTopK):
         return RoutingRule(scoring="softmax", order="softmax_then_topk", renormalize=True)
 
 
-@register_adapter
 class Qwen2MoeAdapter(_SoftmaxTopK):
+    """Qwen2-MoE: softmax top-k plus a sigmoid-gated shared expert."""
+
     name = "qwen2_moe"
     model_types = ("qwen2_moe",)
 
 
-@register_adapter
 class Qwen3MoeAdapter(_SoftmaxTopK):
+    """Qwen3-MoE: softmax over all experts, top-k, renormalised when norm_topk_prob."""
+
     name = "qwen3_moe"
     model_types = ("qwen3_moe",)

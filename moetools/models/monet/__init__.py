@@ -1,12 +1,10 @@
 """MONET for transformers: ``MonetConfig``, ``MonetModel``, ``MonetForCausalLM`` and their Auto registration.
 
-``import moetools`` arranges for :func:`register` to run as soon as transformers' Auto modules
-are imported (an import hook, so ``import moetools`` itself stays free of torch); after that
+Importing this package registers MONET with transformers' Auto classes: the one place that
+does (:func:`moetools.models.load_model` imports it). After ``import moetools.models.monet``,
 ``AutoConfig``/``AutoModel``/``AutoModelForCausalLM.from_pretrained(dir)`` load a MONET
-checkpoint (``model_type="monet"``) without ``trust_remote_code``. Calling :func:`register`
-directly is harmless and idempotent.
-
-The classes are imported lazily (``moetools.models.monet.MonetForCausalLM``) for the same reason.
+checkpoint (``model_type="monet"``) without ``trust_remote_code``. It imports torch and
+transformers, so only code that loads a model imports it. :func:`register` is idempotent.
 """
 
 from __future__ import annotations
@@ -56,3 +54,6 @@ def __getattr__(name):
 
 __all__ = ["MonetConfig", "MonetForCausalLM", "MonetModel", "MonetPreTrainedModel",
            "monet_config_problems", "register", "register_config", "register_models"]
+
+
+register()

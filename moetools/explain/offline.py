@@ -1,6 +1,6 @@
-"""``offline``: a deterministic label with no language model at all.
+"""``offline``: a statistical summary of each expert's activating tokens; no language model at all.
 
-Method ``offline-log-odds-v2`` (what the label records say in ``explainer.method``
+Method ``offline-log-odds-v3`` (what the label records say in ``explainer.method``
 and, with the numbers, in ``details``):
 
 1. Background: every token of every context the explainer may see (``explain``
@@ -21,8 +21,10 @@ and, with the numbers, in ``details``):
    at least half of them.
 
 The label reads ``This expert specializes in the tokens "fever", "dose" in medical
-text and promotes "fevers"``. Deterministic: the same stream gives the same
-labels byte for byte (``seconds`` aside).
+text and promotes "fevers" (a statistical summary of its activating tokens, not an
+LLM label)``: the sentence says what it is, so nobody takes it for an LLM's
+reading. Deterministic: the same stream gives the same labels byte for byte
+(``seconds`` aside).
 """
 
 from __future__ import annotations
@@ -34,13 +36,16 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .base import Completion, Explainer, ExplainJob
-from .registry import register_explainer
+from ..llm.base import Completion
+from .method import Explainer, ExplainJob
+from .runner import logit_lens_pieces, select_examples
 
-METHOD = "offline-log-odds-v2"  # v1 ignored white-space-only pieces (no label for such experts)
+# v1 ignored white-space-only pieces (no label for such experts); v2's sentence did not say it was no LLM's
+METHOD = "offline-log-odds-v3"
 DESCRIPTION = (f"{METHOD}: the tokens most over-represented at the expert's activating positions against all "
                "tokens of the samples' explain contexts (add-one smoothed log ratio), its top logit-lens tokens "
                "and its dominant document domain; no language model")
+SUMMARY_NOTE = " (a statistical summary of its activating tokens, not an LLM label)"
 TOP_TOKENS = 5
 TOP_LOGIT_LENS = 3
 DOMINANT_SHARE = 0.5
@@ -58,10 +63,10 @@ def quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-@register_explainer("offline")
 class OfflineExplainer(Explainer):
     """See the module docstring."""
 
+    summary = "no LLM: a statistical summary of the tokens at each expert's activating positions"
     cacheable = False
     uses_chat_prompt = False
     deterministic = True
@@ -85,13 +90,13 @@ class OfflineExplainer(Explainer):
     def identity(self) -> dict:
         return {"backend": self.name, "model": None, "method": DESCRIPTION}
 
-    def parse(self, text: str) -> str | None:
-        return text or None
+    def interpret(self, completion: Completion) -> tuple[str | None, str | None]:
+        if completion.text:
+            return completion.text, None
+        return None, "no activating token to summarize"
 
     def corpus_pass(self, records: Iterable[dict]) -> Iterator[dict]:
         """Read the whole stream once: background counts, and a small summary per expert."""
-        from ..explain.runner import logit_lens_pieces, select_examples
-
         seen_contexts: set[str] = set()
         summaries = []
         for record in records:
@@ -106,7 +111,7 @@ class OfflineExplainer(Explainer):
                     seen_contexts.add(identifier)
                     self.background.update(token for token in map(normalize, context.get("pieces") or []) if token)
                     self.background_domains[str((context.get("meta") or {}).get("domain"))] += 1
-            shown = select_examples(record, int(self.options.get("max_examples") or 20))
+            shown = select_examples(record, self.settings.max_examples)
             foreground: Counter = Counter()
             domains: Counter = Counter()
             for context in shown:
@@ -152,6 +157,7 @@ class OfflineExplainer(Explainer):
             text += f" in {domains[0]['domain']} text"
         if summary["logit_lens"]:
             text += " and promotes " + ", ".join(quote(piece) for piece in summary["logit_lens"])
+        text += SUMMARY_NOTE
         details = {"method": METHOD, "tokens": tokens, "logit_lens": summary["logit_lens"], "domains": domains,
                    "activating_positions": sum(summary["foreground"].values())}
         return Completion(text=text, details=details)

@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from dataclasses import dataclass
 
-from .base import Completion, Explainer, ExplainJob
-from .local import load_causal_lm
-from .registry import register_explainer
+from ..llm.base import Completion, Options, Usage, option, require
+from ..llm.local import load_causal_lm
+from .method import Explainer, ExplainJob
 
 SELF_PROMPT = "Q: What is the meaning of the word X ? A: Sure! The meaning of the word X is "
 PLACEHOLDER = "X"
@@ -39,21 +40,31 @@ def parse_meaning(text: str | None) -> str | None:
     return first if re.search(r"\w", first) else None
 
 
-@register_explainer("self")
+@dataclass
+class SelfOptions(Options):
+    """Options of the ``self`` method."""
+
+    model: str | None = option(None, "a chat-tuned MONET directory (or any causal LM taking inputs_embeds); required")
+    max_tokens: int = option(64, "most tokens of the continuation")
+    device: str = option("cpu", "torch device")
+
+    def check(self) -> None:
+        require(bool(self.model), "--backend self needs --model DIR (a chat-tuned MONET, or any causal LM)")
+        require(self.max_tokens >= 1, f"--max-tokens must be >= 1 (got {self.max_tokens})")
+
+
 class SelfExplainer(Explainer):
     """See the module docstring."""
 
+    options_class = SelfOptions
+    summary = "MONET self-explanation (paper 004 §4.3): the model reads its own averaged expert embedding"
     uses_chat_prompt = False
     deterministic = True
     prompt_kind = "self"
 
     def __init__(self, options, accounting):
         super().__init__(options, accounting)
-        from ..errors import UsageError
-
-        if not options.get("model"):
-            raise UsageError("--backend self needs --model DIR (a chat-tuned MONET, or any causal LM)")
-        self.device = options.get("device") or "cpu"
+        self.device = options.device
         self._lm = self._tokenizer = None
         self._lock = asyncio.Lock()
 
@@ -66,8 +77,9 @@ class SelfExplainer(Explainer):
                 "method": "MONET self-explanation (paper 004 §4.3): averaged embeddings of the activating "
                           "tokens at X in: " + SELF_PROMPT}
 
-    def parse(self, text: str) -> str | None:
-        return parse_meaning(text)
+    def interpret(self, completion: Completion) -> tuple[str | None, str | None]:
+        meaning = parse_meaning(completion.text)
+        return (meaning, None) if meaning is not None else (None, "the continuation has no words")
 
     async def start(self) -> None:
         if self._lm is None:
@@ -94,13 +106,15 @@ class SelfExplainer(Explainer):
     def request_identity(self, job: ExplainJob) -> dict:
         return {"backend": self.name, "model": self.identity()["model"], "prompt": SELF_PROMPT,
                 "token_ids": self.activating_token_ids(job),
-                "parameters": {"max_tokens": int(self.options.get("max_tokens") or 64)}}
+                "parameters": {"max_tokens": self.options.max_tokens}}
 
     async def complete(self, job: ExplainJob) -> Completion:
         async with self._lock:
             completion = await asyncio.to_thread(self._generate, job)
         job.requests += 1
         self.accounting.requests += 1
+        self.accounting.max_in_flight = max(self.accounting.max_in_flight, 1)
+        self.accounting.add_usage(completion.usage)
         return completion
 
     def _prompt_ids(self) -> tuple[list[list[int]], list[int]]:
@@ -132,12 +146,11 @@ class SelfExplainer(Explainer):
             inputs_embeds = torch.cat(parts, dim=0).unsqueeze(0)  # (1, T, d)
             attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=self.device)
             output = lm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, do_sample=False,
-                                 max_new_tokens=int(self.options.get("max_tokens") or 64),
+                                 max_new_tokens=self.options.max_tokens,
                                  pad_token_id=tokenizer.pad_token_id)
         generated = output[0]  # with inputs_embeds only, generate returns just the new tokens
         text = tokenizer.decode(generated, skip_special_tokens=True)
-        return Completion(text=text, prompt_tokens=int(inputs_embeds.shape[1]),
-                          completion_tokens=int(generated.numel()),
+        return Completion(text=text, usage=Usage(int(inputs_embeds.shape[1]), int(generated.numel())),
                           details={"averaged_tokens": len(ids), "distinct_tokens": len(set(ids)),
                                    "generated_token_ids": [int(i) for i in generated]})
 

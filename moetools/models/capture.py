@@ -16,7 +16,7 @@ Per MoE layer ``l`` and flattened token ``n`` (N = B·T tokens of the batch):
   W_U · final_norm(E_i(x)) (the logit lens applied to one expert's output).
 
 The experts run once: the norms come from a registered experts implementation
-(:mod:`moetools.trace.experts`), the logits from a forward hook on the router.
+(:mod:`moetools.models.traced_experts`), the logits from a forward hook on the router.
 The model's outputs are bit-identical to an untraced run under the same
 experts implementation (``grouped_mm``, transformers' default, or ``batched_mm``;
 a model set to ``eager`` is traced with ``grouped_mm``).
@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ModelError
-from .experts import TRACE_IMPLEMENTATIONS, register_trace_implementations
+from .traced_experts import TRACE_IMPLEMENTATIONS, register_trace_implementations
 
 LOGIT_LENS_CHUNK = 4096  # rows of expert outputs projected to the vocabulary at once (bounds memory)
 

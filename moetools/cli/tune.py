@@ -1,0 +1,134 @@
+"""moe-tune: fine-tune only the experts that matter, and merge the result (logic: ``moetools.tune``)."""
+
+from __future__ import annotations
+
+import click
+
+from .common import ToolGroup, progress, say, subcommand_verbosity, tool_group
+
+EXAMPLE = """\
+moe-tune model/ --data medical.train.jsonl --eval medical.val.jsonl general.val.jsonl \\
+    --mode experts --experts medical.json -o tuned/
+moe-tune model/ --data medical.train.jsonl --mode das-two-stage --general general.jsonl --top 6 -o tuned/
+torchrun --nproc-per-node 2 -m moetools.tune model/ --data medical.train.jsonl --mode lora -o tuned/
+moe-tune merge tuned/ -o merged/"""
+
+MODES = ("full", "experts", "attention-router", "das-two-stage", "lora", "lora-experts")  # = moetools.tune.MODES
+
+
+class TuneGroup(ToolGroup):
+    """``moe-tune MODEL ...`` trains (the ``train`` subcommand, implied); ``moe-tune merge ...`` merges."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
+            args = ["train", *args]
+        return super().parse_args(ctx, args)
+
+
+@tool_group("moe-tune", example=EXAMPLE)
+def command():
+    """Fine-tune chosen parts of an MoE or MONET model; merge the adapter.
+
+    moe-tune MODEL --data FILE -o OUT [options] trains (see `moe-tune train --help`);
+    moe-tune merge ADAPTER -o OUT writes a standard checkpoint. Modes: full; experts
+    (only the experts of --experts, every other parameter and every unselected
+    expert's slice of a fused tensor bit-for-bit unchanged, optimizer state only for
+    what trains); attention-router (paper 003 stage 1); das-two-stage; lora (peft,
+    r=16, alpha=32); lora-experts (LoRA on the chosen experts only).
+    """
+
+
+command.__class__ = TuneGroup  # tool_group builds a ToolGroup; this one implies `train`
+
+
+@command.command("train")
+@subcommand_verbosity
+@click.argument("model", type=click.Path(file_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="Training data: JSON lines of text ({\"text\": ...}, packed) or of chats ({\"messages\": "
+                   "[...]}: loss on assistant tokens only).")
+@click.option("--eval", "eval_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Evaluation file (repeatable): loss per file and per domain every --eval-every steps.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Output directory: the adapter (tune.json, adapter.safetensors or peft's files, experts.json), "
+                   "tune_log.jsonl, checkpoint/.")
+@click.option("--mode", type=click.Choice(MODES), default="experts", show_default=True, help="What trains.")
+@click.option("--experts", type=click.Path(dir_okay=False, allow_dash=True),
+              help="experts.json (moe-select's or ESFT's): the experts of --mode experts / lora-experts.")
+@click.option("--general", type=click.Path(dir_okay=False), help="das-two-stage: general data DAS contrasts with.")
+@click.option("--top", default=6, show_default=True, type=click.IntRange(min=1),
+              help="das-two-stage: experts kept per layer by DAS (and k of C-DAS@k).")
+@click.option("--stage1-steps", default=100, show_default=True, type=click.IntRange(min=1),
+              help="das-two-stage: attention + router steps before choosing experts.")
+@click.option("--stage2", type=click.Choice(["experts", "lora-experts"]), default="experts", show_default=True,
+              help="das-two-stage: how the chosen experts train.")
+@click.option("--das-rows", default=64, show_default=True, type=click.IntRange(min=1),
+              help="das-two-stage: sequences of each set traced for DAS.")
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Optimizer steps (das-two-stage: of stage 2).")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Global batch in sequences (split over torchrun processes and --grad-accum).")
+@click.option("--grad-accum", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Micro-batches per step.")
+@click.option("--seq-len", default=256, show_default=True, type=click.IntRange(min=2), help="Tokens per sequence.")
+@click.option("--lr", default=1e-4, show_default=True, type=float, help="Peak learning rate (AdamW).")
+@click.option("--min-lr", default=0.0, show_default=True, type=float, help="Learning rate at the end of the cosine.")
+@click.option("--warmup", type=click.IntRange(min=0), help="Warmup steps per stage [5% of its steps].")
+@click.option("--weight-decay", default=0.0, show_default=True, type=float)
+@click.option("--grad-clip", default=1.0, show_default=True, type=float, help="Gradient norm clip.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--eval-every", default=50, show_default=True, type=click.IntRange(min=1))
+@click.option("--eval-batches", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Eval batches per file.")
+@click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--stop-at-step", type=click.IntRange(min=1), help="Stop after this step with a checkpoint.")
+@click.option("--max-minutes", type=click.FloatRange(min=0), help="Stop (with a checkpoint) after this long.")
+@click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint exactly.")
+@click.option("--lora-rank", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--lora-alpha", default=32.0, show_default=True, type=float)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="Weights while training (bf16 autocast is not used).")
+@click.option("--text-field", default="text", show_default=True, help="JSON field holding the text.")
+@click.option("--domain-field", default="domain", show_default=True, help="JSON field naming the domain.")
+def train_command(model, data, eval_files, output, **options):
+    """Fine-tune MODEL on --data; write an adapter to OUTPUT.
+
+    Under torchrun (`torchrun --nproc-per-node N -m moetools.tune ...`, same flags) it trains
+    data-parallel (DDP; gloo on CPU) with the same results as one process.
+    """
+    from ..tune import TuneOptions, tune
+
+    tune_options = TuneOptions(model=model, data=data, output=output, eval=list(eval_files), **options)
+
+    def on_log(record):
+        if record["type"] == "eval" and record.get("eval_loss") is not None:
+            say(f"step {record['step']}: eval loss {record['eval_loss']:.4f}")
+        elif record["type"] == "cdas":
+            say(f"step {record['step']}: C-DAS@{record['k']} {record['cdas']:.4f}")
+
+    with progress("tuning") as bar:
+        summary = tune(tune_options, on_log=on_log, progress=bar)
+    say(f"{summary['steps']} steps, {summary['trainable_parameters']} trainable parameters -> {output}")
+
+
+@command.command("merge")
+@subcommand_verbosity
+@click.argument("adapter", type=click.Path(file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Directory for the merged checkpoint (written as OUTPUT.partial, then renamed).")
+@click.option("--base", type=click.Path(file_okay=False), help="The base model [the path in ADAPTER/tune.json].")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="Weights of the merged checkpoint (auto: the base's).")
+def merge_command(adapter, output, base, dtype):
+    """Merge ADAPTER into its base model; AutoModelForCausalLM.from_pretrained loads OUTPUT.
+
+    The merged config carries `moetools_tuned` (base fingerprint, mode, adapter), so the
+    merged model never passes for its base.
+    """
+    from ..tune import merge
+
+    provenance = merge(adapter, output, base=base, dtype=dtype)
+    say(f"{provenance['mode']} adapter merged into {provenance['base_name']} -> {output}")
+
+
+main = command.main

@@ -1,0 +1,121 @@
+"""The ``scores`` stream moe-score writes (formats/scores.md): header fields, records, end summary."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .scorer import METRICS, RoutingScorer
+
+SCORES_SOURCE = "routing"
+
+
+def _num(value):
+    """A JSON-safe number: NaN and ±inf become null (jq cannot read NaN)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def header_extra(scorer: RoutingScorer, computed: dict) -> dict:
+    opts, trace = scorer.options, scorer.header
+    present = [name for name in METRICS if name in computed or (name == "skew" and "skew_ratio" in computed)]
+    general = {"kind": opts.general}
+    if opts.general not in ("rest", "trace"):
+        general = {"kind": "domain", "domain": opts.general}
+    return {
+        "source": SCORES_SOURCE,
+        "layers": list(trace["layers"]),
+        "num_experts": trace["num_experts"],
+        "top_k": trace["top_k"],
+        "domain_field": opts.domain_field,
+        "domains": list(computed["domains"]),
+        "general": general,
+        "target_field": opts.target_field,
+        "metrics": {name: {"scope": METRICS[name][0], "definition": METRICS[name][1]} for name in present},
+        "options": {"permutations": opts.permutations, "seed": opts.seed, "min_ratio": opts.min_ratio,
+                    "cdas_k": list(opts.cdas_k), "default_domain": opts.default_domain},
+        "inputs": scorer.inputs,
+    }
+
+
+def expert_records(computed: dict, layers: list[int], min_ratio: float):
+    """One ``expert`` record per (layer, expert), layers then experts ascending."""
+    domains = computed["domains"]
+    per_domain = [name for name in ("af", "prob", "das", "score", "explen", "psn", "reap", "esft_token",
+                                    "esft_gate") if name in computed]
+    test = computed.get("skew_test")
+    general = computed.get("general")
+    n_experts = computed["af"].shape[-1]
+    for li, layer in enumerate(layers):
+        for expert in range(n_experts):
+            record = {"type": "expert", "layer": int(layer), "expert": expert, "domains": {}}
+            for d, domain in enumerate(domains):
+                values = {name: _num(computed[name][d, li, expert]) for name in per_domain}
+                values["routed"] = int(computed["routed"][d, li, expert])
+                record["domains"][domain] = values
+            if general is not None:
+                record["general"] = {"prob": _num(general["prob"][li, expert]),
+                                     "af": _num(general["af"][li, expert])}
+            if "skew_ratio" in computed:
+                ratio = float(computed["skew_ratio"][li, expert])
+                top = float(computed["prob"][computed["skew_domain"][li, expert], li, expert])
+                skew = {"domain": domains[int(computed["skew_domain"][li, expert])] if top > 0 else None,
+                        "ratio": _num(ratio),
+                        "specialised": bool(top > 0 and (ratio >= min_ratio or math.isinf(ratio)))}
+                if test is not None:
+                    skew["p"] = _num(test.p[li, expert])
+                    skew["q"] = _num(test.q[li, expert])
+                record["skew"] = skew
+            if "pearson" in computed:
+                record["pearson"] = _num(computed["pearson"][li, expert])
+            if "rc_shift" in computed:
+                record["rc_shift"] = _num(computed["rc_shift"][li, expert])
+            yield record
+
+
+def end_summary(scorer: RoutingScorer, computed: dict, q_threshold: float = 0.05) -> dict:
+    sums, layers = scorer.sums, scorer.header["layers"]
+    summary = {
+        "sequences": scorer.sequences,
+        "tokens": {d: int(t) for d, t in zip(computed["domains"], computed["tokens"])},
+        "missing_domain": {"documents": sums.missing_domain_documents, "sequences": sums.missing_domain_sequences,
+                           "tokens": int(sums.missing_domain_tokens)},
+    }
+    if scorer.documents is not None:
+        summary["documents"] = len(scorer.documents)
+        summary["document_state_bytes"] = scorer.documents.nbytes
+    if "cdas" in computed:
+        summary["cdas"] = {domain: {str(k): {"per_layer": {str(layer): _num(v) for layer, v in zip(layers, per)},
+                                             "total": _num(total)}
+                                    for k, (per, total) in by_k.items()}
+                           for domain, by_k in computed["cdas"].items()}
+    if "skew_ratio" in computed:
+        ratio = np.nan_to_num(computed["skew_ratio"], nan=0.0, posinf=np.inf)
+        top = np.take_along_axis(computed["prob"], computed["skew_domain"][None], axis=0)[0]
+        passing = (ratio >= scorer.options.min_ratio) & (top > 0)
+        skew = {"min_ratio": scorer.options.min_ratio,
+                "specialised": {str(layer): int(passing[i].sum()) for i, layer in enumerate(layers)},
+                "specialised_total": int(passing.sum())}
+        test = computed.get("skew_test")
+        if test is not None:
+            significant = passing & (np.nan_to_num(test.q, nan=1.0) < q_threshold)
+            skew.update({"permutations": test.permutations, "exact": test.exact, "seed": scorer.options.seed,
+                         "expected_under_null": {str(layer): _num(test.expected_count[i])
+                                                 for i, layer in enumerate(layers)},
+                         "expected_under_null_total": _num(test.expected_count.sum()),
+                         "q_threshold": q_threshold,
+                         "significant": {str(layer): int(significant[i].sum()) for i, layer in enumerate(layers)},
+                         "significant_total": int(significant.sum())})
+        summary["skew"] = skew
+    if "pearson" in computed:
+        summary["pearson"] = {"field": scorer.options.target_field, "documents": computed["pearson_n"],
+                              "without_value": scorer.documents.without_target}
+    if "rc" in computed:
+        summary["rc"] = _num(computed["rc"])
+    if scorer.options.notes:
+        summary["notes"] = list(scorer.options.notes)
+    return summary
+
+
+__all__ = ["SCORES_SOURCE", "end_summary", "expert_records", "header_extra"]

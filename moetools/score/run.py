@@ -1,0 +1,43 @@
+"""Score traces end to end without the CLI: paths in, (header extra, records, end summary) out.
+
+    from moetools.score.run import score_traces
+    from moetools.score.scorer import ScoreOptions
+    extra, records, summary, model = score_traces(["a.msgpack.zst"], ScoreOptions(target_field="toxicity"))
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..streams.files import read_input
+from .output import end_summary, expert_records, header_extra
+from .scorer import RoutingScorer, ScoreOptions
+
+
+def resolve_general(value: str | None) -> tuple[str, str | None]:
+    """``--general``: ``rest`` (default), an existing trace file, or a domain name."""
+    if value in (None, "", "rest"):
+        return "rest", None
+    if value == "-" or os.path.isfile(value):
+        return "trace", value
+    return value, None
+
+
+def score_traces(paths, options: ScoreOptions, *, general_trace: str | None = None,
+                 rc_against: str | None = None, on_record=None):
+    """Returns (header_extra, list of expert records, end summary, model identity of the first trace)."""
+    scorer = RoutingScorer(options)
+    for path in paths or ["-"]:
+        reader = read_input(path, kinds="trace")
+        scorer.add_trace(reader, "-" if path in (None, "-") else str(path), on_record=on_record)
+    if general_trace is not None:
+        scorer.add_general_trace(read_input(general_trace, kinds="trace"), str(general_trace))
+    if rc_against is not None:
+        scorer.add_rc_trace(read_input(rc_against, kinds="trace"), str(rc_against))
+    computed = scorer.compute()
+    extra = header_extra(scorer, computed)
+    records = list(expert_records(computed, scorer.header["layers"], options.min_ratio))
+    return extra, records, end_summary(scorer, computed), scorer.header.get("model")
+
+
+__all__ = ["resolve_general", "score_traces"]

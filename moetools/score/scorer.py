@@ -1,0 +1,286 @@
+"""moe-score's routing statistics: traces in, one ``expert`` record per (layer, expert) out.
+
+One streaming pass over the trace(s) fills :class:`~moetools.score.routing.DomainSums` (memory
+(D, L, E) float64 × 5, independent of the number of tokens) and, only when the skew permutation
+test or a per-document Pearson correlation is asked for, a
+:class:`~moetools.score.routing.DocumentTable` (documents × L × E float32, bounded by
+``document_memory``). The records and the stream layout are specified in formats/scores.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import FormatError, ModelMismatchError, UsageError
+from . import metrics as M
+from .permutation import skew_permutation_test
+from .routing import DocumentTable, DomainSums
+
+#: every metric moe-score computes from traces; scope "domain": one value per domain in the
+#: record's ``domains`` map; "expert": one value per record. Paper references as in formats/scores.md.
+METRICS = {
+    "af": ("domain", "000 eq. 6: share of domain tokens whose top-K includes the expert"),
+    "prob": ("domain", "mean full router probability over the domain's tokens"),
+    "das": ("domain", "003 eq. 1: mean router probability on the domain minus on the general data"),
+    "score": ("domain", "003 Table 5 Score: mean gate over the domain's tokens (0 where not selected)"),
+    "explen": ("domain", "003 Table 5 ExpLen: mean ||E(x)|| over routed domain tokens"),
+    "psn": ("domain", "003 Table 5 EC/PSN: mean g*||E(x)|| over the domain's tokens (0 where not selected)"),
+    "reap": ("domain", "REAP saliency: mean g*||E(x)|| over routed domain tokens"),
+    "esft_token": ("domain", "ESFT token selection ratio, normalised over the layer's experts"),
+    "esft_gate": ("domain", "ESFT gate score, gate sums normalised over the layer's experts"),
+    "routed": ("domain", "domain tokens routed to the expert (count)"),
+    "skew": ("expert", "004 sec. 5.1: best domain's mean router probability / runner-up's, p and q by permutation"),
+    "pearson": ("expert", "004 sec. 5.2: Pearson r across documents, mean router probability vs a numeric field"),
+    "rc_shift": ("expert", "003 eq. 4: squared change of the mean router probability between two traces"),
+}
+ALWAYS = ("af", "prob", "score", "explen", "psn", "reap", "esft_token", "esft_gate", "routed")
+GENERAL_TRACE = "(general)"
+
+
+@dataclass
+class ScoreOptions:
+    domain_field: str = "domain"
+    default_domain: str | None = None      # documents without the field count as this domain
+    general: str = "rest"                  # "rest" | a domain name | "trace" (a --general trace)
+    target_field: str | None = None
+    permutations: int = 1000
+    seed: int = 0
+    min_ratio: float = 2.0
+    cdas_k: tuple[int, ...] = (6,)
+    metrics: tuple[str, ...] | None = None  # None: every metric the input supports
+    document_memory: int = 1024 << 20       # bytes of per-document state at most
+    notes: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        if self.metrics is not None:
+            unknown = [m for m in self.metrics if m not in METRICS]
+            if unknown:
+                raise UsageError(f"unknown metric {unknown[0]!r}; known: {', '.join(METRICS)}")
+        if self.min_ratio <= 1:
+            raise UsageError("--min-ratio must be above 1")
+        if any(k < 1 for k in self.cdas_k):
+            raise UsageError("--cdas-k takes positive integers")
+
+
+def trace_shape(header: dict, where: str) -> tuple[list[int], int, int]:
+    layers, experts, top_k = header.get("layers"), header.get("num_experts"), header.get("top_k")
+    if not isinstance(layers, list) or not isinstance(experts, int) or not isinstance(top_k, int):
+        raise FormatError(f"{where}: trace header lacks layers / num_experts / top_k (formats/trace.md)")
+    return layers, experts, top_k
+
+
+def _same_model(first: dict, other: dict, where: str, fingerprints: bool = True) -> None:
+    if trace_shape(first, "trace")[:2] != trace_shape(other, where)[:2]:
+        raise ModelMismatchError(f"{where}: layers or expert count differ from the first trace")
+    if fingerprints:
+        a = (first.get("model") or {}).get("fingerprint")
+        b = (other.get("model") or {}).get("fingerprint")
+        if a != b:
+            raise ModelMismatchError(f"{where}: traced with another model ({b}) than the first trace ({a}); "
+                                     "refusing to mix models")
+
+
+def _sequences(reader):
+    for record in reader:
+        if record.get("type") == "sequence":
+            yield record
+
+
+class RoutingScorer:
+    """Accumulate one or more traces, then :meth:`records` and :meth:`summary`."""
+
+    def __init__(self, options: ScoreOptions):
+        options.check()
+        self.options = options
+        self.header: dict | None = None
+        self.sums: DomainSums | None = None
+        self.general: DomainSums | None = None
+        self.documents: DocumentTable | None = None
+        self.rc_before: np.ndarray | None = None
+        self.inputs: list[dict] = []
+        self.sequences = 0
+
+    def _start(self, header: dict) -> None:
+        layers, experts, top_k = trace_shape(header, "trace")
+        self.header = header
+        self.sums = DomainSums(layers, experts, top_k, self.options.domain_field)
+        want = self.options.metrics
+        needs_docs = (self.options.target_field is not None
+                      or (self.options.permutations > 0 and (want is None or "skew" in want)))
+        if needs_docs:
+            self.documents = DocumentTable(len(layers), experts, self.options.document_memory,
+                                           self.options.target_field)
+
+    def add_trace(self, reader, name: str = "-", on_record=None) -> None:
+        """Add every sequence of a trace (a StreamReader of kind trace)."""
+        records = _sequences(reader)
+        first = next(records, None)
+        header = reader.header
+        if self.header is None:
+            self._start(header)
+        else:
+            _same_model(self.header, header, name)
+        self.inputs.append({"path": name, "tool": header.get("tool"), "model": header.get("model")})
+        default = self.options.default_domain
+        for record in ([first] if first is not None else []):
+            self._add(record, default, on_record)
+        for record in records:
+            self._add(record, default, on_record)
+
+    def _add(self, record, default, on_record) -> None:
+        sums = self.sums
+        domain = sums.domain_of(record)
+        if domain is None and default is not None:
+            domain = default
+        if domain is None:
+            sums.add(record, None)
+        else:
+            count, prob_sum = sums.add(record, domain)
+            if self.documents is not None:
+                self.documents.add(str(record.get("doc_id")), domain, count, prob_sum, record.get("meta") or {})
+        self.sequences += 1
+        if on_record is not None:
+            on_record(record)
+
+    def add_general_trace(self, reader, name: str) -> None:
+        """All tokens of this trace are the general data D_g of DAS (003 eq. 1)."""
+        if self.header is None:
+            raise UsageError("give the domain trace(s) before the general trace")
+        _same_model(self.header, reader.header, name)
+        layers, experts, top_k = trace_shape(self.header, name)
+        if self.general is None:
+            self.general = DomainSums(layers, experts, top_k)
+        for record in _sequences(reader):
+            self.general.add(record, GENERAL_TRACE)
+        self.inputs.append({"path": name, "role": "general", "tool": reader.header.get("tool"),
+                            "model": reader.header.get("model")})
+
+    def add_rc_trace(self, reader, name: str) -> None:
+        """The other checkpoint's trace of the same corpus (RC, 003 eq. 4-5): its mean router
+        probability per (layer, expert) over all its tokens with a domain (or every domain's)."""
+        if self.header is None:
+            raise UsageError("give the domain trace(s) before the --rc-against trace")
+        _same_model(self.header, reader.header, name, fingerprints=False)
+        layers, experts, top_k = trace_shape(self.header, name)
+        other = DomainSums(layers, experts, top_k, self.options.domain_field)
+        default = self.options.default_domain
+        for record in _sequences(reader):
+            domain = other.domain_of(record) or default
+            if domain is not None:                 # the same tokens as the scored side: those with a domain
+                other.add(record, "all")
+        self.rc_before = M.mean_routing_score(other.array("prob")[0], other.token_counts()[0]) \
+            if other.domains else None
+        self.inputs.append({"path": name, "role": "rc", "tool": reader.header.get("tool"),
+                            "model": reader.header.get("model")})
+
+    # -- results ---------------------------------------------------------------------------------
+    def _require(self, metric: str, ok: bool, why: str, quiet: bool = False) -> bool:
+        """True when ``metric`` is to be computed; a metric asked for by name that the input cannot
+        give is a usage error naming ``why``; otherwise it is skipped with a note (none if ``quiet``:
+        metrics that need an option the user did not give)."""
+        want = self.options.metrics
+        if ok:
+            return want is None or metric in want
+        if want is not None and metric in want:
+            raise UsageError(f"cannot compute {metric}: {why}")
+        if not quiet:
+            self.options.notes.append(f"{metric} not computed: {why}")
+        return False
+
+    def compute(self) -> dict:
+        """Every metric as arrays; keys as in :data:`METRICS` (+ general-side arrays)."""
+        if self.header is None or self.sums is None:
+            raise FormatError("no trace records: nothing to score")
+        sums, opts = self.sums, self.options
+        if not sums.domains:
+            raise UsageError(f"no document has meta.{opts.domain_field}: name the field with --domain-field, "
+                             "or give --default-domain NAME to score every document as one domain")
+        tokens = sums.token_counts()                                # (D,)
+        arrays = {name: sums.array(name) for name in DomainSums.FIELDS}  # (D, L, E)
+        t = tokens[:, None, None]
+        out = {"domains": list(sums.domains), "tokens": tokens}
+        out["af"] = M.activation_frequency(arrays["selected"], t)
+        out["prob"] = M.mean_routing_score(arrays["prob"], t)
+        out["score"] = M.direct_routing_score(arrays["gate"], t)
+        out["explen"] = M.expert_output_norm(arrays["norm"], arrays["selected"])
+        out["psn"] = M.score_times_norm(arrays["contribution"], t)
+        out["reap"] = M.reap_saliency(arrays["contribution"], arrays["selected"])
+        out["esft_token"] = M.esft_token_score(arrays["selected"])
+        out["esft_gate"] = M.esft_gate_score(arrays["gate"])
+        out["routed"] = arrays["selected"]
+        self._general(out, arrays, tokens)
+        self._skew(out)
+        self._pearson(out)
+        if self._require("rc_shift", self.rc_before is not None,
+                         "needs the other checkpoint's trace of the same corpus (--rc-against TRACE)", quiet=True):
+            pooled = M.mean_routing_score(arrays["prob"].sum(axis=0), tokens.sum())
+            out["rc_shift"], out["rc"] = M.routing_consistency(self.rc_before, pooled)
+        return out
+
+    def _general(self, out, arrays, tokens) -> None:
+        opts, domains = self.options, out["domains"]
+        if opts.general == "trace":
+            ok, why = self.general is not None and bool(self.general.domains), "the general trace has no tokens"
+        elif opts.general == "rest":
+            ok, why = len(domains) >= 2, (f"only one domain ({domains[0]}) in the trace: DAS needs general "
+                                          "data; give --general TRACE or trace a corpus with several domains")
+        else:
+            ok, why = opts.general in domains, (f"general domain {opts.general!r} is not in the trace "
+                                                f"(domains: {', '.join(domains)})")
+        if not self._require("das", ok, why):
+            return
+        if opts.general == "trace":
+            g_prob, g_tokens = self.general.array("prob")[0], self.general.token_counts()[0]
+            out["das"] = M.domain_advantage(arrays["prob"], tokens[:, None, None], g_prob, g_tokens)
+            out["general"] = {"tokens": g_tokens, "prob": M.mean_routing_score(g_prob, g_tokens),
+                              "af": M.activation_frequency(self.general.array("selected")[0], g_tokens)}
+        elif opts.general == "rest":
+            total_prob, total_tokens = arrays["prob"].sum(axis=0), tokens.sum()
+            rest_prob = total_prob[None] - arrays["prob"]
+            rest_tokens = (total_tokens - tokens)[:, None, None]
+            out["das"] = M.domain_advantage(arrays["prob"], tokens[:, None, None], rest_prob, rest_tokens)
+        else:
+            g = domains.index(opts.general)
+            out["das"] = M.domain_advantage(arrays["prob"], tokens[:, None, None], arrays["prob"][g], tokens[g])
+        out["cdas"] = {domain: {k: M.cumulative_das(out["das"][d], k) for k in opts.cdas_k}
+                       for d, domain in enumerate(domains)}
+
+    def _skew(self, out) -> None:
+        domains = out["domains"]
+        if not self._require("skew", len(domains) >= 2,
+                             f"needs documents of at least two domains (meta.{self.options.domain_field}); "
+                             f"the trace has only {', '.join(domains)}: trace a corpus with several domains"):
+            return
+        best, ratio = M.skew(out["prob"])
+        out["skew_domain"], out["skew_ratio"] = best, ratio
+        if self.options.permutations > 0 and self.documents is not None and len(self.documents):
+            table = self.documents
+            index = {d: i for i, d in enumerate(domains)}
+            labels = np.asarray([index[d] for d in table.domains])
+            out["skew_test"] = skew_permutation_test(table.mass(), np.asarray(table.tokens, dtype=np.float64),
+                                                     labels, permutations=self.options.permutations,
+                                                     seed=self.options.seed, min_ratio=self.options.min_ratio)
+
+    def _pearson(self, out) -> None:
+        field_name, table = self.options.target_field, self.documents
+        if field_name is None:
+            self._require("pearson", False, "needs a numeric per-document field: give --target-field NAME "
+                                            "(e.g. toxicity) and trace a corpus whose documents carry it", quiet=True)
+            return
+        keep = np.isfinite(np.asarray(table.targets)) if table is not None and len(table) else np.zeros(0, bool)
+        y = np.asarray(table.targets)[keep] if keep.size else np.zeros(0)
+        ok = keep.sum() >= 3 and np.ptp(y) > 0
+        why = (f"no numeric meta.{field_name} on at least 3 documents with differing values "
+               f"({int(keep.sum())} documents have a number)")
+        if not self._require("pearson", ok, why):
+            return
+        mass = table.mass()[keep]
+        doc_tokens = np.asarray(table.tokens, dtype=np.float64)[keep]
+        x = mass / doc_tokens[:, None, None]                       # mean router probability per document
+        out["pearson"] = M.pearson(x, y)
+        out["pearson_n"] = int(keep.sum())
+
+
+__all__ = ["ALWAYS", "GENERAL_TRACE", "METRICS", "RoutingScorer", "ScoreOptions", "trace_shape"]

@@ -1,0 +1,92 @@
+"""The ``scores`` stream (formats/scores.md): one record per (layer, expert), metrics inside.
+
+Open by design: producers (moe-score's routing statistics now, LLM-judged detection scores
+later) add metric fields, per-domain fields and record types; this schema checks only what
+every reader relies on: the identity (layer, expert) of ``expert`` records, that ``domains`` is
+a map of maps, and that metric values are numbers, null, or (for structured metrics) maps.
+"""
+
+from __future__ import annotations
+
+from ..schema import Schema, is_int, is_number, need, register_schema, where
+
+IDENTITY = ("type", "layer", "expert")
+
+
+def _check_value(value, place: str, name: str) -> None:
+    if value is None or is_number(value) or isinstance(value, (str, bool)):
+        return
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            need(isinstance(key, str), place, f"{name} has a non-string key")
+            _check_value(inner, place, f"{name}.{key}")
+        return
+    if isinstance(value, list):
+        for inner in value:
+            _check_value(inner, place, name)
+        return
+    need(False, place, f"{name} is a {type(value).__name__}, not a number, string, bool, null, map or list")
+
+
+@register_schema
+class ScoresSchema(Schema):
+    kind = "scores"
+    record_types = ()   # any type: ``expert`` records are checked, others are skipped by readers
+
+    def check_header(self, header: dict) -> None:
+        place = "scores header"
+        layers = header.get("layers")
+        if layers is not None:
+            need(isinstance(layers, list) and all(is_int(x) and x >= 0 for x in layers), place,
+                 "layers is not a list of layer indices")
+        experts = header.get("num_experts")
+        if experts is not None:
+            need(is_int(experts) and experts > 0, place, "num_experts is not a positive integer")
+        domains = header.get("domains")
+        if domains is not None:
+            need(isinstance(domains, list) and all(isinstance(d, str) for d in domains), place,
+                 "domains is not a list of strings")
+        metrics = header.get("metrics")
+        if metrics is not None:
+            need(isinstance(metrics, dict), place, "metrics is not a map of metric name -> description")
+            for name, spec in metrics.items():
+                need(isinstance(spec, dict) and spec.get("scope") in ("domain", "expert"), place,
+                     f"metrics.{name} has no scope 'domain' or 'expert'")
+
+    def check_record(self, record: dict, header: dict, number: int | None = None) -> None:
+        if record.get("type") != "expert":
+            return
+        place = where("scores", number, f"layer {record.get('layer')}, expert {record.get('expert')}")
+        need(is_int(record.get("layer")) and record["layer"] >= 0, place, "layer is not a non-negative integer")
+        need(is_int(record.get("expert")) and record["expert"] >= 0, place, "expert is not a non-negative integer")
+        layers = header.get("layers")
+        if isinstance(layers, list):
+            need(record["layer"] in layers, place, f"layer {record['layer']} is not in the header's layers")
+        experts = header.get("num_experts")
+        if is_int(experts):
+            need(record["expert"] < experts, place, f"expert {record['expert']} >= num_experts {experts}")
+        domains = record.get("domains")
+        if domains is not None:
+            need(isinstance(domains, dict), place, "domains is not a map of domain -> metrics")
+            for domain, values in domains.items():
+                need(isinstance(values, dict), place, f"domains.{domain} is not a map of metric -> value")
+                for name, value in values.items():
+                    need(value is None or is_number(value), place,
+                         f"domains.{domain}.{name} is not a number or null")
+        for name, value in record.items():
+            if name in IDENTITY or name == "domains":
+                continue
+            _check_value(value, place, name)
+        skew = record.get("skew")
+        if skew is not None:
+            need(isinstance(skew, dict), place, "skew is not a map")
+            for name in ("ratio", "p", "q"):
+                value = skew.get(name)
+                need(value is None or is_number(value), place, f"skew.{name} is not a number or null")
+            for name in ("p", "q"):
+                value = skew.get(name)
+                need(value is None or 0 <= value <= 1, place, f"skew.{name} {value} is outside [0, 1]")
+
+    def check_end(self, end: dict, header: dict) -> None:
+        summary = end.get("summary")
+        need(summary is None or isinstance(summary, dict), "scores end record", "summary is not a map")

@@ -1,0 +1,14 @@
+"""moe-tune's logic: fine-tune only chosen parts of an MoE (or MONET) model.
+
+``moetools.tune.tune(TuneOptions(model=..., data=..., output=..., mode="experts", experts=...))``
+writes an adapter directory (formats/tune.md); ``moetools.tune.merge(adapter, out)`` writes a
+standard checkpoint. Modules: :mod:`.slices` (selected experts of fused tensors), :mod:`.modes`
+(what each mode trains), :mod:`.data` (plain / chat JSON lines), :mod:`.das` (DAS, C-DAS@k, RC),
+:mod:`.loop` (the loop), :mod:`.adapter` (adapter files and merge).
+"""
+
+from .adapter import apply_adapter, merge, read_adapter
+from .loop import LOG_NAME, TuneOptions, tune
+from .modes import MODES
+
+__all__ = ["LOG_NAME", "MODES", "TuneOptions", "apply_adapter", "merge", "read_adapter", "tune"]

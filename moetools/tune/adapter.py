@@ -1,0 +1,159 @@
+"""moe-tune's adapter directory (formats/tune.md) and ``moe-tune merge``.
+
+``OUT/`` after a finished run:
+
+- ``tune.json``: format name and version, mode, options, the base model's identity (fingerprint),
+  the slice layout of every fused tensor the adapter touches, LoRA settings, counts; written last,
+  so a directory without it is not an adapter;
+- ``adapter.safetensors``: ``full.<param>`` (whole parameters that trained: full, attention-router,
+  stage 1), ``slice.<param>`` (``[k, ...]`` selected experts' slices), ``lora_A.<param>`` /
+  ``lora_B.<param>`` (LoRA on selected experts); absent for ``lora``;
+- ``adapter_config.json`` + ``adapter_model.safetensors``: peft's own files (``lora`` mode),
+  loadable with ``PeftModel.from_pretrained(base, OUT)``;
+- ``experts.json``: the expert set tuned (the given one, or das-two-stage's choice).
+
+``merge`` loads the base, checks its fingerprint, applies the adapter with the arithmetic training
+used, marks the config (``moetools_tuned``: base fingerprint, mode, adapter path) so the merged
+model's fingerprint differs from its base's, and writes a standard checkpoint atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import FormatError, ModelMismatchError, UsageError
+from ..streams.files import write_file_atomic
+
+FORMAT = "moe-tune-adapter"
+VERSION = 1
+TENSORS = "adapter.safetensors"
+META = "tune.json"
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+    from safetensors.torch import save_file
+
+    partial = path.with_name(path.name + ".partial")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(partial),
+              metadata={k: json.dumps(v) for k, v in metadata.items()})
+    os.replace(partial, path)
+
+
+def save_adapter(tuner, summary: dict) -> None:
+    """Write the adapter of a finished :class:`~moetools.tune.loop.Tuner` run into its output."""
+    from dataclasses import asdict
+
+    out = tuner.out
+    (out / META).unlink(missing_ok=True)  # the directory is not an adapter until tune.json is back
+    tensors: dict[str, torch.Tensor] = {}
+    named = dict(tuner.model.named_parameters())
+    whole = set(tuner.changed)
+    if tuner.peft is None:
+        whole |= {name[len("model."):] for name, _ in tuner.trainable if name.startswith("model.")}
+    for name in sorted(whole):
+        tensors[f"full.{name}"] = named[name]
+    slices = tuner.module.slices
+    tensors.update(slices.adapter_tensors())
+    layout = {piece.name: piece.describe() for piece in slices.slices if slices.trained(piece)}
+    if tuner.peft is not None:
+        tuner.peft.save_pretrained(str(out))
+    else:
+        _save_tensors(out / TENSORS, tensors, {"format": FORMAT})
+    if tuner.chosen is not None and tuner.options.mode != "das-two-stage":
+        from ..select import write_experts
+
+        write_experts(out / "experts.json", tuner.chosen)
+    kind = tuner.stage_kind
+    meta = {"format": FORMAT, "version": VERSION, "mode": tuner.options.mode,
+            "stages": [{"kind": k, "steps": s} for k, s in tuner.plan],
+            "base": tuner.identity, "base_path": str(Path(tuner.options.model).resolve()),
+            "peft": tuner.peft is not None, "whole_parameters": sorted(whole), "slices": layout,
+            "lora": ({"rank": tuner.options.lora_rank, "alpha": tuner.options.lora_alpha,
+                      "scale": tuner.options.lora_alpha / tuner.options.lora_rank}
+                     if kind in ("lora", "lora-experts") else None),
+            "experts_file": "experts.json" if (out / "experts.json").exists() else None,
+            "trainable_parameters": summary["trainable_parameters"],
+            "adapter_parameters": sum(t.numel() for t in tensors.values()) if tuner.peft is None else
+            summary["trainable_parameters"],
+            "summary": summary, "options": asdict(tuner.options)}
+    write_file_atomic(out / META, (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
+
+
+def read_adapter(directory) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(tune.json, tensors) of an adapter directory; FormatError when it is not one."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not (directory / META).is_file():
+        raise FormatError(f"{directory} is not a moe-tune adapter (no {META}; did the run finish?)")
+    try:
+        meta = json.loads((directory / META).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise FormatError(f"{directory / META}: not JSON ({error.msg})") from None
+    if meta.get("format") != FORMAT:
+        raise FormatError(f"{directory / META}: not a {FORMAT} file")
+    if int(meta.get("version", 0)) > VERSION:
+        raise FormatError(f"{directory / META}: version {meta['version']} is newer than this moe-tune reads ({VERSION})")
+    tensors = {} if meta.get("peft") else load_file(str(directory / TENSORS))
+    return meta, tensors
+
+
+def apply_adapter(model, meta: dict, tensors: dict[str, torch.Tensor], directory=None):
+    """``model`` with the adapter applied (in place, or peft's merged model); returns the model."""
+    from .slices import apply_slice_tensors
+
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in meta.get("whole_parameters", []):
+            if name not in named:
+                raise FormatError(f"adapter names a parameter the model lacks: {name}")
+            named[name].copy_(tensors[f"full.{name}"].to(named[name].dtype))
+    lora = meta.get("lora") or {}
+    apply_slice_tensors(model, tensors, meta.get("slices", {}), lora_scale=float(lora.get("scale", 1.0)))
+    if meta.get("peft"):
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(directory)).merge_and_unload()
+    return model
+
+
+def merge(adapter_dir, output, base: str | None = None, dtype: str = "auto") -> dict:
+    """Write base + adapter as a standard checkpoint to ``output`` (atomically); return its provenance."""
+    from ..models import model_identity
+    from ..models.loader import load_model
+
+    meta, tensors = read_adapter(adapter_dir)
+    base_path = base or meta.get("base_path")
+    if not base_path:
+        raise UsageError("the adapter does not name its base model: give --base")
+    model, tokenizer, adapter = load_model(base_path, dtype=dtype, device="cpu")
+    identity = model_identity(model, adapter, base_path)
+    expected = (meta.get("base") or {}).get("fingerprint")
+    if expected and identity["fingerprint"] != expected:
+        raise ModelMismatchError(f"{adapter_dir} was tuned from a model with fingerprint {expected}; "
+                                 f"{base_path} has {identity['fingerprint']}")
+    model = apply_adapter(model, meta, tensors, adapter_dir)
+    provenance = {"base_fingerprint": expected, "base_name": (meta.get("base") or {}).get("name"),
+                  "mode": meta["mode"], "adapter": str(Path(adapter_dir).resolve()),
+                  "adapter_format": f"{FORMAT}/{meta['version']}"}
+    model.config.moetools_tuned = provenance  # in config.json: the merged model never fingerprints as its base
+    out = Path(output)
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    model.save_pretrained(str(partial))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(partial))
+    (partial / "moetools_tuned.json").write_text(json.dumps(provenance, indent=1) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(partial, out)
+    return provenance
+
+
+__all__ = ["FORMAT", "META", "TENSORS", "VERSION", "apply_adapter", "merge", "read_adapter", "save_adapter"]

@@ -1,0 +1,468 @@
+"""The moe-tune loop: stages, AdamW over what trains only, warmup + cosine, clipping, accumulation,
+eval per file and domain, JSON-lines log, checkpoints with exact resume, DDP under torchrun.
+
+Shared with monet-train (:mod:`moetools.train`): the process group (``_Distributed``), the schedule
+(``WarmupCosine``), the seeded batch order (``block_indices``, a pure function of seed and step,
+which is what makes resume exact), and the pickle-free checkpoint files (``save_checkpoint``,
+optimizer flattening, RNG state). A checkpoint here holds only what changed (the trainable
+tensors, and in das-two-stage's stage 2 the stage-1 tensors too), not the model.
+
+Loss: the sum of token cross-entropies over the global batch divided by its label-token count
+(every rank counts the whole global batch, which it knows), times the world size (DDP averages
+gradients over ranks), so 1 process, N processes and gradient accumulation give the same gradient.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UsageError
+from ..train.data import block_indices
+from ..train.loop import _Distributed
+from ..train.state import (WarmupCosine, restore_rng, save_checkpoint, unflatten_optimizer_state)
+from . import das as das_lib
+from .data import IGNORE, load_examples
+from .modes import MODES, STAGE2_KINDS, attention_router_names, extra_expert_mode_names, make_peft
+from .slices import SliceTrainer, expert_slices
+
+LOG_NAME = "tune_log.jsonl"
+
+
+@dataclass
+class TuneOptions:
+    model: str
+    data: str
+    output: str
+    mode: str = "experts"
+    experts: str | None = None          # experts.json (experts, lora-experts)
+    eval: list = field(default_factory=list)
+    general: str | None = None          # das-two-stage: the general set DAS contrasts with
+    top: int = 6                        # das-two-stage: experts kept per layer
+    stage1_steps: int = 100             # das-two-stage: attention + router steps (N1)
+    stage2: str = "experts"             # das-two-stage: experts or lora-experts
+    das_rows: int = 64                  # rows of each set traced for DAS
+    steps: int = 100                    # steps (das-two-stage: stage 2's, N2)
+    batch_size: int = 8                 # global, in sequences
+    grad_accum: int = 1
+    seq_len: int = 256
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    warmup: int | None = None           # default: 5% of a stage's steps
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 50
+    eval_batches: int = 8
+    checkpoint_every: int = 100
+    stop_at_step: int | None = None
+    max_minutes: float | None = None
+    resume: bool = False
+    lora_rank: int = 16                 # paper 003
+    lora_alpha: float = 32.0
+    dtype: str = "float32"
+    text_field: str = "text"
+    domain_field: str = "domain"
+
+
+class TuneModule(nn.Module):
+    """The model and the slice parameters in one module (so DDP and the optimizer see both)."""
+
+    def __init__(self, model, slices: SliceTrainer | None = None):
+        super().__init__()
+        self.model = model
+        self.slices = slices if slices is not None else SliceTrainer([])
+
+    def forward(self, **kwargs):
+        return self.model(**kwargs)
+
+
+def stage_plan(options: TuneOptions) -> list[tuple[str, int]]:
+    """[(kind, steps)] of the run."""
+    if options.mode == "das-two-stage":
+        return [("attention-router", options.stage1_steps), (options.stage2, options.steps)]
+    return [(options.mode, options.steps)]
+
+
+def check_options(options: TuneOptions) -> None:
+    if options.mode not in MODES:
+        raise UsageError(f"unknown --mode {options.mode!r} (choose from {', '.join(MODES)})")
+    if options.mode in ("experts", "lora-experts") and not options.experts:
+        raise UsageError(f"--mode {options.mode} needs --experts experts.json")
+    if options.mode == "das-two-stage":
+        if not options.general:
+            raise UsageError("--mode das-two-stage needs --general general.jsonl (DAS contrasts domain and general)")
+        if options.stage2 not in STAGE2_KINDS:
+            raise UsageError(f"--stage2 must be one of {', '.join(STAGE2_KINDS)}")
+        if options.top < 1 or options.stage1_steps < 1:
+            raise UsageError("--top and --stage1-steps must be at least 1")
+    if options.steps < 1 or options.batch_size < 1 or options.seq_len < 2 or options.grad_accum < 1:
+        raise UsageError("--steps, --batch-size, --grad-accum must be at least 1 and --seq-len at least 2")
+
+
+def _freeze(model) -> None:
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+
+
+def _freeze_batchnorm(model) -> None:
+    """Routers not trained: keep BatchNorm routing statistics (MONET) as loaded."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+class Tuner:
+    """One run: the model, what trains in the current stage, the optimizer and the log."""
+
+    def __init__(self, options: TuneOptions, on_log=None, progress=None):
+        from ..models import model_identity
+        from ..models.loader import load_model
+
+        check_options(options)
+        self.options, self.on_log, self.progress = options, on_log, progress
+        self.dist = _Distributed()
+        if options.batch_size % (self.dist.world * options.grad_accum):
+            raise UsageError(f"--batch-size {options.batch_size} is not divisible by {self.dist.world} processes "
+                             f"x --grad-accum {options.grad_accum}")
+        self.out = Path(options.output)
+        self.checkpoint_dir = self.out / "checkpoint"
+        if options.resume and not (self.checkpoint_dir / "trainer_state.json").exists():
+            raise UsageError(f"--resume: no checkpoint in {self.checkpoint_dir}")
+        loaded = load_model(options.model, dtype=options.dtype, device=str(self.dist.device), train=True)
+        self.model, self.tokenizer, self.adapter = loaded
+        self.identity = model_identity(self.model, self.adapter, options.model)
+        self.chosen = None
+        if options.experts:
+            from ..select import read_experts
+
+            self.chosen = read_experts(options.experts, model=self.identity)
+            if not len(self.chosen):
+                raise UsageError(f"{options.experts}: no expert selected: nothing to tune")
+        self.train_set = load_examples(options.data, self.tokenizer, options.seq_len, text_field=options.text_field,
+                                       domain_field=options.domain_field)
+        self.eval_sets = {Path(p).stem: load_examples(p, self.tokenizer, options.seq_len,
+                                                      text_field=options.text_field,
+                                                      domain_field=options.domain_field) for p in options.eval}
+        self.general_set = (load_examples(options.general, self.tokenizer, options.seq_len,
+                                          text_field=options.text_field, domain_field=options.domain_field)
+                            if options.general else None)
+        self.plan = stage_plan(options)
+        self.total_steps = sum(steps for _, steps in self.plan)
+        self.changed: set[str] = set()       # whole parameters trained in an earlier stage
+        self.peft = None
+        self.module = None
+        self.stage_index = -1
+        self.cdas_log: list[dict] = []
+
+    # -- stages --------------------------------------------------------------------------------------
+    def stage_of(self, step: int) -> int:
+        boundary = 0
+        for index, (_, steps) in enumerate(self.plan):
+            boundary += steps
+            if step < boundary:
+                return index
+        return len(self.plan) - 1
+
+    def stage_start(self, index: int) -> int:
+        return sum(steps for _, steps in self.plan[:index])
+
+    def enter_stage(self, index: int, chosen_layers: dict | None = None) -> None:
+        """Freeze everything, then make this stage's parameters trainable; new optimizer and schedule."""
+        options = self.options
+        kind, steps = self.plan[index]
+        if self.module is not None:  # leaving a stage: what trained whole is recorded as changed
+            self.module.slices.sync()
+            self.module.slices.detach_hooks()
+            self.changed |= {n for n, p in self.model.named_parameters() if p.requires_grad}
+        _freeze(self.model)
+        slices = None
+        if kind == "full":
+            for parameter in self.model.parameters():
+                parameter.requires_grad_(True)
+        elif kind == "attention-router":
+            wanted = set(attention_router_names(self.model, self.adapter))
+            for name, parameter in self.model.named_parameters():
+                parameter.requires_grad_(name in wanted)
+        elif kind in ("experts", "lora-experts"):
+            chosen = chosen_layers if chosen_layers is not None else dict(self.chosen.items())
+            found = expert_slices(self.model, self.adapter, chosen)
+            rank = options.lora_rank if kind == "lora-experts" else None
+            slices = SliceTrainer(found, lora_rank=rank, lora_alpha=options.lora_alpha).attach()
+            if kind == "experts" and self.chosen is not None and chosen_layers is None:
+                extra = set(extra_expert_mode_names(self.model, self.adapter, self.chosen.shared_experts,
+                                                    self.chosen.non_expert_modules))
+                for name, parameter in self.model.named_parameters():
+                    if name in extra:
+                        parameter.requires_grad_(True)
+        elif kind == "lora":
+            self.peft = make_peft(self.model, self.adapter, options.lora_rank, options.lora_alpha)
+        routers_train = kind in ("full", "attention-router")
+        target = self.peft if self.peft is not None else self.model
+        self.module = TuneModule(target, slices)
+        self.module.train()
+        if not routers_train:
+            _freeze_batchnorm(self.model)
+        self.trainable = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+        decay = [p for n, p in self.trainable if p.ndim >= 2 and "embed" not in n]
+        no_decay = [p for n, p in self.trainable if not (p.ndim >= 2 and "embed" not in n)]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}],
+                                           lr=options.lr, betas=(0.9, 0.95))
+        warmup = options.warmup if options.warmup is not None else max(1, steps // 20)
+        self.schedule = WarmupCosine(options.lr, min(warmup, steps), steps, options.min_lr)
+        self.wrapped = self.module
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device = self.dist.device
+            self.wrapped = DistributedDataParallel(self.module, device_ids=[device] if device.type == "cuda" else None,
+                                                   find_unused_parameters=True)
+        self.stage_index = index
+
+    # -- DAS (das-two-stage) -------------------------------------------------------------------------
+    def das(self) -> tuple:
+        rows = self.options.das_rows
+        domain = das_lib.mean_routing(self.model, self.adapter, self.train_set, max_rows=rows)
+        general = das_lib.mean_routing(self.model, self.adapter, self.general_set, max_rows=rows)
+        return das_lib.domain_advantage(domain, general), domain
+
+    def choose_by_das(self) -> dict[int, list[int]]:
+        from ..select import ExpertSet, write_experts
+
+        scores, _ = self.das()
+        layers = [layer.index for layer in self.adapter.moe_layers()]
+        top = das_lib.top_experts(scores, self.options.top)
+        chosen = {layer: ids for layer, ids in zip(layers, top)}
+        if self.dist.main:
+            write_experts(self.out / "experts.json", ExpertSet(
+                experts=chosen, model=self.identity,
+                provenance={"criterion": {"by": "das", "top": self.options.top, "domain": str(self.options.data),
+                                          "general": str(self.options.general), "after": "stage 1"},
+                            "tool": {"name": "moe-tune", "args": {"mode": "das-two-stage"}},
+                            "scores": {str(layer): {str(i): float(scores[p, i]) for i in ids}
+                                       for p, (layer, ids) in enumerate(zip(layers, top))}}))
+        return chosen
+
+    # -- loss and eval -------------------------------------------------------------------------------
+    def _loss(self, module, batch, label_total: int, share: float):
+        ids, labels, mask = (t.to(self.dist.device) for t in batch)
+        outputs = module(input_ids=ids, attention_mask=mask, use_cache=False)
+        logits = outputs.logits[:, :-1]
+        summed = F.cross_entropy(logits.flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE,
+                                 reduction="sum")
+        loss = summed / max(1, label_total) * self.dist.world
+        aux = getattr(outputs, "aux_loss", None)
+        if aux is not None and getattr(self.model.config, "router_aux_loss_coef", None):
+            loss = loss + self.model.config.router_aux_loss_coef * aux * share * self.dist.world
+        return loss, float(summed.detach())
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Mean token loss (nats) per eval file and per domain (pooled over files), and overall."""
+        module = self.module
+        was = module.training
+        module.eval()
+        by_file, domain_sums, total, count = {}, {}, 0.0, 0
+        limit = self.options.eval_batches * self.options.batch_size
+        for name, examples in self.eval_sets.items():
+            file_sum, file_count = 0.0, 0
+            rows = min(len(examples), limit)
+            for start in range(0, rows, self.options.batch_size):
+                index = list(range(start, min(rows, start + self.options.batch_size)))
+                part = examples.rows(index)
+                ids, labels, mask = (t.to(self.dist.device) for t in (part.input_ids, part.labels,
+                                                                       part.attention_mask))
+                logits = module(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+                token_loss = F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=IGNORE,
+                                             reduction="none")  # (B, T-1)
+                valid = labels[:, 1:] != IGNORE
+                for row, domain in enumerate(part.domains):
+                    s, c = float(token_loss[row][valid[row]].sum()), int(valid[row].sum())
+                    entry = domain_sums.setdefault(domain, [0.0, 0])
+                    entry[0] += s
+                    entry[1] += c
+                    file_sum, file_count = file_sum + s, file_count + c
+            if file_count:
+                by_file[name] = file_sum / file_count
+                total, count = total + file_sum, count + file_count
+        module.train(was)
+        if self.stage_kind not in ("full", "attention-router"):
+            _freeze_batchnorm(self.model)
+        return {"eval_loss": total / count if count else None, "eval_loss_by_file": by_file,
+                "eval_loss_by_domain": {d: s / c for d, (s, c) in sorted(domain_sums.items()) if c}}
+
+    @property
+    def stage_kind(self) -> str:
+        return self.plan[self.stage_index][0]
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def delta_state(self) -> dict[str, torch.Tensor]:
+        """What changed: trainable tensors of the stage and whole parameters of earlier stages."""
+        state = {name: p.detach() for name, p in self.trainable}
+        named = dict(self.module.model.named_parameters()) if self.peft is None else {}
+        for name in sorted(self.changed):
+            if name in named:
+                state[f"model.{name}"] = named[name].detach()
+        return state
+
+    def save_checkpoint(self, state: dict, log_bytes: int) -> None:
+        if self.dist.main:
+            save_checkpoint(self.checkpoint_dir, None, self.optimizer, model_state=self.delta_state(), tied=[],
+                            trainer_state={**state, "stage": self.stage_index, "schedule": self.schedule.state_dict(),
+                                           "log_bytes": log_bytes, "changed": sorted(self.changed),
+                                           "cdas": self.cdas_log, "options": asdict(self.options)})
+        self.dist.barrier()
+
+    def load_checkpoint(self) -> dict:
+        from safetensors.torch import load_file
+
+        directory = self.checkpoint_dir
+        saved = json.loads((directory / "trainer_state.json").read_text())
+        tensors = load_file(str(directory / "model.safetensors"))
+        chosen = None
+        if saved["stage"] > 0 and self.options.mode == "das-two-stage":
+            from ..select import read_experts
+
+            chosen = dict(read_experts(self.out / "experts.json").items())
+            self.enter_stage(0)  # to name stage 1's parameters, then move on
+            named = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for name in saved["changed"]:
+                    named[name].copy_(tensors[f"model.{name}"])
+        self.enter_stage(saved["stage"], chosen)
+        current = dict(self.module.named_parameters())
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                if name in current:
+                    current[name].copy_(tensor)
+        self.changed = set(saved["changed"])
+        meta = json.loads((directory / "optimizer.json").read_text())
+        optimizer_tensors = {k: v.to(self.dist.device) for k, v in load_file(str(directory / "optimizer.safetensors")).items()}
+        self.optimizer.load_state_dict(unflatten_optimizer_state(optimizer_tensors, meta))
+        self.schedule.load_state_dict(saved["schedule"])
+        restore_rng(load_file(str(directory / "rng.safetensors")))
+        self.cdas_log = saved.get("cdas", [])
+        return saved
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        options, dist = self.options, self.dist
+        if dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        dist.barrier()
+        torch.manual_seed(options.seed)
+        log_path = self.out / LOG_NAME
+        state = {"step": 0, "tokens": 0, "elapsed_s": 0.0}
+        if options.resume:
+            saved = self.load_checkpoint()
+            state = {k: saved[k] for k in ("step", "tokens", "elapsed_s")}
+            if dist.main and log_path.exists():
+                with open(log_path, "r+", encoding="utf-8") as handle:
+                    handle.truncate(saved["log_bytes"])
+        else:
+            if dist.main and log_path.exists():
+                log_path.unlink()
+            self.enter_stage(0)
+        log_handle = open(log_path, "a", encoding="utf-8") if dist.main else None  # noqa: SIM115 (closed below)
+
+        def log(record):
+            if log_handle is not None:
+                log_handle.write(json.dumps(record) + "\n")
+                log_handle.flush()
+                if self.on_log is not None:
+                    self.on_log(record)
+
+        if self.progress is not None:
+            self.progress.update(total=self.total_steps, completed=state["step"])
+        if options.mode == "das-two-stage" and not options.resume:
+            self._log_cdas(0, log)
+        started, run_started = time.monotonic() - state["elapsed_s"], time.monotonic()
+        micro = options.batch_size // dist.world // options.grad_accum
+        last_eval = None
+        while state["step"] < self.total_steps:
+            step = state["step"]
+            if self.stage_of(step) != self.stage_index:  # stage 1 -> 2: choose experts by DAS first
+                chosen = self.choose_by_das()
+                self.enter_stage(self.stage_of(step), chosen)
+            self.schedule.step = step - self.stage_start(self.stage_index)
+            lr = self.schedule.apply(self.optimizer)
+            rows = block_indices(step, options.batch_size, len(self.train_set), options.seed)
+            label_total = self.train_set.label_tokens(rows)
+            mine = rows[dist.rank::dist.world]
+            self.optimizer.zero_grad(set_to_none=True)
+            summed = 0.0
+            for start in range(0, len(mine), micro):
+                part = self.train_set.rows(mine[start:start + micro])
+                loss, part_sum = self._loss(self.wrapped, (part.input_ids, part.labels, part.attention_mask),
+                                            label_total, len(part) / options.batch_size)
+                loss.backward()
+                summed += part_sum
+            parameters = [p for _, p in self.trainable]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, options.grad_clip))
+            self.optimizer.step()
+            state["step"] = step + 1
+            state["tokens"] += int(self.train_set.attention_mask[rows].sum())
+            state["elapsed_s"] = time.monotonic() - started
+            train_loss = dist.mean(summed) * dist.world / max(1, label_total)
+            log({"type": "train", "step": state["step"], "stage": self.stage_index + 1, "loss": train_loss, "lr": lr,
+                 "grad_norm": grad_norm, "tokens": state["tokens"], "elapsed_s": round(state["elapsed_s"], 3)})
+            if self.progress is not None:
+                self.progress.update(advance=1, description=f"loss {train_loss:.3f}")
+            done = state["step"] >= self.total_steps
+            out_of_time = options.max_minutes is not None and (time.monotonic() - run_started) > options.max_minutes * 60
+            stop = dist.any(out_of_time) or (options.stop_at_step is not None and state["step"] >= options.stop_at_step)
+            if state["step"] % options.eval_every == 0 or done or stop:
+                if self.eval_sets:
+                    last_eval = self.evaluate()
+                    log({"type": "eval", "step": state["step"], "stage": self.stage_index + 1, **last_eval})
+                if options.mode == "das-two-stage" and self.stage_index == 0:
+                    self._log_cdas(state["step"], log)
+            if (state["step"] % options.checkpoint_every == 0 and not done) or (stop and not done):
+                if log_handle is not None:
+                    log_handle.flush()
+                self.save_checkpoint(state, log_path.stat().st_size if dist.main else 0)
+            if stop:
+                break
+        if log_handle is not None:
+            log_handle.close()
+        self.module.slices.sync()
+        finished = state["step"] >= self.total_steps
+        summary = {"steps": state["step"], "steps_planned": self.total_steps, "finished": finished,
+                   "tokens": state["tokens"], "elapsed_s": round(state["elapsed_s"], 3), "world_size": dist.world,
+                   "last_eval": last_eval, "trainable_parameters": sum(p.numel() for _, p in self.trainable),
+                   "cdas": self.cdas_log}
+        if finished and dist.main:
+            from .adapter import save_adapter
+
+            save_adapter(self, summary)
+        dist.barrier()
+        return summary
+
+    def _log_cdas(self, step: int, log) -> None:
+        scores, _ = self.das()
+        record = {"step": step, "k": self.options.top, "cdas": das_lib.cumulative_das(scores, self.options.top)}
+        self.cdas_log.append(record)
+        log({"type": "cdas", **record})
+
+    def close(self) -> None:
+        if self.dist.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def tune(options: TuneOptions, on_log=None, progress=None) -> dict:
+    """Run moe-tune per ``options``; write ``OUTPUT/`` (adapter, log, checkpoint); return a summary."""
+    tuner = Tuner(options, on_log=on_log, progress=progress)
+    try:
+        return tuner.run()
+    finally:
+        tuner.close()
+
+
+__all__ = ["LOG_NAME", "TuneModule", "TuneOptions", "Tuner", "tune"]

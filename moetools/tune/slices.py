@@ -1,0 +1,268 @@
+"""Training only some experts' slices of fused expert tensors, bit-exactly and cheaply.
+
+Transformers 5 stores a layer's experts fused (``gate_up_proj [E, 2I, d]``, ``down_proj [E, d, I]``;
+GPT-OSS ``[E, d, 2I]`` plus biases ``[E, 2I]``, ``[E, d]``), and MONET's experts are blocks of rows
+or columns of ordinary Linear layers (``u.weight [E·M, d]``, ``v.weight [d, E·M]``, ``b [E, d]``).
+Freezing a module is not enough, and a full-size trainable tensor would give the optimizer
+full-size state. So, per fused tensor ("base", frozen, ``requires_grad=False``):
+
+- the selected experts' slices are a separate small tensor ``values [k, *slice]`` computed from
+  trainable parameters (``experts``: the slices themselves; ``lora-experts``: frozen slices +
+  (alpha/r)·B_e A_e per expert, LoRA of paper 003 §3 restricted to the chosen experts);
+- before the owning module's forward, :class:`Splice` writes ``values`` into the selected rows of
+  the base tensor *in place* (no copy of the full tensor) and hands the module a view of it that is
+  attached to autograd; its backward returns the gradient of the selected rows only. Unselected rows
+  are never written, so they stay bit-for-bit what was loaded, and the optimizer only ever sees the
+  ``[k, ...]`` parameters: its state grows with the selected experts, not with the model.
+
+A slice is described by ``(dim, block, num)``: the tensor's dimension ``dim`` holds ``num`` experts
+of ``block`` consecutive entries each (HF fused tensors: dim 0, block 1; MONET ``v.weight``: dim 1,
+block M). :func:`experts_view` turns a tensor into ``[num, ...]`` (a view) so expert e is ``view[e]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+
+
+def experts_view(tensor: torch.Tensor, dim: int, block: int, num: int) -> torch.Tensor:
+    """``tensor`` as ``[num, ...]`` with expert e at index e (a view, writes go through)."""
+    if block == 1 and tensor.shape[dim] == num:
+        return tensor.movedim(dim, 0)
+    return tensor.unflatten(dim, (num, block)).movedim(dim, 0)
+
+
+class Splice(torch.autograd.Function):
+    """``values [k, ...]`` written into rows ``ids`` of ``base`` in place; the output is ``base``
+    (a view) with a gradient path to ``values`` only (the selected rows of the incoming gradient)."""
+
+    @staticmethod
+    def forward(ctx, values, base, ids, dim, block, num):
+        with torch.no_grad():
+            experts_view(base, dim, block, num)[ids] = values.to(base.dtype)
+        ctx.save_for_backward(ids)
+        ctx.layout, ctx.values_dtype = (dim, block, num), values.dtype
+        return base.view_as(base)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        selected = experts_view(grad, *ctx.layout)[ids].to(ctx.values_dtype)  # [k, ...]
+        return selected, None, None, None, None, None
+
+
+@dataclass
+class ExpertSlice:
+    """The selected experts of one fused parameter."""
+
+    name: str               # the parameter's name in the model (state-dict key)
+    owner: nn.Module        # the module whose forward reads it
+    attribute: str          # its attribute name on ``owner``
+    dim: int
+    block: int
+    num: int                # experts (or MONET factor experts) along ``dim``
+    ids: list[int]          # selected, ascending
+    layer: int = -1
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def base(self) -> torch.Tensor:
+        return self.owner._parameters[self.attribute]
+
+    def gather(self, tensor: torch.Tensor | None = None) -> torch.Tensor:
+        """The selected slices ``[k, ...]`` (a copy) of ``tensor`` (default: the base)."""
+        tensor = self.base if tensor is None else tensor
+        index = torch.tensor(self.ids, device=tensor.device)
+        return experts_view(tensor.detach(), self.dim, self.block, self.num)[index].clone()
+
+    def describe(self) -> dict:
+        return {"dim": self.dim, "block": self.block, "num": self.num, "ids": list(self.ids), "layer": self.layer}
+
+
+# -- which tensors hold which experts --------------------------------------------------------------
+
+MONET_FACTOR = {  # attribute path in a MONET layer's ``moe`` -> (dim, factor: 0 bottom i / 1 top j, block key)
+    "horizontal": {"u.weight": (0, 0), "u.bias": (0, 0), "v.weight": (1, 1), "b": (0, 1)},
+    "vertical": {"u1.weight": (0, 0), "u1.bias": (0, 0), "v11.weight": (1, 0), "v12.weight": (1, 0), "b1": (0, 0),
+                 "u2.weight": (0, 1), "u2.bias": (0, 1), "v21.weight": (1, 1), "v22.weight": (1, 1), "b2": (0, 1)},
+}
+
+
+def _resolve(module: nn.Module, path: str) -> tuple[nn.Module, str]:
+    *parents, attribute = path.split(".")
+    for parent in parents:
+        module = getattr(module, parent)
+    return module, attribute
+
+
+def expert_slices(model, adapter, chosen: dict[int, list[int]]) -> list[ExpertSlice]:
+    """One :class:`ExpertSlice` per fused tensor of every layer in ``chosen`` (layer -> expert ids).
+
+    HF families: every parameter of the layer's experts module whose first dimension is the
+    expert count. MONET: composed expert (i, j) = i·E + j trains bottom factor i's and top factor
+    j's blocks (``MONET_FACTOR``); composed experts share factors, so tuning (i, j) also changes
+    (i, j') and (i', j) — the architecture's parameter sharing, not a leak.
+    """
+    names = {id(p): n for n, p in model.named_parameters()}
+    layers = {layer.index: layer for layer in adapter.moe_layers()}
+    slices = []
+    for layer_index, ids in sorted(chosen.items()):
+        if not ids:
+            continue
+        if layer_index not in layers:
+            raise UsageError(f"layer {layer_index} is not an MoE layer of this model "
+                             f"(MoE layers: {sorted(layers)})")
+        layer = layers[layer_index]
+        bad = [i for i in ids if not 0 <= int(i) < layer.num_experts]
+        if bad:
+            raise UsageError(f"layer {layer_index}: expert ids {bad} out of range 0..{layer.num_experts - 1}")
+        experts = layer.experts
+        if getattr(model.config, "model_type", None) == "monet":
+            factor = int(model.config.moe_experts)
+            per_factor = (sorted({int(i) // factor for i in ids}), sorted({int(i) % factor for i in ids}))
+            table = MONET_FACTOR[model.config.moe_decompose]
+            block = experts.moe_dim if model.config.moe_decompose == "horizontal" else experts.half_dim
+            for path, (dim, which) in table.items():
+                owner, attribute = _resolve(experts, path)
+                parameter = owner._parameters[attribute]
+                rows = 1 if path in ("b", "b1", "b2") else block
+                slices.append(ExpertSlice(names[id(parameter)], owner, attribute, dim, rows, factor,
+                                          per_factor[which], layer_index, {"factor": "ij"[which]}))
+            continue
+        for attribute, parameter in experts.named_parameters(recurse=False):
+            if parameter.ndim >= 1 and parameter.shape[0] == layer.num_experts:
+                slices.append(ExpertSlice(names[id(parameter)], experts, attribute, 0, 1, layer.num_experts,
+                                          sorted(int(i) for i in ids), layer_index))
+    return slices
+
+
+# -- the trainable side ------------------------------------------------------------------------------
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+class SliceTrainer(nn.Module):
+    """Trainable parameters of the selected slices and the hooks that splice them into the model.
+
+    ``lora_rank=None``: the slices themselves train (``experts``). ``lora_rank=r``: LoRA per selected
+    expert on slices that are matrices (``lora-experts``; 1-D slices such as biases stay frozen), the
+    slice being frozen + (alpha/r)·B A with A ``[k, r, cols]`` (Kaiming-uniform, as peft) and B
+    ``[k, rows, r]`` (zeros), so training starts from the base model exactly.
+    """
+
+    def __init__(self, slices: list[ExpertSlice], lora_rank: int | None = None, lora_alpha: float = 32.0,
+                 train_dtype: torch.dtype | None = None):
+        super().__init__()
+        self.slices = slices
+        self.lora_rank, self.lora_alpha = lora_rank, float(lora_alpha)
+        self.values = nn.ParameterDict()
+        self.lora_A, self.lora_B = nn.ParameterDict(), nn.ParameterDict()
+        self._frozen: dict[str, torch.Tensor] = {}
+        self._handles = []
+        for piece in slices:
+            original = piece.gather()
+            if train_dtype is not None:
+                original = original.to(train_dtype)
+            key = _key(piece.name)
+            if lora_rank is None:
+                self.values[key] = nn.Parameter(original)
+            elif original.ndim == 3:  # [k, rows, cols]: a matrix per expert
+                self._frozen[key] = original
+                k, rows, cols = original.shape
+                a = torch.empty(k, lora_rank, cols, dtype=original.dtype, device=original.device)
+                for e in range(k):
+                    nn.init.kaiming_uniform_(a[e], a=math.sqrt(5))
+                self.lora_A[key] = nn.Parameter(a)
+                self.lora_B[key] = nn.Parameter(torch.zeros(k, rows, lora_rank, dtype=original.dtype,
+                                                            device=original.device))
+
+    @property
+    def scale(self) -> float:
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 1.0
+
+    def trained(self, piece: ExpertSlice) -> bool:
+        key = _key(piece.name)
+        return key in self.values or key in self.lora_A
+
+    def slice_values(self, piece: ExpertSlice) -> torch.Tensor:
+        """The selected slices as the model should use them now, ``[k, ...]`` (differentiable)."""
+        key = _key(piece.name)
+        if key in self.values:
+            return self.values[key]
+        return self._frozen[key] + self.scale * torch.bmm(self.lora_B[key], self.lora_A[key])
+
+    def attach(self) -> SliceTrainer:
+        """Register the splicing hooks on every owner module."""
+        for piece in self.slices:
+            if not self.trained(piece):
+                continue
+            index = torch.tensor(piece.ids, device=piece.base.device)
+
+            def before(module, args, piece=piece, index=index):
+                spliced = Splice.apply(self.slice_values(piece), piece.base, index, piece.dim, piece.block,
+                                       piece.num)
+                module.__dict__[piece.attribute] = spliced  # shadows the frozen Parameter for this call
+
+            def after(module, args, output, piece=piece):
+                module.__dict__.pop(piece.attribute, None)
+
+            self._handles.append(piece.owner.register_forward_pre_hook(before))
+            self._handles.append(piece.owner.register_forward_hook(after))
+        return self
+
+    def detach_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Write the current values into the model's tensors (after the last optimizer step)."""
+        for piece in self.slices:
+            if self.trained(piece):
+                index = torch.tensor(piece.ids, device=piece.base.device)
+                experts_view(piece.base, piece.dim, piece.block, piece.num)[index] = \
+                    self.slice_values(piece).to(piece.base.dtype)
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """What the adapter stores: ``slice.<param>`` or ``lora_A.<param>`` / ``lora_B.<param>``."""
+        tensors = {}
+        for piece in self.slices:
+            key = _key(piece.name)
+            if key in self.values:
+                tensors[f"slice.{piece.name}"] = self.values[key].detach().cpu().contiguous()
+            elif key in self.lora_A:
+                tensors[f"lora_A.{piece.name}"] = self.lora_A[key].detach().cpu().contiguous()
+                tensors[f"lora_B.{piece.name}"] = self.lora_B[key].detach().cpu().contiguous()
+        return tensors
+
+
+def apply_slice_tensors(model, tensors: dict[str, torch.Tensor], layout: dict[str, dict],
+                        lora_scale: float = 1.0) -> None:
+    """Merge adapter tensors into ``model`` in place: ``slice.X`` replaces the selected experts of
+    parameter X; ``lora_A.X``/``lora_B.X`` add scale·B A to them (the same arithmetic as training)."""
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, spec in layout.items():
+            if name not in parameters:
+                raise UsageError(f"adapter names a parameter the model lacks: {name}")
+            base = parameters[name]
+            view = experts_view(base, spec["dim"], spec["block"], spec["num"])
+            index = torch.tensor(spec["ids"], device=base.device)
+            if f"slice.{name}" in tensors:
+                view[index] = tensors[f"slice.{name}"].to(base.device, base.dtype)
+            elif f"lora_A.{name}" in tensors:
+                a = tensors[f"lora_A.{name}"].to(base.device)
+                b = tensors[f"lora_B.{name}"].to(base.device)
+                original = view[index].to(a.dtype)
+                view[index] = (original + lora_scale * torch.bmm(b, a)).to(base.dtype)
+
+
+__all__ = ["ExpertSlice", "SliceTrainer", "Splice", "apply_slice_tensors", "expert_slices", "experts_view"]

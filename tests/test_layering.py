@@ -1,0 +1,83 @@
+"""The library never imports the CLI: no module of moetools/ outside moetools/cli/ imports click or
+moetools.cli, absolutely or relatively, at any depth of the file (issue 10, item 1).
+
+So every tool's logic is usable from Python without click and without the CLI's global
+state. A package's ``__main__.py`` (``python -m moetools.train``) is a command-line entry
+point, i.e. part of the CLI layer, and is the one exception.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "moetools"
+FORBIDDEN = ("click", "moetools.cli")
+
+
+def library_modules() -> list[Path]:
+    return sorted(path for path in PACKAGE.rglob("*.py")
+                  if "cli" not in path.relative_to(PACKAGE).parts[:1] and path.name != "__main__.py")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in ``path``, relative imports resolved."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - (node.level - 1)] if node.level > 1 else package
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found.append((node.lineno, module))
+            # ``from .. import cli`` / ``from moetools import cli`` name the module in the alias
+            found += [(node.lineno, f"{module}.{alias.name}") for alias in node.names]
+    return found
+
+
+def forbidden(module: str) -> bool:
+    return any(module == name or module.startswith(name + ".") for name in FORBIDDEN)
+
+
+def test_the_library_imports_neither_click_nor_the_cli():
+    offences = [f"{path.relative_to(PACKAGE.parent)}:{line}: imports {module}"
+                for path in library_modules() for line, module in imported_modules(path) if forbidden(module)]
+    assert not offences, "the library must not import the CLI:\n" + "\n".join(offences)
+
+
+def test_the_walk_sees_the_library_and_resolves_relative_imports():
+    names = {module_name(path) for path in library_modules()}
+    assert {"moetools.streams.files", "moetools.trace.command", "moetools.cat"} <= names
+    assert not any(name.startswith("moetools.cli") for name in names)
+
+
+@pytest.mark.parametrize("source,where,bad", [
+    ("from ..cli.common import say\n", "moetools/trace/x.py", True),
+    ("from .. import cli\n", "moetools/trace/x.py", True),
+    ("from .cli import main\n", "moetools/x.py", True),
+    ("import moetools.cli.common\n", "moetools/x.py", True),
+    ("def f():\n    import click\n", "moetools/trace/x.py", True),
+    ("from ..streams.files import open_input\n", "moetools/trace/x.py", False),
+    ("from .clip import x\n", "moetools/x.py", False),
+])
+def test_the_checker_catches_each_form(tmp_path, monkeypatch, source, where, bad):
+    root = tmp_path / "moetools"
+    path = tmp_path / where
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source, encoding="utf-8")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", root)
+    assert any(forbidden(module) for _, module in imported_modules(path)) is bad

@@ -1,0 +1,275 @@
+"""moe-tune on tiny real models of every family and MONET: what must not change does not, bit for bit."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+import transformers
+from click.testing import CliRunner
+from test_adapters import FAMILIES, tiny_model
+from test_monet_model import tiny_config as tiny_monet_config
+from tiny_models import save_word_tokenizer
+
+from moetools.cli.tune import command
+from moetools.models import model_identity
+from moetools.models.loader import load_model
+from moetools.tune import TuneOptions, merge
+from moetools.tune.data import IGNORE, chat_example
+from moetools.tune.loop import Tuner
+from moetools.tune.slices import experts_view
+
+WORDS = "the a of cat dog sat on mat pain fever cough doctor dose court law judge appeal code loop def".split()
+MEDICAL, GENERAL = WORDS[8:13] + WORDS[:3], WORDS[:8] + WORDS[13:]
+
+
+def write_corpus(path, words, lines=24, seed=0, domain=None):
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as handle:
+        for _ in range(lines):
+            handle.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(18)),
+                                     "domain": domain or "all"}) + "\n")
+    return path
+
+
+def save_model(directory, family: str):
+    if family == "monet":
+        from moetools.models.monet import MonetForCausalLM
+
+        torch.manual_seed(0)
+        model = MonetForCausalLM(tiny_monet_config(vocab_size=64, pad_token_id=1, bos_token_id=None,
+                                                   eos_token_id=None))
+    else:
+        model = tiny_model(family)
+        model.config.pad_token_id, model.config.bos_token_id, model.config.eos_token_id = 1, None, None
+    model.save_pretrained(directory)
+    save_word_tokenizer(directory, WORDS)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune-data")
+    return {"medical": write_corpus(root / "medical.jsonl", MEDICAL, domain="medical"),
+            "general": write_corpus(root / "general.jsonl", GENERAL, seed=1, domain="general")}
+
+
+@pytest.fixture(scope="module")
+def olmoe(tmp_path_factory):
+    return save_model(tmp_path_factory.mktemp("olmoe"), "olmoe")
+
+
+def options(model, data, out, **extra):
+    values = {"model": str(model), "data": str(data["medical"]), "output": str(out), "steps": 3, "batch_size": 4,
+              "seq_len": 12, "lr": 5e-2, "eval_every": 2, "checkpoint_every": 2, "warmup": 0,
+              "eval": [str(data["medical"]), str(data["general"])]}
+    values.update(extra)
+    return TuneOptions(**values)
+
+
+def write_experts(path, chosen, identity=None):
+    body = {"experts": {str(k): v for k, v in chosen.items()}}
+    if identity is not None:
+        body["moetools"] = {"version": 1, "model": identity}
+    path.write_text(json.dumps(body))
+    return path
+
+
+def base_state(model_dir):
+    return {k: v.clone() for k, v in load_model(model_dir, dtype="float32", tokenizer=False).model.state_dict().items()}
+
+
+def check_only_selected_changed(tuner, before):
+    """Every tensor but the selected slices is bit-identical; the selected slices moved (a selected expert
+    no token was routed to in these few steps gets zero gradients and may stay put)."""
+    after = tuner.model.state_dict()
+    slices = {piece.name: piece for piece in tuner.module.slices.slices if tuner.module.slices.trained(piece)}
+    assert slices
+    moved = []
+    for name, tensor in before.items():
+        if name not in slices:
+            assert torch.equal(after[name], tensor), name
+            continue
+        piece = slices[name]
+        old, new = (experts_view(t, piece.dim, piece.block, piece.num) for t in (tensor, after[name]))
+        for expert in range(piece.num):
+            if expert not in piece.ids:
+                assert torch.equal(old[expert], new[expert]), (name, expert)
+        moved.append(any(not torch.equal(old[e], new[e]) for e in piece.ids))
+    assert any(moved)
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "monet"])
+def test_experts_mode_changes_only_the_selected_slices(tmp_path, data, family):
+    model_dir = save_model(tmp_path / "model", family)
+    before = base_state(model_dir)
+    last = max(before_key_layers(model_dir))
+    experts = write_experts(tmp_path / "experts.json", {last: [1, 6] if family == "monet" else [1, 5]})
+    tuner = Tuner(options(model_dir, data, tmp_path / "out", mode="experts", experts=str(experts), steps=2,
+                          eval=[]))
+    tuner.run()
+    check_only_selected_changed(tuner, before)
+    # merge == the in-memory tuned model, and the merged directory loads with vanilla transformers
+    merge(tmp_path / "out", tmp_path / "merged")
+    merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged") if family != "monet" else \
+        load_model(tmp_path / "merged", tokenizer=False).model
+    for name, tensor in tuner.model.state_dict().items():
+        assert torch.equal(merged.state_dict()[name], tensor), name
+    assert merged.config.moetools_tuned["mode"] == "experts"
+
+
+def before_key_layers(model_dir):
+    loaded = load_model(model_dir, tokenizer=False)
+    return [layer.index for layer in loaded.adapter.moe_layers()]
+
+
+def test_lora_experts_touches_only_the_selected_experts(tmp_path, data, olmoe):
+    before = base_state(olmoe)
+    experts = write_experts(tmp_path / "experts.json", {0: [2], 1: [3, 7]})
+    tuner = Tuner(options(olmoe, data, tmp_path / "out", mode="lora-experts", experts=str(experts), eval=[]))
+    summary = tuner.run()
+    check_only_selected_changed(tuner, before)
+    # 2 fused tensors x 3 experts x r (rows + cols): (96 + 32) * 16 + (32 + 48) * 16 per expert
+    assert summary["trainable_parameters"] == 3 * ((96 + 32) * 16 + (32 + 48) * 16)
+    merge(tmp_path / "out", tmp_path / "merged")
+    merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    ids = torch.randint(2, 22, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tuner.module.eval()
+        expected = tuner.module(input_ids=ids).logits
+        assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-5)
+
+
+def test_optimizer_state_grows_with_selected_experts(tmp_path, data, olmoe):
+    sizes = {}
+    for count in (1, 2, 4):
+        experts = write_experts(tmp_path / f"e{count}.json", {1: list(range(count))})
+        tuner = Tuner(options(olmoe, data, tmp_path / f"out{count}", mode="experts", experts=str(experts), steps=1,
+                              eval=[]))
+        tuner.run()
+        state = tuner.optimizer.state_dict()["state"]
+        sizes[count] = sum(t.numel() for values in state.values() for t in values.values()
+                           if isinstance(t, torch.Tensor) and t.ndim > 0)
+        assert sizes[count] == 2 * count * (96 * 32 + 32 * 48)  # exp_avg + exp_avg_sq of the slices only
+    assert sizes[4] == 2 * sizes[2] == 4 * sizes[1]
+
+
+@pytest.mark.parametrize("mode", ["attention-router", "full"])
+def test_whole_parameter_modes_freeze_the_rest(tmp_path, data, olmoe, mode):
+    before = base_state(olmoe)
+    tuner = Tuner(options(olmoe, data, tmp_path / "out", mode=mode, eval=[]))
+    tuner.run()
+    trained = {name[len("model."):] for name, _ in tuner.trainable}
+    for name, tensor in tuner.model.state_dict().items():
+        if name not in trained:
+            assert torch.equal(tensor, before[name]), name
+    if mode == "attention-router":
+        assert trained and all(".self_attn." in n or n.endswith("mlp.gate.weight") for n in trained)
+
+
+def _losses(out):
+    return [json.loads(line) for line in (out / "tune_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode,extra", [("experts", {}), ("das-two-stage", {"stage1_steps": 2, "top": 2}),
+                                        ("lora", {})])
+def test_resume_is_bit_exact(tmp_path, data, olmoe, mode, extra):
+    experts = write_experts(tmp_path / "experts.json", {0: [0, 3], 1: [5]})
+    common = {"mode": mode, "experts": str(experts), "general": str(data["general"]), "steps": 3, "das_rows": 8,
+              **extra}
+    straight = Tuner(options(olmoe, data, tmp_path / "straight", **common))
+    straight.run()
+    Tuner(options(olmoe, data, tmp_path / "split", stop_at_step=3 if mode == "das-two-stage" else 2,
+                  **common)).run()
+    resumed = Tuner(options(olmoe, data, tmp_path / "split", resume=True, **common))
+    resumed.run()
+    assert _losses(tmp_path / "straight") == [
+        {**r, "elapsed_s": s["elapsed_s"]} if "elapsed_s" in r else r
+        for r, s in zip(_losses(tmp_path / "split"), _losses(tmp_path / "straight"))]
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
+
+
+def test_das_two_stage_logs_cdas_and_writes_the_chosen_set(tmp_path, data, olmoe):
+    out = tmp_path / "out"
+    tuner = Tuner(options(olmoe, data, out, mode="das-two-stage", general=str(data["general"]), stage1_steps=2,
+                          top=3, stage2="lora-experts", das_rows=8))
+    summary = tuner.run()
+    cdas = [r for r in _losses(out) if r["type"] == "cdas"]
+    assert [r["step"] for r in cdas] == [0, 2] and all(0 < r["cdas"] <= 2 for r in cdas)  # 2 layers
+    chosen = json.loads((out / "experts.json").read_text())
+    assert {k: len(v) for k, v in chosen["experts"].items()} == {"0": 3, "1": 3}
+    assert chosen["moetools"]["criterion"]["by"] == "das"
+    meta = json.loads((out / "tune.json").read_text())
+    assert meta["stages"][0]["kind"] == "attention-router" and meta["lora"]["rank"] == 16
+    assert summary["finished"]
+    merge(out, tmp_path / "merged")  # stage-1 weights and LoRA on the chosen experts together
+    merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    ids = torch.randint(2, 22, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tuner.module.eval()
+        assert torch.allclose(merged(input_ids=ids).logits, tuner.module(input_ids=ids).logits, atol=1e-5)
+
+
+def test_lora_adapter_is_peft_loadable_and_merges(tmp_path, data, olmoe):
+    from peft import PeftModel
+
+    out = tmp_path / "out"
+    tuner = Tuner(options(olmoe, data, out, mode="lora", eval=[]))
+    tuner.run()
+    ids = torch.randint(2, 22, (2, 10), generator=torch.Generator().manual_seed(0))
+    tuner.module.eval()
+    with torch.no_grad():
+        expected = tuner.module(input_ids=ids).logits
+        base = transformers.AutoModelForCausalLM.from_pretrained(olmoe)
+        assert not torch.allclose(base(input_ids=ids).logits, expected, atol=1e-4)
+        loaded = PeftModel.from_pretrained(base, str(out))
+        assert torch.allclose(loaded(input_ids=ids).logits, expected, atol=1e-5)
+    merge(out, tmp_path / "merged")
+    with torch.no_grad():
+        merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+        assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-5)
+    base_identity = model_identity(*load_model(olmoe)[::2], path=olmoe)
+    merged_loaded = load_model(tmp_path / "merged")
+    assert model_identity(merged_loaded.model, merged_loaded.adapter, tmp_path / "merged")["fingerprint"] != \
+        base_identity["fingerprint"]
+
+
+def test_chat_loss_only_on_assistant_tokens(tmp_path):
+    save_word_tokenizer(tmp_path, [*WORDS, "user", "assistant", ":", ";"])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} ; {% endfor %}"
+                               "{% if add_generation_prompt %}assistant : {% endif %}")
+    messages = [{"role": "user", "content": "cat sat"}, {"role": "assistant", "content": "dog pain"},
+                {"role": "user", "content": "law"}, {"role": "assistant", "content": "court judge"}]
+    ids, labels = chat_example(tokenizer, messages)
+    kept = [tokenizer.convert_ids_to_tokens(i) for i, label in zip(ids, labels) if label != IGNORE]
+    assert kept == ["dog", "pain", ";", "court", "judge", ";"]
+
+
+def run_cli(args):
+    return CliRunner().invoke(command, [str(a) for a in args])
+
+
+def test_bad_inputs_exit_2(tmp_path, data, olmoe):
+    base = [olmoe, "--data", data["medical"], "-o", tmp_path / "out", "--steps", "1", "--seq-len", "8"]
+    result = run_cli([*base, "--mode", "nonsense"])
+    assert result.exit_code == 2 and "--mode" in result.output
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    result = run_cli([olmoe, "--data", empty, "-o", tmp_path / "out", "--mode", "full"])
+    assert result.exit_code == 2 and "nothing to train on" in result.output
+    other = write_experts(tmp_path / "other.json", {1: [1]},
+                          {"name": "other", "fingerprint": "sha256:" + "0" * 64, "num_experts": 8,
+                           "moe_layers": [0, 1]})
+    result = run_cli([*base, "--experts", other])
+    assert result.exit_code == 2 and "refusing" in result.output
+    wide = write_experts(tmp_path / "wide.json", {1: [8]})
+    result = run_cli([*base, "--experts", wide])
+    assert result.exit_code == 2 and "8" in result.output
+    result = run_cli([*base, "--mode", "experts"])
+    assert result.exit_code == 2 and "--experts" in result.output
+    result = run_cli(["merge", tmp_path / "nothing", "-o", tmp_path / "m"])
+    assert result.exit_code == 2 and "not a moe-tune adapter" in result.output
