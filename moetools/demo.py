@@ -180,8 +180,8 @@ def _read(path: Path, kinds: str):
 
 def summarise(recipe: Recipe, model: Path, paths: dict[str, Path], examples: int = 3) -> str:
     """A short human summary of one model's run (plain text)."""
-    from .score.specialisation import compare_reports, routing_from_stream, specialisation_report
     from .explain.prompts import mark_context
+    from .score.specialisation import compare_reports, routing_from_stream, specialisation_report
 
     lines = [f"== {recipe.name} ({recipe.arch}) — {model}"]
     try:

@@ -207,13 +207,13 @@ def test_identity_fingerprint_covers_config_and_tokenizer(tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     for name in ("a", "b"):
         model.config.save_pretrained(tmp_path / name)
-        (tmp_path / name / "tokenizer.json").write_text('{"v": 1}')
+        (tmp_path / name / "tokenizer.json").write_text('{"model": {"vocab": {"a": 0}}}')
     first = model_identity(model, path=tmp_path / "a")
     assert first["fingerprint"] == model_identity(model, path=tmp_path / "b")["fingerprint"]
-    assert first["fingerprint"].startswith("sha256:") and len(first["fingerprint"]) == 7 + 64
+    assert first["fingerprint"].startswith("v2:sha256:") and len(first["fingerprint"]) == 10 + 64
     assert {k: first[k] for k in ("model_type", "num_layers", "moe_layers", "num_experts", "top_k")} == {
         "model_type": "qwen3_moe", "num_layers": 2, "moe_layers": [0, 1], "num_experts": 8, "top_k": 2}
-    (tmp_path / "b" / "tokenizer.json").write_text('{"v": 2}')
+    (tmp_path / "b" / "tokenizer.json").write_text('{"model": {"vocab": {"b": 0}}}')  # the content counts
     assert first["fingerprint"] != model_identity(model, path=tmp_path / "b")["fingerprint"]
 
 

@@ -124,6 +124,9 @@ def bad_inputs(directory):
 TEMPLATES = {
     "moe-trace": (["{model}", "{input}", "-o", "{out}/trace.msgpack.zst"], {"bad-json"}),
     "monet-train": (["--data", "{input}", "-o", "{out}/monet", "--steps", "1", "--seq-len", "8"], set()),
+    "moe-explain": (["{input}", "--backend", "offline", "-o", "{out}/labels.jsonl"], set()),
+    "moe-select": (["--by", "das", "{input}"], set()),
+    "moe-tune": (["{model}", "--data", "{input}", "--mode", "full", "-o", "{out}/tuned", "--steps", "1"], set()),
     "moetools": (None, set()),  # subcommands only (corpus, demo): no input stream
 }
 BAD = ("missing", "empty", "binary", "truncated-zstd", "bad-json", "directory")

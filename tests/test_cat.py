@@ -170,3 +170,17 @@ def test_missing_input_fails_before_any_output(run_tool, tmp_path):
     result = run_tool(moe_cat, [str(tmp_path / "a"), str(tmp_path / "missing")])
     assert result.exit_code == 2 and result.stdout_bytes == b""
     assert result.stderr == f"moe-cat: cannot open {tmp_path / 'missing'}: no such file\n"
+
+
+def test_check_reads_record_contents_not_only_framing(run_tool):
+    """--check validates every field against the kind's schema (formats/trace.md), in msgpack+zstd too."""
+    records = valid_sequences(2)
+    records[1]["experts"] = records[1]["experts"].astype("|i1")  # signed expert ids: the spec says unsigned
+    raw = stream_bytes(records, header_extra=TRACE_HEADER)
+    assert run_tool(moe_cat, ["--format", "jsonl"], input=raw).exit_code == 0  # copying checks framing only
+    result = run_tool(moe_cat, ["--check"], input=raw)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "sequence record 2 (doc 'd1'): 'experts' has dtype |i1: expert ids are unsigned" in result.stderr
+    bad_end = stream_bytes(valid_sequences(1), header_extra=TRACE_HEADER, end_extra={"windows": -1})
+    result = run_tool(moe_cat, ["--check"], input=bad_end)
+    assert result.exit_code == 2 and "trace end record: 'windows' must be an integer >= 0" in result.stderr

@@ -126,7 +126,8 @@ def test_moe_sample_refuses_what_the_trace_schema_refuses_with_the_same_message(
                                    "-o", str(out)])
     if entry["valid"]:
         assert result.exit_code == 0, result.stderr
-        assert [r["layer"] for r in StreamReader(open(out, "rb"), kinds="samples")] == [0] * 4 + [1] * 4
+        with open(out, "rb") as made:
+            assert [r["layer"] for r in StreamReader(made, kinds="samples", validate=True)] == [0] * 4 + [1] * 4
         return
     assert result.exit_code == 2 and not out.exists()
     checked = run_tool(moe_cat, ["--check", str(path)])

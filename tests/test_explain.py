@@ -312,6 +312,7 @@ def test_local_backend_batches_chat_prompts(tmp_path, tiny_llama):
     assert again.accounting.cache_hits == labelled and again.accounting.requests == 6 - labelled
 
 
+@pytest.mark.slow  # the real 135M model (SmolLM2 GGUF) on CPU: over a minute on 2 cores
 def test_local_backend_labels_with_smollm2_gguf(tmp_path):
     from moetools.llm.local import smollm2_gguf
 
@@ -400,3 +401,10 @@ def test_offline_resume_refuses_labels_of_the_previous_offline_method(tmp_path):
     old.write_text((FIXTURES / "offline_labels.jsonl").read_text().replace("offline-log-odds-v3", "offline-log-odds-v2"))
     result = run_cli(FIXTURES / "samples.jsonl", "--backend", "offline", "--no-cache", "-o", old)
     assert result.exit_code == 2 and "use another -o" in result.stderr
+
+
+def test_binary_domain_file_is_a_usage_error(tmp_path):
+    (tmp_path / "domain.bin").write_bytes(b"\xff\xfe\x00\x81binary")
+    write_samples(tmp_path / "s.msgpack.zst", experts=1)
+    result = run_cli(tmp_path / "s.msgpack.zst", "--backend", "local", "--domain", tmp_path / "domain.bin")
+    assert result.exit_code == 2 and "is not UTF-8 text" in result.stderr and "internal error" not in result.stderr

@@ -81,3 +81,37 @@ def test_the_checker_catches_each_form(tmp_path, monkeypatch, source, where, bad
     path.write_text(source, encoding="utf-8")
     monkeypatch.setattr(__import__(__name__), "PACKAGE", root)
     assert any(forbidden(module) for _, module in imported_modules(path)) is bad
+
+
+@pytest.mark.slow  # ~35 s on 2 busy cores: a fresh interpreter imports torch and transformers
+def test_moe_trace_runs_and_resumes_from_python_without_click(tmp_path):
+    """The library path of moe-trace (output file, --resume, messages through callbacks) never loads click."""
+    import json
+    import subprocess
+    import sys
+
+    from tiny_models import save_tiny_olmoe
+
+    words = ["the", "court", "law", "patient", "cell", "code", "a", "of"]
+    save_tiny_olmoe(tmp_path / "model", words)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": " ".join(words[i % 8:] + words[:i % 8])}) + "\n"
+                              for i in range(6)), encoding="utf-8")
+    script = f"""
+import sys
+from moetools.streams import StreamReader
+from moetools.trace.command import run_trace
+lines = []
+run_trace({str(tmp_path / "model")!r}, {str(corpus)!r}, output={str(tmp_path / "t.zst")!r}, batch_size=1,
+          log=lines.append, warn=lines.append)
+run_trace({str(tmp_path / "model")!r}, {str(corpus)!r}, output={str(tmp_path / "t.zst")!r}, batch_size=1,
+          resume=True, log=lines.append, warn=lines.append)
+reader = StreamReader(open({str(tmp_path / "t.zst")!r}, "rb"), kinds="trace", validate=True)
+print(len(list(reader)), reader.header["tool"]["name"])
+print(lines[0].startswith("traced 6 windows"), "complete already" in lines[1])
+assert "click" not in sys.modules and not any(name.startswith("moetools.cli") for name in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=PACKAGE.parent, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["6", "moetools.trace", "True", "True"]

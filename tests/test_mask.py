@@ -245,7 +245,7 @@ def test_in_memory_context_manager_equals_reference(masked_dirs, case):
 
 
 @pytest.mark.parametrize("case", ["olmoe-equal", "mixtral-unequal", "deepseek_v3-unequal", "gpt_oss-equal",
-                                  "qwen2_moe-unequal", "monet-unequal"])
+                                  "qwen2_moe-unequal", "ernie4_5_moe-unequal"])
 def test_trace_of_masked_directory_never_selects_a_masked_expert(masked_dirs, case):
     entry = masked_dirs[0][case]
     record = entry["record"]

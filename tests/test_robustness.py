@@ -387,3 +387,92 @@ def test_old_and_new_fingerprints_of_one_model_do_not_concatenate(run_tool):
     new = stream_bytes(float_records(1), model=dict(MODEL, fingerprint="v2:sha256:" + "a1" * 32))
     with pytest.raises(ModelMismatchError, match="identity scheme"):
         list(read_stream(io.BytesIO(old + new)))
+
+
+def test_monet_train_reads_its_data_before_creating_the_output_directory(tmp_path):
+    from click.testing import CliRunner
+
+    from moetools.cli.monet_train import command
+
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(b'{"text": "one"}\n{"text": ""}\n')
+    result = CliRunner().invoke(command, ["--data", str(data), "-o", str(tmp_path / "out"), "--steps", "1"])
+    assert result.exit_code == 2 and "empty 'text'" in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+# -- 6. one huge document: tokenised and windowed in pieces ----------------------------------------
+
+def byte_level_bpe(text: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([text], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>")
+
+
+def awkward_text(words: int = 3000, seed: int = 0) -> str:
+    """Words with runs of spaces, tabs, newlines and punctuation between them: where cuts could go wrong."""
+    rng = np.random.default_rng(seed)
+    gaps = [" ", " ", " ", "  ", "   ", "\n", " \n ", "\t", ", ", ". "]
+    return "".join(str(rng.choice(WORDS)) + str(rng.choice(gaps)) for _ in range(words)) + "end"
+
+
+@pytest.mark.parametrize("family", ["word", "byte-level BPE"])
+def test_a_document_tokenised_in_pieces_gives_the_same_ids_and_windows(family, tmp_path):
+    import transformers
+    from tiny_models import save_word_tokenizer
+
+    from moetools.corpus.documents import Document
+    from moetools.corpus.tokenize import token_pieces
+    from moetools.trace.corpus import windows_of, windows_of_pieces
+
+    text = awkward_text()
+    if family == "word":
+        save_word_tokenizer(tmp_path, WORDS)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    else:
+        tokenizer = byte_level_bpe(text)
+    whole = tokenizer(text, add_special_tokens=True)["input_ids"]
+    for piece_chars in (40, 97, 1000):
+        pieces = list(token_pieces(text, tokenizer, long_chars=0, piece_chars=piece_chars))
+        assert len(pieces) > 5
+        assert np.concatenate(pieces).tolist() == whole, piece_chars
+        document = Document(0, 1, "d", text)
+        assert [(w.window, w.offset, w.token_ids.tolist()) for w in windows_of_pieces(document, pieces, 16)] \
+            == [(w.window, w.offset, w.token_ids.tolist()) for w in windows_of(document, whole, 16)]
+
+
+def test_moe_trace_never_hands_the_tokenizer_a_whole_long_document(traced, tmp_path, monkeypatch):
+    """Memory bounded by a piece: the tokenizer sees at most PIECE_CHARS characters at a time."""
+    import transformers
+
+    from moetools.corpus.tokenize import LONG_DOCUMENT_CHARS, PIECE_CHARS
+    from moetools.trace.corpus import read_documents
+    from moetools.trace.runner import TraceOptions, TraceSummary, iter_windows
+
+    model, _, _, _ = traced
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model)
+    seen = []
+
+    class Watching:
+        def __call__(self, text, **kwargs):
+            seen.append(len(text))
+            return tokenizer(text, **kwargs)
+
+    text = awkward_text(words=int(LONG_DOCUMENT_CHARS / 3))
+    assert len(text) > LONG_DOCUMENT_CHARS
+    corpus = tmp_path / "long.jsonl"
+    corpus.write_text(json.dumps({"id": "long", "text": text}) + "\n" + json.dumps({"text": "a law"}) + "\n")
+    with open(corpus, "rb") as source:
+        documents = read_documents(source, name="long.jsonl")
+        windows = list(iter_windows(documents, Watching(), TraceOptions(max_length=64), TraceSummary()))
+    assert max(seen) <= PIECE_CHARS
+    ids = np.concatenate([w.token_ids for w in windows if w.doc_id == "long"]).tolist()
+    assert ids == tokenizer(text, add_special_tokens=True)["input_ids"]
+    assert [w.doc_id for w in windows][-1] == "long.jsonl:2"

@@ -16,8 +16,8 @@ from moetools.streams import StreamReader
 from moetools.streams.files import read_input
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples"
-WORDS = ("def return import class self value court law contract party clause patient dose fever blood "
-         "heart the a of and is").split()
+WORDS = ["def", "return", "import", "class", "self", "value", "court", "law", "contract", "party", "clause",
+         "patient", "dose", "fever", "blood", "heart", "the", "a", "of", "and", "is"]
 TEXTS = {"code": "def value return self import class value self def return",
          "legal": "the court law contract party clause the party law court",
          "medical": "patient dose fever blood heart the patient fever dose blood"}
@@ -43,11 +43,13 @@ def traced(tmp_path_factory):
     rows.append({"id": "nodomain", "text": "the law of the heart", "toxicity": 0.5})
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
     traces = {}
-    for name, seed in (("after", 0), ("before", 1)):
-        save_tiny_olmoe(folder / name, WORDS, seed=seed)
+    for name, seed, extra in (("after", 0, []), ("before", 1, []), ("lens", 0, ["--logit-lens", "2"])):
+        if not (folder / ("after" if name == "lens" else name)).exists():
+            save_tiny_olmoe(folder / name, WORDS, seed=seed)
+        model = folder / ("after" if name == "lens" else name)
         out = folder / f"{name}.msgpack.zst"
-        result = CliRunner().invoke(moe_trace, [str(folder / name), str(corpus), "-o", str(out), "-q",
-                                                "--precision", "24", "--max-length", "8"])
+        result = CliRunner().invoke(moe_trace, [str(model), str(corpus), "-o", str(out), "-q",
+                                                "--precision", "24", "--max-length", "8", *extra])
         assert result.exit_code == 0, result.output
         traces[name] = out
     return folder, traces
@@ -98,6 +100,14 @@ def test_real_trace_metrics_agree_with_the_trace_itself(traced, run_tool):
     assert skew["permutations"] == 200 and not skew["exact"]
     assert all(0 < r["skew"]["p"] <= 1 and r["skew"]["p"] <= r["skew"]["q"] + 1e-12 for r in records)
     assert all(-1 <= r["pearson"] <= 1 for r in records if r["pearson"] is not None)
+    # the 2x count agrees with moetools.score.specialisation (the demo's figure) on the same trace
+    from moetools.score.specialisation import routing_from_stream, skewed_experts
+
+    with open(traces["after"], "rb") as handle:
+        routing, _ = routing_from_stream(handle)
+    for ratio in (1.2, 2.0):
+        _, _, end_again = scores_of(run_tool, [traces["after"], "--permutations", "0", "--min-ratio", ratio])
+        assert end_again["summary"]["skew"]["specialised_total"] == skewed_experts(routing, ratio)["total"]
 
 
 def test_concatenated_shards_score_like_one_trace_and_rc_against_itself_is_zero(traced, run_tool, tmp_path):
@@ -128,7 +138,7 @@ def test_select_from_real_scores_and_apply_to_models(traced, run_tool, tmp_path)
     assert set(data["experts"]) == {str(layer) for layer in header["layers"]}
     assert all(len(ids) == 2 for ids in data["experts"].values())
     assert data["moetools"]["model"] == header["model"] and data["moetools"]["criterion"]["by"] == "das"
-    records = [r for r in StreamReader(open(scores, "rb")) if r["type"] == "expert"]
+    records = [r for r in read_input(scores, kinds="scores") if r["type"] == "expert"]
     for layer, ids in data["experts"].items():
         das = {r["expert"]: r["domains"]["code"]["das"] for r in records if r["layer"] == int(layer)}
         assert ids == sorted(das, key=lambda e: -das[e])[:2]
@@ -181,6 +191,44 @@ def test_esft_top_p_reproduces_the_published_algorithm(make_stream, run_tool, tm
         want = esft_generate({k: {str(e): v for e, v in enumerate(row)} for k, row in rows.items()}, top_p)
         got = json.loads(result.stdout)["experts"]
         assert {k: sorted(v) for k, v in got.items()} == {k: sorted(v) for k, v in want.items()}, top_p
+
+
+JSD_METRICS = "jsd_routing,jsd_functional,jsd_routing_random,jsd_functional_random,af"
+
+
+def test_jsd_routing_and_functional_specialisation_on_a_real_trace(traced, run_tool):
+    from moetools.score.jsd import jsd_bits, load_unembedding, spherical_kmeans
+
+    folder, traces = traced
+    header, records, end = scores_of(run_tool, [traces["lens"], "--model", folder / "after", "--clusters", "4",
+                                                "--metrics", JSD_METRICS])
+    labels = spherical_kmeans(load_unembedding(folder / "after"), 4, seed=0)
+    reader = read_input(traces["lens"], kinds="trace")
+    sequences = list(reader)
+    layers, E = reader.header["layers"], reader.header["num_experts"]
+    for kind in ("routing", "functional"):
+        counts = np.zeros((len(layers), E, 4))
+        for s in sequences:                                   # brute force, token by token
+            for li in range(len(layers)):
+                for t, token in enumerate(s["tokens"]):
+                    for k, e in enumerate(s["experts"][li, t]):
+                        ids = [token] if kind == "routing" else s["logit_lens"][li, t, k]
+                        for i in ids:
+                            counts[li, int(e), labels[int(i)]] += 1
+        for li, layer in enumerate(layers):
+            pooled = counts[li].sum(axis=0)
+            for e in range(E):
+                record = next(r for r in records if r["layer"] == layer and r["expert"] == e)
+                want = float(jsd_bits(counts[li, e], pooled)) if counts[li, e].sum() else None
+                assert (record[f"jsd_{kind}"] is None and want is None) or \
+                    abs(record[f"jsd_{kind}"] - want) < 1e-9
+                assert record[f"jsd_{kind}_random"] is None or 0 <= record[f"jsd_{kind}_random"] <= 1
+    assert end["summary"]["jsd"]["clusters"] == 4 and header["options"]["clusters"] == 4
+    result = run_tool(moe_score, [str(traces["after"]), "--model", str(folder / "after"), "--metrics",
+                                  "jsd_functional"])
+    assert result.exit_code == 2 and "--logit-lens" in result.stderr
+    result = run_tool(moe_score, [str(traces["after"]), "--metrics", "jsd_routing"])
+    assert result.exit_code == 2 and "--model DIR" in result.stderr
 
 
 def test_table_format(traced, run_tool):
@@ -280,3 +328,38 @@ def test_the_writer_made_example_is_what_moe_score_makes_of_the_trace_example(ru
         for entry in got.get("inputs", []) + want.get("inputs", []):
             entry.pop("path", None)
         assert got == want
+
+
+def test_join_merges_by_layer_and_expert_and_refuses_disagreement(make_stream, run_tool, tmp_path):
+    header = {"layers": [0], "num_experts": 2, "domains": ["code"], "source": "routing",
+              "metrics": {"af": {"scope": "domain", "definition": "000 eq. 6"}}}
+    routing = [{"type": "expert", "layer": 0, "expert": e, "domains": {"code": {"af": 0.5 * e}}} for e in range(2)]
+    judged = [{"type": "expert", "layer": 0, "expert": e, "domains": {"code": {"edms": 0.9}, "legal": {"edms": 0.1}},
+               "ems": 0.7} for e in (1, 0)] + [{"type": "layer", "layer": 0, "lds": 0.3}]
+    judged_header = dict(header, source="judged", domains=["code", "legal"],
+                         metrics={"edms": {"scope": "domain", "definition": "000 eq. 4"}})
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_bytes(make_stream(routing, kind="scores", encoding="jsonl", header_extra=header))
+    b.write_bytes(make_stream(judged, kind="scores", encoding="jsonl", header_extra=judged_header))
+    result = run_tool(moe_score, ["join", str(a), str(b)])
+    assert result.exit_code == 0, result.stderr
+    lines = [json.loads(x) for x in result.stdout.splitlines()]
+    assert lines[0]["source"] == ["routing", "judged"] and lines[0]["domains"] == ["code", "legal"]
+    assert set(lines[0]["metrics"]) == {"af", "edms"}
+    assert lines[1] == {"type": "expert", "layer": 0, "expert": 0, "domains": {"code": {"af": 0.0, "edms": 0.9},
+                                                                               "legal": {"edms": 0.1}}, "ems": 0.7}
+    assert lines[3] == {"type": "layer", "layer": 0, "lds": 0.3} and lines[-1]["summary"]["joined"] == 2
+    with open(tmp_path / "j.jsonl", "w") as out:
+        out.write(result.stdout)
+    with open(EXAMPLES / "scores" / "valid" / "spec-example.jsonl", "rb") as check:
+        assert list(StreamReader(check, validate=True))
+    disagree = tmp_path / "c.jsonl"
+    disagree.write_bytes(make_stream([dict(routing[1], domains={"code": {"af": 0.25}})], kind="scores",
+                                     encoding="jsonl", header_extra=header))
+    result = run_tool(moe_score, ["join", str(a), str(disagree)])
+    assert result.exit_code == 2 and "refusing to join disagreeing scores" in result.stderr
+    other = tmp_path / "d.jsonl"
+    other.write_bytes(make_stream(routing, kind="scores", encoding="jsonl", header_extra=header,
+                                  model={"name": "x", "fingerprint": "sha256:other"}))
+    result = run_tool(moe_score, ["join", str(a), str(other)])
+    assert result.exit_code == 2 and "refusing to join" in result.stderr

@@ -258,7 +258,7 @@ def test_routing_consistency_between_two_traces(scored, run_tool):
 
 
 def test_general_as_a_named_domain_and_as_a_trace(scored, run_tool):
-    _, records, _, folder = scored
+    folder = scored[3]
     result = run_tool(moe_score, [str(folder / "trace.jsonl"), "--general", "B", "--permutations", "0"])
     lines = [json.loads(x) for x in result.stdout.splitlines()]
     for record in (r for r in lines if r["type"] == "expert"):
@@ -282,8 +282,32 @@ def test_metric_functions_on_edge_cases():
     assert math.isnan(M.activation_frequency(np.ones((1, 2)), 0)[0, 0])
     per_layer, total = M.cumulative_das(np.array([[-1.0, -2.0], [0.5, 0.5]]), 1)
     assert list(per_layer) == [0.0, 0.5] and total == 0.5
-    best, ratio = M.skew(np.array([[[0.0, 0.2]], [[0.0, 0.0]]]))
+    _, ratio = M.skew(np.array([[[0.0, 0.2]], [[0.0, 0.0]]]))
     assert math.isnan(ratio[0, 0]) and math.isinf(ratio[0, 1])
     q = M.benjamini_hochberg(np.array([0.01, 0.04, 0.03, np.nan]))
     np.testing.assert_allclose(q[:3], [0.03, 0.04, 0.04])
     assert math.isnan(q[3])
+
+
+# -- JSD specialisation over unembedding clusters (paper 002) ------------------------------------------
+
+def test_jsd_in_bits_against_the_definition():
+    from moetools.score.jsd import jsd_bits
+
+    p, q = np.array([0.5, 0.5, 0.0]), np.array([0.1, 0.2, 0.7])
+    m = (p + q) / 2
+    kl = lambda a, b: sum(x * math.log2(x / y) for x, y in zip(a, b) if x > 0)
+    assert close(float(jsd_bits(p, q)), 0.5 * kl(p, m) + 0.5 * kl(q, m))
+    assert close(float(jsd_bits(np.array([1.0, 0]), np.array([0, 1.0]))), 1.0)   # disjoint: 1 bit
+    assert close(float(jsd_bits(p * 4, p)), 0.0)                                 # counts or shares alike
+
+
+def test_spherical_kmeans_recovers_separated_directions():
+    from moetools.score.jsd import spherical_kmeans
+
+    rng = np.random.default_rng(0)
+    directions = np.eye(8)[:4] * 5
+    rows = np.concatenate([d + rng.normal(0, 0.3, size=(50, 8)) for d in directions])
+    labels = spherical_kmeans(rows, 4, seed=1)
+    groups = [set(labels[i * 50:(i + 1) * 50]) for i in range(4)]
+    assert all(len(g) == 1 for g in groups) and len(set().union(*groups)) == 4

@@ -77,7 +77,8 @@ def test_an_esft_file_round_trips_byte_for_value_and_loads_the_way_esft_reads_it
     write_experts(out, chosen)
     assert json.loads(out.read_text()) == json.loads(source.read_text())  # no moetools block added, order kept
     # ESFT's to_esft (esft.py): adapter_config['experts'][str(idx)] for each MoE layer, `expert_id in` that list
-    config = json.load(open(out))
+    with open(out) as handle:
+        config = json.load(handle)
     for idx in (1, 2, 10, 11):
         trainable = config["experts"][str(idx)]
         assert all(isinstance(i, int) for i in trainable)

@@ -143,6 +143,7 @@ def test_bench_on_given_traces_writes_results_and_a_plain_verdict(tmp_path, caps
     assert "NOT more specialised" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # two moe-trace processes: 20-45 s on 2 cores
 def test_bench_traces_a_model_and_its_random_init_copy(tmp_path, capsys):
     """End to end through moe-trace on a tiny random OLMoE (about 20 s: two moe-trace processes)."""
     pytest.importorskip("moetools.cli.trace")

@@ -319,3 +319,20 @@ def test_memory_of_writing_and_reading_does_not_grow_with_stream_length(tmp_path
     for side, (small, large) in zip(("write", "read"), zip(peaks[small_count], peaks[10 * small_count])):
         assert large < 1.3 * small + (256 << 10), (side, small, large)
         assert large < 6 << 20, (side, large)  # about one input chunk, one frame and one record
+
+
+def test_create_directory_swaps_a_complete_directory_in_or_leaves_the_old_one(tmp_path):
+    from moetools.streams.files import create_directory
+
+    target = tmp_path / "checkpoint"
+    with create_directory(target) as partial:
+        assert partial == tmp_path / "checkpoint.partial"
+        (partial / "a").write_text("1")
+    with pytest.raises(RuntimeError), create_directory(target) as partial:
+        (partial / "b").write_text("2")
+        raise RuntimeError("killed while writing")
+    assert sorted(p.name for p in target.iterdir()) == ["a"] and sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint"]
+    with create_directory(target) as partial:
+        (partial / "c").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == ["c"] and not (tmp_path / "checkpoint.old").exists()

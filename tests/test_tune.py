@@ -170,7 +170,9 @@ def test_whole_parameter_modes_freeze_the_rest(tmp_path, data, olmoe, mode):
 
 
 def _losses(out):
-    return [json.loads(line) for line in (out / "tune_log.jsonl").read_text().splitlines()]
+    """The log without wall-clock times."""
+    records = [json.loads(line) for line in (out / "tune_log.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]
 
 
 @pytest.mark.parametrize("mode,extra", [("experts", {}), ("das-two-stage", {"stage1_steps": 2, "top": 2}),
@@ -185,9 +187,10 @@ def test_resume_is_bit_exact(tmp_path, data, olmoe, mode, extra):
                   **common)).run()
     resumed = Tuner(options(olmoe, data, tmp_path / "split", resume=True, **common))
     resumed.run()
-    assert _losses(tmp_path / "straight") == [
-        {**r, "elapsed_s": s["elapsed_s"]} if "elapsed_s" in r else r
-        for r, s in zip(_losses(tmp_path / "split"), _losses(tmp_path / "straight"))]
+    # the split run also evaluates where it stopped: compare the training records
+    trained = [[r for r in _losses(tmp_path / run) if r["type"] == "train"] for run in ("straight", "split")]
+    assert len(trained[0]) == 5 if mode == "das-two-stage" else 3
+    assert trained[0] == trained[1]
     for name, tensor in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], tensor), name
 
@@ -231,7 +234,8 @@ def test_lora_adapter_is_peft_loadable_and_merges(tmp_path, data, olmoe):
     with torch.no_grad():
         merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
         assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-5)
-    base_identity = model_identity(*load_model(olmoe)[::2], path=olmoe)
+    base_loaded = load_model(olmoe)
+    base_identity = model_identity(base_loaded.model, base_loaded.adapter, olmoe)
     merged_loaded = load_model(tmp_path / "merged")
     assert model_identity(merged_loaded.model, merged_loaded.adapter, tmp_path / "merged")["fingerprint"] != \
         base_identity["fingerprint"]

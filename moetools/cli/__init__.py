@@ -13,6 +13,8 @@ TOOLS = {
     "moe-score": "moetools.cli.score",
     "moe-select": "moetools.cli.select",
     "moe-tune": "moetools.cli.tune",
+    "moe-mask": "moetools.cli.mask",
+    "moe-eval": "moetools.cli.eval",
     "monet-train": "moetools.cli.monet_train",
     "moetools": "moetools.cli.main",
 }

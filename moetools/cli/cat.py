@@ -33,7 +33,9 @@ moe-cat --check labels.jsonl && echo complete"""
               help="Print a JSON summary (segments, records by type, kind, models, producing tools, bytes) "
                    "instead of the records.")
 @click.option("--check", is_flag=True,
-              help="Validate only: read everything, write nothing; silent on success (say 'ok' with -v).")
+              help="Validate only: read everything, write nothing; besides the framing, every header, record "
+                   "and end record is checked field by field against its kind's spec (formats/KIND.md). Silent "
+                   "on success (say 'ok' with -v).")
 def command(inputs, output, fmt, uncompressed, head, kind, summary, check):
     """View, convert, summarise and validate moetools streams.
 

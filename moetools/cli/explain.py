@@ -15,8 +15,8 @@ moe-explain --list-backends"""
 
 #: flags handed to the backend's own options (each backend takes some; defaults: --list-backends)
 BACKEND_FLAGS = (
-    ("--model", str, "The model: a server's model name (required with --api-base unless the server lists "
-                     "exactly one), or a directory or .gguf file for local/self."),
+    ("--model", str, ("The model: a server's model name (required with --api-base unless the server lists "
+                      "exactly one), or a directory or .gguf file for local/self.")),
     ("--temperature", float, "Sampling temperature (0: greedy)."),
     ("--max-tokens", int, "Most tokens an answer may have."),
     ("--api-base", str, "openai: base URL of the endpoint [default: $OPENAI_BASE_URL or the OpenAI API]."),
@@ -98,8 +98,15 @@ def command(input, output, fmt, uncompressed, backend, list_backends, backend_op
     stderr at the end counts requests, cache hits, retries, failures and tokens.
     Exit status 1 when no expert was labelled (with --strict: when any failed).
     """
-    from ..explain import ExplainSettings, ResponseCache, describe_backends, load_domain, make_explainer, make_runner
-    from ..explain import run_sync
+    from ..explain import (
+        ExplainSettings,
+        ResponseCache,
+        describe_backends,
+        load_domain,
+        make_explainer,
+        make_runner,
+        run_sync,
+    )
     from ..explain.output import previous_labels
 
     if list_backends:

@@ -7,14 +7,15 @@ import sys
 import click
 
 from ..errors import UsageError
-from .common import open_stream_writer, progress, say, tool, warn
+from .common import open_stream_writer, progress, read_input, say, tool, warn
 
 EXAMPLE = """\
 moe-trace model/ corpus.jsonl | moe-score --domain-field domain > routing.scores.jsonl
 moe-score medical.msgpack.zst --general general.msgpack.zst --cdas-k 6 -o medical.scores.jsonl
 moe-score toxic.msgpack.zst --target-field toxicity --metrics pearson,af > toxic.scores.jsonl
 moe-score after.msgpack.zst --rc-against before.msgpack.zst --metrics rc_shift | jq .rc_shift
-moe-score trace.msgpack.zst --format table --table-by das"""
+moe-score trace.msgpack.zst --format table --table-by das
+moe-score join routing.scores.jsonl judged.scores.jsonl > all.scores.jsonl"""
 
 
 def parse_metrics(text: str | None):
@@ -56,6 +57,13 @@ def parse_metrics(text: str | None):
               help="k of C-DAS@k (003 eq. 2); repeat for several.")
 @click.option("--document-memory", default=1024, show_default=True, type=click.IntRange(1), metavar="MIB",
               help="Upper bound of per-document state (permutation test, Pearson).")
+@click.option("--model", "model_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Model directory: JSD routing/functional specialisation over spherical k-means clusters of "
+                   "its unembedding (paper 002; reads only that tensor from safetensors).")
+@click.option("--clusters", default=100, show_default=True, type=click.IntRange(2, 100_000),
+              help="k of the unembedding k-means (paper 002: 10 to 5000).")
+@click.option("--jsd-draws", default=10, show_default=True, type=click.IntRange(1),
+              help="Draws of the random-expert JSD baseline.")
 @click.option("--table-by", default="das", show_default=True, help="Metric ranking the --format table rows.")
 @click.option("--table-top", default=10, show_default=True, type=click.IntRange(1),
               help="Rows per domain of --format table.")
@@ -70,15 +78,24 @@ def command(traces, output, fmt, uncompressed, general, rc_against, metrics, doc
     Table 5 (score, explen, psn), REAP saliency, ESFT's token and gate scores,
     and per expert the domain skew of MONET (004 sec. 5.1) with a permutation
     p-value and Benjamini-Hochberg q-value, Pearson r with --target-field
-    (004 sec. 5.2) and RC with --rc-against (003 eq. 4-5). C-DAS@k and the
+    (004 sec. 5.2), RC with --rc-against (003 eq. 4-5), and with --model the
+    JSD routing/functional specialisation over k-means clusters of the
+    unembedding beside a random-expert baseline (002). C-DAS@k and the
     skew counts (with the count expected under shuffled domains) are in the end
     record. Memory does not grow with the number of tokens; per-document state
     (permutation test, Pearson) is bounded by --document-memory.
+
+    `moe-score join A B...` merges scores streams of one model (e.g. routing
+    and LLM-judged scores) record by (layer, expert), refusing disagreeing
+    values (formats/scores.md, Extending).
 
     Exit 2 for input that is not a trace, for a metric the traces cannot give
     (named, with how to produce it), and for traces of different models;
     exit 3 for a truncated trace.
     """
+    if traces and traces[0] == "join":
+        join(traces[1:], output, fmt, uncompressed)
+        return
     from ..score.run import resolve_general, score_traces
     from ..score.scorer import ScoreOptions
 
@@ -112,6 +129,23 @@ def command(traces, output, fmt, uncompressed, general, rc_against, metrics, doc
             line += (f" ({skew['expected_under_null_total']:.0f} expected with shuffled domains, "
                      f"{skew['significant_total']} at q < {skew['q_threshold']})")
     say(line)
+
+
+def join(paths, output, fmt, uncompressed) -> None:
+    """``moe-score join A B ...``: scores streams of one model merged by (layer, expert) (formats/scores.md)."""
+    from ..score.join import join_streams
+
+    if len(paths) < 2:
+        raise UsageError("join needs at least two scores streams")
+    if fmt == "table":
+        raise UsageError("join writes a scores stream: --format jsonl or msgpack")
+    readers = [read_input(path, kinds="scores") for path in paths]
+    model, extra, records, summary = join_streams(readers, [str(p) for p in paths])
+    with open_stream_writer(output, "scores", fmt, uncompressed, model=model, header_extra=extra) as writer:
+        for record in records:
+            writer.write(record)
+        writer.end_extra = {"summary": summary}
+    say(f"joined {len(paths)} scores streams: {sum(r['type'] == 'expert' for r in records)} experts")
 
 
 main = command.main

@@ -141,7 +141,11 @@ def load_domain(spec: str) -> Domain:
     if not path.is_file():
         raise UsageError(f"unknown domain {spec!r}: use {', '.join(BUILTIN_DOMAINS)} or a file "
                          "(.json with name/focus/important/examples, or plain text)")
-    content = path.read_text(encoding="utf-8")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageError(f"domain file {spec} is not UTF-8 text (byte {error.start}); give a .json or text file") \
+            from None
     if path.suffix != ".json":
         if not content.strip():
             raise UsageError(f"domain file {spec} is empty")

@@ -120,14 +120,16 @@ def make_explainer(name: str, options: Mapping[str, Any] | None = None, *, setti
 def backend_table() -> list[dict]:
     """One row per ``--backend`` name: name, kind, package, summary, options ``[(flag, default, help)]``."""
     rows = []
-    for name, package in llm_registry.available().items():
-        cls = llm_registry.client_class(name)
-        rows.append({"name": name, "kind": "LLM", "package": package, "summary": cls.summary,
-                     "options": cls.options_class.describe()})
-    for name, package in explainer_names().items():
-        cls = explainer_class(name)
-        rows.append({"name": name, "kind": "method", "package": package, "summary": cls.summary,
-                     "options": cls.options_class.describe()})
+    for kind, names, load in (("LLM", llm_registry.available(), llm_registry.client_class),
+                              ("method", explainer_names(), explainer_class)):
+        for name, package in names.items():
+            try:
+                cls = load(name)
+            except UsageError as error:  # a broken plugin is listed with its problem, not hidden
+                rows.append({"name": name, "kind": kind, "package": package, "summary": str(error), "options": []})
+                continue
+            rows.append({"name": name, "kind": kind, "package": package, "summary": cls.summary,
+                         "options": cls.options_class.describe()})
     return sorted(rows, key=lambda row: row["name"])
 
 

@@ -83,10 +83,6 @@ class SelfExplainer(Explainer):
 
     async def start(self) -> None:
         if self._lm is None:
-            try:  # registers MONET with transformers' Auto classes where that module exists
-                import moetools.models.monet  # noqa: F401
-            except ImportError:
-                pass
             self._lm, self._tokenizer = await asyncio.to_thread(load_causal_lm, self.model, self.device)
 
     def activating_token_ids(self, job: ExplainJob) -> list[int]:

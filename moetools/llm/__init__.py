@@ -28,8 +28,17 @@ succeed: stop. Options by mapping go through ``options_class.from_settings`` (ty
 defaults, checks); :func:`backend_table` describes every backend and its options.
 """
 
-from .base import (Accounting, BackendError, Completion, CompletionClient, FatalBackendError, GenerationOptions,
-                   Options, Usage, option)
+from .base import (
+    Accounting,
+    BackendError,
+    Completion,
+    CompletionClient,
+    FatalBackendError,
+    GenerationOptions,
+    Options,
+    Usage,
+    option,
+)
 from .batch import Request, complete_all, complete_batch, complete_one
 from .cache import ResponseCache, default_cache_dir, through_cache
 from .registry import ENTRY_POINT_GROUP, available, client_class, make_client

@@ -17,13 +17,10 @@ without an end-of-sequence token, else ``"stop"``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
-import io
 import os
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import UsageError
 from .base import Completion, CompletionClient, GenerationOptions, Usage, option, require
@@ -40,30 +37,14 @@ def smollm2_gguf() -> Path | None:
 
 
 def load_causal_lm(model: str | os.PathLike, device: str = "cpu"):
-    """(model, tokenizer) from a directory or a ``.gguf`` file; transformers' Auto classes, no remote code."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()  # moe-explain reports on stderr itself; no tqdm bars
+    """(model, tokenizer) from a directory or a ``.gguf`` file: :func:`moetools.models.load_model`, set up to generate."""
+    from ..models.loader import load_model
 
     path = Path(model)
-    if not path.exists():
-        raise UsageError(f"no model at {model}")
-    kwargs = {}
-    directory = path
-    if path.is_file():
-        if path.suffix != ".gguf":
-            raise UsageError(f"{model}: give a model directory or a .gguf file")
-        directory, kwargs = path.parent, {"gguf_file": path.name}
-    # transformers' GGUF conversion draws a raw tqdm bar on stderr; keep it off the tool's stderr
-    quiet = contextlib.redirect_stderr(io.StringIO()) if kwargs else contextlib.nullcontext()
-    try:
-        with quiet:
-            tokenizer = AutoTokenizer.from_pretrained(directory, **kwargs)
-            lm = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
-    except (OSError, ValueError) as error:
-        raise UsageError(f"cannot load a causal LM from {model}: {error}") from None
-    lm.to(device).eval()
+    if path.is_file() and path.suffix != ".gguf":
+        raise UsageError(f"{model}: give a model directory or a .gguf file")
+    loaded = load_model(path, device=device, require_moe=False)  # ModelError (exit 2) naming what failed
+    lm, tokenizer = loaded.model, loaded.tokenizer
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -82,7 +63,6 @@ def whitespace_token_ids(tokenizer) -> list[int]:
         if text and not text.strip():
             banned.add(index)
     return sorted(banned)
-
 
 
 @dataclass

@@ -200,6 +200,12 @@ class OpenAIClient(CompletionClient):
         self._model = options.model or (DEFAULT_MODEL if self.api_base == DEFAULT_API_BASE else None)
         self._clients: list[httpx.AsyncClient] = []
         self._slots: AdaptiveLimit | None = None
+        self._tls = None  # one TLS context for every pool (loading the CA bundle costs ~80 ms each time)
+
+    def _tls_context(self):
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()
+        return self._tls
 
     @property
     def model(self) -> str | None:
@@ -222,6 +228,7 @@ class OpenAIClient(CompletionClient):
         """Reach the server (exit 1 when it cannot be reached) and find the model when none was given (exit 2)."""
         try:
             response = httpx.get(f"{self.api_base}/models", headers=self._headers, follow_redirects=False,
+                                 verify=self._tls_context(),
                                  timeout=httpx.Timeout(min(self.options.timeout, 30.0),
                                                        connect=self.options.connect_timeout))
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as error:
@@ -257,13 +264,15 @@ class OpenAIClient(CompletionClient):
         return None
 
     async def start(self) -> None:
+        if self._model is None:  # prepare() was not called: it finds the model (or says --model is needed)
+            await asyncio.to_thread(self.prepare)
         # several small connection pools rather than one big one: httpcore's pool scans all its
         # connections for every request it places, which costs more than the requests themselves at 32+
         concurrency = self.options.concurrency
         sizes = [CONNECTIONS_PER_CLIENT] * (concurrency // CONNECTIONS_PER_CLIENT)
         if concurrency % CONNECTIONS_PER_CLIENT:
             sizes.append(concurrency % CONNECTIONS_PER_CLIENT)
-        self._clients = [httpx.AsyncClient(timeout=self._timeout(), headers=self._headers,
+        self._clients = [httpx.AsyncClient(timeout=self._timeout(), headers=self._headers, verify=self._tls_context(),
                                            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
                                            follow_redirects=False) for size in sizes]
         self._client_load = [0] * len(sizes)

@@ -167,7 +167,9 @@ def mask_directory(source, experts_path, out, *, force: bool = False, dtype: str
             prune(model, adapter, plan)
         elif plan.mode == "bias":
             set_bias(adapter, plan)
-        model.save_pretrained(temporary)
+        # remote mode: the tensors as the modules hold them (fused experts), because transformers applies no
+        # checkpoint conversion to custom-code classes; standard modes: the family's usual on-disk layout
+        model.save_pretrained(temporary, save_original_format=plan.mode != "remote")
         config = json.loads((temporary / "config.json").read_text(encoding="utf-8"))
         if plan.mode == "remote":
             config.update(remote.write_code(temporary, plan.model_type))

@@ -43,6 +43,7 @@ class MoetoolsMaskedForCausalLM(BaseForCausalLM):
     config_class = MoetoolsMaskedConfig
 
     def __init__(self, config):
+        config.model_type = "{family}"  # as the family's own models say (config.json keeps the masked type)
         super().__init__(config)
         record = config.moe_mask  # {{"layers": {{"<layer>": {{"masked": [ids], ...}}}}, ...}}
         attach(self, {{int(k): v["masked"] for k, v in record["layers"].items()}}, model_type="{family}")
@@ -78,3 +79,18 @@ def write_code(directory: Path, family: str) -> dict:
             "architectures": ["MoetoolsMaskedForCausalLM"],
             "auto_map": {"AutoConfig": f"{CONFIG_FILE}.MoetoolsMaskedConfig",
                          "AutoModelForCausalLM": f"{MODELING_FILE}.MoetoolsMaskedForCausalLM"}}
+
+
+def is_own_code(directory: Path, family: str) -> bool:
+    """True when the directory's custom code is byte for byte what :func:`write_code` writes today
+    (so moetools may load it with ``trust_remote_code=True`` without trusting anything else)."""
+    import tempfile
+
+    directory = Path(directory)
+    with tempfile.TemporaryDirectory() as scratch:
+        write_code(Path(scratch), family)
+        for path in Path(scratch).iterdir():
+            mine = directory / path.name
+            if not mine.is_file() or mine.read_bytes() != path.read_bytes():
+                return False
+    return True

@@ -34,7 +34,8 @@ def header_extra(scorer: RoutingScorer, computed: dict) -> dict:
         "target_field": opts.target_field,
         "metrics": {name: {"scope": METRICS[name][0], "definition": METRICS[name][1]} for name in present},
         "options": {"permutations": opts.permutations, "seed": opts.seed, "min_ratio": opts.min_ratio,
-                    "cdas_k": list(opts.cdas_k), "default_domain": opts.default_domain},
+                    "cdas_k": list(opts.cdas_k), "default_domain": opts.default_domain,
+                    "clusters": opts.clusters if opts.model_dir else None, "jsd_draws": opts.jsd_draws},
         "inputs": scorer.inputs,
     }
 
@@ -69,8 +70,10 @@ def expert_records(computed: dict, layers: list[int], min_ratio: float):
                 record["skew"] = skew
             if "pearson" in computed:
                 record["pearson"] = _num(computed["pearson"][li, expert])
-            if "rc_shift" in computed:
-                record["rc_shift"] = _num(computed["rc_shift"][li, expert])
+            for name in ("rc_shift", "jsd_routing", "jsd_routing_random", "jsd_functional",
+                         "jsd_functional_random"):
+                if name in computed:
+                    record[name] = _num(computed[name][li, expert])
             yield record
 
 
@@ -113,6 +116,14 @@ def end_summary(scorer: RoutingScorer, computed: dict, q_threshold: float = 0.05
                               "without_value": scorer.documents.without_target}
     if "rc" in computed:
         summary["rc"] = _num(computed["rc"])
+    if scorer.clusters is not None:
+        jsd = {"clusters": scorer.clusters.k, "draws": scorer.options.jsd_draws,
+               "unknown_tokens": scorer.clusters.unknown_tokens}
+        for name in ("jsd_routing", "jsd_routing_random", "jsd_functional", "jsd_functional_random"):
+            if name in computed:
+                jsd[name] = {str(layer): _num(np.nanmean(computed[name][i])) if np.isfinite(computed[name][i]).any()
+                             else None for i, layer in enumerate(layers)}
+        summary["jsd"] = jsd
     if scorer.options.notes:
         summary["notes"] = list(scorer.options.notes)
     return summary

@@ -65,7 +65,9 @@ def _distinct_orderings(labels):
 def _ratios(label_batch: np.ndarray, mass: np.ndarray, tokens: np.ndarray, domains: int) -> np.ndarray:
     """Skew ratio for each labelling in ``label_batch`` (B, N) -> (B, L·E)."""
     onehot = (label_batch[:, None, :] == np.arange(domains)[None, :, None]).astype(np.float64)  # (B, D, N)
-    summed = onehot @ mass                                  # (B, D, L·E)
+    batch = label_batch.shape[0]
+    # one GEMM (B·D, N) @ (N, L·E): a batched 3-D matmul would run B small products
+    summed = (onehot.reshape(batch * domains, -1) @ mass).reshape(batch, domains, -1)   # (B, D, L·E)
     counts = onehot @ tokens                                # (B, D)
     with np.errstate(divide="ignore", invalid="ignore"):
         means = summed / counts[:, :, None]
@@ -100,7 +102,8 @@ def skew_permutation_test(mass, tokens, labels, *, permutations: int = 1000, see
         rng = np.random.default_rng(seed)
         batches_source = (rng.permutation(labels) for _ in range(permutations))
         total = permutations
-    chunk = max(1, min(256, int(64e6 // max(1, domains * flat.shape[1] * 8 + n_docs * domains * 8))))
+    # shuffles per batch: the (B, D, N) one-hot and (B, D, L·E) sums stay within ~16 MB
+    chunk = max(1, min(256, int(16e6 // max(1, domains * flat.shape[1] * 8 + n_docs * domains * 8))))
     at_least = np.zeros(flat.shape[1])
     passing = np.zeros(n_layers)
     done = 0

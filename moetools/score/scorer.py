@@ -34,6 +34,10 @@ METRICS = {
     "skew": ("expert", "004 sec. 5.1: best domain's mean router probability / runner-up's, p and q by permutation"),
     "pearson": ("expert", "004 sec. 5.2: Pearson r across documents, mean router probability vs a numeric field"),
     "rc_shift": ("expert", "003 eq. 4: squared change of the mean router probability between two traces"),
+    "jsd_routing": ("expert", "002: JSD (bits) of the unembedding-cluster distribution of routed tokens vs the layer's"),
+    "jsd_routing_random": ("expert", "002: the same for a random expert with as many tokens (mean of draws)"),
+    "jsd_functional": ("expert", "002: JSD (bits) of the clusters of the expert's logit-lens tokens vs the layer's"),
+    "jsd_functional_random": ("expert", "002: the same for a random expert with as many logit-lens tokens"),
 }
 ALWAYS = ("af", "prob", "score", "explen", "psn", "reap", "esft_token", "esft_gate", "routed")
 GENERAL_TRACE = "(general)"
@@ -51,6 +55,9 @@ class ScoreOptions:
     cdas_k: tuple[int, ...] = (6,)
     metrics: tuple[str, ...] | None = None  # None: every metric the input supports
     document_memory: int = 1024 << 20       # bytes of per-document state at most
+    model_dir: str | None = None            # JSD (002): read the unembedding from here
+    clusters: int = 100                     # k of the spherical k-means
+    jsd_draws: int = 10                     # random-expert baseline draws
     notes: list[str] = field(default_factory=list)
 
     def check(self) -> None:
@@ -99,6 +106,7 @@ class RoutingScorer:
         self.general: DomainSums | None = None
         self.documents: DocumentTable | None = None
         self.rc_before: np.ndarray | None = None
+        self.clusters = None                # ClusterCounts when --model is given (JSD, paper 002)
         self.inputs: list[dict] = []
         self.sequences = 0
 
@@ -112,6 +120,28 @@ class RoutingScorer:
         if needs_docs:
             self.documents = DocumentTable(len(layers), experts, self.options.document_memory,
                                            self.options.target_field)
+        self._start_clusters(header, len(layers), experts)
+
+    def _start_clusters(self, header: dict, layers: int, experts: int) -> None:
+        want = self.options.metrics or ()
+        asked = [m for m in want if m.startswith("jsd_")]
+        if self.options.model_dir is None:
+            if asked:
+                raise UsageError(f"cannot compute {asked[0]}: needs the model's unembedding: give --model DIR")
+            return
+        functional = bool(header.get("logit_lens"))
+        if not functional and any(m.startswith("jsd_functional") for m in asked):
+            raise UsageError("cannot compute jsd_functional: the trace has no logit-lens tokens; trace with "
+                             "moe-trace --logit-lens J")
+        if not functional:
+            self.options.notes.append("jsd_functional not computed: the trace has no logit-lens tokens "
+                                      "(moe-trace --logit-lens J)")
+        from .jsd import ClusterCounts, load_unembedding, spherical_kmeans
+
+        labels = spherical_kmeans(load_unembedding(self.options.model_dir), self.options.clusters,
+                                  seed=self.options.seed)
+        self.clusters = ClusterCounts(labels, layers, experts, functional=functional,
+                                      max_bytes=self.options.document_memory)
 
     def add_trace(self, reader, name: str = "-", on_record=None) -> None:
         """Add every sequence of a trace (a StreamReader of kind trace)."""
@@ -131,6 +161,8 @@ class RoutingScorer:
 
     def _add(self, record, default, on_record) -> None:
         sums = self.sums
+        if self.clusters is not None:
+            self.clusters.add(record, sums.num_experts)
         domain = sums.domain_of(record)
         if domain is None and default is not None:
             domain = default
@@ -217,6 +249,12 @@ class RoutingScorer:
                          "needs the other checkpoint's trace of the same corpus (--rc-against TRACE)", quiet=True):
             pooled = M.mean_routing_score(arrays["prob"].sum(axis=0), tokens.sum())
             out["rc_shift"], out["rc"] = M.routing_consistency(self.rc_before, pooled)
+        if self.clusters is not None:
+            for kind in ("routing", "functional"):
+                if kind == "functional" and self.clusters.functional is None:
+                    continue
+                observed, baseline = self.clusters.jsd(kind, draws=opts.jsd_draws, seed=opts.seed)
+                out[f"jsd_{kind}"], out[f"jsd_{kind}_random"] = observed, baseline
         return out
 
     def _general(self, out, arrays, tokens) -> None:

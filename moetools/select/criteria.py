@@ -182,8 +182,8 @@ def select(table: ScoreTable, criterion: Criterion, num_experts: int | None) -> 
     by_layer: dict[int, list[tuple[int, float]]] = {layer: [] for layer in sorted(table.layers)}
     for (layer, expert), value in values.items():
         by_layer.setdefault(layer, []).append((expert, value))
-    for layer in by_layer:
-        by_layer[layer].sort(key=lambda item: (-item[1], item[0]))   # best first, ties by id
+    for items in by_layer.values():
+        items.sort(key=lambda item: (-item[1], item[0]))   # best first, ties by id
     chosen: dict[int, list[int]] = {}
     if crit.top_total is not None:
         ranked = sorted(((v, layer, e) for layer, items in by_layer.items() for e, v in items),

@@ -11,6 +11,9 @@
     with open_stream_writer("out.msgpack.zst", "samples", tool=tool, model=model) as writer:
         writer.write({"type": "expert", ...})                  # end record + rename on success
 
+    with create_directory("out/checkpoint") as partial:       # a directory: NAME.partial/, then swapped in
+        save_file(tensors, str(partial / "model.safetensors"))
+
 An output is written to ``NAME.partial`` beside its target, fsync'd and renamed over
 the target only when the block ends without an exception; on an exception the
 temporary file is removed, or kept (``keep_partial=True``) for tools that resume from

@@ -109,7 +109,8 @@ def run_trace(model_path, corpus, *, output, fmt="msgpack", uncompressed=False, 
         summary.skip(line, reason)
         warn(f"{corpus_name}:{line}: skipped: {reason}")
 
-    documents = read_documents(source, name=corpus_name, text_field=text_field, id_field=id_field, on_skip=on_skip)
+    documents = read_documents(source, name=corpus_name, text_field=text_field, id_field=id_field,
+                               bad_lines="skip", on_skip=on_skip)  # skipped lines: counted in the end record
     first = next(documents, None)
     if first is None:  # before any output exists
         raise UsageError(f"{corpus_name}: no usable documents in the corpus"

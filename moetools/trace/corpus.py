@@ -62,6 +62,22 @@ def windows_of(document: Document, token_ids, max_length: int) -> Iterator[Windo
         yield Window(document.doc_id, number, start, document.meta, token_ids[start:start + max_length])
 
 
+def windows_of_pieces(document: Document, pieces: Iterable[np.ndarray], max_length: int) -> Iterator[Window]:
+    """:func:`windows_of` for a document whose token ids arrive in pieces (a long document tokenised by
+    :func:`moetools.corpus.tokenize.token_pieces`): the same windows, each yielded once its tokens are
+    in, so memory holds one piece and one window, not the document's ids."""
+    pending = np.empty(0, dtype=np.int32)
+    number = offset = 0
+    for piece in pieces:
+        pending = np.concatenate([pending, np.asarray(piece, dtype=np.int32)])
+        while len(pending) >= max_length:
+            yield Window(document.doc_id, number, offset, document.meta, pending[:max_length].copy())
+            pending = pending[max_length:]
+            number, offset = number + 1, offset + max_length
+    if len(pending):
+        yield Window(document.doc_id, number, offset, document.meta, pending.copy())
+
+
 def batches(windows: Iterable[Window], *, batch_tokens: int | None, batch_size: int | None,
             sort_buffer: int) -> Iterator[list[Window]]:
     """Batches of windows, sorted by length inside each buffer of ``sort_buffer`` windows.
@@ -93,4 +109,5 @@ def batches(windows: Iterable[Window], *, batch_tokens: int | None, batch_size: 
         yield from flush(buffer)
 
 
-__all__ = ["Document", "Window", "batches", "in_shard", "parse_shard", "read_documents", "windows_of"]
+__all__ = ["Document", "Window", "batches", "in_shard", "parse_shard", "read_documents", "windows_of",
+           "windows_of_pieces"]

@@ -22,10 +22,8 @@ import torch
 
 from ..errors import FormatError, TruncatedStreamError, UsageError
 from ..models.identity import model_identity
-from ..models.loader import (
-    load_model,  # the one loader (moetools.models); re-exported for callers of this module
-)
-from .corpus import batches, in_shard, windows_of
+from ..corpus.tokenize import token_pieces
+from .corpus import batches, in_shard, windows_of_pieces
 from .records import PieceTable, batch_records
 
 MAX_SKIPPED_REPORTED = 100
@@ -76,12 +74,16 @@ def iter_windows(documents, tokenizer, options: TraceOptions, summary: TraceSumm
         summary.documents += 1
         if not in_shard(document, options.shard, options.shard_by):
             continue
-        token_ids = tokenizer(document.text, add_special_tokens=True)["input_ids"]
-        if not token_ids:
+        # tokenised in pieces when long (moetools.corpus.tokenize): memory bounded by a piece and a
+        # window, not by the document (a 50 MB line took 7.9 GB whole; bench/bench_long_document.py)
+        windows = windows_of_pieces(document, token_pieces(document.text, tokenizer), options.max_length)
+        first = next(windows, None)
+        if first is None:
             summary.skip(document.line, "no tokens")
             continue
         summary.documents_traced += 1
-        yield from windows_of(document, token_ids, options.max_length)
+        yield first
+        yield from windows
 
 
 def default_batch_tokens(model) -> int:
@@ -298,7 +300,6 @@ __all__ = [
     "complete_records",
     "default_batch_tokens",
     "header_extra",
-    "load_model",
     "model_identity",
     "reduced_precision_padding",
     "resume_source",

@@ -185,9 +185,8 @@ class _Data:
     eval_blocks: dict  # domain -> (blocks, seq_len) int64
 
 
-def _load_data(options: TrainOptions, out: Path, dist: _Distributed) -> _Data:
-    """Corpus -> train/eval documents -> tokenizer (trained or given, saved in ``out``) -> packed blocks."""
-    documents = data_lib.read_training_documents(options.data, options.text_field)
+def _load_data(options: TrainOptions, documents: list, out: Path, dist: _Distributed) -> _Data:
+    """Documents -> train/eval split -> tokenizer (trained or given, saved in ``out``) -> packed blocks."""
     train_docs, eval_docs = data_lib.split_documents(documents, options.eval_fraction)
     tokenizer = _prepare_tokenizer(options, out, train_docs, dist)
     train_blocks = data_lib.pack(train_docs, tokenizer, options.seq_len)
@@ -378,9 +377,11 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
     """
     _check_options(options)
     dist = _Distributed()
+    # the corpus is read before the output directory exists: bad input leaves no empty directory behind
+    documents = data_lib.read_training_documents(options.data, options.text_field)
     out = _prepare_output(options, dist)
     torch.manual_seed(options.seed)
-    data = _load_data(options, out, dist)
+    data = _load_data(options, documents, out, dist)
     run = _Run(options, dist, out, data, on_log)
 
     started = time.monotonic() - run.state["elapsed_s"]

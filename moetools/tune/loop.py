@@ -222,8 +222,10 @@ class Tuner:
             from torch.nn.parallel import DistributedDataParallel
 
             device = self.dist.device
+            # whole-parameter stages may hold parameters without a gradient (a router bias used only
+            # to choose, e.g. ERNIE's moe_statics); slices and LoRA are always in the graph
             self.wrapped = DistributedDataParallel(self.module, device_ids=[device] if device.type == "cuda" else None,
-                                                   find_unused_parameters=True)
+                                                   find_unused_parameters=kind in ("full", "attention-router"))
         self.stage_index = index
 
     # -- DAS (das-two-stage) -------------------------------------------------------------------------

@@ -1,0 +1,131 @@
+"""SIGINT-then-resume, many times: every interrupted moe-trace resumes to the uninterrupted records.
+
+Builds the tests' tiny OLMoE, traces a corpus once without interruption (the reference), then
+``--runs`` times: starts ``moe-trace -o OUT``, waits until ``OUT.partial`` exists (model loaded,
+output open), sends SIGINT after a random delay drawn over the reference's tracing time, and runs
+``moe-trace --resume -o OUT``. Counted: exit statuses of the interrupted runs (130; 0 when the run
+finished before the signal), how many records each resume kept, and whether the resumed output's
+records equal the reference bit for bit. Results: bench/results/interrupts.json.
+
+    .venv/bin/python bench/bench_interrupts.py              # 50 interrupts (~15 min on 2 busy cores)
+    .venv/bin/python bench/bench_interrupts.py --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+WORDS = ["the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "code", "law", "math", "cell", "expert"]
+FLAGS = ["--max-length", "16", "--batch-size", "2"]
+
+
+def moe_trace(*args) -> list[str]:
+    return [sys.executable, "-c", "from moetools.cli.trace import main; main()", *[str(a) for a in args]]
+
+
+def canonical_records(path: Path) -> list[str]:
+    from moetools.streams import StreamReader
+
+    with open(path, "rb") as handle:
+        return [json.dumps({name: (value.dtype.str, value.shape, value.tobytes().hex())
+                            if isinstance(value, np.ndarray) else value for name, value in record.items()},
+                           sort_keys=True, default=str) for record in StreamReader(handle)]
+
+
+def write_corpus(path: Path, documents: int) -> None:
+    rng = np.random.default_rng(0)
+    with open(path, "w") as handle:
+        for number in range(documents):
+            words = rng.choice(WORDS, size=int(rng.integers(10, 120)))
+            handle.write(json.dumps({"id": f"doc{number}", "text": " ".join(words)}) + "\n")
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> float:
+    start = time.monotonic()
+    while not path.exists() and process.poll() is None and time.monotonic() - start < timeout:
+        time.sleep(0.01)
+    return time.monotonic()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--documents", type=int, default=1500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "interrupts.json"))
+    args = parser.parse_args()
+    from tiny_models import save_tiny_olmoe
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
+    rng = random.Random(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        save_tiny_olmoe(work / "model", WORDS)
+        corpus = work / "corpus.jsonl"
+        write_corpus(corpus, args.documents)
+        reference_path = work / "reference.msgpack.zst"
+        process = subprocess.Popen(moe_trace(work / "model", corpus, *FLAGS, "-q", "-o", reference_path), env=env)
+        opened = wait_for(reference_path.with_name(reference_path.name + ".partial"), process)
+        assert process.wait() == 0
+        trace_seconds = time.monotonic() - opened
+        reference = canonical_records(reference_path)
+        runs = []
+        for run in range(args.runs):
+            output = work / f"run{run}.msgpack.zst"
+            partial = output.with_name(output.name + ".partial")
+            process = subprocess.Popen(moe_trace(work / "model", corpus, *FLAGS, "-q", "-o", output), env=env,
+                                       stderr=subprocess.DEVNULL)
+            wait_for(partial, process)
+            delay = rng.uniform(0.0, trace_seconds)
+            time.sleep(delay)
+            process.send_signal(signal.SIGINT)
+            status = process.wait()
+            partial_bytes = partial.stat().st_size if partial.exists() else None
+            resumed = subprocess.run(moe_trace(work / "model", corpus, *FLAGS, "--resume", "-o", output), env=env,
+                                     capture_output=True, text=True)
+            kept = re.search(r"resuming after (\d+) complete records", resumed.stderr)
+            identical = resumed.returncode == 0 and canonical_records(output) == reference
+            runs.append({"delay_s": round(delay, 3), "interrupted_exit": status, "partial_bytes": partial_bytes,
+                         "resume_exit": resumed.returncode, "kept_records": int(kept.group(1)) if kept else 0,
+                         "identical": identical,
+                         "resume_stderr": None if identical else resumed.stderr.strip()[-300:]})
+            print(json.dumps(runs[-1]), flush=True)
+    interrupted = [r for r in runs if r["interrupted_exit"] == 130]
+    result = {
+        "what": "moe-trace -o OUT interrupted by SIGINT after a random delay, then moe-trace --resume -o OUT; "
+                "the resumed records compared with an uninterrupted run's, bit for bit",
+        "model": "tests/tiny_models.save_tiny_olmoe (2 layers, 8 experts, top-2, d=32), --max-length 16 "
+                 "--batch-size 2",
+        "documents": args.documents, "records": len(reference), "reference_trace_seconds": round(trace_seconds, 2),
+        "runs": len(runs), "interrupted_130": len(interrupted),
+        "finished_before_the_signal": sum(1 for r in runs if r["interrupted_exit"] == 0),
+        "resumed_ok": sum(1 for r in runs if r["resume_exit"] == 0),
+        "resumed_bit_identical": sum(1 for r in runs if r["identical"]),
+        "interrupted_and_resumed_bit_identical": sum(1 for r in interrupted if r["identical"]),
+        "kept_records": {"min": min(r["kept_records"] for r in runs), "max": max(r["kept_records"] for r in runs)},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "per_run": runs,
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "per_run"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

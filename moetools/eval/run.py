@@ -1,0 +1,73 @@
+"""moe-eval over several models: records of formats/eval.md, deltas against the first model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+
+def load_for_eval(path, *, dtype: str = "auto", device: str = "cpu"):
+    """load_model for a base, dense or masked directory. A ``remote``-mode masked directory is loaded with
+    trust_remote_code only when its custom code is exactly moe-mask's own (ModelError otherwise)."""
+    from ..errors import ModelError
+    from ..mask.directory import read_mask_record
+    from ..mask.remote import is_own_code
+    from ..models import load_model
+
+    record = read_mask_record(path) or {}
+    trust = record.get("mode") == "remote"
+    if trust and not is_own_code(path, record.get("family", "")):
+        raise ModelError(f"{path}: its custom code is not moe-mask's own; load it yourself with "
+                         "trust_remote_code=True if you trust it")
+    return load_model(path, dtype=dtype, device=device, require_moe=False, trust_remote_code=trust)
+
+
+def identity_of(loaded) -> dict:
+    from ..models import model_identity
+    from ..models.identity import fingerprint
+
+    if loaded.adapter is not None:
+        return model_identity(loaded.model, loaded.adapter, path=loaded.path)
+    config = loaded.model.config
+    return {"name": str(loaded.path).rstrip("/").split("/")[-1], "path": str(loaded.path),
+            "model_type": config.model_type, "fingerprint": fingerprint(config, loaded.path)}
+
+
+def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domain", text_field: str = "text",
+             max_length: int = 512, batch_tokens: int = 4096, dtype: str = "auto", device: str = "cpu",
+             on_batch: Callable[[int], None] | None = None, on_model: Callable[[str], None] | None = None
+             ) -> Iterator[dict]:
+    """Yield ``model`` records then ``domain`` / ``choice`` records (formats/eval.md) for each model in turn."""
+    from ..corpus.documents import read_corpus
+    from ..mask.directory import read_mask_record
+    from .choices import choice_accuracy, read_choice_items
+    from .loss import domain_loss
+
+    items = read_choice_items(choices) if choices else None
+    first_domains: dict = {}
+    first_choice: dict = {}
+    for position, path in enumerate(paths):
+        if on_model:
+            on_model(str(path))
+        loaded = load_for_eval(path, dtype=dtype, device=device)
+        mask = read_mask_record(path)
+        yield {"type": "model", "model": position, "identity": identity_of(loaded),
+               "masked": None if mask is None else {"mode": mask.get("mode"), "base": mask.get("base"),
+                                                    "experts": mask.get("experts")}}
+        if data is not None:
+            documents = read_corpus(data, text_field=text_field)
+            results = domain_loss(loaded.model, loaded.tokenizer, documents, domain_field=domain_field,
+                                  max_length=max_length, batch_tokens=batch_tokens, on_batch=on_batch)
+            for domain, values in results.items():
+                base = first_domains.setdefault(domain, values) if position == 0 else first_domains.get(domain)
+                delta = None
+                if position and base and base["loss"] is not None and values["loss"] is not None:
+                    delta = values["loss"] - base["loss"]
+                yield {"type": "domain", "model": position, "domain": domain, **values, "delta_loss": delta}
+        if items is not None:
+            values = choice_accuracy(loaded.model, loaded.tokenizer, items)
+            if position == 0:
+                first_choice = values
+            deltas = {f"delta_{k}": (values[k] - first_choice[k]) if position and values[k] is not None else None
+                      for k in ("acc", "acc_norm")}
+            yield {"type": "choice", "model": position, "task": str(choices), **values, **deltas}
+        del loaded

@@ -1,0 +1,64 @@
+"""The ``eval`` stream (formats/eval.md): what moe-eval measured, per model, domain and task."""
+
+from __future__ import annotations
+
+from ..schema import (Schema, field_int, field_list, field_map, field_number, field_str, need, register_schema,
+                      where)
+
+
+def _models_in(header: dict) -> int | None:
+    models = header.get("models")
+    return len(models) if isinstance(models, list) else None
+
+
+@register_schema
+class EvalSchema(Schema):
+    kind = "eval"
+    record_types = ("model", "domain", "choice")
+
+    def check_header(self, header: dict) -> None:
+        place = "eval header"
+        models = field_list(header, "models", place)
+        need(bool(models) and all(isinstance(m, str) for m in models), place,
+             "'models' must be a non-empty list of model directory names")
+        field_str(header, "data", place, optional=True, nullable=True)
+        field_str(header, "choices", place, optional=True, nullable=True)
+        field_str(header, "domain_field", place, optional=True)
+        field_int(header, "max_length", place, minimum=2, optional=True)
+
+    def _model_index(self, record, header, place):
+        count = _models_in(header)
+        return field_int(record, "model", place, minimum=0, maximum=None if count is None else count - 1)
+
+    def check_model(self, record, header, number=None):
+        place = where("eval", number, "model")
+        self._model_index(record, header, place)
+        identity = field_map(record, "identity", place)
+        field_str(identity, "fingerprint", place + " identity")
+        field_map(record, "masked", place, optional=True, nullable=True)
+
+    def check_domain(self, record, header, number=None):
+        place = where("eval", number, "domain")
+        position = self._model_index(record, header, place)
+        field_str(record, "domain", place)
+        field_int(record, "documents", place)
+        tokens = field_int(record, "tokens", place)
+        loss = field_number(record, "loss", place, nullable=True)
+        ppl = field_number(record, "perplexity", place, nullable=True)
+        need((loss is None) == (tokens == 0), place, "'loss' is null exactly when 'tokens' is 0")
+        need((loss is None) == (ppl is None), place, "'perplexity' is null exactly when 'loss' is")
+        need(loss is None or loss >= 0, place, f"'loss' must be >= 0 (nats per token), got {loss!r}")
+        delta = field_number(record, "delta_loss", place, optional=True, nullable=True)
+        need(not (position == 0 and delta is not None), place, "the first model has no 'delta_loss' (null)")
+
+    def check_choice(self, record, header, number=None):
+        place = where("eval", number, "choice")
+        position = self._model_index(record, header, place)
+        field_str(record, "task", place)
+        items = field_int(record, "items", place)
+        for name in ("acc", "acc_norm"):
+            value = field_number(record, name, place, nullable=True)
+            need(value is None or 0 <= value <= 1, place, f"'{name}' must be in [0, 1], got {value!r}")
+            need((value is None) == (items == 0), place, f"'{name}' is null exactly when 'items' is 0")
+            delta = field_number(record, f"delta_{name}", place, optional=True, nullable=True)
+            need(not (position == 0 and delta is not None), place, f"the first model has no 'delta_{name}'")

@@ -1,0 +1,132 @@
+"""moe-eval: per-domain loss and multiple-choice accuracy on tiny real models, checked against a direct
+computation; the eval stream's schema on hand-written valid and invalid examples."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from click.testing import CliRunner
+from tiny_models import save_tiny_olmoe
+
+from moetools.cli.eval import command
+from moetools.errors import FormatError
+from moetools.streams import StreamReader
+
+WORDS = [f"w{i}" for i in range(40)]
+EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples" / "eval"
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    save_tiny_olmoe(root / "base", WORDS, seed=0)
+    save_tiny_olmoe(root / "other", WORDS, seed=1)
+    rng = torch.Generator().manual_seed(0)
+    docs = []
+    for n in range(9):
+        length = int(torch.randint(3, 30, (1,), generator=rng))
+        words = [WORDS[int(i)] for i in torch.randint(0, 40, (length,), generator=rng)]
+        docs.append({"id": f"d{n}", "text": " ".join(words), "domain": ["code", "legal", "medical"][n % 3]})
+    corpus = write_jsonl(root / "corpus.jsonl", docs)
+    items = [{"question": "w1 w2 w3", "choices": ["w4", "w5 w6", "w7"], "answer": 1},
+             {"question": "w8 w9", "choices": ["w10", "w11"], "answer": 0},
+             {"question": "w12", "choices": ["w13 w14 w15", "w16", "w17 w18"], "answer": 2}]
+    choices = write_jsonl(root / "items.jsonl", items)
+    return root, docs, items, corpus, choices
+
+
+def direct_domain_loss(path, docs, max_length):
+    model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    sums = {}
+    for doc in docs:
+        ids = tokenizer(doc["text"])["input_ids"]
+        for start in range(0, len(ids), max_length):
+            window = torch.tensor([ids[start:start + max_length]])
+            if window.shape[1] < 2:
+                continue
+            with torch.no_grad():
+                loss = model(window, labels=window).loss  # mean over window.shape[1] - 1 tokens
+            entry = sums.setdefault(doc["domain"], [0.0, 0])
+            entry[0] += float(loss) * (window.shape[1] - 1)
+            entry[1] += window.shape[1] - 1
+    return {d: (s / n, n) for d, (s, n) in sums.items()}
+
+
+def run_eval(args):
+    result = CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return list(StreamReader(__import__("io").BytesIO(result.stdout_bytes), validate=True))
+
+
+def test_domain_loss_equals_direct_computation_with_deltas(setup):
+    root, docs, _, corpus, _ = setup
+    records = run_eval([root / "base", root / "other", "--data", corpus, "--max-length", 8, "--batch-tokens", 40])
+    domains = [r for r in records if r["type"] == "domain"]
+    assert [r["type"] for r in records].count("model") == 2
+    for position, name in enumerate(("base", "other")):
+        expected = direct_domain_loss(root / name, docs, 8)
+        mine = {r["domain"]: r for r in domains if r["model"] == position}
+        assert set(mine) == {"code", "legal", "medical"}
+        for domain, (loss, tokens) in expected.items():
+            assert mine[domain]["tokens"] == tokens and mine[domain]["documents"] == 3
+            assert math.isclose(mine[domain]["loss"], loss, rel_tol=1e-5)
+            assert math.isclose(mine[domain]["perplexity"], math.exp(loss), rel_tol=1e-5)
+    first = {r["domain"]: r["loss"] for r in domains if r["model"] == 0}
+    for r in domains:
+        expected = None if r["model"] == 0 else r["loss"] - first[r["domain"]]
+        assert r["delta_loss"] == pytest.approx(expected)
+
+
+def test_choice_accuracy_equals_direct_loglikelihoods(setup):
+    root, _, items, _, choices = setup
+    records = run_eval([root / "base", "--choices", choices])
+    (choice,) = [r for r in records if r["type"] == "choice"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(root / "base").eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(root / "base")
+    hits = hits_norm = 0
+    for item in items:
+        context = tokenizer(item["question"], add_special_tokens=False)["input_ids"]
+        scores = []
+        for text in item["choices"]:
+            whole = tokenizer(item["question"] + " " + text, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(torch.tensor([whole])).logits[0], -1)
+            scores.append(sum(float(logprobs[t - 1, whole[t]]) for t in range(len(context), len(whole))))
+        hits += int(max(range(len(scores)), key=scores.__getitem__) == item["answer"])
+        normed = [s / len(c) for s, c in zip(scores, item["choices"])]
+        hits_norm += int(max(range(len(normed)), key=normed.__getitem__) == item["answer"])
+    assert choice["items"] == 3
+    assert choice["acc"] == pytest.approx(hits / 3) and choice["acc_norm"] == pytest.approx(hits_norm / 3)
+
+
+def test_usage_errors_exit_2(setup, tmp_path):
+    root, *_ = setup
+    runner = CliRunner()
+    assert runner.invoke(command, [str(root / "base")]).exit_code == 2  # neither --data nor --choices
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "w1", "choices": ["w2"], "answer": 0}\n')
+    result = runner.invoke(command, [str(root / "base"), "--choices", str(bad)])
+    assert result.exit_code == 2 and "choices" in result.output
+
+
+@pytest.mark.parametrize("path", sorted((EXAMPLES / "valid").glob("*.jsonl")), ids=lambda p: p.name)
+def test_valid_examples_pass(path):
+    with open(path, "rb") as handle:
+        assert list(StreamReader(handle, validate=True)) is not None
+
+
+@pytest.mark.parametrize("path", sorted((EXAMPLES / "invalid").glob("*.jsonl")), ids=lambda p: p.name)
+def test_invalid_examples_fail(path):
+    with open(path, "rb") as handle, pytest.raises(FormatError):
+        list(StreamReader(handle, validate=True))

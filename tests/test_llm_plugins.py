@@ -1,0 +1,136 @@
+"""LLM backends and explainer methods come from entry points: the built-ins and another package's alike."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from llm_stub import write_samples
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PLUGIN = '''
+from dataclasses import dataclass
+
+from moetools.llm import Completion, CompletionClient, GenerationOptions, Usage, option
+
+
+@dataclass
+class EchoOptions(GenerationOptions):
+    shout: bool = option(False, "answer in capitals")
+    word: str = option("echoes", "what every expert specializes in")
+
+
+class EchoClient(CompletionClient):
+    """Answers every prompt with its own word: a backend of another package."""
+
+    options_class = EchoOptions
+    summary = "answers every prompt with --word (a third-party test backend)"
+
+    async def complete(self, messages, *, temperature=None, max_tokens=None, answer_prefix=None):
+        self.accounting.requests += 1
+        word = self.options.word.upper() if self.options.shout else self.options.word
+        return Completion(text=f"This expert specializes in {word} and {len(messages)} messages.",
+                          finish_reason="stop", usage=Usage(7, 5))
+'''
+
+
+def make_plugin_package(root: Path) -> Path:
+    """A package installed the way pip lays one out: the module and a dist-info with entry_points.txt."""
+    site = root / "site"
+    (site / "echo_backend").mkdir(parents=True)
+    (site / "echo_backend" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
+    info = site / "echo_backend-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-backend\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[moetools.llm_backends]\necho = echo_backend:EchoClient\n")
+    (info / "RECORD").write_text("")
+    return site
+
+
+def moe_explain(*args, site: Path | None = None):
+    env = {**os.environ, "MOETOOLS_PYTHON": sys.executable}
+    if site is not None:
+        env["PYTHONPATH"] = str(site)
+    return subprocess.run([str(ROOT / "bin" / "moe-explain"), *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_a_third_party_backend_is_found_by_its_entry_point(tmp_path):
+    site = make_plugin_package(tmp_path)
+    listing = moe_explain("--list-backends", site=site)
+    assert listing.returncode == 0, listing.stderr
+    assert re.search(r"^echo \(LLM, package echo-backend\): answers every prompt", listing.stdout, re.MULTILINE)
+    assert "--shout" in listing.stdout and "[default: echoes]" in listing.stdout  # its own options, declared by it
+    assert "echo" not in moe_explain("--list-backends").stdout  # not installed: not there
+
+    write_samples(tmp_path / "s.msgpack.zst", experts=3)
+    result = moe_explain(tmp_path / "s.msgpack.zst", "--backend", "echo", "-O", "shout=yes", "-O", "word=loops",
+                         "--cache-dir", tmp_path / "cache", "-o", tmp_path / "l.jsonl", site=site)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in (tmp_path / "l.jsonl").read_text().splitlines()]
+    labels = [line for line in lines if line["type"] == "label"]
+    assert [label["explanation"] for label in labels] == ["This expert specializes in LOOPS and 2 messages"] * 3
+    assert labels[0]["explainer"]["backend"] == "echo" and labels[0]["usage"]["prompt_tokens"] == 7
+    assert lines[-1]["accounting"]["requests"] == 3
+    # an option the plugin does not declare is refused like any built-in's
+    refused = moe_explain(tmp_path / "s.msgpack.zst", "--backend", "echo", "--api-base", "http://x/v1", site=site)
+    assert refused.returncode == 2 and "--api-base does not apply to backend echo" in refused.stderr
+
+
+def test_builtins_are_declared_in_pyproject_and_listed_from_the_registry():
+    from moetools.explain import backend_table
+    from moetools.llm.registry import checkout_entry_points
+
+    declared = {entry.name: entry.value for group in ("moetools.llm_backends", "moetools.explainers")
+                for entry in checkout_entry_points(group)}
+    assert declared == {"openai": "moetools.llm.openai:OpenAIClient", "local": "moetools.llm.local:LocalClient",
+                        "self": "moetools.explain.self_explain:SelfExplainer",
+                        "offline": "moetools.explain.offline:OfflineExplainer"}
+    rows = {row["name"]: row for row in backend_table()}
+    assert {name: row["kind"] for name, row in rows.items() if name in declared} == \
+        {"openai": "LLM", "local": "LLM", "self": "method", "offline": "method"}
+    listing = moe_explain("--list-backends")
+    assert listing.returncode == 0
+    for name in declared:
+        assert re.search(rf"^{name} \(", listing.stdout, re.MULTILINE)
+    assert "--connect-timeout" in listing.stdout and "[default: 64]" in listing.stdout
+
+
+def test_llm_and_explain_do_not_import_each_other_in_a_cycle():
+    """moetools.llm is the lower layer: it never imports moetools.explain (moe-score uses it the same way)."""
+    for path in (ROOT / "moetools" / "llm").glob("*.py"):
+        source = path.read_text()
+        assert not re.search(r"^\s*(from|import)\s+(\.\.explain|moetools\.explain)", source, re.MULTILINE), path
+    code = "import sys, moetools.llm; assert not any(m.startswith('moetools.explain') for m in sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_the_batch_api_for_other_tools(tmp_path):
+    """What moe-score will call: make_client + complete_batch, cached, failures per request."""
+    from llm_stub import LLMStub
+
+    from moetools.llm import BackendError, Request, ResponseCache, complete_batch, make_client
+
+    with LLMStub() as stub:
+        stub.rule = lambda body: "500" if body["messages"][0]["content"] == "fail" else None
+        stub.answer = lambda body: "yes " + body["messages"][0]["content"]
+        options = {"api_base": stub.url, "model": "stub-model", "concurrency": 4, "max_retries": 0}
+        client = make_client("openai", options)
+        client.prepare()
+        requests = [Request([{"role": "user", "content": text}]) for text in ("a", "b", "fail", "c")]
+        cache = ResponseCache(tmp_path, namespace="score")
+        answers = complete_batch(client, requests, cache=cache)
+        assert [a.text for a in answers if not isinstance(a, BackendError)] == ["yes a", "yes b", "yes c"]
+        assert isinstance(answers[2], BackendError) and answers[2].kind == "http"
+        assert answers[0].finish_reason == "stop" and not answers[0].cached and answers[0].usage.completion_tokens == 2
+        again = make_client("openai", options)
+        answers = complete_batch(again, requests[:2], cache=cache)
+        assert all(a.cached for a in answers) and again.accounting.cache_hits == 2 and again.accounting.requests == 0
+        assert (tmp_path / "score").is_dir()

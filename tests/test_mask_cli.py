@@ -1,0 +1,70 @@
+"""moe-mask's command line: a masked directory from a tiny OLMoE, and one-line refusals (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+from click.testing import CliRunner
+from tiny_models import save_tiny_olmoe
+
+from moetools.cli.mask import command
+from moetools.models import load_model, model_identity
+
+WORDS = [f"w{i}" for i in range(40)]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("maskcli")
+    save_tiny_olmoe(root / "base", WORDS)
+    identity = model_identity(load_model(root / "base", tokenizer=False).model, path=root / "base")
+    return root, identity
+
+
+def experts_file(path, experts, model=None):
+    data = {"experts": {str(k): v for k, v in experts.items()}}
+    if model is not None:
+        data["moetools"] = {"version": 1, "model": model}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(command, [str(a) for a in args])
+
+
+def test_masks_to_a_directory_transformers_loads(base, tmp_path):
+    root, identity = base
+    out = tmp_path / "masked"
+    result = invoke(root / "base", "--experts", experts_file(tmp_path / "e.json", {0: [1, 2], 1: [0, 7]}, identity),
+                    "-o", out)
+    assert result.exit_code == 0, result.output
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_experts == 6 and model.config.moe_mask["mode"] == "pruned"
+    assert model(torch.tensor([[2, 3, 4]])).logits.shape == (1, 3, 64)
+    assert invoke(root / "base", "--experts", tmp_path / "e.json", "-o", out).exit_code == 2  # exists
+    assert invoke(root / "base", "--experts", tmp_path / "e.json", "-o", out, "--force").exit_code == 0
+    # masking a masked directory again is refused: mask the base with the union instead
+    assert invoke(out, "--experts", tmp_path / "e.json", "-o", tmp_path / "again").exit_code == 2
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "not JSON"),
+    ({"experts": {"0": [8]}}, "out of range"),
+    ({"experts": {"5": [1]}}, "layer"),
+    ({"experts": {"0": list(range(8))}}, "every expert"),
+    ({"experts": {"0": list(range(7))}}, "fewer than top-k"),
+    ({"experts": {"0": [1]}, "moetools": {"version": 1, "model": {"name": "x", "fingerprint": "sha256:00"}}},
+     "refusing"),
+])
+def test_bad_experts_file_exits_2_with_one_line(base, tmp_path, content, message):
+    root, _ = base
+    path = tmp_path / "bad.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    result = invoke(root / "base", "--experts", path, "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
