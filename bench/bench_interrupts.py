@@ -1,7 +1,8 @@
 """SIGINT-then-resume, many times: every interrupted moe-trace resumes to the uninterrupted records.
 
 Builds the tests' tiny OLMoE, traces a corpus once without interruption (the reference), then
-``--runs`` times: starts ``moe-trace -o OUT``, waits until ``OUT.partial`` exists (model loaded,
+``--runs`` times: starts ``moe-trace -o OUT`` (its ``main()`` in a forked child of this process,
+so the imports are paid once), waits until ``OUT.partial`` exists (model loaded,
 output open), sends SIGINT after a random delay drawn over the reference's tracing time, and runs
 ``moe-trace --resume -o OUT``. Counted: exit statuses of the interrupted runs (130; 0 when the run
 finished before the signal), how many records each resume kept, and whether the resumed output's
@@ -20,7 +21,6 @@ import platform
 import random
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,8 +36,50 @@ WORDS = ["the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "code",
 FLAGS = ["--max-length", "16", "--batch-size", "2"]
 
 
-def moe_trace(*args) -> list[str]:
-    return [sys.executable, "-c", "from moetools.cli.trace import main; main()", *[str(a) for a in args]]
+class Child:
+    """moe-trace in a forked child of this process (torch and transformers imported once, before any
+    thread pool starts, so each run costs the trace and not the imports; the signal handling and file
+    paths are moe-trace's own: its main() runs in the child as from the command line)."""
+
+    def __init__(self, args, quiet_stderr: bool = False):
+        self.stderr_path = Path(tempfile.mktemp(prefix="moe-trace-stderr-"))
+        self.pid = os.fork()
+        if self.pid == 0:  # the child
+            code = 1
+            try:
+                descriptor = os.open(self.stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(descriptor, 2)
+                from moetools.cli.trace import main
+
+                main([str(a) for a in args], prog_name="moe-trace")
+                code = 0
+            except SystemExit as done:
+                code = done.code if isinstance(done.code, int) else 1
+            finally:
+                os._exit(code)
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def send_signal(self, number) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, number)
+
+    def stderr(self) -> str:
+        text = self.stderr_path.read_text() if self.stderr_path.exists() else ""
+        self.stderr_path.unlink(missing_ok=True)
+        return text
 
 
 def canonical_records(path: Path) -> list[str]:
@@ -57,7 +99,7 @@ def write_corpus(path: Path, documents: int) -> None:
             handle.write(json.dumps({"id": f"doc{number}", "text": " ".join(words)}) + "\n")
 
 
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> float:
+def wait_for(path: Path, process, timeout: float = 300.0) -> float:
     start = time.monotonic()
     while not path.exists() and process.poll() is None and time.monotonic() - start < timeout:
         time.sleep(0.01)
@@ -67,13 +109,19 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--documents", type=int, default=1500)
+    parser.add_argument("--documents", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "interrupts.json"))
     args = parser.parse_args()
     from tiny_models import save_tiny_olmoe
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    import torch  # noqa: F401 - imported once, before forking
+    import transformers  # noqa: F401
+
+    import moetools.cli.trace
+    import moetools.trace.command  # noqa: F401
+
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -81,7 +129,7 @@ def main() -> None:
         corpus = work / "corpus.jsonl"
         write_corpus(corpus, args.documents)
         reference_path = work / "reference.msgpack.zst"
-        process = subprocess.Popen(moe_trace(work / "model", corpus, *FLAGS, "-q", "-o", reference_path), env=env)
+        process = Child([work / "model", corpus, *FLAGS, "-q", "-o", reference_path])
         opened = wait_for(reference_path.with_name(reference_path.name + ".partial"), process)
         assert process.wait() == 0
         trace_seconds = time.monotonic() - opened
@@ -90,22 +138,21 @@ def main() -> None:
         for run in range(args.runs):
             output = work / f"run{run}.msgpack.zst"
             partial = output.with_name(output.name + ".partial")
-            process = subprocess.Popen(moe_trace(work / "model", corpus, *FLAGS, "-q", "-o", output), env=env,
-                                       stderr=subprocess.DEVNULL)
+            process = Child([work / "model", corpus, *FLAGS, "-q", "-o", output])
             wait_for(partial, process)
             delay = rng.uniform(0.0, trace_seconds)
             time.sleep(delay)
             process.send_signal(signal.SIGINT)
             status = process.wait()
+            process.stderr()
             partial_bytes = partial.stat().st_size if partial.exists() else None
-            resumed = subprocess.run(moe_trace(work / "model", corpus, *FLAGS, "--resume", "-o", output), env=env,
-                                     capture_output=True, text=True)
-            kept = re.search(r"resuming after (\d+) complete records", resumed.stderr)
-            identical = resumed.returncode == 0 and canonical_records(output) == reference
+            resumed = Child([work / "model", corpus, *FLAGS, "--resume", "-o", output])
+            resume_exit, resume_stderr = resumed.wait(), resumed.stderr()
+            kept = re.search(r"resuming after (\d+) complete records", resume_stderr)
+            identical = resume_exit == 0 and canonical_records(output) == reference
             runs.append({"delay_s": round(delay, 3), "interrupted_exit": status, "partial_bytes": partial_bytes,
-                         "resume_exit": resumed.returncode, "kept_records": int(kept.group(1)) if kept else 0,
-                         "identical": identical,
-                         "resume_stderr": None if identical else resumed.stderr.strip()[-300:]})
+                         "resume_exit": resume_exit, "kept_records": int(kept.group(1)) if kept else 0,
+                         "identical": identical, "resume_stderr": None if identical else resume_stderr.strip()[-300:]})
             print(json.dumps(runs[-1]), flush=True)
     interrupted = [r for r in runs if r["interrupted_exit"] == 130]
     result = {

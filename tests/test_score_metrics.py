@@ -141,7 +141,7 @@ def test_header_and_accounting(scored):
     summary = end["summary"]
     assert summary["tokens"] == {"A": 4, "B": 3}
     assert summary["missing_domain"] == {"documents": 1, "sequences": 1, "tokens": 1}
-    assert summary["documents"] == 4  # a2's two windows are one document
+    assert summary["documents"] == 5  # a2's two windows are one document; x1 (no domain) counts for Pearson
 
 
 def test_cdas_matches_equation_2(scored):
@@ -227,14 +227,16 @@ def M_perm(mass, labels, permutations, seed):
 
 def test_pearson_across_documents(scored):
     _, records, end, _ = scored
-    docs = doc_table()
-    y = [entry["tox"] for entry in docs.values()]
+    docs = {}
+    for doc, _, _, tox, tokens in SEQUENCES:                   # every document, with or without a domain
+        docs.setdefault(doc, (tox, []))[1].extend(tokens)
+    y = [tox for tox, _ in docs.values()]
     for layer in LAYERS:
         li = LAYERS.index(layer)
         for e in range(E):
-            x = [sum(token_probs(t, li)[e] for t in entry["tokens"]) / len(entry["tokens"]) for entry in docs.values()]
+            x = [sum(token_probs(t, li)[e] for t in toks) / len(toks) for _, toks in docs.values()]
             assert close(records[(layer, e)]["pearson"], float(np.corrcoef(x, y)[0, 1]))
-    assert end["summary"]["pearson"] == {"field": "toxicity", "documents": 4, "without_value": 0}
+    assert end["summary"]["pearson"] == {"field": "toxicity", "documents": 5, "without_value": 0}
 
 
 def test_routing_consistency_between_two_traces(scored, run_tool):
@@ -311,3 +313,20 @@ def test_spherical_kmeans_recovers_separated_directions():
     labels = spherical_kmeans(rows, 4, seed=1)
     groups = [set(labels[i * 50:(i + 1) * 50]) for i in range(4)]
     assert all(len(g) == 1 for g in groups) and len(set().union(*groups)) == 4
+
+
+def test_pearson_needs_no_domain(scored, run_tool):
+    folder = scored[3]
+    result = run_tool(moe_score, [str(folder / "trace.jsonl"), "--domain-field", "nope", "--target-field",
+                                  "toxicity"])
+    assert result.exit_code == 0, result.stderr
+    assert "per-domain metrics not computed" in result.stderr
+    lines = [json.loads(x) for x in result.stdout.splitlines()]
+    docs = {}
+    for doc, _, _, tox, tokens in SEQUENCES:                   # every document, x1 included
+        docs.setdefault(doc, (tox, []))[1].extend(tokens)
+    y = [tox for tox, _ in docs.values()]
+    for record in (r for r in lines if r["type"] == "expert"):
+        li, e = LAYERS.index(record["layer"]), record["expert"]
+        x = [sum(token_probs(t, li)[e] for t in toks) / len(toks) for _, toks in docs.values()]
+        assert record["domains"] == {} and close(record["pearson"], float(np.corrcoef(x, y)[0, 1]))

@@ -39,12 +39,12 @@ def read_choice_items(path) -> list[dict]:
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """(context ids, continuation ids) split as lm-eval's HFLM._encode_pair does (no special tokens)."""
+    """(context ids, continuation ids) split as lm-eval's HFLM._encode_pair does (tokenizer defaults)."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
         continuation, context = context[-spaces:] + continuation, context[:-spaces]
-    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-    head = tokenizer(context, add_special_tokens=False)["input_ids"]
+    whole = tokenizer(context + continuation)["input_ids"]  # the tokenizer's own special tokens, as lm-eval
+    head = tokenizer(context)["input_ids"]
     return head, whole[len(head):]
 
 

@@ -14,8 +14,8 @@ model) does not pay for importing torch.
 _LAZY = {
     "Adapter": "registry", "MoeLayer": "registry", "RoutingRule": "registry", "adapter_for": "registry",
     "register_adapter": "registry", "registered_adapters": "registry", "adapter_table": "registry",
-    "model_identity": "identity", "load_model": "loader", "load_tokenizer": "loader", "LoadedModel": "loader",
-    "torch_dtype": "loader", "check_device": "loader", "RoutingCapture": "capture",
+    "model_identity": "identity", "load_model": "loader", "load_tokenizer": "loader", "load_config": "loader",
+    "LoadedModel": "loader", "torch_dtype": "loader", "check_device": "loader", "RoutingCapture": "capture",
 }
 
 
@@ -28,5 +28,5 @@ def __getattr__(name):
 
 
 __all__ = ["Adapter", "LoadedModel", "MoeLayer", "RoutingCapture", "RoutingRule", "adapter_for", "adapter_table",
-           "check_device", "load_model", "load_tokenizer", "model_identity", "register_adapter",
+           "check_device", "load_config", "load_model", "load_tokenizer", "model_identity", "register_adapter",
            "registered_adapters", "torch_dtype"]

@@ -108,6 +108,25 @@ def load_tokenizer(path, *, trust_remote_code: bool = False, what: str | None = 
     return tokenizer
 
 
+def load_config(path, *, trust_remote_code: bool = False):
+    """The transformers config of a local model directory (no weights); ModelError when it does not load.
+
+    For a fresh model of the same architecture (``AutoModelForCausalLM.from_config``): MONET and
+    plugin families are registered with the Auto classes first, as :func:`load_model` does.
+    """
+    from transformers import AutoConfig
+
+    from . import monet  # noqa: F401 - registers MONET with the Auto classes
+    from .registry import registered_adapters
+
+    registered_adapters()  # a plugin's module may register its model classes
+    directory = check_model_directory(path)
+    try:
+        return AutoConfig.from_pretrained(str(directory), local_files_only=True, trust_remote_code=trust_remote_code)
+    except _LOAD_ERRORS as error:
+        raise ModelError(f"cannot load the config in {path}: {_first_line(error)}") from None
+
+
 def load_model(path, *, dtype: str = "auto", device: str = "cpu", device_map: str | None = None,
                tokenizer: bool = True, require_moe: bool = True, trust_remote_code: bool = False,
                train: bool = False) -> LoadedModel:
@@ -180,4 +199,4 @@ def _first_line(error: BaseException) -> str:
 
 
 __all__ = ["DTYPE_NAMES", "TOKENIZER_VOCABULARY_FILES", "LoadedModel", "check_device", "check_model_directory",
-           "load_model", "load_tokenizer", "torch_dtype"]
+           "load_config", "load_model", "load_tokenizer", "torch_dtype"]

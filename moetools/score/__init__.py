@@ -1,1 +1,8 @@
-"""moe-score: metrics of experts and their labels (routing statistics from traces, detection scores of labels)."""
+"""moe-score: metrics of experts and their labels (routing statistics from traces, detection scores of labels).
+
+Routing statistics (formats/scores.md): ``routing`` (streaming sums per domain x layer x expert),
+``metrics`` (the papers' equations), ``permutation`` (skew p/q-values), ``jsd`` (paper 002's
+unembedding-cluster specialisation), ``scorer`` (one pass over traces), ``output`` (the scores
+stream), ``run`` (paths in, records out), ``join`` (scores streams merged by (layer, expert)),
+``table`` (--format table). ``specialisation`` holds the demo's domain figures.
+"""

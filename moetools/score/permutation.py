@@ -102,8 +102,8 @@ def skew_permutation_test(mass, tokens, labels, *, permutations: int = 1000, see
         rng = np.random.default_rng(seed)
         batches_source = (rng.permutation(labels) for _ in range(permutations))
         total = permutations
-    # shuffles per batch: the (B, D, N) one-hot and (B, D, L·E) sums stay within ~16 MB
-    chunk = max(1, min(256, int(16e6 // max(1, domains * flat.shape[1] * 8 + n_docs * domains * 8))))
+    # shuffles per batch: the (B, D, N) one-hot and (B, D, L·E) sums stay within ~4 MB
+    chunk = max(1, min(256, int(4e6 // max(1, domains * flat.shape[1] * 8 + n_docs * domains * 8))))
     at_least = np.zeros(flat.shape[1])
     passing = np.zeros(n_layers)
     done = 0

@@ -168,6 +168,10 @@ class RoutingScorer:
             domain = default
         if domain is None:
             sums.add(record, None)
+            if self.documents is not None and self.options.target_field is not None:
+                # Pearson needs no domain: keep the document (the permutation test skips it)
+                self.documents.add(str(record.get("doc_id")), None, int(record["experts"].shape[1]),
+                                   record["prob_sum"], record.get("meta") or {})
         else:
             count, prob_sum = sums.add(record, domain)
             if self.documents is not None:
@@ -227,8 +231,11 @@ class RoutingScorer:
             raise FormatError("no trace records: nothing to score")
         sums, opts = self.sums, self.options
         if not sums.domains:
-            raise UsageError(f"no document has meta.{opts.domain_field}: name the field with --domain-field, "
-                             "or give --default-domain NAME to score every document as one domain")
+            message = (f"no document has meta.{opts.domain_field}: name the field with --domain-field, "
+                       "or give --default-domain NAME to score every document as one domain")
+            if opts.target_field is None:
+                raise UsageError(message)
+            opts.notes.append(f"per-domain metrics not computed: {message}")
         tokens = sums.token_counts()                                # (D,)
         arrays = {name: sums.array(name) for name in DomainSums.FIELDS}  # (D, L, E)
         t = tokens[:, None, None]
@@ -262,8 +269,9 @@ class RoutingScorer:
         if opts.general == "trace":
             ok, why = self.general is not None and bool(self.general.domains), "the general trace has no tokens"
         elif opts.general == "rest":
-            ok, why = len(domains) >= 2, (f"only one domain ({domains[0]}) in the trace: DAS needs general "
-                                          "data; give --general TRACE or trace a corpus with several domains")
+            ok, why = len(domains) >= 2, (f"only one domain ({', '.join(domains) or 'none'}) in the trace: DAS "
+                                          "needs general data; give --general TRACE or trace a corpus with "
+                                          "several domains")
         else:
             ok, why = opts.general in domains, (f"general domain {opts.general!r} is not in the trace "
                                                 f"(domains: {', '.join(domains)})")
@@ -296,9 +304,11 @@ class RoutingScorer:
         if self.options.permutations > 0 and self.documents is not None and len(self.documents):
             table = self.documents
             index = {d: i for i, d in enumerate(domains)}
-            labels = np.asarray([index[d] for d in table.domains])
-            out["skew_test"] = skew_permutation_test(table.mass(), np.asarray(table.tokens, dtype=np.float64),
-                                                     labels, permutations=self.options.permutations,
+            keep = np.asarray([d is not None for d in table.domains])
+            labels = np.asarray([index[d] for d in table.domains if d is not None])
+            out["skew_test"] = skew_permutation_test(table.mass()[keep],
+                                                     np.asarray(table.tokens, dtype=np.float64)[keep], labels,
+                                                     permutations=self.options.permutations,
                                                      seed=self.options.seed, min_ratio=self.options.min_ratio)
 
     def _pearson(self, out) -> None:

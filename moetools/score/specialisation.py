@@ -199,13 +199,13 @@ def random_init_copy(model_dir, out, seed: int = 0):
     from pathlib import Path
 
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from ..models import monet as _registers_monet  # noqa: F401  (MONET with the Auto classes)
+    from ..models.loader import load_config
 
     model_dir, out = Path(model_dir), Path(out)
-    config = AutoConfig.from_pretrained(model_dir)
+    config = load_config(model_dir)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from .reader import (
     model_fingerprint,
     read_stream,
 )
+from .schema import Schema, register_schema, schema_for
 from .writer import (
     DEFAULT_FRAME_BYTES,
     DEFAULT_LEVEL,
@@ -22,7 +23,7 @@ from .writer import (
 
 __all__ = [
     "DEFAULT_FRAME_BYTES", "DEFAULT_LEVEL", "ENCODINGS", "FORMAT_NAME", "FORMAT_VERSION", "SUPPORTED_DTYPES",
-    "ZSTD_MAGIC", "StreamReader", "StreamWriter", "check_compatible", "check_header", "decode_array",
+    "ZSTD_MAGIC", "Schema", "StreamReader", "StreamWriter", "check_compatible", "check_header", "decode_array",
     "decode_array_json", "detect_encoding", "encode_array", "encode_array_json", "make_header", "model_fingerprint",
-    "read_stream",
+    "read_stream", "register_schema", "schema_for",
 ]

@@ -1,0 +1,122 @@
+"""Benchmark moe-mask (issue 13): masking time and peak RSS against the model's size on disk, and the
+forward time of masked models against the unmasked one, measured side by side in one run.
+
+The model is a random OLMoE (transformers' real modeling code) of ``--layers`` x ``--experts`` experts,
+d=``--hidden``, saved as safetensors: no trained MoE larger than it is on this machine (the demo's
+models are smaller). moe-mask runs as the real CLI in a fresh process (peak RSS = that process's
+``ru_maxrss``), once for an equal-size mask (``pruned``) and once for an unequal one (``remote``).
+Forward times: best of ``--repeats`` on a (4, 256) batch, for the base, the pruned directory, the
+remote directory and the base under the in-memory ``masked()`` context manager.
+
+    .venv/bin/python bench/bench_mask.py            # writes bench/results/mask.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def run_mask(source: Path, experts: Path, out: Path) -> dict:
+    script = ("import resource, sys, time; from moetools.cli.mask import main; t = time.perf_counter();\n"
+              "try:\n    main(sys.argv[1:], standalone_mode=True)\nexcept SystemExit as e:\n"
+              "    sys.stderr.write(f'WALL {time.perf_counter() - t} RSS {resource.getrusage(resource.RUSAGE_SELF)"
+              ".ru_maxrss}\\n'); raise")
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", script, str(source), "--experts", str(experts), "-o", str(out),
+                           "-q"], capture_output=True, text=True, check=True)
+    total = time.perf_counter() - started
+    line = [x for x in done.stderr.splitlines() if x.startswith("WALL")][-1].split()
+    return {"process_seconds": round(total, 3), "mask_seconds": round(float(line[1]), 3),
+            "peak_rss_mb": round(int(line[3]) / 1024, 1)}
+
+
+def best_forward(model, input_ids, repeats: int) -> float:
+    import torch
+
+    times = []
+    with torch.no_grad():
+        model(input_ids)  # warm-up
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model(input_ids)
+            times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--experts", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--intermediate", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "mask.json"))
+    args = parser.parse_args()
+
+    import torch
+    import transformers
+
+    from moetools.mask import masked
+    from moetools.models import load_model
+    from tests.tiny_models import save_word_tokenizer
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        config = transformers.OlmoeConfig(vocab_size=4096, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                                          num_hidden_layers=args.layers, num_attention_heads=8, num_key_value_heads=8,
+                                          num_experts=args.experts, num_experts_per_tok=4, max_position_embeddings=512,
+                                          pad_token_id=1, bos_token_id=None, eos_token_id=None)
+        torch.manual_seed(0)
+        transformers.AutoModelForCausalLM.from_config(config).save_pretrained(root / "base")
+        save_word_tokenizer(root / "base", [f"w{i}" for i in range(100)])
+        disk = sum(p.stat().st_size for p in (root / "base").glob("*.safetensors"))
+        quarter = args.experts // 4
+        equal = {str(layer): list(range(layer % 4, args.experts, 4))[:quarter] for layer in range(args.layers)}
+        unequal = {str(layer): list(range(0, 1 + layer % quarter)) for layer in range(args.layers)}
+        (root / "equal.json").write_text(json.dumps({"experts": equal}))
+        (root / "unequal.json").write_text(json.dumps({"experts": unequal}))
+        runs = {"pruned": run_mask(root / "base", root / "equal.json", root / "pruned"),
+                "remote": run_mask(root / "base", root / "unequal.json", root / "remote")}
+        for run in runs.values():
+            run["peak_rss_over_weights"] = round(run["peak_rss_mb"] * 2**20 / disk, 3)
+
+        input_ids = torch.randint(2, 4096, (4, 256), generator=torch.Generator().manual_seed(0))
+        base = load_model(root / "base", tokenizer=False).model
+        forward = {"base": best_forward(base, input_ids, args.repeats)}
+        with masked(base, {int(k): v for k, v in equal.items()}):
+            forward["in_memory_masked"] = best_forward(base, input_ids, args.repeats)
+        del base
+        forward["pruned_dir"] = best_forward(load_model(root / "pruned", tokenizer=False).model, input_ids,
+                                             args.repeats)
+        forward["remote_dir"] = best_forward(load_model(root / "remote", tokenizer=False,
+                                                        trust_remote_code=True).model, input_ids, args.repeats)
+    result = {
+        "model": {"family": "olmoe (random init)", "layers": args.layers, "experts": args.experts, "top_k": 4,
+                  "hidden": args.hidden, "intermediate": args.intermediate, "weights_on_disk_mb": round(disk / 2**20, 1)},
+        "masking": {"pruned (8 of 32 experts per layer)": runs["pruned"],
+                    "remote (1..8 experts per layer)": runs["remote"]},
+        "forward_seconds_best_of": args.repeats, "batch": [4, 256],
+        "forward_seconds": {k: round(v, 4) for k, v in forward.items()},
+        "forward_ratio_vs_base": {k: round(v / forward["base"], 3) for k, v in forward.items() if k != "base"},
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "note": "peak RSS includes the Python + torch + transformers runtime (~400-500 MB before any weights)",
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
