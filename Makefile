@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MOETOOLS_HOME ?= $(CURDIR)/.moetools
 
-.PHONY: install sources test test-all demo models lint man bench clean
+.PHONY: install sources browser test test-all demo models lint man bench clean
 
 install: $(STAMP)
 
@@ -22,12 +22,12 @@ $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	touch $(STAMP)
 
 # the fast tier: every test not marked `slow` (under ~4 minutes on 2 idle cores)
-test: install sources
+test: install sources browser
 	$(PY) -m pytest -q -m "not slow" tests
 
 # everything, the `slow` tier too (torchrun launches, the demo and README pipelines, the 135M
 # local model): the full run, what CI runs (.ci/run)
-test-all: install sources
+test-all: install sources browser
 	$(PY) -m pytest -q tests
 
 # The math domain's source is a Debian package (the book `derivations`); install it when apt can,
@@ -38,6 +38,15 @@ sources:
 	    (apt-get install -y -qq derivations >/dev/null 2>&1 || \
 	     { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq derivations >/dev/null 2>&1; }) ; } || \
 	  echo "make: Debian package derivations not installed (math domain skipped); apt-get install derivations"
+
+# moe-report's browser test drives Debian's chromium (headless, through Playwright; no browser download);
+# install it when apt can, as `sources` does, otherwise that test is skipped and says why.
+browser:
+	@test -x /usr/bin/chromium || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	     { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }) ; } || \
+	  echo "make: Debian package chromium not installed (moe-report's browser test skipped); apt-get install chromium"
 
 demo: install sources
 	$(PY) -m moetools.cli.main demo

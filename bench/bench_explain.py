@@ -115,6 +115,7 @@ def main() -> None:
     results = {
         "benchmark": "moe-explain labels/s against a loopback OpenAI-compatible stub",
         "latency_s": LATENCY, "quick": arguments.quick, "python": platform.python_version(),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
         "concurrency_1": serial, "concurrency_32": parallel, "cached_rerun": cached,
         "cached_rerun_process": {"seconds": round(process_seconds, 3), "requests": process_requests},
         "speedup_c32_over_c1": round(speedup, 2),

@@ -109,7 +109,7 @@ def wait_for(path: Path, process, timeout: float = 300.0) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--documents", type=int, default=200)
+    parser.add_argument("--documents", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "interrupts.json"))
     args = parser.parse_args()
@@ -140,7 +140,7 @@ def main() -> None:
             partial = output.with_name(output.name + ".partial")
             process = Child([work / "model", corpus, *FLAGS, "-q", "-o", output])
             wait_for(partial, process)
-            delay = rng.uniform(0.0, trace_seconds)
+            delay = rng.uniform(0.0, 0.9 * trace_seconds)
             time.sleep(delay)
             process.send_signal(signal.SIGINT)
             status = process.wait()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -84,7 +83,7 @@ def main() -> None:
         disk = sum(p.stat().st_size for p in (root / "base").glob("*.safetensors"))
         quarter = args.experts // 4
         equal = {str(layer): list(range(layer % 4, args.experts, 4))[:quarter] for layer in range(args.layers)}
-        unequal = {str(layer): list(range(0, 1 + layer % quarter)) for layer in range(args.layers)}
+        unequal = {str(layer): list(range(1 + layer % quarter)) for layer in range(args.layers)}
         (root / "equal.json").write_text(json.dumps({"experts": equal}))
         (root / "unequal.json").write_text(json.dumps({"experts": unequal}))
         runs = {"pruned": run_mask(root / "base", root / "equal.json", root / "pruned"),

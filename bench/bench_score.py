@@ -153,10 +153,10 @@ def main(argv=None) -> int:
         info = write_trace(trace, tokens)
         small = work / "small.msgpack.zst"
         small_tokens = head_tokens(trace, small, tokens // 10)
-        out = str(work / "scores.jsonl")
+        out, full = str(work / "scores.jsonl"), str(work / "full.scores.jsonl")
         runs = {
             "read": best([_read(trace) for _ in range(args.repeats)]),
-            "score": best([_measured([str(trace), "-q", "-o", out], "score") for _ in range(args.repeats)]),
+            "score": best([_measured([str(trace), "-q", "-o", full], "score") for _ in range(args.repeats)]),
             "score_target_field": best([_measured([str(trace), "-q", "-o", out, "--target-field", "toxicity"],
                                                   "score") for _ in range(args.repeats)]),
             "score_no_permutations": best([_measured([str(trace), "-q", "-o", out, "--permutations", "0"], "score")
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
             "score_small_no_permutations": best([_measured([str(small), "-q", "-o", out, "--permutations", "0"],
                                                            "score") for _ in range(args.repeats)]),
         }
-        summary = json.loads(Path(out).read_text().splitlines()[-1])["summary"]
+        summary = json.loads(Path(full).read_text().splitlines()[-1])["summary"]   # the default run's
         if args.trace:
             from bench_sample import run_trace
 

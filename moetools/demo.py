@@ -6,7 +6,8 @@
     moe-trace MODEL demo.jsonl | tee trace.msgpack.zst | moe-sample ... \\
         | tee samples.msgpack.zst | moe-explain --backend offline -o labels.jsonl
 
-then prints what a person wants to see first: how concentrated each domain's
+then goes on through moe-score, moe-select, moe-mask + moe-eval and moe-report
+(:mod:`moetools.demo_chain`), and prints what a person wants to see first: how concentrated each domain's
 routing is against the other domains' (``moetools.score.specialisation``),
 how many experts pass MONET's 2x domain-skew criterion (paper 004 §5.1), each
 beside the same figure for a random-init copy of the model (routing depends on
@@ -20,6 +21,7 @@ Layout under ``$MOETOOLS_HOME``::
     demo/demo.jsonl                                        a per-domain balanced slice of validation
     demo/<model>/{trace,samples}.msgpack.zst, labels.jsonl the pipeline's streams
     demo/<model>/random-init/, random-init.trace.msgpack.zst  the same architecture untrained, traced
+    demo/<model>/scores.jsonl, sets/*.json, masked/*/, eval.jsonl, report.html   the rest of the chain
 
 The models (``DEFAULT_RECIPES``) are a standard top-k MoE (OLMoE family, 8
 experts, top-2) and a MONET-VD model with matched active expert parameters
@@ -43,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .demo_chain import run_chain, summarise_chain
 from .errors import MoetoolsError, UsageError
 from .streams.files import create_directory, create_output, open_input, partial_path
 
@@ -55,13 +58,15 @@ class Recipe:
     arch: str                                   # monet-train --arch
     train_args: list[str] = field(default_factory=list)
     sample_args: list[str] = field(default_factory=list)  # moe-sample flags for this model
+    select_top: int = 1                         # experts per layer moe-select takes for each domain's set
 
 
 DEFAULT_RECIPES = (
-    Recipe("moe", "moe", ["--lr", "1e-3"]),
+    Recipe("moe", "moe", ["--lr", "1e-3"], select_top=1),
     # MONET-VD has 64^2 = 4096 composed experts per layer, and its 4 layers share one routing
-    # (moe_groups = 4): sample one layer, and only experts that fire often enough to explain.
-    Recipe("monet-vd", "monet-vd", ["--lr", "1e-3"], ["--layers", "0", "--min-count", "40"]),
+    # (moe_groups = 4): sample one layer, and only experts that fire often enough to explain;
+    # each domain's set is 64 of the 4096 composed experts per layer (1.6 %).
+    Recipe("monet-vd", "monet-vd", ["--lr", "1e-3"], ["--layers", "0", "--min-count", "40"], select_top=64),
 )
 DEFAULT_STEPS = 500
 DEFAULT_MAX_MINUTES = 5.0
@@ -264,8 +269,10 @@ def run_demo(root: Path | None = None, *, recipes=DEFAULT_RECIPES, steps: int = 
     log(f"demo input: {sliced} ({', '.join(f'{d} {n}' for d, n in sorted(taken.items()))} corpus tokens)")
     summaries = []
     for recipe, model in models:
-        paths = run_pipeline(recipe, model, sliced, root / "demo" / recipe.name, log)
-        summary = summarise(recipe, model, paths)
+        out = root / "demo" / recipe.name
+        paths = run_pipeline(recipe, model, sliced, out, log)
+        made = run_chain(recipe, model, sliced, out, sorted(taken), paths, run_shell, log)
+        summary = "\n".join([summarise(recipe, model, paths), *summarise_chain(made)])
         echo(summary)
         summaries.append(summary)
     echo(f"demo finished in {time.perf_counter() - started:.0f} s; streams under {root / 'demo'}")

@@ -159,3 +159,54 @@ def test_every_tool_refuses_bad_input_in_one_line(tool, olmoe_dir, tmp_path):
         if problems:
             failures.append(f"{name}: {', '.join(problems)}: {result.stderr.strip()[-300:]!r}")
     assert not failures, f"{tool}:\n" + "\n".join(failures)
+
+
+#: tools that load a model directory (through moetools.models.load_model), and how ({model})
+MODEL_TEMPLATES = {
+    "moe-trace": ["{model}", "{corpus}", "-o", "{out}/trace.msgpack.zst"],
+    "moe-tune": ["{model}", "--data", "{corpus}", "--mode", "full", "-o", "{out}/tuned", "--steps", "1"],
+    "moe-mask": ["{model}", "--experts", "{experts}", "-o", "{out}/masked"],
+    "moe-eval": ["{model}", "--data", "{corpus}", "-o", "{out}/eval.jsonl"],
+}
+
+
+#: a mask copies the directory as it is: a model without a tokenizer is still maskable
+NEEDS_NO_TOKENIZER = {"moe-mask": ("no-tokenizer",)}
+
+
+def bad_models(olmoe_dir, directory):
+    """name -> a damaged copy of the tiny OLMoE."""
+    models = {}
+    for name in ("random-weights", "cut-weights", "no-tokenizer", "no-config"):
+        target = directory / name
+        shutil.copytree(olmoe_dir, target)
+        models[name] = target
+    weights = (olmoe_dir / "model.safetensors").read_bytes()
+    (models["random-weights"] / "model.safetensors").write_bytes(os.urandom(len(weights)))
+    (models["cut-weights"] / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    for name in TOKENIZER_FILES:
+        (models["no-tokenizer"] / name).unlink(missing_ok=True)
+    (models["no-config"] / "config.json").unlink()
+    return models
+
+
+@pytest.mark.parametrize("tool", sorted(MODEL_TEMPLATES))
+def test_every_model_tool_refuses_a_damaged_model_in_one_line(tool, olmoe_dir, corpus, tmp_path):
+    if tool not in TOOLS:
+        pytest.skip(f"{tool} is not a tool yet")
+    experts = tmp_path / "experts.json"
+    experts.write_text(json.dumps({"experts": {"0": [1]}}))
+    failures = []
+    for name, model in bad_models(olmoe_dir, tmp_path / "models").items():
+        out = tmp_path / f"out-{name}"
+        out.mkdir()
+        args = [a.format(model=model, corpus=corpus, experts=experts, out=out) for a in MODEL_TEMPLATES[tool]]
+        result = CliRunner().invoke(load_command(tool), args, catch_exceptions=True)
+        if name in NEEDS_NO_TOKENIZER.get(tool, ()):
+            continue
+        lines = result.stderr.splitlines()
+        # progress lines ("moe-eval: evaluating MODEL") may come first; the error is the last line
+        if result.exit_code != 2 or not lines or not all(line.startswith(f"{tool}: ") for line in lines) \
+                or "internal error" in result.stderr:
+            failures.append(f"{name}: exit {result.exit_code}: {result.stderr.strip()[-300:]!r}")
+    assert not failures, f"{tool}:\n" + "\n".join(failures)

@@ -1,5 +1,6 @@
 """The demo's pipeline on a tiny model trained for a few steps: corpus -> monet-train -> moe-trace | moe-sample |
-moe-explain, summary, and the cache (a second run trains nothing)."""
+moe-explain -> moe-score, moe-select, moe-mask + moe-eval, moe-report; summary, and the cache (a second run
+trains nothing)."""
 
 import json
 import random
@@ -75,11 +76,23 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
         assert len([r for r in labels if r["type"] == "label"]) == len(experts) > 0
         assert any(r["status"] == "ok" and r["explanation"].startswith("This expert specializes in")
                    for r in labels if r["type"] == "label")
+        # the rest of the chain: scores, a set per domain and a random control, masks, eval, the report
+        header, scores, _ = records(out / "scores.jsonl")
+        assert header["kind"] == "scores" and len(scores) == 2 * header["num_experts"]
+        assert {p.stem for p in (out / "sets").glob("*.json")} == {*WORDS, "random"}
+        header, evaluated, _ = records(out / "eval.jsonl")
+        assert len(header["models"]) == len(WORDS) + 2  # the model, each domain's mask, the random one
+        masked = [r for r in evaluated if r["type"] == "domain" and r["model"] > 0]
+        assert len(masked) == (len(WORDS) + 1) * len(WORDS) and all(r["delta_loss"] is not None for r in masked)
+        page = (out / "report.html").read_text()
+        assert '<script type="application/json" id="moe-data">' in page and "Evaluation (moe-eval)" in page
     moe_summary = summaries[0]
     for domain in WORDS:
         assert f"  {domain} " in moe_summary
     assert "experts >= 2x the runner-up domain" in moe_summary and "trained 6/6 steps" in moe_summary
     assert "[random-init " in moe_summary and "domain-specialised than at random init" in moe_summary
+    assert f"report: {home / 'demo' / 'moe' / 'report.html'}" in moe_summary and "not done:" not in moe_summary
+    assert "loss change when masking each set" in moe_summary
     random_header, random_trace, _ = records(home / "demo" / "moe" / "random-init.trace.msgpack.zst")
     trained_header, trained_trace, _ = records(home / "demo" / "moe" / "trace.msgpack.zst")
     # same architecture and tokenizer, other weights: another model (the fingerprint samples the weights)

@@ -35,15 +35,17 @@ metric_list:
 
 
 @pytest.mark.slow
-def test_lm_eval_on_masked_directory_agrees_with_moe_eval(tmp_path, monkeypatch):
+@pytest.mark.parametrize("experts, mode", [({"0": [1, 4], "1": [0, 6]}, "pruned"), ({"0": [1, 4, 5], "1": [6]}, "remote")])
+def test_lm_eval_on_masked_directory_agrees_with_moe_eval(tmp_path, monkeypatch, experts, mode):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
     save_tiny_olmoe(tmp_path / "base", WORDS)
-    (tmp_path / "experts.json").write_text(json.dumps({"experts": {"0": [1, 4], "1": [0, 6]}}))
+    (tmp_path / "experts.json").write_text(json.dumps({"experts": experts}))
     result = CliRunner().invoke(mask_command, [str(tmp_path / "base"), "--experts", str(tmp_path / "experts.json"),
                                                "-o", str(tmp_path / "masked")])
     assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "masked" / "config.json").read_text())["moe_mask"]["mode"] == mode
     items = tmp_path / "items.jsonl"
     rows = [{"question": " ".join(WORDS[i:i + 3]), "choices": [WORDS[(i * 7 + j) % 40] + " " + WORDS[j]
                                                              for j in range(2 + i % 3)], "answer": i % 2}
@@ -56,7 +58,8 @@ def test_lm_eval_on_masked_directory_agrees_with_moe_eval(tmp_path, monkeypatch)
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    output = simple_evaluate(model="hf", model_args=f"pretrained={tmp_path / 'masked'},dtype=float32,prefix_token_id=1",
+    output = simple_evaluate(model="hf", model_args=f"pretrained={tmp_path / 'masked'},dtype=float32,prefix_token_id=1,"
+                                        f"trust_remote_code={mode == 'remote'}",
                              tasks=["moetools_local_choices"], task_manager=TaskManager(include_path=str(tasks)),
                              num_fewshot=0, batch_size=1, device="cpu")
     theirs = output["results"]["moetools_local_choices"]

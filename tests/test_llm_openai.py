@@ -437,3 +437,18 @@ def test_a_server_slower_than_the_timeout_gets_advice_that_says_what_to_change(t
     assert "the server answers slower than --timeout 0.2 s; try --concurrency 1 --timeout 300" in result.stderr
     _, labels, _ = read_labels(tmp_path / "labels.jsonl")
     assert all("timed out after 0.2 s waiting for an answer" in label["error"] for label in labels)
+
+
+def test_continue_final_message_sends_the_answers_start(tmp_path, stub):
+    def continuation(body):
+        last = body["messages"][-1]
+        assert last == {"role": "assistant", "content": "This expert specializes in"}
+        assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+        return " Python keywords and their indentation."
+
+    stub.answer = continuation
+    result = explain(tmp_path, stub, "-O", "continue_final_message=true")
+    assert result.exit_code == 0, result.stderr
+    _, labels, _ = read_labels(tmp_path / "labels.jsonl")
+    assert {label["explanation"] for label in labels} == \
+        {"This expert specializes in Python keywords and their indentation"}

@@ -68,3 +68,27 @@ def test_bad_experts_file_exits_2_with_one_line(base, tmp_path, content, message
     assert result.exit_code == 2
     assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_sharded_streaming_write_equals_one_file(base, tmp_path):
+    """Many small output shards (an index) give the same model as one file."""
+    from moetools.mask.directory import _meta_model
+    from moetools.mask.plan import plan_mask
+    from moetools.mask.stream import write_weights
+
+    root, _ = base
+    model, adapter = _meta_model(root / "base")
+    plan = plan_mask(model, adapter, {0: [3], 1: [5]})
+    for name, shard_bytes in (("one", 1 << 30), ("many", 20_000)):
+        (tmp_path / name).mkdir()
+        write_weights(root / "base", tmp_path / name, plan, shard_bytes=shard_bytes)
+        for extra in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+            text = (root / "base" / extra).read_text()
+            if extra == "config.json":
+                text = json.dumps(dict(json.loads(text), num_experts=7))
+            (tmp_path / name / extra).write_text(text)
+    assert len(list((tmp_path / "many").glob("*.safetensors"))) > 3
+    ids = torch.tensor([[2, 3, 4, 5]])
+    one = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "one")(ids).logits
+    many = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "many")(ids).logits
+    assert torch.equal(one, many)

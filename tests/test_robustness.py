@@ -476,3 +476,36 @@ def test_moe_trace_never_hands_the_tokenizer_a_whole_long_document(traced, tmp_p
     ids = np.concatenate([w.token_ids for w in windows if w.doc_id == "long"]).tolist()
     assert ids == tokenizer(text, add_special_tokens=True)["input_ids"]
     assert [w.doc_id for w in windows][-1] == "long.jsonl:2"
+
+
+def test_monet_train_packs_and_learns_its_tokenizer_from_a_long_document_in_pieces(monkeypatch):
+    from moetools.corpus.documents import Document
+    from moetools.corpus.tokenize import LONG_DOCUMENT_CHARS, PIECE_CHARS
+    from moetools.train import data as data_lib
+
+    text = awkward_text(words=int(LONG_DOCUMENT_CHARS / 3))
+    documents = [Document(0, 1, "long", text), Document(1, 2, "short", "a law of code")]
+    in_pieces = data_lib.train_tokenizer(documents, 400)
+    monkeypatch.setattr(data_lib, "LONG_DOCUMENT_CHARS", 10 ** 9)  # the old way: everything whole
+    whole = data_lib.train_tokenizer(documents, 400)
+    assert in_pieces.get_vocab() == whole.get_vocab()
+    reference = data_lib.pack(documents, whole, 32)
+    monkeypatch.undo()
+    seen = []
+
+    class Watching:
+        eos_token_id = whole.eos_token_id
+
+        def __call__(self, text, **kwargs):
+            seen.append(max(len(t) for t in text) if isinstance(text, list) else len(text))
+            return whole(text, **kwargs)
+
+    packed = data_lib.pack(documents, Watching(), 32)
+    assert max(seen) <= PIECE_CHARS
+    assert packed.dtype == reference.dtype and torch_equal(packed, reference) and packed.shape[0] > 100
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

@@ -79,7 +79,7 @@ def full_trace(olmoe_dir, tmp_path_factory):
 def test_records_follow_the_trace_format(full_trace, olmoe_dir):
     _, _, (header, records, ends) = full_trace
     assert header["kind"] == "trace" and header["layers"] == [0, 1] and header["top_k"] == 2
-    assert header["model"]["fingerprint"].startswith("sha256:") and header["model"]["num_experts"] == 8
+    assert header["model"]["fingerprint"].startswith("v2:sha256:") and header["model"]["num_experts"] == 8
     assert ends[0]["count"] == len(records) and ends[0]["documents"] == 12
     tokenizer = transformers.AutoTokenizer.from_pretrained(olmoe_dir)
     with open(full_trace[0]) as handle:
@@ -304,3 +304,14 @@ def test_trace_examples_and_real_records_validate(full_trace):
         with pytest.raises(FormatError, match=re.escape(message)):
             for record in records:
                 check_sequence(record, header)
+
+
+@pytest.mark.parametrize(("dtype", "batch", "padded"), [("bfloat16", [], True), ("bfloat16", ["--batch-size", 1], False),
+                                                        ("float32", [], False)])
+def test_header_records_padded_batches_in_reduced_precision(olmoe_dir, tmp_path, dtype, batch, padded):
+    corpus = make_corpus(tmp_path / "c.jsonl", documents=3)
+    output = tmp_path / "out.msgpack.zst"
+    result = run(olmoe_dir, corpus, "--max-length", 16, "--dtype", dtype, *batch, "-o", output)
+    assert result.exit_code == 0, result.output
+    header, records, _ = read_all(output)
+    assert header["reduced_precision_padding"] is padded and len(records) >= 3

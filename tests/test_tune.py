@@ -21,16 +21,15 @@ from moetools.tune.data import IGNORE, chat_example
 from moetools.tune.loop import Tuner
 from moetools.tune.slices import experts_view
 
-WORDS = "the a of cat dog sat on mat pain fever cough doctor dose court law judge appeal code loop def".split()
+WORDS = ["the", "a", "of", "cat", "dog", "sat", "on", "mat", "pain", "fever", "cough", "doctor", "dose", "court", "law", "judge", "appeal", "code", "loop", "def"]
 MEDICAL, GENERAL = WORDS[8:13] + WORDS[:3], WORDS[:8] + WORDS[13:]
 
 
 def write_corpus(path, words, lines=24, seed=0, domain=None):
     rng = random.Random(seed)
     with open(path, "w", encoding="utf-8") as handle:
-        for _ in range(lines):
-            handle.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(18)),
-                                     "domain": domain or "all"}) + "\n")
+        handle.writelines(json.dumps({"text": " ".join(rng.choice(words) for _ in range(18)),
+                                     "domain": domain or "all"}) + "\n" for _ in range(lines))
     return path
 
 

@@ -15,6 +15,7 @@ TOOLS = {
     "moe-tune": "moetools.cli.tune",
     "moe-mask": "moetools.cli.mask",
     "moe-eval": "moetools.cli.eval",
+    "moe-report": "moetools.cli.report",
     "monet-train": "moetools.cli.monet_train",
     "moetools": "moetools.cli.main",
 }

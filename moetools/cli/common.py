@@ -39,9 +39,10 @@ EXIT_STATUS_TEXT = """\
 2    usage error or invalid input: bad options, a file that is not a valid stream, a stream of the
      wrong kind, segments from different models, an unsupported format version.
 3    truncated input: a stream that ends before its end record, or inside a record or zstd frame.
-130  interrupted (Ctrl-C, SIGINT). Every tool leaves the output files written so far under their
+130  interrupted (Ctrl-C, SIGINT). Every tool leaves the stream files written so far under their
      temporary names (NAME.partial, never renamed into place): complete records without an end
-     record, which read as truncated; tools with --resume continue from them. (After an error,
+     record, which read as truncated; tools with --resume continue from them. Model directories are
+     renamed into place only when complete; training resumes from its checkpoint. (After an error,
      exit 1-3, a tool removes its NAME.partial unless it can resume from it.)
 141  the reader of standard output went away (e.g. `| head`); exits quietly.
 143  terminated by SIGTERM (scancel, a SLURM time limit; SIGKILL: 137): the tool stops at once, with

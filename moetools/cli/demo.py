@@ -34,9 +34,13 @@ def demo(home, steps, max_minutes, tokens_per_domain):
     Builds the offline corpus and trains two small models (a top-k MoE of the
     OLMoE family and MONET-VD) unless they are cached under the home
     directory, then runs moe-trace | moe-sample | moe-explain (offline
-    explainer) on a per-domain slice of the validation split and prints the
-    routing concentration per domain, the experts that pass MONET's 2x
-    domain-skew criterion, and the most domain-skewed experts with their labels.
+    explainer) on a per-domain slice of the validation split, then moe-score,
+    moe-select (each domain's experts, the toxicity-correlated ones, a random
+    control), moe-mask and moe-eval (the loss change on every domain when each
+    set is masked) and moe-report, and prints the routing concentration per
+    domain, the experts that pass MONET's 2x domain-skew criterion, the most
+    domain-skewed experts with their labels, the loss matrix and where the
+    report is (HOME/demo/MODEL/report.html).
     """
     demo_lib.run_demo(home, steps=steps, max_minutes=max_minutes, tokens_per_domain=tokens_per_domain,
                       log=say, echo=click.echo)

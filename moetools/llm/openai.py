@@ -12,7 +12,10 @@ seconds, a busy one gets its time. Retried, with exponential backoff and jitter
 ``max_retries`` times: HTTP 408, 409, 425, 429 and 5xx, timeouts, connection errors
 (refused, reset, dropped mid-response) and bodies that are not a chat completion.
 ``Retry-After`` (seconds or an HTTP date) is honoured as the least wait. 401, 403
-and 404 stop the run: every other request would fail alike.
+and 404 stop the run: every other request would fail alike. With
+``continue_final_message`` an ``answer_prefix`` is sent as a final assistant
+message for the server to continue (vLLM's extension of the same name); the
+answer's text then starts with the prefix.
 
 Before any work (:meth:`OpenAIClient.prepare`) the client asks ``GET
 {api_base}/models``: a server that cannot be reached stops the run there, and
@@ -71,6 +74,9 @@ class OpenAIOptions(GenerationOptions):
     max_retries: int = option(6, "retries of a request on 429/5xx/timeouts/connection errors/bad JSON")
     backoff_base: float = option(0.5, "first retry waits about this many seconds, doubling each time (jitter)")
     backoff_cap: float = option(30.0, "longest wait between retries, in seconds")
+    continue_final_message: bool = option(False, "let the server continue the answer's start, sent as a final "
+                                                 "assistant message (vLLM's continue_final_message; small models "
+                                                 "answer in form far more often)")
 
     @property
     def endpoint(self) -> str:
@@ -191,6 +197,7 @@ class OpenAIClient(CompletionClient):
 
     def __init__(self, options, accounting=None):
         super().__init__(options, accounting)
+        self.supports_prefix = options.continue_final_message
         self.api_base = options.endpoint
         self.limiter = RateLimiter(options.rate)
         self._headers = {"Content-Type": "application/json"}
@@ -299,13 +306,15 @@ class OpenAIClient(CompletionClient):
         return text.replace(key, "[redacted]") if len(key) >= 4 else text
 
     async def complete(self, messages, *, temperature=None, max_tokens=None, answer_prefix=None) -> Completion:
-        if answer_prefix is not None:
-            raise UsageError("the openai backend cannot pre-fill the answer")
+        if answer_prefix is not None and not self.supports_prefix:
+            raise UsageError("the openai backend continues an answer's start only with continue_final_message")
         if self._slots is None:
             await self.start()
-        parameters = self.parameters(temperature, max_tokens)
-        body = json.dumps({"model": self.model, "messages": messages, **parameters},
-                          ensure_ascii=False).encode("utf-8")
+        payload = {"model": self.model, "messages": messages, **self.parameters(temperature, max_tokens)}
+        if answer_prefix is not None:  # the server continues the assistant's turn (vLLM's extension)
+            payload.update(messages=[*messages, {"role": "assistant", "content": answer_prefix}],
+                           continue_final_message=True, add_generation_prompt=False)
+        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
         url = f"{self.api_base}/chat/completions"
         last_problem, kind = "no attempt made", "http"
         for attempt in range(self.options.max_retries + 1):
@@ -337,6 +346,8 @@ class OpenAIClient(CompletionClient):
                         last_problem, kind = f"malformed response body ({error})", "malformed"
                     else:
                         completion.usage.requests = attempt + 1
+                        if answer_prefix is not None and not completion.text.lstrip().startswith(answer_prefix):
+                            completion.text = answer_prefix + completion.text
                         self.accounting.add_usage(completion.usage)
                         return completion
                 elif status in FATAL_STATUS:

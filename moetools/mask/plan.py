@@ -101,7 +101,7 @@ def plan_mask(model, adapter, experts: dict[int, list[int]]) -> MaskPlan:
         bad = [i for i in ids if not 0 <= i < num_experts]
         if bad:
             raise UsageError(f"layer {layer}: expert ids {bad} out of range (the model has {num_experts} per layer)")
-    masked = {index: sorted(set(int(i) for i in experts.get(index, ()))) for index in sorted(indices)}
+    masked = {index: sorted({int(i) for i in experts.get(index, ())}) for index in sorted(indices)}
     plan = MaskPlan(model_type=model_type, num_experts=num_experts, top_k=top_k, masked=masked)
     for layer, ids in masked.items():
         left = num_experts - len(ids)

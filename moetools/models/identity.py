@@ -149,7 +149,12 @@ def _safetensors_digest(files: list[Path]) -> bytes:
     try:
         for number, path in enumerate(files):
             with open(path, "rb") as handle:
-                (length,) = struct.unpack("<Q", handle.read(8))
+                prefix = handle.read(8)
+                (length,) = struct.unpack("<Q", prefix) if len(prefix) == 8 else (-1,)
+                if not 0 < length <= path.stat().st_size - 8:  # random bytes or a file cut short
+                    from ..errors import ModelError
+
+                    raise ModelError(f"{path} is not a complete safetensors file (its header length does not fit)")
                 header = json.loads(handle.read(length))
                 maps.append(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if path.stat().st_size else b"")
             metadata.update(header.pop("__metadata__", None) or {})

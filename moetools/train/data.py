@@ -15,9 +15,11 @@ from __future__ import annotations
 import math
 import zlib
 
+import numpy as np
 import torch
 
 from ..corpus.documents import Document, read_corpus
+from ..corpus.tokenize import LONG_DOCUMENT_CHARS, text_pieces, token_pieces
 from ..errors import UsageError
 
 EOS_TOKEN = "<|endoftext|>"
@@ -62,7 +64,11 @@ def train_tokenizer(documents: list[Document], vocab_size: int):
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN, PAD_TOKEN],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator((d.text for d in documents), trainer=trainer, length=len(documents))
+    # a long document goes in pieces cut at word starts (moetools.corpus.tokenize): the same words are
+    # counted, so the same merges are learnt, without the trainer holding a 50 MB string's words at once
+    texts = (piece for d in documents for piece in
+             ([d.text] if len(d.text) <= LONG_DOCUMENT_CHARS else text_pieces(d.text)))
+    tokenizer.train_from_iterator(texts, trainer=trainer, length=len(documents))
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
                                    pad_token=PAD_TOKEN, model_max_length=1_000_000)
 
@@ -79,15 +85,22 @@ def load_tokenizer(directory):
 
 def pack(documents: list[Document], tokenizer, seq_len: int) -> torch.Tensor:
     """Documents joined by the end-of-text token and cut into (blocks, seq_len) int64; the tail is dropped."""
-    eos = tokenizer.eos_token_id
-    stream: list[int] = []
+    eos = np.array([tokenizer.eos_token_id], dtype=np.int64)
+    stream: list[np.ndarray] = []  # (n,) int64 arrays: 8 bytes a token, not a Python int each
     for start in range(0, len(documents), 512):
-        batch = [d.text for d in documents[start:start + 512]]
-        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
-            stream.extend(ids)
+        batch = documents[start:start + 512]
+        short = [d.text for d in batch if len(d.text) <= LONG_DOCUMENT_CHARS]
+        encoded = iter(tokenizer(short, add_special_tokens=False)["input_ids"] if short else [])
+        for document in batch:
+            if len(document.text) <= LONG_DOCUMENT_CHARS:
+                stream.append(np.asarray(next(encoded), dtype=np.int64))
+            else:  # tokenised in pieces: tokenizer memory bounded by a piece, not the document
+                stream.extend(piece.astype(np.int64) for piece in
+                              token_pieces(document.text, tokenizer, add_special_tokens=False))
             stream.append(eos)
-    blocks = len(stream) // seq_len
-    return torch.tensor(stream[:blocks * seq_len], dtype=torch.long).view(blocks, seq_len)
+    ids = np.concatenate(stream) if stream else np.empty(0, dtype=np.int64)
+    blocks = len(ids) // seq_len
+    return torch.from_numpy(ids[:blocks * seq_len].copy()).view(blocks, seq_len)
 
 
 def pack_by_domain(documents: list[Document], tokenizer, seq_len: int,

@@ -84,6 +84,50 @@ def save_adapter(tuner, summary: dict) -> None:
     write_file_atomic(out / META, (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
 
 
+MODE_NAMES = ("full", "experts", "attention-router", "das-two-stage", "lora", "lora-experts")
+
+
+def _is_int(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def check_tune_meta(meta, where: str = "tune.json") -> None:
+    """Validate a tune.json object (formats/tune.md); FormatError naming the first problem."""
+    if not isinstance(meta, dict):
+        raise FormatError(f"{where}: not a JSON object")
+    if meta.get("format") != FORMAT:
+        raise FormatError(f"{where}: 'format' is not {FORMAT!r}: not a moe-tune adapter")
+    if not _is_int(meta.get("version"), 1):
+        raise FormatError(f"{where}: 'version' must be a positive integer")
+    if meta["version"] > VERSION:
+        raise FormatError(f"{where}: version {meta['version']} is newer than this moe-tune reads ({VERSION})")
+    if meta.get("mode") not in MODE_NAMES:
+        raise FormatError(f"{where}: unknown mode {meta.get('mode')!r}")
+    base = meta.get("base")
+    if not isinstance(base, dict) or not isinstance(base.get("fingerprint"), str):
+        raise FormatError(f"{where}: 'base' must be the base model's identity with a 'fingerprint'")
+    if not isinstance(meta.get("peft"), bool):
+        raise FormatError(f"{where}: 'peft' must be true or false")
+    whole = meta.get("whole_parameters")
+    if not isinstance(whole, list) or not all(isinstance(n, str) for n in whole):
+        raise FormatError(f"{where}: 'whole_parameters' must be a list of parameter names")
+    slices = meta.get("slices")
+    if not isinstance(slices, dict):
+        raise FormatError(f"{where}: 'slices' must be an object (parameter name -> layout)")
+    for name, spec in slices.items():
+        if not isinstance(spec, dict) or not _is_int(spec.get("dim")) or not _is_int(spec.get("block"), 1) \
+                or not _is_int(spec.get("num"), 1):
+            raise FormatError(f"{where}: slice {name!r} needs integers 'dim' >= 0, 'block' >= 1, 'num' >= 1")
+        ids = spec.get("ids")
+        if not isinstance(ids, list) or not ids or not all(_is_int(i) and i < spec["num"] for i in ids) \
+                or len(set(ids)) != len(ids):
+            raise FormatError(f"{where}: slice {name!r}: 'ids' must be distinct expert ids below num {spec['num']}")
+    lora = meta.get("lora")
+    if lora is not None and (not isinstance(lora, dict) or not _is_int(lora.get("rank"), 1)
+                             or not isinstance(lora.get("scale"), (int, float)) or isinstance(lora.get("scale"), bool)):
+        raise FormatError(f"{where}: 'lora' must be null or {{rank, alpha, scale}}")
+
+
 def read_adapter(directory) -> tuple[dict, dict[str, torch.Tensor]]:
     """(tune.json, tensors) of an adapter directory; FormatError when it is not one."""
     from safetensors.torch import load_file
@@ -91,16 +135,29 @@ def read_adapter(directory) -> tuple[dict, dict[str, torch.Tensor]]:
     directory = Path(directory)
     if not (directory / META).is_file():
         raise FormatError(f"{directory} is not a moe-tune adapter (no {META}; did the run finish?)")
-    try:
-        meta = json.loads((directory / META).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise FormatError(f"{directory / META}: not JSON ({error.msg})") from None
-    if meta.get("format") != FORMAT:
-        raise FormatError(f"{directory / META}: not a {FORMAT} file")
-    if int(meta.get("version", 0)) > VERSION:
-        raise FormatError(f"{directory / META}: version {meta['version']} is newer than this moe-tune reads ({VERSION})")
-    tensors = {} if meta.get("peft") else load_file(str(directory / TENSORS))
+    meta = read_tune_json(directory / META)
+    if not meta["peft"] and not (directory / TENSORS).is_file():
+        raise FormatError(f"{directory}: no {TENSORS} beside {META}")
+    tensors = {} if meta["peft"] else load_file(str(directory / TENSORS))
+    for name in meta["whole_parameters"]:
+        if f"full.{name}" not in tensors:
+            raise FormatError(f"{directory / TENSORS}: no tensor full.{name} named in {META}")
+    for name in meta["slices"]:
+        if f"slice.{name}" not in tensors and f"lora_A.{name}" not in tensors:
+            raise FormatError(f"{directory / TENSORS}: no tensor for the slices of {name} named in {META}")
     return meta, tensors
+
+
+def read_tune_json(path) -> dict:
+    """A validated tune.json."""
+    try:
+        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise FormatError(f"{path}: not UTF-8 text ({error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise FormatError(f"{path}: not JSON ({error.msg} at line {error.lineno})") from None
+    check_tune_meta(meta, str(path))
+    return meta
 
 
 def apply_adapter(model, meta: dict, tensors: dict[str, torch.Tensor], directory=None):
@@ -156,4 +213,5 @@ def merge(adapter_dir, output, base: str | None = None, dtype: str = "auto") -> 
     return provenance
 
 
-__all__ = ["FORMAT", "META", "TENSORS", "VERSION", "apply_adapter", "merge", "read_adapter", "save_adapter"]
+__all__ = ["FORMAT", "META", "TENSORS", "VERSION", "apply_adapter", "check_tune_meta", "merge", "read_adapter",
+           "read_tune_json", "save_adapter"]

@@ -144,7 +144,7 @@ def pack_texts(texts: list[str], domains: list[str], tokenizer, seq_len: int) ->
     if not stream:
         raise UsageError("the text tokenizes to nothing")
     blocks = max(1, len(stream) // seq_len)
-    length = seq_len if len(stream) >= seq_len else len(stream)
+    length = min(seq_len, len(stream))
     ids = torch.tensor(stream[:blocks * length], dtype=torch.long).view(blocks, length)
     block_domains = [domains[owners[b * length]] for b in range(blocks)]
     return Examples(ids, ids.clone(), torch.ones_like(ids), block_domains, "text")

@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import UsageError
 from ..train.data import block_indices
 from ..train.loop import _Distributed
-from ..train.state import (WarmupCosine, restore_rng, save_checkpoint, unflatten_optimizer_state)
+from ..train.state import WarmupCosine, restore_rng, save_checkpoint, unflatten_optimizer_state
 from . import das as das_lib
 from .data import IGNORE, load_examples
 from .modes import MODES, STAGE2_KINDS, attention_router_names, extra_expert_mode_names, make_peft

@@ -6,14 +6,19 @@ or columns of ordinary Linear layers (``u.weight [E·M, d]``, ``v.weight [d, E·
 Freezing a module is not enough, and a full-size trainable tensor would give the optimizer
 full-size state. So, per fused tensor ("base", frozen, ``requires_grad=False``):
 
-- the selected experts' slices are a separate small tensor ``values [k, *slice]`` computed from
-  trainable parameters (``experts``: the slices themselves; ``lora-experts``: frozen slices +
-  (alpha/r)·B_e A_e per expert, LoRA of paper 003 §3 restricted to the chosen experts);
-- before the owning module's forward, :class:`Splice` writes ``values`` into the selected rows of
-  the base tensor *in place* (no copy of the full tensor) and hands the module a view of it that is
-  attached to autograd; its backward returns the gradient of the selected rows only. Unselected rows
-  are never written, so they stay bit-for-bit what was loaded, and the optimizer only ever sees the
-  ``[k, ...]`` parameters: its state grows with the selected experts, not with the model.
+- ``experts``: every selected expert's slice is its own ``nn.Parameter`` that *aliases* the base
+  tensor's storage (``experts_view(base)[e]``: no copy); before the owning module's forward,
+  :class:`Alias` hands the module a view of the base attached to autograd, whose backward returns
+  each selected expert's rows of the incoming gradient to its parameter. The optimizer updates
+  those rows in place, in the base's own storage;
+- ``lora-experts`` (LoRA of paper 003 §3 restricted to the chosen experts): the slices are computed,
+  ``values [k, *slice]`` = frozen copy + (alpha/r)·B_e A_e per expert, and :class:`Splice` writes
+  them into the selected rows of the base *in place* before the forward, with the same backward.
+
+Unselected rows are never written, so they stay bit-for-bit what was loaded, and the optimizer only
+ever sees the selected experts' parameters: its state grows with them, not with the model. The one
+transient of full size is the gradient the fused kernel produces for a layer's tensor during
+backward (freed as soon as the selected rows are taken).
 
 A slice is described by ``(dim, block, num)``: the tensor's dimension ``dim`` holds ``num`` experts
 of ``block`` consecutive entries each (HF fused tensors: dim 0, block 1; MONET ``v.weight``: dim 1,
@@ -55,6 +60,21 @@ class Splice(torch.autograd.Function):
         (ids,) = ctx.saved_tensors
         selected = experts_view(grad, *ctx.layout)[ids].to(ctx.values_dtype)  # [k, ...]
         return selected, None, None, None, None, None
+
+
+class Alias(torch.autograd.Function):
+    """``base`` (a view) with a gradient path to ``experts`` (one parameter per selected expert, each
+    aliasing its rows of ``base``): the backward hands each its rows of the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, base, layout, ids, *experts):
+        ctx.layout, ctx.ids = layout, ids
+        return base.view_as(base)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows = experts_view(grad, *ctx.layout)
+        return (None, None, None, *(rows[e].clone() for e in ctx.ids))
 
 
 @dataclass
@@ -149,9 +169,10 @@ def _key(name: str) -> str:
 
 
 class SliceTrainer(nn.Module):
-    """Trainable parameters of the selected slices and the hooks that splice them into the model.
+    """Trainable parameters of the selected slices and the hooks that connect them to the model.
 
-    ``lora_rank=None``: the slices themselves train (``experts``). ``lora_rank=r``: LoRA per selected
+    ``lora_rank=None``: the slices themselves train (``experts``), one parameter per expert and
+    fused tensor, aliasing the tensor's storage. ``lora_rank=r``: LoRA per selected
     expert on slices that are matrices (``lora-experts``; 1-D slices such as biases stay frozen), the
     slice being frozen + (alpha/r)·B A with A ``[k, r, cols]`` (Kaiming-uniform, as peft) and B
     ``[k, rows, r]`` (zeros), so training starts from the base model exactly.
@@ -167,12 +188,14 @@ class SliceTrainer(nn.Module):
         self._frozen: dict[str, torch.Tensor] = {}
         self._handles = []
         for piece in slices:
-            original = piece.gather()
-            if train_dtype is not None:
+            original = piece.gather() if lora_rank is not None else None
+            if original is not None and train_dtype is not None:
                 original = original.to(train_dtype)
             key = _key(piece.name)
-            if lora_rank is None:
-                self.values[key] = nn.Parameter(original)
+            if lora_rank is None:  # parameters aliasing the base's rows: no copy
+                rows = experts_view(piece.base, piece.dim, piece.block, piece.num)
+                for e in piece.ids:
+                    self.values[f"{key}__e{e}"] = nn.Parameter(rows[e], requires_grad=True)
             elif original.ndim == 3:  # [k, rows, cols]: a matrix per expert
                 self._frozen[key] = original
                 k, rows, cols = original.shape
@@ -187,15 +210,19 @@ class SliceTrainer(nn.Module):
     def scale(self) -> float:
         return self.lora_alpha / self.lora_rank if self.lora_rank else 1.0
 
-    def trained(self, piece: ExpertSlice) -> bool:
+    def aliases(self, piece: ExpertSlice) -> list[nn.Parameter]:
         key = _key(piece.name)
-        return key in self.values or key in self.lora_A
+        return [self.values[f"{key}__e{e}"] for e in piece.ids if f"{key}__e{e}" in self.values]
+
+    def trained(self, piece: ExpertSlice) -> bool:
+        return bool(self.aliases(piece)) or _key(piece.name) in self.lora_A
 
     def slice_values(self, piece: ExpertSlice) -> torch.Tensor:
-        """The selected slices as the model should use them now, ``[k, ...]`` (differentiable)."""
+        """The selected slices as the model uses them now, ``[k, ...]`` (differentiable for LoRA)."""
+        aliases = self.aliases(piece)
+        if aliases:
+            return torch.stack([p.detach() for p in aliases])
         key = _key(piece.name)
-        if key in self.values:
-            return self.values[key]
         return self._frozen[key] + self.scale * torch.bmm(self.lora_B[key], self.lora_A[key])
 
     def attach(self) -> SliceTrainer:
@@ -206,9 +233,13 @@ class SliceTrainer(nn.Module):
             index = torch.tensor(piece.ids, device=piece.base.device)
 
             def before(module, args, piece=piece, index=index):
-                spliced = Splice.apply(self.slice_values(piece), piece.base, index, piece.dim, piece.block,
-                                       piece.num)
-                module.__dict__[piece.attribute] = spliced  # shadows the frozen Parameter for this call
+                aliases = self.aliases(piece)
+                if aliases:  # the parameters are the base's rows already
+                    view = Alias.apply(piece.base, (piece.dim, piece.block, piece.num), piece.ids, *aliases)
+                else:
+                    view = Splice.apply(self.slice_values(piece), piece.base, index, piece.dim, piece.block,
+                                        piece.num)
+                module.__dict__[piece.attribute] = view  # shadows the frozen Parameter for this call
 
             def after(module, args, output, piece=piece):
                 module.__dict__.pop(piece.attribute, None)
@@ -226,7 +257,7 @@ class SliceTrainer(nn.Module):
     def sync(self) -> None:
         """Write the current values into the model's tensors (after the last optimizer step)."""
         for piece in self.slices:
-            if self.trained(piece):
+            if _key(piece.name) in self.lora_A:  # aliases live in the base already
                 index = torch.tensor(piece.ids, device=piece.base.device)
                 experts_view(piece.base, piece.dim, piece.block, piece.num)[index] = \
                     self.slice_values(piece).to(piece.base.dtype)
@@ -236,8 +267,8 @@ class SliceTrainer(nn.Module):
         tensors = {}
         for piece in self.slices:
             key = _key(piece.name)
-            if key in self.values:
-                tensors[f"slice.{piece.name}"] = self.values[key].detach().cpu().contiguous()
+            if self.aliases(piece):
+                tensors[f"slice.{piece.name}"] = self.slice_values(piece).cpu().contiguous()
             elif key in self.lora_A:
                 tensors[f"lora_A.{piece.name}"] = self.lora_A[key].detach().cpu().contiguous()
                 tensors[f"lora_B.{piece.name}"] = self.lora_B[key].detach().cpu().contiguous()

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from ..schema import (Schema, field_int, field_list, field_map, field_number, field_str, need, register_schema,
-                      where)
+from ..schema import (
+    Schema,
+    field_int,
+    field_list,
+    field_map,
+    field_number,
+    field_str,
+    need,
+    register_schema,
+    where,
+)
 
 
 def _models_in(header: dict) -> int | None:

@@ -1,0 +1,177 @@
+"""Peak RSS of moe-trace on one huge document (a single 50 MB line), side by side with the old way.
+
+Each measurement runs in a fresh process (peak RSS = ``ru_maxrss`` of that process, or its
+``VmHWM`` for moe-trace itself):
+
+- ``windows``: moe-trace's tokenise-and-window pass (``iter_windows``: the document tokenised
+  in pieces, windows formed as tokens arrive) over the whole document, at ``--mb`` MB and at a
+  tenth of it: peak RSS should not grow with the document beyond the text itself;
+- ``whole``: the old way, the whole document given to the tokenizer in one call (what
+  moe-trace did before; 7.9 GB at 50 MB), at a tenth of ``--mb`` only (the full size would
+  take gigabytes);
+- ``moe-trace``: the command itself on the ``--mb`` MB document (tests' tiny OLMoE, word
+  tokenizer), interrupted with SIGINT after ``--trace-seconds`` of tracing (the whole document is
+  ~10M tokens: hours on a shared CPU), with its peak RSS and the records it wrote by then.
+
+    .venv/bin/python bench/bench_long_document.py           # 50 MB (a few minutes)
+    .venv/bin/python bench/bench_long_document.py --mb 5
+
+Results: bench/results/long_document.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+WORDS = ["the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "code", "law", "math", "cell", "expert"]
+
+
+def write_document(path: Path, megabytes: float, seed: int = 0) -> int:
+    """One JSON line whose text is ``megabytes`` MB of words; returns the text's length in characters."""
+    rng = np.random.default_rng(seed)
+    target = int(megabytes * 1e6)
+    words = np.array(WORDS)
+    parts, length = [], 0
+    while length < target:
+        chunk = " ".join(words[rng.integers(0, len(words), 100_000)]) + " "
+        parts.append(chunk)
+        length += len(chunk)
+    text = "".join(parts)[:target].rstrip() + " end"
+    path.write_text(json.dumps({"id": "huge", "text": text}) + "\n")
+    return len(text)
+
+
+def child(mode: str, model: str, corpus: str) -> None:
+    """Runs in a fresh process: one measurement, printed as a JSON line."""
+    from transformers import AutoTokenizer
+
+    from moetools.trace.corpus import read_documents
+    from moetools.trace.runner import TraceOptions, TraceSummary, iter_windows
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with open(corpus, "rb") as source:
+        if mode == "windows":
+            windows = tokens = 0
+            for windows, window in enumerate(iter_windows(read_documents(source, name="c"), tokenizer,
+                                                          TraceOptions(max_length=512), TraceSummary()), start=1):
+                tokens += len(window.token_ids)
+        else:  # the old way: the whole text in one tokenizer call
+            document = next(read_documents(source, name="c"))
+            tokens = len(tokenizer(document.text, add_special_tokens=True)["input_ids"])
+            windows = -(-tokens // 512)
+    print(json.dumps({"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                      "rss_before_mb": round(baseline / 1024, 1), "seconds": round(time.perf_counter() - start, 2),
+                      "tokens": tokens, "windows": windows}))
+
+
+def measure(mode: str, model: Path, corpus: Path) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--child", mode, str(model), str(corpus)],
+                            capture_output=True, text=True, check=False,
+                            env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+    if result.returncode:
+        raise RuntimeError(result.stderr[-2000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def trace_for(model: Path, corpus: Path, seconds: float, work: Path) -> dict:
+    """moe-trace on the document until ``seconds`` after its output opened, then SIGINT."""
+    from moetools.errors import FormatError
+    from moetools.streams import StreamReader
+
+    output = work / "huge.msgpack.zst"
+    partial = output.with_name(output.name + ".partial")
+    process = subprocess.Popen([sys.executable, "-c", "from moetools.cli.trace import main; main()", str(model),
+                                str(corpus), "--max-length", "64", "-q", "-o", str(output)],
+                               env=dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false"),
+                               stderr=subprocess.PIPE, text=True)
+    started = time.monotonic()
+    while not partial.exists() and process.poll() is None:
+        time.sleep(0.05)
+    opened = time.monotonic()
+    peak = 0.0
+    while process.poll() is None and time.monotonic() - opened < seconds:
+        peak = max(peak, vm_hwm_mb(process.pid))
+        time.sleep(0.5)
+    if process.poll() is None:
+        peak = max(peak, vm_hwm_mb(process.pid))
+        process.send_signal(signal.SIGINT)
+    status = process.wait()
+    records = 0
+    with open(partial if partial.exists() else output, "rb") as handle, contextlib.suppress(FormatError):
+        for _ in StreamReader(handle):  # a partial output ends truncated (FormatError)
+            records += 1
+    return {"peak_rss_mb": round(peak, 1), "exit": status, "seconds_to_output_open": round(opened - started, 1),
+            "seconds_traced": round(time.monotonic() - opened, 1), "records_written": records,
+            "tokens_written": records * 64}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(*sys.argv[2:5])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mb", type=float, default=50.0)
+    parser.add_argument("--trace-seconds", type=float, default=60.0)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "long_document.json"))
+    args = parser.parse_args()
+    from tiny_models import save_tiny_olmoe
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        save_tiny_olmoe(work / "model", WORDS)
+        large, small = work / "large.jsonl", work / "small.jsonl"
+        chars = write_document(large, args.mb)
+        small_chars = write_document(small, args.mb / 10)
+        rows = {
+            "windows_large": measure("windows", work / "model", large),
+            "windows_small": measure("windows", work / "model", small),
+            "whole_small": measure("whole", work / "model", small),
+        }
+        rows["moe_trace_large"] = trace_for(work / "model", large, args.trace_seconds, work)
+    result = {
+        "what": "peak RSS of one huge document (a single JSON line) in moe-trace: tokenised in pieces and windowed "
+                "as tokens arrive (now) vs. the whole text in one tokenizer call (before)",
+        "document_mb": args.mb, "document_chars": chars, "small_document_chars": small_chars,
+        "tokenizer": "word-level (tests/tiny_models.py), max_length 512 for the windows pass, 64 for moe-trace",
+        **rows,
+        "ratios": {
+            "windows_peak_rss_large_over_small": round(rows["windows_large"]["peak_rss_mb"]
+                                                      / rows["windows_small"]["peak_rss_mb"], 2),
+            "whole_over_pieces_peak_rss_small": round(rows["whole_small"]["peak_rss_mb"]
+                                                     / rows["windows_small"]["peak_rss_mb"], 2),
+        },
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                    "load_average": os.getloadavg()},
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

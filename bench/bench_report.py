@@ -1,0 +1,152 @@
+"""moe-report's size and speed per expert, up to a MONET-sized model (4 layers x 4,096 composed experts).
+
+Writes synthetic but schema-valid streams of one model, each expert as full as moe-report ever makes
+it (scores: 6 domains x 10 metrics + skew + Pearson; a label; 4 top contexts and 2 + 2 holdout
+examples of 48 tokens; 8 logit-lens tokens), builds the report, and measures bytes per expert, build
+time and peak RSS; then opens the largest report in headless Chromium (when /usr/bin/chromium and
+Playwright are there) and times it until the first page of cards is drawn.
+
+    .venv/bin/python bench/bench_report.py [--quick] [-o bench/results/report.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from moetools.report import build_report
+from moetools.streams import StreamWriter
+
+DOMAINS = ["code", "legal", "medical", "math", "general", "offensive"]
+METRICS = ["af", "prob", "das", "score", "explen", "psn", "reap", "esft_token", "esft_gate", "routed"]
+CONTEXT = 48
+
+
+def model(layers: int, experts: int) -> dict:
+    return {"name": f"bench-{layers}x{experts}", "path": None, "model_type": "monet", "num_layers": layers,
+            "moe_layers": list(range(layers)), "num_experts": experts, "top_k": 8, "fingerprint": "sha256:" + "d4" * 32}
+
+
+def context(rng, key: str, positive: bool) -> dict:
+    pieces = [f" w{int(i)}" for i in rng.integers(0, 5000, CONTEXT)]
+    activation = (rng.random(CONTEXT) * (rng.random(CONTEXT) < 0.3) * positive).astype("<f4")
+    mark = int(rng.integers(0, CONTEXT))
+    if positive:
+        activation[mark] = 1.0 + float(rng.random())
+    return {"id": f"{key}@{mark}", "doc_id": key, "offset": 0, "mark": mark, "pieces": pieces,
+            "activation": activation, "score": float(activation.max()), "meta": {"domain": str(rng.choice(DOMAINS))}}
+
+
+def write_streams(directory: Path, layers: int, experts: int) -> list[Path]:
+    rng = np.random.default_rng(0)
+    identity = model(layers, experts)
+    paths = [directory / "scores.msgpack.zst", directory / "labels.msgpack.zst", directory / "samples.msgpack.zst"]
+    with open(paths[0], "wb") as handle:
+        writer = StreamWriter(handle, "scores", tool={"name": "bench"}, model=identity,
+                              header_extra={"source": "routing", "layers": list(range(layers)), "num_experts": experts,
+                                            "top_k": 8, "domains": DOMAINS})
+        for layer in range(layers):
+            for expert in range(experts):
+                values = rng.random((len(DOMAINS), len(METRICS)))
+                writer.write({"type": "expert", "layer": layer, "expert": expert,
+                              "domains": {d: {m: float(values[i, j]) for j, m in enumerate(METRICS)}
+                                          for i, d in enumerate(DOMAINS)},
+                              "skew": {"domain": DOMAINS[0], "ratio": float(1 + 3 * rng.random()),
+                                       "specialised": bool(rng.random() < 0.2), "p": float(rng.random()),
+                                       "q": float(rng.random())},
+                              "pearson": float(rng.random() - 0.5)})
+        writer.close()
+    with open(paths[1], "wb") as handle:
+        writer = StreamWriter(handle, "labels", tool={"name": "bench"}, model=identity)
+        for layer in range(layers):
+            for expert in range(experts):
+                writer.write({"type": "label", "layer": layer, "expert": expert, "status": "ok",
+                              "explanation": f"This expert specializes in the tokens \"w{expert}\", \"w{layer}\" "
+                                             "in medical text and promotes \" dose\"",
+                              "explainer": {"backend": "offline", "model": None, "method": "offline-log-odds-v3"}})
+        writer.close()
+    with open(paths[2], "wb") as handle:
+        writer = StreamWriter(handle, "samples", tool={"name": "bench"}, model=identity,
+                              header_extra={"layers": list(range(layers)), "num_experts": experts})
+        for layer in range(layers):
+            for expert in range(experts):
+                key = f"d{layer}-{expert}"
+                writer.write({"type": "expert", "layer": layer, "expert": expert, "status": "ok",
+                              "explain": {"top": [context(rng, f"{key}-{i}", True) for i in range(4)]},
+                              "holdout": {"positive": [context(rng, f"{key}-p{i}", True) for i in range(2)],
+                                          "negative": [context(rng, f"{key}-n{i}", False) for i in range(2)]},
+                              "logit_lens": [{"id": i, "piece": f" v{i}", "count": 9 - i} for i in range(8)]})
+        writer.close()
+    return paths
+
+
+def open_in_chromium(report: Path) -> float | None:
+    """Seconds from navigation to the first page of cards drawn; None without Chromium/Playwright."""
+    if not Path("/usr/bin/chromium").exists():
+        return None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
+        context = playwright.chromium.launch_persistent_context(profile, executable_path="/usr/bin/chromium",
+                                                                args=args, headless=True)
+        page = context.new_page()
+        started = time.perf_counter()
+        page.goto(report.resolve().as_uri(), timeout=120_000)
+        page.wait_for_selector("body[data-ready='1']", timeout=120_000)
+        seconds = time.perf_counter() - started
+        assert page.locator(".card").count() == 50
+        context.close()
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="only the small sizes")
+    parser.add_argument("-o", "--output", default=str(Path(__file__).parent / "results" / "report.json"))
+    args = parser.parse_args()
+    sizes = [(2, 64), (4, 1024)] + ([] if args.quick else [(4, 4096)])
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for layers, experts in sizes:
+            directory = Path(tmp) / f"{layers}x{experts}"
+            directory.mkdir()
+            inputs = write_streams(directory, layers, experts)
+            report = directory / "report.html"
+            started = time.perf_counter()
+            written = build_report(inputs, report)
+            seconds = time.perf_counter() - started
+            count = layers * experts
+            runs.append({"layers": layers, "experts_per_layer": experts, "experts": count, "bytes": written["bytes"],
+                         "bytes_per_expert": round(written["bytes"] / count), "build_seconds": round(seconds, 2),
+                         "build_ms_per_expert": round(1000 * seconds / count, 3),
+                         "input_bytes": sum(path.stat().st_size for path in inputs)})
+            print(f"{count:>6} experts: {written['bytes'] / 1e6:6.1f} MB, {written['bytes'] / count:,.0f} B/expert, "
+                  f"built in {seconds:.1f} s", flush=True)
+        browser_seconds = open_in_chromium(report)
+    if browser_seconds is not None:
+        print(f"largest report ({runs[-1]['experts']} experts) opened and drew its first 50 cards in "
+              f"{browser_seconds:.1f} s (headless Chromium)")
+    results = {"machine": {"cpu_count": os.cpu_count(), "load_average": os.getloadavg()}, "quick": args.quick,
+               "per_expert": "scores (6 domains x 10 metrics, skew, Pearson), label, 4 top contexts + 2+2 holdout "
+                             f"of {CONTEXT} tokens, 8 logit-lens tokens",
+               "runs": runs, "largest_opened_in_chromium_seconds": browser_seconds,
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The demo past the labels: moe-score, moe-select, moe-mask + moe-eval, moe-report (``moetools demo``).
+
+For each model, after ``moe-trace | moe-sample | moe-explain`` (:mod:`moetools.demo`)::
+
+    moe-score trace.msgpack.zst [--target-field toxicity] -o scores.jsonl        # routing statistics
+    moe-select scores.jsonl --by das --domain D --top M -o sets/D.json          # each domain's experts
+    moe-select scores.jsonl --by pearson --top M -o sets/toxicity.json          # when the corpus has toxicity
+    moe-select scores.jsonl --random M -o sets/random.json                      # the control, same size
+    moe-mask MODEL --experts sets/D.json -o masked/D                           # each domain, and random
+    moe-eval MODEL masked/* --data demo.jsonl -o eval.jsonl                    # domain x mask loss changes
+    moe-report trace samples labels scores sets/*.json eval.jsonl --baseline random-init.trace -o report.html
+
+Each step runs the installed tool as the rest of the demo does. A step that fails is reported in
+the summary (what failed and why) and the chain goes on with what it has: the report is written
+from whatever streams exist.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from .errors import MoetoolsError
+
+#: skew permutations in the demo (the default 1000 takes minutes on MONET's 4,096 experts per layer)
+DEMO_PERMUTATIONS = 200
+
+
+def _q(path) -> str:
+    return shlex.quote(str(path))
+
+
+def corpus_has_field(corpus: Path, name: str) -> bool:
+    with open(corpus, encoding="utf-8") as handle:
+        return any(name in json.loads(line) for line in handle if line.strip())
+
+
+def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], paths: dict, run_shell,
+              log) -> dict:
+    """Score, select, mask, evaluate and report one model; returns the paths made and the notes of failed steps."""
+    notes: list[str] = []
+    made = {"scores": out / "scores.jsonl", "eval": out / "eval.jsonl", "report": out / "report.html",
+            "sets": {}, "masked": {}}
+    sets_dir, masked_dir = out / "sets", out / "masked"
+    sets_dir.mkdir(parents=True, exist_ok=True)
+    toxicity = corpus_has_field(corpus, "toxicity")
+
+    def step(what: str, line: str) -> bool:
+        try:
+            run_shell(line, log)
+            return True
+        except MoetoolsError as error:
+            notes.append(f"{what} failed: {error}")
+            return False
+
+    target = " --target-field toxicity" if toxicity else ""
+    scored = step("moe-score", f"moe-score -q {_q(paths['trace'])}{target} --permutations {DEMO_PERMUTATIONS} "
+                               f"-o {_q(made['scores'])}")
+    top = recipe.select_top
+    if scored:
+        for domain in domains:
+            target_set = sets_dir / f"{domain}.json"
+            if step(f"moe-select {domain}", f"moe-select -q {_q(made['scores'])} --by das --domain {_q(domain)} "
+                                            f"--top {top} -o {_q(target_set)}"):
+                made["sets"][domain] = target_set
+        if toxicity and step("moe-select toxicity", f"moe-select -q {_q(made['scores'])} --by pearson --top {top} "
+                                                    f"-o {_q(sets_dir / 'toxicity.json')}"):
+            made["sets"]["toxicity"] = sets_dir / "toxicity.json"
+        if step("moe-select random", f"moe-select -q {_q(made['scores'])} --random {top} --seed 0 "
+                                     f"-o {_q(sets_dir / 'random.json')}"):
+            made["sets"]["random"] = sets_dir / "random.json"
+    for name, experts in made["sets"].items():
+        if name == "toxicity":
+            continue  # selected and shown; the loss matrix masks the domain sets and the random control
+        directory = masked_dir / name
+        if step(f"moe-mask {name}", f"moe-mask -q {_q(model)} --experts {_q(experts)} -o {_q(directory)} --force"):
+            made["masked"][name] = directory
+    made["eval"].unlink(missing_ok=True)
+    if made["masked"]:
+        models = " ".join(_q(directory) for directory in made["masked"].values())
+        step("moe-eval", f"moe-eval -q {_q(model)} {models} --data {_q(corpus)} --max-length 256 "
+                         f"-o {_q(made['eval'])}")
+    inputs = [paths["trace"], paths["samples"], paths["labels"], made["scores"], *made["sets"].values(), made["eval"]]
+    present = " ".join(_q(path) for path in inputs if Path(path).is_file())
+    baseline = f" --baseline {_q(paths['random_trace'])}" if Path(paths["random_trace"]).is_file() else ""
+    step("moe-report", f"moe-report -q {present}{baseline} --title {_q(f'moetools demo: {recipe.name}')} "
+                       f"-o {_q(made['report'])}")
+    made["notes"] = notes
+    return made
+
+
+def summarise_chain(made: dict) -> list[str]:
+    """The lines of the summary about scores, sets, the loss matrix and the report."""
+    lines = []
+    if made["sets"]:
+        sizes = ", ".join(f"{name} {_set_size(path)}" for name, path in made["sets"].items())
+        lines.append(f"expert sets (moe-select; experts over all layers): {sizes}")
+    matrix = _loss_matrix(made["eval"]) if made["eval"].is_file() else None
+    if matrix:
+        domains, rows = matrix
+        lines.append("loss change when masking each set (nats/token; rows: masked set, columns: evaluated domain):")
+        lines.append("  " + " " * 12 + "".join(f"{d[:9]:>10}" for d in domains))
+        for name, changes in rows:
+            lines.append(f"  {name[:12]:<12}" + "".join(
+                f"{'–' if changes.get(d) is None else format(changes[d], '+.3f'):>10}" for d in domains))
+    if made["report"].is_file():
+        lines.append(f"report: {made['report']} (open it in a browser; #LAYER/EXPERT jumps to an expert)")
+    lines.extend(f"not done: {note}" for note in made["notes"])
+    return lines
+
+
+def _set_size(path: Path) -> int:
+    try:
+        return sum(len(ids) for ids in json.loads(Path(path).read_text())["experts"].values())
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _loss_matrix(path: Path):
+    """(domains, [(masked set name, {domain: delta_loss})]) from an eval stream; None when unreadable."""
+    from .streams.files import read_input
+
+    try:
+        reader = read_input(path, kinds="eval", validate=True)
+        names = [Path(model).name for model in reader.header.get("models") or []]
+        rows: dict[int, dict] = {}
+        domains: list[str] = []
+        for record in reader:
+            if record.get("type") == "domain" and record["model"] > 0:
+                rows.setdefault(record["model"], {})[record["domain"]] = record.get("delta_loss")
+                if record["domain"] not in domains:
+                    domains.append(record["domain"])
+    except MoetoolsError:
+        return None
+    return domains, [(names[index] if index < len(names) else str(index), row) for index, row in sorted(rows.items())]
+
+
+__all__ = ["run_chain", "summarise_chain"]

@@ -1,0 +1,240 @@
+"""Turn :class:`~moetools.report.inputs.ReportData` into the page's inline JSON and overview figures.
+
+The inline JSON (formats/report.md) is columnar where it repeats: the score names are listed once
+(``keys``) and each expert carries ``v``, its values in that order, so an expert costs its numbers,
+not their names.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+import numpy as np
+
+from .inputs import ReportData, _round
+
+#: per-domain metrics drawn as overview heatmaps, in this order, when the scores have them
+DOMAIN_HEATMAPS = ("das", "af", "edms", "edmrs")
+#: expert-level metrics drawn as overview heatmaps (skew.ratio drawn as log2)
+EXPERT_HEATMAPS = ("skew.ratio", "ems", "f1", "pearson", "jsd_routing", "jsd_functional")
+
+
+def flat_scores(record: dict) -> dict[str, float]:
+    """One scores record as ``{name: number}``: ``metric:domain`` per domain, ``skew.ratio``, ``pearson``..."""
+    flat: dict[str, float] = {}
+    for domain, metrics in (record.get("domains") or {}).items():
+        for name, value in (metrics or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                flat[f"{name}:{domain}"] = value
+    for name, value in record.items():
+        if name in ("type", "layer", "expert", "domains"):
+            continue
+        if isinstance(value, bool):
+            flat[name] = int(value)
+        elif isinstance(value, (int, float)):
+            flat[name] = value
+        elif isinstance(value, dict):
+            for inner, number in value.items():
+                if isinstance(number, bool):
+                    flat[f"{name}.{inner}"] = int(number)
+                elif isinstance(number, (int, float)):
+                    flat[f"{name}.{inner}"] = number
+    return flat
+
+
+def _domains(data: ReportData) -> list[str]:
+    if data.scores_header and data.scores_header.get("domains"):
+        return list(data.scores_header["domains"])
+    if data.routing is not None and data.routing.domains:
+        return data.routing.ordered()[0]
+    seen: list[str] = []
+    for card in data.cards.values():
+        for context in card.contexts:
+            if context.get("dom") is not None and context["dom"] not in seen:
+                seen.append(context["dom"])
+    return seen
+
+
+def _histograms(data: ReportData, domains: list[str]) -> tuple[str, dict]:
+    """Per expert a value per domain: mean router probability from the scores, else from the trace."""
+    if data.scores_header and "prob" in (data.scores_header.get("metrics") or {}) or any(
+            "prob" in (m or {}) for c in list(data.cards.values())[:1] for m in (c.scores.get("domains") or {}).values()):
+        return "mean router probability per token (scores)", {
+            key: [((card.scores.get("domains") or {}).get(d) or {}).get("prob") for d in domains]
+            for key, card in data.cards.items()}
+    if data.routing is not None and data.routing.shape is not None:
+        names, probability = data.routing.mean_probability()  # (D, L, E)
+        index = {layer: row for row, layer in enumerate(data.routing_layers)}
+        order = [names.index(d) if d in names else None for d in domains]
+        result = {}
+        for (layer, expert), _ in data.cards.items():
+            row = index.get(layer)
+            if row is not None and expert < probability.shape[2]:
+                result[(layer, expert)] = [None if o is None else float(probability[o, row, expert]) for o in order]
+        return "mean router probability per token (trace)", result
+    result = {}
+    for key, card in data.cards.items():
+        if card.contexts:
+            result[key] = [sum(1 for c in card.contexts if c.get("dom") == d) for d in domains]
+    return "top contexts per domain (samples)", result
+
+
+def ensure_trace_cards(data: ReportData) -> None:
+    """With a trace (or scores) but no per-expert inputs, every (layer, expert) still gets a card."""
+    if data.cards or not data.layers or not data.num_experts:
+        return
+    for layer in data.layers:
+        for expert in range(data.num_experts):
+            data.card(layer, expert)
+
+
+def _explainer(label: dict) -> str:
+    explainer = label.get("explainer") or {}
+    backend, model = explainer.get("backend"), explainer.get("model")
+    return f"{backend}{f' ({model})' if model else ''}" + (
+        f" — {explainer['method']}" if backend == "offline" and explainer.get("method") else "")
+
+
+def payload(data: ReportData, title: str) -> dict:
+    """The page's inline JSON (formats/report.md)."""
+    ensure_trace_cards(data)
+    domains = _domains(data)
+    flats = {key: flat_scores(card.scores) for key, card in data.cards.items() if card.scores}
+    keys = sorted({name for flat in flats.values() for name in flat})
+    histogram_kind, histograms = _histograms(data, domains)
+    membership: dict = {}
+    for index, (_, chosen) in enumerate(data.sets):
+        for pair in chosen.pairs():
+            membership.setdefault(pair, []).append(index)
+    experts = []
+    for key in sorted(data.cards):
+        card = data.cards[key]
+        entry: dict = {"l": card.layer, "e": card.expert}
+        if card.label is not None:
+            entry["lab"] = card.label.get("explanation")
+            entry["st"] = card.label.get("status")
+            entry["by"] = _explainer(card.label)
+            if card.label.get("error"):
+                entry["err"] = card.label["error"]
+        if key in flats:
+            entry["v"] = [_round(flats[key].get(name), 4) for name in keys]
+        if key in histograms:
+            entry["h"] = [_round(value, 3) for value in histograms[key]]
+        if card.contexts:
+            entry["c"] = card.contexts
+        if card.holdout:
+            entry["ho"] = card.holdout
+        if card.logit_lens:
+            entry["ll"] = card.logit_lens
+        if card.sample_status and card.sample_status != "ok":
+            entry["ss"] = card.sample_status
+        if card.sample_stats and card.sample_stats.get("firing_tokens") is not None:
+            entry["ft"] = card.sample_stats["firing_tokens"]
+        if key in membership:
+            entry["sets"] = membership[key]
+        experts.append(entry)
+    return {"version": 1, "title": title, "model": data.model, "domains": domains, "keys": keys,
+            "histogram": histogram_kind, "layers": data.layers, "num_experts": data.num_experts,
+            "sets": [{"name": name, "size": len(chosen), "criterion": chosen.provenance.get("criterion")}
+                     for name, chosen in data.sets],
+            "sources": data.sources, "experts": experts}
+
+
+def _grid(data: ReportData, value_of) -> np.ndarray:
+    """(L, E) float array of ``value_of(card)`` (NaN where missing)."""
+    layers = data.layers or sorted({layer for layer, _ in data.cards})
+    experts = data.num_experts or (1 + max((e for _, e in data.cards), default=0))
+    grid = np.full((len(layers), experts), np.nan)
+    row = {layer: index for index, layer in enumerate(layers)}
+    for (layer, expert), card in data.cards.items():
+        value = value_of(card)
+        if layer in row and expert < experts and value is not None and math.isfinite(value):
+            grid[row[layer], expert] = value
+    return grid
+
+
+def overview_figures(data: ReportData) -> list[tuple[str, str]]:
+    """(caption, svg) of each overview figure the inputs allow."""
+    from .plots import grouped_bars_svg, heatmap_svg
+
+    figures = []
+    layers = data.layers or sorted({layer for layer, _ in data.cards})
+    domains = _domains(data)
+    if data.scores_header:
+        metrics = data.scores_header.get("metrics") or {}
+        present = {name for card in data.cards.values() for m in (card.scores.get("domains") or {}).values()
+                   for name in (m or {})}
+        for metric in DOMAIN_HEATMAPS:
+            if metric in present:
+                panels = [(f"{metric} · {d}", _grid(data, lambda c, d=d: ((c.scores.get("domains") or {}).get(d) or {})
+                                                    .get(metric))) for d in domains]
+                figures.append((f"{metric} per layer × expert, one panel per domain "
+                                f"({(metrics.get(metric) or {}).get('definition', '')})",
+                                heatmap_svg(metric, panels, layers, diverging=metric == "das", colorbar=metric)))
+        for metric in EXPERT_HEATMAPS:
+            name, _, inner = metric.partition(".")
+            def value(card, name=name, inner=inner):
+                item = card.scores.get(name)
+                item = item.get(inner) if inner and isinstance(item, dict) else item
+                if item is None or isinstance(item, (dict, bool)):
+                    return None
+                return math.log2(item) if metric == "skew.ratio" and item > 0 else float(item)
+            grid = _grid(data, value)
+            if np.isfinite(grid).any():
+                label = "log2 skew ratio (top domain / runner-up; 1 = MONET's 2x)" if metric == "skew.ratio" else metric
+                figures.append((label, heatmap_svg(label, [(label, grid)], layers, colorbar=metric)))
+    elif data.routing is not None and data.routing.shape is not None:
+        names, probability = data.routing.mean_probability()
+        panels = [(f"mean router probability · {d}", probability[i]) for i, d in enumerate(names)]
+        figures.append(("mean router probability per layer × expert, one panel per domain (trace)",
+                        heatmap_svg("router probability", panels, data.routing_layers, colorbar="p")))
+    figures.extend(_concentration_figures(data, grouped_bars_svg))
+    return figures
+
+
+def _concentration_figures(data: ReportData, grouped_bars_svg) -> list[tuple[str, str]]:
+    from ..score.specialisation import top_expert_share
+
+    figures = []
+    if data.routing is not None and data.routing.shape is not None and len(data.routing.domains) > 1:
+        k = int(data.top_k or 1)
+        share = top_expert_share(data.routing, k)
+        names = list(share["domains"])
+        series = [("own domain", [share["domains"][d]["share"] for d in names]),
+                  ("same experts, other domains", [share["domains"][d]["elsewhere"] for d in names])]
+        caption = (f"routing concentration: share of each domain's router mass on its top-{k} experts per layer, "
+                   "beside the share the same experts take of the other domains")
+        if data.baseline_routing is not None and data.baseline_routing.shape is not None:
+            base = top_expert_share(data.baseline_routing, k)["domains"]
+            series += [("baseline: own", [(base.get(d) or {}).get("share", np.nan) for d in names]),
+                       ("baseline: other domains", [(base.get(d) or {}).get("elsewhere", np.nan) for d in names])]
+            caption += f"; baseline: {html.escape(str((data.baseline_model or {}).get('name')))} (e.g. random init)"
+        figures.append((caption, grouped_bars_svg("routing concentration", names, series, ylabel="share",
+                                                  reference=share["uniform"], reference_label="uniform router")))
+    skew = (data.scores_summary or {}).get("skew") or {}
+    if skew.get("specialised"):
+        per_layer = skew["specialised"]
+        names = [str(layer) for layer in per_layer]
+        series = [(f"≥ {skew.get('min_ratio', 2)}x runner-up", [per_layer[n] for n in per_layer])]
+        expected = skew.get("expected_under_null") or {}
+        if expected:
+            series.append(("expected with shuffled domain labels", [expected.get(n, np.nan) for n in per_layer]))
+        significant = skew.get("significant") or {}
+        if significant:
+            series.append(("significant (q < 0.05)", [significant.get(n, np.nan) for n in per_layer]))
+        figures.append(("domain-skewed experts per layer (MONET's criterion) beside the shuffled-label baseline",
+                        grouped_bars_svg("skewed experts", names, series, ylabel="experts")))
+    jsd = (data.scores_summary or {}).get("jsd") or {}
+    for kind in ("jsd_routing", "jsd_functional"):
+        observed, random = jsd.get(kind) or {}, jsd.get(f"{kind}_random") or {}
+        if observed:
+            names = [str(layer) for layer in observed]
+            figures.append((f"{kind}: mean JSD per layer (bits) beside the random-expert baseline",
+                            grouped_bars_svg(kind, names, [("experts", list(observed.values())),
+                                                           ("random expert", [random.get(n, np.nan) for n in observed])],
+                                             ylabel="bits")))
+    return figures
+
+
+__all__ = ["flat_scores", "overview_figures", "payload"]

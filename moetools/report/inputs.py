@@ -1,0 +1,283 @@
+"""What moe-report reads: any subset of trace / samples / labels / scores / eval streams and experts.json
+files of one model, given in any order (each stream is dispatched on its header's ``kind``).
+
+Everything is folded into one :class:`ReportData` as it is read, so memory stays bounded by the
+number of experts, never by the length of a trace: a trace contributes its per-domain routing mass
+(``moetools.score.specialisation.DomainRouting``, (D, L, E) floats), samples only the few contexts
+a card shows (``ReportOptions``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import FormatError, ModelMismatchError, UsageError
+from ..streams.files import is_stdio, read_input
+
+STREAM_KINDS = ("trace", "samples", "labels", "scores", "eval")
+
+
+@dataclass
+class ReportOptions:
+    """How much of each expert goes into the page (what bounds its size per expert)."""
+
+    contexts: int = 4          # top contexts per card (explain.top, strongest first)
+    holdout: int = 2           # holdout examples per side (positive, negative)
+    context_tokens: int = 48   # tokens kept per context, centred on the marked token
+    logit_lens: int = 8        # logit-lens tokens per card
+    title: str | None = None
+
+
+@dataclass
+class ExpertCard:
+    """What one card shows; ``compact()`` is its entry in the page's inline JSON."""
+
+    layer: int
+    expert: int
+    label: dict | None = None
+    scores: dict = field(default_factory=dict)         # the scores record, as read
+    contexts: list = field(default_factory=list)
+    holdout: list = field(default_factory=list)
+    logit_lens: list = field(default_factory=list)
+    sample_status: str | None = None
+    sample_stats: dict | None = None
+
+
+@dataclass
+class ReportData:
+    """Everything read, keyed by (layer, expert) where it is about one expert."""
+
+    model: dict | None = None
+    sources: list = field(default_factory=list)        # (path, kind, tool name)
+    layers: list = field(default_factory=list)
+    num_experts: int | None = None
+    cards: dict = field(default_factory=dict)          # (layer, expert) -> ExpertCard
+    scores_header: dict | None = None
+    scores_summary: dict | None = None
+    routing: object = None                             # DomainRouting of the trace
+    routing_layers: list = field(default_factory=list)
+    top_k: int | None = None
+    baseline_routing: object = None                    # DomainRouting of a --baseline trace
+    baseline_model: dict | None = None
+    sets: list = field(default_factory=list)           # (name, ExpertSet)
+    eval_header: dict | None = None
+    eval_models: dict = field(default_factory=dict)    # index -> model record
+    eval_domains: list = field(default_factory=list)   # domain records
+    eval_choices: list = field(default_factory=list)
+
+    def card(self, layer: int, expert: int) -> ExpertCard:
+        key = (int(layer), int(expert))
+        if key not in self.cards:
+            self.cards[key] = ExpertCard(*key)
+        return self.cards[key]
+
+
+def _fingerprint(model) -> str | None:
+    return model.get("fingerprint") if isinstance(model, dict) else None
+
+
+def _describe(model) -> str:
+    return f"{model.get('name')!r} ({model.get('fingerprint')})" if isinstance(model, dict) else "no model"
+
+
+def _adopt_model(data: ReportData, model, where: str) -> None:
+    """The first model seen is the report's; any other input of another model is refused."""
+    if not isinstance(model, dict) or not _fingerprint(model):
+        return
+    if data.model is None:
+        data.model = model
+        return
+    if _fingerprint(model) != _fingerprint(data.model):
+        raise ModelMismatchError(f"{where} comes from another model than the other inputs: {_describe(model)} vs "
+                                 f"{_describe(data.model)}; a report shows one model")
+
+
+def is_experts_file(path) -> bool:
+    """An experts.json (one JSON object, no header record) rather than a stream."""
+    if is_stdio(path):
+        return False
+    with open(path, "rb") as handle:
+        start = handle.read(1 << 16).lstrip()
+    if not start.startswith(b"{"):
+        return False
+    first_line = start.split(b"\n", 1)[0]
+    try:
+        first = json.loads(first_line)
+    except ValueError:
+        return True  # a multi-line JSON object: experts.json as moe-select writes it
+    return not (isinstance(first, dict) and first.get("type") == "header")
+
+
+def _clip_context(context: dict, tokens: int) -> dict:
+    """A context cut to ``tokens`` pieces around its marked token, activations to 3 significant digits."""
+    pieces, activation, mark = list(context["pieces"]), list(map(float, context["activation"])), int(context["mark"])
+    start = max(0, min(mark - tokens // 2, len(pieces) - tokens))
+    end = start + tokens
+    return {"p": pieces[start:end], "a": [_round(value) for value in activation[start:end]], "m": mark - start,
+            "doc": context.get("doc_id"), "dom": (context.get("meta") or {}).get("domain"),
+            "score": _round(context.get("score"))}
+
+
+def _round(value, digits: int = 3):
+    """A number to ``digits`` significant digits (None and non-finite values become None)."""
+    if value is None or isinstance(value, bool):
+        return value
+    value = float(value)
+    if not math.isfinite(value):
+        return None
+    return float(f"{value:.{digits}g}")
+
+
+def _read_trace(data: ReportData, reader, where: str, baseline: bool) -> None:
+    from ..score.specialisation import DomainRouting
+
+    routing = DomainRouting()
+    for record in reader:
+        routing.add(record)
+    header = reader.header
+    if baseline:
+        data.baseline_routing, data.baseline_model = routing, header.get("model")
+        return
+    if data.routing is not None:
+        raise UsageError(f"{where}: a second trace; concatenate shards into one stream (cat a b | moe-report -)")
+    data.routing, data.routing_layers = routing, list(header.get("layers") or [])
+    data.top_k = header.get("top_k")
+
+
+def _read_samples(data: ReportData, reader, options: ReportOptions) -> None:
+    for record in reader:
+        if record.get("type") != "expert":
+            continue
+        card = data.card(record["layer"], record["expert"])
+        card.sample_status, card.sample_stats = record.get("status"), record.get("stats")
+        top = (record.get("explain") or {}).get("top") or []
+        card.contexts = [_clip_context(c, options.context_tokens) for c in top[:options.contexts]]
+        holdout = record.get("holdout") or {}
+        card.holdout = ([{**_clip_context(c, options.context_tokens), "pos": 1}
+                         for c in (holdout.get("positive") or [])[:options.holdout]]
+                        + [{**_clip_context(c, options.context_tokens), "pos": 0}
+                           for c in (holdout.get("negative") or [])[:options.holdout]])
+        card.logit_lens = [[entry.get("piece"), entry.get("count")]
+                           for entry in (record.get("logit_lens") or [])[:options.logit_lens]]
+
+
+def _read_labels(data: ReportData, reader) -> None:
+    for record in reader:
+        if record.get("type") == "label":
+            data.card(record["layer"], record["expert"]).label = record
+
+
+def _read_scores(data: ReportData, reader, where: str) -> None:
+    if data.scores_header is not None:
+        raise UsageError(f"{where}: a second scores stream; join them first (moe-score join A B)")
+    data.scores_header = reader.header
+    for record in reader:
+        if record.get("type") == "expert":
+            data.card(record["layer"], record["expert"]).scores = record
+    data.scores_summary = (reader.ends[-1] if reader.ends else {}).get("summary") or {}
+
+
+def _read_eval(data: ReportData, reader, where: str) -> None:
+    if data.eval_header is not None:
+        raise UsageError(f"{where}: a second eval stream")
+    data.eval_header = reader.header
+    for record in reader:
+        kind = record.get("type")
+        if kind == "model":
+            data.eval_models[record["model"]] = record
+        elif kind == "domain":
+            data.eval_domains.append(record)
+        elif kind == "choice":
+            data.eval_choices.append(record)
+
+
+def _check_eval_model(data: ReportData, where: str) -> None:
+    """An eval stream belongs to the report's model when one of its models is it, or was masked from it."""
+    if data.model is None or not data.eval_models:
+        return
+    wanted = _fingerprint(data.model)
+    for record in data.eval_models.values():
+        base = (record.get("masked") or {}).get("base")
+        if wanted in (_fingerprint(record.get("identity")), _fingerprint(base)):
+            return
+    raise ModelMismatchError(f"{where}: none of the evaluated models is {_describe(data.model)} or masked from it; "
+                             "a report shows one model")
+
+
+def load_inputs(paths, *, baseline=None, options: ReportOptions | None = None) -> ReportData:
+    """Read every input (streams in any order, experts.json files) into one :class:`ReportData`."""
+    from ..select import read_experts
+
+    options = options or ReportOptions()
+    if not paths:
+        raise UsageError("no input: give trace, samples, labels, scores, eval streams or experts.json files")
+    data = ReportData()
+    later_sets, later_eval = [], None
+    for path in paths:
+        where = "stdin" if is_stdio(path) else os.fspath(path)
+        if not is_stdio(path) and not Path(path).is_file():
+            raise UsageError(f"{where}: no such file")
+        if is_experts_file(path):
+            later_sets.append(path)
+            continue
+        reader = read_input(path, validate=True)
+        kind = reader.header.get("kind")
+        if kind not in STREAM_KINDS:
+            raise UsageError(f"{where}: moe-report reads {', '.join(STREAM_KINDS)} streams and experts.json, "
+                             f"not a {kind} stream")
+        if kind != "eval":
+            _adopt_model(data, reader.header.get("model"), where)
+        data.sources.append({"path": where, "kind": kind, "tool": (reader.header.get("tool") or {}).get("name")})
+        _merge_shape(data, reader.header)
+        if kind == "trace":
+            _read_trace(data, reader, where, baseline=False)
+        elif kind == "samples":
+            _read_samples(data, reader, options)
+        elif kind == "labels":
+            _read_labels(data, reader)
+        elif kind == "scores":
+            _read_scores(data, reader, where)
+        else:
+            _read_eval(data, reader, where)
+            later_eval = where
+    for path in later_sets:
+        chosen = read_experts(path)
+        where = os.fspath(path)
+        _adopt_model(data, chosen.model, where)
+        data.sets.append((Path(path).stem, chosen))
+        data.sources.append({"path": where, "kind": "experts", "tool": (chosen.provenance.get("tool") or {}).get("name")})
+    if later_eval:
+        _check_eval_model(data, later_eval)
+    if baseline is not None:
+        reader = read_input(baseline, kinds="trace", validate=True)
+        _check_baseline(data, reader.header, os.fspath(baseline))
+        _read_trace(data, reader, os.fspath(baseline), baseline=True)
+    return data
+
+
+def _merge_shape(data: ReportData, header: dict) -> None:
+    model = header.get("model") if isinstance(header.get("model"), dict) else {}
+    layers = header.get("layers") or model.get("moe_layers") or []
+    if layers and not data.layers:
+        data.layers = [int(layer) for layer in layers]
+    experts = header.get("num_experts") or model.get("num_experts")
+    if experts and not data.num_experts:
+        data.num_experts = int(experts)
+
+
+def _check_baseline(data: ReportData, header: dict, where: str) -> None:
+    """A baseline trace is another model (e.g. a random-init copy) of the same shape."""
+    if data.routing is None:
+        raise UsageError(f"--baseline {where}: needs the model's own trace among the inputs")
+    own = (data.model or {})
+    other = header.get("model") or {}
+    for key in ("model_type", "num_experts", "moe_layers"):
+        if own.get(key) is not None and other.get(key) != own.get(key):
+            raise FormatError(f"--baseline {where}: {key} {other.get(key)!r} differs from the model's {own.get(key)!r}")
+
+
+__all__ = ["ExpertCard", "ReportData", "ReportOptions", "is_experts_file", "load_inputs"]

@@ -1,0 +1,207 @@
+// moe-report's page script: renders expert cards lazily, one page at a time, from the inline JSON
+// (formats/report.md). No network, no library: the DOM is built with createElement/textContent, so
+// token pieces and labels are never parsed as HTML.
+(function () {
+  "use strict";
+  const DATA = JSON.parse(document.getElementById("moe-data").textContent);
+  const PAGE = 50;
+  const experts = DATA.experts;
+  const keys = DATA.keys;
+  const state = { sort: "", desc: true, query: "", min: "", set: "", layer: "", page: 0, list: experts };
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    if (attrs) for (const name in attrs) {
+      if (name === "text") node.textContent = attrs[name];
+      else if (name === "cls") node.className = attrs[name];
+      else node.setAttribute(name, attrs[name]);
+    }
+    (children || []).forEach(function (child) { if (child) node.appendChild(child); });
+    return node;
+  }
+  function fmt(value) {
+    if (value === null || value === undefined) return "–";
+    if (typeof value !== "number") return String(value);
+    if (value !== 0 && (Math.abs(value) < 1e-3 || Math.abs(value) >= 1e5)) return value.toExponential(2);
+    return String(Math.round(value * 1e4) / 1e4);
+  }
+  function score(expert, key) {
+    const index = keys.indexOf(key);
+    return index < 0 || !expert.v ? null : expert.v[index];
+  }
+  function showPiece(piece) { return piece.replace(/\n/g, "⏎").replace(/\t/g, "⇥"); }
+
+  // -- one card ---------------------------------------------------------------------------------
+  function contextLine(context) {
+    const top = Math.max.apply(null, context.a.map(Math.abs).concat([1e-12]));
+    const line = el("div", { cls: "ctx" });
+    context.p.forEach(function (piece, i) {
+      const value = context.a[i] || 0;
+      const span = el("span", { cls: "tok" + (value > 0 ? " routed" : "") + (i === context.m ? " mark" : ""),
+                                text: showPiece(piece), title: "activation " + fmt(value) });
+      if (value > 0) span.style.backgroundColor = "rgba(230,110,0," + (0.12 + 0.78 * value / top).toFixed(3) + ")";
+      line.appendChild(span);
+    });
+    const where = [context.dom, context.doc].filter(Boolean).join(" · ");
+    if (where) line.appendChild(el("span", { cls: "where", text: " — " + where }));
+    return line;
+  }
+  function scoreTable(expert) {
+    if (!expert.v) return null;
+    const perDomain = {}, plain = [];
+    keys.forEach(function (key, i) {
+      const value = expert.v[i];
+      if (value === null || value === undefined) return;
+      const cut = key.indexOf(":");
+      if (cut > 0) {
+        const metric = key.slice(0, cut), domain = key.slice(cut + 1);
+        (perDomain[metric] = perDomain[metric] || {})[domain] = value;
+      } else if (!/_random$/.test(key)) plain.push(key);
+    });
+    const box = el("div", { cls: "scores" });
+    const metrics = Object.keys(perDomain);
+    if (metrics.length) {
+      const head = el("tr", null, [el("th", { text: "metric" })].concat(DATA.domains.map(function (d) {
+        return el("th", { text: d }); })));
+      const rows = metrics.map(function (metric) {
+        return el("tr", null, [el("th", { text: metric })].concat(DATA.domains.map(function (d) {
+          return el("td", { text: fmt(perDomain[metric][d]) }); })));
+      });
+      box.appendChild(el("table", { cls: "grid" }, [head].concat(rows)));
+    }
+    if (plain.length) {
+      const list = el("ul", { cls: "plain" });
+      plain.forEach(function (key) {
+        const baseline = score(expert, key + "_random");
+        list.appendChild(el("li", { text: key + " = " + fmt(score(expert, key)) +
+          (baseline !== null ? "  (random-expert baseline " + fmt(baseline) + ")" : "") }));
+      });
+      box.appendChild(list);
+    }
+    return box;
+  }
+  function histogram(expert) {
+    if (!expert.h) return null;
+    const top = Math.max.apply(null, expert.h.map(function (v) { return v || 0; }).concat([1e-12]));
+    const box = el("div", { cls: "hist", title: DATA.histogram });
+    DATA.domains.forEach(function (domain, i) {
+      const value = expert.h[i] || 0;
+      const bar = el("span", { cls: "bar" });
+      bar.style.width = (100 * value / top).toFixed(1) + "%";
+      box.appendChild(el("div", { cls: "hrow" }, [el("span", { cls: "hname", text: domain }),
+        el("span", { cls: "htrack" }, [bar]), el("span", { cls: "hval", text: fmt(expert.h[i]) })]));
+    });
+    return box;
+  }
+  function section(title, body) {
+    return body ? el("div", { cls: "section" }, [el("h4", { text: title }), body]) : null;
+  }
+  function card(expert) {
+    const id = expert.l + "/" + expert.e;
+    const head = el("div", { cls: "head" }, [
+      el("a", { href: "#" + id, cls: "anchor", text: "layer " + expert.l + " · expert " + expert.e }),
+      expert.sets ? el("span", { cls: "sets", text: expert.sets.map(function (s) { return DATA.sets[s].name; }).join(", ") }) : null,
+    ]);
+    const label = el("div", { cls: "label" + (expert.st === "failed" ? " failed" : ""),
+      text: expert.lab || (expert.st === "failed" ? "no label: " + (expert.err || "failed") : "no label") });
+    const by = expert.by ? el("div", { cls: "by", text: "explainer: " + expert.by }) : null;
+    const contexts = expert.c ? el("div", null, expert.c.map(contextLine)) : null;
+    const lens = expert.ll ? el("div", { cls: "lens" }, expert.ll.map(function (item) {
+      return el("span", { cls: "lt", text: showPiece(String(item[0])) + (item[1] ? " ×" + item[1] : "") }); })) : null;
+    const holdout = expert.ho ? el("div", null, expert.ho.map(function (context) {
+      const row = contextLine(context);
+      const verdict = context.pos ? "held-out positive" : "held-out negative";
+      row.insertBefore(el("span", { cls: "verdict " + (context.pos ? "pos" : "neg"),
+        text: verdict + (context.j !== undefined ? ", scorer: " + (context.j ? "yes" : "no") : "") }), row.firstChild);
+      return row; })) : null;
+    const note = expert.ss ? el("div", { cls: "by", text: "samples: " + expert.ss + (expert.ft !== undefined ? " (" + expert.ft + " firing tokens)" : "") }) : null;
+    return el("div", { cls: "card", id: "card-" + expert.l + "-" + expert.e, "data-key": id }, [
+      head, label, by, note, section("scores", scoreTable(expert)), section("domains — " + DATA.histogram, histogram(expert)),
+      section("top contexts (shaded by contribution; routed tokens underlined; the marked token boxed)", contexts),
+      section("logit lens", lens), section("holdout examples", holdout)]);
+  }
+
+  // -- list: filter, sort, paginate ------------------------------------------------------------
+  function matches(expert) {
+    if (state.query) {
+      const text = ((expert.lab || "") + " " + expert.l + "/" + expert.e).toLowerCase();
+      if (text.indexOf(state.query) < 0) return false;
+    }
+    if (state.set !== "" && !(expert.sets && expert.sets.indexOf(Number(state.set)) >= 0)) return false;
+    if (state.layer !== "" && String(expert.l) !== state.layer) return false;
+    if (state.sort && state.min !== "" && !isNaN(Number(state.min))) {
+      const value = score(expert, state.sort);
+      if (value === null || value < Number(state.min)) return false;
+    }
+    return true;
+  }
+  function refresh() {
+    let list = experts.filter(matches);
+    if (state.sort) {
+      const sign = state.desc ? -1 : 1;
+      list = list.slice().sort(function (a, b) {
+        const x = score(a, state.sort), y = score(b, state.sort);
+        if (x === null && y === null) return 0;
+        if (x === null) return 1;
+        if (y === null) return -1;
+        return sign * (x - y);
+      });
+    }
+    state.list = list;
+    state.page = Math.min(state.page, Math.max(0, Math.ceil(list.length / PAGE) - 1));
+    render();
+  }
+  function render() {
+    const box = document.getElementById("cards");
+    box.textContent = "";
+    const start = state.page * PAGE;
+    state.list.slice(start, start + PAGE).forEach(function (expert) { box.appendChild(card(expert)); });
+    const pages = Math.max(1, Math.ceil(state.list.length / PAGE));
+    document.getElementById("count").textContent = state.list.length + " of " + experts.length + " experts · page " +
+      (state.page + 1) + " of " + pages;
+    document.getElementById("prev").disabled = state.page === 0;
+    document.getElementById("next").disabled = state.page + 1 >= pages;
+  }
+  function jump() {
+    const match = /^#?(\d+)\/(\d+)$/.exec(decodeURIComponent(location.hash));
+    if (!match) return;
+    const key = match[1] + "/" + match[2];
+    let index = state.list.findIndex(function (x) { return x.l + "/" + x.e === key; });
+    if (index < 0) {  // filtered out: clear the filters, then look again
+      state.query = ""; state.set = ""; state.layer = ""; state.min = "";
+      ["search", "set", "layer", "min"].forEach(function (id) { const n = document.getElementById(id); if (n) n.value = ""; });
+      refresh();
+      index = state.list.findIndex(function (x) { return x.l + "/" + x.e === key; });
+    }
+    if (index < 0) { document.getElementById("count").textContent += " · no expert " + key; return; }
+    state.page = Math.floor(index / PAGE);
+    render();
+    const target = document.getElementById("card-" + match[1] + "-" + match[2]);
+    document.querySelectorAll(".card.target").forEach(function (n) { n.classList.remove("target"); });
+    target.classList.add("target");
+    target.scrollIntoView();
+  }
+
+  // -- controls ---------------------------------------------------------------------------------
+  const sort = document.getElementById("sort");
+  keys.forEach(function (key) { sort.appendChild(el("option", { value: key, text: key })); });
+  const sets = document.getElementById("set");
+  DATA.sets.forEach(function (s, i) { sets.appendChild(el("option", { value: String(i), text: s.name + " (" + s.size + ")" })); });
+  const layer = document.getElementById("layer");
+  Array.from(new Set(experts.map(function (x) { return x.l; }))).forEach(function (l) {
+    layer.appendChild(el("option", { value: String(l), text: "layer " + l })); });
+  document.getElementById("search").addEventListener("input", function (event) {
+    state.query = event.target.value.trim().toLowerCase(); state.page = 0; refresh(); });
+  sort.addEventListener("change", function (event) { state.sort = event.target.value; state.page = 0; refresh(); });
+  document.getElementById("dir").addEventListener("change", function (event) {
+    state.desc = event.target.value === "desc"; refresh(); });
+  document.getElementById("min").addEventListener("input", function (event) { state.min = event.target.value; state.page = 0; refresh(); });
+  sets.addEventListener("change", function (event) { state.set = event.target.value; state.page = 0; refresh(); });
+  layer.addEventListener("change", function (event) { state.layer = event.target.value; state.page = 0; refresh(); });
+  document.getElementById("prev").addEventListener("click", function () { state.page -= 1; render(); window.scrollTo(0, document.getElementById("controls").offsetTop); });
+  document.getElementById("next").addEventListener("click", function () { state.page += 1; render(); window.scrollTo(0, document.getElementById("controls").offsetTop); });
+  window.addEventListener("hashchange", jump);
+  refresh();
+  jump();
+  document.body.setAttribute("data-ready", "1");
+})();

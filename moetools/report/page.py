@@ -1,0 +1,109 @@
+"""Assemble the one self-contained HTML file: style, script, figures and data all inline.
+
+Nothing on the page refers to anything outside it (no ``src``/``href`` to a URL, no fonts to
+fetch): it opens from ``file://`` on a machine with no network. The expert data is one
+``<script type="application/json">`` block (formats/report.md) that page.js renders 50 cards at a
+time, so a 16k-expert MONET report builds 50 cards' DOM, not 16k.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+from importlib import resources
+
+from .. import __version__
+
+
+def _asset(name: str) -> str:
+    return resources.files("moetools.report").joinpath(name).read_text(encoding="utf-8")
+
+
+def inline_json(value) -> str:
+    """JSON safe inside a ``<script>`` element (no ``</script>``, no ``<!--``)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026") \
+        .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def _eval_table(data) -> str:
+    """moe-eval's domain x model loss table (delta against the first model beside each loss)."""
+    if not data.eval_domains:
+        return ""
+    models = sorted(data.eval_models) or sorted({record["model"] for record in data.eval_domains})
+    names = (data.eval_header or {}).get("models") or []
+
+    def name(index):
+        record = data.eval_models.get(index) or {}
+        masked = " (masked)" if record.get("masked") else ""
+        return (names[index] if index < len(names) else str(index)) + masked
+
+    domains = list(dict.fromkeys(record["domain"] for record in data.eval_domains))
+    cell = {(record["model"], record["domain"]): record for record in data.eval_domains}
+    rows = ["<tr><th>domain</th>" + "".join(f"<th>{html.escape(name(m))}</th>" for m in models) + "</tr>"]
+    for domain in domains:
+        cells = []
+        for model in models:
+            record = cell.get((model, domain)) or {}
+            loss, delta = record.get("loss"), record.get("delta_loss")
+            text = "–" if loss is None else f"{loss:.3f}"
+            if delta is not None:
+                text += f" ({delta:+.3f})"
+            shade = "" if delta is None else f' style="background:rgba({"200,40,40" if delta > 0 else "40,140,40"},' \
+                f'{min(0.6, abs(delta) / 2 + 0.05):.2f})"'
+            cells.append(f"<td{shade}>{text}</td>")
+        rows.append(f"<tr><th>{html.escape(str(domain))}</th>{''.join(cells)}</tr>")
+    choices = "".join(f"<li>{html.escape(name(r['model']))}: {html.escape(str(r.get('task')))} acc "
+                      f"{r.get('acc')} (Δ {r.get('delta_acc')})</li>" for r in data.eval_choices)
+    return ("<h2>Evaluation (moe-eval)</h2><p class=meta>loss in nats per token; in brackets the change against "
+            f"the first model</p><table class=eval>{''.join(rows)}</table>" + (f"<ul>{choices}</ul>" if choices else ""))
+
+
+def _sets_table(data) -> str:
+    if not data.sets:
+        return ""
+    rows = []
+    for name, chosen in data.sets:
+        criterion = chosen.provenance.get("criterion") or {}
+        what = ", ".join(f"{k}={v}" for k, v in criterion.items() if v not in (None, False, [], {}))
+        layers = "; ".join(f"{layer}: {', '.join(map(str, ids))}" for layer, ids in chosen.items())
+        rows.append(f"<tr><th>{html.escape(name)}</th><td>{len(chosen)}</td><td>{html.escape(what)}</td>"
+                    f"<td style='text-align:left'>{html.escape(layers[:2000])}</td></tr>")
+    return ("<h2>Selected expert sets</h2><table class=sets><tr><th>set</th><th>experts</th><th>criterion</th>"
+            f"<th>layer: experts</th></tr>{''.join(rows)}</table>")
+
+
+def render_page(data, payload: dict, figures: list[tuple[str, str]]) -> str:
+    """The whole HTML document."""
+    title = html.escape(payload["title"])
+    model = payload.get("model") or {}
+    sources = ", ".join(f"{html.escape(s['kind'])} ({html.escape(str(s['path']))})" for s in payload["sources"])
+    meta = (f"model {html.escape(str(model.get('name')))} · {html.escape(str(model.get('model_type')))} · "
+            f"{len(payload['layers'])} MoE layers × {payload['num_experts']} experts · top-{model.get('top_k')} · "
+            f"{html.escape(str(model.get('fingerprint')))}<br>inputs: {sources}<br>written by moe-report "
+            f"{__version__} on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    overview = "".join(f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>"
+                       for caption, svg in figures)
+    if not overview:
+        overview = "<p class=meta>no scores or trace given: no overview figures</p>"
+    controls = ('<div id="controls"><input id="search" type="search" placeholder="search labels or 3/17">'
+                '<select id="layer"><option value="">all layers</option></select>'
+                '<select id="set"><option value="">all experts</option></select>'
+                '<label>sort <select id="sort"><option value="">layer, expert</option></select></label>'
+                '<select id="dir"><option value="desc">descending</option><option value="asc">ascending</option>'
+                '</select><input id="min" type="number" step="any" placeholder="min value" style="width:90px">'
+                '<button id="prev">◀</button><button id="next">▶</button><span id="count"></span></div>')
+    return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+            "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
+            f"<meta name=viewport content='width=device-width, initial-scale=1'><title>{title}</title>"
+            f"<style>{_asset('page.css')}</style></head><body>"
+            f"<h1>{title}</h1><p class=meta>{meta}</p>"
+            f"<section id=overview><h2>Overview</h2>{overview}</section>{_sets_table(data)}{_eval_table(data)}"
+            f"<h2>Experts</h2>{controls}<div id=cards></div>"
+            f"<script type=\"application/json\" id=\"moe-data\">{inline_json(payload)}</script>"
+            f"<script>{_asset('page.js')}</script></body></html>\n")
+
+
+__all__ = ["inline_json", "render_page"]
