@@ -116,3 +116,31 @@ def test_installed_plugin_adapter_traces_its_family(plugin_site, fake_model, tmp
         experts = np.asarray(record["experts"])
         assert experts.shape == (2, len(record["tokens"]), 2) and experts.max() < 8
         assert np.all(np.asarray(record["gates"], dtype=np.float32) > 0)
+
+
+def test_checkout_without_installed_metadata_reads_the_builtins_from_pyproject(monkeypatch):
+    """bin/ launchers run an uninstalled checkout: the same declarations come from pyproject.toml."""
+    from moetools.models import registry
+
+    monkeypatch.setattr(registry, "entry_points", lambda group: [])
+    monkeypatch.setattr(registry, "_ENTRY_POINT_ADAPTERS", None)
+    names = [row["name"] for row in registry.adapter_table()]
+    declared = [entry.name for entry in registry.checkout_entry_points()]
+    assert sorted(names) == sorted(declared) and {"olmoe", "deepseek_v3", "gpt_oss", "monet"} <= set(names)
+
+
+def test_broken_plugin_entry_point_is_a_model_error_naming_it(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from moetools.errors import ModelError
+    from moetools.models import registry
+
+    broken = EntryPoint("broken", "no_such_module_here:Adapter", registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [broken])
+    monkeypatch.setattr(registry, "_ENTRY_POINT_ADAPTERS", None)
+    with pytest.raises(ModelError, match=r"cannot load adapter entry point broken = 'no_such_module_here:Adapter'"):
+        registry.registered_adapters()
+    not_adapter = EntryPoint("odd", "json:dumps", registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [not_adapter])
+    with pytest.raises(ModelError, match="is not an Adapter subclass"):
+        registry.registered_adapters()

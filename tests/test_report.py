@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from moetools.cli import load_command
 from moetools.report import ReportOptions, build_report
+from moetools.report.page import read_data_block
 from report_fixture import build_inputs
 from trace_factory import make_records, write_trace
 
@@ -22,9 +23,7 @@ def inputs(tmp_path_factory):
 
 def page_data(path) -> dict:
     """The page's inline JSON (formats/report.md)."""
-    text = path.read_text(encoding="utf-8")
-    match = re.search(r'<script type="application/json" id="moe-data">(.*?)</script>', text, re.S)
-    return json.loads(match.group(1))
+    return read_data_block(path.read_text(encoding="utf-8"))
 
 
 def report(args, tmp_path, name="report.html"):
@@ -111,6 +110,27 @@ def test_other_stream_kinds_and_no_input_are_usage_errors(tmp_path):
     assert result.exit_code == 2 and "not a mystery stream" in result.output
     result = CliRunner().invoke(load_command("moe-report"), ["-o", str(tmp_path / "x.html")])
     assert result.exit_code == 2 and "no input" in result.output
+
+
+def test_large_data_is_gzipped_and_reads_back_the_same(inputs, tmp_path):
+    plain, packed = tmp_path / "plain.html", tmp_path / "packed.html"
+    build_report([inputs["samples"], inputs["labels"]], plain, compress=False)
+    build_report([inputs["samples"], inputs["labels"]], packed, compress=True)
+    assert 'data-encoding="gzip+base64"' in packed.read_text() and 'data-encoding="gzip' not in plain.read_text()
+    assert page_data(plain) == page_data(packed)
+    assert packed.stat().st_size < plain.stat().st_size
+
+
+def test_activations_are_percent_of_the_experts_largest(inputs, tmp_path):
+    out = tmp_path / "report.html"
+    build_report([inputs["samples"]], out)
+    for expert in page_data(out)["experts"]:
+        values = [a for context in expert.get("c", []) + expert.get("ho", []) for a in context["a"]]
+        if values:
+            assert all(isinstance(a, int) and 0 <= a <= 100 for a in values) and max(values) == 100
+            assert expert["as"] > 0
+        for context in expert.get("c", []):
+            assert context["a"][context["m"]] > 0  # the marked token of a top context is routed
 
 
 def test_contexts_are_clipped_around_the_marked_token(inputs, tmp_path):

@@ -30,7 +30,7 @@ def report_file(tmp_path_factory):
     """Built before the browser starts (Playwright's sync API holds an event loop that moe-explain's would meet)."""
     directory = tmp_path_factory.mktemp("report")
     out = directory / "report.html"
-    build_report(list(build_inputs(directory).values()), out)
+    build_report(list(build_inputs(directory).values()), out, compress=True)  # the large reports' encoding
     return out
 
 
@@ -96,7 +96,7 @@ def test_report_opens_filters_and_jumps_in_chromium(browser_page, report_file, t
 
     # sort by a score: the first card has the highest value
     page.select_option("#sort", "das:code")
-    values = page.evaluate("""() => { const d = JSON.parse(document.getElementById('moe-data').textContent);
+    values = page.evaluate("""() => { const d = window.moeReport;
         const i = d.keys.indexOf('das:code'); return d.experts.map(e => [e.l + '/' + e.e, e.v[i]]); }""")
     best = max(values, key=lambda item: item[1])[0]
     assert page.locator(".card").first.get_attribute("data-key") == best

@@ -62,16 +62,14 @@ def read_mask_record(directory) -> dict | None:
 def _meta_model(source: Path):
     """The model of ``source`` built on the meta device (structure only, no memory) and its adapter."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from ..errors import ModelError
-    from ..models import adapter_for, monet
-    from ..models.loader import check_model_directory
+    from ..models import adapter_for
+    from ..models.loader import load_config
 
-    check_model_directory(source)
-    monet.register()
+    config = load_config(source)  # ModelError naming the directory; MONET and plugin families registered
     try:
-        config = AutoConfig.from_pretrained(str(source), local_files_only=True)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
     except (OSError, ValueError, KeyError, TypeError) as error:

@@ -14,8 +14,12 @@ from __future__ import annotations
 from .inputs import ReportData, ReportOptions, load_inputs
 
 
-def build_report(paths, output, *, baseline=None, options: ReportOptions | None = None) -> dict:
-    """Read ``paths``, write the page to ``output`` (atomically); returns ``{"experts", "bytes", "figures"}``."""
+def build_report(paths, output, *, baseline=None, options: ReportOptions | None = None,
+                 compress: bool | None = None) -> dict:
+    """Read ``paths``, write the page to ``output`` (atomically); returns ``{"experts", "bytes", "figures"}``.
+
+    ``compress``: the data block as gzip + base64 (None: when its JSON exceeds 1 MiB).
+    """
     from ..streams.files import write_file_atomic
     from .build import overview_figures, payload
     from .page import render_page
@@ -25,7 +29,7 @@ def build_report(paths, output, *, baseline=None, options: ReportOptions | None 
     model_name = (data.model or {}).get("name") or "model"
     content = payload(data, options.title or f"moe-report: {model_name}")
     figures = overview_figures(data)
-    text = render_page(data, content, figures).encode("utf-8")
+    text = render_page(data, content, figures, compress).encode("utf-8")
     write_file_atomic(output, text)
     return {"experts": len(content["experts"]), "bytes": len(text), "figures": len(figures)}
 

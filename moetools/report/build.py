@@ -121,6 +121,9 @@ def payload(data: ReportData, title: str) -> dict:
             entry["v"] = [_round(flats[key].get(name), 4) for name in keys]
         if key in histograms:
             entry["h"] = [_round(value, 3) for value in histograms[key]]
+        scale = _quantise(card.contexts + card.holdout)
+        if scale:
+            entry["as"] = scale
         if card.contexts:
             entry["c"] = card.contexts
         if card.holdout:
@@ -139,6 +142,22 @@ def payload(data: ReportData, title: str) -> dict:
             "sets": [{"name": name, "size": len(chosen), "criterion": chosen.provenance.get("criterion")}
                      for name, chosen in data.sets],
             "sources": data.sources, "experts": experts}
+
+
+def _quantise(contexts: list[dict]) -> float | None:
+    """Activations as integer percent of the expert's largest one (in place); returns that largest one.
+
+    Two or three characters a token instead of six to ten: the shading needs no more, and the
+    exact value of the strongest token stays in ``as`` (formats/report.md).
+    """
+    largest = max((abs(value) for context in contexts for value in context["a"]), default=0.0)
+    if not largest:
+        for context in contexts:
+            context["a"] = [0] * len(context["a"])
+        return None
+    for context in contexts:
+        context["a"] = [int(round(100 * value / largest)) or (1 if value > 0 else 0) for value in context["a"]]
+    return _round(largest, 4)
 
 
 def _grid(data: ReportData, value_of) -> np.ndarray:

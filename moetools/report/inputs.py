@@ -117,7 +117,7 @@ def _clip_context(context: dict, tokens: int) -> dict:
     pieces, activation, mark = list(context["pieces"]), list(map(float, context["activation"])), int(context["mark"])
     start = max(0, min(mark - tokens // 2, len(pieces) - tokens))
     end = start + tokens
-    return {"p": pieces[start:end], "a": [_round(value) for value in activation[start:end]], "m": mark - start,
+    return {"p": pieces[start:end], "a": activation[start:end], "m": mark - start,
             "doc": context.get("doc_id"), "dom": (context.get("meta") or {}).get("domain"),
             "score": _round(context.get("score"))}
 

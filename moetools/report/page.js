@@ -3,7 +3,23 @@
 // token pieces and labels are never parsed as HTML.
 (function () {
   "use strict";
-  const DATA = JSON.parse(document.getElementById("moe-data").textContent);
+  // The data block is JSON, or gzip + base64 for large reports (data-encoding), inflated with the
+  // browser's own DecompressionStream: still nothing fetched.
+  function decode(node) {
+    if (node.getAttribute("data-encoding") !== "gzip+base64") return Promise.resolve(JSON.parse(node.textContent));
+    const binary = atob(node.textContent.trim());
+    const bytes = new Uint8Array(binary.length);
+    for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+    const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+    return new Response(stream).text().then(JSON.parse);
+  }
+  decode(document.getElementById("moe-data")).then(start).catch(function (error) {
+    document.getElementById("count").textContent = "could not read the report's data: " + error;
+    console.error(error);
+  });
+
+  function start(DATA) {
+  window.moeReport = DATA;
   const PAGE = 50;
   const experts = DATA.experts;
   const keys = DATA.keys;
@@ -32,14 +48,13 @@
   function showPiece(piece) { return piece.replace(/\n/g, "⏎").replace(/\t/g, "⇥"); }
 
   // -- one card ---------------------------------------------------------------------------------
-  function contextLine(context) {
-    const top = Math.max.apply(null, context.a.map(Math.abs).concat([1e-12]));
+  function contextLine(context, scale) {
     const line = el("div", { cls: "ctx" });
     context.p.forEach(function (piece, i) {
-      const value = context.a[i] || 0;
-      const span = el("span", { cls: "tok" + (value > 0 ? " routed" : "") + (i === context.m ? " mark" : ""),
-                                text: showPiece(piece), title: "activation " + fmt(value) });
-      if (value > 0) span.style.backgroundColor = "rgba(230,110,0," + (0.12 + 0.78 * value / top).toFixed(3) + ")";
+      const percent = context.a[i] || 0;  // of the expert's largest activation (formats/report.md)
+      const span = el("span", { cls: "tok" + (percent > 0 ? " routed" : "") + (i === context.m ? " mark" : ""),
+                                text: showPiece(piece), title: "activation " + fmt(percent * (scale || 0) / 100) });
+      if (percent > 0) span.style.backgroundColor = "rgba(230,110,0," + (0.12 + 0.0078 * percent).toFixed(3) + ")";
       line.appendChild(span);
     });
     const where = [context.dom, context.doc].filter(Boolean).join(" · ");
@@ -105,11 +120,11 @@
     const label = el("div", { cls: "label" + (expert.st === "failed" ? " failed" : ""),
       text: expert.lab || (expert.st === "failed" ? "no label: " + (expert.err || "failed") : "no label") });
     const by = expert.by ? el("div", { cls: "by", text: "explainer: " + expert.by }) : null;
-    const contexts = expert.c ? el("div", null, expert.c.map(contextLine)) : null;
+    const contexts = expert.c ? el("div", null, expert.c.map(function (c) { return contextLine(c, expert.as); })) : null;
     const lens = expert.ll ? el("div", { cls: "lens" }, expert.ll.map(function (item) {
       return el("span", { cls: "lt", text: showPiece(String(item[0])) + (item[1] ? " ×" + item[1] : "") }); })) : null;
     const holdout = expert.ho ? el("div", null, expert.ho.map(function (context) {
-      const row = contextLine(context);
+      const row = contextLine(context, expert.as);
       const verdict = context.pos ? "held-out positive" : "held-out negative";
       row.insertBefore(el("span", { cls: "verdict " + (context.pos ? "pos" : "neg"),
         text: verdict + (context.j !== undefined ? ", scorer: " + (context.j ? "yes" : "no") : "") }), row.firstChild);
@@ -204,4 +219,5 @@
   refresh();
   jump();
   document.body.setAttribute("data-ready", "1");
+  }
 })();

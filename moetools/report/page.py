@@ -8,9 +8,12 @@ time, so a 16k-expert MONET report builds 50 cards' DOM, not 16k.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import gzip
 import html
 import json
+import re
 from importlib import resources
 
 from .. import __version__
@@ -25,6 +28,33 @@ def inline_json(value) -> str:
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026") \
         .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+#: above this many bytes of JSON the data block is gzip + base64 (about 3x smaller on real reports)
+COMPRESS_ABOVE = 1 << 20
+
+
+def data_block(payload: dict, compress: bool | None = None) -> str:
+    """The ``<script id="moe-data">`` element: JSON, or gzip + base64 when large (``compress=None``)."""
+    text = inline_json(payload)
+    if compress is None:
+        compress = len(text) > COMPRESS_ABOVE
+    if not compress:
+        return f'<script type="application/json" id="moe-data">{text}</script>'
+    packed = base64.b64encode(gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0)).decode("ascii")
+    return f'<script type="application/json" id="moe-data" data-encoding="gzip+base64">{packed}</script>'
+
+
+def read_data_block(html_text: str) -> dict:
+    """The inline JSON of a report (either encoding): for tests and scripts that read a report back."""
+    match = re.search(r'<script type="application/json" id="moe-data"( data-encoding="gzip\+base64")?>(.*?)</script>',
+                      html_text, re.S)
+    if match is None:
+        raise ValueError("no moe-data block: not a moe-report page")
+    body = match.group(2)
+    if match.group(1):
+        body = gzip.decompress(base64.b64decode(body)).decode("utf-8")
+    return json.loads(body)
 
 
 def _eval_table(data) -> str:
@@ -74,7 +104,7 @@ def _sets_table(data) -> str:
             f"<th>layer: experts</th></tr>{''.join(rows)}</table>")
 
 
-def render_page(data, payload: dict, figures: list[tuple[str, str]]) -> str:
+def render_page(data, payload: dict, figures: list[tuple[str, str]], compress: bool | None = None) -> str:
     """The whole HTML document."""
     title = html.escape(payload["title"])
     model = payload.get("model") or {}
@@ -102,8 +132,8 @@ def render_page(data, payload: dict, figures: list[tuple[str, str]]) -> str:
             f"<h1>{title}</h1><p class=meta>{meta}</p>"
             f"<section id=overview><h2>Overview</h2>{overview}</section>{_sets_table(data)}{_eval_table(data)}"
             f"<h2>Experts</h2>{controls}<div id=cards></div>"
-            f"<script type=\"application/json\" id=\"moe-data\">{inline_json(payload)}</script>"
+            f"{data_block(payload, compress)}"
             f"<script>{_asset('page.js')}</script></body></html>\n")
 
 
-__all__ = ["inline_json", "render_page"]
+__all__ = ["data_block", "inline_json", "read_data_block", "render_page"]

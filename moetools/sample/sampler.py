@@ -147,9 +147,9 @@ class Sampler:
         if len(self.rows) != len(self.layers):
             experts, values = experts[self.rows], values[self.rows]
         # layers in chunks: the dense (rows, T, E) arrays of one chunk stay under ~8M entries (big models)
-        chunk = max(1, DENSE_BUDGET // max(1, (length + self.options.context) * self.num_experts))
-        for first in range(0, len(self.rows), chunk):
-            part = slice(first, min(first + chunk, len(self.rows)))
+        rows_per_chunk = max(1, DENSE_BUDGET // max(1, (length + self.options.context) * self.num_experts))
+        for first in range(0, len(self.rows), rows_per_chunk):
+            part = slice(first, min(first + rows_per_chunk, len(self.rows)))
             self._feed(record, experts[part].astype(np.int64), values[part].astype(np.float32), pieces, offset,
                        meta, domain, first)
 
@@ -265,9 +265,10 @@ class Sampler:
 
 
 class _Chunk:
-    """MoE-layer rows ``first .. first + R`` of one record laid on the context grid (C cells of W
-    positions, C·W padded): the dense activations and per-cell figures every example set draws
-    from, the explain/holdout side of each cell, and the cutting of examples out of it."""
+    """One chunk of a record: its MoE-layer rows ``first .. first + R`` (a chunk keeps the dense
+    arrays under DENSE_BUDGET) laid on the context grid (C cells of W positions, C·W padded):
+    the dense activations and per-cell figures every example set draws from, the
+    explain/holdout side of each cell, and the cutting of examples out of it."""
 
     def __init__(self, sampler: Sampler, record: dict, experts, values, pieces, offset: int, meta: dict,
                  first: int):
