@@ -135,12 +135,12 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": "cpu"},
         "modes": results,
         "ratios": {
-            "experts_over_full_peak_growth": round(experts["train_peak_mb"] / full["train_peak_mb"], 3),
+            "experts_over_full_train_peak": round(experts["train_peak_mb"] / full["train_peak_mb"], 3),
             "experts_over_full_step_time": round(experts["step_s_median"] / full["step_s_median"], 3),
             "experts_over_full_optimizer_bytes": round(experts["optimizer_state_bytes"] / full["optimizer_state_bytes"], 4),
             "experts_over_full_trainable": round(experts["trainable_parameters"] / full["trainable_parameters"], 4),
             "lora_experts_over_lora_trainable": round(lora_experts["trainable_parameters"] / lora["trainable_parameters"], 4),
-            "lora_experts_over_lora_peak_growth": round(lora_experts["train_peak_mb"] / lora["train_peak_mb"], 3),
+            "lora_experts_over_lora_train_peak": round(lora_experts["train_peak_mb"] / lora["train_peak_mb"], 3),
         },
         "note": "train_peak_mb = weights + peak RSS during training (reset after loading) - RSS after loading: "
                 "weights, gradients, optimizer state, activations; each mode in its own process; CPU, one thread, on a "

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
+from trace_factory import MODEL, make_records, write_trace
 
 from moetools.cli import load_command
-from trace_factory import MODEL, make_records, write_trace
 
 
 def run_tool(name: str, args: list[str]) -> None:

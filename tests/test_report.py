@@ -8,12 +8,12 @@ import re
 
 import pytest
 from click.testing import CliRunner
+from report_fixture import build_inputs
+from trace_factory import make_records, write_trace
 
 from moetools.cli import load_command
 from moetools.report import ReportOptions, build_report
 from moetools.report.page import read_data_block
-from report_fixture import build_inputs
-from trace_factory import make_records, write_trace
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from report_fixture import build_inputs
 
 from moetools.report import build_report
-from report_fixture import build_inputs
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -316,3 +316,19 @@ def test_torchrun_two_processes_match_one(tmp_path, data, olmoe, mode):
     for name in first:
         # Adam divides by sqrt(v): components whose gradient is ~0 amplify the all-reduce's rounding
         assert torch.allclose(first[name], second[name], atol=1e-4), name
+
+
+def test_cli_trains_with_several_eval_files_and_merges(tmp_path, data, olmoe):
+    experts = write_experts(tmp_path / "experts.json", {1: [2, 4]})
+    result = run_cli([olmoe, "--data", data["medical"], "--eval", data["medical"], data["general"], "--mode",
+                      "experts", "--experts", experts, "-o", tmp_path / "out", "--steps", "2", "--seq-len", "12",
+                      "--batch-size", "4", "--eval-every", "1"])
+    assert result.exit_code == 0, result.output
+    evals = [r for r in _losses(tmp_path / "out") if r["type"] == "eval"]
+    assert len(evals) == 2 and set(evals[0]["eval_loss_by_file"]) == {"medical", "general"}
+    assert set(evals[0]["eval_loss_by_domain"]) == {"medical", "general"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "adapter.safetensors", "experts.json", "tune.json", "tune_log.jsonl"]  # no checkpoint left after 2 steps
+    result = run_cli(["merge", tmp_path / "out", "-o", tmp_path / "merged"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["moetools_tuned"]["mode"] == "experts"

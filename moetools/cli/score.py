@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 from ..errors import UsageError
 from .common import open_stream_writer, progress, read_input, say, tool, warn
+from .score_judge import judge_options, pop_judge_flags
 
 EXAMPLE = """\
 moe-trace model/ corpus.jsonl | moe-score --domain-field domain > routing.scores.jsonl
@@ -15,6 +17,8 @@ moe-score medical.msgpack.zst --general general.msgpack.zst --cdas-k 6 -o medica
 moe-score toxic.msgpack.zst --target-field toxicity --metrics pearson,af > toxic.scores.jsonl
 moe-score after.msgpack.zst --rc-against before.msgpack.zst --metrics rc_shift | jq .rc_shift
 moe-score trace.msgpack.zst --format table --table-by das
+moe-score samples.msgpack.zst --labels labels.jsonl --api-base URL --model NAME > judged.scores.jsonl
+moe-score samples.msgpack.zst --labels labels.jsonl --backend embedding > offline.scores.jsonl
 moe-score join routing.scores.jsonl judged.scores.jsonl > all.scores.jsonl"""
 
 
@@ -57,9 +61,10 @@ def parse_metrics(text: str | None):
               help="k of C-DAS@k (003 eq. 2); repeat for several.")
 @click.option("--document-memory", default=1024, show_default=True, type=click.IntRange(1), metavar="MIB",
               help="Upper bound of per-document state (permutation test, Pearson).")
-@click.option("--model", "model_dir", default=None, type=click.Path(exists=True, file_okay=False),
+@click.option("--model", "model_dir", default=None, metavar="DIR|NAME",
               help="Model directory: JSD routing/functional specialisation over spherical k-means clusters of "
-                   "its unembedding (paper 002; reads only that tensor from safetensors).")
+                   "its unembedding (paper 002; reads only that tensor from safetensors). With --labels: the "
+                   "scorer LLM (a server's model name, or a directory or .gguf file for --backend local).")
 @click.option("--clusters", default=100, show_default=True, type=click.IntRange(2, 100_000),
               help="k of the unembedding k-means (paper 002: 10 to 5000).")
 @click.option("--jsd-draws", default=10, show_default=True, type=click.IntRange(1),
@@ -67,6 +72,7 @@ def parse_metrics(text: str | None):
 @click.option("--table-by", default="das", show_default=True, help="Metric ranking the --format table rows.")
 @click.option("--table-top", default=10, show_default=True, type=click.IntRange(1),
               help="Rows per domain of --format table.")
+@judge_options
 def command(traces, output, fmt, uncompressed, general, rc_against, metrics, document_memory, cdas_k,
             table_by, table_top, **options):
     """Routing statistics of every expert from one or more traces, in one pass.
@@ -92,7 +98,24 @@ def command(traces, output, fmt, uncompressed, general, rc_against, metrics, doc
     Exit 2 for input that is not a trace, for a metric the traces cannot give
     (named, with how to produce it), and for traces of different models;
     exit 3 for a truncated trace.
+
+    `moe-score SAMPLES --labels LABELS` judges labels instead (paper 000
+    A.2 scorer prompt through any LLM backend, or --backend embedding):
+    EMS, precision, recall, F1, balanced accuracy, EDMS(d) for P_domain(d)
+    labels and LDS per layer on the holdout set of the samples stream, each
+    beside the score of a label drawn from another expert of the layer
+    (`_shuffled`). Answers are cached (a rerun sends no request it has an
+    answer for). `join` with routing scores adds EDMRS = AF x EDMS.
     """
+    judge = pop_judge_flags(options)   # moe-score --labels: moetools/cli/score_judge.py
+    if judge["labels"]:
+        from .score_judge import run_judge
+
+        run_judge(traces, output, fmt, uncompressed, judge, model=options["model_dir"], seed=options["seed"],
+                  domain_field=options["domain_field"])
+        return
+    if options["model_dir"] is not None and not os.path.isdir(options["model_dir"]):
+        raise UsageError(f"--model {options['model_dir']}: not a model directory")
     if traces and traces[0] == "join":
         join(traces[1:], output, fmt, uncompressed)
         return
@@ -139,8 +162,11 @@ def join(paths, output, fmt, uncompressed) -> None:
         raise UsageError("join needs at least two scores streams")
     if fmt == "table":
         raise UsageError("join writes a scores stream: --format jsonl or msgpack")
-    readers = [read_input(path, kinds="scores") for path in paths]
+    readers = [read_input(path, kinds="scores", validate=True) for path in paths]
     model, extra, records, summary = join_streams(readers, [str(p) for p in paths])
+    from ..score.judge_join import add_edmrs
+
+    add_edmrs(extra, records)  # EDMRS = AF x EDMS where routing and judged scores meet (000 sec. 4.1)
     with open_stream_writer(output, "scores", fmt, uncompressed, model=model, header_extra=extra) as writer:
         for record in records:
             writer.write(record)

@@ -91,7 +91,7 @@ def command(inputs, output, num_experts, layers, **options):
 
     criterion = Criterion(**options)
     criterion.check()
-    readers = [read_input(path, kinds="scores") for path in (inputs or ("-",))]
+    readers = [read_input(path, kinds="scores", validate=True) for path in (inputs or ("-",))]
     table, header = read_scores(readers, criterion)
     chosen, scores = select(table, criterion, header.get("num_experts"))
     sources = [{"path": str(path), "tool": reader.header.get("tool")} for path, reader in zip(inputs or ("-",), readers)]

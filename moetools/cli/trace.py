@@ -36,7 +36,6 @@ def list_models(ctx, param, value) -> None:
     ctx.exit()
 
 
-
 @tool("moe-trace", example=EXAMPLE)
 @click.argument("model", type=click.Path(exists=True, file_okay=False))  # exists: checked before torch loads
 @click.argument("corpus", required=False, default="-", type=click.Path(exists=True, dir_okay=False, allow_dash=True))

@@ -22,7 +22,28 @@ class TuneGroup(ToolGroup):
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help", "--version"):
             args = ["train", *args]
-        return super().parse_args(ctx, args)
+        return super().parse_args(ctx, expand_eval(args))
+
+
+def expand_eval(args: list[str]) -> list[str]:
+    """``--eval A B`` -> ``--eval A --eval B``: files after --eval up to the next option (a directory
+    among them is the MODEL argument, not an eval file)."""
+    import os
+
+    expanded, index = [], 0
+    while index < len(args):
+        expanded.append(args[index])
+        if args[index] == "--eval":
+            index += 1
+            taken = 0
+            while index < len(args) and not args[index].startswith("-"):
+                if taken and os.path.isdir(args[index]):
+                    break
+                expanded += ([] if not taken else ["--eval"]) + [args[index]]
+                taken, index = taken + 1, index + 1
+            continue
+        index += 1
+    return expanded
 
 
 @tool_group("moe-tune", example=EXAMPLE)
@@ -48,7 +69,8 @@ command.__class__ = TuneGroup  # tool_group builds a ToolGroup; this one implies
               help="Training data: JSON lines of text ({\"text\": ...}, packed) or of chats ({\"messages\": "
                    "[...]}: loss on assistant tokens only).")
 @click.option("--eval", "eval_files", multiple=True, type=click.Path(dir_okay=False),
-              help="Evaluation file (repeatable): loss per file and per domain every --eval-every steps.")
+              help="Evaluation files (--eval A B, or --eval A --eval B): loss per file and per domain every "
+                   "--eval-every steps.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Output directory: the adapter (tune.json, adapter.safetensors or peft's files, experts.json), "
                    "tune_log.jsonl, checkpoint/.")
@@ -87,7 +109,7 @@ command.__class__ = TuneGroup  # tool_group builds a ToolGroup; this one implies
 @click.option("--lora-rank", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--lora-alpha", default=32.0, show_default=True, type=float)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
-              help="Weights while training (bf16 autocast is not used).")
+              help="Weights while training (on a GPU with bf16, the forward runs under bf16 autocast).")
 @click.option("--text-field", default="text", show_default=True, help="JSON field holding the text.")
 @click.option("--domain-field", default="domain", show_default=True, help="JSON field naming the domain.")
 def train_command(model, data, eval_files, output, **options):

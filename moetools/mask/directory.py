@@ -2,7 +2,7 @@
 
 The mask is planned on the model built on the meta device (no weights). ``pruned`` and ``bias``
 directories are written tensor by tensor through safetensors (:mod:`moetools.mask.stream`: memory
-about two 256 MB shards, whatever the model's size); ``remote`` ones load the model once and save it
+about two 128 MB shards, whatever the model's size); ``remote`` ones load the model once and save it
 in the layout its modules hold (custom-code classes get no checkpoint conversion from transformers).
 Everything goes into a temporary directory beside OUT, renamed to OUT at the end.
 """

@@ -2,8 +2,8 @@
 
 No model is loaded: each output shard (at most ``shard_bytes``) is built from tensors read one at a
 time from the source files, written, and released before the next, and each source file is opened
-afresh per output shard so its mapped pages do not accumulate. Peak memory is about two shards plus
-the runtime, whatever the model's size.
+afresh per output shard so its mapped pages do not accumulate. Peak memory is about two shards (the
+tensors and safetensors' serialised copy) plus the runtime, whatever the model's size.
 
 Tensors are recognised by their on-disk names, in the two layouts transformers 5 writes: per-expert
 (``layers.L.mlp.experts.E.gate_proj.weight``, Mixtral's ``block_sparse_moe.experts.E.w1.weight``:
@@ -25,6 +25,7 @@ from .plan import EXPERT_COUNT_KEY, MaskPlan
 _KEY = re.compile(r"^(?P<head>(?:.*\.)?layers\.(?P<layer>\d+)\.(?:mlp|block_sparse_moe)\.)(?P<rest>.+)$")
 _PER_EXPERT = re.compile(r"^experts\.(?P<expert>\d+)\.(?P<tail>.+)$")
 _BIASES = ("router.bias", "e_score_correction_bias")
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "I64": 8, "I32": 4, "BF16": 2, "F16": 2, "I16": 2, "U8": 1, "I8": 1, "BOOL": 1}
 _COUNT_ALIASES = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
 
@@ -82,7 +83,7 @@ def _source_keys(source: Path) -> list[tuple[Path, str]]:
     return keys
 
 
-def write_weights(source: Path, target: Path, plan: MaskPlan, *, dtype=None, shard_bytes: int = 256 << 20) -> None:
+def write_weights(source: Path, target: Path, plan: MaskPlan, *, dtype=None, shard_bytes: int = 128 << 20) -> None:
     """Write the transformed weights of ``source`` into ``target`` (shards + index when more than one)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -98,7 +99,7 @@ def write_weights(source: Path, target: Path, plan: MaskPlan, *, dtype=None, sha
             count = 1
             for extent in info.get_shape():
                 count *= extent
-            nbytes = count * 4
+            nbytes = count * _DTYPE_BYTES.get(info.get_dtype(), 4)
         if shards[-1] and size + nbytes > shard_bytes:
             shards.append([])
             size = 0

@@ -166,7 +166,8 @@ def _safetensors_digest(files: list[Path]) -> bytes:
             dtype, shape, number, start, size = tensors[name]
             data = maps[number]
             digest.update(b"\0" + canonical_json([name, dtype, shape]).encode() + b"\0")
-            digest.update(_sample(lambda offset, count: data[start + offset:start + offset + count], size))
+            digest.update(_sample(lambda offset, count, data=data, start=start:
+                                  data[start + offset:start + offset + count], size))
         return digest.digest()
     finally:
         for data in maps:

@@ -68,7 +68,7 @@ def _histograms(data: ReportData, domains: list[str]) -> tuple[str, dict]:
         index = {layer: row for row, layer in enumerate(data.routing_layers)}
         order = [names.index(d) if d in names else None for d in domains]
         result = {}
-        for (layer, expert), _ in data.cards.items():
+        for layer, expert in data.cards:
             row = index.get(layer)
             if row is not None and expert < probability.shape[2]:
                 result[(layer, expert)] = [None if o is None else float(probability[o, row, expert]) for o in order]
@@ -156,7 +156,7 @@ def _quantise(contexts: list[dict]) -> float | None:
             context["a"] = [0] * len(context["a"])
         return None
     for context in contexts:
-        context["a"] = [int(round(100 * value / largest)) or (1 if value > 0 else 0) for value in context["a"]]
+        context["a"] = [round(100 * value / largest) or (1 if value > 0 else 0) for value in context["a"]]
     return _round(largest, 4)
 
 
@@ -186,14 +186,14 @@ def overview_figures(data: ReportData) -> list[tuple[str, str]]:
                    for name in (m or {})}
         for metric in DOMAIN_HEATMAPS:
             if metric in present:
-                panels = [(f"{metric} · {d}", _grid(data, lambda c, d=d: ((c.scores.get("domains") or {}).get(d) or {})
-                                                    .get(metric))) for d in domains]
-                figures.append((f"{metric} per layer × expert, one panel per domain "
-                                f"({(metrics.get(metric) or {}).get('definition', '')})",
+                panels = [(f"{metric} · {d}", _grid(data, lambda c, d=d, metric=metric: ((c.scores.get("domains") or {})
+                                                    .get(d) or {}).get(metric))) for d in domains]
+                definition = (metrics.get(metric) or {}).get("definition", "")
+                figures.append((f"{metric} per layer × expert, one panel per domain ({definition})",
                                 heatmap_svg(metric, panels, layers, diverging=metric == "das", colorbar=metric)))
         for metric in EXPERT_HEATMAPS:
             name, _, inner = metric.partition(".")
-            def value(card, name=name, inner=inner):
+            def value(card, name=name, inner=inner, metric=metric):
                 item = card.scores.get(name)
                 item = item.get(inner) if inner and isinstance(item, dict) else item
                 if item is None or isinstance(item, (dict, bool)):

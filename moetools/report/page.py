@@ -41,14 +41,14 @@ def data_block(payload: dict, compress: bool | None = None) -> str:
         compress = len(text) > COMPRESS_ABOVE
     if not compress:
         return f'<script type="application/json" id="moe-data">{text}</script>'
-    packed = base64.b64encode(gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0)).decode("ascii")
+    packed = base64.b64encode(gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)).decode("ascii")
     return f'<script type="application/json" id="moe-data" data-encoding="gzip+base64">{packed}</script>'
 
 
 def read_data_block(html_text: str) -> dict:
     """The inline JSON of a report (either encoding): for tests and scripts that read a report back."""
     match = re.search(r'<script type="application/json" id="moe-data"( data-encoding="gzip\+base64")?>(.*?)</script>',
-                      html_text, re.S)
+                      html_text, re.DOTALL)
     if match is None:
         raise ValueError("no moe-data block: not a moe-report page")
     body = match.group(2)

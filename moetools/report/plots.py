@@ -30,9 +30,9 @@ def figure_svg(figure) -> str:
 
     buffer = io.StringIO()
     FigureCanvasSVG(figure)
-    figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": "moetools"}, bbox_inches="tight")
+    figure.savefig(buffer, format="svg", metadata={"Date": None, "Creator": "moetools"})
     text = buffer.getvalue()
-    return re.sub(r"^.*?(<svg\b)", r"\1", text, count=1, flags=re.S)
+    return re.sub(r"^.*?(<svg\b)", r"\1", text, count=1, flags=re.DOTALL)
 
 
 def _new_figure(width: float, height: float):

@@ -1,5 +1,6 @@
 """The moe-tune loop: stages, AdamW over what trains only, warmup + cosine, clipping, accumulation,
-eval per file and domain, JSON-lines log, checkpoints with exact resume, DDP under torchrun.
+bf16 autocast on GPU, eval per file and domain, JSON-lines log, checkpoints with exact resume, DDP
+under torchrun.
 
 Shared with monet-train (:mod:`moetools.train`): the process group (``_Distributed``), the schedule
 (``WarmupCosine``), the seeded batch order (``block_indices``, a pure function of seed and step,
@@ -25,7 +26,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..train.data import block_indices
-from ..train.loop import _Distributed
+from ..train.loop import _Distributed  # monet-train's process group, shared rather than copied
 from ..train.state import WarmupCosine, restore_rng, save_checkpoint, unflatten_optimizer_state
 from . import das as das_lib
 from .data import IGNORE, load_examples
@@ -139,7 +140,7 @@ class Tuner:
         self.model, self.tokenizer, self.adapter = loaded
         self.identity = model_identity(self.model, self.adapter, options.model)
         self.chosen = None
-        if options.experts:
+        if options.experts and options.mode in ("experts", "lora-experts"):
             from ..select import read_experts
 
             self.chosen = read_experts(options.experts, model=self.identity)
@@ -231,8 +232,8 @@ class Tuner:
     # -- DAS (das-two-stage) -------------------------------------------------------------------------
     def das(self) -> tuple:
         rows = self.options.das_rows
-        domain = das_lib.mean_routing(self.model, self.adapter, self.train_set, max_rows=rows)
-        general = das_lib.mean_routing(self.model, self.adapter, self.general_set, max_rows=rows)
+        domain = das_lib.routing_sums(self.model, self.adapter, self.train_set, max_rows=rows)
+        general = das_lib.routing_sums(self.model, self.adapter, self.general_set, max_rows=rows)
         return das_lib.domain_advantage(domain, general), domain
 
     def choose_by_das(self) -> dict[int, list[int]]:
@@ -253,9 +254,16 @@ class Tuner:
         return chosen
 
     # -- loss and eval -------------------------------------------------------------------------------
+    def autocast(self):
+        """bf16 autocast on a GPU that has it, as monet-train does; nothing on CPU."""
+        device = self.dist.device
+        enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
     def _loss(self, module, batch, label_total: int, share: float):
         ids, labels, mask = (t.to(self.dist.device) for t in batch)
-        outputs = module(input_ids=ids, attention_mask=mask, use_cache=False)
+        with self.autocast():
+            outputs = module(input_ids=ids, attention_mask=mask, use_cache=False)
         logits = outputs.logits[:, :-1]
         summed = F.cross_entropy(logits.flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE,
                                  reduction="sum")
@@ -281,7 +289,8 @@ class Tuner:
                 part = examples.rows(index)
                 ids, labels, mask = (t.to(self.dist.device) for t in (part.input_ids, part.labels,
                                                                        part.attention_mask))
-                logits = module(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+                with self.autocast():
+                    logits = module(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
                 token_loss = F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=IGNORE,
                                              reduction="none")  # (B, T-1)
                 valid = labels[:, 1:] != IGNORE

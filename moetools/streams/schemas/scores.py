@@ -11,6 +11,15 @@ from __future__ import annotations
 from ..schema import Schema, is_int, is_number, need, register_schema, where
 
 IDENTITY = ("type", "layer", "expert")
+#: judged detection scores (issue 12, formats/scores.md "Judged scores"): shares in [0, 1] or null,
+#: as record fields, inside ``domains.<d>`` (the ``edms*`` and ``edmrs*`` ones) or in ``layer`` records (lds)
+JUDGED = ("ems", "precision", "recall", "f1", "balanced_accuracy")
+JUDGED_DOMAIN = ("edms", "edms_precision", "edms_recall", "edms_f1", "edms_balanced_accuracy", "edmrs")
+
+
+def _check_share(value, place: str, name: str) -> None:
+    need(value is None or (is_number(value) and 0 <= value <= 1), place, f"{name} {value!r} is not a share in [0, 1] "
+         "or null")
 
 
 def _check_value(value, place: str, name: str) -> None:
@@ -50,10 +59,16 @@ class ScoresSchema(Schema):
         if metrics is not None:
             need(isinstance(metrics, dict), place, "metrics is not a map of metric name -> description")
             for name, spec in metrics.items():
-                need(isinstance(spec, dict) and spec.get("scope") in ("domain", "expert"), place,
-                     f"metrics.{name} has no scope 'domain' or 'expert'")
+                need(isinstance(spec, dict) and spec.get("scope") in ("domain", "expert", "layer"), place,
+                     f"metrics.{name} has no scope 'domain', 'expert' or 'layer'")
 
     def check_record(self, record: dict, header: dict, number: int | None = None) -> None:
+        if record.get("type") == "layer":
+            place = where("scores", number, f"layer record {record.get('layer')}")
+            need(is_int(record.get("layer")) and record["layer"] >= 0, place, "layer is not a non-negative integer")
+            for name in ("lds", "lds_shuffled"):
+                _check_share(record.get(name), place, name)
+            return
         if record.get("type") != "expert":
             return
         place = where("scores", number, f"layer {record.get('layer')}, expert {record.get('expert')}")
@@ -77,6 +92,18 @@ class ScoresSchema(Schema):
             if name in IDENTITY or name == "domains":
                 continue
             _check_value(value, place, name)
+        for name in JUDGED:
+            for suffix in ("", "_shuffled"):
+                _check_share(record.get(name + suffix), place, name + suffix)
+        for domain, values in (domains or {}).items():
+            for name in JUDGED_DOMAIN:
+                for suffix in ("", "_shuffled"):
+                    _check_share(values.get(name + suffix), place, f"domains.{domain}.{name}{suffix}")
+        judged = record.get("judged")
+        if judged is not None:
+            need(isinstance(judged, dict) and all(isinstance(v, dict) and isinstance(v.get("scorer"), str)
+                                                  for v in judged.values()), place,
+                 "judged is not a map of prompt -> {scorer, status, ...}")
         skew = record.get("skew")
         if skew is not None:
             need(isinstance(skew, dict), place, "skew is not a map")

@@ -1,0 +1,239 @@
+"""Judged detection scores of labels: EMS, EDMS(d), precision/recall/F1, balanced accuracy, LDS.
+
+For every label (formats/labels.md) of expert i, the scorer (an LLM with paper 000's A.2 prompt,
+:mod:`moetools.score.judge_llm`, or the offline embedding scorer, :mod:`moetools.score.embedding`)
+predicts which held-out samples activate the expert (formats/samples.md ``holdout``: the first
+``positives`` of ``holdout.positive``, true 1, and the first ``negatives`` of
+``holdout.negative``, true 0; 10 + 10 as in paper 002). A P_domain(d) label is judged on the
+holdout samples of domain d only (document meta ``domain_field``), giving EDMS_i^(d) (000 eq. 4);
+a P_mono label (or a self/offline one) on all of them, giving EMS_i (000 eq. 3). Metrics:
+:mod:`moetools.score.judge_metrics`; LDS_l (000 eq. 5) in one ``layer`` record per layer.
+
+Position bias: each request shows the samples in a seeded random order, the seed derived from
+(``seed``, layer, expert, prompt key, repeat); ``repeats`` R asks R orders and averages.
+
+Baseline (so that a score means something): every expert is also scored with the label of
+another expert of the same layer (drawn with a seeded RNG, same samples and orders); its
+metrics are written beside the real ones with the suffix ``_shuffled``, and the header gives the
+chance levels of the design (:func:`moetools.score.judge_metrics.chance_levels`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import asdict, dataclass
+
+from .judge_inputs import MONO, ExpertSamples, LabelSet
+from .judge_metrics import chance_levels, detection_metrics, layer_mean, mean_metrics
+
+#: metric name in the scores stream -> definition (formats/scores.md); scope: expert
+EXPERT_METRICS = {
+    "ems": "000 eq. 3: share of held-out samples whose predicted activation equals the true one (P_mono label)",
+    "precision": "TP/(TP+FP) of the predicted activations on held-out samples (P_mono label)",
+    "recall": "TP/(TP+FN) (P_mono label)",
+    "f1": "002: 2TP/(2TP+FP+FN) (P_mono label)",
+    "balanced_accuracy": "(TP/(TP+FN) + TN/(TN+FP))/2, delphi's accuracy (P_mono label)",
+}
+#: per domain d (P_domain(d) labels, samples of domain d)
+DOMAIN_METRICS = {
+    "edms": "000 eq. 4: EMS of the P_domain(d) label on held-out samples of domain d",
+    "edms_precision": "precision of the P_domain(d) label on domain d",
+    "edms_recall": "recall of the P_domain(d) label on domain d",
+    "edms_f1": "002 F1 of the P_domain(d) label on domain d",
+    "edms_balanced_accuracy": "balanced accuracy of the P_domain(d) label on domain d",
+}
+FIELD_OF = {"accuracy": "ems", "precision": "precision", "recall": "recall", "f1": "f1",
+            "balanced_accuracy": "balanced_accuracy"}
+DOMAIN_FIELD_OF = {"accuracy": "edms", "precision": "edms_precision", "recall": "edms_recall", "f1": "edms_f1",
+                   "balanced_accuracy": "edms_balanced_accuracy"}
+
+
+@dataclass
+class JudgeOptions:
+    positives: int = 10          # holdout positives per expert (paper 002: 10)
+    negatives: int = 10          # holdout negatives per expert (paper 002: 10)
+    repeats: int = 1             # shuffles of the sample order per label, averaged
+    seed: int = 0
+    baseline: bool = True        # also score a label drawn from another expert of the layer
+    domain_field: str = "domain"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def items_for(samples: ExpertSamples, key: str, options: JudgeOptions) -> tuple[list[dict], list[bool]]:
+    """(contexts, true activations) judged for one expert: all holdout samples, or domain ``key``'s."""
+    def keep(context: dict) -> bool:
+        return key == MONO or str(context["meta"].get(options.domain_field)) == key
+
+    positives = [c for c in samples.positives if keep(c)][:options.positives]
+    negatives = [c for c in samples.negatives if keep(c)][:options.negatives]
+    return positives + negatives, [True] * len(positives) + [False] * len(negatives)
+
+
+def order_for(options: JudgeOptions, layer: int, expert: int, key: str, repeat: int, n: int) -> list[int]:
+    """The seeded order of one request (str seeds hash with SHA-512: the same across runs and machines)."""
+    order = list(range(n))
+    random.Random(f"{options.seed}:{layer}:{expert}:{key}:{repeat}").shuffle(order)
+    return order
+
+
+def baseline_donors(label_set: LabelSet, seed: int) -> dict[tuple[int, int], tuple[int, int]]:
+    """For each labelled expert, another labelled expert of the same layer whose label it is scored with."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, expert in sorted(label_set.labels):
+        by_layer.setdefault(layer, []).append(expert)
+    donors = {}
+    for layer, experts in by_layer.items():
+        rng = random.Random(f"{seed}:shuffled-label:{label_set.key}:{layer}")
+        for expert in experts:
+            others = [e for e in experts if e != expert]
+            if others:
+                donors[(layer, expert)] = (layer, rng.choice(others))
+    return donors
+
+
+class Judge:
+    """Scores every label set against the samples with one scorer (see the module docstring)."""
+
+    def __init__(self, scorer, options: JudgeOptions):
+        self.scorer = scorer
+        self.options = options
+        self.repeats = options.repeats if scorer.repeats_matter else 1
+        self.skipped_no_samples: dict[str, int] = {}
+
+    async def _score(self, explanation: str, samples: ExpertSamples, key: str) -> dict:
+        contexts, truth = items_for(samples, key, self.options)
+        out = {"positives": sum(truth), "negatives": len(truth) - sum(truth), "answered": 0, "requests": 0,
+               "cache_hits": 0, "attempts": 0}
+        if not contexts:
+            out["error"] = "no held-out samples" + (f" of domain {key}" if key != MONO else "")
+            return out
+        fit = (samples.explain_positive, samples.explain_negative)
+        runs, errors = [], []
+        for repeat in range(self.repeats):
+            order = order_for(self.options, samples.layer, samples.expert, key, repeat, len(contexts))
+            prediction = await self.scorer.predict(explanation, [contexts[i] for i in order], fit)
+            out["requests"] += prediction.requests
+            out["cache_hits"] += prediction.cache_hits
+            out["attempts"] += prediction.attempts
+            if prediction.chosen is None:
+                errors.append(prediction.error)
+                if prediction.raw is not None:
+                    out["raw"] = prediction.raw
+                continue
+            predicted = [False] * len(contexts)
+            for position, index in enumerate(order):
+                predicted[index] = prediction.chosen[position]
+            runs.append(detection_metrics(truth, predicted))
+        out["answered"] = len(runs)
+        if errors:
+            out["error"] = errors[-1]
+        if runs:
+            out["metrics"] = mean_metrics(runs)
+        return out
+
+    async def _expert(self, label_set: LabelSet, identity, samples: ExpertSamples, donors) -> tuple:
+        label = label_set.labels[identity]
+        tasks = [self._score(label["explanation"], samples, label_set.key)]
+        donor = donors.get(identity)
+        if self.options.baseline and donor is not None:
+            tasks.append(self._score(label_set.labels[donor]["explanation"], samples, label_set.key))
+        results = await asyncio.gather(*tasks)
+        return label_set.key, identity, results[0], (results[1] if len(results) > 1 else None), donor
+
+    async def run(self, label_sets: dict[str, LabelSet], samples: dict) -> tuple[list[dict], list[dict], dict]:
+        """(expert records, layer records, summary)."""
+        jobs = []
+        for key, label_set in label_sets.items():
+            donors = baseline_donors(label_set, self.options.seed)
+            missing = [identity for identity in label_set.labels if identity not in samples]
+            self.skipped_no_samples[key] = len(missing)
+            for identity in sorted(label_set.labels):
+                if identity in samples:
+                    jobs.append(self._expert(label_set, identity, samples[identity], donors))
+        await self.scorer.start()
+        try:
+            results = await asyncio.gather(*jobs)
+        finally:
+            await self.scorer.aclose()
+        return self._records(results, label_sets)
+
+    def _records(self, results, label_sets) -> tuple[list[dict], list[dict], dict]:
+        records: dict[tuple[int, int], dict] = {}
+        per_layer: dict[int, dict[str, list]] = {}
+        totals: dict[str, dict[str, list]] = {}
+        for key, identity, scored, shuffled, donor in results:
+            record = records.setdefault(identity, {"type": "expert", "layer": identity[0], "expert": identity[1]})
+            names = FIELD_OF if key == MONO else DOMAIN_FIELD_OF
+            target = record if key == MONO else record.setdefault("domains", {}).setdefault(key, {})
+            metrics = scored.get("metrics")
+            base = shuffled.get("metrics") if shuffled else None
+            for name, field in names.items():
+                target[field] = metrics[name] if metrics else None
+                if self.options.baseline:
+                    target[field + "_shuffled"] = base[name] if base else None
+            provenance = {k: v for k, v in scored.items() if k != "metrics"}
+            provenance["status"] = "ok" if metrics else "failed"
+            provenance["scorer"] = self.scorer.kind
+            provenance["repeats"] = self.repeats
+            if donor is not None and self.options.baseline:
+                provenance["shuffled_from"] = donor[1]
+            record.setdefault("judged", {})[key] = provenance
+            bucket = totals.setdefault(key, {"real": [], "shuffled": [], "failed": 0})
+            bucket["failed"] += int(metrics is None)
+            if metrics:
+                bucket["real"].append(metrics)
+            if base:
+                bucket["shuffled"].append(base)
+            if key == MONO:
+                layer = per_layer.setdefault(identity[0], {"ems": [], "shuffled": []})
+                layer["ems"].append(metrics["accuracy"] if metrics else None)
+                layer["shuffled"].append(base["accuracy"] if base else None)
+        layer_records = [{"type": "layer", "layer": layer, "lds": layer_mean(v["ems"]),
+                          "lds_shuffled": layer_mean(v["shuffled"]) if self.options.baseline else None,
+                          "experts": sum(x is not None for x in v["ems"])}
+                         for layer, v in sorted(per_layer.items())]
+        summary = {"labels": {}, "accounting": self.scorer.accounting.as_dict()}
+        for key, label_set in label_sets.items():
+            bucket = totals.get(key, {"real": [], "shuffled": [], "failed": 0})
+            summary["labels"][key] = {
+                "path": label_set.path, "judged": len(bucket["real"]), "failed": bucket["failed"],
+                "labels_failed": label_set.failed, "labels_without_samples": self.skipped_no_samples.get(key, 0),
+                "mean": mean_metrics(bucket["real"]), "mean_shuffled": mean_metrics(bucket["shuffled"])}
+        return [records[k] for k in sorted(records)], layer_records, summary
+
+
+def header_extra(scorer, options: JudgeOptions, label_sets: dict[str, LabelSet], samples_header: dict,
+                 samples_path: str, repeats: int) -> dict:
+    metrics = {}
+    keys = set(label_sets)
+    if MONO in keys:
+        metrics.update({name: {"scope": "expert", "definition": text} for name, text in EXPERT_METRICS.items()})
+        metrics["lds"] = {"scope": "layer", "definition": "000 eq. 5: mean EMS over the layer's experts"}
+    if keys - {MONO}:
+        metrics.update({name: {"scope": "domain", "definition": text} for name, text in DOMAIN_METRICS.items()})
+    if options.baseline:
+        for name, spec in list(metrics.items()):
+            metrics[name + "_shuffled"] = {"scope": spec["scope"], "definition": f"{name} of a label drawn from "
+                                           "another expert of the same layer (baseline)"}
+    return {
+        "source": f"judged-{scorer.kind}",
+        "scorer": scorer.describe(),
+        "layers": list(samples_header.get("layers") or []),
+        "num_experts": samples_header.get("num_experts"),
+        "top_k": samples_header.get("top_k"),
+        "domain_field": options.domain_field,
+        "domains": sorted(keys - {MONO}),
+        "metrics": metrics,
+        "options": {**options.as_dict(), "repeats": repeats},
+        "chance": chance_levels(options.positives, options.negatives),
+        "inputs": [{"path": samples_path, "role": "samples", "tool": samples_header.get("tool")}] +
+                  [{"path": s.path, "role": "labels", "prompt": s.prompt, "explainer": s.explainer}
+                   for s in label_sets.values()],
+    }
+
+
+__all__ = ["DOMAIN_METRICS", "EXPERT_METRICS", "Judge", "JudgeOptions", "baseline_donors", "header_extra",
+           "items_for", "order_for"]
