@@ -139,8 +139,10 @@ def test_judged_scores_with_baseline_cache_and_accounting(run_tool, inputs, stub
     assert "Judged" not in result.stderr and "requests 32" in result.stderr
     assert SECRET not in (inputs / "judged.jsonl").read_text() + result.stderr + result.stdout
     # mono requests show the 20 samples in a shuffled order with no << >> marks
-    user = stub.requests[0]["body"]["messages"][1]["content"]
-    assert user.count("\nExample ") == 19 and "<<" not in user
+    users = [r["body"]["messages"][1]["content"] for r in stub.requests]
+    mono = [u for u in users if "Example 20:" in u]
+    assert len(mono) == 16 and all(u.count("\nExample ") == 20 and "<<" not in u for u in mono)
+    assert len({u.split("Example 1: ")[1].split("\n")[0] for u in mono}) > 1   # orders differ
     # a rerun is served from the cache: 0 requests, same numbers
     again = judge(run_tool, inputs, stub, labels=("labels.jsonl", "code.labels.jsonl"), out="again.jsonl")
     assert again.exit_code == 0 and len(stub.requests) == 32 and "cache hits 32" in again.stderr
@@ -279,11 +281,12 @@ def test_embedding_scorer_ranks_code_above_legal_for_a_python_label(run_tool, in
     assert prediction.chosen == [True, True, False, False]
     result = run_tool(moe_score, [str(inputs / "samples.jsonl"), "--labels", str(inputs / "labels.jsonl"),
                                   "--backend", "embedding", "-o", str(inputs / "offline.jsonl")])
-    assert result.exit_code == 0, result.stderr and "[embedding scorer]" in result.stderr
+    assert result.exit_code == 0, result.stderr
+    assert "[embedding scorer]" in result.stderr and "Loading weights" not in result.stderr
     records = records_of(inputs / "offline.jsonl")
     header = json.loads((inputs / "offline.jsonl").read_text().splitlines()[0])
     assert header["source"] == "judged-embedding" and header["scorer"]["model"] == "all-MiniLM-L6-v2"
     experts = [r for r in records if r["type"] == "expert"]
     assert all(r["judged"]["mono"]["scorer"] == "embedding" for r in experts)
     mean = sum(r["ems"] for r in experts) / len(experts)
-    assert mean > 0.8 and mean > sum(r["ems_shuffled"] for r in experts) / len(experts)
+    assert mean >= 0.7 and mean > sum(r["ems_shuffled"] for r in experts) / len(experts)

@@ -330,3 +330,15 @@ def test_pearson_needs_no_domain(scored, run_tool):
         li, e = LAYERS.index(record["layer"]), record["expert"]
         x = [sum(token_probs(t, li)[e] for t in toks) / len(toks) for _, toks in docs.values()]
         assert record["domains"] == {} and close(record["pearson"], float(np.corrcoef(x, y)[0, 1]))
+
+
+def test_default_domain_scores_documents_without_the_field(scored, run_tool):
+    folder = scored[3]
+    result = run_tool(moe_score, [str(folder / "trace.jsonl"), "--default-domain", "rest", "--permutations", "0"])
+    assert result.exit_code == 0, result.stderr
+    lines = [json.loads(x) for x in result.stdout.splitlines()]
+    assert lines[0]["domains"] == ["A", "B", "rest"]
+    assert lines[-1]["summary"]["tokens"] == {"A": 4, "B": 3, "rest": 1}
+    assert lines[-1]["summary"]["missing_domain"]["documents"] == 0
+    record = next(r for r in lines if r["type"] == "expert" and r["layer"] == 0 and r["expert"] == 2)
+    assert close(record["domains"]["rest"]["af"], float(2 in selected(7, 0)))

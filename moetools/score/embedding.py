@@ -76,6 +76,9 @@ class EmbeddingScorer:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()   # stderr stays one accounting line
 
         directory = self.model_dir or default_model_dir()
         if not (directory / "config.json").is_file():
