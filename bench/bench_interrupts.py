@@ -8,7 +8,7 @@ output open), sends SIGINT after a random delay drawn over the reference's traci
 finished before the signal), how many records each resume kept, and whether the resumed output's
 records equal the reference bit for bit. Results: bench/results/interrupts.json.
 
-    .venv/bin/python bench/bench_interrupts.py              # 50 interrupts (~15 min on 2 busy cores)
+    .venv/bin/python bench/bench_interrupts.py              # 50 interrupts (~1 min each on 2 busy cores)
     .venv/bin/python bench/bench_interrupts.py --runs 5
 """
 

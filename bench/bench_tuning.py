@@ -1,11 +1,12 @@
 """Replication (issue 14): tune chosen experts vs full vs random experts on a demo-scale MoE.
 
-Base: a top-k MoE (transformers OLMoE) with 32 experts per layer, top-4, d=128, 2 layers, trained
-here with monet-train on the project corpus (``.moetools/corpus``, ``moetools corpus build``) for
-``--base-steps`` steps. The demo's own MoE has 8 experts, too few to choose 8 from.
+Base: a top-k MoE (transformers OLMoE) with 32 experts per layer, top-4, ``--d-model`` (64), 2 layers,
+expert intermediate 64, vocabulary 1024, trained here with monet-train on the project corpus
+(``.moetools/corpus``, ``moetools corpus build``) for ``--base-steps`` steps at batch 8 x ``--seq-len``
+(64). The demo's own MoE has 8 experts, too few to choose 8 from.
 
 Tuning: the corpus's medical training split, the same budget for every mode (``--steps`` x batch 8 x
-128 tokens; das-two-stage splits it in half), lr 3e-4. Expert sets, m = 8 of 32 per layer, chosen on
+``--seq-len`` tokens; das-two-stage splits it in half), lr 1e-3. Expert sets, m = 8 of 32 per layer, chosen on
 the base model: DAS-top-m (paper 003 eq. 1, medical vs general training text), routing-top-m (mean
 routing probability on medical text: the "direct routing score" of 003 Table 5, a stand-in for AF,
 000 eq. 6), random-m (seeded). EDMRS needs LLM labels (moe-explain + moe-score) and is not run here.
@@ -52,19 +53,19 @@ def split_corpus(corpus: Path, out: Path) -> dict:
     return files
 
 
-def train_base(out: Path, steps: int) -> Path:
+def train_base(out: Path, steps: int, d_model: int, seq_len: int) -> Path:
     config = out / "moe.json"
-    config.write_text(json.dumps({"num_experts": EXPERTS, "num_experts_per_tok": TOP_K, "intermediate_size": 128}))
+    config.write_text(json.dumps({"num_experts": EXPERTS, "num_experts_per_tok": TOP_K, "intermediate_size": 64}))
     base = out / "base"
     subprocess.run([sys.executable, "-m", "moetools.train", "--arch", "moe", "--config", str(config),
-                    "--data", str(out / "all-train.jsonl"), "-o", str(base), "--d-model", "128", "--layers", "2",
-                    "--heads", "4", "--steps", str(steps), "--batch-size", "8", "--seq-len", "128",
-                    "--vocab-size", "2048", "--lr", "2e-3", "--eval-every", "1000", "--checkpoint-every", "100000",
+                    "--data", str(out / "all-train.jsonl"), "-o", str(base), "--d-model", str(d_model), "--layers", "2",
+                    "--heads", "4", "--steps", str(steps), "--batch-size", "8", "--seq-len", str(seq_len),
+                    "--vocab-size", "1024", "--lr", "2e-3", "--eval-every", "1000", "--checkpoint-every", "100000",
                     "-q"], check=True)
     return base
 
 
-def choose(base: Path, files: dict, out: Path) -> dict:
+def choose(base: Path, files: dict, out: Path, seq_len: int) -> dict:
     """experts.json files: das, routing, random (m per layer, on the base model)."""
     from moetools.models import model_identity
     from moetools.models.loader import load_model
@@ -74,8 +75,8 @@ def choose(base: Path, files: dict, out: Path) -> dict:
 
     model, tokenizer, adapter = load_model(base, dtype="float32")
     identity = model_identity(model, adapter, base)
-    medical = load_examples(files["train-medical"], tokenizer, 128)
-    general = load_examples(files["train-general"], tokenizer, 128)
+    medical = load_examples(files["train-medical"], tokenizer, seq_len)
+    general = load_examples(files["train-general"], tokenizer, seq_len)
     s_medical = das_lib.routing_sums(model, adapter, medical, max_rows=128)
     s_general = das_lib.routing_sums(model, adapter, general, max_rows=128)
     das = das_lib.domain_advantage(s_medical, s_general)
@@ -93,10 +94,10 @@ def choose(base: Path, files: dict, out: Path) -> dict:
             "cdas_base": das_lib.cumulative_das(das, CHOSEN)}
 
 
-def run_mode(name: str, base: Path, files: dict, out: Path, steps: int, **extra) -> dict:
+def run_mode(name: str, base: Path, files: dict, out: Path, steps: int, seq_len: int, **extra) -> dict:
     """One tuning run in a child process (its own peak RSS); returns its summary + validation losses."""
     args = {"model": str(base), "data": str(files["train-medical"]), "output": str(out / name), "steps": steps,
-            "batch_size": 8, "seq_len": 128, "lr": 3e-4, "eval_every": 100_000, "checkpoint_every": 100_000,
+            "batch_size": 8, "seq_len": seq_len, "lr": 1e-3, "eval_every": 100_000, "checkpoint_every": 100_000,
             "eval": [str(files[d]) for d in ("code", "general", "legal", "medical", "offensive")],
             "eval_batches": 64, **extra}
     script = ("import json,sys,resource; from moetools.tune.loop import TuneOptions, Tuner; "
@@ -109,32 +110,36 @@ def run_mode(name: str, base: Path, files: dict, out: Path, steps: int, **extra)
     return summary
 
 
-def base_losses(base: Path, files: dict, out: Path) -> dict:
+def base_losses(base: Path, files: dict, out: Path, seq_len: int) -> dict:
     """Validation losses of the untouched base (a zero-step evaluation through the same code)."""
     from moetools.tune.loop import TuneOptions, Tuner
 
     tuner = Tuner(TuneOptions(model=str(base), data=str(files["train-medical"]), output=str(out / "base-eval"),
-                              mode="attention-router", steps=1, batch_size=8, seq_len=128, eval_batches=64,
+                              mode="attention-router", steps=1, batch_size=8, seq_len=seq_len, eval_batches=64,
                               eval=[str(files[d]) for d in ("code", "general", "legal", "medical", "offensive")]))
     tuner.enter_stage(0)
     return tuner.evaluate()
 
 
-def routing_on(model_dir_or_tuned, files: dict, merged: bool = True):
+def routing_on(model_dir_or_tuned, files: dict, seq_len: int):
     from moetools.models.loader import load_model
     from moetools.tune import das as das_lib
     from moetools.tune.data import load_examples
 
     model, tokenizer, adapter = load_model(model_dir_or_tuned, dtype="float32")
-    medical = load_examples(files["medical"], tokenizer, 128)
+    medical = load_examples(files["medical"], tokenizer, seq_len)
     return das_lib.mean_routing(model, adapter, medical)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", default=str(ROOT / ".moetools" / "corpus"))
-    parser.add_argument("--base-steps", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--base-steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--d-model", type=int, default=64)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--modes", default="full,experts-das,experts-routing,experts-random,das-two-stage,"
+                                            "attention-router,lora,lora-experts-das")
     parser.add_argument("-o", "--output", default=str(ROOT / "bench" / "results" / "tuning.json"))
     args = parser.parse_args()
     from moetools.tune import das as das_lib
@@ -144,10 +149,10 @@ def main() -> None:
         out = Path(tmp)
         files = split_corpus(Path(args.corpus), out)
         started = time.monotonic()
-        base = train_base(out, args.base_steps)
+        base = train_base(out, args.base_steps, args.d_model, args.seq_len)
         base_s = round(time.monotonic() - started, 1)
-        chosen = choose(base, files, out)
-        reference = base_losses(base, files, out)
+        chosen = choose(base, files, out, args.seq_len)
+        reference = base_losses(base, files, out, args.seq_len)
         half = args.steps // 2
         plan = {
             "full": {"mode": "full"},
@@ -161,16 +166,21 @@ def main() -> None:
             "lora-experts-das": {"mode": "lora-experts", "experts": str(chosen["paths"]["das"])},
         }
         runs = {}
+        wanted = args.modes.split(",")
         for name, extra in plan.items():
+            if name not in wanted:
+                continue
             steps = extra.pop("steps_override", args.steps)
-            runs[name] = run_mode(name, base, files, out, steps, **extra)
+            runs[name] = run_mode(name, base, files, out, steps, args.seq_len, **extra)
             print(name, runs[name]["last_eval"]["eval_loss_by_domain"], file=sys.stderr)
         # RC (003 eq. 4-5) on medical validation text: attention+router vs experts-only, against the base
-        before = routing_on(base, files)
+        before = routing_on(base, files, args.seq_len)
         rc = {}
-        for name in ("attention-router", "experts-das"):
-            merge(out / name, out / f"merged-{name}")
-            rc[name] = das_lib.routing_consistency(before, routing_on(out / f"merged-{name}", files))
+        for name in ("attention-router", "experts-das", "das-two-stage"):
+            if name in runs:
+                merge(out / name, out / f"merged-{name}")
+                rc[name] = das_lib.routing_consistency(before, routing_on(out / f"merged-{name}", files,
+                                                                          args.seq_len))
     table = {}
     for name, summary in runs.items():
         losses = summary["last_eval"]["eval_loss_by_domain"]
@@ -183,11 +193,11 @@ def main() -> None:
                        "trainable_parameters": summary["trainable_parameters"], "wall_s": summary["wall_s"],
                        "peak_rss_mb": round(summary["peak_rss_mb"], 1), "cdas": summary.get("cdas")}
     report = {"bench": "tuning", "issue": 14,
-              "base": {"arch": "OLMoE (monet-train --arch moe)", "experts": EXPERTS, "top_k": TOP_K, "d_model": 128,
-                       "layers": 2, "steps": args.base_steps, "batch": "8 x 128", "train_s": base_s,
+              "base": {"arch": "OLMoE (monet-train --arch moe)", "experts": EXPERTS, "top_k": TOP_K,
+                       "d_model": args.d_model, "layers": 2, "steps": args.base_steps, "batch": f"8 x {args.seq_len}", "train_s": base_s,
                        "validation_loss": {d: round(v, 4) for d, v in reference["eval_loss_by_domain"].items()}},
-              "tuning": {"data": "corpus train split, domain medical", "steps": args.steps, "batch": "8 x 128",
-                         "lr": 3e-4, "chosen_per_layer": CHOSEN, "sets": chosen["sets"],
+              "tuning": {"data": "corpus train split, domain medical", "steps": args.steps,
+                         "batch": f"8 x {args.seq_len}", "lr": 1e-3, "chosen_per_layer": CHOSEN, "sets": chosen["sets"],
                          "cdas_at_8_base": round(chosen["cdas_base"], 4)},
               "results": table, "routing_consistency": {k: float(f"{v:.3e}") for k, v in rc.items()},
               "not_run": "EDMRS-top-m (needs LLM labels of every expert: moe-explain + moe-score)"}

@@ -10,9 +10,11 @@ For each model, after ``moe-trace | moe-sample | moe-explain`` (:mod:`moetools.d
     moe-eval MODEL masked/* --data demo.jsonl -o eval.jsonl                    # domain x mask loss changes
     moe-report trace samples labels scores sets/*.json eval.jsonl --baseline random-init.trace -o report.html
 
-Each step runs the installed tool as the rest of the demo does. A step that fails is reported in
-the summary (what failed and why) and the chain goes on with what it has: the report is written
-from whatever streams exist.
+moe-score, moe-select and moe-report run as the installed tools, as the rest of the demo does;
+moe-mask and moe-eval run in this process through their libraries (``moetools.mask.mask_directory``,
+``moetools.eval.run.evaluate``: one torch start instead of one per masked model), logged as the
+command line that does the same. A step that fails is reported in the summary (what failed and why)
+and the chain goes on with what it has: the report is written from whatever streams exist.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from .errors import MoetoolsError
 
 #: skew permutations in the demo (the default 1000 takes minutes on MONET's 4,096 experts per layer)
 DEMO_PERMUTATIONS = 200
+#: the demo models' training sequence length
+EVAL_MAX_LENGTH = 256
 
 
 def _q(path) -> str:
@@ -46,11 +50,15 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
     sets_dir.mkdir(parents=True, exist_ok=True)
     toxicity = corpus_has_field(corpus, "toxicity")
 
-    def step(what: str, line: str) -> bool:
+    def step(what: str, line: str, in_process=None) -> bool:
         try:
-            run_shell(line, log)
+            if in_process is None:
+                run_shell(line, log)
+            else:
+                log(f"$ {line}")
+                in_process()
             return True
-        except MoetoolsError as error:
+        except Exception as error:  # noqa: BLE001 -- the demo goes on without this step and says why
             notes.append(f"{what} failed: {error}")
             return False
 
@@ -74,13 +82,15 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
         if name == "toxicity":
             continue  # selected and shown; the loss matrix masks the domain sets and the random control
         directory = masked_dir / name
-        if step(f"moe-mask {name}", f"moe-mask -q {_q(model)} --experts {_q(experts)} -o {_q(directory)} --force"):
+        if step(f"moe-mask {name}", f"moe-mask -q {_q(model)} --experts {_q(experts)} -o {_q(directory)} --force",
+                lambda experts=experts, directory=directory: _mask(model, experts, directory)):
             made["masked"][name] = directory
     made["eval"].unlink(missing_ok=True)
     if made["masked"]:
         models = " ".join(_q(directory) for directory in made["masked"].values())
-        step("moe-eval", f"moe-eval -q {_q(model)} {models} --data {_q(corpus)} --max-length 256 "
-                         f"-o {_q(made['eval'])}")
+        step("moe-eval", f"moe-eval -q {_q(model)} {models} --data {_q(corpus)} --max-length {EVAL_MAX_LENGTH} "
+                         f"-o {_q(made['eval'])}",
+             lambda: _evaluate([model, *made["masked"].values()], corpus, made["eval"]))
     inputs = [paths["trace"], paths["samples"], paths["labels"], made["scores"], *made["sets"].values(), made["eval"]]
     present = " ".join(_q(path) for path in inputs if Path(path).is_file())
     baseline = f" --baseline {_q(paths['random_trace'])}" if Path(paths["random_trace"]).is_file() else ""
@@ -88,6 +98,26 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
                        f"-o {_q(made['report'])}")
     made["notes"] = notes
     return made
+
+
+def _mask(model: Path, experts: Path, directory: Path) -> None:
+    from .mask import mask_directory
+
+    mask_directory(model, experts, directory, force=True)
+
+
+def _evaluate(models: list[Path], corpus: Path, out: Path) -> None:
+    """What ``moe-eval MODELS --data CORPUS -o OUT`` writes (formats/eval.md)."""
+    from . import __version__
+    from .eval.run import evaluate
+    from .streams.files import open_stream_writer
+
+    header = {"models": [str(path) for path in models], "data": str(corpus), "choices": None,
+              "domain_field": "domain", "max_length": EVAL_MAX_LENGTH}
+    tool = {"name": "moe-eval", "version": __version__, "args": {"max_length": EVAL_MAX_LENGTH, "via": "moetools demo"}}
+    with open_stream_writer(out, "eval", "jsonl", tool=tool, model=None, header_extra=header) as writer:
+        for record in evaluate(models, data=corpus, max_length=EVAL_MAX_LENGTH):
+            writer.write(record)
 
 
 def summarise_chain(made: dict) -> list[str]:

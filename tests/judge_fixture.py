@@ -50,7 +50,8 @@ def write_samples(path, *, experts: int = 4, layers=(0, 1), n: int = 10, holdout
     header = {"samples_version": 2, "layers": list(layers), "num_experts": experts, "top_k": 1,
               "activation": "contribution", "context": 32, "seed": 0,
               "split": {"holdout_fraction": 0.2 if holdout else 0.0, "region": 256}}
-    with open_stream_writer(str(path), "samples", "jsonl", tool={"name": "judge_fixture"}, model=MODEL,
+    with open_stream_writer(str(path), "samples", "jsonl", tool={"name": "judge_fixture"},
+                            model={**MODEL, "num_experts": experts},
                             header_extra=header) as writer:
         for layer in layers:
             for expert in range(experts):
@@ -72,7 +73,8 @@ def write_samples(path, *, experts: int = 4, layers=(0, 1), n: int = 10, holdout
 def write_labels(path, *, experts: int = 4, layers=(0, 1), domain: str | None = None, model=MODEL,
                  failed=()) -> None:
     prompt = {"kind": "domain", "domain": domain} if domain else {"kind": "mono", "domain": None}
-    with open_stream_writer(str(path), "labels", "jsonl", tool={"name": "judge_fixture"}, model=model,
+    with open_stream_writer(str(path), "labels", "jsonl", tool={"name": "judge_fixture"},
+                            model={**model, "num_experts": experts},
                             header_extra={"explain": {"explainer": {"backend": "offline", "model": None,
                                                                     "method": "fixture"}, "prompt": prompt}}) as w:
         for layer in layers:
@@ -90,7 +92,7 @@ def keyword_answer(body: dict) -> str:
     user = body["messages"][-1]["content"]
     is_code = "python" in re.search(r"Here is the explanation: (.*)", user).group(1)
     chosen = []
-    for number, text in re.findall(r"^Example (\d+): (.*)$", user, flags=re.M):
+    for number, text in re.findall(r"^Example (\d+): (.*)$", user, flags=re.MULTILINE):
         looks_code = any(token in text for token in ("def ", "import", "(", "=", "class"))
         looks_code = looks_code and not text[:1].isupper()
         if looks_code == is_code:

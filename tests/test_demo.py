@@ -135,3 +135,19 @@ def test_models_and_demo_have_help_with_an_example():
     for name in ("demo", "models"):
         result = CliRunner().invoke(moetools_command, [name, "--help"])
         assert result.exit_code == 0 and "Example:" in result.output and "--steps" in result.output
+
+
+def test_chain_summary_has_the_loss_matrix_the_report_and_what_failed(tmp_path):
+    from report_fixture import write_eval
+
+    from moetools.demo_chain import summarise_chain
+
+    write_eval(tmp_path / "eval.jsonl", "sha256:" + "a1" * 32)
+    (tmp_path / "code.json").write_text(json.dumps({"experts": {"0": [1, 2], "2": [5]}}))
+    (tmp_path / "report.html").write_text("<html></html>")
+    lines = summarise_chain({"sets": {"code": tmp_path / "code.json"}, "eval": tmp_path / "eval.jsonl",
+                             "report": tmp_path / "report.html", "notes": ["moe-mask random failed: why"]})
+    assert "expert sets (moe-select; experts over all layers): code 3" in lines
+    assert any(line.split() == ["masked", "+0.300"] for line in lines)
+    assert f"report: {tmp_path / 'report.html'} (open it in a browser; #LAYER/EXPERT jumps to an expert)" in lines
+    assert lines[-1] == "not done: moe-mask random failed: why"

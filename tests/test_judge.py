@@ -123,7 +123,6 @@ def test_judged_scores_with_baseline_cache_and_accounting(run_tool, inputs, stub
     result = judge(run_tool, inputs, stub, labels=("labels.jsonl", "code.labels.jsonl"))
     assert result.exit_code == 0, result.stderr
     records = records_of(inputs / "judged.jsonl")
-    header = records[0] if records and records[0].get("type") == "header" else None
     experts = [r for r in records if r["type"] == "expert"]
     layers = [r for r in records if r["type"] == "layer"]
     assert len(experts) == 8 and {r["layer"] for r in layers} == {0, 1}
@@ -190,6 +189,15 @@ def test_faults_429_500_malformed_json_and_out_of_range_answers_still_finish(run
     assert len(failed) + end["summary"]["labels"]["mono"]["judged"] == 8
 
 
+def test_a_refused_key_stops_the_run_with_exit_1_and_is_never_printed(run_tool, inputs, stub, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    stub.faults = ["401"] * 64
+    result = judge(run_tool, inputs, stub)
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+    assert not (inputs / "judged.jsonl").exists()
+
+
 # -- bad input ----------------------------------------------------------------------------------------
 
 def test_samples_without_holdout_or_with_overlapping_holdout_are_refused(run_tool, tmp_path, stub):
@@ -244,7 +252,7 @@ def test_join_writes_edmrs_and_moe_select_picks_by_it(run_tool, inputs, stub):
     assert result.exit_code == 0, result.stderr
     records = records_of(joined)
     experts = {(r["layer"], r["expert"]): r for r in records if r["type"] == "expert"}
-    for (layer, expert), record in experts.items():
+    for record in experts.values():
         code = record["domains"]["code"]
         assert code["edmrs"] == pytest.approx(code["af"] * code["edms"])          # 000 sec. 4.1
         assert code["edmrs_shuffled"] == pytest.approx(code["af"] * code["edms_shuffled"])

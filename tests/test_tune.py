@@ -124,6 +124,19 @@ def before_key_layers(model_dir):
     return [layer.index for layer in loaded.adapter.moe_layers()]
 
 
+@pytest.mark.parametrize("family", ["gpt_oss", "deepseek_v3", "monet"])
+def test_lora_experts_on_other_layouts_touches_only_the_selected_experts(tmp_path, data, family):
+    """GPT-OSS's transposed fused tensors with biases, DeepSeek-V3's shared experts, MONET's factor blocks."""
+    model_dir = save_model(tmp_path / "model", family)
+    before = base_state(model_dir)
+    last = max(before_key_layers(model_dir))
+    experts = write_experts(tmp_path / "experts.json", {last: [1, 6] if family == "monet" else [1, 5]})
+    tuner = Tuner(options(model_dir, data, tmp_path / "out", mode="lora-experts", experts=str(experts), steps=2,
+                          eval=[]))
+    tuner.run()
+    check_only_selected_changed(tuner, before)
+
+
 def test_lora_experts_touches_only_the_selected_experts(tmp_path, data, olmoe):
     before = base_state(olmoe)
     experts = write_experts(tmp_path / "experts.json", {0: [2], 1: [3, 7]})

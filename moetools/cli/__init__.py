@@ -16,6 +16,7 @@ TOOLS = {
     "moe-mask": "moetools.cli.mask",
     "moe-eval": "moetools.cli.eval",
     "moe-report": "moetools.cli.report",
+    "moe-probe": "moetools.cli.probe",
     "monet-train": "moetools.cli.monet_train",
     "moetools": "moetools.cli.main",
 }

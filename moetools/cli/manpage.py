@@ -78,6 +78,16 @@ def render_command(name: str, command: click.Command) -> str:
         if record:
             flags, help_record = record
             lines += [".TP", f".B {escape(flags)}", escape(help_record)]
+    if isinstance(command, click.Group):  # each subcommand's own options (moe-tune train, merge)
+        for sub_name, sub in sorted(command.commands.items()):
+            sub_ctx = click.Context(sub, info_name=sub_name, parent=ctx)
+            records = [p.get_help_record(sub_ctx) for p in sub.get_params(sub_ctx) if isinstance(p, click.Option)]
+            records = [r for r in records if r and r[0] not in ("-h, --help", "-v, --verbose", "-q, --quiet")]
+            if records:
+                usage = " ".join(sub.collect_usage_pieces(sub_ctx))
+                lines += [f'.SS "{escape(sub_name)} {escape(usage)}"']
+                for flags, help_record in records:
+                    lines += [".TP", f".B {escape(flags)}", escape(help_record)]
     lines.append(".SH EXIT STATUS")
     for code, meaning in _exit_codes():
         lines += [".TP", f".B {code}", escape(meaning)]

@@ -58,8 +58,8 @@ def _domains(data: ReportData) -> list[str]:
 
 def _histograms(data: ReportData, domains: list[str]) -> tuple[str, dict]:
     """Per expert a value per domain: mean router probability from the scores, else from the trace."""
-    if data.scores_header and "prob" in (data.scores_header.get("metrics") or {}) or any(
-            "prob" in (m or {}) for c in list(data.cards.values())[:1] for m in (c.scores.get("domains") or {}).values()):
+    if any("prob" in (metrics or {}) for card in data.cards.values()
+           for metrics in (card.scores.get("domains") or {}).values()):
         return "mean router probability per token (scores)", {
             key: [((card.scores.get("domains") or {}).get(d) or {}).get("prob") for d in domains]
             for key, card in data.cards.items()}
@@ -119,6 +119,8 @@ def payload(data: ReportData, title: str) -> dict:
                 entry["err"] = card.label["error"]
         if key in flats:
             entry["v"] = [_round(flats[key].get(name), 4) for name in keys]
+            if isinstance(card.scores.get("skew"), dict) and card.scores["skew"].get("domain") is not None:
+                entry["sd"] = card.scores["skew"]["domain"]
         if key in histograms:
             entry["h"] = [_round(value, 3) for value in histograms[key]]
         scale = _quantise(card.contexts + card.holdout)

@@ -84,8 +84,9 @@
       });
       box.appendChild(el("table", { cls: "grid" }, [head].concat(rows)));
     }
-    if (plain.length) {
+    if (plain.length || expert.sd) {
       const list = el("ul", { cls: "plain" });
+      if (expert.sd) list.appendChild(el("li", { text: "skew.domain = " + expert.sd + " (the domain routed to most)" }));
       plain.forEach(function (key) {
         const baseline = score(expert, key + "_random");
         list.appendChild(el("li", { text: key + " = " + fmt(score(expert, key)) +

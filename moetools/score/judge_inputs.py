@@ -130,7 +130,7 @@ def check_label_examples(label_sets: dict[str, LabelSet], samples: dict[tuple[in
             shown = held.intersection(label["examples"])
             if shown:
                 raise FormatError(f"{label_set.path}: the label of layer {identity[0]} expert {identity[1]} was "
-                                  f"made from holdout context {sorted(shown)[0]}; refusing to judge it on it")
+                                  f"made from holdout context {min(shown)}; refusing to judge it on it")
 
 
 __all__ = ["MONO", "ExpertSamples", "LabelSet", "check_label_examples", "compact", "prompt_key", "read_labels",

@@ -1,0 +1,121 @@
+"""moe-probe: neuron-level evidence of paper 002 (logic: ``moetools.probe``)."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import UsageError
+from .common import output_options, progress, say, subcommand_verbosity, tool_group, warn
+
+EXAMPLE = """\
+moe-probe neurons .moetools/models/moe corpus.jsonl -o probe.jsonl
+moe-probe neurons dense/ corpus.jsonl --k 1,4,16 --concepts digit,domain:code --format jsonl | moe-cat --check
+moe-probe neurons model/ corpus.jsonl --shuffle-labels -o control.jsonl   # the chance-level control"""
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise UsageError(f"--k takes comma-separated integers like 1,2,4, got {text!r}") from None
+    if not ks or ks[0] < 1:
+        raise UsageError(f"--k takes positive integers, got {text!r}")
+    return ks
+
+
+def parse_names(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@tool_group("moe-probe", example=EXAMPLE)
+def command():
+    """Neuron-level evidence for expert interpretability (paper 002).
+
+    moe-probe neurons MODEL CORPUS: k-sparse probing of expert neurons (or a dense
+    model's FFN neurons) on offline token concepts; writes a `probe` stream
+    (formats/probe.md) and prints the best layer/expert F1 per concept and k.
+    """
+
+
+@command.command("neurons")
+@subcommand_verbosity
+@click.argument("model", type=click.Path(file_okay=False))
+@click.argument("corpus", type=click.Path(dir_okay=False, allow_dash=True))
+@output_options(default_format="jsonl")
+@click.option("--k", "ks", default="1,2,4,8,16,32,64", show_default=True,
+              help="Numbers of neurons the probes use (paper 002: 1..64); k above the hidden width is left out.")
+@click.option("--concepts", default=None, metavar="NAMES",
+              help="Only these concepts (comma-separated, e.g. digit,domain:code); default all.")
+@click.option("--domains", default="code,legal,medical,math,general,offensive", show_default=True,
+              help="Corpus domains that become concepts domain:NAME.")
+@click.option("--domain-field", default="domain", show_default=True, help="Corpus field holding the domain.")
+@click.option("--min-count", default=50, show_default=True, type=click.IntRange(1),
+              help="Skip (and count) a concept for an expert with fewer positives or negatives routed to it "
+                   "(paper 002: 50).")
+@click.option("--test-fraction", default=0.25, show_default=True, type=float,
+              help="Share of documents held out for the test F1 (paper 002: 75/25 by document).")
+@click.option("--reservoir", default=2048, show_default=True, type=click.IntRange(16),
+              help="Training rows sampled per layer and expert for the regression (test: a third); bounds memory.")
+@click.option("--max-length", default=256, show_default=True, type=click.IntRange(2), help="Tokens per window.")
+@click.option("--batch-tokens", default=2048, show_default=True, type=click.IntRange(1),
+              help="Padded tokens per forward pass.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the split and the samples.")
+@click.option("--shuffle-labels", is_flag=True, help="Control: each token gets the labels of a random token of "
+                                                     "its batch (F1 should fall to chance).")
+@click.option("--text-field", default="text", show_default=True, help="Corpus field holding the text.")
+@click.option("--id-field", default="id", show_default=True, help="Corpus field holding the document id.")
+@click.option("--device", default="cpu", show_default=True, help="Device to run the model on.")
+@click.option("--dtype", default="float32", show_default=True, help="Model dtype (float32, bfloat16, auto).")
+def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, domain_field, min_count, test_fraction,
+            reservoir, max_length, batch_tokens, seed, shuffle_labels, text_field, id_field, device, dtype):
+    """k-sparse probing of expert (or dense FFN) neurons on token concepts (paper 002).
+
+    Captures h = act(W_gate x) * (W_up x) inside each expert's computation on the
+    tokens routed to it (a dense model: the FFN hidden vector), ranks neurons by
+    |E[h_j | y=1] - E[h_j | y=0]| on the training documents, fits an L2 logistic
+    regression on the top k, and reports F1 on held-out documents, one `probe`
+    record per (concept, layer, expert, k), and a `best` record per (concept, k)
+    whose layer/expert is chosen by training F1. Memory is bounded by layers x
+    experts x (--reservoir) whatever the corpus length. Exit 2 on bad input.
+    """
+    from ..corpus.documents import read_corpus
+    from ..models import model_identity
+    from ..models.loader import load_model
+    from ..probe.neurons import ProbeOptions, best_table, collect, header_extra, probe_records, summary_line
+    from .common import open_stream_writer
+
+    options = ProbeOptions(ks=parse_ks(ks), min_count=min_count, test_fraction=test_fraction, reservoir=reservoir,
+                           max_length=max_length, batch_tokens=batch_tokens, seed=seed,
+                           domains=parse_names(domains) or (), concepts=parse_names(concepts),
+                           domain_field=domain_field, shuffle_labels=shuffle_labels)
+    options.check()
+    loaded = load_model(model, dtype=dtype, device=device, require_moe=False)
+    dense = loaded.adapter is None
+    say(f"probing {'dense FFN' if dense else 'expert'} neurons of {model}")
+    bad_lines: list[tuple[int, str]] = []
+    documents = read_corpus(corpus, text_field=text_field, id_field=id_field,
+                            on_skip=lambda line, reason: bad_lines.append((line, reason)))
+    with progress("moe-probe: reading the corpus") as bar:
+        labeller, layers, summary = collect(loaded.model, loaded.tokenizer, loaded.adapter, documents, options,
+                                            on_batch=lambda count: bar.advance(count))
+    if bad_lines:
+        line, reason = bad_lines[0]
+        warn(f"skipped {len(bad_lines)} unusable corpus line(s), the first at line {line}: {reason}")
+    if not summary.tokens:
+        raise UsageError(f"{corpus} has no tokens to probe")
+    records = probe_records(labeller, layers, options, summary, dense)
+    identity = model_identity(loaded.model, loaded.adapter, path=model)
+    with open_stream_writer(output, "probe", fmt, uncompressed, model=identity,
+                            header_extra=header_extra(labeller, options, dense, corpus)) as writer:
+        for record in records:
+            writer.write(record)
+        writer.end_extra = {"summary": summary.as_dict()}
+    say(summary_line(summary))
+    if not summary.probes:
+        warn(f"no concept had {min_count} positives and negatives for any expert: nothing was probed "
+             "(lower --min-count or use a longer corpus)")
+    else:
+        say("test F1 of the best layer/expert (chosen on training F1):\n" + best_table(records))
+
+
+main = command.main
