@@ -20,6 +20,7 @@ from test_adapters import FAMILIES, tiny_model
 from tiny_models import save_word_tokenizer
 
 from moetools.mask import mask_directory, masked
+from moetools.mask.directory import _meta_model
 from moetools.models import adapter_for, load_model, model_identity
 
 INF = float("-inf")
@@ -166,7 +167,7 @@ def masked_dirs(tmp_path_factory):
             model.save_pretrained(source)
             save_word_tokenizer(source, [f"w{i}" for i in range(40)])
         experts = mask_sets(model, kind)
-        identity = model_identity(load_model(source, tokenizer=False).model, path=source)
+        identity = model_identity(*_meta_model(source), path=source)  # as moe-select would record it
         experts_file = root / f"{family}-{kind}.json"
         experts_file.write_text(json.dumps({"experts": {str(k): v for k, v in experts.items()},
                                             "moetools": {"version": 1, "model": identity}}))

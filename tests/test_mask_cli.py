@@ -92,3 +92,39 @@ def test_sharded_streaming_write_equals_one_file(base, tmp_path):
     one = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "one")(ids).logits
     many = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "many")(ids).logits
     assert torch.equal(one, many)
+
+
+@pytest.mark.parametrize("experts", [{0: [1, 2], 1: [0, 7]}, {0: [1, 2, 3], 1: [7]}], ids=["pruned", "remote"])
+def test_moe_trace_of_the_masked_directory_never_selects_a_masked_expert(base, tmp_path, experts):
+    """The project's tracer (the moe-trace CLI) on OUT: mapped back to original ids, no masked expert."""
+    import numpy as np
+
+    from moetools.cli.trace import command as trace_command
+    from moetools.streams import StreamReader
+
+    root, identity = base
+    out = tmp_path / "masked"
+    assert invoke(root / "base", "--experts", experts_file(tmp_path / "e.json", experts, identity), "-o", out) \
+        .exit_code == 0
+    record = json.loads((out / "config.json").read_text())["moe_mask"]
+    rng = np.random.default_rng(0)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{n}", "text": " ".join(rng.choice(WORDS, size=30))}) + "\n"
+                              for n in range(6)))
+    result = CliRunner().invoke(trace_command, [str(out), str(corpus), "-o", str(tmp_path / "t.msgpack.zst")])
+    if record["mode"] == "remote":  # moe-trace loads without trust_remote_code: refused, never traced unmasked
+        assert result.exit_code == 2 and not (tmp_path / "t.msgpack.zst").exists(), result.output
+        return  # (tests/test_mask.py traces remote-mode directories through the adapter's capture)
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "t.msgpack.zst", "rb") as handle:
+        reader = StreamReader(handle, kinds="trace")
+        sequences = [r for r in reader if r["type"] == "sequence"]
+        layers = reader.header["layers"]
+    seen = 0
+    for sequence in sequences:
+        for position, layer in enumerate(layers):
+            back = {v: int(k) for k, v in record["layers"][str(layer)]["map"].items()}
+            originals = {back[int(i)] for i in np.asarray(sequence["experts"][position]).ravel()}
+            assert not originals & set(experts[layer])
+            seen += len(originals)
+    assert seen

@@ -93,8 +93,9 @@ def plant_digit_neuron(model) -> None:
 
 
 def save_planted(directory: Path, dense: bool) -> Path:
-    common = dict(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=64, pad_token_id=1, bos_token_id=None, eos_token_id=None)
+    common = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "max_position_embeddings": 64, "pad_token_id": 1, "bos_token_id": None,
+              "eos_token_id": None}
     if dense:
         config = transformers.LlamaConfig(intermediate_size=48, **common)
     else:
@@ -194,6 +195,32 @@ def test_cli_writes_a_valid_stream_and_counts_skips(planted, run_tool, tmp_path)
         reader = StreamReader(handle, validate=True)
         assert list(reader) == []
     assert reader.ends[-1]["summary"]["skipped"]["few-examples"] == 2 * 1 * 4  # concepts × layers × experts
+
+
+def test_concept_file_adds_the_users_concept_and_refuses_misaligned_positions(planted, run_tool, tmp_path):
+    labels = tmp_path / "labels.jsonl"
+    rows = []
+    for line in planted["corpus"].read_text().splitlines():  # word-level tokenizer: token i = word i
+        document = json.loads(line)
+        positions = [i for i, word in enumerate(document["text"].split()) if word in DIGITS]
+        rows.append(json.dumps({"id": document["id"], "labels": {"my_digits": positions}}))
+    labels.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "probe.jsonl"
+    result = run_tool(moe_probe, ["neurons", str(planted["moe"]), str(planted["corpus"]), "-o", str(out), "--k", "1",
+                                  "--concepts", "my_digits", "--concept-file", str(labels), "--min-count", "20"])
+    assert result.exit_code == 0, result.stderr
+    with open(out, "rb") as handle:
+        records = list(StreamReader(handle, validate=True))
+    best = [r for r in records if r["type"] == "best"]
+    assert best[0]["concept"] == "my_digits" and best[0]["test_f1"] > 0.97
+    assert all(r["neurons"] == [PLANTED] for r in records if r["type"] == "probe")
+    labels.write_text(json.dumps({"id": "doc0", "labels": {"my_digits": [30]}}) + "\n")  # doc0 has 30 tokens
+    result = run_tool(moe_probe, ["neurons", str(planted["moe"]), str(planted["corpus"]), "-o", str(out),
+                                  "--concept-file", str(labels)])
+    assert result.exit_code == 2 and "does not align" in result.stderr
+    labels.write_text('{"id": "doc0", "labels": {"digit": [1]}}\n')
+    result = run_tool(moe_probe, ["neurons", str(planted["moe"]), str(planted["corpus"]), "--concept-file", str(labels)])
+    assert result.exit_code == 2 and "built-in" in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [

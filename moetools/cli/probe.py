@@ -48,6 +48,9 @@ def command():
               help="Only these concepts (comma-separated, e.g. digit,domain:code); default all.")
 @click.option("--domains", default="code,legal,medical,math,general,offensive", show_default=True,
               help="Corpus domains that become concepts domain:NAME.")
+@click.option("--concept-file", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Your own concepts: JSON lines {\"id\": DOC_ID, \"labels\": {CONCEPT: [token positions]}} "
+                   "(0-based, as the model's tokenizer splits the document; formats/probe.md).")
 @click.option("--domain-field", default="domain", show_default=True, help="Corpus field holding the domain.")
 @click.option("--min-count", default=50, show_default=True, type=click.IntRange(1),
               help="Skip (and count) a concept for an expert with fewer positives or negatives routed to it "
@@ -66,8 +69,8 @@ def command():
 @click.option("--id-field", default="id", show_default=True, help="Corpus field holding the document id.")
 @click.option("--device", default="cpu", show_default=True, help="Device to run the model on.")
 @click.option("--dtype", default="float32", show_default=True, help="Model dtype (float32, bfloat16, auto).")
-def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, domain_field, min_count, test_fraction,
-            reservoir, max_length, batch_tokens, seed, shuffle_labels, text_field, id_field, device, dtype):
+def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, concept_file, domain_field, min_count,
+            test_fraction, reservoir, max_length, batch_tokens, seed, shuffle_labels, text_field, id_field, device, dtype):
     """k-sparse probing of expert (or dense FFN) neurons on token concepts (paper 002).
 
     Captures h = act(W_gate x) * (W_up x) inside each expert's computation on the
@@ -81,7 +84,15 @@ def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, dom
     from ..corpus.documents import read_corpus
     from ..models import model_identity
     from ..models.loader import load_model
-    from ..probe.neurons import ProbeOptions, best_table, collect, header_extra, probe_records, summary_line
+    from ..probe.neurons import (
+        ProbeOptions,
+        best_table,
+        collect,
+        header_extra,
+        probe_records,
+        read_concept_file,
+        summary_line,
+    )
     from .common import open_stream_writer
 
     options = ProbeOptions(ks=parse_ks(ks), min_count=min_count, test_fraction=test_fraction, reservoir=reservoir,
@@ -89,6 +100,7 @@ def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, dom
                            domains=parse_names(domains) or (), concepts=parse_names(concepts),
                            domain_field=domain_field, shuffle_labels=shuffle_labels)
     options.check()
+    user_labels = read_concept_file(concept_file) if concept_file else None
     loaded = load_model(model, dtype=dtype, device=device, require_moe=False)
     dense = loaded.adapter is None
     say(f"probing {'dense FFN' if dense else 'expert'} neurons of {model}")
@@ -97,7 +109,7 @@ def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, dom
                             on_skip=lambda line, reason: bad_lines.append((line, reason)))
     with progress("moe-probe: reading the corpus") as bar:
         labeller, layers, summary = collect(loaded.model, loaded.tokenizer, loaded.adapter, documents, options,
-                                            on_batch=lambda count: bar.advance(count))
+                                            on_batch=lambda count: bar.advance(count), user_labels=user_labels)
     if bad_lines:
         line, reason = bad_lines[0]
         warn(f"skipped {len(bad_lines)} unusable corpus line(s), the first at line {line}: {reason}")
@@ -111,6 +123,9 @@ def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, dom
             writer.write(record)
         writer.end_extra = {"summary": summary.as_dict()}
     say(summary_line(summary))
+    if user_labels is not None and summary.concept_file_documents < len(user_labels):
+        warn(f"{len(user_labels) - summary.concept_file_documents} of the concept file's {len(user_labels)} "
+             "documents are not in the corpus")
     if not summary.probes:
         warn(f"no concept had {min_count} positives and negatives for any expert: nothing was probed "
              "(lower --min-count or use a longer corpus)")

@@ -9,6 +9,7 @@ document is positive for ``domain:code``.
 
 from __future__ import annotations
 
+import json
 import keyword
 import unicodedata
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UsageError
+from ..streams.files import open_text_input
 
 #: the corpus domains of moe-corpus (docs/corpus); each becomes the concept ``domain:<name>``
 DEFAULT_DOMAINS = ("code", "legal", "medical", "math", "general", "offensive")
@@ -51,12 +53,53 @@ def token_classes(text: str) -> tuple[bool, bool, bool, bool, bool]:
     return digit, punctuation, capitalised, stripped in keyword.kwlist, bool(text) and text.isspace()
 
 
+def read_concept_file(path) -> dict[str, dict[str, set[int]]]:
+    """The user's own per-token labels: {doc_id: {concept: {token positions}}}.
+
+    One JSON object a line: ``{"id": DOC_ID, "labels": {"CONCEPT": [POSITION, ...], ...}}``;
+    a position is a 0-based index into the document's tokens as the model's tokenizer
+    produces them (special tokens included), every unlisted token is a negative.
+    """
+    labels: dict[str, dict[str, set[int]]] = {}
+    with open_text_input(path) as handle:
+        try:
+            lines = list(handle)
+        except UnicodeDecodeError:
+            raise UsageError(f"{path}: not UTF-8 text (a concept file is JSON lines)") from None
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as error:
+                raise UsageError(f"{path}:{number}: not valid JSON ({error})") from None
+            ok = isinstance(row, dict) and isinstance(row.get("id"), str) and isinstance(row.get("labels"), dict)
+            ok = ok and all(isinstance(name, str) and isinstance(positions, list)
+                            and all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in positions)
+                            for name, positions in row["labels"].items())
+            if not ok:
+                raise UsageError(f"{path}:{number}: expected {{\"id\": str, \"labels\": {{concept: [token "
+                                 "positions >= 0]}}}}")
+            document = labels.setdefault(row["id"], {})
+            for name, positions in row["labels"].items():
+                document.setdefault(name, set()).update(positions)
+    return labels
+
+
 class ConceptLabeller:
     """Labels (T, C) bool for the tokens of a window; token texts decoded once per vocabulary id."""
 
-    def __init__(self, tokenizer, domains=DEFAULT_DOMAINS, only: tuple[str, ...] | None = None):
+    def __init__(self, tokenizer, domains=DEFAULT_DOMAINS, only: tuple[str, ...] | None = None,
+                 user_labels: dict[str, dict[str, set[int]]] | None = None):
         self.tokenizer = tokenizer
+        self.user_labels = user_labels or {}
+        builtin = {concept.name for concept in TOKEN_CONCEPTS} | {f"domain:{domain}" for domain in domains}
+        user_names = sorted({name for document in self.user_labels.values() for name in document})
+        clash = [name for name in user_names if name in builtin]
+        if clash:
+            raise UsageError(f"the concept file reuses built-in concept name(s) {', '.join(clash)}")
         concepts = list(TOKEN_CONCEPTS) + [domain_concept(domain) for domain in domains]
+        concepts += [Concept(name, "token positions listed in the concept file") for name in user_names]
         if only:
             known = {concept.name for concept in concepts}
             unknown = [name for name in only if name not in known]
@@ -74,7 +117,7 @@ class ConceptLabeller:
         return self._texts[token_id]
 
     def labels(self, token_ids: np.ndarray, offset: int, meta: dict, domain_field: str = "domain",
-               previous_text: str | None = None) -> np.ndarray:
+               previous_text: str | None = None, doc_id: str | None = None) -> np.ndarray:
         """(T, C) bool for one window starting at token ``offset`` of its document.
 
         ``previous_text``: the decoded text of the token before the window (None at offset 0).
@@ -95,9 +138,14 @@ class ConceptLabeller:
             before = self.text(token)
         columns["line_start"] = line_start
         domain = meta.get(domain_field)
+        user = self.user_labels.get(doc_id, {})
         labels = np.zeros((count, len(self.concepts)), dtype=bool)
         for column, concept in enumerate(self.concepts):
-            if concept.name.startswith("domain:"):
+            if concept.name not in columns and not concept.name.startswith("domain:"):  # the user's concept
+                for position in user.get(concept.name, ()):
+                    if offset <= position < offset + count:
+                        labels[position - offset, column] = True
+            elif concept.name.startswith("domain:"):
                 labels[:, column] = str(domain) == concept.name[len("domain:"):]
             else:
                 labels[:, column] = columns[concept.name]

@@ -25,7 +25,7 @@ import numpy as np
 from ..corpus.tokenize import token_pieces
 from ..errors import UsageError
 from ..trace.corpus import batches, windows_of_pieces
-from .concepts import DEFAULT_DOMAINS, ConceptLabeller
+from .concepts import DEFAULT_DOMAINS, ConceptLabeller, read_concept_file  # noqa: F401 (re-exported)
 from .regression import DEFAULT_C, DEFAULT_KS, fit_probe, top_neurons
 from .stats import LayerStats
 
@@ -61,6 +61,7 @@ class ProbeSummary:
     tokens: int = 0
     test_tokens: int = 0
     probes: int = 0
+    concept_file_documents: int = 0  # documents of the corpus the concept file labels
     skipped: dict = field(default_factory=lambda: {reason: 0 for reason in SKIP_REASONS})
 
     def as_dict(self) -> dict:
@@ -72,33 +73,43 @@ def is_test_document(doc_id: str, seed: int, test_fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < test_fraction
 
 
-def _windows(documents, tokenizer, options: ProbeOptions, summary: ProbeSummary):
+def _windows(documents, tokenizer, options: ProbeOptions, summary: ProbeSummary, user_labels: dict):
     for document in documents:
         test = is_test_document(document.doc_id, options.seed, options.test_fraction)
         summary.documents += 1
         summary.test_documents += test
         previous = None  # the last token id of the document's previous window (for line_start)
+        tokens = 0
         for window in windows_of_pieces(document, token_pieces(document.text, tokenizer), options.max_length):
             window.meta = {**document.meta, "_test": test, "_previous": previous}
             previous = int(window.token_ids[-1])
+            tokens = window.offset + len(window.token_ids)
             yield window
+        labelled = user_labels.get(document.doc_id)
+        if labelled is not None:
+            summary.concept_file_documents += 1
+            last = max((max(positions) for positions in labelled.values() if positions), default=-1)
+            if last >= tokens:
+                raise UsageError(f"the concept file does not align with the tokenizer: document "
+                                 f"{document.doc_id!r} has {tokens} tokens but position {last} is labelled")
 
 
-def collect(model, tokenizer, adapter, documents, options: ProbeOptions, on_batch=None):
-    """One pass: (labeller, {layer: LayerStats}, summary)."""
+def collect(model, tokenizer, adapter, documents, options: ProbeOptions, on_batch=None, user_labels=None):
+    """One pass: (labeller, {layer: LayerStats}, summary). ``user_labels``: :func:`read_concept_file`'s."""
     import torch
 
     from .hidden import HiddenCapture
 
-    labeller = ConceptLabeller(tokenizer, options.domains, options.concepts)
+    user_labels = user_labels or {}
+    labeller = ConceptLabeller(tokenizer, options.domains, options.concepts, user_labels)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = model.get_input_embeddings().weight.device
     rng = np.random.default_rng(options.seed)
     summary = ProbeSummary()
     layers: dict[int, LayerStats] = {}
     with HiddenCapture(model, adapter) as capture, torch.no_grad():
-        for batch in batches(_windows(documents, tokenizer, options, summary), batch_tokens=options.batch_tokens,
-                             batch_size=None, sort_buffer=64):
+        windows = _windows(documents, tokenizer, options, summary, user_labels)
+        for batch in batches(windows, batch_tokens=options.batch_tokens, batch_size=None, sort_buffer=64):
             seq_len = max(len(window.token_ids) for window in batch)
             ids = np.full((len(batch), seq_len), pad_id, dtype=np.int64)
             mask = np.zeros((len(batch), seq_len), dtype=bool)
@@ -110,7 +121,8 @@ def collect(model, tokenizer, adapter, documents, options: ProbeOptions, on_batc
                 previous = window.meta["_previous"]
                 labels[row, :count] = labeller.labels(window.token_ids, window.offset, window.meta,
                                                       options.domain_field,
-                                                      None if previous is None else labeller.text(previous))
+                                                      None if previous is None else labeller.text(previous),
+                                                      window.doc_id)
                 is_test[row, :count] = window.meta["_test"]
             real = mask.reshape(-1)  # (N,)
             flat_labels = labels.reshape(-1, labels.shape[-1])[real]  # (n, C)
