@@ -36,13 +36,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from moetools.demo import balanced_slice
 from moetools.score.specialisation import (
     compare_reports,
     random_init_copy,
     routing_from_stream,
     specialisation_report,
 )
-from moetools.demo import balanced_slice
 
 RESULTS = REPO / "bench" / "results" / "specialisation.json"
 

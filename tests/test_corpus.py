@@ -384,7 +384,7 @@ def test_built_corpus_reads_back_with_its_domains(tmp_path):
 
 def test_one_document_class():
     """The builder's per-source text is a SourceText, not a second Document."""
-    import moetools.corpus as corpus
+    from moetools import corpus
     from moetools.corpus.documents import Document
     from moetools.trace import corpus as trace_corpus
     from moetools.train import data as train_data

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from moetools.errors import FormatError, KindError
 from moetools.score.specialisation import (
     DomainRouting,
     compare_reports,
@@ -16,7 +17,6 @@ from moetools.score.specialisation import (
     specialisation_report,
     top_expert_share,
 )
-from moetools.errors import FormatError, KindError
 from moetools.streams import StreamWriter
 
 # per-token router distribution (L=2, E=4) of each domain; layer 1 is uniform everywhere
