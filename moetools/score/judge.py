@@ -154,8 +154,15 @@ class Judge:
                 if identity in samples:
                     jobs.append(self._expert(label_set, identity, samples[identity], donors))
         await self.scorer.start()
+        tasks = [asyncio.ensure_future(job) for job in jobs]
         try:
-            results = await asyncio.gather(*jobs)
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            # a fatal backend error (refused key, ...) stops the run: no request may outlive the client
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         finally:
             await self.scorer.aclose()
         return self._records(results, label_sets)
