@@ -104,9 +104,11 @@ def test_error_on_stdout_leaves_a_stream_that_reads_as_truncated(run_tool):
 def test_verbose_shows_a_traceback_otherwise_one_line(run_tool):
     quiet = run_tool(probe, ["--fail", "crash"])
     assert "Traceback" not in quiet.stderr and quiet.stderr.count("\n") == 1
+    assert quiet.stderr.rstrip().endswith("(rerun with -v for a traceback)")
     verbose = run_tool(probe, ["--fail", "crash", "-v"])
     assert verbose.exit_code == 1 and "Traceback (most recent call last)" in verbose.stderr
-    assert verbose.stderr.rstrip().endswith("(rerun with -v for a traceback)")
+    # the hint is only for runs without -v (issue 18 item 8)
+    assert "rerun with -v" not in verbose.stderr
 
 
 def test_missing_file_directory_and_bad_option_are_usage_errors(run_tool, tmp_path):

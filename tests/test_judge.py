@@ -163,7 +163,7 @@ def test_repeats_shuffle_the_order_with_a_recorded_seed(run_tool, inputs, stub):
 
 
 def test_faults_429_500_malformed_json_and_out_of_range_answers_still_finish(run_tool, inputs, stub):
-    stub.faults = ["429", "500", "malformed", None, "429"]
+    stub.faults = ["429", "500", "malformed", None, "429", "length"]
     calls = {"n": 0}
 
     def answer(body):

@@ -15,7 +15,7 @@ from .common import open_stream_writer, say, warn
 #: flags handed to the LLM backend's own options (moe-explain --list-backends shows which takes what)
 BACKEND_FLAGS = (
     ("--temperature", float, "Judge: sampling temperature of the scorer LLM (0: greedy)."),
-    ("--max-tokens", int, "Judge: most tokens of a scorer answer (a list of numbers needs few) [default: 32]."),
+    ("--max-tokens", int, "Judge: most tokens of a scorer answer (20 numbers need ~60) [default: 128]."),
     ("--api-base", str, "Judge, openai: base URL of the endpoint [default: $OPENAI_BASE_URL]."),
     ("--api-key-env", str, "Judge, openai: environment variable holding the API key (never printed or stored)."),
     ("--concurrency", int, "Judge, openai: most requests in flight."),
@@ -95,7 +95,7 @@ def make_scorer(flags: dict, model: str | None):
         given[key.strip().replace("-", "_")] = value
     if model is not None:
         given["model"] = model
-    given.setdefault("max_tokens", 32)
+    given.setdefault("max_tokens", 128)
     cache = ResponseCache(flags["cache_dir"], namespace=CACHE_NAMESPACE, enabled=not flags["no_cache"],
                           read=not flags["refresh"])
     return LLMScorer(make_client(backend, given), cache=cache, attempts=flags["attempts"])

@@ -2,7 +2,7 @@
 
 One request per (label, order of the samples): the answer is parsed by
 :func:`moetools.score.judge_prompts.parse_answer`; an answer that is not a list of valid numbers or
-"None" is asked again (``attempts`` in all; from the second attempt with at least
+"None" (or one cut off at ``max_tokens``) is asked again (``attempts`` in all; from the second attempt with at least
 ``retry_temperature`` so that a greedy model can answer differently) and finally recorded as a
 failure. Only parsable answers are cached, so a rerun sends no request for an answer it has.
 The cache namespace is ``score`` (moe-explain uses ``explain``).
@@ -69,7 +69,7 @@ class LLMScorer:
         result = Prediction(None)
 
         def accept(completion) -> bool:
-            return parse_answer(completion.text, n)[0] is not None
+            return not completion.truncated and parse_answer(completion.text, n)[0] is not None
 
         for attempt in range(self.attempts):
             temperature = None if attempt == 0 else max(self.client.options.temperature, self.retry_temperature)
@@ -91,6 +91,8 @@ class LLMScorer:
             result.requests += completion.usage.requests
             result.cache_hits += int(completion.cached)
             chosen, why = parse_answer(completion.text, n)
+            if completion.truncated:   # a list cut at --max-tokens may lack numbers: never taken as complete
+                chosen, why = None, "answer cut off at --max-tokens (finish_reason \"length\"); raise --max-tokens"
             if chosen is not None:
                 result.chosen, result.error, result.raw = [i + 1 in chosen for i in range(n)], None, None
                 break
