@@ -66,6 +66,11 @@ def list_models(ctx, param, value) -> None:
 @click.option("--device-map", default=None, help="'auto' spreads a large model over the GPUs (accelerate).")
 @click.option("--logit-lens", "logit_lens", default=0, show_default=True, type=click.IntRange(0),
               help="Also record the top-K tokens each selected expert's output promotes.")
+@click.option("--top-k", "top_k", default=None, type=click.IntRange(1), metavar="K",
+              help="Make every router select K experts per token instead of the model's own k (the forward "
+                   "uses K experts; renormalising families divide the K selected probabilities by their sum). "
+                   "The header's top_k is then K and top_k_override records it (paper 000 Insight 1: LDS "
+                   "against active experts). Not for MONET.")
 @click.option("--precision", type=click.Choice(["8", "11", "24"]), default="8", show_default=True,
               callback=lambda ctx, param, value: int(value),
               help="Significant bits of gates and contributions on disk: 8 (float16 rounded to bfloat16 "

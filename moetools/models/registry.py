@@ -141,6 +141,30 @@ class Adapter:
                                    num_experts=int(block.experts.num_experts), top_k=int(router.top_k)))
         return layers
 
+    def max_top_k(self) -> int:
+        """The largest k the routers can select (``--top-k``): every routed expert, by default."""
+        return self.moe_layers()[0].num_experts
+
+    def override_top_k(self, k: int) -> None:
+        """Make every router select ``k`` experts per token (``moe-trace --top-k``); changes the forward.
+
+        The families' routers read ``self.top_k`` at each call, so the override is that attribute:
+        scoring, score bias, group limit and renormalisation then follow the family's own rule with
+        ``k`` (OLMoE/Qwen with ``norm_topk_prob`` and Mixtral divide the k selected probabilities by
+        their sum; GPT-OSS softmaxes over the top-k logits), exactly as a config with
+        ``num_experts_per_tok = k`` computes. The config itself is left alone, so the model's
+        identity (fingerprint) stays that of the checkpoint. UsageError for k outside [1, max_top_k()].
+        """
+        from ..errors import UsageError
+
+        limit = self.max_top_k()
+        if not 1 <= int(k) <= limit:
+            raise UsageError(f"--top-k {k}: this model's routers can select 1 to {limit} experts per token")
+        for layer in self.moe_layers():
+            for module in (layer.router, layer.block):  # ERNIE's block keeps a copy it does not use; keep it true
+                if hasattr(module, "top_k"):
+                    module.top_k = int(k)
+
     def dense_layers(self) -> list[int]:
         moe = {layer.index for layer in self.moe_layers()}
         return [i for i in range(len(self.decoder_layers())) if i not in moe]

@@ -69,7 +69,7 @@ def finished_output(output, identity: dict, extra: dict) -> bool:
 
 def run_trace(model_path, corpus, *, output, fmt="msgpack", uncompressed=False, text_field="text", id_field="id",
               max_length=None, batch_tokens=None, batch_size=None, sort_buffer=1024, dtype="auto", device="cpu",
-              device_map=None, logit_lens=0, precision=8, shard=None, shard_by="index", resume=False,
+              device_map=None, logit_lens=0, precision=8, shard=None, shard_by="index", resume=False, top_k=None,
               tool: dict | None = None, log: Log = log_info, warn: Log = log_warning,
               progress: ProgressFactory = no_progress) -> TraceSummary:
     """Trace ``corpus`` (a path or ``-``) through the model at ``model_path`` into ``output`` (path or ``-``).
@@ -78,7 +78,10 @@ def run_trace(model_path, corpus, *, output, fmt="msgpack", uncompressed=False, 
     when ``output`` is complete already). ``tool`` is the header's ``tool`` field
     (name, version, arguments); ``log``/``warn`` take one line of text each;
     ``progress(description)`` gives a context manager whose ``advance(tokens)`` is
-    called after every batch.
+    called after every batch. ``top_k`` makes the routers select that many experts per token
+    (:meth:`moetools.models.Adapter.override_top_k`: the forward changes, not only the record); the
+    header's ``top_k`` is then ``top_k`` and ``top_k_override`` says so, while ``model`` stays the
+    checkpoint's identity (its own ``top_k`` and fingerprint).
     """
     if resume and is_stdio(output):
         raise UsageError("--resume needs an output file (-o FILE): a pipe cannot be resumed")
@@ -86,7 +89,7 @@ def run_trace(model_path, corpus, *, output, fmt="msgpack", uncompressed=False, 
         tool = {"name": "moetools.trace", "version": __version__, "args": {}}
     options = TraceOptions(max_length=max_length or DEFAULT_MAX_LENGTH, batch_tokens=batch_tokens, batch_size=batch_size,
                            sort_buffer=sort_buffer, logit_lens=logit_lens, precision=precision,
-                           shard=parse_shard(shard), shard_by=shard_by)
+                           shard=parse_shard(shard), shard_by=shard_by, top_k=top_k)
     corpus_name = "-" if is_stdio(corpus) else Path(corpus).name
     source = open_input(corpus)  # before the model loads: a missing corpus fails fast
     model, tokenizer, adapter = load_model(model_path, dtype=dtype, device=device, device_map=device_map)
@@ -95,7 +98,9 @@ def run_trace(model_path, corpus, *, output, fmt="msgpack", uncompressed=False, 
         options.max_length = min(DEFAULT_MAX_LENGTH, limit)
     elif limit and max_length > limit:
         raise UsageError(f"--max-length {max_length} exceeds the model's context of {limit} tokens")
-    identity = model_identity(model, adapter, path=model_path)
+    identity = model_identity(model, adapter, path=model_path)  # the checkpoint's, before any --top-k
+    if top_k is not None:
+        adapter.override_top_k(top_k)
     extra = header_extra(adapter, options, corpus=corpus_name, text_field=text_field, id_field=id_field,
                          experts_implementation=adapter.traced_experts_implementation())
 

@@ -48,6 +48,7 @@ class TraceOptions:
     shard: tuple[int, int] | None = None
     shard_by: str = "index"
     flush_seconds: float = 30.0
+    top_k: int | None = None  # --top-k: experts per token the routers select instead of the model's own k
 
 
 @dataclass
@@ -202,6 +203,7 @@ def header_extra(adapter, options: TraceOptions, *, corpus: str, text_field: str
         "layers": [layer.index for layer in layers],
         "num_experts": layers[0].num_experts,
         "top_k": layers[0].top_k,
+        "top_k_override": options.top_k,
         "routing": adapter.routing_rule().as_dict(),
         "experts_implementation": experts_implementation,
         "max_length": options.max_length,
@@ -286,7 +288,7 @@ def check_resumable(header: dict, identity: dict, extra: dict) -> None:
     if (header.get("model") or {}).get("fingerprint") != identity["fingerprint"]:
         raise UsageError("--resume: the partial output was written with another model")
     for key in ("corpus", "max_length", "shard", "shard_by", "text_field", "id_field", "logit_lens", "order",
-                "precision"):
+                "precision", "top_k", "top_k_override"):
         if header.get(key) != extra.get(key):
             raise UsageError(f"--resume: the partial output was written with {key}={header.get(key)!r}, "
                              f"this run has {extra.get(key)!r}; use the same options")

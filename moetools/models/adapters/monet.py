@@ -99,6 +99,12 @@ class MonetAdapter(Adapter):
     def dense_layers(self) -> list[int]:
         return []
 
+    def override_top_k(self, k: int) -> None:
+        from ...errors import UsageError
+
+        # MONET's forward mixes every expert its thresholds keep; top-M only chooses what the trace records
+        raise UsageError("--top-k: MONET routes by thresholds, not a top-k; there is no k to override")
+
     def traced_experts_implementation(self) -> str | None:
         return None  # MONET's own experts modules, not transformers' pluggable implementation
 

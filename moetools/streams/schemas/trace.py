@@ -56,7 +56,11 @@ class TraceSchema(Schema):
         need(isinstance(layers, list) and bool(layers) and all(is_int(layer) and layer >= 0 for layer in layers),
              place, "no 'layers' list (a non-empty list of integers >= 0, formats/trace.md)")
         experts = field_int(header, "num_experts", place, minimum=1)
-        field_int(header, "top_k", place, minimum=1, maximum=experts)
+        top_k = field_int(header, "top_k", place, minimum=1, maximum=experts)
+        override = field_int(header, "top_k_override", place, minimum=1, maximum=experts, optional=True,
+                             nullable=True)
+        need(override is None or override == top_k, place,
+             f"'top_k_override' {override} must equal 'top_k' {top_k}: the records have one slot per selected expert")
         routing = field_map(header, "routing", place, optional=True)
         if routing is not None:
             where = "trace header routing"
