@@ -64,7 +64,7 @@ def final_loss(model: Path) -> float | None:
 
 def probe(model: Path, corpus: Path, out: Path, shuffled: bool) -> tuple[list[dict], dict, float, float]:
     """(records, end summary, seconds, peak RSS MiB of this probing process)."""
-    args = [str(BIN / "moe-probe"), "neurons", str(model), str(corpus), "-o", str(out), "-q"]
+    args = [str(ROOT / "bin" / "moe-probe"), "neurons", str(model), str(corpus), "-o", str(out), "-q"]
     if shuffled:
         args.append("--shuffle-labels")
     start = time.perf_counter()

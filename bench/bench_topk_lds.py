@@ -15,7 +15,10 @@ The labels come from the offline explainer and the verdicts from the embedding s
 (all-MiniLM-L6-v2): no LLM is involved, so the figures are those of the offline pipeline, not of
 paper 000's GPT-4o-mini scorer.
 
-    .venv/bin/python bench/bench_topk_lds.py [--ks 1,2,4] [--max-minutes 8] [--max-length 128]
+    .venv/bin/python bench/bench_topk_lds.py [--ks 1,2,4] [--max-minutes 8] [--max-length 128] [--holdout 10]
+
+Steps whose output exists are reused (a rerun with another ``--holdout`` traces nothing again); the
+results file keeps one entry per held-out design under ``designs``.
 """
 
 from __future__ import annotations
@@ -76,19 +79,33 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def run_k(model: Path, corpus: Path, k: int, max_length: int) -> dict:
-    """trace -> sample -> explain (offline) -> score (embedding) with the routers' k forced to ``k``."""
-    out = WORK / f"k{k}"
+def step(output: Path, line: str) -> float | None:
+    """Run ``line`` unless ``output`` exists (the tools write atomically: present = complete); None = reused."""
+    return None if output.is_file() else shell(line)
+
+
+def run_k(model: Path, corpus: Path, k: int, max_length: int, holdout: int) -> dict:
+    """trace -> sample -> explain (offline) -> score (embedding) with the routers' k forced to ``k``.
+
+    ``holdout`` held-out positives and as many negatives per expert (paper 002: 10 + 10).
+    """
+    out = WORK / (f"k{k}" if holdout == 10 else f"k{k}_holdout{holdout}")
     out.mkdir(parents=True, exist_ok=True)
-    q = {name: shlex.quote(str(out / name)) for name in
-         ("trace.msgpack.zst", "samples.msgpack.zst", "labels.jsonl", "judged.scores.jsonl")}
+    trace = WORK / f"k{k}" / "trace.msgpack.zst"  # one trace per k, whatever the holdout design
+    trace.parent.mkdir(parents=True, exist_ok=True)
+    q = {name: shlex.quote(str(out / name)) for name in ("samples.msgpack.zst", "labels.jsonl", "judged.scores.jsonl")}
+    q["trace"] = shlex.quote(str(trace))
     times = {
-        "trace_s": shell(f"moe-trace -q {shlex.quote(str(model))} {shlex.quote(str(corpus))} --top-k {k} "
-                         f"--max-length {max_length} -o {q['trace.msgpack.zst']}"),
-        "sample_s": shell(f"moe-sample -q {q['trace.msgpack.zst']} -o {q['samples.msgpack.zst']}"),
-        "explain_s": shell(f"moe-explain -q {q['samples.msgpack.zst']} --backend offline -o {q['labels.jsonl']}"),
-        "score_s": shell(f"moe-score -q {q['samples.msgpack.zst']} --labels {q['labels.jsonl']} "
-                         f"--backend embedding -o {q['judged.scores.jsonl']}"),
+        "trace_s": step(trace, f"moe-trace -q {shlex.quote(str(model))} {shlex.quote(str(corpus))} --top-k {k} "
+                               f"--max-length {max_length} -o {q['trace']}"),
+        "sample_s": step(out / "samples.msgpack.zst",
+                         f"moe-sample -q {q['trace']} --holdout-positive {holdout} --holdout-negative {holdout} "
+                         f"-o {q['samples.msgpack.zst']}"),
+        "explain_s": step(out / "labels.jsonl",
+                          f"moe-explain -q {q['samples.msgpack.zst']} --backend offline -o {q['labels.jsonl']}"),
+        "score_s": step(out / "judged.scores.jsonl",
+                        f"moe-score -q {q['samples.msgpack.zst']} --labels {q['labels.jsonl']} --backend embedding "
+                        f"--positives {holdout} --negatives {holdout} -o {q['judged.scores.jsonl']}"),
     }
     records = read_jsonl(out / "judged.scores.jsonl")
     header = records[0]
@@ -113,7 +130,18 @@ def run_k(model: Path, corpus: Path, k: int, max_length: int) -> dict:
     return {"k": k, "top_k_in_trace_header": header.get("top_k"), "layers": layers,
             "chance": header.get("chance"), "scorer": header.get("scorer"), "source": header.get("source"),
             "labels": len([r for r in labels if r.get("type") not in ("header", "end")]),
-            "summary": next((r for r in records if r.get("type") == "end"), {}).get("labels"), "seconds": times}
+            "summary": next((r for r in records if r.get("type") == "end"), {}).get("summary"), "seconds": times}
+
+
+def training_summary(model: Path, metadata: dict) -> dict:
+    """How far monet-train got, and the last held-out loss of its log (ln 4096 = 8.32 untrained)."""
+    summary = {k: metadata.get(k) for k in ("steps", "steps_planned", "finished", "tokens", "elapsed_s")}
+    log = model / "train_log.jsonl"
+    evals = [r for r in read_jsonl(log) if r.get("type") == "eval"] if log.is_file() else []
+    if evals:
+        summary["eval_loss"] = evals[-1].get("eval_loss")
+        summary["eval_loss_by_domain"] = evals[-1].get("eval_loss_by_domain")
+    return summary
 
 
 def main() -> None:
@@ -122,18 +150,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--max-minutes", type=float, default=8.0)
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--holdout", type=int, default=10,
+                        help="held-out positives and negatives per expert (paper 002: 10 + 10)")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     model = ensure_model(args.steps, args.max_minutes)
     corpus = HOME / "corpus" / "validation.jsonl"
     metadata = json.loads((model / "training_metadata.json").read_text())
     config = json.loads((model / "config.json").read_text())
-    runs = [run_k(model, corpus, int(k), args.max_length) for k in args.ks.split(",")]
+    runs = [run_k(model, corpus, int(k), args.max_length, args.holdout) for k in args.ks.split(",")]
     table = {str(run["k"]): {str(layer["layer"]): {"lds": layer["lds"], "lds_shuffled": layer["lds_shuffled"]}
                              for layer in run["layers"]} for run in runs}
     mean_lds = {str(run["k"]): statistics.fmean([layer["lds"] for layer in run["layers"]]) for run in runs}
     mean_shuffled = {str(run["k"]): statistics.fmean([layer["lds_shuffled"] for layer in run["layers"]])
                      for run in runs}
+    design = {"lds_by_k_and_layer": table, "mean_lds_by_k": mean_lds, "mean_lds_shuffled_by_k": mean_shuffled,
+              "runs": runs}
+    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    designs = previous.get("designs", {}) if previous.get("model", {}).get("path") == str(model) else {}
+    designs[f"{args.holdout}+{args.holdout}"] = design  # one entry per held-out design, kept across runs
     result = {
         "claim": "paper 000 Insight 1: more active experts per token -> lower LDS",
         "pipeline": "moe-trace --top-k k | moe-sample | moe-explain --backend offline | "
@@ -141,11 +176,9 @@ def main() -> None:
         "model": {"path": str(model), "model_type": config.get("model_type"), "hidden_size": config.get("hidden_size"),
                   "layers": config.get("num_hidden_layers"), "num_experts": config.get("num_experts"),
                   "trained_top_k": config.get("num_experts_per_tok"), "vocab_size": config.get("vocab_size"),
-                  "training": {k: metadata.get(k) for k in ("steps", "steps_planned", "tokens", "elapsed_s",
-                                                            "final_loss", "eval") if k in metadata}},
+                  "training": training_summary(model, metadata)},
         "corpus": str(corpus), "max_length": args.max_length,
-        "lds_by_k_and_layer": table, "mean_lds_by_k": mean_lds, "mean_lds_shuffled_by_k": mean_shuffled,
-        "runs": runs,
+        "designs": designs,
     }
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"mean_lds_by_k": mean_lds, "mean_lds_shuffled_by_k": mean_shuffled, "table": table}, indent=2))

@@ -3,6 +3,8 @@
 For each model, after ``moe-trace | moe-sample | moe-explain`` (:mod:`moetools.demo`)::
 
     moe-score trace.msgpack.zst [--target-field toxicity] -o scores.jsonl        # routing statistics
+    moe-score samples.msgpack.zst --labels labels.jsonl --backend embedding -o judged.jsonl
+    moe-score join scores.jsonl judged.jsonl -o joined.scores.jsonl              # EMS, F1, EDMRS beside them
     moe-select scores.jsonl --by das --domain D --top M -o sets/D.json          # each domain's experts
     moe-select scores.jsonl --by pearson --top M -o sets/toxicity.json          # when the corpus has toxicity
     moe-select scores.jsonl --random M -o sets/random.json                      # the control, same size
@@ -44,8 +46,11 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
               log) -> dict:
     """Score, select, mask, evaluate and report one model; returns the paths made and the notes of failed steps."""
     notes: list[str] = []
-    made = {"scores": out / "scores.jsonl", "eval": out / "eval.jsonl", "report": out / "report.html",
+    made = {"scores": out / "scores.jsonl", "judged": out / "judged.scores.jsonl",
+            "joined": out / "joined.scores.jsonl", "eval": out / "eval.jsonl", "report": out / "report.html",
             "sets": {}, "masked": {}}
+    for stale in (made["judged"], made["joined"], made["eval"]):
+        stale.unlink(missing_ok=True)
     sets_dir, masked_dir = out / "sets", out / "masked"
     sets_dir.mkdir(parents=True, exist_ok=True)
     toxicity = corpus_has_field(corpus, "toxicity")
@@ -65,6 +70,11 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
     target = " --target-field toxicity" if toxicity else ""
     scored = step("moe-score", f"moe-score -q {_q(paths['trace'])}{target} --permutations {DEMO_PERMUTATIONS} "
                                f"-o {_q(made['scores'])}")
+    # the labels judged on the holdout set: the embedding scorer (all-MiniLM-L6-v2), not an LLM, so
+    # the demo's budget holds; `moe-score --labels L --backend local|openai` judges with a language model
+    if scored and step("moe-score --labels", f"moe-score -q {_q(paths['samples'])} --labels {_q(paths['labels'])} "
+                                             f"--backend embedding -o {_q(made['judged'])}"):
+        step("moe-score join", f"moe-score join -q {_q(made['scores'])} {_q(made['judged'])} -o {_q(made['joined'])}")
     top = recipe.select_top
     if scored:
         for domain in domains:
@@ -85,13 +95,13 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
         if step(f"moe-mask {name}", f"moe-mask -q {_q(model)} --experts {_q(experts)} -o {_q(directory)} --force",
                 lambda experts=experts, directory=directory: _mask(model, experts, directory)):
             made["masked"][name] = directory
-    made["eval"].unlink(missing_ok=True)
     if made["masked"]:
         models = " ".join(_q(directory) for directory in made["masked"].values())
         step("moe-eval", f"moe-eval -q {_q(model)} {models} --data {_q(corpus)} --max-length {EVAL_MAX_LENGTH} "
                          f"-o {_q(made['eval'])}",
              lambda: _evaluate([model, *made["masked"].values()], corpus, made["eval"]))
-    inputs = [paths["trace"], paths["samples"], paths["labels"], made["scores"], *made["sets"].values(), made["eval"]]
+    scores = made["joined"] if made["joined"].is_file() else made["scores"]
+    inputs = [paths["trace"], paths["samples"], paths["labels"], scores, *made["sets"].values(), made["eval"]]
     present = " ".join(_q(path) for path in inputs if Path(path).is_file())
     baseline = f" --baseline {_q(paths['random_trace'])}" if Path(paths["random_trace"]).is_file() else ""
     step("moe-report", f"moe-report -q {present}{baseline} --title {_q(f'moetools demo: {recipe.name}')} "
@@ -123,6 +133,9 @@ def _evaluate(models: list[Path], corpus: Path, out: Path) -> None:
 def summarise_chain(made: dict) -> list[str]:
     """The lines of the summary about scores, sets, the loss matrix and the report."""
     lines = []
+    if made["joined"].is_file():
+        lines.append(f"labels judged on held-out contexts by the embedding scorer (all-MiniLM-L6-v2, no LLM): "
+                     f"{_judged_line(made['joined'])}")
     if made["sets"]:
         sizes = ", ".join(f"{name} {_set_size(path)}" for name, path in made["sets"].items())
         lines.append(f"expert sets (moe-select; experts over all layers): {sizes}")
@@ -138,6 +151,22 @@ def summarise_chain(made: dict) -> list[str]:
         lines.append(f"report: {made['report']} (open it in a browser; #LAYER/EXPERT jumps to an expert)")
     lines.extend(f"not done: {note}" for note in made["notes"])
     return lines
+
+
+def _judged_line(path: Path) -> str:
+    """Mean F1 of the labels beside the same with shuffled labels (the baseline a label must beat)."""
+    from .streams.files import read_input
+
+    try:
+        records = [r for r in read_input(path, kinds="scores") if r.get("type") == "expert"]
+    except MoetoolsError as error:
+        return f"unreadable ({error})"
+    pairs = [(r["f1"], r["f1_shuffled"]) for r in records
+             if isinstance(r.get("f1"), (int, float)) and isinstance(r.get("f1_shuffled"), (int, float))]
+    if not pairs:
+        return "no expert could be judged"
+    own, shuffled = (sum(values) / len(pairs) for values in zip(*pairs))
+    return f"mean F1 {own:.3f} over {len(pairs)} experts [shuffled labels {shuffled:.3f}] ({path})"
 
 
 def _set_size(path: Path) -> int:

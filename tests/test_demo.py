@@ -84,6 +84,8 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
         assert len(header["models"]) == len(WORDS) + 2  # the model, each domain's mask, the random one
         masked = [r for r in evaluated if r["type"] == "domain" and r["model"] > 0]
         assert len(masked) == (len(WORDS) + 1) * len(WORDS) and all(r["delta_loss"] is not None for r in masked)
+        header, joined, _ = records(out / "joined.scores.jsonl")  # routing + judged (EMS, F1, EDMRS)
+        assert any("f1" in r for r in joined if r["type"] == "expert")
         page = (out / "report.html").read_text()
         assert '<script type="application/json" id="moe-data">' in page and "Evaluation (moe-eval)" in page
     moe_summary = summaries[0]
@@ -93,6 +95,7 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
     assert "[random-init " in moe_summary and "domain-specialised than at random init" in moe_summary
     assert f"report: {home / 'demo' / 'moe' / 'report.html'}" in moe_summary and "not done:" not in moe_summary
     assert "loss change when masking each set" in moe_summary
+    assert "labels judged on held-out contexts by the embedding scorer" in moe_summary and "mean F1 " in moe_summary
     random_header, random_trace, _ = records(home / "demo" / "moe" / "random-init.trace.msgpack.zst")
     trained_header, trained_trace, _ = records(home / "demo" / "moe" / "trace.msgpack.zst")
     # same architecture and tokenizer, other weights: another model (the fingerprint samples the weights)
@@ -146,7 +149,8 @@ def test_chain_summary_has_the_loss_matrix_the_report_and_what_failed(tmp_path):
     (tmp_path / "code.json").write_text(json.dumps({"experts": {"0": [1, 2], "2": [5]}}))
     (tmp_path / "report.html").write_text("<html></html>")
     lines = summarise_chain({"sets": {"code": tmp_path / "code.json"}, "eval": tmp_path / "eval.jsonl",
-                             "report": tmp_path / "report.html", "notes": ["moe-mask random failed: why"]})
+                             "report": tmp_path / "report.html", "joined": tmp_path / "not-judged.jsonl",
+                             "notes": ["moe-mask random failed: why"]})
     assert "expert sets (moe-select; experts over all layers): code 3" in lines
     assert any(line.split() == ["masked", "+0.300"] for line in lines)
     assert f"report: {tmp_path / 'report.html'} (open it in a browser; #LAYER/EXPERT jumps to an expert)" in lines

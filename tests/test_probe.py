@@ -186,6 +186,16 @@ def test_cli_writes_a_valid_stream_and_counts_skips(planted, run_tool, tmp_path)
     assert reader.header["arch"] == "moe" and reader.header["ks"] == [1, 2]
     best = {(r["concept"], r["k"]): r for r in records if r["type"] == "best"}
     assert best[("digit", 1)]["test_f1"] > 0.97
+    # the dense baseline through the same command: units are layers, expert is null
+    out = tmp_path / "dense.jsonl"
+    result = run_tool(moe_probe, ["neurons", str(planted["dense"]), str(planted["corpus"]), "-o", str(out),
+                                  "--k", "1", "--concepts", "digit", "--min-count", "20"])
+    assert result.exit_code == 0, result.stderr
+    with open(out, "rb") as handle:
+        reader = StreamReader(handle, validate=True)
+        records = list(reader)
+    assert reader.header["arch"] == "dense" and reader.header["model"]["model_type"] == "llama"
+    assert [(r["expert"], r["neurons"]) for r in records if r["type"] == "probe"] == [(None, [PLANTED])]
     # a min-count no expert reaches: every (concept, layer, expert) skipped and counted, still a valid stream
     out = tmp_path / "none.jsonl"
     result = run_tool(moe_probe, ["neurons", str(planted["moe"]), str(planted["corpus"]), "-o", str(out),

@@ -84,15 +84,14 @@ def test_cli_trace_with_top_k_1_has_one_expert_per_token(model_dir, tmp_path):
     assert header["top_k"] == 1 and header["top_k_override"] == 1
     assert header["model"]["top_k"] == 2  # the checkpoint's identity is unchanged
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, num_experts_per_tok=1).eval()
+    routing = []  # (T, 1) selected ids of each router call, in layer order
+    for layer in model.model.layers:
+        layer.mlp.gate.register_forward_hook(lambda module, args, output: routing.append(output[2]))
     for record in records:
         assert record["experts"].shape == (2, len(record["tokens"]), 1)
-        routing = []
-        handles = [layer.mlp.gate.register_forward_hook(lambda m, a, o: routing.append(o[2]))
-                   for layer in model.model.layers]
+        routing.clear()
         with torch.no_grad():
             model(torch.tensor(record["tokens"].astype(np.int64))[None])
-        for handle in handles:
-            handle.remove()
         for layer, ids in enumerate(routing):
             assert np.array_equal(record["experts"][layer], ids.numpy())
 

@@ -88,6 +88,7 @@ def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, con
         ProbeOptions,
         best_table,
         collect,
+        dense_identity,
         header_extra,
         probe_records,
         read_concept_file,
@@ -116,7 +117,8 @@ def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, con
     if not summary.tokens:
         raise UsageError(f"{corpus} has no tokens to probe")
     records = probe_records(labeller, layers, options, summary, dense)
-    identity = model_identity(loaded.model, loaded.adapter, path=model)
+    identity = dense_identity(loaded.model, model) if dense else model_identity(loaded.model, loaded.adapter,
+                                                                                 path=model)
     with open_stream_writer(output, "probe", fmt, uncompressed, model=identity,
                             header_extra=header_extra(labeller, options, dense, corpus)) as writer:
         for record in records:

@@ -196,6 +196,18 @@ def probe_records(labeller, layers: dict[int, LayerStats], options: ProbeOptions
     return records
 
 
+def dense_identity(model, path) -> dict:
+    """The header's model identity for a dense model (``model_identity`` needs an MoE adapter)."""
+    from pathlib import Path
+
+    from ..models.identity import fingerprint
+    from .hidden import dense_mlps
+
+    config = model.config
+    return {"name": Path(path).name, "path": str(Path(path).resolve()), "model_type": config.model_type,
+            "num_layers": len(dense_mlps(model)), "moe_layers": [], "fingerprint": fingerprint(config, path, model)}
+
+
 def header_extra(labeller, options: ProbeOptions, dense: bool, corpus: str) -> dict:
     return {"corpus": corpus, "arch": "dense" if dense else "moe",
             "concepts": [{"name": c.name, "description": c.description} for c in labeller.concepts],

@@ -71,7 +71,7 @@
       if (cut > 0) {
         const metric = key.slice(0, cut), domain = key.slice(cut + 1);
         (perDomain[metric] = perDomain[metric] || {})[domain] = value;
-      } else if (!/_random$/.test(key)) plain.push(key);
+      } else if (!/_(random|shuffled)$/.test(key)) plain.push(key);
     });
     const box = el("div", { cls: "scores" });
     const metrics = Object.keys(perDomain);
@@ -88,9 +88,10 @@
       const list = el("ul", { cls: "plain" });
       if (expert.sd) list.appendChild(el("li", { text: "skew.domain = " + expert.sd + " (the domain routed to most)" }));
       plain.forEach(function (key) {
-        const baseline = score(expert, key + "_random");
+        const random = score(expert, key + "_random"), shuffled = score(expert, key + "_shuffled");
         list.appendChild(el("li", { text: key + " = " + fmt(score(expert, key)) +
-          (baseline !== null ? "  (random-expert baseline " + fmt(baseline) + ")" : "") }));
+          (random !== null ? "  (random-expert baseline " + fmt(random) + ")" : "") +
+          (shuffled !== null ? "  (with a shuffled label " + fmt(shuffled) + ")" : "") }));
       });
       box.appendChild(list);
     }
