@@ -86,7 +86,7 @@ def test_a_third_party_backend_is_found_by_its_entry_point(tmp_path):
 
 def test_builtins_are_declared_in_pyproject_and_listed_from_the_registry():
     from moetools.explain import backend_table
-    from moetools.llm.registry import checkout_entry_points
+    from moetools.plugins import checkout_entry_points
 
     declared = {entry.name: entry.value for group in ("moetools.llm_backends", "moetools.explainers")
                 for entry in checkout_entry_points(group)}

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from tiny_models import save_tiny_olmoe
 
+from moetools.plugins import checkout_entry_points
 from moetools.streams import StreamReader
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,12 +121,13 @@ def test_installed_plugin_adapter_traces_its_family(plugin_site, fake_model, tmp
 
 def test_checkout_without_installed_metadata_reads_the_builtins_from_pyproject(monkeypatch):
     """bin/ launchers run an uninstalled checkout: the same declarations come from pyproject.toml."""
+    from moetools import plugins
     from moetools.models import registry
 
-    monkeypatch.setattr(registry, "entry_points", lambda group: [])
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [])
     monkeypatch.setattr(registry, "_ENTRY_POINT_ADAPTERS", None)
     names = [row["name"] for row in registry.adapter_table()]
-    declared = [entry.name for entry in registry.checkout_entry_points()]
+    declared = [entry.name for entry in checkout_entry_points(registry.ENTRY_POINT_GROUP)]
     assert sorted(names) == sorted(declared) and {"olmoe", "deepseek_v3", "gpt_oss", "monet"} <= set(names)
 
 
@@ -135,12 +137,14 @@ def test_broken_plugin_entry_point_is_a_model_error_naming_it(monkeypatch):
     from moetools.errors import ModelError
     from moetools.models import registry
 
+    from moetools import plugins
+
     broken = EntryPoint("broken", "no_such_module_here:Adapter", registry.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(registry, "entry_points", lambda group: [broken])
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [broken])
     monkeypatch.setattr(registry, "_ENTRY_POINT_ADAPTERS", None)
     with pytest.raises(ModelError, match=r"cannot load adapter entry point broken = 'no_such_module_here:Adapter'"):
         registry.registered_adapters()
     not_adapter = EntryPoint("odd", "json:dumps", registry.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(registry, "entry_points", lambda group: [not_adapter])
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [not_adapter])
     with pytest.raises(ModelError, match="is not an Adapter subclass"):
         registry.registered_adapters()

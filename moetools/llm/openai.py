@@ -49,8 +49,16 @@ if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
     sys.modules["sniffio"] = None
 
 from ..errors import UsageError
-from .base import (BackendError, Completion, CompletionClient, FatalBackendError, GenerationOptions, Usage, option,
-                   require)
+from .base import (
+    BackendError,
+    Completion,
+    CompletionClient,
+    FatalBackendError,
+    GenerationOptions,
+    Usage,
+    option,
+    require,
+)
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 FATAL_STATUS = {401: "the API key was refused (401)", 403: "access denied (403)",

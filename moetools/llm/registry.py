@@ -18,46 +18,17 @@ name takes over a built-in.
 
 from __future__ import annotations
 
-import re
-from importlib.metadata import EntryPoint, entry_points
-from pathlib import Path
+from importlib.metadata import EntryPoint
 
 from ..errors import UsageError
+from ..plugins import group_table
 
 ENTRY_POINT_GROUP = "moetools.llm_backends"
-BUILTIN_DISTRIBUTION = "moetools"
-
-
-def _distribution(entry: EntryPoint) -> str:
-    dist = getattr(entry, "dist", None)
-    return dist.name if dist is not None else BUILTIN_DISTRIBUTION
-
-
-def _is_builtin(entry: EntryPoint) -> bool:
-    return _distribution(entry).lower().replace("_", "-") == BUILTIN_DISTRIBUTION
-
-
-def checkout_entry_points(group: str) -> list[EntryPoint]:
-    """The built-ins of ``group`` as declared in the checkout's pyproject.toml."""
-    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
-    if not pyproject.is_file():
-        return []
-    pattern = r'^\[project\.entry-points\."' + re.escape(group) + r'"\][ \t]*\n(.*?)(?=^\[|\Z)'
-    section = re.search(pattern, pyproject.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
-    if section is None:
-        return []
-    pairs = re.findall(r'^[ \t]*"?([\w.-]+)"?[ \t]*=[ \t]*"([^"]+)"', section.group(1), re.MULTILINE)
-    return [EntryPoint(name, value, group) for name, value in pairs]
 
 
 def group_entry_points(group: str) -> dict[str, tuple[EntryPoint, str]]:
-    """name -> (entry point, distribution): the built-ins, then other packages' (which win on a clash)."""
-    found = list(entry_points(group=group))
-    builtins = [entry for entry in found if _is_builtin(entry)] or checkout_entry_points(group)
-    table = {entry.name: (entry, BUILTIN_DISTRIBUTION) for entry in builtins}
-    for entry in sorted((e for e in found if not _is_builtin(e)), key=lambda e: (_distribution(e), e.name)):
-        table[entry.name] = (entry, _distribution(entry))
-    return table
+    """name -> (entry point, package) of ``group`` (:func:`moetools.plugins.group_table`)."""
+    return group_table(group)
 
 
 def load_entry(entry: EntryPoint, distribution: str, what: str):

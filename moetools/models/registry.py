@@ -31,13 +31,12 @@ import torch (``moe-trace --list-models`` answers without it).
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
-from importlib.metadata import EntryPoint, entry_points
-from pathlib import Path
+from importlib.metadata import EntryPoint
 from typing import TYPE_CHECKING
 
 from ..errors import ModelError
+from ..plugins import group_entries
 
 if TYPE_CHECKING:  # annotations only: importing torch here would slow every --help
     import torch
@@ -45,7 +44,6 @@ if TYPE_CHECKING:  # annotations only: importing torch here would slow every --h
 
 ENTRY_POINT_GROUP = "moetools.adapters"
 #: the distribution whose entry points are the built-in adapters
-BUILTIN_DISTRIBUTION = "moetools"
 
 _REGISTERED: list[type[Adapter]] = []  # register_adapter() at run time, most recent first
 _ENTRY_POINT_ADAPTERS: list[tuple[type[Adapter], str]] | None = None  # (class, distribution), loaded once
@@ -247,38 +245,9 @@ def unregister_adapter(cls: type[Adapter]) -> None:
         _REGISTERED.remove(cls)
 
 
-def _distribution(entry: EntryPoint) -> str:
-    dist = getattr(entry, "dist", None)
-    return dist.name if dist is not None else BUILTIN_DISTRIBUTION
-
-
-def _is_builtin(entry: EntryPoint) -> bool:
-    return _distribution(entry).lower().replace("_", "-") == BUILTIN_DISTRIBUTION
-
-
-def checkout_entry_points() -> list[EntryPoint]:
-    """The built-ins as declared in the checkout's pyproject.toml.
-
-    Used when moetools runs uninstalled (``bin/`` launchers with ``PYTHONPATH``) or its
-    installed metadata predates the group: the same declarations, read from the source.
-    """
-    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
-    if not pyproject.is_file():
-        return []
-    pattern = r'^\[project\.entry-points\."' + re.escape(ENTRY_POINT_GROUP) + r'"\][ \t]*\n(.*?)(?=^\[|\Z)'
-    section = re.search(pattern, pyproject.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
-    if section is None:
-        return []
-    pairs = re.findall(r'^[ \t]*"?([\w.-]+)"?[ \t]*=[ \t]*"([^"]+)"', section.group(1), re.MULTILINE)
-    return [EntryPoint(name, value, ENTRY_POINT_GROUP) for name, value in pairs]
-
-
 def adapter_entry_points() -> list[tuple[EntryPoint, str]]:
-    """(entry point, distribution) of the group: other packages' first (sorted), then the built-ins."""
-    found = list(entry_points(group=ENTRY_POINT_GROUP))
-    builtins = sorted([e for e in found if _is_builtin(e)] or checkout_entry_points(), key=lambda e: e.name)
-    others = sorted((e for e in found if not _is_builtin(e)), key=lambda e: (_distribution(e), e.name))
-    return [(e, _distribution(e)) for e in others] + [(e, BUILTIN_DISTRIBUTION) for e in builtins]
+    """(entry point, package) of the group: other packages' first (sorted), then the built-ins."""
+    return group_entries(ENTRY_POINT_GROUP)
 
 
 def _entry_point_adapters() -> list[tuple[type[Adapter], str]]:
