@@ -354,6 +354,22 @@ def test_parser_rejects_non_labels(answer):
     assert parse_explanation(answer) is None
 
 
+@pytest.mark.parametrize("answer, expected", [
+    # a server that does not continue the prefilled "This expert specializes in" (issue 16 item 4)
+    ("Python import statements and module names.", "This expert specializes in Python import statements and module names"),
+    ("It handles legal citations in licence texts.", "This expert specializes in legal citations in licence texts"),
+    ("Specializes in ICD-10 codes for fractures.", "This expert specializes in ICD-10 codes for fractures"),
+    # chatter, an essay, and the same non-label checks as a prefixed answer: still not a label
+    ("Sure, here is my answer: numbers.", None),
+    ("Based on the examples, the expert looks at numbers.", None),
+    (" ".join(["word"] * 30) + ".", None),
+    ("The following topics:", None),
+    ("Numbers and units).", None),
+])
+def test_parser_reads_a_short_description_without_the_prefix(answer, expected):
+    assert parse_explanation(answer) == expected
+
+
 def test_parser_rejects_an_answer_cut_off_before_its_sentence_ended():
     from moetools.explain.parse import check_explanation
 

@@ -13,6 +13,11 @@ content ("... in the following topics", "... in processing certain types of
 content"), the prompt's ``<< >>`` marks or an unbalanced bracket kept, a sentence
 cut off after a function word ("... the pattern of"), and an answer the server cut
 off at ``max_tokens`` (``finish_reason: "length"``) before its first sentence ended.
+
+An answer without the phrase (a server that does not continue a prefilled answer)
+is read as the label's body when its first sentence is a short description
+("Python import statements.", "It handles legal citations."), never when it is
+chatter ("Sure, here is ...") or an essay.
 """
 
 from __future__ import annotations
@@ -56,13 +61,18 @@ def check_explanation(text: str | None, truncated: bool = False) -> tuple[str | 
     if match is None:
         if _PHRASE.search(cleaned):
             return None, NOT_A_LABEL + " (the phrase only appears mid-sentence)"
-        return None, NOT_A_LABEL
+        return _without_the_phrase(cleaned, truncated)
     rest = cleaned[match.end():]
     before = cleaned[: match.start()].rstrip()
     if before and before[-1] in _QUOTES:  # a quoted answer ends at its closing quote
         closing = _CLOSING.get(before[-1], before[-1])
         if closing in rest:
             rest = rest[: rest.index(closing)]
+    return _label_from(rest, truncated)
+
+
+def _label_from(rest: str, truncated: bool) -> tuple[str | None, str | None]:
+    """The label whose body is the first sentence of ``rest`` (the text after the phrase)."""
     end = _SENTENCE_END.search(rest)
     raw_body = (rest[: end.start()] if end else rest).strip()
     if truncated and end is None and not rest.rstrip().endswith(tuple(_QUOTES + "”’»")):
@@ -88,6 +98,37 @@ def check_explanation(text: str | None, truncated: bool = False) -> tuple[str | 
     if why is not None:
         return None, f"{NOT_A_LABEL} ({why})"
     return f"This expert specializes in {body}", None
+
+
+#: an answer that says the same thing in other words ("It specializes in X", "This expert handles X")
+_OTHER_PHRASING = re.compile(
+    r"^(?:(?:this|the)\s+expert|it)?\s*(?:speciali[sz]es\s+in|is\s+speciali[sz]ed\s+in|focuses\s+on|handles|"
+    r"processes|responds\s+to|fires\s+on|activates\s+on|detects)\s+", re.IGNORECASE)
+#: first words of chatter, not of a description ("Sure, here is ...", "I think ...", "Based on ...")
+_CHATTER = re.compile(r"^(?:sure|ok(?:ay)?|certainly|here|i|i'm|i'd|based|looking|after|from|these|the\s+examples|"
+                      r"the\s+tokens|the\s+text|answer|explanation|to|in\s+summary|overall)\b", re.IGNORECASE)
+#: a description is short; a longer first sentence is an essay, not a label
+MAX_FALLBACK_WORDS = 25
+
+
+def _without_the_phrase(cleaned: str, truncated: bool) -> tuple[str | None, str | None]:
+    """A well-formed first sentence without the prefix, read as the label's body (issue: servers that do not
+    continue the prefilled answer write "Python import statements." or "It handles legal citations.").
+
+    Accepted only when it reads as a description: not chatter, at most MAX_FALLBACK_WORDS words, and the same
+    checks as a prefixed answer; otherwise the answer is not a label.
+    """
+    first = cleaned.strip().lstrip(_LEAD_IN).strip()
+    other = _OTHER_PHRASING.match(first)
+    if other is not None:
+        first = first[other.end():]
+    elif _CHATTER.match(first):
+        return None, NOT_A_LABEL
+    end = _SENTENCE_END.search(first)
+    if len(((first[: end.start()] if end else first)).split()) > MAX_FALLBACK_WORDS:
+        return None, NOT_A_LABEL
+    label, why = _label_from(first, truncated)
+    return (label, None) if label is not None else (None, why or NOT_A_LABEL)
 
 
 def parse_explanation(text: str | None, truncated: bool = False) -> str | None:
