@@ -27,6 +27,16 @@ BIN = ROOT / ".venv" / "bin"
 CORPUS = ROOT / ".moetools" / "corpus"
 WORK = ROOT / ".moetools" / "bench_probe"
 RESULTS = ROOT / "bench" / "results" / "probe.json"
+NOTES = [
+    ("Both models are tiny (d=64, 2 layers) and briefly trained (same data, steps, batch, lr, seed, tokenizer); "
+    "eval losses are close (see eval_loss), so neither is a converged LM: a small-scale check, not 002's setting."),
+    ("MoE 'best' is the best of 2 layers x 8 experts (16 candidates), dense of 2 layers: more candidates can "
+    "help MoE even though the choice uses training F1 only and the figure is the test F1."),
+    ("An expert probe sees only the tokens routed to that expert (002's protocol), a narrower population than "
+    "a dense layer's; positives per expert are fewer, and 'few-examples' skips are counted per model."),
+    "MoE experts have 48 hidden units, so k=64 exists only for the dense model (88 units).",
+    "Shuffled-label control: each token gets the labels of a random token of its batch; F1 there is chance.",
+]
 SHAPE = ["--d-model", "64", "--layers", "2", "--heads", "4", "--moe-experts", "16", "--moe-dim", "8"]
 
 
@@ -126,6 +136,7 @@ def main() -> None:
     results["mean_best_test_f1"] = {
         f"{name}-{key}": mean_curve(results["models"][name][key]["best_test_f1"], shared)
         for name in ("moe", "dense") for key in ("real", "shuffled")}
+    results["notes"] = NOTES
     results["machine"] = {"python": platform.python_version(), "cpus": "2 shared cores", "steps": options.steps}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
