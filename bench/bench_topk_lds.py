@@ -179,6 +179,15 @@ def main() -> None:
                   "training": training_summary(model, metadata)},
         "corpus": str(corpus), "max_length": args.max_length,
         "designs": designs,
+        "caveats": [
+            ("LDS here = mean EMS of offline-explainer labels (token statistics, no LLM) judged by the embedding "
+            "scorer, not paper 000's LLM explainer and GPT-4o-mini scorer"),
+            "a tiny, briefly trained model (see model.training: eval loss vs ln 4096 = 8.32 untrained)",
+            ("8 experts x 2 layers per k: a layer's LDS is a mean over 8 experts (its standard error is about "
+            "ems_sd / sqrt(8))"),
+            ("the model was trained with top-2: k = 1 and k = 4 run it off its training distribution; k changes "
+            "both the forward and which tokens count as positives (an expert fires on ~k/8 of the tokens)"),
+        ],
     }
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"mean_lds_by_k": mean_lds, "mean_lds_shuffled_by_k": mean_shuffled, "table": table}, indent=2))
