@@ -138,3 +138,21 @@ def test_monet_refuses_an_override(tmp_path):
     model = transformers.AutoModelForCausalLM.from_config(config)
     with pytest.raises(UsageError, match="--top-k"):
         adapter_for(model).override_top_k(1)
+
+
+def test_traces_of_another_top_k_do_not_concatenate():
+    """A --top-k 1 trace and a native trace of the same model are one model but not one stream."""
+    import io
+
+    from moetools.errors import ModelMismatchError
+    from moetools.streams import StreamReader, StreamWriter
+
+    def segment(top_k):
+        out = io.BytesIO()
+        with StreamWriter(out, "example", model={"fingerprint": "v2:sha256:same"}, header_extra={"top_k": top_k}):
+            pass
+        return out.getvalue()
+
+    with pytest.raises(ModelMismatchError, match="top_k 1"):
+        list(StreamReader(io.BytesIO(segment(2) + segment(1))))
+    assert list(StreamReader(io.BytesIO(segment(2) + segment(2)))) == []

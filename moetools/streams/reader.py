@@ -234,6 +234,10 @@ def check_compatible(first: dict, later: dict, segment: int) -> None:
         raise ModelMismatchError(
             f"segment {segment} comes from another model than segment 1: {_describe_model(later)} vs "
             f"{_describe_model(first)}; refusing to mix models in one stream{hint}")
+    if "top_k" in first and later.get("top_k") != first.get("top_k"):
+        # same model traced with another --top-k: records of the two segments hold different slot counts
+        raise ModelMismatchError(f"segment {segment} was traced with top_k {later.get('top_k')}, segment 1 with "
+                                 f"{first.get('top_k')} (moe-trace --top-k): refusing to mix them in one stream")
 
 
 def _fingerprint_scheme(value) -> int | None:
