@@ -68,6 +68,43 @@ def test_readme_pipeline_examples_run(workdir):
     assert [r["type"] for r in first_two] == ["header", "expert", "expert", "end"]
 
 
+@pytest.mark.slow  # the README's acting chain in bash: score, select, mask, eval, tune, merge, report
+def test_readme_acting_chain_runs(workdir):
+    """Every stage of the block leaves what the next reads; the masked and merged models load in plain transformers."""
+    from transformers import AutoModelForCausalLM
+
+    blocks = readme_blocks("acting")
+    assert len(blocks) == 1
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), str(REPO / "bin"),
+                                                 os.environ["PATH"]])}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", blocks[0]], check=False, cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+
+    def data(name):
+        with open(workdir / name, "rb") as handle:
+            return list(read_stream(handle, validate=True))
+
+    scores = data("routing.scores.jsonl")
+    assert len([r for r in scores if r["type"] == "expert"]) == 16  # 2 layers x 8 experts
+    law = json.loads((workdir / "law.json").read_text())
+    both = json.loads((workdir / "both.json").read_text())
+    assert all(len(ids) == 2 for ids in law["experts"].values())
+    assert all(set(law["experts"][layer]) <= set(both["experts"][layer]) for layer in law["experts"])
+    evaluated = data("eval.jsonl")
+    models = [r for r in evaluated if r["type"] == "model"]
+    assert len(models) == 2 and models[1]["masked"] is not None  # the second is known to be a masked copy
+    domains = {(r["model"], r["domain"]): r for r in evaluated if r["type"] == "domain"}
+    assert set(domains) == {(0, "law"), (0, "med"), (1, "law"), (1, "med")}
+    assert domains[(1, "law")]["delta_loss"] == domains[(1, "law")]["loss"] - domains[(0, "law")]["loss"] or \
+        abs(domains[(1, "law")]["delta_loss"] - (domains[(1, "law")]["loss"] - domains[(0, "law")]["loss"])) < 1e-9
+    masked = AutoModelForCausalLM.from_pretrained(workdir / "masked")
+    merged = AutoModelForCausalLM.from_pretrained(workdir / "merged")
+    assert masked.config.num_experts == 6 and merged.config.num_experts == 8
+    html = (workdir / "acting.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") or html.lower().startswith("<!doctype html>")
+
+
 def test_two_commands_are_make_targets_and_ci_runs_the_full_test_run():
     """`make demo` and `make test` come first; `make test-all` is the full run, and the one .ci/run makes."""
     commands = re.findall(r"^make ([\w-]+)\s+#", README, flags=re.MULTILINE)
