@@ -134,10 +134,9 @@ def test_checkout_without_installed_metadata_reads_the_builtins_from_pyproject(m
 def test_broken_plugin_entry_point_is_a_model_error_naming_it(monkeypatch):
     from importlib.metadata import EntryPoint
 
+    from moetools import plugins
     from moetools.errors import ModelError
     from moetools.models import registry
-
-    from moetools import plugins
 
     broken = EntryPoint("broken", "no_such_module_here:Adapter", registry.ENTRY_POINT_GROUP)
     monkeypatch.setattr(plugins, "entry_points", lambda group: [broken])
