@@ -1,0 +1,89 @@
+"""moe-probe causal: labels per minute with the loopback LLM stub at concurrency 32 vs 1 (issue 17: >= 20x).
+
+The stub (tests/llm_stub.py, a real HTTP server) answers the trigger/target JSON after ``--latency``
+seconds, as a remote LLM would. Measured side by side in one run, the response cache off: the
+proposal phase alone (what concurrency changes) and the whole command (proposals + DLA on a tiny
+2-layer OLMoE, 2 CPU cores shared), both as labels per minute.
+
+    .venv/bin/python bench/bench_probe_causal.py [--labels 64] [--latency 0.25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+RESULTS = ROOT / "bench" / "results" / "probe_causal.json"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--labels", type=int, default=64)
+    parser.add_argument("--latency", type=float, default=0.25)
+    args = parser.parse_args(argv)
+
+    from click.testing import CliRunner
+    from llm_stub import LLMStub
+    from tiny_models import save_tiny_olmoe
+
+    from moetools.cli.probe import command as moe_probe
+    from moetools.llm import ResponseCache, make_client
+    from moetools.models import model_identity
+    from moetools.models.loader import load_model
+    from moetools.probe.causal import CausalOptions, propose_llm
+    from moetools.streams.files import open_stream_writer
+
+    words = [f"w{i}" for i in range(40)]
+    work = Path(tempfile.mkdtemp(prefix="bench_probe_causal-"))
+    save_tiny_olmoe(work / "model", words)
+    loaded = load_model(str(work / "model"))
+    identity = model_identity(loaded.model, loaded.adapter, path=str(work / "model"))
+    labels = [{"type": "label", "layer": n % 2, "expert": (n // 2) % 8, "status": "ok",
+               "explanation": f"label {n}: tokens w{n % 40}"} for n in range(args.labels)]
+    with open_stream_writer(str(work / "labels.jsonl"), "labels", "jsonl", True, model=identity) as writer:
+        for label in labels:
+            writer.write(label)
+    answer = json.dumps({"triggers": ["w1 w2 w3", "w4 w5"], "targets": ["w7", "w8"]})
+    results = {}
+    with LLMStub(latency=args.latency) as stub:
+        stub.answer = lambda body: answer
+        for concurrency in (1, 32):
+            client = make_client("openai", {"api_base": stub.url, "model": "stub", "concurrency": concurrency,
+                                            "max_tokens": 256})
+            start = time.perf_counter()
+            proposals = propose_llm(client, ResponseCache(work / "cache", namespace="probe", enabled=False),
+                                    labels, CausalOptions())
+            proposing = time.perf_counter() - start
+            assert all(p.triggers for p in proposals)
+            start = time.perf_counter()
+            result = CliRunner().invoke(moe_probe, ["causal", str(work / "model"), str(work / "labels.jsonl"),
+                                                    "--api-base", stub.url, "--llm-model", "stub", "--no-cache",
+                                                    "--concurrency", str(concurrency), "-q",
+                                                    "-o", str(work / f"out{concurrency}.jsonl")])
+            whole = time.perf_counter() - start
+            assert result.exit_code == 0, result.output
+            results[f"concurrency_{concurrency}"] = {
+                "proposal_seconds": round(proposing, 3), "proposal_labels_per_min": round(60 * len(labels) / proposing, 1),
+                "command_seconds": round(whole, 3), "command_labels_per_min": round(60 * len(labels) / whole, 1),
+                "max_in_flight": client.accounting.max_in_flight}
+    c1, c32 = results["concurrency_1"], results["concurrency_32"]
+    report = {"bench": "probe_causal", "labels": len(labels), "stub_latency_s": args.latency,
+              "model": "tiny OLMoE (2 layers, 8 experts, d=32)", "machine": platform.platform(), **results,
+              "proposal_speedup_32_vs_1": round(c1["proposal_seconds"] / c32["proposal_seconds"], 1),
+              "command_speedup_32_vs_1": round(c1["command_seconds"] / c32["command_seconds"], 1),
+              "notes": [("proposal phase: LLM requests only (what concurrency changes); command: model load + "
+                         "proposals + forward passes + DLA of every expert of the label's layer (CPU work, the same "
+                         "at both concurrencies, on 2 cores shared with other jobs: noisy)")]}
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
