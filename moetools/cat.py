@@ -24,6 +24,7 @@ from typing import BinaryIO
 import numpy as np
 
 from .errors import MoetoolsError
+from .reporting import ProgressFactory, no_progress
 from .streams import StreamReader, StreamWriter, check_compatible
 
 #: (name shown in messages, binary file) of one input; name None for stdin
@@ -147,8 +148,10 @@ SAME_AS_INPUT = {"zstd": ("msgpack", True), "msgpack": ("msgpack", False), "json
 
 def copy_streams(sources: Iterable[Source], out: BinaryIO, *, encoding: str | None = "msgpack",
                  compress: bool | None = True, head: int | None = None, kind: str | None = None,
-                 summary: Summary | None = None) -> Summary:
+                 summary: Summary | None = None, progress: ProgressFactory = no_progress) -> Summary:
     """Re-encode ``sources`` onto ``out`` segment by segment; ``head`` stops after that many data records.
+
+    ``progress(description)`` (moetools.reporting) is advanced per data record copied.
 
     ``encoding=None`` keeps the first input's encoding; ``compress=None`` keeps
     its compression when the output is msgpack (zstd when the input is JSON lines).
@@ -163,44 +166,48 @@ def copy_streams(sources: Iterable[Source], out: BinaryIO, *, encoding: str | No
     writer: StreamWriter | None = None
     pending_end: dict | None = None  # the end record of the segment just read, not yet passed on
     written = 0
-    try:
-        for event, record in walk(sources, kind=kind, summary=summary):
-            if pending_end is not None:  # the input goes on with the next segment: its end stands
-                writer.close(**pending_end)
-                writer, pending_end = None, None
-            if event == "header":
-                if head is not None and written >= head and writer is None and summary.segments > 1:
-                    summary.stopped_at_head = True
-                    break
-                if encoding is None or compress is None:
-                    same_encoding, same_compress = SAME_AS_INPUT[summary.encodings[0]]
-                    encoding = encoding or same_encoding
-                    if compress is None:
-                        compress = same_compress if same_encoding == encoding else True
-                writer = StreamWriter(out, record["kind"], encoding=encoding, compress=compress, header=record)
-            elif event == "record":
-                if head is not None and written >= head:
-                    summary.stopped_at_head = True
-                    break
-                writer.write(record)
-                written += 1
-            else:
-                pending_end = {key: value for key, value in record.items() if key not in ("type", "count")}
-        if writer is not None:  # the input's end verified, or --head stopped inside a segment (count written)
-            writer.close(**(pending_end or {}))
-    except BaseException:
-        if writer is not None:
-            writer.abandon()
-        raise
+    with progress("copying records") as bar:
+        try:
+            for event, record in walk(sources, kind=kind, summary=summary):
+                if pending_end is not None:  # the input goes on with the next segment: its end stands
+                    writer.close(**pending_end)
+                    writer, pending_end = None, None
+                if event == "header":
+                    if head is not None and written >= head and writer is None and summary.segments > 1:
+                        summary.stopped_at_head = True
+                        break
+                    if encoding is None or compress is None:
+                        same_encoding, same_compress = SAME_AS_INPUT[summary.encodings[0]]
+                        encoding = encoding or same_encoding
+                        if compress is None:
+                            compress = same_compress if same_encoding == encoding else True
+                    writer = StreamWriter(out, record["kind"], encoding=encoding, compress=compress, header=record)
+                elif event == "record":
+                    if head is not None and written >= head:
+                        summary.stopped_at_head = True
+                        break
+                    writer.write(record)
+                    written += 1
+                    bar.advance()
+                else:
+                    pending_end = {key: value for key, value in record.items() if key not in ("type", "count")}
+            if writer is not None:  # the input's end verified, or --head stopped inside a segment (count written)
+                writer.close(**(pending_end or {}))
+        except BaseException:
+            if writer is not None:
+                writer.abandon()
+            raise
     return summary
 
 
-def check_streams(sources: Iterable[Source], *, kind: str | None = None) -> Summary:
+def check_streams(sources: Iterable[Source], *, kind: str | None = None,
+                  progress: ProgressFactory = no_progress) -> Summary:
     """Read every record (arrays decoded and size-checked, fields checked against the kind's schema:
-    formats/<kind>.md); raise on the first problem."""
+    formats/<kind>.md); raise on the first problem. ``progress`` is advanced per record read."""
     summary = Summary()
-    for _ in walk(sources, kind=kind, summary=summary, validate=True):
-        pass
+    with progress("checking records") as bar:
+        for _ in walk(sources, kind=kind, summary=summary, validate=True):
+            bar.advance()
     return summary
 
 

@@ -150,8 +150,13 @@ TRACE = ROOT / "formats" / "examples" / "samples" / "trace.jsonl"
 
 def _stderr_of_moe_sample(tmp_path, *args, terminal: bool) -> bytes:
     """moe-sample's stderr when stderr is a pseudo-terminal (``terminal``) or a pipe."""
-    command = [str(ROOT / "bin" / "moe-sample"), str(TRACE), "--format", "jsonl", "-o", str(tmp_path / "o.jsonl"),
-               *args]
+    return _stderr_of(["moe-sample", str(TRACE), "--format", "jsonl", "-o", str(tmp_path / "o.jsonl"), *args],
+                      terminal=terminal)
+
+
+def _stderr_of(arguments: list[str], *, terminal: bool) -> bytes:
+    """A tool's stderr (``arguments[0]`` in bin/) when stderr is a pseudo-terminal (``terminal``) or a pipe."""
+    command = [str(ROOT / "bin" / arguments[0]), *arguments[1:]]
     if not terminal:
         return subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
                               check=True).stderr
@@ -178,6 +183,36 @@ def test_progress_bar_only_on_a_terminal_and_never_with_quiet(tmp_path):
     on_pipe = _stderr_of_moe_sample(tmp_path, terminal=False)
     assert b"\x1b" not in on_pipe and on_pipe.startswith(b"moe-sample: ")  # plain lines only
     assert _stderr_of_moe_sample(tmp_path, "-q", terminal=True) == b""
+
+
+def _assert_bar_only_on_a_terminal(arguments: list[str], description: bytes, quiet_stderr: bytes = b"") -> bytes:
+    """Returns the stderr seen on the terminal."""
+    on_terminal = _stderr_of(arguments, terminal=True)
+    assert b"\x1b[" in on_terminal and description in on_terminal, on_terminal  # rich drew its bar
+    on_pipe = _stderr_of(arguments, terminal=False)
+    assert b"\x1b" not in on_pipe and description not in on_pipe, on_pipe
+    assert _stderr_of([*arguments, "-q"], terminal=True) == quiet_stderr
+    return on_terminal
+
+
+def test_moe_score_bar_only_on_a_terminal_and_never_with_quiet(tmp_path):
+    arguments = ["moe-score", str(TRACE), "--format", "jsonl", "-o", str(tmp_path / "scores.jsonl")]
+    _assert_bar_only_on_a_terminal(arguments, b"scoring tokens")
+
+
+def test_moe_eval_bar_only_on_a_terminal_and_never_with_quiet(tmp_path):
+    from tiny_models import save_tiny_olmoe
+
+    words = [f"w{i}" for i in range(12)]
+    save_tiny_olmoe(tmp_path / "model", words, seed=0)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(f'{{"text": "w1 w2 w{n} w3", "domain": "d{n % 2}"}}\n' for n in range(4)))
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"question": "w1 w2", "choices": ["w3", "w4 w5"], "answer": 0}\n')
+    arguments = ["moe-eval", str(tmp_path / "model"), "--data", str(corpus), "--choices", str(items),
+                 "-o", str(tmp_path / "eval.jsonl")]
+    on_terminal = _assert_bar_only_on_a_terminal(arguments, b"model 0: batches")
+    assert b"model 0: choice items" in on_terminal
 
 
 def test_a_failed_write_to_stdout_is_reported_not_swallowed():

@@ -9,7 +9,8 @@ import sys
 import click
 
 from .. import cat
-from .common import open_input, open_output, say, state, tool
+from ..reporting import no_progress
+from .common import open_input, open_output, progress, say, state, tool
 
 EXAMPLE = """\
 moe-cat trace.msgpack.zst --head 2 --format jsonl
@@ -61,7 +62,7 @@ def command(inputs, output, fmt, uncompressed, head, kind, summary, check):
                 stack.enter_context(handle)
             sources.append((None if path == "-" else path, handle))
         if check:
-            result = cat.check_streams(sources, kind=kind)
+            result = cat.check_streams(sources, kind=kind, progress=progress)
             if state.verbose:
                 say(result.line())
             return
@@ -77,11 +78,13 @@ def command(inputs, output, fmt, uncompressed, head, kind, summary, check):
 
 
 def _copy(sources, output, fmt, uncompressed, head, kind) -> None:
-    if fmt is None and output == "-" and sys.stdout.isatty():
+    to_terminal = output == "-" and sys.stdout.isatty()
+    if fmt is None and to_terminal:
         fmt = "jsonl"  # a person is reading: never binary on a terminal unless asked for
     with open_output(output, binary_ok_on_tty=(fmt == "jsonl")) as out:
         cat.copy_streams(sources, out, encoding=fmt, compress=None if (fmt is None and not uncompressed)
-                         else not uncompressed, head=head, kind=kind)
+                         else not uncompressed, head=head, kind=kind,
+                         progress=no_progress if to_terminal else progress)  # no bar over the records shown
 
 
 def _write_summary(output, result: cat.Summary) -> None:

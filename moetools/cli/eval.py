@@ -67,18 +67,17 @@ def command(models, data, choices, domain_field, text_field, max_length, batch_t
         raise UsageError("give --data, --choices or both")
     table = output == "-" and sys.stdout.isatty()
     records = []
-    with progress("batches") as bar:
-        stream = evaluate(list(models), data=data, choices=choices, domain_field=domain_field,
-                          text_field=text_field, max_length=max_length, batch_tokens=batch_tokens, dtype=dtype,
-                          device=device, on_batch=lambda n: bar.advance(1), on_model=lambda p: say(f"evaluating {p}"))
-        if table:
-            records = list(stream)
-        else:
-            header = {"models": [str(m) for m in models], "data": data, "choices": choices,
-                      "domain_field": domain_field, "max_length": max_length}
-            with open_stream_writer(output, "eval", "jsonl", header_extra=header) as writer:
-                for record in stream:
-                    writer.write(record)
+    stream = evaluate(list(models), data=data, choices=choices, domain_field=domain_field, text_field=text_field,
+                      max_length=max_length, batch_tokens=batch_tokens, dtype=dtype, device=device,
+                      on_model=lambda p: say(f"evaluating {p}"), progress=progress)
+    if table:
+        records = list(stream)
+    else:
+        header = {"models": [str(m) for m in models], "data": data, "choices": choices,
+                  "domain_field": domain_field, "max_length": max_length}
+        with open_stream_writer(output, "eval", "jsonl", header_extra=header) as writer:
+            for record in stream:
+                writer.write(record)
     if table:
         _table(records, list(models))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import MoetoolsError, UsageError
-from .common import input_argument, open_stream_writer, output_options, read_input, say, tool, warn
+from .common import input_argument, open_stream_writer, output_options, progress, read_input, say, tool, warn
 
 EXAMPLE = """\
 moe-explain samples.msgpack.zst --backend offline -o labels.jsonl
@@ -149,7 +149,8 @@ def command(input, output, fmt, uncompressed, backend, list_backends, backend_op
             writer.flush()  # a kill keeps every label written so far
 
         seconds = run_sync(runner, reader, emit,
-                           skip=lambda record: (int(record["layer"]), int(record["expert"])) in done)
+                           skip=lambda record: (int(record["layer"]), int(record["expert"])) in done,
+                           progress=progress)
         accounting = runner.accounting.as_dict()
         accounting["seconds"] = round(seconds, 3)
         writer.end_extra = {"accounting": accounting}

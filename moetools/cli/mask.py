@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import say, tool
+from .common import progress, say, tool
 
 EXAMPLE = """\
 moe-mask models/olmoe --experts offensive.json -o masked/
@@ -52,6 +52,6 @@ def command(model, experts_path, output, force, dtype):
     """
     from ..mask import mask_directory
 
-    record = mask_directory(model, experts_path, output, force=force, dtype=dtype, log=say)
+    record = mask_directory(model, experts_path, output, force=force, dtype=dtype, log=say, progress=progress)
     say(f"wrote {output} ({record['mode']})")
 main = command.main

@@ -125,9 +125,8 @@ def command(traces, output, fmt, uncompressed, general, rc_against, metrics, doc
     kind, general_trace = resolve_general(general)
     score_options = ScoreOptions(general=kind, metrics=parse_metrics(metrics), cdas_k=tuple(cdas_k),
                                  document_memory=document_memory << 20, **options)
-    with progress("moe-score: reading the traces") as bar:
-        extra, records, summary, model = score_traces(list(traces), score_options, general_trace=general_trace,
-                                                      rc_against=rc_against, on_record=lambda _: bar.advance())
+    extra, records, summary, model = score_traces(list(traces), score_options, general_trace=general_trace,
+                                                  rc_against=rc_against, progress=progress)
     for note in summary.get("notes", []):
         say(note)
     missing = summary["missing_domain"]

@@ -128,8 +128,7 @@ def train_command(model, data, eval_files, output, **options):
         elif record["type"] == "cdas":
             say(f"step {record['step']}: C-DAS@{record['k']} {record['cdas']:.4f}")
 
-    with progress("tuning") as bar:
-        summary = tune(tune_options, on_log=on_log, progress=bar)
+    summary = tune(tune_options, on_log=on_log, progress=progress)
     say(f"{summary['steps']} steps, {summary['trainable_parameters']} trainable parameters -> {output}")
 
 

@@ -61,10 +61,12 @@ def loglikelihood(model, tokenizer, context: str, continuation: str) -> float:
     return float(logprobs.gather(-1, ids[0, len(head):, None]).sum())
 
 
-def choice_accuracy(model, tokenizer, items: list[dict], delimiter: str = " ") -> dict:
-    """{"items", "acc", "acc_norm"} of ``model`` on ``items``."""
+def choice_accuracy(model, tokenizer, items: list[dict], delimiter: str = " ", on_item=None) -> dict:
+    """{"items", "acc", "acc_norm"} of ``model`` on ``items``; ``on_item()`` (optional) after each item."""
     correct = correct_norm = 0
     for item in items:
+        if on_item is not None:
+            on_item()
         scores = [loglikelihood(model, tokenizer, item["question"], delimiter + c) for c in item["choices"]]
         normed = [s / len(c) for s, c in zip(scores, item["choices"])]
         correct += int(max(range(len(scores)), key=scores.__getitem__) == item["answer"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+from ..reporting import ProgressFactory, no_progress
+
 
 def load_for_eval(path, *, dtype: str = "auto", device: str = "cpu"):
     """load_model for a base, dense or masked directory. A ``remote``-mode masked directory is loaded with
@@ -34,9 +36,13 @@ def identity_of(loaded) -> dict:
 
 def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domain", text_field: str = "text",
              max_length: int = 512, batch_tokens: int = 4096, dtype: str = "auto", device: str = "cpu",
-             on_batch: Callable[[int], None] | None = None, on_model: Callable[[str], None] | None = None
-             ) -> Iterator[dict]:
-    """Yield ``model`` records then ``domain`` / ``choice`` records (formats/eval.md) for each model in turn."""
+             on_batch: Callable[[int], None] | None = None, on_model: Callable[[str], None] | None = None,
+             progress: ProgressFactory = no_progress) -> Iterator[dict]:
+    """Yield ``model`` records then ``domain`` / ``choice`` records (formats/eval.md) for each model in turn.
+
+    ``progress(description, total)`` (moetools.reporting) is advanced per batch of --data evaluated and
+    per --choices item, one bar per model and part.
+    """
     from ..corpus.documents import read_corpus
     from ..mask.directory import read_mask_record
     from .choices import choice_accuracy, read_choice_items
@@ -55,8 +61,14 @@ def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domai
                                                     "experts": mask.get("experts")}}
         if data is not None:
             documents = read_corpus(data, text_field=text_field)
-            results = domain_loss(loaded.model, loaded.tokenizer, documents, domain_field=domain_field,
-                                  max_length=max_length, batch_tokens=batch_tokens, on_batch=on_batch)
+            with progress(f"model {position}: batches") as bar:
+                def count_batch(size: int) -> None:
+                    bar.advance(1)
+                    if on_batch:
+                        on_batch(size)
+
+                results = domain_loss(loaded.model, loaded.tokenizer, documents, domain_field=domain_field,
+                                      max_length=max_length, batch_tokens=batch_tokens, on_batch=count_batch)
             for domain, values in results.items():
                 base = first_domains.setdefault(domain, values) if position == 0 else first_domains.get(domain)
                 delta = None
@@ -64,7 +76,8 @@ def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domai
                     delta = values["loss"] - base["loss"]
                 yield {"type": "domain", "model": position, "domain": domain, **values, "delta_loss": delta}
         if items is not None:
-            values = choice_accuracy(loaded.model, loaded.tokenizer, items)
+            with progress(f"model {position}: choice items", total=len(items)) as bar:
+                values = choice_accuracy(loaded.model, loaded.tokenizer, items, on_item=bar.advance)
             if position == 0:
                 first_choice = values
             deltas = {f"delta_{k}": (values[k] - first_choice[k]) if position and values[k] is not None else None

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from ..llm.cache import ResponseCache, default_cache_dir
+from ..reporting import ProgressFactory, no_progress
 from .method import ExplainAccounting, Explainer, ExplainJob, ExplainSettings
 from .parse import check_explanation, parse_explanation
 from .prompts import BUILTIN_DOMAINS, Domain, build_messages, load_domain
@@ -39,10 +40,18 @@ def make_runner(explainer: Explainer | str, options: dict | None = None, *, cach
 
 
 def run_sync(runner: ExplainRunner, records: Iterable[dict], emit: Callable[[dict], None],
-             skip: Callable[[dict], bool] | None = None) -> float:
-    """Run ``runner`` to the end on a fresh event loop; returns the seconds it took."""
+             skip: Callable[[dict], bool] | None = None, progress: ProgressFactory = no_progress) -> float:
+    """Run ``runner`` to the end on a fresh event loop; returns the seconds it took.
+
+    ``progress(description)`` (moetools.reporting) is advanced per expert labelled (or failed).
+    """
     started = time.perf_counter()
-    asyncio.run(runner.run(records, emit, skip))
+    with progress("labelling experts") as bar:
+        def emit_and_count(label: dict) -> None:
+            emit(label)
+            bar.advance()
+
+        asyncio.run(runner.run(records, emit_and_count, skip))
     return time.perf_counter() - started
 
 

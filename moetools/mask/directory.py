@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import UsageError
+from ..reporting import ProgressFactory, no_progress
 from . import remote, stream
 from .plan import MaskPlan, plan_mask
 
@@ -98,8 +99,12 @@ def _publish(temporary: Path, out: Path, force: bool) -> None:
         os.rename(temporary, out)
 
 
-def mask_directory(source, experts_path, out, *, force: bool = False, dtype: str = "auto", log=None) -> dict:
+def mask_directory(source, experts_path, out, *, force: bool = False, dtype: str = "auto", log=None,
+                   progress: ProgressFactory = no_progress) -> dict:
     """Mask the model in ``source`` with the experts file ``experts_path``; write the directory ``out``.
+
+    ``progress`` (a moetools.reporting factory) is advanced per tensor written (not in ``remote``
+    mode, where transformers' save_pretrained writes the weights).
 
     Returns the ``moe_mask`` record. UsageError/FormatError (exit 2) for a bad experts file, a set
     scored on another model, ids out of range, a layer emptied or left with fewer than top-k experts.
@@ -140,7 +145,8 @@ def mask_directory(source, experts_path, out, *, force: bool = False, dtype: str
             (temporary / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
                                                    encoding="utf-8")
         else:
-            stream.write_weights(source, temporary, plan, dtype=None if dtype == "auto" else torch_dtype(dtype))
+            stream.write_weights(source, temporary, plan, dtype=None if dtype == "auto" else torch_dtype(dtype),
+                                 progress=progress)
             stream.write_config(source, temporary, plan, record, None if dtype == "auto" else dtype)
         (temporary / RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         _copy_side_files(source, temporary)

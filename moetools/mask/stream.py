@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from ..errors import UsageError
+from ..reporting import ProgressFactory, no_progress
 from .plan import EXPERT_COUNT_KEY, MaskPlan
 
 _KEY = re.compile(r"^(?P<head>(?:.*\.)?layers\.(?P<layer>\d+)\.(?:mlp|block_sparse_moe)\.)(?P<rest>.+)$")
@@ -83,8 +84,12 @@ def _source_keys(source: Path) -> list[tuple[Path, str]]:
     return keys
 
 
-def write_weights(source: Path, target: Path, plan: MaskPlan, *, dtype=None, shard_bytes: int = 128 << 20) -> None:
-    """Write the transformed weights of ``source`` into ``target`` (shards + index when more than one)."""
+def write_weights(source: Path, target: Path, plan: MaskPlan, *, dtype=None, shard_bytes: int = 128 << 20,
+                  progress: ProgressFactory = no_progress) -> None:
+    """Write the transformed weights of ``source`` into ``target`` (shards + index when more than one).
+
+    ``progress(description, total)`` (moetools.reporting) is advanced per source tensor.
+    """
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -108,22 +113,24 @@ def write_weights(source: Path, target: Path, plan: MaskPlan, *, dtype=None, sha
     weight_map, total = {}, 0
     names = (["model.safetensors"] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-    for shard, filename in zip(shards, names):
-        tensors = {}
-        for path in dict.fromkeys(p for p, _ in shard):
-            with safe_open(str(path), framework="pt") as handle:
-                for _, key in (item for item in shard if item[0] == path):
-                    result = transform(key, handle.get_tensor(key), plan)
-                    if result is None:
-                        continue
-                    name, tensor = result
-                    if dtype is not None and tensor.is_floating_point():
-                        tensor = tensor.to(dtype)
-                    tensors[name] = tensor
-                    weight_map[name] = filename
-                    total += tensor.numel() * tensor.element_size()
-        save_file(tensors, str(target / filename), metadata=metadata)
-        del tensors
+    with progress("writing tensors", total=len(keys)) as bar:
+        for shard, filename in zip(shards, names):
+            tensors = {}
+            for path in dict.fromkeys(p for p, _ in shard):
+                with safe_open(str(path), framework="pt") as handle:
+                    for _, key in (item for item in shard if item[0] == path):
+                        result = transform(key, handle.get_tensor(key), plan)
+                        bar.advance()
+                        if result is None:
+                            continue
+                        name, tensor = result
+                        if dtype is not None and tensor.is_floating_point():
+                            tensor = tensor.to(dtype)
+                        tensors[name] = tensor
+                        weight_map[name] = filename
+                        total += tensor.numel() * tensor.element_size()
+            save_file(tensors, str(target / filename), metadata=metadata)
+            del tensors
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (target / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")

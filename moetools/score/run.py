@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from ..reporting import ProgressFactory, no_progress
 from ..streams.files import read_input
 from .output import end_summary, expert_records, header_extra
 from .scorer import RoutingScorer, ScoreOptions
@@ -24,12 +25,21 @@ def resolve_general(value: str | None) -> tuple[str, str | None]:
 
 
 def score_traces(paths, options: ScoreOptions, *, general_trace: str | None = None,
-                 rc_against: str | None = None, on_record=None):
-    """Returns (header_extra, list of expert records, end summary, model identity of the first trace)."""
+                 rc_against: str | None = None, on_record=None, progress: ProgressFactory = no_progress):
+    """Returns (header_extra, list of expert records, end summary, model identity of the first trace).
+
+    ``progress(description)`` (moetools.reporting) is advanced by the tokens of each trace record scored.
+    """
     scorer = RoutingScorer(options)
-    for path in paths or ["-"]:
-        reader = read_input(path, kinds="trace")
-        scorer.add_trace(reader, "-" if path in (None, "-") else str(path), on_record=on_record)
+    with progress("scoring tokens") as bar:
+        def count(record) -> None:
+            bar.advance(int(record["experts"].shape[1]))  # experts: (layers, tokens, k)
+            if on_record is not None:
+                on_record(record)
+
+        for path in paths or ["-"]:
+            reader = read_input(path, kinds="trace")
+            scorer.add_trace(reader, "-" if path in (None, "-") else str(path), on_record=count)
     if general_trace is not None:
         scorer.add_general_trace(read_input(general_trace, kinds="trace"), str(general_trace))
     if rc_against is not None:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
+from ..reporting import ProgressBar, ProgressFactory, no_progress
 from ..train.data import block_indices
 from ..train.loop import _Distributed  # monet-train's process group, shared rather than copied
 from ..train.state import WarmupCosine, restore_rng, save_checkpoint, unflatten_optimizer_state
@@ -122,12 +123,12 @@ def _freeze_batchnorm(model) -> None:
 class Tuner:
     """One run: the model, what trains in the current stage, the optimizer and the log."""
 
-    def __init__(self, options: TuneOptions, on_log=None, progress=None):
+    def __init__(self, options: TuneOptions, on_log=None, bar: ProgressBar | None = None):
         from ..models import model_identity
         from ..models.loader import load_model
 
         check_options(options)
-        self.options, self.on_log, self.progress = options, on_log, progress
+        self.options, self.on_log, self.bar = options, on_log, bar  # bar: advanced per optimizer step
         self.dist = _Distributed()
         if options.batch_size % (self.dist.world * options.grad_accum):
             raise UsageError(f"--batch-size {options.batch_size} is not divisible by {self.dist.world} processes "
@@ -390,8 +391,8 @@ class Tuner:
                 if self.on_log is not None:
                     self.on_log(record)
 
-        if self.progress is not None:
-            self.progress.update(total=self.total_steps, completed=state["step"])
+        if self.bar is not None:
+            self.bar.advance(state["step"])  # steps done before a resume
         if options.mode == "das-two-stage" and not options.resume:
             self._log_cdas(0, log)
         started, run_started = time.monotonic() - state["elapsed_s"], time.monotonic()
@@ -424,8 +425,8 @@ class Tuner:
             train_loss = dist.mean(summed) * dist.world / max(1, label_total)
             log({"type": "train", "step": state["step"], "stage": self.stage_index + 1, "loss": train_loss, "lr": lr,
                  "grad_norm": grad_norm, "tokens": state["tokens"], "elapsed_s": round(state["elapsed_s"], 3)})
-            if self.progress is not None:
-                self.progress.update(advance=1, description=f"loss {train_loss:.3f}")
+            if self.bar is not None:
+                self.bar.advance()
             done = state["step"] >= self.total_steps
             out_of_time = options.max_minutes is not None and (time.monotonic() - run_started) > options.max_minutes * 60
             stop = dist.any(out_of_time) or (options.stop_at_step is not None and state["step"] >= options.stop_at_step)
@@ -467,11 +468,16 @@ class Tuner:
             torch.distributed.destroy_process_group()
 
 
-def tune(options: TuneOptions, on_log=None, progress=None) -> dict:
-    """Run moe-tune per ``options``; write ``OUTPUT/`` (adapter, log, checkpoint); return a summary."""
-    tuner = Tuner(options, on_log=on_log, progress=progress)
+def tune(options: TuneOptions, on_log=None, progress: ProgressFactory = no_progress) -> dict:
+    """Run moe-tune per ``options``; write ``OUTPUT/`` (adapter, log, checkpoint); return a summary.
+
+    ``progress(description, total)`` (moetools.reporting) is advanced per optimizer step.
+    """
+    tuner = Tuner(options, on_log=on_log)
     try:
-        return tuner.run()
+        with progress("optimizer steps", total=tuner.total_steps) as bar:
+            tuner.bar = bar
+            return tuner.run()
     finally:
         tuner.close()
 
