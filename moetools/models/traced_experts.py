@@ -60,17 +60,21 @@ def _record(module, expert_ids, gates, expert_out, order=None) -> None:
         sink.append(entry)
 
 
-def traced_grouped_mm_forward(self, hidden_states, top_k_index, top_k_weights):
-    """``transformers.integrations.moe.grouped_mm_experts_forward`` + :func:`_record` (no expert parallelism)."""
-    _refuse_expert_parallel(self)
+def grouped_mm_forward(self, hidden_states, top_k_index, top_k_weights, observe):
+    """``transformers.integrations.moe.grouped_mm_experts_forward``, op for op (same kernels, same order, so the
+    layer's output is unchanged), calling ``observe(hidden, expert_out, inv_perm)`` on what it computed:
+    ``hidden`` (S, I) the experts' hidden vectors h = act(W_gate x) ⊙ (W_up x) and ``expert_out`` (S, d) their
+    outputs E_i(x), both grouped by expert; ``inv_perm`` (S,) restores token-major, slot-minor order.
+    Used by moe-trace (norms, logit lens) and moe-probe (h). No expert parallelism.
+    """
     device = hidden_states.device
     num_top_k = top_k_index.size(-1)
     num_tokens = hidden_states.size(0)
     hidden_dim = hidden_states.size(-1)
-    sample_weights = top_k_weights.reshape(-1)  # (S,)
+    sample_weights = top_k_weights.reshape(-1)  # (S,) S = N·K
     expert_ids = top_k_index.reshape(-1)  # (S,)
     expert_ids_g, perm = torch.sort(expert_ids)
-    selected_hidden_states_g = hidden_states[perm // num_top_k]
+    selected_hidden_states_g = hidden_states[perm // num_top_k]  # (S, d), grouped by expert
     sample_weights_g = sample_weights[perm]
     histc_input = expert_ids_g.float() if device.type in ("cpu", "mps") else expert_ids_g.int()
     tokens_per_expert = torch.histc(histc_input, bins=self.num_experts, min=0, max=self.num_experts - 1)
@@ -81,19 +85,29 @@ def traced_grouped_mm_forward(self, hidden_states, top_k_index, top_k_weights):
         weights, biases = self.up_proj, (self.up_proj_bias[expert_ids_g] if self.has_bias else None)
     proj_out = hf_moe._grouped_linear(selected_hidden_states_g, weights, offsets, bias=biases,
                                       is_transposed=self.is_transposed)  # (S, 2I) or (S, I)
-    proj_out = self._apply_gate(proj_out) if self.has_gate else self.act_fn(proj_out)  # (S, I)
+    hidden = self._apply_gate(proj_out) if self.has_gate else self.act_fn(proj_out)  # (S, I)
     biases = self.down_proj_bias[expert_ids_g] if self.has_bias else None
-    proj_out = hf_moe._grouped_linear(proj_out, self.down_proj, offsets, bias=biases,
+    proj_out = hf_moe._grouped_linear(hidden, self.down_proj, offsets, bias=biases,
                                       is_transposed=self.is_transposed)  # (S, d), sorted by expert
     if self.has_post_expert_norm:
         proj_out = self.post_expert_norm(proj_out)
     weighted_out = proj_out * sample_weights_g.unsqueeze(-1)  # (S, d)
     inv_perm = torch.empty_like(perm)
     inv_perm[perm] = torch.arange(perm.size(0), device=device)
-    _record(self, top_k_index, top_k_weights, proj_out, order=inv_perm)
+    observe(hidden, proj_out, inv_perm)
     weighted_out = weighted_out[inv_perm]
     final_hidden_states = weighted_out.view(num_tokens, num_top_k, hidden_dim).sum(dim=1)
     return final_hidden_states.to(hidden_states.dtype)
+
+
+def traced_grouped_mm_forward(self, hidden_states, top_k_index, top_k_weights):
+    """``transformers.integrations.moe.grouped_mm_experts_forward`` + :func:`_record` (no expert parallelism)."""
+    _refuse_expert_parallel(self)
+
+    def record(hidden, expert_out, inv_perm):
+        _record(self, top_k_index, top_k_weights, expert_out, order=inv_perm)
+
+    return grouped_mm_forward(self, hidden_states, top_k_index, top_k_weights, record)
 
 
 def traced_batched_mm_forward(self, hidden_states, top_k_index, top_k_weights):

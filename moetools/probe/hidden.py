@@ -25,47 +25,26 @@ import torch
 from transformers.integrations import moe as hf_moe
 
 from ..errors import ModelError
+from ..models.traced_experts import grouped_mm_forward
 
 PROBE_IMPLEMENTATION = "moetools_probe_grouped_mm"
 
 
 def probe_grouped_mm_forward(self, hidden_states, top_k_index, top_k_weights):
-    """``transformers.integrations.moe.grouped_mm_experts_forward`` that also records h per (token, slot)."""
+    """transformers' ``grouped_mm`` experts forward (:func:`moetools.models.traced_experts.grouped_mm_forward`,
+    op for op) that also records h per (token, slot)."""
     if self._is_expert_parallel:
         raise ModelError("moe-probe does not support expert parallelism; load the model with device_map instead")
-    device = hidden_states.device
-    num_top_k = top_k_index.size(-1)
-    num_tokens = hidden_states.size(0)
-    hidden_dim = hidden_states.size(-1)
-    sample_weights = top_k_weights.reshape(-1)  # (S,) S = N·K
-    expert_ids = top_k_index.reshape(-1)  # (S,)
-    expert_ids_g, perm = torch.sort(expert_ids)
-    selected = hidden_states[perm // num_top_k]  # (S, d), grouped by expert
-    sample_weights_g = sample_weights[perm]
-    histc_input = expert_ids_g.float() if device.type in ("cpu", "mps") else expert_ids_g.int()
-    tokens_per_expert = torch.histc(histc_input, bins=self.num_experts, min=0, max=self.num_experts - 1)
-    offsets = torch.cumsum(tokens_per_expert, dim=0, dtype=torch.int32)
-    if self.has_gate:
-        weights, biases = self.gate_up_proj, (self.gate_up_proj_bias[expert_ids_g] if self.has_bias else None)
-    else:
-        weights, biases = self.up_proj, (self.up_proj_bias[expert_ids_g] if self.has_bias else None)
-    proj_out = hf_moe._grouped_linear(selected, weights, offsets, bias=biases, is_transposed=self.is_transposed)
-    hidden = self._apply_gate(proj_out) if self.has_gate else self.act_fn(proj_out)  # (S, I): h, grouped
-    biases = self.down_proj_bias[expert_ids_g] if self.has_bias else None
-    proj_out = hf_moe._grouped_linear(hidden, self.down_proj, offsets, bias=biases,
-                                      is_transposed=self.is_transposed)  # (S, d)
-    if self.has_post_expert_norm:
-        proj_out = self.post_expert_norm(proj_out)
-    weighted_out = proj_out * sample_weights_g.unsqueeze(-1)
-    inv_perm = torch.empty_like(perm)
-    inv_perm[perm] = torch.arange(perm.size(0), device=device)
-    sink = getattr(self, "_moetools_hidden_sink", None)
-    if sink is not None:
-        with torch.no_grad():  # back to token-major, slot-minor order: (N, K, I)
-            sink.append((top_k_index.detach(), hidden.detach()[inv_perm].float().view(num_tokens, num_top_k, -1)))
-    weighted_out = weighted_out[inv_perm]
-    final_hidden_states = weighted_out.view(num_tokens, num_top_k, hidden_dim).sum(dim=1)
-    return final_hidden_states.to(hidden_states.dtype)
+    num_tokens, num_top_k = top_k_index.shape
+
+    def keep(hidden, expert_out, inv_perm):
+        sink = getattr(self, "_moetools_hidden_sink", None)
+        if sink is not None:
+            with torch.no_grad():  # back to token-major, slot-minor order: (N, K, I)
+                sink.append((top_k_index.detach(),
+                             hidden.detach()[inv_perm].float().view(num_tokens, num_top_k, -1)))
+
+    return grouped_mm_forward(self, hidden_states, top_k_index, top_k_weights, keep)
 
 
 def dense_mlps(model) -> list[tuple[int, torch.nn.Module]]:
