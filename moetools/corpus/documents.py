@@ -127,4 +127,31 @@ def read_corpus(path, *, text_field: str = "text", id_field: str = "id", bad_lin
             source.close()
 
 
-__all__ = ["BAD_LINE_POLICIES", "CorpusStats", "Document", "read_corpus", "read_documents"]
+def read_json_objects(path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSON-lines file that is not a corpus of texts
+    (moe-tune's chat files, moe-eval's multiple-choice items). The first bad line raises
+    :class:`UsageError` naming ``FILE:LINE`` with the reasons :func:`read_documents` gives (fail policy).
+    """
+    name = "stdin" if is_stdio(path) else str(path)
+    source = open_input(path)
+    try:
+        for line_number, raw in enumerate(source, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise UsageError(f"{name}:{line_number}: invalid UTF-8 at byte {error.start}") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise UsageError(f"{name}:{line_number}: not valid JSON ({error.msg})") from None
+            if not isinstance(obj, dict):
+                raise UsageError(f"{name}:{line_number}: not a JSON object")
+            yield line_number, obj
+    finally:
+        if not is_stdio(path):
+            source.close()
+
+
+__all__ = ["BAD_LINE_POLICIES", "CorpusStats", "Document", "read_corpus", "read_documents", "read_json_objects"]

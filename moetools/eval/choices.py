@@ -10,31 +10,22 @@ context+continuation beyond the context's). ``acc`` = mean [argmax_c LL(c) = ans
 
 from __future__ import annotations
 
-import json
-
 from ..errors import FormatError
 
 
 def read_choice_items(path) -> list[dict]:
     """The items of a JSON-lines file (FormatError, exit 2, naming the line of a bad one)."""
-    from ..streams.files import open_text_input
+    from ..corpus.documents import read_json_objects
 
     items = []
-    with open_text_input(str(path)) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FormatError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            choices, answer = item.get("choices"), item.get("answer")
-            if not isinstance(item.get("question"), str) or not isinstance(choices, list) or len(choices) < 2 \
-                    or not all(isinstance(c, str) for c in choices) or not isinstance(answer, int) \
-                    or not 0 <= answer < len(choices):
-                raise FormatError(f"{path}:{number}: an item needs question (str), choices (>= 2 str) and "
-                                  f"answer (index into choices)")
-            items.append(item)
+    for number, item in read_json_objects(path):
+        choices, answer = item.get("choices"), item.get("answer")
+        if not isinstance(item.get("question"), str) or not isinstance(choices, list) or len(choices) < 2 \
+                or not all(isinstance(c, str) for c in choices) or not isinstance(answer, int) \
+                or not 0 <= answer < len(choices):
+            raise FormatError(f"{path}:{number}: an item needs question (str), choices (>= 2 str) and "
+                              f"answer (index into choices)")
+        items.append(item)
     return items
 
 

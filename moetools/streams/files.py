@@ -192,22 +192,11 @@ def open_stream_writer(path, kind: str, fmt: str = "msgpack", uncompressed: bool
     """
     from .writer import DEFAULT_LEVEL, StreamWriter
 
-    def body(out):
+    opened = contextlib.nullcontext(handle) if handle is not None else \
+        create_output(path, binary_ok_on_tty=(fmt == "jsonl"), keep_partial=keep_partial)
+    with opened as out:
         writer = StreamWriter(out, kind, tool=tool, model=model, encoding=fmt, compress=not uncompressed,
                               level=DEFAULT_LEVEL if level is None else level, header_extra=header_extra)
-        return writer
-
-    if handle is not None:
-        writer = body(handle)
-        try:
-            yield writer
-        except BaseException:
-            writer.abandon()
-            raise
-        writer.close(**getattr(writer, "end_extra", {}))
-        return
-    with create_output(path, binary_ok_on_tty=(fmt == "jsonl"), keep_partial=keep_partial) as out:
-        writer = body(out)
         try:
             yield writer
         except BaseException:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..corpus.documents import read_corpus
+from ..corpus.documents import read_corpus, read_json_objects
 from ..errors import UsageError
 from ..streams.files import open_input
 
@@ -76,27 +76,16 @@ def is_chat_file(path) -> bool:
 def read_chats(path, domain_field: str = "domain") -> list[tuple[list[dict], str]]:
     """(messages, domain) per line; bad lines fail with file and line."""
     chats = []
-    with open_input(path) as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise UsageError(f"{path}:{number}: invalid UTF-8 at byte {error.start}") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UsageError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            messages = record.get("messages") if isinstance(record, dict) else None
-            if not isinstance(messages, list) or not messages or not all(
-                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in messages):
-                raise UsageError(f"{path}:{number}: 'messages' must be a non-empty list of "
-                                 "{role, content} objects")
-            if not any(m["role"] == "assistant" for m in messages):
-                raise UsageError(f"{path}:{number}: no assistant message: nothing to learn")
-            chats.append((messages, str(record.get(domain_field, "all"))))
+    for number, record in read_json_objects(path):
+        messages = record.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages):
+            raise UsageError(f"{path}:{number}: 'messages' must be a non-empty list of "
+                             "{role, content} objects")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise UsageError(f"{path}:{number}: no assistant message: nothing to learn")
+        chats.append((messages, str(record.get(domain_field, "all"))))
     return chats
 
 
