@@ -162,6 +162,46 @@ def test_repeats_shuffle_the_order_with_a_recorded_seed(run_tool, inputs, stub):
     assert "ems_shuffled" not in header["metrics"]
 
 
+def holdout_of(path) -> dict:
+    """(layer, expert) -> the samples stream's holdout lists, as the scorer read them."""
+    return {(r["layer"], r["expert"]): r["holdout"] for r in read_input(str(path), kinds="samples")
+            if r.get("type") == "expert"}
+
+
+def test_verdicts_name_each_holdout_sample_its_truth_and_every_repeats_prediction(run_tool, inputs, stub):
+    def answer(body):                         # right on every sample but the one shown first: a known mistake
+        chosen = keyword_answer(body)
+        numbers = [] if chosen == "None" else chosen.split(", ")
+        numbers = [n for n in numbers if n != "1"] if "1" in numbers else numbers + ["1"]
+        return ", ".join(sorted(numbers, key=int)) or "None"
+
+    stub.answer = answer
+    result = judge(run_tool, inputs, stub, "--repeats", "2", labels=("labels.jsonl", "code.labels.jsonl"))
+    assert result.exit_code == 0, result.stderr
+    holdout = holdout_of(inputs / "samples.jsonl")
+    for record in (r for r in records_of(inputs / "judged.jsonl") if r["type"] == "expert"):
+        mono = record["judged"]["mono"]
+        verdicts = mono["verdicts"]
+        assert [(v["holdout"], v["index"]) for v in verdicts] == \
+            [("positive", i) for i in range(10)] + [("negative", i) for i in range(10)]
+        for v in verdicts:                    # a reader finds the context by its place; the id agrees
+            context = holdout[(record["layer"], record["expert"])][v["holdout"]][v["index"]]
+            assert v["id"] == context["id"] and v["y"] == (v["holdout"] == "positive")
+            assert len(v["yhat"]) == 2 and set(v["yhat"]) <= {0, 1}
+        # the verdicts reproduce the metric: EMS is the share of right predictions, averaged over the repeats
+        right = sum(v["yhat"][r] == v["y"] for v in verdicts for r in range(2)) / 40
+        assert record["ems"] == pytest.approx(right) and record["ems"] == pytest.approx(0.95)
+        assert "verdicts" not in json.dumps({k: v for k, v in record.items() if k != "judged"})
+        # a P_domain(code) label is judged on the code samples only: their places are those in the full holdout
+        code = record["judged"]["code"]["verdicts"]
+        assert code and len(code) == record["judged"]["code"]["positives"] + record["judged"]["code"]["negatives"]
+        for v in code:
+            context = holdout[(record["layer"], record["expert"])][v["holdout"]][v["index"]]
+            assert context["meta"]["domain"] == "code" and v["id"] == context["id"]
+        assert "sim" not in verdicts[0] and "threshold" not in mono
+        assert mono["explainer"] == {"backend": "offline", "model": None}      # which label was judged
+
+
 def test_faults_429_500_malformed_json_and_out_of_range_answers_still_finish(run_tool, inputs, stub):
     stub.faults = ["429", "500", "malformed", None, "429", "length"]
     calls = {"n": 0}
@@ -185,6 +225,8 @@ def test_faults_429_500_malformed_json_and_out_of_range_answers_still_finish(run
     for record in failed:
         assert record["ems"] is None and record["judged"]["mono"]["raw"] == "Examples 1 and 2"
         assert "not a comma-separated list" in record["judged"]["mono"]["error"]
+        verdicts = record["judged"]["mono"]["verdicts"]       # nothing guessed: every ŷ of a failed judge is null
+        assert len(verdicts) == 20 and all(v["yhat"] == [None] for v in verdicts)
     assert all(r["ems"] == 1.0 for r in experts if r not in failed)
     assert len(failed) + end["summary"]["labels"]["mono"]["judged"] == 8
 
@@ -310,3 +352,10 @@ def test_embedding_scorer_ranks_code_above_legal_for_a_python_label(run_tool, in
     assert all(r["judged"]["mono"]["scorer"] == "embedding" for r in experts)
     mean = sum(r["ems"] for r in experts) / len(experts)
     assert mean >= 0.7 and mean > sum(r["ems_shuffled"] for r in experts) / len(experts)
+    for record in experts:                    # each verdict: the similarity and the fitted cut-off it was cut at
+        mono = record["judged"]["mono"]
+        assert isinstance(mono["threshold"], float) and len(mono["verdicts"]) == 20
+        for v in mono["verdicts"]:
+            assert v["yhat"] == [int(v["sim"] >= mono["threshold"])]
+        right = sum(v["yhat"][0] == v["y"] for v in mono["verdicts"]) / 20
+        assert record["ems"] == pytest.approx(right)

@@ -39,7 +39,7 @@ def test_every_input_in_any_order_gives_the_same_cards(inputs, tmp_path):
     a, b = page_data(out_a), page_data(out_b)
     assert len(a["experts"]) == 16 and a["experts"] == b["experts"] and a["keys"] == b["keys"]
     assert {s["kind"] for s in a["sources"]} == {"trace", "samples", "labels", "scores", "experts", "eval"}
-    card = next(e for e in a["experts"] if e.get("c"))
+    card = next(e for e in a["experts"] if e.get("c") and not e.get("more"))
     assert card["lab"].startswith("This expert specializes in") and card["by"].startswith("offline")
     assert len(card["v"]) == len(a["keys"]) and "das:code" in a["keys"] and "skew.ratio" in a["keys"]
     assert len(card["h"]) == len(a["domains"]) == 2
@@ -50,6 +50,115 @@ def test_every_input_in_any_order_gives_the_same_cards(inputs, tmp_path):
     html = out_a.read_text()
     assert html.count("<svg") >= 4  # das, af, skew heatmaps, concentration, skewed-experts bars
     assert "Evaluation (moe-eval)" in html and "(+0.300)" in html and "Selected expert sets" in html
+
+
+def test_two_labels_streams_show_both_labels_the_llm_first(inputs, tmp_path):
+    result, out = report([inputs["labels"], inputs["llm_labels"], inputs["scores"]], tmp_path)
+    assert result.exit_code == 0, result.output
+    experts = {(e["l"], e["e"]): e for e in page_data(out)["experts"]}
+    chosen = json.loads(inputs["experts"].read_text())["experts"]
+    llm = {(int(layer), expert) for layer, ids in chosen.items() for expert in ids}   # the LLM labelled these
+    for key, expert in experts.items():
+        if key in llm:
+            assert expert["by"] == "openai (stub-model)" and "offline-log-odds" not in expert["lab"]
+            assert [m["by"].split(" ")[0] for m in expert["more"]] == ["offline"]
+            assert expert["more"][0]["lab"].startswith("This expert specializes in the tokens")
+        else:
+            assert expert["by"].startswith("offline") and "more" not in expert
+    # the order the streams are given in does not matter
+    _, again = report([inputs["llm_labels"], inputs["scores"], inputs["labels"]], tmp_path, "again.html")
+    assert page_data(again)["experts"] == page_data(out)["experts"]
+
+
+def holdout_of(path) -> dict:
+    from moetools.streams.files import read_input
+
+    return {(r["layer"], r["expert"]): r["holdout"] for r in read_input(str(path), kinds="samples")
+            if r.get("type") == "expert"}
+
+
+def test_holdout_examples_carry_the_scorers_verdicts_mistakes_first(inputs, tmp_path):
+    result, out = report([inputs["samples"], inputs["scores"]], tmp_path)
+    assert result.exit_code == 0, result.output
+    data = page_data(out)
+    assert data["scorer"] == "LLM scorer openai (stub-scorer), prompt paper 000 appendix A.2"
+    assert data["verdicts_unmatched"] == 0
+    scores = {(r["layer"], r["expert"]): r for r in read_input_records(inputs["scores"]) if r["type"] == "expert"}
+    holdout = holdout_of(inputs["samples"])
+    wrong_seen = 0
+    for expert in data["experts"]:
+        key = (expert["l"], expert["e"])
+        verdicts = scores[key]["judged"]["mono"]["verdicts"]
+        prompt, scorer, threshold, rows, label_by = expert["jv"][0]
+        assert (prompt, scorer, threshold, label_by) == ("mono", "llm", None, "offline")
+        assert len(rows) == len(verdicts)
+        for row, verdict in zip(rows, verdicts):      # [y, index, repeats saying 1, repeats answered]
+            assert row == [verdict["y"], verdict["index"], sum(verdict["yhat"]), 2]
+        for side, truth in (("positive", 1), ("negative", 0)):
+            shown = [c for c in expert["ho"] if c["pos"] == truth]
+            assert len(shown) == 2
+            for context in shown:                     # the very context the verdict names, clipped
+                source = holdout[key][side][context["i"]]
+                assert context["p"] == source["pieces"][:len(context["p"])] or \
+                    "".join(context["p"]) in "".join(source["pieces"])
+                verdict = next(v for v in verdicts if v["holdout"] == side and v["index"] == context["i"])
+                assert context["j"] == [sum(verdict["yhat"]), 2]
+            wrong = [v for v in verdicts if v["holdout"] == side and sum(v["yhat"]) == 2 * (1 - truth)]
+            if wrong:                                 # a sample both repeats got wrong is shown first
+                assert shown[0]["j"][0] == 2 * (1 - truth)
+                wrong_seen += 1
+    assert wrong_seen > 0
+
+
+def read_input_records(path):
+    from moetools.streams.files import read_input
+
+    return list(read_input(str(path), kinds="scores"))
+
+
+def test_embedding_verdicts_show_the_similarity_and_the_cut_off(inputs, tmp_path):
+    """The offline scorer's verdicts: one answer each, with the similarity and the fitted cut-off."""
+    lines = []
+    for line in inputs["scores"].read_text().splitlines():
+        record = json.loads(line)
+        if record.get("type") == "header":
+            record["scorer"] = {"kind": "embedding", "model": "all-MiniLM-L6-v2", "backend": "embedding",
+                                "method": "cosine similarity"}
+        mono = (record.get("judged") or {}).get("mono")
+        if mono:
+            mono.update(scorer="embedding", repeats=1, threshold=0.25)
+            for k, verdict in enumerate(mono["verdicts"]):
+                verdict["sim"] = round(0.05 * k, 4)
+                verdict["yhat"] = [int(verdict["sim"] >= 0.25)]
+        lines.append(json.dumps(record))
+    scores = tmp_path / "embedding.scores.jsonl"
+    scores.write_text("\n".join(lines) + "\n")
+    result, out = report([inputs["samples"], scores], tmp_path)
+    assert result.exit_code == 0, result.output
+    data = page_data(out)
+    assert data["scorer"].startswith("embedding scorer (all-MiniLM-L6-v2)")
+    for expert in data["experts"]:
+        assert expert["jv"][0][1:3] == ["embedding", 0.25]
+        for context in expert["ho"]:
+            assert context["j"][1] == 1 and context["j"][0] == int(context["s"] >= 0.25)
+
+
+def test_verdicts_about_other_contexts_are_not_shown(inputs, tmp_path):
+    """A scores stream judged on another samples stream: ids disagree, the verdicts are counted and left out."""
+    lines = inputs["scores"].read_text().splitlines()
+    changed = []
+    for line in lines:
+        record = json.loads(line)
+        for verdict in ((record.get("judged") or {}).get("mono") or {}).get("verdicts") or []:
+            verdict["id"] = "elsewhere-" + verdict["id"]
+        changed.append(json.dumps(record))
+    other = tmp_path / "other.scores.jsonl"
+    other.write_text("\n".join(changed) + "\n")
+    result, out = report([other, inputs["samples"]], tmp_path)
+    assert result.exit_code == 0, result.output
+    data = page_data(out)
+    assert data["verdicts_unmatched"] > 0
+    assert all("j" not in c for e in data["experts"] for c in e.get("ho", []))
 
 
 @pytest.mark.parametrize("subset", [("labels",), ("trace",), ("scores", "experts"), ("samples", "eval")])

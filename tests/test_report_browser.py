@@ -3,7 +3,9 @@ download), the page opened from file:// with every network request refused and c
 
 `make test` installs the `chromium` package when apt can (Makefile target `browser`); the test is
 skipped, saying why, only where /usr/bin/chromium is absent. Set MOETOOLS_REPORT_SCREENSHOT=PATH to
-keep the screenshot (the README's picture is made that way).
+keep the screenshot of the test's (synthetic) page. The README's picture, formats/report.png, is one
+card of the demo's MoE report (`make demo`, judged with `moe-score ... --backend embedding` and joined),
+taken the same way with Playwright and the system Chromium: `page.locator("#card-2-1").screenshot(...)`.
 """
 
 from __future__ import annotations
@@ -73,6 +75,19 @@ def test_report_opens_filters_and_jumps_in_chromium(browser_page, report_file, t
     assert "16 of 16 experts" in page.locator("#count").inner_text()
     assert page.locator("table.eval").count() == 1 and page.locator("table.sets").count() == 1
 
+    # every card shows the scorer's verdicts: a ✓/✗ strip of the judged holdout samples and the examples
+    # shown with their truth and prediction, the LLM scorer named; the experts an LLM labelled show both labels
+    assert page.locator(".card .strip").count() == 16
+    assert page.locator(".card .vbox.ok").count() > 0 and page.locator(".card .vbox.bad").count() > 0
+    badges = page.locator(".card .verdict").all_inner_texts()
+    assert len(badges) == 16 * 4 and all(b[0] in "✓✗≈?" and "truth" in b and "said" in b for b in badges)
+    assert any(b.startswith("✗ holdout.positive[") for b in badges)
+    assert page.locator(".card .scorer").first.inner_text() == \
+        "scorer: LLM scorer openai (stub-scorer), prompt paper 000 appendix A.2"
+    assert page.locator(".card .labelbox.other").count() == 4    # moe-select's 2 + 2: an LLM and the offline label
+    first_other = page.locator(".card:has(.labelbox.other)").first
+    assert first_other.locator(".by").first.inner_text() == "explainer: openai (stub-model)"
+
     screenshot = tmp_path / "report.png"
     page.screenshot(path=str(screenshot))
     from PIL import Image
@@ -83,13 +98,13 @@ def test_report_opens_filters_and_jumps_in_chromium(browser_page, report_file, t
     if os.environ.get("MOETOOLS_REPORT_SCREENSHOT"):
         shutil.copyfile(screenshot, os.environ["MOETOOLS_REPORT_SCREENSHOT"])
 
-    # search: only the cards whose label (or layer/expert) holds the text
-    first_label = page.locator(".card .label").first.inner_text()
-    word = first_label.split('"')[1]                             # a token the offline label quotes
+    # search: only the cards one of whose labels (or layer/expert) holds the text; the offline label of a card
+    # whose first label is an LLM's is searched too
+    word = first_other.locator(".labelbox.other .label").inner_text().split('"')[1]   # a token it quotes
     page.fill("#search", word)
     shown = page.locator(".card")
-    assert 0 < shown.count() < 16
-    assert all(word.lower() in text.lower() for text in page.locator(".card .label").all_inner_texts())
+    assert 0 < shown.count() < 16 and page.locator(".card .labelbox.other").count() >= 1
+    assert all(word.lower() in " ".join(card.locator(".label").all_inner_texts()).lower() for card in shown.all())
     page.fill("#search", "no expert has this label")
     assert page.locator(".card").count() == 0
     page.fill("#search", "")

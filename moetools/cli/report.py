@@ -9,6 +9,7 @@ from .common import say, tool
 
 EXAMPLE = """\
 moe-report trace.msgpack.zst samples.msgpack.zst labels.jsonl scores.jsonl -o report.html
+moe-report samples.msgpack.zst offline.labels.jsonl llm.labels.jsonl joined.scores.jsonl -o report.html
 moe-report labels.jsonl scores.jsonl medical.json eval.jsonl -o report.html
 moe-report trace.msgpack.zst --baseline random-init.trace.msgpack.zst -o routing.html
 xdg-open 'report.html#3/17'"""
@@ -24,7 +25,8 @@ xdg-open 'report.html#3/17'"""
 @click.option("--contexts", default=4, show_default=True, type=click.IntRange(0),
               help="Top contexts per expert card.")
 @click.option("--holdout", default=2, show_default=True, type=click.IntRange(0),
-              help="Held-out examples per expert card, of each kind (positive, negative).")
+              help="Held-out examples per expert card, of each kind (positive, negative); with the "
+                   "scorer's verdicts, its mistakes first.")
 @click.option("--context-tokens", default=48, show_default=True, type=click.IntRange(1),
               help="Tokens kept per context, around its marked token.")
 @click.option("--title", default=None, help="Page title [moe-report: MODEL].")
@@ -38,12 +40,21 @@ def command(inputs, output, baseline, contexts, holdout, context_tokens, title):
     file:// with no network. The page has overview heatmaps per layer x
     expert of the scores present, routing concentration per domain beside
     its baselines, the selected expert sets, moe-eval's loss table, and one
-    card per expert (label and explainer, scores, top contexts shaded by
-    contribution, logit-lens tokens, domain histogram, holdout examples).
-    Cards can be searched, sorted and filtered by any score, and
-    report.html#LAYER/EXPERT opens one expert. Cards are drawn 50 at a time
-    from inline JSON, so a 16k-expert MONET report opens (formats/report.md
-    gives the bytes per expert).
+    card per expert (labels and their explainers, scores, top contexts
+    shaded by contribution, logit-lens tokens, domain histogram, holdout
+    examples with the scorer's verdicts).
+
+    Several labels streams may be given (e.g. offline labels of every expert
+    and an LLM's of a few): a card shows each label with its explainer, an
+    LLM's first. With judged scores (moe-score SAMPLES --labels, or joined)
+    and the samples stream, a card names the scorer, marks every judged
+    holdout sample right or wrong, and shows --holdout examples of each kind
+    with their truth and prediction, the scorer's mistakes first.
+
+    Cards can be searched (the text of every label), sorted and filtered by
+    any score, and report.html#LAYER/EXPERT opens one expert. Cards are
+    drawn 50 at a time from inline JSON, so a 16k-expert MONET report opens
+    (formats/report.md gives the bytes per expert).
     """
     if not inputs:
         raise UsageError("no input: give trace, samples, labels, scores, eval streams or experts.json files")

@@ -92,8 +92,55 @@ def ensure_trace_cards(data: ReportData) -> None:
 def _explainer(label: dict) -> str:
     explainer = label.get("explainer") or {}
     backend, model = explainer.get("backend"), explainer.get("model")
+    prompt = label.get("prompt") or {}
     return f"{backend}{f' ({model})' if model else ''}" + (
+        f" · P_domain({prompt['domain']})" if prompt.get("kind") == "domain" and prompt.get("domain") else "") + (
         f" — {explainer['method']}" if backend == "offline" and explainer.get("method") else "")
+
+
+def _label_rank(label: dict) -> tuple:
+    """An LLM's label first, then a self-explanation, then the offline method's (then by explainer: stable)."""
+    backend = (label.get("explainer") or {}).get("backend")
+    return ({"offline": 2, "self": 1}.get(backend, 0), label.get("status") != "ok", _explainer(label))
+
+
+def _label_entry(label: dict) -> dict:
+    entry = {"lab": label.get("explanation"), "st": label.get("status"), "by": _explainer(label)}
+    if label.get("error"):
+        entry["err"] = label["error"]
+    return entry
+
+
+def scorer_name(header: dict | None) -> str | None:
+    """The judged scores' scorer in words (the header's ``scorer``, formats/scores.md)."""
+    scorer = (header or {}).get("scorer")
+    if not isinstance(scorer, dict):
+        return None
+    if scorer.get("kind") == "embedding":
+        return f"embedding scorer ({scorer.get('model')}): {scorer.get('method')}"
+    backend, model = scorer.get("backend"), scorer.get("model")
+    return f"LLM scorer {backend}{f' ({model})' if model else ''}" + (
+        f", prompt {scorer['prompt']}" if scorer.get("prompt") else "")
+
+
+def verdict_rows(scores: dict) -> list:
+    """Every prompt's verdicts, compact (formats/report.md ``jv``): ``[prompt, scorer, threshold, rows, label's
+    explainer]``, a row ``[y, index, repeats saying 1, repeats answered]``, holdout positives first."""
+    from .inputs import verdict_counts
+
+    out = []
+    judged = scores.get("judged") if isinstance(scores.get("judged"), dict) else {}
+    for key in sorted(judged, key=lambda k: (k != "mono", k)):
+        provenance = judged[key] or {}
+        verdicts = provenance.get("verdicts")
+        if not isinstance(verdicts, list) or not verdicts:
+            continue
+        rows = [[int(v.get("y") or 0), v.get("index"), *verdict_counts(v)] for v in verdicts if isinstance(v, dict)]
+        explainer = provenance.get("explainer") if isinstance(provenance.get("explainer"), dict) else {}
+        label_by = explainer.get("backend") and f"{explainer['backend']}" + (
+            f" ({explainer['model']})" if explainer.get("model") else "")
+        out.append([key, provenance.get("scorer"), _round(provenance.get("threshold")), rows, label_by or None])
+    return out
 
 
 def payload(data: ReportData, title: str) -> dict:
@@ -111,16 +158,18 @@ def payload(data: ReportData, title: str) -> dict:
     for key in sorted(data.cards):
         card = data.cards[key]
         entry: dict = {"l": card.layer, "e": card.expert}
-        if card.label is not None:
-            entry["lab"] = card.label.get("explanation")
-            entry["st"] = card.label.get("status")
-            entry["by"] = _explainer(card.label)
-            if card.label.get("error"):
-                entry["err"] = card.label["error"]
+        if card.labels:
+            first, *others = sorted(card.labels, key=_label_rank)
+            entry.update(_label_entry(first))
+            if others:
+                entry["more"] = [_label_entry(label) for label in others]
         if key in flats:
             entry["v"] = [_round(flats[key].get(name), 4) for name in keys]
             if isinstance(card.scores.get("skew"), dict) and card.scores["skew"].get("domain") is not None:
                 entry["sd"] = card.scores["skew"]["domain"]
+        verdicts = verdict_rows(card.scores) if card.scores else []
+        if verdicts:
+            entry["jv"] = verdicts
         if key in histograms:
             entry["h"] = [_round(value, 3) for value in histograms[key]]
         scale = _quantise(card.contexts + card.holdout)
@@ -143,7 +192,8 @@ def payload(data: ReportData, title: str) -> dict:
             "histogram": histogram_kind, "layers": data.layers, "num_experts": data.num_experts,
             "sets": [{"name": name, "size": len(chosen), "criterion": chosen.provenance.get("criterion")}
                      for name, chosen in data.sets],
-            "sources": data.sources, "experts": experts}
+            "sources": data.sources, "scorer": scorer_name(data.scores_header),
+            "verdicts_unmatched": data.verdicts_unmatched, "experts": experts}
 
 
 def _quantise(contexts: list[dict]) -> float | None:
@@ -258,4 +308,4 @@ def _concentration_figures(data: ReportData, grouped_bars_svg) -> list[tuple[str
     return figures
 
 
-__all__ = ["flat_scores", "overview_figures", "payload"]
+__all__ = ["flat_scores", "overview_figures", "payload", "scorer_name", "verdict_rows"]

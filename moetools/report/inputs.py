@@ -19,6 +19,7 @@ from ..errors import FormatError, ModelMismatchError, UsageError
 from ..streams.files import is_stdio, read_input
 
 STREAM_KINDS = ("trace", "samples", "labels", "scores", "eval")
+READ_ORDER = ("scores", "labels", "samples", "trace", "eval")
 
 
 @dataclass
@@ -38,7 +39,7 @@ class ExpertCard:
 
     layer: int
     expert: int
-    label: dict | None = None
+    labels: list = field(default_factory=list)         # label records, one per labels stream, in input order
     scores: dict = field(default_factory=dict)         # the scores record, as read
     contexts: list = field(default_factory=list)
     holdout: list = field(default_factory=list)
@@ -57,6 +58,7 @@ class ReportData:
     num_experts: int | None = None
     cards: dict = field(default_factory=dict)          # (layer, expert) -> ExpertCard
     scores_header: dict | None = None
+    verdicts_unmatched: int = 0                        # verdicts whose context id is not the samples' (skipped)
     scores_summary: dict | None = None
     routing: object = None                             # DomainRouting of the trace
     routing_layers: list = field(default_factory=list)
@@ -148,6 +150,60 @@ def _read_trace(data: ReportData, reader, where: str, baseline: bool) -> None:
     data.top_k = header.get("top_k")
 
 
+def primary_verdicts(scores: dict) -> tuple[str | None, list]:
+    """(prompt, verdicts) whose holdout examples a card shows: the P_mono label's, else the first prompt's."""
+    judged = scores.get("judged") if isinstance(scores.get("judged"), dict) else {}
+    for key in sorted(judged, key=lambda k: (k != "mono", k)):
+        verdicts = (judged[key] or {}).get("verdicts")
+        if isinstance(verdicts, list) and verdicts:
+            return key, verdicts
+    return None, []
+
+
+def verdict_counts(verdict: dict) -> tuple[int, int]:
+    """(repeats that said 1, repeats answered) of one verdict (formats/scores.md ``yhat``)."""
+    said = [x for x in verdict.get("yhat") or [] if x is not None]
+    return sum(said), len(said)
+
+
+def is_right(verdict: dict) -> bool | None:
+    """The majority of the answered repeats agrees with the truth (None: no answer, or a tie)."""
+    yes, answered = verdict_counts(verdict)
+    if not answered or 2 * yes == answered:
+        return None
+    return (2 * yes > answered) == bool(verdict.get("y"))
+
+
+def _holdout_examples(data: ReportData, card: ExpertCard, holdout: dict, options: ReportOptions) -> list:
+    """The holdout contexts a card shows, ``options.holdout`` of each list.
+
+    With the scorer's verdicts (the scores stream is read before the samples, :func:`load_inputs`):
+    the judged samples the scorer got wrong first, then the others in holdout order, each with its
+    verdict (``j``: [repeats saying 1, repeats answered], ``i``: its index in the holdout list, ``s``:
+    the embedding scorer's similarity). Without: the first ones of each list.
+    """
+    _, verdicts = primary_verdicts(card.scores)
+    shown = []
+    for side, truth in (("positive", 1), ("negative", 0)):
+        contexts = holdout.get(side) or []
+        mine = [v for v in verdicts if v.get("holdout") == side and isinstance(v.get("index"), int)
+                and 0 <= v["index"] < len(contexts)]
+        matched = [v for v in mine if v.get("id") is None or str(v["id"]) == str(contexts[v["index"]].get("id"))]
+        data.verdicts_unmatched += len(mine) - len(matched)
+        if matched:
+            matched.sort(key=lambda v: (is_right(v) is not False, v["index"]))   # the mistakes first
+            for verdict in matched[:options.holdout]:
+                entry = {**_clip_context(contexts[verdict["index"]], options.context_tokens), "pos": truth,
+                         "i": verdict["index"], "j": list(verdict_counts(verdict))}
+                if verdict.get("sim") is not None:
+                    entry["s"] = _round(verdict["sim"])
+                shown.append(entry)
+        else:
+            shown += [{**_clip_context(c, options.context_tokens), "pos": truth, "i": i}
+                      for i, c in enumerate(contexts[:options.holdout])]
+    return shown
+
+
 def _read_samples(data: ReportData, reader, options: ReportOptions) -> None:
     for record in reader:
         if record.get("type") != "expert":
@@ -156,19 +212,16 @@ def _read_samples(data: ReportData, reader, options: ReportOptions) -> None:
         card.sample_status, card.sample_stats = record.get("status"), record.get("stats")
         top = (record.get("explain") or {}).get("top") or []
         card.contexts = [_clip_context(c, options.context_tokens) for c in top[:options.contexts]]
-        holdout = record.get("holdout") or {}
-        card.holdout = ([{**_clip_context(c, options.context_tokens), "pos": 1}
-                         for c in (holdout.get("positive") or [])[:options.holdout]]
-                        + [{**_clip_context(c, options.context_tokens), "pos": 0}
-                           for c in (holdout.get("negative") or [])[:options.holdout]])
+        card.holdout = _holdout_examples(data, card, record.get("holdout") or {}, options)
         card.logit_lens = [[entry.get("piece"), entry.get("count")]
                            for entry in (record.get("logit_lens") or [])[:options.logit_lens]]
 
 
 def _read_labels(data: ReportData, reader) -> None:
+    """Every labels stream adds its label to the cards (several explainers: offline for all, an LLM for some)."""
     for record in reader:
         if record.get("type") == "label":
-            data.card(record["layer"], record["expert"]).label = record
+            data.card(record["layer"], record["expert"]).labels.append(record)
 
 
 def _read_scores(data: ReportData, reader, where: str) -> None:
@@ -216,7 +269,7 @@ def load_inputs(paths, *, baseline=None, options: ReportOptions | None = None) -
     if not paths:
         raise UsageError("no input: give trace, samples, labels, scores, eval streams or experts.json files")
     data = ReportData()
-    later_sets, later_eval = [], None
+    later_sets, later_eval, streams = [], None, []
     for path in paths:
         where = "stdin" if is_stdio(path) else os.fspath(path)
         if not is_stdio(path) and not Path(path).is_file():
@@ -224,13 +277,17 @@ def load_inputs(paths, *, baseline=None, options: ReportOptions | None = None) -
         if is_experts_file(path):
             later_sets.append(path)
             continue
-        reader = read_input(path, validate=True)
+        reader = read_input(path, validate=True)   # the header only, so far
         kind = reader.header.get("kind")
         if kind not in STREAM_KINDS:
             raise UsageError(f"{where}: moe-report reads {', '.join(STREAM_KINDS)} streams and experts.json, "
                              f"not a {kind} stream")
         if kind != "eval":
-            _adopt_model(data, reader.header.get("model"), where)
+            _adopt_model(data, reader.header.get("model"), where)   # refused before anything is read
+        streams.append((where, reader, kind))
+    # scores before samples, whatever the order given: a card's holdout examples are chosen by the verdicts
+    streams.sort(key=lambda item: READ_ORDER.index(item[2]))
+    for where, reader, kind in streams:
         data.sources.append({"path": where, "kind": kind, "tool": (reader.header.get("tool") or {}).get("name")})
         _merge_shape(data, reader.header)
         if kind == "trace":
@@ -280,4 +337,5 @@ def _check_baseline(data: ReportData, header: dict, where: str) -> None:
             raise FormatError(f"--baseline {where}: {key} {other.get(key)!r} differs from the model's {own.get(key)!r}")
 
 
-__all__ = ["ExpertCard", "ReportData", "ReportOptions", "is_experts_file", "load_inputs"]
+__all__ = ["ExpertCard", "ReportData", "ReportOptions", "is_experts_file", "is_right", "load_inputs",
+           "primary_verdicts", "verdict_counts"]

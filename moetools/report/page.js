@@ -119,29 +119,67 @@
       el("a", { href: "#" + id, cls: "anchor", text: "layer " + expert.l + " · expert " + expert.e }),
       expert.sets ? el("span", { cls: "sets", text: expert.sets.map(function (s) { return DATA.sets[s].name; }).join(", ") }) : null,
     ]);
-    const label = el("div", { cls: "label" + (expert.st === "failed" ? " failed" : ""),
-      text: expert.lab || (expert.st === "failed" ? "no label: " + (expert.err || "failed") : "no label") });
-    const by = expert.by ? el("div", { cls: "by", text: "explainer: " + expert.by }) : null;
+    // every label of the expert, one per labels stream given, an LLM's first (formats/report.md)
+    const labels = [expert].concat(expert.more || []).map(function (item, i) {
+      return el("div", { cls: "labelbox" + (i ? " other" : "") }, [
+        el("div", { cls: "label" + (item.st === "failed" ? " failed" : ""),
+          text: item.lab || (item.st === "failed" ? "no label: " + (item.err || "failed") : "no label") }),
+        item.by ? el("div", { cls: "by", text: "explainer: " + item.by }) : null]);
+    });
     const contexts = expert.c ? el("div", null, expert.c.map(function (c) { return contextLine(c, expert.as); })) : null;
     const lens = expert.ll ? el("div", { cls: "lens" }, expert.ll.map(function (item) {
       return el("span", { cls: "lt", text: showPiece(String(item[0])) + (item[1] ? " ×" + item[1] : "") }); })) : null;
-    const holdout = expert.ho ? el("div", null, expert.ho.map(function (context) {
-      const row = contextLine(context, expert.as);
-      const verdict = context.pos ? "held-out positive" : "held-out negative";
-      row.insertBefore(el("span", { cls: "verdict " + (context.pos ? "pos" : "neg"),
-        text: verdict + (context.j !== undefined ? ", scorer: " + (context.j ? "yes" : "no") : "") }), row.firstChild);
-      return row; })) : null;
+    const scorer = expert.jv ? el("div", { cls: "by scorer", text: "scorer: " + (DATA.scorer || expert.jv[0][1]) }) : null;
+    const holdout = expert.ho || expert.jv ? el("div", null, [scorer].concat((expert.jv || []).map(verdictStrip)).concat(
+      (expert.ho || []).map(function (context) {
+        const row = contextLine(context, expert.as);
+        row.insertBefore(verdictBadge(context, expert.jv ? expert.jv[0][2] : null), row.firstChild);
+        return row; }))) : null;
     const note = expert.ss ? el("div", { cls: "by", text: "samples: " + expert.ss + (expert.ft !== undefined ? " (" + expert.ft + " firing tokens)" : "") }) : null;
-    return el("div", { cls: "card", id: "card-" + expert.l + "-" + expert.e, "data-key": id }, [
-      head, label, by, note, section("scores", scoreTable(expert)), section("domains — " + DATA.histogram, histogram(expert)),
+    return el("div", { cls: "card", id: "card-" + expert.l + "-" + expert.e, "data-key": id }, [head].concat(labels, [
+      note, section("scores", scoreTable(expert)), section("domains — " + DATA.histogram, histogram(expert)),
       section("top contexts (shaded by contribution; routed tokens underlined; the marked token boxed)", contexts),
-      section("logit lens", lens), section("holdout examples", holdout)]);
+      section("logit lens", lens),
+      section(expert.jv ? "holdout examples with the scorer's verdicts (its mistakes first)" : "holdout examples",
+        holdout)]));
+  }
+  // The scorer's verdict on one judged sample: right (✓) when most answered repeats said its truth.
+  function judgement(y, yes, answered) {
+    if (!answered) return { cls: "unk", mark: "?", said: "no answer (the judge failed)" };
+    const said = 2 * yes > answered ? 1 : 2 * yes < answered ? 0 : null;
+    const what = "said " + (said === null ? "1 and 0" : said) + (answered === 1 ? "" : " (" + yes + " of " + answered +
+      " repeats said 1)");
+    if (said === null) return { cls: "unk", mark: "≈", said: what };
+    return said === y ? { cls: "ok", mark: "✓", said: what } : { cls: "bad", mark: "✗", said: what };
+  }
+  function verdictBadge(context, threshold) {
+    const side = "holdout." + (context.pos ? "positive" : "negative") + (context.i !== undefined ? "[" + context.i + "]" : "");
+    if (context.j === undefined)
+      return el("span", { cls: "verdict " + (context.pos ? "pos" : "neg"), text: side + " · truth " + context.pos });
+    const v = judgement(context.pos, context.j[0], context.j[1]);
+    const similarity = context.s !== undefined ? " · similarity " + fmt(context.s) +
+      (threshold !== null && threshold !== undefined ? " (cut-off " + fmt(threshold) + ")" : "") : "";
+    return el("span", { cls: "verdict " + v.cls, text: v.mark + " " + side + " · truth " + context.pos + " · " + v.said + similarity });
+  }
+  function verdictStrip(item) {
+    const rows = item[3];
+    const marks = rows.map(function (row) {
+      const v = judgement(row[0], row[2], row[3]);
+      return el("span", { cls: "vbox " + v.cls, text: v.mark,
+        title: "holdout." + (row[0] ? "positive" : "negative") + "[" + row[1] + "]: truth " + row[0] + ", " + v.said });
+    });
+    const right = marks.filter(function (m) { return m.className === "vbox ok"; }).length;
+    const prompt = (item[0] === "mono" ? "the label" : "the P_domain(" + item[0] + ") label") +
+      (item[4] ? " by " + item[4] : "");
+    return el("div", { cls: "strip" }, [el("span", { cls: "by", text: prompt + ", judged by the " + (item[1] || "?") +
+      " scorer: " + right + " of " + rows.length + " right " }), el("span", null, marks)]);
   }
 
   // -- list: filter, sort, paginate ------------------------------------------------------------
   function matches(expert) {
     if (state.query) {
-      const text = ((expert.lab || "") + " " + expert.l + "/" + expert.e).toLowerCase();
+      const text = ((expert.lab || "") + " " + (expert.more || []).map(function (m) { return m.lab || ""; }).join(" ") +
+        " " + expert.l + "/" + expert.e).toLowerCase();
       if (text.indexOf(state.query) < 0) return false;
     }
     if (state.set !== "" && !(expert.sets && expert.sets.indexOf(Number(state.set)) >= 0)) return false;

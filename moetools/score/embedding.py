@@ -120,10 +120,12 @@ class EmbeddingScorer:
         self.accounting.predictions += 1
         positive, negative = fit or ([], [])
         threshold = fit_threshold(self.similarities(explanation, positive), self.similarities(explanation, negative))
+        similarity = [float(s) for s in self.similarities(explanation, contexts)]
         if threshold is None:
             self.accounting.failures += 1
-            return Prediction(None, error="no explain positives and negatives to fit the cut-off on", attempts=1)
-        return Prediction([bool(s >= threshold) for s in self.similarities(explanation, contexts)], attempts=1)
+            return Prediction(None, error="no explain positives and negatives to fit the cut-off on", attempts=1,
+                              scores=similarity)
+        return Prediction([s >= threshold for s in similarity], attempts=1, scores=similarity, threshold=threshold)
 
 
 __all__ = ["MODEL_NAME", "EmbeddingScorer", "fit_threshold", "sample_text"]

@@ -12,6 +12,10 @@ a P_mono label (or a self/offline one) on all of them, giving EMS_i (000 eq. 3).
 Position bias: each request shows the samples in a seeded random order, the seed derived from
 (``seed``, layer, expert, prompt key, repeat); ``repeats`` R asks R orders and averages.
 
+Verdicts: ``judged.<prompt>.verdicts`` lists every judged sample with its place in the samples
+stream's holdout (``holdout.positive[i]`` / ``holdout.negative[i]``), its truth y and ŷ of each
+repeat, so that a reader (moe-report) shows which held-out contexts the scorer got right.
+
 Baseline (so that a score means something): every expert is also scored with the label of
 another expert of the same layer (drawn with a seeded RNG, same samples and orders); its
 metrics are written beside the real ones with the suffix ``_shuffled``, and the header gives the
@@ -62,14 +66,21 @@ class JudgeOptions:
         return asdict(self)
 
 
-def items_for(samples: ExpertSamples, key: str, options: JudgeOptions) -> tuple[list[dict], list[bool]]:
-    """(contexts, true activations) judged for one expert: all holdout samples, or domain ``key``'s."""
+def items_for(samples: ExpertSamples, key: str, options: JudgeOptions
+              ) -> tuple[list[dict], list[bool], list[tuple[str, int]]]:
+    """(contexts, true activations, places) judged for one expert: all holdout samples, or domain ``key``'s.
+
+    ``places[k]`` = (``"positive"`` or ``"negative"``, index in that holdout list of the samples
+    stream): where context k comes from, written with its verdict so that a reader finds the context.
+    """
     def keep(context: dict) -> bool:
         return key == MONO or str(context["meta"].get(options.domain_field)) == key
 
-    positives = [c for c in samples.positives if keep(c)][:options.positives]
-    negatives = [c for c in samples.negatives if keep(c)][:options.negatives]
-    return positives + negatives, [True] * len(positives) + [False] * len(negatives)
+    positives = [(i, c) for i, c in enumerate(samples.positives) if keep(c)][:options.positives]
+    negatives = [(i, c) for i, c in enumerate(samples.negatives) if keep(c)][:options.negatives]
+    contexts = [c for _, c in positives] + [c for _, c in negatives]
+    places = [("positive", i) for i, _ in positives] + [("negative", i) for i, _ in negatives]
+    return contexts, [True] * len(positives) + [False] * len(negatives), places
 
 
 def order_for(options: JudgeOptions, layer: int, expert: int, key: str, repeat: int, n: int) -> list[int]:
@@ -77,6 +88,22 @@ def order_for(options: JudgeOptions, layer: int, expert: int, key: str, repeat: 
     order = list(range(n))
     random.Random(f"{options.seed}:{layer}:{expert}:{key}:{repeat}").shuffle(order)
     return order
+
+
+def verdict_list(contexts: list[dict], truth: list[bool], places: list[tuple[str, int]],
+                 said: list[list[int | None]], similarity: list[float] | None) -> list[dict]:
+    """One verdict per judged sample (formats/scores.md, ``judged.<prompt>.verdicts``), in the judged order
+    (holdout positives, then negatives): its place in the samples stream's holdout, its context id, the
+    truth y, ŷ of every repeat (null where that repeat's answer failed) and, for the embedding scorer,
+    its cosine similarity to the label."""
+    out = []
+    for k, (side, index) in enumerate(places):
+        verdict = {"holdout": side, "index": index, "id": contexts[k]["id"], "y": int(truth[k]),
+                   "yhat": [run[k] for run in said]}
+        if similarity is not None:
+            verdict["sim"] = round(float(similarity[k]), 4)
+        out.append(verdict)
+    return out
 
 
 def baseline_donors(label_set: LabelSet, seed: int) -> dict[tuple[int, int], tuple[int, int]]:
@@ -103,8 +130,8 @@ class Judge:
         self.repeats = options.repeats if scorer.repeats_matter else 1
         self.skipped_no_samples: dict[str, int] = {}
 
-    async def _score(self, explanation: str, samples: ExpertSamples, key: str) -> dict:
-        contexts, truth = items_for(samples, key, self.options)
+    async def _score(self, explanation: str, samples: ExpertSamples, key: str, *, verdicts: bool = True) -> dict:
+        contexts, truth, places = items_for(samples, key, self.options)
         out = {"positives": sum(truth), "negatives": len(truth) - sum(truth), "answered": 0, "requests": 0,
                "cache_hits": 0, "attempts": 0}
         if not contexts:
@@ -112,26 +139,40 @@ class Judge:
             return out
         fit = (samples.explain_positive, samples.explain_negative)
         runs, errors = [], []
+        said: list[list[int | None]] = []        # (repeats, samples): ŷ per repeat in the judged order, None: failed
+        similarity, threshold = None, None
         for repeat in range(self.repeats):
             order = order_for(self.options, samples.layer, samples.expert, key, repeat, len(contexts))
             prediction = await self.scorer.predict(explanation, [contexts[i] for i in order], fit)
             out["requests"] += prediction.requests
             out["cache_hits"] += prediction.cache_hits
             out["attempts"] += prediction.attempts
+            if prediction.threshold is not None:
+                threshold = prediction.threshold
+            if prediction.scores is not None:
+                similarity = [0.0] * len(contexts)
+                for position, index in enumerate(order):
+                    similarity[index] = prediction.scores[position]
             if prediction.chosen is None:
                 errors.append(prediction.error)
+                said.append([None] * len(contexts))
                 if prediction.raw is not None:
                     out["raw"] = prediction.raw
                 continue
             predicted = [False] * len(contexts)
             for position, index in enumerate(order):
                 predicted[index] = prediction.chosen[position]
+            said.append([int(p) for p in predicted])
             runs.append(detection_metrics(truth, predicted))
         out["answered"] = len(runs)
         if errors:
             out["error"] = errors[-1]
         if runs:
             out["metrics"] = mean_metrics(runs)
+        if threshold is not None:
+            out["threshold"] = round(float(threshold), 4)
+        if verdicts:
+            out["verdicts"] = verdict_list(contexts, truth, places, said, similarity)
         return out
 
     async def _expert(self, label_set: LabelSet, identity, samples: ExpertSamples, donors) -> tuple:
@@ -139,7 +180,8 @@ class Judge:
         tasks = [self._score(label["explanation"], samples, label_set.key)]
         donor = donors.get(identity)
         if self.options.baseline and donor is not None:
-            tasks.append(self._score(label_set.labels[donor]["explanation"], samples, label_set.key))
+            tasks.append(self._score(label_set.labels[donor]["explanation"], samples, label_set.key,
+                                     verdicts=False))
         results = await asyncio.gather(*tasks)
         return label_set.key, identity, results[0], (results[1] if len(results) > 1 else None), donor
 
@@ -185,8 +227,12 @@ class Judge:
             provenance["status"] = "ok" if metrics else "failed"
             provenance["scorer"] = self.scorer.kind
             provenance["repeats"] = self.repeats
+            explainer = label_sets[key].explainer or {}
+            provenance["explainer"] = {"backend": explainer.get("backend"), "model": explainer.get("model")}
             if donor is not None and self.options.baseline:
                 provenance["shuffled_from"] = donor[1]
+            if "verdicts" in provenance:     # the long list last: a record stays readable with jq or less
+                provenance["verdicts"] = provenance.pop("verdicts")
             record.setdefault("judged", {})[key] = provenance
             bucket = totals.setdefault(key, {"real": [], "shuffled": [], "failed": 0})
             bucket["failed"] += int(metrics is None)
@@ -243,4 +289,4 @@ def header_extra(scorer, options: JudgeOptions, label_sets: dict[str, LabelSet],
 
 
 __all__ = ["DOMAIN_METRICS", "EXPERT_METRICS", "Judge", "JudgeOptions", "baseline_donors", "header_extra",
-           "items_for", "order_for"]
+           "items_for", "order_for", "verdict_list"]

@@ -36,6 +36,8 @@ class Prediction:
     requests: int = 0
     cache_hits: int = 0
     raw: str | None = None
+    scores: list[float] | None = None      # the embedding scorer's similarity per sample, in the order shown
+    threshold: float | None = None         # ... and the cut-off it applied
 
 
 class LLMScorer:

@@ -22,6 +22,32 @@ def _check_share(value, place: str, name: str) -> None:
          "or null")
 
 
+def _check_verdicts(provenance: dict, place: str, name: str) -> None:
+    """``judged.<p>.verdicts`` (formats/scores.md): where each judged sample is in the holdout, y, ŷ per repeat."""
+    threshold = provenance.get("threshold")
+    need(threshold is None or is_number(threshold), place, f"{name}.threshold is not a number or null")
+    verdicts = provenance.get("verdicts")
+    if verdicts is None:
+        return
+    need(isinstance(verdicts, list), place, f"{name}.verdicts is not a list")
+    for k, verdict in enumerate(verdicts):
+        at = f"{name}.verdicts[{k}]"
+        need(isinstance(verdict, dict), place, f"{at} is not a map")
+        side = verdict.get("holdout")
+        need(side in ("positive", "negative"), place, f"{at}.holdout {side!r} is not 'positive' or 'negative'")
+        need(is_int(verdict.get("index")) and verdict["index"] >= 0, place, f"{at}.index is not a non-negative "
+             "integer")
+        truth = verdict.get("y")
+        need(is_int(truth) and truth in (0, 1), place,
+             f"{at}.y {truth!r} is not 0 or 1")
+        need(truth == (1 if side == "positive" else 0), place, f"{at}.y {truth} contradicts holdout.{side}")
+        said = verdict.get("yhat")
+        need(isinstance(said, list) and all(x is None or (is_int(x) and x in (0, 1)) for x in said), place,
+             f"{at}.yhat is not a list of 0, 1 or null (one per repeat)")
+        similarity = verdict.get("sim")
+        need(similarity is None or is_number(similarity), place, f"{at}.sim is not a number or null")
+
+
 def _check_value(value, place: str, name: str) -> None:
     if value is None or is_number(value) or isinstance(value, (str, bool)):
         return
@@ -104,6 +130,8 @@ class ScoresSchema(Schema):
             need(isinstance(judged, dict) and all(isinstance(v, dict) and isinstance(v.get("scorer"), str)
                                                   for v in judged.values()), place,
                  "judged is not a map of prompt -> {scorer, status, ...}")
+            for prompt, provenance in judged.items():
+                _check_verdicts(provenance, place, f"judged.{prompt}")
         skew = record.get("skew")
         if skew is not None:
             need(isinstance(skew, dict), place, "skew is not a map")
