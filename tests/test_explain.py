@@ -424,3 +424,79 @@ def test_binary_domain_file_is_a_usage_error(tmp_path):
     write_samples(tmp_path / "s.msgpack.zst", experts=1)
     result = run_cli(tmp_path / "s.msgpack.zst", "--backend", "local", "--domain", tmp_path / "domain.bin")
     assert result.exit_code == 2 and "is not UTF-8 text" in result.stderr and "internal error" not in result.stderr
+
+
+# -- --experts FILE: only the experts of an experts file (moe-select's output) ---------------------------
+
+def samples_from_a_traced_tiny_model(tmp_path):
+    """A samples stream made by moe-sample from a synthetic trace (tests/trace_factory.py, layers 0 and 2)."""
+    from trace_factory import MODEL, make_records, write_trace
+
+    from moetools.cli.sample import command as sample_command
+
+    path = tmp_path / "s.msgpack.zst"
+    result = CliRunner().invoke(sample_command, ["-q", "--top", "4", "--weighted", "2", "--negatives", "2",
+                                                 "-o", str(path)], input=write_trace(make_records(documents=8)))
+    assert result.exit_code == 0, result.output
+    return path, MODEL
+
+
+def experts_file(path, experts: dict, model: dict | None) -> Path:
+    data = {"experts": {str(layer): ids for layer, ids in experts.items()}, "shared_experts": False,
+            "non_expert_modules": False}
+    if model is not None:
+        data["moetools"] = {"version": 1, "model": model, "criterion": {"by": "das", "domain": "code", "top": 2}}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_experts_file_labels_only_its_experts_with_the_labels_of_a_full_run(tmp_path):
+    samples, model = samples_from_a_traced_tiny_model(tmp_path)
+    chosen = experts_file(tmp_path / "code.json", {0: [5, 1], 2: [3]}, model)
+    result = run_cli(samples, "--backend", "offline", "--no-cache", "--experts", chosen, "-o", tmp_path / "some.jsonl")
+    assert result.exit_code == 0, result.output
+    header, labels, end = data_records(tmp_path / "some.jsonl")
+    assert [(label["layer"], label["expert"]) for label in labels] == [(0, 1), (0, 5), (2, 3)]  # stream order
+    assert end["count"] == 3 and end["accounting"]["skipped"] == 0  # the others: neither labelled nor written
+    assert header["tool"]["args"]["experts_file"] == str(chosen)  # recorded in the tool's args only
+    assert "3 of 3 listed experts in the stream, 13 others skipped" in result.stderr
+    # the offline background still counts the whole stream: the same labels as a run over every expert
+    assert run_cli(samples, "--backend", "offline", "--no-cache", "-o", tmp_path / "all.jsonl").exit_code == 0
+    _, every, _ = data_records(tmp_path / "all.jsonl")
+    by_key = {(label["layer"], label["expert"]): label for label in every}
+    assert without_timing(labels) == without_timing([by_key[(label["layer"], label["expert"])] for label in labels])
+
+
+def test_experts_file_of_another_model_or_out_of_range_is_refused(tmp_path):
+    samples, model = samples_from_a_traced_tiny_model(tmp_path)
+    other = experts_file(tmp_path / "other.json", {0: [1]}, {**model, "fingerprint": "sha256:another"})
+    result = run_cli(samples, "--backend", "offline", "--no-cache", "--experts", other, "-o", tmp_path / "l.jsonl")
+    assert result.exit_code == 2 and "refusing to apply it" in result.stderr
+    wide = experts_file(tmp_path / "wide.json", {0: [8]}, None)  # the model has 8 experts per layer
+    result = run_cli(samples, "--backend", "offline", "--no-cache", "--experts", wide, "-o", tmp_path / "l.jsonl")
+    assert result.exit_code == 2 and "out of range" in result.stderr
+    assert not (tmp_path / "l.jsonl").exists()
+
+
+def test_experts_file_with_an_llm_resumes_and_asks_only_for_listed_experts(tmp_path):
+    from llm_stub import LLMStub
+
+    keys = write_samples(tmp_path / "s.msgpack.zst", experts=6)
+    chosen = experts_file(tmp_path / "set.json", {0: [4, 1]}, None)
+    with LLMStub() as stub:
+        args = [tmp_path / "s.msgpack.zst", "--api-base", stub.url, "--model", "m", "--cache-dir", tmp_path / "c",
+                "--experts", chosen, "-o", tmp_path / "l.jsonl"]
+        first = run_cli(*args)
+        assert first.exit_code == 0, first.output
+        assert len(stub.requests) == 2  # one request per listed expert, none for the 4 others
+        _, labels, _ = data_records(tmp_path / "l.jsonl")
+        assert [(label["layer"], label["expert"]) for label in labels] == [(0, 1), (0, 4)]
+        assert all(label["status"] == "ok" for label in labels)
+        # a second set into the same -o resumes: the labelled ones are kept, only the new one is asked
+        more = experts_file(tmp_path / "more.json", {0: [1, 2]}, None)
+        again = run_cli(*args[:-4], "--experts", more, "-o", tmp_path / "l.jsonl")
+        assert again.exit_code == 0, again.output
+        assert len(stub.requests) == 3 and "1 already done" in again.stderr
+    _, labels, _ = data_records(tmp_path / "l.jsonl")
+    assert sorted((label["layer"], label["expert"]) for label in labels) == [(0, 1), (0, 2), (0, 4)]
+    assert len(keys) == 6

@@ -11,6 +11,7 @@ EXAMPLE = """\
 moe-explain samples.msgpack.zst --backend offline -o labels.jsonl
 moe-explain samples.msgpack.zst --api-base http://localhost:8000/v1 --model Qwen/Qwen3-8B \\
     --concurrency 32 --domain medical -o labels.medical.jsonl
+moe-explain samples.msgpack.zst --experts sets/medical.json --backend local -o labels.medical.jsonl
 moe-explain --list-backends"""
 
 #: flags handed to the backend's own options (each backend takes some; defaults: --list-backends)
@@ -62,6 +63,9 @@ def parse_pairs(pairs) -> dict:
 @click.option("--domain", default=None, metavar="NAME|FILE",
               help="Use P_domain(d) instead of P_mono: medical, legal, or a file with a domain of one's own "
                    "(.json with name/focus/important/examples, or the plain text to add).")
+@click.option("--experts", "experts_file", default=None, metavar="FILE",
+              help="Label only the experts listed in this experts file (moe-select's output, formats/experts.md); "
+                   "the rest of the stream is skipped. A set selected on another model is refused.")
 @click.option("--max-examples", type=int, default=None, help="Contexts shown per expert (defaults: --list-backends).")
 @click.option("--logit-lens-top", type=int, default=None,
               help="Logit-lens tokens shown when the samples have them (0: none).")
@@ -74,7 +78,8 @@ def parse_pairs(pairs) -> dict:
               help="Ask again even when the cache has an answer (and store the new one).")
 @click.option("--strict", is_flag=True,
               help="Exit 1 when any expert failed (other than for having no examples); the labels are written.")
-def command(input, output, fmt, uncompressed, backend, list_backends, backend_option, domain, max_examples,
+def command(input, output, fmt, uncompressed, backend, list_backends, backend_option, domain, experts_file,
+            max_examples,
             logit_lens_top, attempts, cache_dir, no_cache, refresh, strict, **flags):
     """Label every expert of a samples stream with a natural-language explanation.
 
@@ -92,6 +97,10 @@ def command(input, output, fmt, uncompressed, backend, list_backends, backend_op
     server of --api-base is asked for its models before any work: an
     unreachable server exits 1, a bad URL exits 2.
 
+    --experts FILE labels just the experts an experts file lists (e.g. a set of
+    moe-select): the others are neither labelled nor written; the offline
+    method still reads the whole stream for its background counts.
+
     Answers that are labels are cached on disk, so a rerun sends no request it
     already has an answer for; rerunning with the same -o FILE resumes: experts
     already labelled there are skipped, failed ones are asked again. A line on
@@ -102,6 +111,7 @@ def command(input, output, fmt, uncompressed, backend, list_backends, backend_op
         ExplainSettings,
         ResponseCache,
         describe_backends,
+        listed_experts,
         load_domain,
         make_explainer,
         make_runner,
@@ -138,6 +148,7 @@ def command(input, output, fmt, uncompressed, backend, list_backends, backend_op
     done = {(int(label["layer"]), int(label["expert"])) for label in kept}
 
     reader = read_input(input, kinds="samples", validate=True)  # formats/samples.md, field by field
+    only = listed_experts(experts_file, reader.header.get("model")) if experts_file else None
     with open_stream_writer(output, "labels", fmt, uncompressed, model=reader.header.get("model"),
                             header_extra={"explain": header_settings}, keep_partial=True) as writer:
         for label in kept:
@@ -150,12 +161,16 @@ def command(input, output, fmt, uncompressed, backend, list_backends, backend_op
 
         seconds = run_sync(runner, reader, emit,
                            skip=lambda record: (int(record["layer"]), int(record["expert"])) in done,
-                           progress=progress)
+                           progress=progress, only=only)
         accounting = runner.accounting.as_dict()
         accounting["seconds"] = round(seconds, 3)
         writer.end_extra = {"accounting": accounting}
     accounting = runner.accounting
     say(accounting.line(seconds))
+    if only is not None:
+        missing = len(only - runner.listed_seen)
+        say(f"--experts: {len(runner.listed_seen)} of {len(only)} listed experts in the stream, "
+            f"{runner.unlisted} others skipped" + (f"; {missing} listed experts have no samples record" if missing else ""))
     failed = accounting.failures - accounting.no_examples
     advice = runner.advice()
     if failed:

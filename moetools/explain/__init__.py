@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 
 from ..llm.cache import ResponseCache, default_cache_dir
 from ..reporting import ProgressFactory, no_progress
@@ -40,10 +40,12 @@ def make_runner(explainer: Explainer | str, options: dict | None = None, *, cach
 
 
 def run_sync(runner: ExplainRunner, records: Iterable[dict], emit: Callable[[dict], None],
-             skip: Callable[[dict], bool] | None = None, progress: ProgressFactory = no_progress) -> float:
+             skip: Callable[[dict], bool] | None = None, progress: ProgressFactory = no_progress,
+             only: Container | None = None) -> float:
     """Run ``runner`` to the end on a fresh event loop; returns the seconds it took.
 
-    ``progress(description)`` (moetools.reporting) is advanced per expert labelled (or failed).
+    ``progress(description)`` (moetools.reporting) is advanced per expert labelled (or failed);
+    ``only``: label just these (layer, expert) pairs (:func:`listed_experts`), skipping the rest.
     """
     started = time.perf_counter()
     with progress("labelling experts") as bar:
@@ -51,8 +53,19 @@ def run_sync(runner: ExplainRunner, records: Iterable[dict], emit: Callable[[dic
             emit(label)
             bar.advance()
 
-        asyncio.run(runner.run(records, emit_and_count, skip))
+        asyncio.run(runner.run(records, emit_and_count, skip, only=only))
     return time.perf_counter() - started
+
+
+def listed_experts(path, model: dict | None) -> set[tuple[int, int]]:
+    """The (layer, expert) pairs of an experts file (formats/experts.md, as moe-select writes it).
+
+    ``model`` is the samples header's model identity: a set selected on another model, or naming
+    layers or ids that model lacks, is refused (ModelMismatchError / FormatError, exit 2).
+    """
+    from ..select import read_experts
+
+    return read_experts(path, model=model).pairs()
 
 
 __all__ = [
@@ -70,6 +83,7 @@ __all__ = [
     "check_explanation",
     "default_cache_dir",
     "describe_backends",
+    "listed_experts",
     "load_domain",
     "logit_lens_pieces",
     "make_explainer",

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 
 import numpy as np
 
@@ -91,6 +91,9 @@ class ExplainRunner:
         self._slots = asyncio.Semaphore(max(1, backend.concurrency))
         #: why experts failed, by kind (a BackendError's kind, "answer", "length"), for the advice line
         self.failure_kinds: Counter = Counter()
+        #: experts of the stream left out by ``run(only=...)``, and the listed experts the stream had
+        self.unlisted = 0
+        self.listed_seen: set[tuple[int, int]] = set()
 
     # -- one expert ------------------------------------------------------------------------------
     def prompt_record(self) -> dict:
@@ -177,8 +180,14 @@ class ExplainRunner:
         return self.backend.advice(kind)
     # -- the stream ------------------------------------------------------------------------------
     async def run(self, records: Iterable[dict], emit: Callable[[dict], None],
-                  skip: Callable[[dict], bool] | None = None) -> None:
-        """Label every record not skipped; ``emit`` gets each label, in input order."""
+                  skip: Callable[[dict], bool] | None = None, only: Container | None = None) -> None:
+        """Label every record not skipped; ``emit`` gets each label, in input order.
+
+        ``only`` (a set of (layer, expert), e.g. an experts file's ``ExpertSet.pairs()``) labels just
+        those experts: the rest are neither labelled nor emitted (counted in ``unlisted``). It applies
+        after a method's corpus pass, so the offline method's background still counts the whole stream
+        and a listed expert gets the label it would get without ``only``.
+        """
         if self.backend.needs_corpus_pass:
             records = self.backend.corpus_pass(records)
         await self.backend.start()
@@ -209,6 +218,12 @@ class ExplainRunner:
             for record in records:
                 if record.get("type") != "expert":
                     continue
+                if only is not None:
+                    key = (int(record["layer"]), int(record["expert"]))
+                    if key not in only:
+                        self.unlisted += 1
+                        continue
+                    self.listed_seen.add(key)
                 if skip is not None and skip(record):
                     self.accounting.skipped += 1
                     continue
