@@ -178,6 +178,10 @@ def main(argv=None) -> int:
             results["models"][name] = {"comparison": comparison, "training": training, "trained": trained,
                                        "random": random}
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    if args.output.is_file():  # keep bench_monet_specialisation.py's sweep, written to the same file
+        previous = json.loads(args.output.read_text()).get("monet_configurations")
+        if previous:
+            results["monet_configurations"] = previous
     args.output.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nwrote {args.output}")
     return 0

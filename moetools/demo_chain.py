@@ -33,8 +33,9 @@ from pathlib import Path
 from .demo_smollm2 import SHOWN_PER_MODEL, label_and_judge_shown
 from .errors import MoetoolsError
 
-#: skew permutations in the demo (the default 1000 takes minutes on MONET's 4,096 experts per layer)
-DEMO_PERMUTATIONS = 200
+#: domain-label shuffles of the skew permutation test (moe-score's default; ~1 s on the demo MONET's
+#: 4 x 256 experts): with B shuffles p ≥ 1/(B+1), so BH over a thousand experts needs B in the thousands
+DEMO_PERMUTATIONS = 1000
 #: the demo models' training sequence length
 EVAL_MAX_LENGTH = 256
 
@@ -58,8 +59,8 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
     notes: list[str] = []
     made = {"scores": out / "scores.jsonl", "judged": out / "judged.scores.jsonl",
             "joined": out / "joined.scores.jsonl", "eval": out / "eval.jsonl", "report": out / "report.html",
-            "sets": {}, "masked": {}}
-    for stale in (made["judged"], made["joined"], made["eval"]):
+            "random_scores": out / "random-init.scores.jsonl", "sets": {}, "masked": {}}
+    for stale in (made["judged"], made["joined"], made["eval"], made["random_scores"]):
         stale.unlink(missing_ok=True)
     sets_dir, masked_dir = out / "sets", out / "masked"
     sets_dir.mkdir(parents=True, exist_ok=True)
@@ -80,6 +81,11 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
     target = " --target-field toxicity" if toxicity else ""
     scored = step("moe-score", f"moe-score -q {_q(paths['trace'])}{target} --permutations {DEMO_PERMUTATIONS} "
                                f"-o {_q(made['scores'])}")
+    # the same permutation test on the random-init copy: routing depends on the tokens even untrained,
+    # so what is learned is the trained model's significant skew beyond its random-init copy's
+    if scored and Path(paths["random_trace"]).is_file():
+        step("moe-score random-init", f"moe-score -q {_q(paths['random_trace'])} --permutations {DEMO_PERMUTATIONS} "
+                                      f"-o {_q(made['random_scores'])}")
     # the labels judged on the holdout set: the embedding scorer (all-MiniLM-L6-v2), not an LLM, so
     # the demo's budget holds; `moe-score --labels L --backend local|openai` judges with a language model
     if scored and step("moe-score --labels", f"moe-score -q {_q(paths['samples'])} --labels {_q(paths['labels'])} "
@@ -153,6 +159,8 @@ def _evaluate(models: list[Path], corpus: Path, out: Path) -> None:
 def summarise_chain(made: dict) -> list[str]:
     """The lines of the summary about scores, sets, the loss matrix and the report."""
     lines = []
+    if made.get("scores") and made.get("random_scores"):
+        lines.extend(skew_significance_lines(made["scores"], made["random_scores"]))
     if made["joined"].is_file():
         lines.append(f"offline labels judged on held-out contexts by the embedding scorer (all-MiniLM-L6-v2, "
                      f"no LLM): {_judged_line(made['joined'])}")
@@ -171,6 +179,50 @@ def summarise_chain(made: dict) -> list[str]:
         lines.append(f"report: {made['report']} (open it in a browser; #LAYER/EXPERT jumps to an expert)")
     lines.extend(f"not done: {note}" for note in made["notes"])
     return lines
+
+
+def skew_test_summary(path: Path) -> dict | None:
+    """The end record's ``summary.skew`` of a routing scores stream, with its shape; None when absent."""
+    from .streams.files import read_input
+
+    try:
+        reader = read_input(path, kinds="scores")
+        for _ in reader:
+            pass
+    except (MoetoolsError, OSError):
+        return None
+    skew = ((reader.ends[-1] if reader.ends else {}).get("summary") or {}).get("skew")
+    if not skew or "significant_total" not in skew:
+        return None
+    return {**skew, "layers": len(reader.header.get("layers") or []), "num_experts": reader.header.get("num_experts")}
+
+
+def skew_significance_lines(scores: Path, random_scores: Path) -> list[str]:
+    """Domain skew tested, trained beside random-init (moe-score's permutation test, paper 004 §5.1's 2x).
+
+    Learned specialisation: more experts significant (2x and BH q < 0.05) than the random-init copy,
+    and a larger excess of 2x experts over the count expected with shuffled document domains.
+    """
+    trained, random = skew_test_summary(scores), skew_test_summary(random_scores)
+    if trained is None:
+        return []
+
+    def figures(skew: dict) -> str:
+        return (f"{skew['significant_total']} significant, {skew['specialised_total']} pass 2x "
+                f"(chance {skew['expected_under_null_total']:.0f})")
+
+    experts = f"{trained['layers']} layers x {trained['num_experts']} experts"
+    line = (f"domain skew, permutation test ({trained['permutations']} shuffles of the documents' domains, "
+            f"BH q < {trained['q_threshold']}), over {experts}: trained {figures(trained)}")
+    if random is None:
+        return [line + " [no random-init figures]"]
+    learned = (trained["significant_total"] > random["significant_total"]
+               and trained["specialised_total"] - trained["expected_under_null_total"]
+               > random["specialised_total"] - random["expected_under_null_total"])
+    verdict = ("learned domain specialisation above random init" if learned else
+               "NO learned domain specialisation above random init at this scale (see bench/results/"
+               "specialisation.json for the scales that show it)")
+    return [f"{line} [random-init {figures(random)}]: {verdict}"]
 
 
 def _judged_line(path: Path) -> str:

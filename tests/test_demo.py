@@ -92,7 +92,10 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
     for domain in WORDS:
         assert f"  {domain} " in moe_summary
     assert "experts >= 2x the runner-up domain" in moe_summary and "trained 6/6 steps" in moe_summary
-    assert "[random-init " in moe_summary and "domain-specialised than at random init" in moe_summary
+    assert "[random-init " in moe_summary and "(raw counts; chance is tested below)" in moe_summary
+    assert "domain skew, permutation test (1000 shuffles" in moe_summary
+    assert "domain specialisation above random init" in moe_summary
+    assert (home / "demo" / "moe" / "random-init.scores.jsonl").is_file()
     assert f"report: {home / 'demo' / 'moe' / 'report.html'}" in moe_summary and "not done:" not in moe_summary
     assert "loss change when masking each set" in moe_summary
     assert "labels judged on held-out contexts by the embedding scorer" in moe_summary and "mean F1 " in moe_summary
@@ -263,3 +266,53 @@ def test_smollm2_judge_line_counts_unusable_answers_and_gives_no_f1_without_judg
     line = judged_line(path)
     assert "3 of 4 scorer answers were not a usable list of numbers; 1 of 2 experts judged, mean F1 0.500 " \
            "[shuffled labels 0.250]" in line
+
+
+def _skew_scores(path, significant, specialised, expected, layers=(0, 1), experts=8):
+    """A routing scores stream written by hand (formats/scores.md): header, no experts, end with the skew test."""
+    header = {"type": "header", "format": "moetools", "version": 1, "kind": "scores",
+              "tool": {"name": "hand", "version": "0", "args": {}}, "model": None, "source": "routing",
+              "layers": list(layers), "num_experts": experts, "top_k": 2, "domain_field": "domain",
+              "domains": ["a", "b"], "general": {"kind": "rest"}, "target_field": None, "metrics": {},
+              "options": {}, "inputs": []}
+    skew = {"min_ratio": 2.0, "specialised_total": specialised, "permutations": 1000, "exact": False, "seed": 0,
+            "expected_under_null_total": expected, "q_threshold": 0.05, "significant_total": significant}
+    end = {"type": "end", "count": 0, "summary": {"skew": skew}}
+    path.write_text("".join(json.dumps(record) + "\n" for record in (header, end)))
+    return path
+
+
+def test_skew_verdict_is_the_permutation_tests_trained_beyond_random_init(tmp_path):
+    from moetools.demo_chain import skew_significance_lines
+
+    trained = _skew_scores(tmp_path / "t.jsonl", significant=5, specialised=9, expected=2.5)
+    random_init = _skew_scores(tmp_path / "r.jsonl", significant=0, specialised=4, expected=3.0)
+    [line] = skew_significance_lines(trained, random_init)
+    assert "over 2 layers x 8 experts: trained 5 significant, 9 pass 2x (chance 2)" in line
+    assert "[random-init 0 significant, 4 pass 2x (chance 3)]" in line
+    assert line.endswith(": learned domain specialisation above random init")
+    # as many significant experts as random init (or no larger excess over chance): said plainly
+    same = _skew_scores(tmp_path / "s.jsonl", significant=0, specialised=9, expected=2.5)
+    [line] = skew_significance_lines(same, random_init)
+    assert "NO learned domain specialisation above random init at this scale" in line
+    more_raw_only = _skew_scores(tmp_path / "m.jsonl", significant=1, specialised=3, expected=2.5)
+    assert "NO learned" in skew_significance_lines(more_raw_only, random_init)[0]
+    assert skew_significance_lines(tmp_path / "missing.jsonl", random_init) == []
+    assert skew_significance_lines(trained, tmp_path / "missing.jsonl")[0].endswith("[no random-init figures]")
+
+
+def test_a_cached_model_of_another_recipe_is_trained_again(tmp_path):
+    recipe = demo.Recipe("monet-vd", "monet-vd", model_config={"moe_experts": 16, "moe_dim": 32})
+    old, new, killed = tmp_path / "old", tmp_path / "new", tmp_path / "killed"
+    for directory in (old, new, killed / "checkpoint"):
+        directory.mkdir(parents=True)
+    (old / "config.json").write_text(json.dumps({"moe_experts": 64, "moe_dim": 8}))
+    (new / "config.json").write_text(json.dumps({"moe_experts": 16, "moe_dim": 32, "hidden_size": 256}))
+    (killed / "checkpoint" / "trainer_state.json").write_text(
+        json.dumps({"options": {"model_settings": {"moe_experts": 64, "moe_dim": 8}}}))
+    assert not demo.recipe_matches(recipe, old)
+    assert demo.recipe_matches(recipe, new)
+    assert not demo.recipe_matches(recipe, killed)  # a checkpoint of the old recipe is not resumed
+    assert demo.recipe_matches(demo.Recipe("moe", "moe"), old)  # no model_config: any cached model
+    assert demo.DEFAULT_RECIPES[1].model_config == {"moe_experts": 16, "moe_dim": 32}
+    assert "--moe-experts" in demo.DEFAULT_RECIPES[1].train_args
