@@ -283,6 +283,34 @@ def test_monet_model_traces_composed_experts(tmp_path):
         assert record["logit_lens"].shape == (2, length, 2, 1)
 
 
+def test_256_composed_experts_keep_the_padding_id_out_of_the_expert_ids(tmp_path):
+    """16² = 256 experts: ids in <u2 (padding 65535); in |u1 expert 255 would read as padding."""
+    import moetools.models.monet  # noqa: F401  (registers MONET with the Auto classes)
+    from moetools.cli.sample import command as moe_sample
+    from moetools.models.monet.configuration_monet import MonetConfig
+    from moetools.trace.records import id_dtype
+
+    assert [id_dtype(n).str for n in (4, 255, 256, 65535, 65536)] == ["|u1", "|u1", "<u2", "<u2", "<u4"]
+    directory = tmp_path / "monet"
+    config = MonetConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=4, moe_dim=4,
+                         moe_heads=2, moe_experts=16, moe_topk=2, moe_groups=1, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    save_tokenizer(directory)
+    output = tmp_path / "monet.msgpack.zst"
+    text = "\n".join(["the law of the cell", "she was a model", "a cell of the law was she"] * 30) + "\n"
+    result = run(directory, "-", "-o", output, input=text)
+    assert result.exit_code == 0, result.output
+    header, records, _ = read_all(output)
+    assert header["num_experts"] == 256
+    ids = np.concatenate([record["experts"].reshape(-1) for record in records])
+    gates = np.concatenate([record["gates"].reshape(-1) for record in records])
+    assert ids.dtype == np.uint16 and (ids[gates > 0] < 256).all() and (ids[gates == 0] == 65535).all()
+    sampled = CliRunner().invoke(moe_sample, ["-q", "--min-count", "1", str(output), "-o", str(tmp_path / "s.jsonl"),
+                                              "--format", "jsonl"])
+    assert sampled.exit_code == 0, sampled.output
+
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples" / "trace"
 
 

@@ -26,10 +26,14 @@ def stored_values(values: np.ndarray, precision: int) -> np.ndarray:
 
 
 def id_dtype(num_experts: int) -> np.dtype:
-    """The smallest unsigned dtype that holds every expert id (formats/trace.md, ``experts``)."""
-    if num_experts <= 1 << 8:
+    """The smallest unsigned dtype whose all-ones value is not an expert id (formats/trace.md, ``experts``).
+
+    All ones marks a padding slot, so it must lie outside 0..E−1: 256 experts (DeepSeek-V3, a 16²
+    MONET) need ``<u2``, else expert 255 would read as padding.
+    """
+    if num_experts < 1 << 8:
         return np.dtype("|u1")
-    if num_experts <= 1 << 16:
+    if num_experts < 1 << 16:
         return np.dtype("<u2")
     return np.dtype("<u4")
 

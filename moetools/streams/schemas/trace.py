@@ -115,12 +115,16 @@ class TraceSchema(Schema):
             need(False, place, f"'experts' has dtype {ids.dtype.str}: expert ids are unsigned "
                                f"({' or '.join(EXPERT_ID_DTYPES)})")
         ids = field_array(record, "experts", place, EXPERT_ID_DTYPES, shape)
-        padding = np.iinfo(ids.dtype).max  # all ones: a padding slot (MONET, fewer than K non-zero gates)
+        # all ones: a padding slot (MONET, fewer than K non-zero gates) -- only where it cannot be an
+        # expert id; a stream written before 2026-12-01 may hold 256 experts in |u1, 255 a real expert
+        padding = np.iinfo(ids.dtype).max
+        padding = padding if padding >= experts else None
         need(not ((ids >= experts) & (ids != padding)).any(), place,
              f"'experts' holds ids >= num_experts ({experts})")
         gates = field_array(record, "gates", place, VALUE_DTYPES, shape)
         field_array(record, "contribution", place, VALUE_DTYPES, shape)
-        need(not (gates[ids == padding] != 0).any(), place, f"a padding slot (id {padding}) has a non-zero gate")
+        need(padding is None or not (gates[ids == padding] != 0).any(), place,
+             f"a padding slot (id {padding}) has a non-zero gate")
         field_array(record, "prob_sum", place, ("<f4",), (layers, experts))
         top = header.get("logit_lens") or 0
         if top:
