@@ -30,8 +30,8 @@ Layout under ``$MOETOOLS_HOME``::
 The models (``DEFAULT_RECIPES``) are a standard top-k MoE (OLMoE family, 8
 experts, top-2) and a MONET-VD model with matched active expert parameters
 (``moetools.train.models``), both d=256, 4 layers, vocabulary 4096. Their
-training budget is ``--steps`` (default 500 at batch 8 x 256 tokens, ~1M
-tokens, about 4 minutes each on 2 idle cores) capped by ``--max-minutes``
+training budget is ``--steps`` (default 400 at batch 8 x 256 tokens, ~0.8M
+tokens, under 4 minutes each on 2 idle cores) capped by ``--max-minutes`` (4)
 per model, so a slow machine gets a less-trained model rather than a demo
 that never ends; the summary prints how far each got.
 """
@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .demo_cache import run_cached
 from .demo_chain import run_chain, summarise_chain
 from .demo_smollm2 import (
     SHOWN_PER_MODEL,
@@ -88,8 +89,8 @@ DEFAULT_RECIPES = (
     Recipe("monet-vd", "monet-vd", ["--lr", "1e-3", "--moe-experts", "16", "--moe-dim", "32"],
            ["--layers", "0", "--min-count", "40"], select_top=4, model_config={"moe_experts": 16, "moe_dim": 32}),
 )
-DEFAULT_STEPS = 500
-DEFAULT_MAX_MINUTES = 5.0
+DEFAULT_STEPS = 400
+DEFAULT_MAX_MINUTES = 4.0
 DEFAULT_TOKENS_PER_DOMAIN = 4000
 
 
@@ -200,15 +201,19 @@ def run_pipeline(recipe: Recipe, model: Path, corpus: Path, out: Path, log) -> d
              "labels": out / "labels.jsonl", "random_trace": out / "random-init.trace.msgpack.zst"}
     quoted = {key: shlex.quote(str(path)) for key, path in paths.items()}
     sample_args = "".join(f" {shlex.quote(arg)}" for arg in recipe.sample_args)
-    for stale in (paths["labels"], partial_path(paths["labels"])):
-        stale.unlink(missing_ok=True)  # moe-explain -o resumes from an existing file; the demo labels afresh
     # -o FILE rather than a redirection: written under a temporary name, renamed when complete
-    run_shell(f"moe-trace {shlex.quote(str(model))} {shlex.quote(str(corpus))} -q | tee {quoted['trace']} "
-              f"| moe-sample -q{sample_args} | tee {quoted['samples']} "
-              f"| moe-explain -q --backend offline --no-cache -o {quoted['labels']}", log)
+    line = (f"moe-trace {shlex.quote(str(model))} {shlex.quote(str(corpus))} -q | tee {quoted['trace']} "
+            f"| moe-sample -q{sample_args} | tee {quoted['samples']} "
+            f"| moe-explain -q --backend offline --no-cache -o {quoted['labels']}")
+    # skipped when the model and the slice are unchanged (moetools.demo_cache); otherwise the old
+    # streams go first: moe-explain -o resumes from an existing file, and the demo labels afresh
+    partial_path(paths["labels"]).unlink(missing_ok=True)
+    run_cached(line, log, lambda: run_shell(line, log), inputs=[model, corpus],
+               outputs=[paths["trace"], paths["samples"], paths["labels"]])
     random_model = ensure_random_copy(model, out / "random-init", log)
-    run_shell(f"moe-trace {shlex.quote(str(random_model))} {shlex.quote(str(corpus))} -q "
-              f"-o {quoted['random_trace']}", log)
+    line = f"moe-trace {shlex.quote(str(random_model))} {shlex.quote(str(corpus))} -q -o {quoted['random_trace']}"
+    run_cached(line, log, lambda: run_shell(line, log), inputs=[random_model, corpus],
+               outputs=[paths["random_trace"]])
     return paths
 
 

@@ -30,6 +30,7 @@ import json
 import shlex
 from pathlib import Path
 
+from .demo_cache import run_cached
 from .demo_smollm2 import SHOWN_PER_MODEL, label_and_judge_shown
 from .errors import MoetoolsError
 
@@ -60,19 +61,25 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
     made = {"scores": out / "scores.jsonl", "judged": out / "judged.scores.jsonl",
             "joined": out / "joined.scores.jsonl", "eval": out / "eval.jsonl", "report": out / "report.html",
             "random_scores": out / "random-init.scores.jsonl", "sets": {}, "masked": {}}
-    for stale in (made["judged"], made["joined"], made["eval"], made["random_scores"]):
+    for stale in (made["joined"], made["random_scores"]):  # the cached steps (judge, eval) clear their own
         stale.unlink(missing_ok=True)
     sets_dir, masked_dir = out / "sets", out / "masked"
     sets_dir.mkdir(parents=True, exist_ok=True)
     toxicity = corpus_has_field(corpus, "toxicity")
 
-    def step(what: str, line: str, in_process=None) -> bool:
-        try:
+    def step(what: str, line: str, in_process=None, *, inputs=None, outputs=None) -> bool:
+        """Run one step; with ``inputs`` and ``outputs`` skipped when they are unchanged (demo_cache)."""
+        def run():
             if in_process is None:
                 run_shell(line, log)
             else:
                 log(f"$ {line}")
                 in_process()
+        try:
+            if outputs is None:
+                run()
+            else:
+                run_cached(line, log, run, inputs=inputs, outputs=outputs)
             return True
         except Exception as error:  # noqa: BLE001 -- the demo goes on without this step and says why
             notes.append(f"{what} failed: {error}")
@@ -89,7 +96,8 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
     # the labels judged on the holdout set: the embedding scorer (all-MiniLM-L6-v2), not an LLM, so
     # the demo's budget holds; `moe-score --labels L --backend local|openai` judges with a language model
     if scored and step("moe-score --labels", f"moe-score -q {_q(paths['samples'])} --labels {_q(paths['labels'])} "
-                                             f"--backend embedding -o {_q(made['judged'])}"):
+                                             f"--backend embedding -o {_q(made['judged'])}",
+                       inputs=[paths["samples"], paths["labels"]], outputs=[made["judged"]]):
         step("moe-score join", f"moe-score join -q {_q(made['scores'])} {_q(made['judged'])} -o {_q(made['joined'])}")
     top = recipe.select_top
     if scored:
@@ -116,13 +124,15 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
             continue  # selected and shown; the loss matrix masks the domain sets and the random control
         directory = masked_dir / name
         if step(f"moe-mask {name}", f"moe-mask -q {_q(model)} --experts {_q(experts)} -o {_q(directory)} --force",
-                lambda experts=experts, directory=directory: _mask(model, experts, directory)):
+                lambda experts=experts, directory=directory: _mask(model, experts, directory),
+                inputs=[model, experts], outputs=[directory]):
             made["masked"][name] = directory
     if made["masked"]:
         models = " ".join(_q(directory) for directory in made["masked"].values())
         step("moe-eval", f"moe-eval -q {_q(model)} {models} --data {_q(corpus)} --max-length {EVAL_MAX_LENGTH} "
                          f"-o {_q(made['eval'])}",
-             lambda: _evaluate([model, *made["masked"].values()], corpus, made["eval"]))
+             lambda: _evaluate([model, *made["masked"].values()], corpus, made["eval"]),
+             inputs=[model, *made["masked"].values(), corpus], outputs=[made["eval"]])
     scores = made["joined"] if made["joined"].is_file() else made["scores"]
     smollm2_labels = made["smollm2"]["labels"] if made["smollm2"] else out / "labels.smollm2.jsonl"
     # two labels streams: the offline method's for every expert, SmolLM2's for the shown ones (one card, both)
