@@ -20,7 +20,18 @@ def load_for_eval(path, *, dtype: str = "auto", device: str = "cpu"):
     if trust and not is_own_code(path, record.get("family", "")):
         raise ModelError(f"{path}: its custom code is not moe-mask's own; load it yourself with "
                          "trust_remote_code=True if you trust it")
-    return load_model(path, dtype=dtype, device=device, require_moe=False, trust_remote_code=trust)
+    if not trust:
+        return load_model(path, dtype=dtype, device=device, require_moe=False)
+    # moe-mask's class subclasses the family's, so transformers warns "a model of type
+    # moetools_masked_<family> to instantiate a model of type <family>" at every load: expected, silenced
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        return load_model(path, dtype=dtype, device=device, require_moe=False, trust_remote_code=True)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
 
 
 def identity_of(loaded) -> dict:
