@@ -72,10 +72,10 @@ def remember(line: str, inputs: list[Path], outputs: list[Path]) -> None:
     stamp_path(outputs).write_text(json.dumps(_stamp(line, inputs), indent=1) + "\n")
 
 
-def run_cached(line: str, log, run, *, inputs: list[Path], outputs: list[Path]) -> bool:
-    """``run()`` unless the step is up to date; returns True when it ran."""
+def run_cached(line: str, log, run, *, inputs: list[Path], outputs: list[Path], skipped: str | None = None) -> bool:
+    """``run()`` unless the step is up to date; returns True when it ran. ``skipped``: what is logged then."""
     if up_to_date(line, inputs, outputs):
-        log(f"$ {line}  (up to date: inputs unchanged)")
+        log(skipped or f"$ {line}  (up to date: inputs unchanged)")
         return False
     forget(outputs)
     run()

@@ -15,19 +15,18 @@ Budget (2 cores shared with other work): the GGUF is de-quantized once into
 ``$MOETOOLS_HOME/models/<gguf name>/`` (safetensors; 26 s, then 0.4 s per load instead of 26 s),
 the steps run with one torch thread (two threads on two busy cores spin-wait: 48 s instead of 4 s
 for 40 tokens, measured), prompts are short (5 contexts, P_mono) and a rerun whose shown experts'
-samples records and options are unchanged keeps the previous files (a stamp of them,
-``smollm2.stamp.json``), failed experts included, instead of asking again.
+samples, model and options are unchanged keeps the previous files (:mod:`moetools.demo_cache`'s stamp
+beside ``labels.smollm2.jsonl``), failed experts included, instead of asking again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shlex
 from pathlib import Path
 
 import numpy as np
 
+from .demo_cache import run_cached, stamp_path
 from .errors import MoetoolsError
 
 #: most experts per model labelled (and judged) by SmolLM2 (one generate batch): 2 most skewed + 5 domain
@@ -159,22 +158,6 @@ def write_shown(path: Path, shown, model: dict | None) -> None:
                                   provenance={"criterion": {"by": "moetools demo: the experts its summary shows"}}))
 
 
-def stamp_of(samples: Path, shown, *parts) -> str:
-    """A hash of the shown experts' samples records and ``parts`` (options): equal = the same prompts."""
-    from .streams.files import read_input
-
-    wanted = {tuple(pair) for pair in shown}
-    digest = hashlib.sha256(json.dumps([list(map(int, pair)) for pair in shown] + list(parts)).encode())
-    for record in read_input(samples, kinds="samples"):
-        if record.get("type") == "expert" and (record.get("layer"), record.get("expert")) in wanted:
-            digest.update(json.dumps(record, sort_keys=True, default=_plain).encode())
-    return digest.hexdigest()
-
-
-def _plain(value):
-    return value.tolist() if isinstance(value, np.ndarray) else str(value)
-
-
 # -- the steps ------------------------------------------------------------------------------------
 
 def label_and_judge_shown(root: Path, out: Path, paths: dict, sets: dict, run_shell, log,
@@ -198,46 +181,46 @@ def label_and_judge_shown(root: Path, out: Path, paths: dict, sets: dict, run_sh
     except Exception as error:  # noqa: BLE001 -- the demo goes on with the offline labels and says why
         made["notes"].append(f"SmolLM2 could not be loaded ({error})")
         return made
-    stamp_path = out / "smollm2.stamp.json"
     if model is None or not made["shown"]:
-        for stale in (made["labels"], made["judged"], stamp_path):
+        for stale in (made["labels"], made["judged"], stamp_path([made["labels"]])):
             stale.unlink(missing_ok=True)
         return made
     shown_file = out / "shown.smollm2.json"  # not under sets/: those are moe-select's, masked and reported
     model_identity = read_input(paths["samples"], kinds="samples").header.get("model")
     write_shown(shown_file, made["shown"], model_identity)
-    stamp = stamp_of(paths["samples"], made["shown"], model.name, *EXPLAIN_ARGS, *JUDGE_ARGS)
-    try:
-        previous = json.loads(stamp_path.read_text())
-    except (OSError, ValueError):
-        previous = {}
-    if previous.get("stamp") == stamp and made["labels"].is_file():
-        made["cached"] = True
-        log(f"SmolLM2 labels and judgements of the shown experts: {made['labels']} (cached: same prompts)")
-        return made
-    stamp_path.unlink(missing_ok=True)
     cache = f" --cache-dir {_q(root / 'cache')}"
-    for stale in (made["labels"], made["judged"]):
-        stale.unlink(missing_ok=True)
+    explain = (f"{THREADS} moe-explain -q {_q(paths['samples'])} --experts {_q(shown_file)} --backend local "
+               f"--model {_q(model)} {' '.join(EXPLAIN_ARGS)}{cache} -o {_q(made['labels'])}")
+    judge = (f"{THREADS} moe-score -q {_q(paths['samples'])} --labels {_q(made['labels'])} --backend local "
+             f"--model {_q(model)} {' '.join(JUDGE_ARGS)}{cache} -o {_q(made['judged'])}")
+
+    def label_and_judge():
+        made["judged"].unlink(missing_ok=True)
+        try:
+            run_shell(explain, log)
+        except MoetoolsError as error:
+            if not made["labels"].is_file():  # exit 1 with the file written: no expert labelled
+                raise MoetoolsError(f"SmolLM2 labelling failed: {error}") from error
+        if not any(label.get("status") == "ok" for label in read_labels(made["labels"]).values()):
+            log("SmolLM2 wrote no usable label: nothing for it to judge")
+            return
+        try:
+            run_shell(judge, log)
+        except MoetoolsError as error:
+            if not made["judged"].is_file():  # exit 1 with the stream written: no label could be judged
+                raise MoetoolsError(f"SmolLM2 judging failed: {error}") from error
+
+    # the same samples, shown experts, model and options: the same prompts, so nothing is asked again
+    # (failed experts included); moetools.demo_cache keeps the stamp
     try:
-        run_shell(f"{THREADS} moe-explain -q {_q(paths['samples'])} --experts {_q(shown_file)} --backend local "
-                  f"--model {_q(model)} {' '.join(EXPLAIN_ARGS)}{cache} -o {_q(made['labels'])}", log)
+        ran = run_cached(f"{explain} && {judge}", log, label_and_judge,
+                         inputs=[paths["samples"], shown_file, model], outputs=[made["labels"]],
+                         skipped=f"SmolLM2 labels and judgements of the shown experts: {made['labels']} "
+                                 "(cached: same prompts)")
     except MoetoolsError as error:
-        if not made["labels"].is_file():  # exit 1 with the file written: no expert labelled
-            made["notes"].append(f"SmolLM2 labelling failed: {error}")
-            return made
-    if not any(label.get("status") == "ok" for label in read_labels(made["labels"]).values()):
-        log("SmolLM2 wrote no usable label: nothing for it to judge")
-        stamp_path.write_text(json.dumps({"stamp": stamp}) + "\n")
+        made["notes"].append(str(error))
         return made
-    try:
-        run_shell(f"{THREADS} moe-score -q {_q(paths['samples'])} --labels {_q(made['labels'])} --backend local "
-                  f"--model {_q(model)} {' '.join(JUDGE_ARGS)}{cache} -o {_q(made['judged'])}", log)
-    except MoetoolsError as error:
-        if not made["judged"].is_file():  # exit 1 with the stream written: no label could be judged
-            made["notes"].append(f"SmolLM2 judging failed: {error}")
-            return made
-    stamp_path.write_text(json.dumps({"stamp": stamp}) + "\n")
+    made["cached"] = not ran
     return made
 
 

@@ -258,16 +258,22 @@ def test_resume_of_a_finished_output_does_nothing(full_trace, olmoe_dir, tmp_pat
     assert target.stat().st_mtime_ns == before
 
 
-def test_monet_model_traces_composed_experts(tmp_path):
+def save_tiny_monet(directory, *, layers: int, moe_experts: int):
+    """A random tiny MONET (moe_experts² composed experts, every layer its own routing) with a tokenizer."""
     import moetools.models.monet  # noqa: F401  (registers MONET with the Auto classes)
     from moetools.models.monet.configuration_monet import MonetConfig
 
-    directory = tmp_path / "monet"
-    config = MonetConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, moe_dim=4,
-                         moe_heads=2, moe_experts=4, moe_topk=2, moe_groups=2, max_position_embeddings=64)
+    config = MonetConfig(vocab_size=64, hidden_size=16, num_hidden_layers=layers, num_attention_heads=4, moe_dim=4,
+                         moe_heads=2, moe_experts=moe_experts, moe_topk=2, moe_groups=layers,
+                         max_position_embeddings=64)
     torch.manual_seed(0)
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     save_tokenizer(directory)
+    return directory
+
+
+def test_monet_model_traces_composed_experts(tmp_path):
+    directory = save_tiny_monet(tmp_path / "monet", layers=2, moe_experts=4)
     output = tmp_path / "monet.msgpack.zst"
     result = run(directory, "-", "--logit-lens", 1, "-o", output, input="the law of the cell\nshe was a model\n")
     assert result.exit_code == 0, result.output
@@ -285,18 +291,11 @@ def test_monet_model_traces_composed_experts(tmp_path):
 
 def test_256_composed_experts_keep_the_padding_id_out_of_the_expert_ids(tmp_path):
     """16² = 256 experts: ids in <u2 (padding 65535); in |u1 expert 255 would read as padding."""
-    import moetools.models.monet  # noqa: F401  (registers MONET with the Auto classes)
     from moetools.cli.sample import command as moe_sample
-    from moetools.models.monet.configuration_monet import MonetConfig
     from moetools.trace.records import id_dtype
 
     assert [id_dtype(n).str for n in (4, 255, 256, 65535, 65536)] == ["|u1", "|u1", "<u2", "<u2", "<u4"]
-    directory = tmp_path / "monet"
-    config = MonetConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=4, moe_dim=4,
-                         moe_heads=2, moe_experts=16, moe_topk=2, moe_groups=1, max_position_embeddings=64)
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-    save_tokenizer(directory)
+    directory = save_tiny_monet(tmp_path / "monet", layers=1, moe_experts=16)
     output = tmp_path / "monet.msgpack.zst"
     text = "\n".join(["the law of the cell", "she was a model", "a cell of the law was she"] * 30) + "\n"
     result = run(directory, "-", "-o", output, input=text)
