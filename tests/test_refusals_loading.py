@@ -25,8 +25,9 @@ from moetools.models.loader import load_model
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ["the", "a", "of", "to", "and", "expert", "model", "token", "court", "patient", "theorem", "code"]
 #: what the one-line refusal names: the rule, a missing (newly initialised) and an unexpected tensor
-NAMED = ("do not belong to its config (MixtralForCausalLM)", "missing (would be newly initialised): "
-         "model.layers.0.mlp.experts.down_proj", "unexpected: model.layers.0.mlp.experts.0.down_proj.weight")
+NAMED = ("do not belong to its config (MixtralForCausalLM)",
+         "missing (would be newly initialised): model.layers.0.mlp.experts.down_proj",
+         "unexpected: model.layers.0.mlp.experts.0.down_proj.weight")
 
 
 @pytest.fixture(scope="module")
