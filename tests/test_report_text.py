@@ -13,7 +13,7 @@ from tiny_bpe import save_tiny_bpe_olmoe
 from trace_factory import MODEL, make_records, write_trace
 
 from moetools.cli import load_command
-from moetools.report.page import read_data_block, short_names
+from moetools.report.page import read_data_block
 
 TRAINING = ["the court held that the law of the land applies", "patients with the disease were given a dose"] * 20
 NAMES = ["Møller", "Ørsted", "Müller", "Gödel", "日本"]  # none in TRAINING: their characters stay split into bytes
@@ -86,6 +86,8 @@ def test_eval_table_names_models_by_short_names_with_the_path_on_hover(tmp_path)
 
 
 def test_short_names_tell_equal_base_names_apart():
+    from moetools.report.page import short_names
+
     assert short_names(["/a/b/olmoe", "/a/c/olmoe", "/x/masked"]) == ["b/olmoe", "c/olmoe", "masked"]
     assert short_names(["/r/x/m", "/s/x/m", "/t/y/m"]) == ["r/x/m", "s/x/m", "y/m"]
     assert short_names(["models/olmoe/", "models/olmoe"]) == ["models/olmoe (#1)", "models/olmoe (#2)"]
