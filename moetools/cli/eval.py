@@ -93,8 +93,10 @@ def command(models, data, choices, domain_field, text_field, max_length, loss_de
     bytes (lm-eval's counts), word_perplexity = exp(−Σll / Σwords),
     byte_perplexity = exp(−Σll / Σbytes) and bits_per_byte = −Σll / Σbytes /
     ln 2, the numbers lm-eval prints for a loglikelihood_rolling task
-    (wikitext and the like). A tokenizer with neither BOS nor EOS is refused
-    (exit 2).
+    (wikitext and the like). lm-eval's own max_length is the model's context
+    (config n_positions, max_position_embeddings or n_ctx, else 2048): give
+    that as --max-length to compare with its default run. A tokenizer with
+    neither BOS nor EOS is refused (exit 2).
     """
     from ..errors import UsageError
     from ..eval import evaluate
