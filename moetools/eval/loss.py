@@ -113,7 +113,7 @@ def domain_loss(model, tokenizer, documents: Iterable, *, domain_field: str = "d
         entry = totals.setdefault(domain, [0, 0, 0.0, 0, 0])
         entry[0] += 1
         sequences = _document_sequences(tokenizer, document.text, definition, max_length, prefix_id)
-        if sequences:
+        if definition == "lm-eval":  # lm-eval counts every document's words and bytes, even one with no token
             entry[3] += count_words(document.text)
             entry[4] += count_bytes(document.text)
         pending.extend((domain, sequence) for sequence in sequences)
