@@ -220,7 +220,7 @@ def check_loading_info(info: dict, path, architecture: str = "its config") -> No
         problems.append(f"error: {errors[0].strip().splitlines()[0] if errors[0].strip() else errors[0]}")
     if problems:
         raise ModelError(f"the weights in {path} do not belong to its config ({architecture}): "
-                         + "; ".join(problems) + "; refusing to use a partly initialised model")
+                         + "; ".join(problems) + "; refusing to load it (another family's or a damaged checkpoint?)")
 
 
 def _names(keys: list[str]) -> str:
