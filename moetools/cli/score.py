@@ -98,9 +98,11 @@ def command(traces, output, fmt, uncompressed, general, rc_against, metrics, doc
 
     Exit 2 for input that is not a trace (an expert id >= num_experts
     included), for a metric the traces cannot give (named, with how to
-    produce it), for traces of different models, and for a --model that is
-    not the traced model or given without a jsd_* metric in --metrics;
-    exit 3 for a truncated trace.
+    produce it), for traces of different models, for a --model that is not
+    the traced model, and for an option that would do nothing (--model,
+    --target-field, --rc-against or --general when --metrics asks for none
+    of the metrics it serves; --table-by not among --metrics); exit 3 for a
+    truncated trace.
 
     `moe-score SAMPLES --labels LABELS` judges labels instead (paper 000
     A.2 scorer prompt through any LLM backend, or --backend embedding):
@@ -123,10 +125,17 @@ def command(traces, output, fmt, uncompressed, general, rc_against, metrics, doc
         join(traces[1:], output, fmt, uncompressed)
         return
     from ..score.run import resolve_general, score_traces
-    from ..score.scorer import ScoreOptions
+    from ..score.scorer import METRICS, ScoreOptions
 
+    asked = parse_metrics(metrics)
+    if fmt == "table":  # the table ranks by one per-domain metric: one not written would give empty tables
+        if METRICS.get(table_by, ("",))[0] != "domain":
+            per_domain = ", ".join(name for name, (scope, _) in METRICS.items() if scope == "domain")
+            raise UsageError(f"--table-by {table_by}: not a per-domain metric ({per_domain})")
+        if asked is not None and table_by not in asked:
+            raise UsageError(f"--table-by {table_by} is not among --metrics: add it, or rank by one of them")
     kind, general_trace = resolve_general(general)
-    score_options = ScoreOptions(general=kind, metrics=parse_metrics(metrics), cdas_k=tuple(cdas_k),
+    score_options = ScoreOptions(general=kind, metrics=asked, cdas_k=tuple(cdas_k),
                                  document_memory=document_memory << 20, **options)
     extra, records, summary, model = score_traces(list(traces), score_options, general_trace=general_trace,
                                                   rc_against=rc_against, progress=progress)

@@ -12,7 +12,7 @@ import os
 from ..reporting import ProgressFactory, no_progress
 from ..streams.files import read_input
 from .output import end_summary, expert_records, header_extra
-from .scorer import RoutingScorer, ScoreOptions
+from .scorer import RoutingScorer, ScoreOptions, check_options_serve_metrics
 
 
 def resolve_general(value: str | None) -> tuple[str, str | None]:
@@ -30,6 +30,9 @@ def score_traces(paths, options: ScoreOptions, *, general_trace: str | None = No
 
     ``progress(description)`` (moetools.reporting) is advanced by the tokens of each trace record scored.
     """
+    given = {"--model": options.model_dir is not None, "--target-field": options.target_field is not None,
+             "--rc-against": rc_against is not None, "--general": options.general != "rest"}
+    check_options_serve_metrics(options.metrics, [option for option, used in given.items() if used])
     scorer = RoutingScorer(options)
     with progress("scoring tokens") as bar:
         def count(record) -> None:
