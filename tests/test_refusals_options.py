@@ -81,7 +81,11 @@ def test_score_model_must_be_the_traced_model(traced, tmp_path):
     assert not (tmp_path / "other.jsonl").exists()
     result = invoke("moe-score", [*base, "--model", root / "model", "-o", tmp_path / "same.jsonl"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "same.jsonl").exists()
+    lines = [json.loads(line) for line in (tmp_path / "same.jsonl").read_text().splitlines()]
+    assert set(lines[0]["metrics"]) == {"jsd_routing"}  # the baseline too only when asked
+    experts = [r for r in lines if r["type"] == "expert"]
+    assert experts and all("jsd_routing" in r and "jsd_routing_random" not in r for r in experts)
+    assert set(lines[-1]["summary"]["jsd"]) == {"clusters", "draws", "unknown_tokens", "jsd_routing"}
 
 
 def test_score_model_without_a_jsd_metric_is_refused(traced):
