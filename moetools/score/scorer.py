@@ -27,16 +27,19 @@ METRICS = {
     "score": ("domain", "003 Table 5 Score: mean gate over the domain's tokens (0 where not selected)"),
     "explen": ("domain", "003 Table 5 ExpLen: mean ||E(x)|| over routed domain tokens"),
     "psn": ("domain", "003 Table 5 EC/PSN: mean g*||E(x)|| over the domain's tokens (0 where not selected)"),
-    "reap": ("domain", "REAP saliency: mean g*||E(x)|| over routed domain tokens"),
+    "reap": ("domain", ("REAP saliency: mean g*||E(x)|| over routed domain tokens, g the gate the model "
+                       "multiplies (REAP's renormalize_router_weights)")),
     "esft_token": ("domain", "ESFT token selection ratio, normalised over the layer's experts"),
-    "esft_gate": ("domain", "ESFT gate score, gate sums normalised over the layer's experts"),
+    "esft_gate": ("domain", ("ESFT average gate score: gate sum over the domain's tokens / their number "
+                            "(rows do not sum to 1)")),
     "routed": ("domain", "domain tokens routed to the expert (count)"),
     "skew": ("expert", "004 sec. 5.1: best domain's mean router probability / runner-up's, p and q by permutation"),
     "pearson": ("expert", "004 sec. 5.2: Pearson r across documents, mean router probability vs a numeric field"),
     "rc_shift": ("expert", "003 eq. 4: squared change of the mean router probability between two traces"),
     "jsd_routing": ("expert", "002: JSD (bits) of the unembedding-cluster distribution of routed tokens vs the layer's"),
     "jsd_routing_random": ("expert", "002: the same for a random expert with as many tokens (mean of draws)"),
-    "jsd_functional": ("expert", "002: JSD (bits) of the clusters of the expert's logit-lens tokens vs the layer's"),
+    "jsd_functional": ("expert", ("002: JSD (bits) of the clusters of the expert's logit-lens tokens (final norm "
+                                 "applied) vs the layer's")),
     "jsd_functional_random": ("expert", "002: the same for a random expert with as many logit-lens tokens"),
 }
 ALWAYS = ("af", "prob", "score", "explen", "psn", "reap", "esft_token", "esft_gate", "routed")
@@ -247,7 +250,7 @@ class RoutingScorer:
         out["psn"] = M.score_times_norm(arrays["contribution"], t)
         out["reap"] = M.reap_saliency(arrays["contribution"], arrays["selected"])
         out["esft_token"] = M.esft_token_score(arrays["selected"])
-        out["esft_gate"] = M.esft_gate_score(arrays["gate"])
+        out["esft_gate"] = M.esft_gate_score(arrays["gate"], t)
         out["routed"] = arrays["selected"]
         self._general(out, arrays, tokens)
         self._skew(out)
