@@ -23,9 +23,9 @@ def header_extra(scorer: RoutingScorer, computed: dict) -> dict:
     general = {"kind": opts.general}
     if opts.general not in ("rest", "trace"):
         general = {"kind": "domain", "domain": opts.general}
-    return {
+    extra = {
         "source": SCORES_SOURCE,
-        "layers": list(trace["layers"]),
+        "layers": list(scorer.layers),
         "num_experts": trace["num_experts"],
         "top_k": trace["top_k"],
         "domain_field": opts.domain_field,
@@ -38,10 +38,15 @@ def header_extra(scorer: RoutingScorer, computed: dict) -> dict:
                     "clusters": opts.clusters if opts.model_dir else None, "jsd_draws": opts.jsd_draws},
         "inputs": scorer.inputs,
     }
+    if scorer.fold is not None:   # one record per router: which layers each one routes
+        extra["shared_routers"] = [members for members in scorer.fold.shared.values()]
+    return extra
 
 
-def expert_records(computed: dict, layers: list[int], min_ratio: float):
-    """One ``expert`` record per (layer, expert), layers then experts ascending."""
+def expert_records(computed: dict, layers: list[int], min_ratio: float, shared: dict | None = None):
+    """One ``expert`` record per (layer, expert), layers then experts ascending; ``layers`` are the
+    router layers and ``shared`` (router layer -> the layers it routes) adds ``shared_layers``."""
+    shared = shared or {}
     domains = computed["domains"]
     per_domain = [name for name in ("af", "prob", "das", "score", "explen", "psn", "reap", "esft_token",
                                     "esft_gate") if name in computed]
@@ -51,6 +56,8 @@ def expert_records(computed: dict, layers: list[int], min_ratio: float):
     for li, layer in enumerate(layers):
         for expert in range(n_experts):
             record = {"type": "expert", "layer": int(layer), "expert": expert, "domains": {}}
+            if int(layer) in shared:
+                record["shared_layers"] = list(shared[int(layer)])
             for d, domain in enumerate(domains):
                 values = {name: _num(computed[name][d, li, expert]) for name in per_domain}
                 values["routed"] = int(computed["routed"][d, li, expert])
@@ -78,7 +85,7 @@ def expert_records(computed: dict, layers: list[int], min_ratio: float):
 
 
 def end_summary(scorer: RoutingScorer, computed: dict, q_threshold: float = 0.05) -> dict:
-    sums, layers = scorer.sums, scorer.header["layers"]
+    sums, layers = scorer.sums, scorer.layers
     summary = {
         "sequences": scorer.sequences,
         "tokens": {d: int(t) for d, t in zip(computed["domains"], computed["tokens"])},
