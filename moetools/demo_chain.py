@@ -35,7 +35,8 @@ from .demo_smollm2 import SHOWN_PER_MODEL, label_and_judge_shown
 from .errors import MoetoolsError
 
 #: domain-label shuffles of the skew permutation test (moe-score's default; ~1 s on the demo MONET's
-#: 4 x 256 experts): with B shuffles p ≥ 1/(B+1), so BH over a thousand experts needs B in the thousands
+#: 256 experts, one router for its 4 layers): with B shuffles p ≥ 1/(B+1), so BH over hundreds of
+#: experts needs B in the thousands
 DEMO_PERMUTATIONS = 1000
 #: the demo models' training sequence length
 EVAL_MAX_LENGTH = 256
