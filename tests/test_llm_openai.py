@@ -305,7 +305,7 @@ def test_rate_limit_schedules_request_starts_one_interval_apart():
 
 def test_rate_limit_spaces_request_starts(tmp_path, stub):
     # every request of a real run (retries included) waits for its turn on the limiter's own clock
-    from moetools.llm import Request, complete_batch, make_client
+    from moetools.llm import ask_batch, make_client
     from moetools.llm.openai import RateLimiter
 
     assert explain(tmp_path, stub, "--rate", "20", "--concurrency", "6").exit_code == 0
@@ -315,8 +315,9 @@ def test_rate_limit_spaces_request_starts(tmp_path, stub):
     clock = ManualClock()
     client.limiter = RateLimiter(client.options.rate, clock=clock, sleep=clock.sleep)
     stub.faults = [None] * 3 + ["500"]
-    answers = complete_batch(client, [Request([{"role": "user", "content": f"<<w{i}>>"}]) for i in range(6)])
-    assert all(not isinstance(answer, Exception) for answer in answers)
+    answers = ask_batch(client, [[{"role": "user", "content": f"<<w{i}>>"}] for i in range(6)],
+                        lambda completion: (completion.text, None))
+    assert all(answer.ok for answer in answers)
     assert client.accounting.requests == 7 and client.accounting.retries == 1
     assert clock.sleeps == pytest.approx([0.05 * i for i in range(1, 7)])
 

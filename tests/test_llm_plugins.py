@@ -112,25 +112,39 @@ def test_llm_and_explain_do_not_import_each_other_in_a_cycle():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def test_the_batch_api_for_other_tools(tmp_path):
-    """What moe-score will call: make_client + complete_batch, cached, failures per request."""
+def test_one_exchange_for_every_tool(tmp_path):
+    """moetools.llm.ask: send, parse, ask again with the reason, cache what parses, record what failed."""
     from llm_stub import LLMStub
 
-    from moetools.llm import BackendError, Request, ResponseCache, complete_batch, make_client
+    from moetools.llm import ResponseCache, ask_batch, make_client
+
+    def parse(completion):
+        words = completion.text.split()
+        return (words[1], None) if words[0] == "yes" else (None, "say yes")
+
+    def reask(messages, text, why):
+        return messages + [{"role": "assistant", "content": text}, {"role": "user", "content": why}]
+
+    def answer(body):
+        first, last = body["messages"][0]["content"], body["messages"][-1]["content"]
+        return "no" if first == "shy" and last != "say yes" else "yes " + first
 
     with LLMStub() as stub:
         stub.rule = lambda body: "500" if body["messages"][0]["content"] == "fail" else None
-        stub.answer = lambda body: "yes " + body["messages"][0]["content"]
+        stub.answer = answer
         options = {"api_base": stub.url, "model": "stub-model", "concurrency": 4, "max_retries": 0}
         client = make_client("openai", options)
         client.prepare()
-        requests = [Request([{"role": "user", "content": text}]) for text in ("a", "b", "fail", "c")]
+        prompts = [[{"role": "user", "content": text}] for text in ("a", "shy", "fail", "c")]
         cache = ResponseCache(tmp_path, namespace="score")
-        answers = complete_batch(client, requests, cache=cache)
-        assert [a.text for a in answers if not isinstance(a, BackendError)] == ["yes a", "yes b", "yes c"]
-        assert isinstance(answers[2], BackendError) and answers[2].kind == "http"
-        assert answers[0].finish_reason == "stop" and not answers[0].cached and answers[0].usage.completion_tokens == 2
+        answers = ask_batch(client, prompts, parse, attempts=2, cache=cache, reask=reask)
+        assert [a.value for a in answers] == ["a", "shy", None, "c"]
+        assert answers[1].attempts == 2 and answers[1].messages[-1] == {"role": "user", "content": "say yes"}
+        assert answers[2].kind == "http" and answers[2].requests == 1 and "500" in answers[2].error
+        assert answers[0].completion.finish_reason == "stop" and answers[0].completion_tokens == 2
+        assert (client.accounting.answer_retries, client.accounting.failures, client.accounting.requests) == (1, 1, 5)
         again = make_client("openai", options)
-        answers = complete_batch(again, requests[:2], cache=cache)
-        assert all(a.cached for a in answers) and again.accounting.cache_hits == 2 and again.accounting.requests == 0
+        answers = ask_batch(again, prompts[:2], parse, attempts=2, cache=cache, reask=reask)
+        assert [a.value for a in answers] == ["a", "shy"] and answers[1].cache_hits == 1
+        assert again.accounting.cache_hits == 2 and again.accounting.requests == 1     # "shy"'s first answer: "no"
         assert (tmp_path / "score").is_dir()
