@@ -148,3 +148,19 @@ def test_one_exchange_for_every_tool(tmp_path):
         assert [a.value for a in answers] == ["a", "shy"] and answers[1].cache_hits == 1
         assert again.accounting.cache_hits == 2 and again.accounting.requests == 1     # "shy"'s first answer: "no"
         assert (tmp_path / "score").is_dir()
+
+
+def test_every_llm_command_takes_the_same_llm_options():
+    """moe-explain, moe-score (judge) and moe-probe causal: one option bundle, the same names everywhere."""
+    from moetools.cli.explain import command as explain
+    from moetools.cli.llm_options import BACKEND_FLAGS, LOCAL_FLAGS
+    from moetools.cli.probe import causal
+    from moetools.cli.score import command as score
+
+    common = {"--backend", "--model", "-O", "--attempts", "--cache-dir", "--no-cache", "--refresh"}
+    common |= {flag for flag, *_ in BACKEND_FLAGS if flag not in LOCAL_FLAGS}
+    for command in (explain, score, causal):
+        flags = {name for param in command.params if not getattr(param, "hidden", False) for name in param.opts}
+        assert common <= flags, (command.name, common - flags)
+    hidden = {name for param in causal.params if getattr(param, "hidden", False) for name in param.opts}
+    assert hidden == {"--llm-model"}
