@@ -35,6 +35,8 @@ class EchoClient(CompletionClient):
 
     async def complete(self, messages, *, temperature=None, max_tokens=None, answer_prefix=None):
         self.accounting.requests += 1
+        if "comma-separated list of the examples" in messages[0]["content"]:   # moe-score's judge prompt
+            return Completion(text="1, 2", finish_reason="stop", usage=Usage(7, 2))
         word = self.options.word.upper() if self.options.shout else self.options.word
         return Completion(text=f"This expert specializes in {word} and {len(messages)} messages.",
                           finish_reason="stop", usage=Usage(7, 5))
@@ -54,11 +56,11 @@ def make_plugin_package(root: Path) -> Path:
     return site
 
 
-def moe_explain(*args, site: Path | None = None):
+def moe_explain(*args, site: Path | None = None, tool: str = "moe-explain"):
     env = {**os.environ, "MOETOOLS_PYTHON": sys.executable}
     if site is not None:
         env["PYTHONPATH"] = str(site)
-    return subprocess.run([str(ROOT / "bin" / "moe-explain"), *map(str, args)], env=env, capture_output=True,
+    return subprocess.run([str(ROOT / "bin" / tool), *map(str, args)], env=env, capture_output=True,
                           text=True, timeout=120, check=False)
 
 
@@ -82,6 +84,17 @@ def test_a_third_party_backend_is_found_by_its_entry_point(tmp_path):
     # an option the plugin does not declare is refused like any built-in's
     refused = moe_explain(tmp_path / "s.msgpack.zst", "--backend", "echo", "--api-base", "http://x/v1", site=site)
     assert refused.returncode == 2 and "--api-base does not apply to backend echo" in refused.stderr
+    # the same backend judges labels in moe-score, with the same option names (nothing else to add)
+    from judge_fixture import write_labels as write_judge_labels
+    from judge_fixture import write_samples as write_judge_samples
+
+    write_judge_samples(tmp_path / "j.samples.jsonl")
+    write_judge_labels(tmp_path / "j.labels.jsonl")
+    judged = moe_explain(tmp_path / "j.samples.jsonl", "--labels", tmp_path / "j.labels.jsonl", "--backend", "echo",
+                         "-O", "word=loops", "--no-baseline", "--cache-dir", tmp_path / "cache", "-o",
+                         tmp_path / "judged.jsonl", site=site, tool="moe-score")
+    assert judged.returncode == 0, judged.stderr
+    assert "8 judged, 0 failed" in judged.stderr and "requests 8" in judged.stderr
 
 
 def test_builtins_are_declared_in_pyproject_and_listed_from_the_registry():
