@@ -146,7 +146,8 @@ def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, con
 @click.argument("model", type=click.Path(file_okay=False))
 @click.argument("labels", type=click.Path(dir_okay=False, allow_dash=True))
 @output_options(default_format="jsonl")
-@llm_options(backend_default="openai", local=False, model="llm_model", max_tokens_default=256, attempts_default=3,
+@llm_options(backend_default="openai", local=False, model="llm_model", max_tokens_default=256,
+             attempts_default=3,
              backend_help="Who proposes triggers/targets: an LLM backend (openai, local, a plugin's) or 'offline' "
                           "(the fallback: the labels' own top tokens and logit-lens tokens, no LLM).",
              attempts_help="answers asked for per label (a refused answer is asked again with the reason)",
