@@ -87,7 +87,8 @@ def llm_options(*, backend_default: str | None, backend_help: str, attempts_help
     """Add the LLM options to a click command, which gets them as one :class:`LLMFlags` (keyword ``llm``).
 
     ``model=False``: the command has its own ``--model`` (moe-score: the routing model, also the
-    judge's); ``model="llm_model"``: the python name of --model's value (moe-probe has an argument MODEL); ``local=False``: leaves out --batch-size/--device (moe-probe's --device is its model's);
+    judge's); ``model="llm_model"``: the python name of --model's value (moe-probe has an argument
+    MODEL); ``local=False``: leaves out --batch-size/--device (moe-probe's --device is its model's);
     ``prefix``: put before each help text ("Judge"); ``max_tokens_default``/``attempts_default``: the
     defaults the library applies, shown in the help; ``deprecated``: hidden alias -> flag.
     """
@@ -107,7 +108,8 @@ def llm_options(*, backend_default: str | None, backend_help: str, attempts_help
         if flag == "--max-tokens" and max_tokens_default is not None:
             words = words[:-1] + f" [default: {max_tokens_default}]."
         options.append(click.option(flag, names[flag], type=kind, default=None, help=text(scope, words)))
-    aliases = {"deprecated_" + param_name(alias): (alias, param_name(flag)) for alias, flag in (deprecated or {}).items()}
+    aliases = {"deprecated_" + param_name(alias): (alias, param_name(flag))
+               for alias, flag in (deprecated or {}).items()}
     for name, (alias, option_name) in aliases.items():
         options.append(click.option(alias, name, type=str, default=None, hidden=True,
                                     help=f"Deprecated: use --{option_name.replace('_', '-')}."))
