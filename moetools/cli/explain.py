@@ -5,7 +5,17 @@ from __future__ import annotations
 import click
 
 from ..errors import MoetoolsError, UsageError
-from .common import input_argument, open_stream_writer, output_options, progress, read_input, say, tool, warn
+from .common import (
+    input_argument,
+    open_stream_writer,
+    output_guard,
+    output_options,
+    progress,
+    read_input,
+    say,
+    tool,
+    warn,
+)
 
 EXAMPLE = """\
 moe-explain samples.msgpack.zst --backend offline -o labels.jsonl
@@ -32,6 +42,10 @@ BACKEND_FLAGS = (
     ("--device", str, "local, self: torch device."),
 )
 BACKEND_PARAMS = tuple(flag[2:].replace("-", "_") for flag, _, _ in BACKEND_FLAGS)
+
+
+EXPLAIN_FORCE_HELP = ("Start OUTPUT over instead of continuing it (an existing OUTPUT of moe-explain is continued: its "
+                      "labels are kept); only an output this suite wrote is replaced, never an input.")
 
 
 def backend_options(function):
@@ -78,6 +92,7 @@ def parse_pairs(pairs) -> dict:
               help="Ask again even when the cache has an answer (and store the new one).")
 @click.option("--strict", is_flag=True,
               help="Exit 1 when any expert failed (other than for having no examples); the labels are written.")
+@output_guard(continues=True, pass_force=True, force_help=EXPLAIN_FORCE_HELP)
 def command(input, output, fmt, uncompressed, backend, list_backends, backend_option, domain, experts_file,
             max_examples,
             logit_lens_top, attempts, cache_dir, no_cache, refresh, strict, **flags):
@@ -119,6 +134,7 @@ def command(input, output, fmt, uncompressed, backend, list_backends, backend_op
     )
     from ..explain.output import previous_labels
 
+    force = flags.pop("force")
     if list_backends:
         click.echo(describe_backends())
         return
@@ -140,11 +156,11 @@ def command(input, output, fmt, uncompressed, backend, list_backends, backend_op
             settings["domain_text"] = domain_spec.system_addition()
         return settings
 
-    if explainer.model is not None or not explainer.uses_chat_prompt:
+    if not force and (explainer.model is not None or not explainer.uses_chat_prompt):
         previous_labels(output, explain_settings())  # refuse a mixed output before contacting anyone
     explainer.prepare()
     header_settings = explain_settings()
-    kept = previous_labels(output, header_settings)
+    kept = [] if force else previous_labels(output, header_settings)
     done = {(int(label["layer"]), int(label["expert"])) for label in kept}
 
     reader = read_input(input, kinds="samples", validate=True)  # formats/samples.md, field by field

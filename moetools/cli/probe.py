@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from .common import output_options, progress, say, subcommand_verbosity, tool_group, warn
+from .common import output_guard, output_options, progress, say, subcommand_verbosity, tool_group, warn
 
 EXAMPLE = """\
 moe-probe neurons .moetools/models/moe corpus.jsonl -o probe.jsonl
@@ -74,6 +74,7 @@ def command():
 @click.option("--id-field", default="id", show_default=True, help="Corpus field holding the document id.")
 @click.option("--device", default="cpu", show_default=True, help="Device to run the model on.")
 @click.option("--dtype", default="float32", show_default=True, help="Model dtype (float32, bfloat16, auto).")
+@output_guard()
 def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, concept_file, domain_field, min_count,
             test_fraction, reservoir, max_length, batch_tokens, seed, shuffle_labels, text_field, id_field, device, dtype):
     """k-sparse probing of expert (or dense FFN) neurons on token concepts (paper 002).
@@ -169,6 +170,7 @@ def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, con
 @click.option("--refresh", is_flag=True, help="Ask again even when the cache has an answer.")
 @click.option("--device", default="cpu", show_default=True, help="Device to run the model on.")
 @click.option("--dtype", default="float32", show_default=True, help="Model dtype (float32, bfloat16, auto).")
+@output_guard()
 def causal(model, labels, output, fmt, uncompressed, backend, llm_model, api_base, api_key_env, concurrency,
            max_tokens, temperature, backend_option, attempts, triggers, targets, shuffles, seed, max_length,
            cache_dir, no_cache, refresh, device, dtype):
