@@ -143,7 +143,7 @@ def create_output(path: str | os.PathLike | None, *, binary_ok_on_tty: bool = Fa
 def create_directory(path: str | os.PathLike, *, tool: str | None = None) -> Iterator[Path]:
     """A directory output (a checkpoint, a model copy): yields ``NAME.partial/``, swapped in for ``path`` on success.
 
-    ``NAME.partial/`` is made (parents too, modes as the umask says) with the suite's marker
+    ``NAME.partial/`` is made (parents too; its files get the modes the umask gives) with the suite's marker
     (:data:`moetools.streams.outputs.MARKER`), after removing a stale one the suite wrote. On
     success it is exchanged atomically with an existing ``path``
     (:func:`moetools.streams.outputs.publish_directory`: a kill at any moment leaves the old or the
@@ -152,7 +152,13 @@ def create_directory(path: str | os.PathLike, *, tool: str | None = None) -> Ite
     ``NAME.partial/`` is removed (kept on an interrupt, as :func:`create_output` does) and ``path``
     is left untouched.
     """
-    from .outputs import publish_directory, recover_directory, remove_suite_directory, write_marker
+    from .outputs import (
+        apply_umask,
+        publish_directory,
+        recover_directory,
+        remove_suite_directory,
+        write_marker,
+    )
 
     target = Path(path)
     recover_directory(target)
@@ -166,6 +172,7 @@ def create_directory(path: str | os.PathLike, *, tool: str | None = None) -> Ite
         if not isinstance(error, KeyboardInterrupt):
             shutil.rmtree(temporary, ignore_errors=True)
         raise
+    apply_umask(temporary)  # safetensors writes 0600: the modes any new file gets (0644 under umask 022)
     publish_directory(temporary, target)
 
 

@@ -163,6 +163,31 @@ def check_outputs_of(paths: Iterable, **kwargs) -> None:
         check_output(path, **kwargs)
 
 
+# -- modes: what the umask says, as for any file the user creates ------------------------------------------
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where it is, without changing it; else set and restored)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(directory) -> None:
+    """Give ``directory`` and everything in it the modes the umask gives new files (0644 / 0755 under umask
+    022): safetensors writes its files 0600, which another user of a shared cluster cannot read."""
+    mask = current_umask()
+    for root, directories, names in os.walk(directory):
+        os.chmod(root, 0o777 & ~mask)
+        for name in names:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
 # -- replacing a directory atomically ----------------------------------------------------------------
 
 def aside_path(target) -> Path:
@@ -258,12 +283,14 @@ def prepare_training_directory(path, *, inputs: Iterable = (), force: bool = Fal
 
 
 def finish_training_directory(path) -> None:
-    """The new run is complete: the output it replaced (``NAME.old``) goes."""
+    """The new run is complete: modes as the umask says (:func:`apply_umask`), and the output it replaced
+    (``NAME.old``) goes."""
+    apply_umask(path)
     with contextlib.suppress(UsageError):
         remove_suite_directory(aside_path(path))
 
 
-__all__ = ["CONTINUE", "MARKER", "NEW", "REPLACE", "REPORT_GENERATOR", "aside_path", "check_not_an_input",
+__all__ = ["CONTINUE", "MARKER", "NEW", "REPLACE", "REPORT_GENERATOR", "apply_umask", "aside_path", "check_not_an_input",
            "check_output", "finish_training_directory", "is_suite_directory", "is_suite_file",
            "prepare_training_directory", "publish_directory", "recover_directory", "remove_suite_directory",
            "write_marker"]
