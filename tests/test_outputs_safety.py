@@ -23,6 +23,7 @@ from moetools.cli import main as moetools_cli
 from moetools.streams.outputs import MARKER
 
 WORDS = [f"w{i}" for i in range(20)]
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run(command, args):
@@ -288,3 +289,113 @@ def test_masked_directory_modes_follow_the_umask(world, tmp_path):
     assert out.stat().st_mode & 0o777 == 0o755
     modes = {path.name: path.stat().st_mode & 0o777 for path in out.iterdir()}
     assert "model.safetensors" in modes and set(modes.values()) == {0o644}, modes
+
+
+# -- a --force replacement killed at any moment leaves the old or the new output, complete ----------------
+
+def _run_bin(arguments: list, env=None):
+    import subprocess
+    import time
+
+    started = time.monotonic()
+    done = subprocess.run([str(REPO / "bin" / str(arguments[0])), *map(str, arguments[1:])], capture_output=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return time.monotonic() - started
+
+
+def _killed_at(arguments: list, delay: float) -> None:
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen([str(REPO / "bin" / str(arguments[0])), *map(str, arguments[1:])],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+
+
+def _replacements_killed_at_random(tmp_path, out, versions: dict, runs: int, seed: int) -> list[str]:
+    """``versions``: name -> arguments writing that version to ``out`` (without --force). Kills ``runs``
+    --force replacements at random moments; after each, ``out`` must be the old or the new version whole,
+    and a rerun must complete the replacement. Returns what each kill left ("old" / "new")."""
+    import random
+
+    rng = random.Random(seed)
+    complete, took = {}, {}
+    for name, arguments in versions.items():
+        took[name] = _run_bin([*arguments, "--force"])
+        complete[name] = tree_hashes(out)
+    assert len({json.dumps(v, sort_keys=True) for v in complete.values()}) == len(versions)
+    names, current, seen = list(versions), list(versions)[-1], []
+    for run_index in range(runs):
+        target = names[run_index % len(names)] if names[run_index % len(names)] != current else \
+            names[(run_index + 1) % len(names)]
+        _killed_at([*versions[target], "--force"], rng.uniform(0, took[target] * 1.1))
+        left = tree_hashes(out)
+        assert left in (complete[current], complete[target]), f"run {run_index}: neither the old nor the new output"
+        seen.append("old" if left == complete[current] else "new")
+        _run_bin([*versions[target], "--force"])  # a rerun recovers (a stale NAME.partial is the suite's)
+        assert tree_hashes(out) == complete[target]
+        current = target
+    return seen
+
+
+@pytest.mark.slow
+def test_force_replacements_killed_at_random_points_leave_old_or_new_complete(tmp_path):
+    """20 --force replacements (a file, moe-cat; a directory, corpus build) killed with SIGKILL at random moments."""
+    trace = tmp_path / "big.trace.jsonl"
+    trace.write_bytes((REPO / "formats" / "examples" / "samples" / "trace.jsonl").read_bytes() * 200)
+    out = tmp_path / "copy"
+    seen = _replacements_killed_at_random(tmp_path, out, {
+        "jsonl": ["moe-cat", trace, "--format", "jsonl", "-o", out],
+        "msgpack": ["moe-cat", trace, "--format", "msgpack", "-o", out]}, runs=10, seed=0)
+    code = tmp_path / "code"
+    code.mkdir()
+    for index in range(30):
+        (code / f"m{index}.py").write_text("".join(f"def f{index}_{n}(x):\n    return x * {n}\n\n\n" for n in range(80)))
+    corpus = tmp_path / "corpus"
+    common = ["moetools", "corpus", "build", "--domains", "code", "--source-root", f"code={code}", "-q", "-o", corpus]
+    seen += _replacements_killed_at_random(tmp_path, corpus, {
+        "small": [*common, "--max-tokens-per-domain", "2000"],
+        "large": [*common, "--max-tokens-per-domain", "0"]}, runs=10, seed=1)
+    assert len(seen) == 20
+
+
+def test_without_an_atomic_exchange_a_kill_between_the_renames_is_recovered(tmp_path, monkeypatch):
+    """File systems without renameat2(RENAME_EXCHANGE): the old directory waits as NAME.old for the moment of
+    the swap, and the next run (or check) puts it back when the kill came before the new one was renamed in."""
+    from moetools.streams import outputs
+    from moetools.streams.files import create_directory
+
+    monkeypatch.setattr(outputs, "_exchange", lambda first, second: False)
+    target = tmp_path / "out"
+    with create_directory(target) as partial:
+        (partial / "a").write_text("old")
+    with create_directory(target) as partial:
+        (partial / "a").write_text("new")
+    assert (target / "a").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    os.rename(target, outputs.aside_path(target))  # killed between the two renames
+    assert outputs.check_output(target, force=True, directory=True) == outputs.REPLACE
+    assert (target / "a").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_what_force_may_replace(world, tmp_path):
+    from moetools.streams.outputs import is_suite_directory, is_suite_file
+
+    ours = [world.trace, world.samples, world.labels, world.scores, world.experts]
+    assert all(is_suite_file(path) for path in ours)
+    report_page = tmp_path / "report.html"
+    assert run(report.command, [world.labels, "-o", report_page]).exit_code == 0 and is_suite_file(report_page)
+    (tmp_path / "empty").write_bytes(b"")
+    assert is_suite_file(tmp_path / "empty")
+    foreign = {"esft.json": json.dumps({"experts": {"1": [0, 3]}}), "notes.txt": "mine\n",
+               "page.html": "<!DOCTYPE html><html><body>mine</body></html>\n", "config.json": "{}\n",
+               "truncated.zst": world.trace.read_bytes()[:3]}
+    for name, text in foreign.items():
+        (tmp_path / name).write_text(text) if isinstance(text, str) else (tmp_path / name).write_bytes(text)
+        assert not is_suite_file(tmp_path / name), name
+    assert is_suite_directory(world.adapter) and not is_suite_directory(world.model)
+    (tmp_path / "empty-dir").mkdir()
+    assert is_suite_directory(tmp_path / "empty-dir")
