@@ -179,6 +179,7 @@ def _prepare_output(options: TrainOptions, dist: _Distributed) -> Path:
     inputs = [p for p in (options.data, options.tokenizer) if p not in (None, "-")]
     if not options.resume:  # never an input; an existing OUTPUT only with --force (formats/README.md, "Outputs")
         check_output(out, inputs=inputs, force=options.force, directory=True)
+    dist.barrier()  # every process has checked OUTPUT before the first one changes it
     if dist.main:
         prepare_training_directory(out, inputs=inputs, force=options.force, resume=options.resume,
                                    complete_file=METADATA_NAME, tool="monet-train")

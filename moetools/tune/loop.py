@@ -147,6 +147,7 @@ class Tuner:
                        if p not in (None, "-")]
         if not options.resume:
             check_output(self.out, inputs=self.inputs, force=options.force, directory=True)
+        self.dist.barrier()  # every process has checked OUTPUT before the first one changes it
         self.run_id = uuid.uuid4().hex  # tune.json and the checkpoint name the run they belong to
         loaded = load_model(options.model, dtype=options.dtype, device=str(self.dist.device), train=True)
         self.model, self.tokenizer, self.adapter = loaded
