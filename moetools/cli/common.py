@@ -248,7 +248,7 @@ def output_options(default_format: str = "msgpack"):
 
 
 FORCE_HELP = ("Replace OUTPUT if it exists, atomically; only an output this suite wrote is replaced, never an "
-              "input or a file or directory moetools did not write.")
+              "input or a file or directory moetools did not write (moe-formats(5), OUTPUTS).")
 
 
 def path_inputs(ctx, exclude=("output",)) -> list[str]:

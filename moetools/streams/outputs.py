@@ -93,7 +93,7 @@ def is_suite_file(path) -> bool:
         head = handle.read(_PEEK_BYTES)
     if not head:
         return True
-    if _is_stream(path):
+    if _is_stream(path, head):
         return True
     if REPORT_GENERATOR.encode("ascii") in head[:4096] and head.lstrip().lower().startswith(b"<!doctype html>"):
         return True
@@ -111,10 +111,16 @@ def is_suite_file(path) -> bool:
     return False
 
 
-def _is_stream(path: Path) -> bool:
+def _is_stream(path: Path, head: bytes) -> bool:
     """A moetools stream: its header record reads (the rest may be truncated)."""
     from ..errors import MoetoolsError
-    from .reader import StreamReader
+    from .reader import ZSTD_MAGIC, StreamReader
+
+    if head.lstrip()[:1] == b"{" and b"\n" not in head:
+        return False  # JSON lines: the header is one short line (a long JSON document is not read whole here)
+    if not head.startswith(ZSTD_MAGIC) and head.lstrip()[:1] != b"{" and not 0x80 <= head[0] <= 0x8F \
+            and head[0] not in (0xDE, 0xDF):
+        return False
 
     try:
         with open(path, "rb") as handle:
