@@ -38,9 +38,10 @@ EXIT_STATUS_TEXT = """\
 0    success.
 1    runtime failure (a model, network or file-system error, or anything unexpected).
 2    usage error or invalid input: bad options, a file that is not a valid stream, a stream of the
-     wrong kind, segments from different models, an unsupported format version; an -o that is an
-     input, holds one or lies inside one, that exists (without --force), or that moetools did not
-     write (even with --force; moe-formats(5), OUTPUTS).
+     wrong kind, segments from different models, an unsupported format version, a model directory
+     whose weights do not belong to its config (a tensor missing, unexpected or of another shape);
+     an -o that is an input, holds one or lies inside one, that exists (without --force), or that
+     moetools did not write (even with --force; moe-formats(5), OUTPUTS).
 3    truncated input: a stream that ends before its end record, or inside a record or zstd frame.
 130  interrupted (Ctrl-C, SIGINT). Every tool leaves the stream files written so far under their
      temporary names (NAME.partial, never renamed into place): complete records without an end
