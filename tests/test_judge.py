@@ -320,7 +320,7 @@ def test_join_writes_edmrs_and_moe_select_picks_by_it(run_tool, inputs, stub):
     result = run_tool(moe_select, [str(joined), "--by", "edmrs", "--domain", "code", "--top", "1", "-o", str(out)])
     assert result.exit_code == 0, result.stderr
     assert json.loads(out.read_text())["experts"] == {"0": [3], "1": [3]}
-    result = run_tool(moe_select, [str(joined), "--by", "ems", "--threshold", "0.9", "-o", str(out)])
+    result = run_tool(moe_select, [str(joined), "--by", "ems", "--threshold", "0.9", "-o", str(out), "--force"])
     assert result.exit_code == 0, result.stderr
     assert json.loads(out.read_text())["experts"] == {"0": [0, 1, 2, 3], "1": [0, 1, 2, 3]}
 

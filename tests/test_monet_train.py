@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 import moetools.models.monet  # noqa: F401  (registers MONET with the Auto classes)
 from moetools.cli.monet_train import command
+from moetools.streams.outputs import MARKER
 from moetools.train.state import flatten_optimizer_state, unflatten_optimizer_state
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,7 +113,7 @@ def test_resume_continues_the_loss_curve_exactly(tmp_path, corpus):
     saved = json.loads((split / "checkpoint" / "trainer_state.json").read_text())
     assert saved["step"] == 3 and saved["data_position"]["samples_seen"] == 12
     assert sorted(p.name for p in (split / "checkpoint").iterdir()) == [
-        "model.safetensors", "optimizer.json", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"]
+        MARKER, "model.safetensors", "optimizer.json", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"]
     second = run([*args, "-o", str(split), "--resume"])
     assert second.exit_code == 0, second.output
     losses = {r["step"]: r["loss"] for r in train_log(straight) if r["type"] == "train"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import progress, say, tool
+from .common import output_guard, progress, say, tool
 
 EXAMPLE = """\
 moe-mask models/olmoe --experts offensive.json -o masked/
@@ -18,9 +18,9 @@ lm_eval --model hf --model_args pretrained=masked/ --tasks my_local_task"""
               help="experts.json (formats/experts.md, ESFT's layout): the experts to mask, per decoder layer.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Output model directory; written under a temporary name beside it and renamed when complete.")
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True, help="Weights' dtype in the output (auto: as stored).")
+@output_guard(directory=True, pass_force=True)
 def command(model, experts_path, output, force, dtype):
     """Remove experts from MODEL so that any evaluator measures the effect.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from .common import output_options, progress, say, subcommand_verbosity, tool_group, warn
+from .common import output_guard, output_options, progress, say, subcommand_verbosity, tool_group, warn
 from .llm_options import llm_options
 
 EXAMPLE = """\
@@ -75,6 +75,7 @@ def command():
 @click.option("--id-field", default="id", show_default=True, help="Corpus field holding the document id.")
 @click.option("--device", default="cpu", show_default=True, help="Device to run the model on.")
 @click.option("--dtype", default="float32", show_default=True, help="Model dtype (float32, bfloat16, auto).")
+@output_guard()
 def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, concept_file, domain_field, min_count,
             test_fraction, reservoir, max_length, batch_tokens, seed, shuffle_labels, text_field, id_field, device, dtype):
     """k-sparse probing of expert (or dense FFN) neurons on token concepts (paper 002).
@@ -160,6 +161,7 @@ def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, con
 @click.option("--max-length", default=128, show_default=True, type=int, help="Most tokens of a trigger.")
 @click.option("--device", default="cpu", show_default=True, help="Device to run the model on.")
 @click.option("--dtype", default="float32", show_default=True, help="Model dtype (float32, bfloat16, auto).")
+@output_guard()
 def causal(model, labels, output, fmt, uncompressed, llm, triggers, targets, shuffles, seed, max_length, device,
            dtype):
     """Trigger/target attribution of labels (paper 002): does a label predict what its expert does?

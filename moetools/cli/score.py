@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..errors import UsageError
-from .common import open_stream_writer, progress, read_input, say, tool, warn
+from .common import open_stream_writer, output_guard, progress, read_input, say, tool, warn
 from .score_judge import judge_options, pop_judge_flags
 
 EXAMPLE = """\
@@ -74,6 +74,7 @@ def parse_metrics(text: str | None):
 @click.option("--table-top", default=10, show_default=True, type=click.IntRange(1),
               help="Rows per domain of --format table.")
 @judge_options
+@output_guard()
 def command(traces, output, fmt, uncompressed, general, rc_against, metrics, document_memory, cdas_k,
             table_by, table_top, **options):
     """Routing statistics of every expert from one or more traces, in one pass.

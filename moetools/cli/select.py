@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from .common import read_input, say, tool, tool_info
+from .common import output_guard, read_input, say, tool, tool_info
 
 EXAMPLE = """\
 moe-select routing.scores.jsonl --by das --domain medical --top 16 > medical.json
@@ -48,6 +48,7 @@ OPERATIONS = ("union", "intersect", "minus", "complement")
               help="complement of a set without a model block (an ESFT file): experts per layer.")
 @click.option("--layers", default=None, metavar="IDS",
               help="complement of a set without a model block: its MoE layers, e.g. 1-26.")
+@output_guard()
 def command(inputs, output, num_experts, layers, **options):
     """Turn scores into an expert set, or combine expert sets.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import ToolGroup, progress, say, subcommand_verbosity, tool_group
+from .common import ToolGroup, output_guard, progress, say, subcommand_verbosity, tool_group
 
 EXAMPLE = """\
 moe-tune model/ --data medical.train.jsonl --eval medical.val.jsonl general.val.jsonl \\
@@ -13,6 +13,8 @@ moe-tune model/ --data medical.train.jsonl --mode das-two-stage --general genera
 torchrun --nproc-per-node 2 -m moetools.tune model/ --data medical.train.jsonl --mode lora -o tuned/
 moe-tune merge tuned/ -o merged/"""
 
+TRAIN_FORCE_HELP = ("Start over in an existing OUTPUT this suite wrote: it is renamed to OUTPUT.old and removed "
+                    "when the new run is complete (without --force or --resume an existing OUTPUT is refused).")
 MODES = ("full", "experts", "attention-router", "das-two-stage", "lora", "lora-experts")  # = moetools.tune.MODES
 
 
@@ -113,6 +115,7 @@ command.__class__ = TuneGroup  # tool_group builds a ToolGroup; this one implies
               help="Weights while training (on a GPU with bf16, the forward runs under bf16 autocast).")
 @click.option("--text-field", default="text", show_default=True, help="JSON field holding the text.")
 @click.option("--domain-field", default="domain", show_default=True, help="JSON field naming the domain.")
+@output_guard(directory=True, resume_flag="resume", pass_force=True, force_help=TRAIN_FORCE_HELP)
 def train_command(model, data, eval_files, output, **options):
     """Fine-tune MODEL on --data; write an adapter to OUTPUT.
 
@@ -143,7 +146,8 @@ def train_command(model, data, eval_files, output, **options):
 @click.option("--base", type=click.Path(file_okay=False), help="The base model [the path in ADAPTER/tune.json].")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True, help="Weights of the merged checkpoint (auto: the base's).")
-def merge_command(adapter, output, base, dtype):
+@output_guard(directory=True, pass_force=True)
+def merge_command(adapter, output, base, dtype, force):
     """Merge ADAPTER into its base model; AutoModelForCausalLM.from_pretrained loads OUTPUT.
 
     The merged config carries `moetools_tuned` (base fingerprint, mode, adapter), so the
@@ -151,7 +155,7 @@ def merge_command(adapter, output, base, dtype):
     """
     from ..tune import merge
 
-    provenance = merge(adapter, output, base=base, dtype=dtype)
+    provenance = merge(adapter, output, base=base, dtype=dtype, force=force)
     say(f"{provenance['mode']} adapter merged into {provenance['base_name']} -> {output}")
 
 

@@ -95,6 +95,20 @@ def check_model_directory(path) -> Path:
     return directory
 
 
+def check_trusted_code(path) -> None:
+    """``trust_remote_code`` is for moe-mask's own remote-mode directories only: ModelError (exit 2) for any
+    other, or one whose code or ``auto_map`` is not exactly moe-mask's (moetools.mask.remote.check_own_code),
+    before transformers runs anything."""
+    from ..mask.directory import read_mask_record
+    from ..mask.remote import check_own_code
+
+    record = read_mask_record(path) or {}
+    if record.get("mode") != "remote":
+        raise ModelError(f"{path}: not a remote-mode directory written by moe-mask; moetools runs no other "
+                         "model code (trust_remote_code)")
+    check_own_code(Path(path), record.get("family", ""))
+
+
 def load_tokenizer(path, *, trust_remote_code: bool = False, what: str | None = None):
     """The tokenizer saved in a local directory; ModelError when it has none or it does not load.
 
@@ -108,6 +122,8 @@ def load_tokenizer(path, *, trust_remote_code: bool = False, what: str | None = 
         raise ModelError(f"{what}: not a directory")
     if not any((directory / name).is_file() for name in TOKENIZER_VOCABULARY_FILES):
         raise ModelError(f"{what} has no tokenizer (none of {', '.join(TOKENIZER_VOCABULARY_FILES)})")
+    if trust_remote_code:
+        check_trusted_code(directory)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True,
                                                   trust_remote_code=trust_remote_code)
@@ -131,6 +147,8 @@ def load_config(path, *, trust_remote_code: bool = False):
 
     registered_adapters()  # a plugin's module may register its model classes
     directory = check_model_directory(path)
+    if trust_remote_code:
+        check_trusted_code(directory)
     try:
         return AutoConfig.from_pretrained(str(directory), local_files_only=True, trust_remote_code=trust_remote_code)
     except _LOAD_ERRORS as error:
@@ -166,6 +184,8 @@ def load_model(path, *, dtype: str = "auto", device: str = "cpu", device_map: st
         directory = check_model_directory(path)
         if tokenizer and not any((directory / name).is_file() for name in TOKENIZER_VOCABULARY_FILES):
             raise ModelError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_VOCABULARY_FILES)})")
+    if trust_remote_code:
+        check_trusted_code(directory)
     if device_map:
         kwargs["device_map"] = device_map
     # the loading report comes back (mismatched shapes too, not raised) and is judged by check_loading_info

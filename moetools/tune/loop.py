@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..reporting import ProgressBar, ProgressFactory, no_progress
+from ..streams.outputs import check_output, finish_training_directory, prepare_training_directory
 from ..train.data import block_indices
 from ..train.loop import _Distributed  # monet-train's process group, shared rather than copied
 from ..train.state import WarmupCosine, restore_rng, save_checkpoint, unflatten_optimizer_state
@@ -66,6 +68,7 @@ class TuneOptions:
     stop_at_step: int | None = None
     max_minutes: float | None = None
     resume: bool = False
+    force: bool = False                 # start over in an existing OUTPUT this suite wrote (moved to OUTPUT.old)
     lora_rank: int = 16                 # paper 003
     lora_alpha: float = 32.0
     dtype: str = "float32"
@@ -138,6 +141,15 @@ class Tuner:
         self.checkpoint_dir = self.out / "checkpoint"
         if options.resume and not (self.checkpoint_dir / "trainer_state.json").exists():
             raise UsageError(f"--resume: no checkpoint in {self.checkpoint_dir}")
+        if options.resume and options.force:
+            raise UsageError("--resume continues OUTPUT and --force starts it over: give one of them")
+        # the inputs, for the rule of -o (never an input, an ancestor or a descendant of one)
+        self.inputs = [p for p in (options.model, options.data, options.experts, options.general, *options.eval)
+                       if p not in (None, "-")]
+        if not options.resume:
+            check_output(self.out, inputs=self.inputs, force=options.force, directory=True)
+        self.dist.barrier()  # every process has checked OUTPUT before the first one changes it
+        self.run_id = uuid.uuid4().hex  # tune.json and the checkpoint name the run they belong to
         loaded = load_model(options.model, dtype=options.dtype, device=str(self.dist.device), train=True)
         self.model, self.tokenizer, self.adapter = loaded
         self.identity = model_identity(self.model, self.adapter, options.model)
@@ -340,7 +352,8 @@ class Tuner:
             save_checkpoint(self.checkpoint_dir, None, self.optimizer, model_state=self.delta_state(), tied=[],
                             trainer_state={**state, "stage": self.stage_index, "schedule": self.schedule.state_dict(),
                                            "log_bytes": log_bytes, "changed": sorted(self.changed),
-                                           "cdas": self.cdas_log, "options": asdict(self.options)})
+                                           "cdas": self.cdas_log, "options": asdict(self.options),
+                                           "run_id": self.run_id})
         self.dist.barrier()
 
     def load_checkpoint(self) -> dict:
@@ -348,6 +361,7 @@ class Tuner:
 
         directory = self.checkpoint_dir
         saved = json.loads((directory / "trainer_state.json").read_text())
+        self.run_id = saved.get("run_id") or self.run_id
         tensors = load_file(str(directory / "model.safetensors"))
         chosen = None
         if saved["stage"] > 0 and self.options.mode == "das-two-stage":
@@ -378,7 +392,10 @@ class Tuner:
     def run(self) -> dict:
         options, dist = self.options, self.dist
         if dist.main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            prepare_training_directory(self.out, inputs=self.inputs, force=options.force, resume=options.resume,
+                                       complete_file="tune.json", tool="moe-tune")
+            if options.resume:  # the adapter of an earlier finish no longer describes what the checkpoint holds
+                (self.out / "tune.json").unlink(missing_ok=True)
         dist.barrier()
         torch.manual_seed(options.seed)
         log_path = self.out / LOG_NAME
@@ -465,6 +482,7 @@ class Tuner:
             from .adapter import save_adapter
 
             save_adapter(self, summary)
+            finish_training_directory(self.out)
         dist.barrier()
         return summary
 
