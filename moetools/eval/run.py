@@ -11,11 +11,15 @@ def load_for_eval(path, *, dtype: str = "auto", device: str = "cpu"):
     """load_model for a base, dense or masked directory. A ``remote``-mode masked directory is loaded with
     trust_remote_code only when its custom code is exactly moe-mask's own (ModelError otherwise)."""
     from ..errors import ModelError
-    from ..mask.directory import read_mask_record
+    from ..mask.directory import mask_record_problem, read_mask_record
     from ..mask.remote import is_own_code
     from ..models import load_model
 
-    record = read_mask_record(path) or {}
+    record = read_mask_record(path)
+    problem = None if record is None else mask_record_problem(record)
+    if problem:
+        raise ModelError(f"{path}: {problem}")
+    record = record or {}
     trust = record.get("mode") == "remote"
     if trust and not is_own_code(path, record.get("family", "")):
         raise ModelError(f"{path}: its custom code is not moe-mask's own; load it yourself with "
