@@ -181,8 +181,9 @@ def causal(model, labels, output, fmt, uncompressed, backend, llm_model, api_bas
     E_i(x_p)) / rms(h_p) (final RMSNorm linearised, its rms frozen; formats/probe.md).
     Writes `causal` records (every prompt, trigger, target and the labelled expert's
     rank) and `causal_layer` records (top-1/top-5 hit rates, random-label baseline,
-    chance). Softmax top-k families only (OLMoE, Mixtral, Qwen-MoE); exit 2 for other
-    models, labels of another model or bad options.
+    chance). Routers that softmax over all experts then take the top-k, without a score
+    bias or group limit (OLMoE, Mixtral, Qwen-MoE, greedy DeepSeek-V2, plugin families
+    of that rule); exit 2 for other models, labels of another model or bad options.
     """
     from ..models import model_identity
     from ..models.loader import load_model
