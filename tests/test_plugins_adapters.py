@@ -227,38 +227,72 @@ REFERENCE = textwrap.dedent("""
 """)
 
 
-def test_installed_plugin_families_are_masked_in_each_mode_that_applies(plugin_site, request, tmp_path):
-    cases = {}
-    for name, (fixture, experts, mode) in MASKS.items():
-        base, out = request.getfixturevalue(fixture), tmp_path / name
-        experts_file = tmp_path / f"{name}.json"
+@pytest.fixture(scope="module")
+def plugin_masks(plugin_site, request, tmp_path_factory):
+    """moe-mask of every case (with the plugin, and once without it); {case: (base, out, experts, result)}."""
+    root = tmp_path_factory.mktemp("plugin_masks")
+    cases, without = {}, None
+    for name, (fixture, experts, _) in MASKS.items():
+        base, out = request.getfixturevalue(fixture), root / name
+        experts_file = root / f"{name}.json"
         experts_file.write_text(json.dumps({"experts": {str(k): v for k, v in experts.items()}}))
-        if name == "fake_moe-unequal":  # moetools alone does not know the family: one line, exit 2
-            without = run("moe-mask", base, "--experts", experts_file, "-o", out)
-            assert without.returncode == 2 and not out.exists(), without.stderr
-            assert without.stderr.startswith("moe-mask: ") and without.stderr.count("\n") == 1
-        masked = run("moe-mask", base, "--experts", experts_file, "-o", out, site=plugin_site)
+        if name == "fake_moe-unequal":
+            without = (run("moe-mask", base, "--experts", experts_file, "-o", out), out.exists())
+        cases[name] = (base, out, experts, run("moe-mask", base, "--experts", experts_file, "-o", out,
+                                               site=plugin_site))
+    return cases, without, root
+
+
+def test_installed_plugin_families_are_masked_in_each_mode_that_applies(plugin_site, plugin_masks):
+    cases, (without, written), root = plugin_masks
+    assert without.returncode == 2 and not written, without.stderr  # moetools alone does not know the family
+    assert without.stderr.startswith("moe-mask: ") and without.stderr.count("\n") == 1
+    for name, (_, out, _, masked) in cases.items():
         assert masked.returncode == 0, masked.stderr
         record = json.loads((out / "config.json").read_text())["moe_mask"]
-        assert (record["mode"], record["family"]) == (mode, name.split("-")[0]), name
+        assert (record["mode"], record["family"]) == (MASKS[name][2], name.split("-")[0]), name
         assert record["routing"]["router"] == ("router" if name.startswith("fake_oss") else "gate")
-        cases[name] = (str(base), str(out), {str(k): v for k, v in experts.items()})
-    pruned = json.loads((tmp_path / "fake_moe-equal" / "config.json").read_text())
+    pruned = json.loads((root / "fake_moe-equal" / "config.json").read_text())
     assert pruned["num_experts"] == 6 and "auto_map" not in pruned  # the family's own count key, resolved
-    remote = json.loads((tmp_path / "fake_moe-unequal" / "config.json").read_text())
+    remote = json.loads((root / "fake_moe-unequal" / "config.json").read_text())
     assert remote["model_type"] == "moetools_masked_fake_moe"
-    assert "from fakemoe_plugin import FakeMoeForCausalLM" in (tmp_path / "fake_moe-unequal" /
+    assert "from fakemoe_plugin import FakeMoeForCausalLM" in (root / "fake_moe-unequal" /
                                                                "modeling_moetools_mask.py").read_text()
     input_ids = [[2, 5, 9, 3, 12, 7, 4], [13, 6, 2, 8, 10, 11, 5]]
-    checked = run(REFERENCE, json.dumps(cases), json.dumps(input_ids), tmp_path / "results.json", site=plugin_site,
-                  HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    checked = run(REFERENCE, json.dumps({name: (str(base), str(out), {str(k): v for k, v in experts.items()})
+                                         for name, (base, out, experts, _) in cases.items()}),
+                  json.dumps(input_ids), root / "results.json", site=plugin_site, HF_HUB_OFFLINE="1",
+                  HF_MODULES_CACHE=str(root / "modules"))
     assert checked.returncode == 0, checked.stderr
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((root / "results.json").read_text())
     assert set(results) == set(MASKS)
     for name, result in results.items():
         assert result["effect"] > 1e-3, name  # the mask matters on these inputs
         assert result["error"] < 1e-5, (name, result)
         assert result["refused_without_trust"] == (MASKS[name][2] == "remote"), name
+
+
+def test_installed_plugin_family_is_evaluated_masked_and_tuned(plugin_site, plugin_masks, fake_model, tmp_path):
+    cases, _, _ = plugin_masks
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": " ".join(WORDS[i % 5:i % 5 + 7]), "domain": "ab"[i % 2]}) + "\n"
+                            for i in range(8)))
+    models = [fake_model, *(out for _, out, _, _ in cases.values())]
+    evaluated = run("moe-eval", *models, "--data", data, "-o", tmp_path / "eval.jsonl", site=plugin_site)
+    assert evaluated.returncode == 0, evaluated.stderr  # the remote directory: moe-mask's own code, trusted
+    from moetools.streams.files import read_input
+
+    records = list(read_input(str(tmp_path / "eval.jsonl"), kinds="eval", validate=True))
+    modes = [(r["masked"] or {}).get("mode") for r in records if r["type"] == "model"]
+    assert modes == [None, *(MASKS[name][2] for name in cases)]
+    losses = {r["model"]: r["loss"] for r in records if r["type"] == "domain" and r["domain"] == "a"}
+    assert len(losses) == 4 and losses[0] not in (losses[1], losses[2])  # fake_moe's masks change its loss
+    experts = tmp_path / "experts.json"
+    experts.write_text(json.dumps({"experts": {"1": [2, 4]}}))
+    tuned = run("moe-tune", fake_model, "--data", data, "--mode", "experts", "--experts", experts, "-o",
+                tmp_path / "tuned", "--steps", "2", "--seq-len", "8", "--batch-size", "4", site=plugin_site)
+    assert tuned.returncode == 0, tuned.stderr
+    assert (tmp_path / "tuned" / "adapter.safetensors").is_file()
 
 
 # -- moe-probe causal: supported from the routing rule, not from a list of families --------------------

@@ -1,7 +1,8 @@
 """The custom code a ``remote``-mode masked directory carries (formats/mask.md, "remote").
 
 Three small files, none importing moetools, so ``AutoModelForCausalLM.from_pretrained(OUT,
-trust_remote_code=True)`` loads the masked model on a machine without moetools:
+trust_remote_code=True)`` loads the masked model on a machine without moetools (a plugin family's
+model: where its package is installed):
 
 - ``configuration_moetools_mask.py``: the family's config class, unchanged but for its name;
 - ``modeling_moetools_mask.py``: the family's ``*ForCausalLM`` plus the routing hooks of
