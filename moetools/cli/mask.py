@@ -40,12 +40,16 @@ def command(model, experts_path, output, force, dtype):
     pruned  every MoE layer masks as many experts (and, for group-limited
             routers, as many per group): experts and router rows removed, a
             standard checkpoint; AutoModelForCausalLM.from_pretrained(OUTPUT).
-    bias    layers of different sizes in GPT-OSS, DeepSeek-V3, ERNIE-4.5:
-            every expert kept, the masked ones' router bias -inf; standard.
+    bias    layers of different sizes, and a router bias that -inf removes
+            exactly (GPT-OSS, DeepSeek-V3, ERNIE-4.5): every expert kept,
+            the masked ones' router bias -inf; standard.
     remote  layers of different sizes in OLMoE, Mixtral, Qwen2/3-MoE,
             DeepSeek-V2, and every MONET mask: weights unchanged plus small
-            custom code; from_pretrained(OUTPUT, trust_remote_code=True), and
-            loading without it fails rather than giving the unmasked model.
+            custom code that reads the family's routing rule from config.json;
+            from_pretrained(OUTPUT, trust_remote_code=True), and loading
+            without it fails rather than giving the unmasked model.
+
+    Any family with an adapter (moe-trace --list-models), a plugin's too.
 
     Refuses (exit 2) a MODEL whose weights do not belong to its config,
     an experts file scored on another model (fingerprint), ids out of range,

@@ -173,9 +173,11 @@ def causal(model, labels, output, fmt, uncompressed, llm, triggers, targets, shu
     E_i(x_p)) / rms(h_p) (final RMSNorm linearised, its rms frozen; formats/probe.md).
     Writes `causal` records (every prompt, trigger, target and the labelled expert's
     rank) and `causal_layer` records (top-1/top-5 hit rates, random-label baseline,
-    chance). Softmax top-k families only (OLMoE, Mixtral, Qwen-MoE); exit 2 for other
-    models, labels of another model or bad options. The LLM options are moe-explain's
-    (--model, --api-base, ..., -O KEY=VALUE; --llm-model is the old name of --model).
+    chance). Routers that softmax over all experts then take the top-k, without a score
+    bias or group limit (OLMoE, Mixtral, Qwen-MoE, greedy DeepSeek-V2, plugin families
+    of that rule); exit 2 for other models, labels of another model or bad options.
+    The LLM options are moe-explain's (--model, --api-base, ..., -O KEY=VALUE;
+    --llm-model is the old name of --model).
     """
     from ..probe.run import probe_causal
     from .common import tool_info

@@ -22,7 +22,7 @@ from ..streams.outputs import MARKER, check_output
 from . import remote, stream
 from .plan import MaskPlan, plan_mask
 
-MASK_VERSION = 1
+MASK_VERSION = 2  # v2: the routing rule in the record (v1 directories: see mask_record_problem)
 RECORD_FILE = "moe_mask.json"
 SEMANTICS = ("a masked expert is never selected; every other gate is what the family's router computes when "
              "the masked experts' router logits are -inf")
@@ -59,6 +59,30 @@ def read_mask_record(directory) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8")).get("moe_mask")
     except (OSError, ValueError):
         return None
+
+
+def mask_record_problem(record) -> str | None:
+    """Why moetools cannot use a masked directory with this ``moe_mask`` record (one line), or None.
+
+    ``pruned`` and ``bias`` directories are standard checkpoints: every version loads. A ``remote``
+    one runs the routing code it carries: from v2 on that code reads the record's ``routing``; a v1
+    directory's code is an older moe-mask's, which moetools no longer vouches for.
+    """
+    from .routing import routing_problem
+
+    if not isinstance(record, dict):
+        return "moe_mask is not an object"
+    version, mode = record.get("version"), record.get("mode")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= MASK_VERSION:
+        return f"moe_mask version {version!r}: this moe-mask reads versions 1 to {MASK_VERSION}"
+    if mode not in ("pruned", "bias", "remote"):
+        return f"moe_mask mode {mode!r} is not pruned, bias or remote"
+    if mode == "remote" and version < 2:
+        return ("a remote-mode directory written by an older moe-mask (moe_mask v1): mask its base again, "
+                "or load it yourself with trust_remote_code=True if you trust it")
+    if mode == "remote" or "routing" in record:
+        return routing_problem(record.get("routing"))
+    return None
 
 
 def _meta_model(source: Path):

@@ -1,7 +1,8 @@
 """The custom code a ``remote``-mode masked directory carries (formats/mask.md, "remote").
 
 Three small files, none importing moetools, so ``AutoModelForCausalLM.from_pretrained(OUT,
-trust_remote_code=True)`` loads the masked model on a machine without moetools:
+trust_remote_code=True)`` loads the masked model on a machine without moetools (a plugin family's
+model: where its package is installed):
 
 - ``configuration_moetools_mask.py``: the family's config class, unchanged but for its name;
 - ``modeling_moetools_mask.py``: the family's ``*ForCausalLM`` plus the routing hooks of
@@ -10,7 +11,9 @@ trust_remote_code=True)`` loads the masked model on a machine without moetools:
 
 config.json's ``model_type`` becomes ``moetools_masked_<family>``, a type transformers does not
 know, so loading without ``trust_remote_code=True`` fails instead of silently giving the unmasked
-model. MONET directories also carry MONET's own configuration and modeling files.
+model. The family's classes are imported from where they are defined (transformers, or the
+plugin package that registered the family); classes defined inside moetools (MONET) travel as
+copies of their module files.
 """
 
 from __future__ import annotations
@@ -45,36 +48,51 @@ class MoetoolsMaskedForCausalLM(BaseForCausalLM):
     def __init__(self, config):
         config.model_type = "{family}"  # as the family's own models say (config.json keeps the masked type)
         super().__init__(config)
-        record = config.moe_mask  # {{"layers": {{"<layer>": {{"masked": [ids], ...}}}}, ...}}
-        attach(self, {{int(k): v["masked"] for k, v in record["layers"].items()}}, model_type="{family}")
+        record = config.moe_mask  # {{"routing": {{...}}, "num_experts": E, "layers": {{"<layer>": {{"masked": [ids]}}}}}}
+        attach(self, {{int(k): v["masked"] for k, v in record["layers"].items()}}, record["routing"],
+               record["num_experts"])
 '''
 
 
-def _imports(family: str) -> tuple[str, str]:
-    if family == "monet":
-        return ("from .configuration_monet import MonetConfig as BaseConfig",
-                "from .modeling_monet import MonetForCausalLM as BaseForCausalLM")
+def _family_classes(family: str) -> tuple[type, type]:
+    """The family's config class and ``*ForCausalLM`` class, as registered with transformers' Auto classes."""
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    config_class = type(AutoConfig.for_model(family))
-    package = config_class.__module__.rsplit(".", 1)[0]
-    return (f"from {config_class.__module__} import {config_class.__name__} as BaseConfig",
-            f"from {package}.modeling_{family} import {MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[family]} as BaseForCausalLM")
+    from ..errors import ModelError
+    from ..models.loader import register_families
+
+    register_families()
+    try:
+        config_class = type(AutoConfig.for_model(family))
+        return config_class, MODEL_FOR_CAUSAL_LM_MAPPING[config_class]
+    except (KeyError, ValueError):
+        raise ModelError(f"model type {family!r} has no causal-LM class registered with transformers") from None
+
+
+def _import_line(cls: type, alias: str, shipped: list[Path]) -> str:
+    """``from <module> import <cls> as <alias>``; a moetools module is shipped and imported relatively."""
+    import sys
+
+    module = cls.__module__
+    if module.split(".")[0] != "moetools":
+        return f"from {module} import {cls.__name__} as {alias}"
+    shipped.append(Path(sys.modules[module].__file__))
+    return f"from .{module.rsplit('.', 1)[-1]} import {cls.__name__} as {alias}"
 
 
 def write_code(directory: Path, family: str) -> dict:
     """Write the custom code into ``directory``; returns the config.json keys that point at it."""
     directory = Path(directory)
-    config_import, model_import = _imports(family)
+    config_class, model_class = _family_classes(family)
+    shipped: list[Path] = []
+    config_import = _import_line(config_class, "BaseConfig", shipped)
+    model_import = _import_line(model_class, "BaseForCausalLM", shipped)
     (directory / f"{CONFIG_FILE}.py").write_text(_CONFIG.format(family=family, config_import=config_import))
     (directory / f"{MODELING_FILE}.py").write_text(_MODELING.format(family=family, model_import=model_import))
-    here = Path(__file__).resolve().parent
-    shutil.copyfile(here / "routing.py", directory / f"{ROUTING_FILE}.py")
-    if family == "monet":
-        monet = here.parent / "models" / "monet"
-        for name in ("configuration_monet.py", "modeling_monet.py"):
-            shutil.copyfile(monet / name, directory / name)
+    shutil.copyfile(Path(__file__).resolve().parent / "routing.py", directory / f"{ROUTING_FILE}.py")
+    for path in shipped:
+        shutil.copyfile(path, directory / path.name)
     return {"model_type": f"moetools_masked_{family}",
             "architectures": ["MoetoolsMaskedForCausalLM"],
             "auto_map": {"AutoConfig": f"{CONFIG_FILE}.MoetoolsMaskedConfig",
