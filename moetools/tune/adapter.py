@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..errors import FormatError, ModelMismatchError, UsageError
+from ..streams import strict_json
 from ..streams.files import write_file_atomic
 
 FORMAT = "moe-tune-adapter"
@@ -40,7 +41,7 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) 
 
     partial = path.with_name(path.name + ".partial")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(partial),
-              metadata={k: json.dumps(v) for k, v in metadata.items()})
+              metadata={k: strict_json.dumps(v) for k, v in metadata.items()})
     os.replace(partial, path)
 
 
@@ -81,7 +82,7 @@ def save_adapter(tuner, summary: dict) -> None:
             "adapter_parameters": sum(t.numel() for t in tensors.values()) if tuner.peft is None else
             summary["trainable_parameters"],
             "summary": summary, "options": asdict(tuner.options)}
-    write_file_atomic(out / META, (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
+    write_file_atomic(out / META, (strict_json.dumps(meta, indent=1) + "\n").encode("utf-8"))
 
 
 MODE_NAMES = ("full", "experts", "attention-router", "das-two-stage", "lora", "lora-experts")
@@ -206,7 +207,7 @@ def merge(adapter_dir, output, base: str | None = None, dtype: str = "auto") -> 
     model.save_pretrained(str(partial))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(partial))
-    (partial / "moetools_tuned.json").write_text(json.dumps(provenance, indent=1) + "\n")
+    (partial / "moetools_tuned.json").write_text(strict_json.dumps(provenance, indent=1) + "\n")
     if out.exists():
         shutil.rmtree(out)
     os.replace(partial, out)
