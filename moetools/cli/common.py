@@ -37,10 +37,14 @@ from ..streams.files import open_input, partial_path
 
 EXIT_STATUS_TEXT = """\
 0    success.
-1    runtime failure (a model, network or file-system error, or anything unexpected).
-2    usage error or invalid input: bad options, a file that is not a valid stream, a stream of the
-     wrong kind, segments from different models, an unsupported format version.
-3    truncated input: a stream that ends before its end record, or inside a record or zstd frame.
+1    runtime failure (a model, network or file-system error, training that diverged to a
+     non-finite loss or gradient, or anything unexpected).
+2    usage error or invalid input: bad options, a NaN or infinite number in an option or a record,
+     a file that is not a valid stream, a stream of the wrong kind, segments from different models,
+     an unsupported format version, binary data or only unusable lines given as a corpus.
+3    truncated or empty input: a stream that ends before its end record, or inside a record or
+     zstd frame; input with nothing to read (no bytes, e.g. /dev/null, or a corpus whose every
+     document is empty).
 130  interrupted (Ctrl-C, SIGINT). Every tool leaves the stream files written so far under their
      temporary names (NAME.partial, never renamed into place): complete records without an end
      record, which read as truncated; tools with --resume continue from them. Model directories are

@@ -15,8 +15,9 @@ moe-eval models/olmoe masked/ --data validation.jsonl        # a table on a term
 
 
 def _table(records: list[dict], paths: list[str]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from ..reporting import table_console
 
     table = Table("model", "what", "tokens/items", "loss", "ppl", "acc", "acc_norm", "delta")
     for r in records:
@@ -28,7 +29,7 @@ def _table(records: list[dict], paths: list[str]) -> None:
         elif r["type"] == "choice":
             table.add_row(name, "choices", str(r["items"]), "", "", f"{r['acc']:.4f}", f"{r['acc_norm']:.4f}",
                           "" if r["delta_acc"] is None else f"{r['delta_acc']:+.4f}")
-    Console().print(table)
+    table_console().print(table)
 
 
 @tool("moe-eval", example=EXAMPLE)

@@ -139,7 +139,14 @@ def read_adapter(directory) -> tuple[dict, dict[str, torch.Tensor]]:
     meta = read_tune_json(directory / META)
     if not meta["peft"] and not (directory / TENSORS).is_file():
         raise FormatError(f"{directory}: no {TENSORS} beside {META}")
-    tensors = {} if meta["peft"] else load_file(str(directory / TENSORS))
+    try:
+        tensors = {} if meta["peft"] else load_file(str(directory / TENSORS))
+    except Exception as error:  # noqa: BLE001 - safetensors' own error type: a truncated or damaged file
+        raise FormatError(f"{directory / TENSORS}: not a readable safetensors file (truncated or damaged?): "
+                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise FormatError(f"{directory / TENSORS}: tensor {name} holds NaN or ±inf: not an adapter to merge")
     for name in meta["whole_parameters"]:
         if f"full.{name}" not in tensors:
             raise FormatError(f"{directory / TENSORS}: no tensor full.{name} named in {META}")
