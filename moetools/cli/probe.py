@@ -110,15 +110,11 @@ def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, con
     loaded = load_model(model, dtype=dtype, device=device, require_moe=False)
     dense = loaded.adapter is None
     say(f"probing {'dense FFN' if dense else 'expert'} neurons of {model}")
-    bad_lines: list[tuple[int, str]] = []
-    documents = read_corpus(corpus, text_field=text_field, id_field=id_field,
-                            on_skip=lambda line, reason: bad_lines.append((line, reason)))
+    # the one corpus rule: unusable lines and empty documents counted in one warning each, nothing left refused
+    documents = read_corpus(corpus, text_field=text_field, id_field=id_field, warn=warn)
     with progress("moe-probe: reading the corpus") as bar:
         labeller, layers, summary = collect(loaded.model, loaded.tokenizer, loaded.adapter, documents, options,
                                             on_batch=lambda count: bar.advance(count), user_labels=user_labels)
-    if bad_lines:
-        line, reason = bad_lines[0]
-        warn(f"skipped {len(bad_lines)} unusable corpus line(s), the first at line {line}: {reason}")
     if not summary.tokens:
         raise UsageError(f"{corpus} has no tokens to probe")
     records = probe_records(labeller, layers, options, summary, dense)

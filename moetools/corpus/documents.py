@@ -12,12 +12,12 @@ moe-tune, moe-probe, monet-train):
   counted (``CorpusStats.empty``); one warning gives the count when the read ends;
 - *unusable lines* (invalid UTF-8, invalid JSON, not an object, no string text
   field) follow ``bad_lines``: ``"skip"`` (each reported through
-  ``on_skip(line_number, reason)``, else one warning with the count, and counted in
-  ``CorpusStats``: moe-trace, moe-eval, moe-probe) or ``"fail"`` (the first one raises
+  ``on_skip(line_number, reason)`` and counted in ``CorpusStats``; one warning gives
+  the count and the first: moe-trace, moe-eval, moe-probe) or ``"fail"`` (the first one raises
   :class:`UsageError` naming the file and line: monet-train, moe-tune, since training
   on a silently shortened corpus is worse than stopping);
-- *binary data* (a NUL byte, or a moetools stream given as a corpus) is refused at
-  once (:class:`FormatError`, exit 2);
+- *binary data* (a NUL byte, a first line that is not UTF-8, or a moetools stream
+  given as a corpus) is refused at once (:class:`FormatError`, exit 2);
 - when nothing usable is left the read is refused: no bytes, only blank lines or
   only empty documents is *empty input* (:class:`EmptyInputError`, exit 3, as an
   empty stream is); lines that were all unusable are invalid input (exit 2).
@@ -91,8 +91,8 @@ def read_documents(source: BinaryIO, *, name: str, text_field: str = "text", id_
                    warn: Log | None = log_warning) -> Iterator[Document]:
     """Documents of a JSON-lines or plain-text corpus read from a binary file object (the rule above).
 
-    ``on_empty(line_number)`` sees each empty document skipped; ``warn`` (None: silent) gets the one
-    line counting them, and the one counting unusable lines when there is no ``on_skip``.
+    ``on_empty(line_number)`` sees each empty document skipped; ``warn`` (None: silent) gets one line
+    counting them and one counting the unusable lines (the first named), at the end of the read.
     """
     if bad_lines not in BAD_LINE_POLICIES:
         raise UsageError(f"unknown bad-line policy {bad_lines!r} (choose from {', '.join(BAD_LINE_POLICIES)})")
@@ -114,6 +114,9 @@ def read_documents(source: BinaryIO, *, name: str, text_field: str = "text", id_
         try:
             line = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as error:
+            if mode is None:  # the first line that holds anything: binary data or another encoding
+                raise FormatError(f"{name}:{line_number}: invalid UTF-8 at byte {error.start}: binary data or "
+                                  "another encoding, not a corpus of UTF-8 text") from None
             skip(line_number, f"invalid UTF-8 at byte {error.start}")
             continue
         if not line.strip():
@@ -146,10 +149,10 @@ def read_documents(source: BinaryIO, *, name: str, text_field: str = "text", id_
         index += 1
         stats.documents += 1
         yield document
-    _finish(stats, name, text_field, warn, report_skips=on_skip is None)
+    _finish(stats, name, text_field, warn)
 
 
-def _finish(stats: CorpusStats, name: str, text_field: str, warn: Log | None, *, report_skips: bool) -> None:
+def _finish(stats: CorpusStats, name: str, text_field: str, warn: Log | None) -> None:
     """The end of a read: one warning per kind of skip, and the refusal when no document is left."""
     first = f", the first at line {stats.first_skips[0][0]}: {stats.first_skips[0][1]}" if stats.first_skips else ""
     if not stats.documents:
@@ -161,7 +164,7 @@ def _finish(stats: CorpusStats, name: str, text_field: str, warn: Log | None, *,
     if warn is not None and stats.empty:
         warn(f"{name}: skipped {stats.empty} empty document(s) (empty {text_field!r}); "
              f"{stats.documents} document(s) read")
-    if warn is not None and report_skips and stats.skipped:
+    if warn is not None and stats.skipped:
         warn(f"{name}: skipped {stats.skipped} unusable line(s){first}")
 
 

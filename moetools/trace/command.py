@@ -110,9 +110,8 @@ def run_trace(model_path, corpus, *, output, fmt="msgpack", uncompressed=False, 
         log(f"{output} is complete already (--resume): nothing to do")
         return summary
 
-    def on_skip(line, reason):
+    def on_skip(line, reason):  # named in the end record; the reader's one warning counts them
         summary.skip(line, reason)
-        warn(f"{corpus_name}:{line}: skipped: {reason}")
 
     # skipped lines and empty documents: counted in the end record; one warning counts the empty ones
     documents = read_documents(source, name=corpus_name, text_field=text_field, id_field=id_field,
