@@ -96,7 +96,7 @@ def command(data, output, arch, config_file, **options):
     train_options = TrainOptions(data=data, output=output, arch=arch, model_settings=settings, **options)
 
     def on_log(record):
-        if record["type"] == "eval":
+        if record["type"] == "eval" and record.get("eval_loss") is not None:
             say(f"step {record['step']}: eval loss {record['eval_loss']:.4f}")
 
     with progress("training", total=train_options.steps) as bar:

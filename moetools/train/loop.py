@@ -154,7 +154,7 @@ def evaluate(model, eval_blocks: dict[str, torch.Tensor], batch_size: int, max_b
             losses[domain] = domain_total / domain_count
             total, count = total + domain_total, count + domain_count
     model.train(was_training)
-    return losses, (total / count if count else float("nan"))
+    return losses, (total / count if count else None)
 
 
 def _check_options(options: TrainOptions) -> None:
