@@ -49,6 +49,8 @@ def train_log(directory):
 def test_each_arch_writes_a_loadable_directory(tmp_path, corpus, arch, model_type):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from moetools.models.loader import load_model
+
     out = tmp_path / "out"
     result = run(["--data", str(corpus), "-o", str(out), "--arch", arch, *TINY])
     assert result.exit_code == 0, result.output
@@ -58,6 +60,8 @@ def test_each_arch_writes_a_loadable_directory(tmp_path, corpus, arch, model_typ
     assert metadata["steps"] == 4 and metadata["arch"] == arch
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     assert model.config.model_type == model_type
+    # every tensor saved is the one loaded: the tools' loader refuses missing or unexpected ones
+    assert load_model(out, require_moe=False).model.config.model_type == model_type
     tokenizer = AutoTokenizer.from_pretrained(out)
     ids = tokenizer("the cat sat", return_tensors="pt").input_ids
     assert model(ids).logits.shape == (1, ids.shape[1], len(tokenizer))

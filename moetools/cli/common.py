@@ -41,7 +41,9 @@ EXIT_STATUS_TEXT = """\
      non-finite loss or gradient, or anything unexpected).
 2    usage error or invalid input: bad options, a NaN or infinite number in an option or a record,
      a file that is not a valid stream, a stream of the wrong kind, segments from different models,
-     an unsupported format version, binary data or only unusable lines given as a corpus.
+     an unsupported format version, a model directory whose weights do not belong to its config (a
+     tensor missing, unexpected or of another shape), binary data or only unusable lines given as a
+     corpus.
 3    truncated or empty input: a stream that ends before its end record, or inside a record or
      zstd frame; input with nothing to read (no bytes, e.g. /dev/null, or a corpus whose every
      document is empty).

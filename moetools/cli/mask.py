@@ -45,10 +45,11 @@ def command(model, experts_path, output, force, dtype):
             custom code; from_pretrained(OUTPUT, trust_remote_code=True), and
             loading without it fails rather than giving the unmasked model.
 
-    Refuses (exit 2) an experts file scored on another model (fingerprint),
-    ids out of range, a layer masked entirely or left with fewer than top-k
-    experts, and a group-limited router that could be forced onto a masked
-    expert.
+    Refuses (exit 2) a MODEL whose weights do not belong to its config,
+    an experts file scored on another model (fingerprint), ids out of range,
+    a layer masked entirely or left with fewer than top-k experts (MONET:
+    composed experts), and a group-limited router that could be forced onto
+    a masked expert.
     """
     from ..mask import mask_directory
 

@@ -67,7 +67,8 @@ command.__class__ = TuneGroup  # tool_group builds a ToolGroup; this one implies
 @click.argument("model", type=click.Path(file_okay=False))
 @click.option("--data", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="Training data: JSON lines of text ({\"text\": ...}, packed) or of chats ({\"messages\": "
-                   "[...]}: loss on assistant tokens only).")
+                   "[...]}: loss on assistant tokens only). A file where no token carries a loss (every "
+                   "answer beyond --seq-len) is refused, as is such an --eval or --general file.")
 @click.option("--eval", "eval_files", multiple=True, type=click.Path(dir_okay=False),
               help="Evaluation files (--eval A B, or --eval A --eval B): loss per file and per domain every "
                    "--eval-every steps.")

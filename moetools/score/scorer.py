@@ -40,6 +40,21 @@ METRICS = {
     "jsd_functional_random": ("expert", "002: the same for a random expert with as many logit-lens tokens"),
 }
 ALWAYS = ("af", "prob", "score", "explen", "psn", "reap", "esft_token", "esft_gate", "routed")
+#: options read only for some metrics: given with a --metrics that asks for none of them, they would do nothing
+OPTION_METRICS = {"--model": ("jsd_routing", "jsd_routing_random", "jsd_functional", "jsd_functional_random"),
+                  "--target-field": ("pearson",), "--rc-against": ("rc_shift",), "--general": ("das",)}
+
+
+def check_options_serve_metrics(metrics, given) -> None:
+    """UsageError for an option of ``given`` (names of :data:`OPTION_METRICS`) that none of ``metrics``
+    (``--metrics``; None: every metric) uses: an option that does nothing is refused, not ignored."""
+    if metrics is None:
+        return
+    for option in given:
+        served = OPTION_METRICS[option]
+        if not any(name in metrics for name in served):
+            raise UsageError(f"{option} serves only {', '.join(served)}, and --metrics asks for none of them: "
+                             f"drop {option} or add {served[0]} to --metrics")
 GENERAL_TRACE = "(general)"
 
 
@@ -136,8 +151,9 @@ class RoutingScorer:
         if not functional:
             self.options.notes.append("jsd_functional not computed: the trace has no logit-lens tokens "
                                       "(moe-trace --logit-lens J)")
-        from .jsd import ClusterCounts, load_unembedding, spherical_kmeans
+        from .jsd import ClusterCounts, check_model_of_trace, load_unembedding, spherical_kmeans
 
+        check_model_of_trace(self.options.model_dir, header)
         labels = spherical_kmeans(load_unembedding(self.options.model_dir), self.options.clusters,
                                   seed=self.options.seed)
         self.clusters = ClusterCounts(labels, layers, experts, functional=functional,
@@ -331,4 +347,5 @@ class RoutingScorer:
         out["pearson_n"] = int(keep.sum())
 
 
-__all__ = ["ALWAYS", "GENERAL_TRACE", "METRICS", "RoutingScorer", "ScoreOptions", "trace_shape"]
+__all__ = ["ALWAYS", "GENERAL_TRACE", "METRICS", "OPTION_METRICS", "RoutingScorer", "ScoreOptions",
+           "check_options_serve_metrics", "trace_shape"]
