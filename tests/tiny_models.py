@@ -34,3 +34,22 @@ def save_tiny_mixtral(directory, words, seed: int = 0) -> None:
     torch.manual_seed(seed)
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     save_word_tokenizer(directory, words)
+
+
+def save_tiny_monet(directory, words, *, layers: int, moe_experts: int, groups: int | None = None,
+                    decompose: str = "vertical"):
+    """A random tiny MONET (moe_experts² composed experts, top-2 per factor) and its tokenizer.
+
+    ``groups`` is ``moe_groups``: that many consecutive layers share one router (default: all
+    ``layers``, one router for the whole model, as the demo's 4-layer MONET-VD with moe_groups = 4).
+    """
+    import moetools.models.monet  # noqa: F401  (registers MONET with the Auto classes)
+    from moetools.models.monet.configuration_monet import MonetConfig
+
+    config = MonetConfig(vocab_size=64, hidden_size=16, num_hidden_layers=layers, num_attention_heads=4, moe_dim=4,
+                         moe_heads=2, moe_experts=moe_experts, moe_topk=2, moe_groups=groups or layers,
+                         moe_decompose=decompose, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    save_word_tokenizer(directory, words)
+    return directory

@@ -29,7 +29,9 @@ def command(model, experts_path, output, force, dtype):
     (softmax families: they leave the softmax's denominator too; sigmoid-scored
     DeepSeek-V3: removed from selection and from the normalisation over the
     selected). MONET: composed experts (i, j) are masked at routing level
-    (their gate g_ij is 0, the others unchanged).
+    (their gate g_ij is 0, the others unchanged); where layers share one
+    router (moe_groups > 1) an expert is one choice of that router, masked in
+    every layer of its group (a note on stderr says so).
 
     OUTPUT is a complete model directory (config, safetensors, tokenizer) whose
     config.json records the mask and its provenance (formats/mask.md):

@@ -117,7 +117,9 @@ def train_command(model, data, eval_files, output, **options):
     """Fine-tune MODEL on --data; write an adapter to OUTPUT.
 
     Under torchrun (`torchrun --nproc-per-node N -m moetools.tune ...`, same flags) it trains
-    data-parallel (DDP; gloo on CPU) with the same results as one process.
+    data-parallel (DDP; gloo on CPU) with the same results as one process. MONET layers that
+    share one router (moe_groups > 1): an expert of --experts trains in every layer of its
+    group (a note on stderr says so).
     """
     from ..tune import TuneOptions, tune
 
@@ -129,7 +131,7 @@ def train_command(model, data, eval_files, output, **options):
         elif record["type"] == "cdas":
             say(f"step {record['step']}: C-DAS@{record['k']} {record['cdas']:.4f}")
 
-    summary = tune(tune_options, on_log=on_log, progress=progress)
+    summary = tune(tune_options, on_log=on_log, progress=progress, on_note=lambda text: say(f"note: {text}"))
     say(f"{summary['steps']} steps, {summary['trainable_parameters']} trainable parameters -> {output}")
 
 

@@ -125,6 +125,8 @@ def mask_directory(source, experts_path, out, *, force: bool = False, dtype: str
     if log:
         log(f"mode {plan.mode}: {sum(len(v) for v in plan.masked.values())} experts masked in "
             f"{sum(1 for v in plan.masked.values() if v)} layers" + "".join(f"; {n}" for n in plan.notes))
+    if log and plan.shared_note:
+        log(f"note: {plan.shared_note}")
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:

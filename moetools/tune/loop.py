@@ -135,9 +135,10 @@ def _freeze_batchnorm(model) -> None:
 class Tuner:
     """One run: the model, what trains in the current stage, the optimizer and the log."""
 
-    def __init__(self, options: TuneOptions, on_log=None, bar: ProgressBar | None = None):
+    def __init__(self, options: TuneOptions, on_log=None, bar: ProgressBar | None = None, on_note=None):
         from ..models import model_identity
         from ..models.loader import load_model
+        from ..models.shared_routers import expand_to_groups, router_groups
 
         check_options(options)
         self.options, self.on_log, self.bar = options, on_log, bar  # bar: advanced per optimizer step
@@ -159,6 +160,12 @@ class Tuner:
             self.chosen = read_experts(options.experts, model=self.identity)
             if not len(self.chosen):
                 raise UsageError(f"{options.experts}: no expert selected: nothing to tune")
+            # a composed expert of a router shared by several layers (MONET moe_groups) is one routing
+            # choice: its parameters train in every layer of the group
+            self.router_groups = [g for g in router_groups(self.model, self.adapter) if len(g) > 1]
+            self.chosen.experts, note = expand_to_groups(self.chosen.experts, self.router_groups, "tuning")
+            if note and on_note is not None:
+                on_note(note)
         self.train_set = load_examples(options.data, self.tokenizer, options.seq_len, text_field=options.text_field,
                                        domain_field=options.domain_field)
         self.eval_sets = {Path(p).stem: load_examples(p, self.tokenizer, options.seq_len,
@@ -207,6 +214,10 @@ class Tuner:
                 parameter.requires_grad_(name in wanted)
         elif kind in ("experts", "lora-experts"):
             chosen = chosen_layers if chosen_layers is not None else dict(self.chosen.items())
+            if chosen_layers is not None:   # DAS stage 2: layers of one router chose alike; keep them whole
+                from ..models.shared_routers import expand_to_groups, router_groups
+
+                chosen, _ = expand_to_groups(chosen, router_groups(self.model, self.adapter), "tuning")
             found = expert_slices(self.model, self.adapter, chosen)
             rank = options.lora_rank if kind == "lora-experts" else None
             slices = SliceTrainer(found, lora_rank=rank, lora_alpha=options.lora_alpha).attach()
@@ -499,12 +510,13 @@ class Tuner:
             torch.distributed.destroy_process_group()
 
 
-def tune(options: TuneOptions, on_log=None, progress: ProgressFactory = no_progress) -> dict:
+def tune(options: TuneOptions, on_log=None, progress: ProgressFactory = no_progress, on_note=None) -> dict:
     """Run moe-tune per ``options``; write ``OUTPUT/`` (adapter, log, checkpoint); return a summary.
 
-    ``progress(description, total)`` (moetools.reporting) is advanced per optimizer step.
+    ``progress(description, total)`` (moetools.reporting) is advanced per optimizer step; ``on_note(text)``
+    gets one-line notes (e.g. that a shared router's expert trains in every layer of its group).
     """
-    tuner = Tuner(options, on_log=on_log)
+    tuner = Tuner(options, on_log=on_log, on_note=on_note)
     try:
         with progress("optimizer steps", total=tuner.total_steps) as bar:
             tuner.bar = bar
