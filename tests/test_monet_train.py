@@ -168,7 +168,7 @@ def test_empty_data_fails_clearly(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
     result = run(["--data", str(empty), "-o", str(tmp_path / "out"), *TINY])
-    assert result.exit_code == 2 and "nothing to train on" in result.output
+    assert result.exit_code == 3 and f"{empty}: empty input: no documents" in result.output
     missing = tmp_path / "other.jsonl"
     missing.write_text('{"text": "fine"}\n{"body": "hello"}\n')
     result = run(["--data", str(missing), "-o", str(tmp_path / "out"), *TINY])
@@ -178,7 +178,7 @@ def test_empty_data_fails_clearly(tmp_path):
 @pytest.mark.parametrize("content,line,reason", [
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", 1, "invalid UTF-8 at byte"),      # a binary file
     (b'{"text": "one"}\n{"text": "two"}\n{"text": "caf\xe9"}\n', 3, "invalid UTF-8 at byte 13"),
-    (b'{"text": "one"}\n{"text": ""}\n', 2, "empty 'text'"),
+    (b'{"text": "one"}\n{"text": "two"}\n[3]\n', 3, "not a JSON object"),
     (b'{"text": "one"}\n{"text": "two"\n', 2, "not valid JSON"),
 ])
 def test_bad_data_lines_stop_with_the_file_and_line(tmp_path, content, line, reason):

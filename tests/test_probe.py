@@ -243,11 +243,11 @@ def test_bad_options_exit_2(planted, run_tool, args, message):
     assert result.exit_code == 2 and message in result.stderr
 
 
-def test_empty_corpus_exits_2(planted, run_tool, tmp_path):
+def test_empty_corpus_is_empty_input(planted, run_tool, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     result = run_tool(moe_probe, ["neurons", str(planted["moe"]), str(empty)])
-    assert result.exit_code == 2 and "no tokens" in result.stderr
+    assert result.exit_code == 3 and f"{empty}: empty input: no documents" in result.stderr
 
 
 def test_cli_module_does_not_import_torch():

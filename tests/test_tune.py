@@ -277,7 +277,7 @@ def test_bad_inputs_exit_2(tmp_path, data, olmoe):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     result = run_cli([olmoe, "--data", empty, "-o", tmp_path / "out", "--mode", "full"])
-    assert result.exit_code == 2 and "nothing to train on" in result.output
+    assert result.exit_code == 3 and f"{empty}: empty input: no documents" in result.output
     other = write_experts(tmp_path / "other.json", {1: [1]},
                           {"name": "other", "fingerprint": "sha256:" + "0" * 64, "num_experts": 8,
                            "moe_layers": [0, 1]})

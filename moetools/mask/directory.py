@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..reporting import ProgressFactory, no_progress
+from ..streams import strict_json
 from ..streams.files import create_directory
 from ..streams.outputs import MARKER, check_output
 from . import remote, stream
@@ -148,12 +149,12 @@ def mask_directory(source, experts_path, out, *, force: bool = False, dtype: str
             config = json.loads((temporary / "config.json").read_text(encoding="utf-8"))
             config.update(remote.write_code(temporary, plan.model_type))
             config["moe_mask"] = record
-            (temporary / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
+            (temporary / "config.json").write_text(strict_json.dumps(config, indent=2, sort_keys=True) + "\n",
                                                    encoding="utf-8")
         else:
             stream.write_weights(source, temporary, plan, dtype=None if dtype == "auto" else torch_dtype(dtype),
                                  progress=progress)
             stream.write_config(source, temporary, plan, record, None if dtype == "auto" else dtype)
-        (temporary / RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        (temporary / RECORD_FILE).write_text(strict_json.dumps(record, indent=1) + "\n", encoding="utf-8")
         _copy_side_files(source, temporary)
     return record
