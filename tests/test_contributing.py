@@ -67,8 +67,8 @@ def test_family_entry_points_name_adapter_files():
 
 
 #: where a family's own code may name it besides its adapter: MONET's modeling code and its trainer
-#: (monet-train builds MONET models; it is not a family table)
-FAMILY_HOMES = ("moetools/models/adapters/", "moetools/models/monet/", "moetools/train/")
+#: (monet-train builds MONET models; it is not a family table), and the test helpers' sample headers
+FAMILY_HOMES = ("moetools/models/adapters/", "moetools/models/monet/", "moetools/train/", "moetools/testing/")
 
 
 def _modules_naming_a_family() -> dict[str, list[str]]:
