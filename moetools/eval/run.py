@@ -46,13 +46,14 @@ def identity_of(loaded) -> dict:
 
 
 def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domain", text_field: str = "text",
-             max_length: int = 512, batch_tokens: int = 4096, dtype: str = "auto", device: str = "cpu",
-             on_batch: Callable[[int], None] | None = None, on_model: Callable[[str], None] | None = None,
-             progress: ProgressFactory = no_progress) -> Iterator[dict]:
+             max_length: int = 512, batch_tokens: int = 4096, loss_definition: str = "no-prefix",
+             dtype: str = "auto", device: str = "cpu", on_batch: Callable[[int], None] | None = None,
+             on_model: Callable[[str], None] | None = None, progress: ProgressFactory = no_progress) -> Iterator[dict]:
     """Yield ``model`` records then ``domain`` / ``choice`` records (formats/eval.md) for each model in turn.
 
     ``progress(description, total)`` (moetools.reporting) is advanced per batch of --data evaluated and
-    per --choices item, one bar per model and part.
+    per --choices item, one bar per model and part. ``loss_definition`` is one of
+    :data:`moetools.eval.loss.LOSS_DEFINITIONS` (which tokens a domain's loss scores).
     """
     from ..corpus.documents import read_corpus
     from ..mask.directory import read_mask_record
@@ -79,7 +80,8 @@ def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domai
                         on_batch(size)
 
                 results = domain_loss(loaded.model, loaded.tokenizer, documents, domain_field=domain_field,
-                                      max_length=max_length, batch_tokens=batch_tokens, on_batch=count_batch)
+                                      max_length=max_length, batch_tokens=batch_tokens,
+                                      definition=loss_definition, on_batch=count_batch)
             for domain, values in results.items():
                 base = first_domains.setdefault(domain, values) if position == 0 else first_domains.get(domain)
                 delta = None

@@ -57,21 +57,39 @@ def read_data_block(html_text: str) -> dict:
     return json.loads(body)
 
 
+def short_names(paths: list[str]) -> list[str]:
+    """Each path's last component, with as many parent components as it takes to tell equal ones apart
+    (``run1/olmoe``, ``run2/olmoe``); a path given twice gets its position (``olmoe (#2)``)."""
+    parts = [[part for part in str(path).replace("\\", "/").split("/") if part] or [str(path)] for path in paths]
+    depth = [1] * len(parts)
+    while True:
+        names = ["/".join(part[-d:]) for part, d in zip(parts, depth)]
+        clashing = [i for i, name in enumerate(names) if names.count(name) > 1]
+        growing = [i for i in clashing if depth[i] < len(parts[i])]
+        if not growing:
+            return [f"{name} (#{i + 1})" if i in clashing else name for i, name in enumerate(names)]
+        for i in growing:
+            depth[i] += 1
+
+
 def _eval_table(data) -> str:
-    """moe-eval's domain x model loss table (delta against the first model beside each loss)."""
+    """moe-eval's domain x model loss table (delta against the first model beside each loss); a model is named
+    by its directory's short name, its full path on hover."""
     if not data.eval_domains:
         return ""
     models = sorted(data.eval_models) or sorted({record["model"] for record in data.eval_domains})
-    names = (data.eval_header or {}).get("models") or []
+    paths = [str(path) for path in (data.eval_header or {}).get("models") or []]
+    shorts = short_names(paths)
 
     def name(index):
         record = data.eval_models.get(index) or {}
         masked = " (masked)" if record.get("masked") else ""
-        return (names[index] if index < len(names) else str(index)) + masked
+        short, full = (shorts[index], paths[index]) if index < len(paths) else (str(index), str(index))
+        return f'<span title="{html.escape(full)}">{html.escape(short + masked)}</span>'
 
     domains = list(dict.fromkeys(record["domain"] for record in data.eval_domains))
     cell = {(record["model"], record["domain"]): record for record in data.eval_domains}
-    rows = ["<tr><th>domain</th>" + "".join(f"<th>{html.escape(name(m))}</th>" for m in models) + "</tr>"]
+    rows = ["<tr><th>domain</th>" + "".join(f"<th>{name(m)}</th>" for m in models) + "</tr>"]
     for domain in domains:
         cells = []
         for model in models:
@@ -84,7 +102,7 @@ def _eval_table(data) -> str:
                 f'{min(0.6, abs(delta) / 2 + 0.05):.2f})"'
             cells.append(f"<td{shade}>{text}</td>")
         rows.append(f"<tr><th>{html.escape(str(domain))}</th>{''.join(cells)}</tr>")
-    choices = "".join(f"<li>{html.escape(name(r['model']))}: {html.escape(str(r.get('task')))} acc "
+    choices = "".join(f"<li>{name(r['model'])}: {html.escape(str(r.get('task')))} acc "
                       f"{r.get('acc')} (Δ {r.get('delta_acc')})</li>" for r in data.eval_choices)
     return ("<h2>Evaluation (moe-eval)</h2><p class=meta>loss in nats per token; in brackets the change against "
             f"the first model</p><table class=eval>{''.join(rows)}</table>" + (f"<ul>{choices}</ul>" if choices else ""))
@@ -136,4 +154,4 @@ def render_page(data, payload: dict, figures: list[tuple[str, str]], compress: b
             f"<script>{_asset('page.js')}</script></body></html>\n")
 
 
-__all__ = ["data_block", "inline_json", "read_data_block", "render_page"]
+__all__ = ["data_block", "inline_json", "read_data_block", "render_page", "short_names"]

@@ -20,8 +20,10 @@ import re
 
 import numpy as np
 
+#: text.parse_math off: labels are plain text (a domain named "$\frac{1}{$" is drawn as written, not parsed
+#: as mathtext, which fails on it)
 SVG_RC = {"svg.fonttype": "none", "svg.hashsalt": "moetools-report", "font.size": 9,
-          "image.interpolation": "nearest"}
+          "image.interpolation": "nearest", "text.parse_math": False, "text.usetex": False}
 
 
 def figure_svg(figure) -> str:

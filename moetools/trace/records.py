@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -38,20 +40,69 @@ def id_dtype(num_experts: int) -> np.dtype:
     return np.dtype("<u4")
 
 
+#: what a decoder writes for bytes that are not (yet) a whole UTF-8 character
+REPLACEMENT = "\ufffd"
+#: tokens decoded together at most to complete characters split over tokens (a chain of such characters
+#: longer than this keeps its one-token pieces)
+MAX_SPAN = 32
+
+
 class PieceTable:
-    """The text of each token id (``tokenizer.decode([id])``), cached: bounded by the vocabulary."""
+    """The text of each token of a window: ``tokenizer.decode([id])`` (cached: bounded by the vocabulary) where
+    that is whole characters, else the span of tokens is decoded once (:meth:`window`)."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self._cache: dict[int, str] = {}
 
+    def _decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
     def __call__(self, token_id: int) -> str:
         piece = self._cache.get(token_id)
         if piece is None:
-            piece = self.tokenizer.decode([token_id], skip_special_tokens=False,
-                                          clean_up_tokenization_spaces=False)
+            piece = self._decode([token_id])
             self._cache[token_id] = piece
         return piece
+
+    def window(self, token_ids: list[int]) -> list[str]:
+        """One piece per token; joined, the pieces are the window's text. A character whose UTF-8 bytes lie in
+        several tokens (byte-level BPE, byte fallback) goes whole to the token holding its last byte, the
+        tokens before it get the characters they complete ('' if none): no U+FFFD where the text has none.
+        Bytes the window cuts off from their character (at its ends) still read U+FFFD."""
+        pieces = [self(token_id) for token_id in token_ids]
+        start = 0
+        while start < len(pieces):
+            if REPLACEMENT not in pieces[start]:
+                start += 1
+                continue
+            end, whole = self._whole_span(token_ids, start)
+            if whole is None:
+                start += 1
+                continue
+            pieces[start:end] = _split_span(whole, [self._decode(token_ids[start:cut]) for cut in range(start + 1, end)])
+            start = end
+        return pieces
+
+    def _whole_span(self, token_ids: list[int], start: int) -> tuple[int, str | None]:
+        """The shortest span from ``start`` that decodes to whole characters, and its text (None: none does)."""
+        for end in range(start + 2, min(len(token_ids), start + MAX_SPAN) + 1):
+            text = self._decode(token_ids[start:end])
+            if REPLACEMENT not in text:
+                return end, text
+        return start + 1, None
+
+
+def _split_span(whole: str, prefixes: list[str]) -> list[str]:
+    """``whole`` cut where each prefix's decoded text stops agreeing with it (a prefix ends in U+FFFD where it
+    holds part of a character): len(prefixes) + 1 pieces that join to ``whole``."""
+    pieces, done = [], 0
+    for prefix in prefixes:
+        agreed = max(done, len(os.path.commonprefix([prefix, whole])))
+        pieces.append(whole[done:agreed])
+        done = agreed
+    pieces.append(whole[done:])
+    return pieces
 
 
 def batch_records(windows, layers: list[dict], *, seq_len: int, num_experts: int, pieces: PieceTable,
@@ -81,7 +132,7 @@ def batch_records(windows, layers: list[dict], *, seq_len: int, num_experts: int
             "offset": window.offset,
             "meta": window.meta,
             "tokens": np.asarray(window.token_ids, dtype="<i4"),
-            "pieces": [pieces(t) for t in window.token_ids.tolist()],
+            "pieces": pieces.window(window.token_ids.tolist()),
             "experts": np.ascontiguousarray(experts[b, :, :length]),
             "gates": np.ascontiguousarray(gates[b, :, :length]),
             "contribution": np.ascontiguousarray(contribution[b, :, :length]),

@@ -14,6 +14,11 @@ from ..schema import (
     where,
 )
 
+#: moe-eval --loss-definition values; a header without the field is ``no-prefix`` (streams before it existed)
+LOSS_DEFINITIONS = ("no-prefix", "lm-eval")
+#: the domain fields of the ``lm-eval`` definition only
+ROLLING_FIELDS = ("loglikelihood", "words", "bytes", "word_perplexity", "byte_perplexity", "bits_per_byte")
+
 
 def _models_in(header: dict) -> int | None:
     models = header.get("models")
@@ -34,6 +39,9 @@ class EvalSchema(Schema):
         field_str(header, "choices", place, optional=True, nullable=True)
         field_str(header, "domain_field", place, optional=True)
         field_int(header, "max_length", place, minimum=2, optional=True)
+        definition = field_str(header, "loss_definition", place, optional=True)
+        need(definition is None or definition in LOSS_DEFINITIONS, place,
+             f"'loss_definition' must be one of {', '.join(LOSS_DEFINITIONS)}, got {definition!r}")
 
     def _model_index(self, record, header, place):
         count = _models_in(header)
@@ -59,6 +67,27 @@ class EvalSchema(Schema):
         need(loss is None or loss >= 0, place, f"'loss' must be >= 0 (nats per token), got {loss!r}")
         delta = field_number(record, "delta_loss", place, optional=True, nullable=True)
         need(not (position == 0 and delta is not None), place, "the first model has no 'delta_loss' (null)")
+        if header.get("loss_definition") == "lm-eval":
+            self._check_rolling(record, tokens, place)
+        else:
+            extra = [name for name in ROLLING_FIELDS if name in record]
+            need(not extra, place, f"{', '.join(repr(n) for n in extra)} belong to loss_definition 'lm-eval' only")
+
+    @staticmethod
+    def _check_rolling(record, tokens, place):
+        """lm-eval's loglikelihood_rolling numbers: Σ log p <= 0, word and byte counts, perplexities >= 1."""
+        loglikelihood = field_number(record, "loglikelihood", place, nullable=True)
+        need((loglikelihood is None) == (tokens == 0), place, "'loglikelihood' is null exactly when 'tokens' is 0")
+        need(loglikelihood is None or loglikelihood <= 0, place,
+             f"'loglikelihood' must be <= 0 (nats), got {loglikelihood!r}")
+        for count, ratios in (("words", ("word_perplexity",)), ("bytes", ("byte_perplexity", "bits_per_byte"))):
+            total = field_int(record, count, place)
+            for name in ratios:
+                value = field_number(record, name, place, nullable=True)
+                need((value is None) == (loglikelihood is None or total == 0), place,
+                     f"'{name}' is null exactly when 'loglikelihood' is or '{count}' is 0")
+                low = 1 if name.endswith("perplexity") else 0
+                need(value is None or value >= low, place, f"'{name}' must be >= {low}, got {value!r}")
 
     def check_choice(self, record, header, number=None):
         place = where("eval", number, "choice")
