@@ -193,6 +193,7 @@ def main() -> None:
                        "mean_other_change": round(sum(v - reference["eval_loss_by_domain"][d] for d, v in losses.items()
                                                       if d != "medical") / (len(losses) - 1), 4),
                        "trainable_parameters": summary["trainable_parameters"], "wall_s": summary["wall_s"],
+                       "cpu_s": summary["cpu_s"],
                        "peak_rss_mb": round(summary["peak_rss_mb"], 1), "cdas": summary.get("cdas")}
     report = {"bench": "tuning", "issue": 14,
               "base": {"arch": "OLMoE (monet-train --arch moe)", "experts": EXPERTS, "top_k": TOP_K,
