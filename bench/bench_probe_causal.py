@@ -61,7 +61,7 @@ def main(argv=None) -> None:
             assert all(p.triggers for p in proposals)
             with measure() as cost:
                 result = CliRunner().invoke(moe_probe, ["causal", str(work / "model"), str(work / "labels.jsonl"),
-                                                        "--api-base", stub.url, "--llm-model", "stub", "--no-cache",
+                                                        "--api-base", stub.url, "--model", "stub", "--no-cache",
                                                         "--concurrency", str(concurrency), "-q",
                                                         "-o", str(work / f"out{concurrency}.jsonl")])
             whole = cost["wall_s"]

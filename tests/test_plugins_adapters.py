@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import transformers
 from tiny_models import save_tiny_olmoe
 
 from moetools.plugins import checkout_entry_points
@@ -71,6 +72,10 @@ def fake_model(tmp_path_factory):
     """A tiny OLMoE saved to disk, relabelled model_type fake_moe (which only the plugin knows)."""
     directory = tmp_path_factory.mktemp("fake_moe")
     save_tiny_olmoe(directory, WORDS)
+    # the tensors as the modules hold them (fused experts): transformers converts OLMoE's on-disk
+    # per-expert layout by model_type, and knows no conversion for fake_moe (the loader would refuse
+    # the per-expert tensors as unexpected and the fused ones as missing)
+    transformers.AutoModelForCausalLM.from_pretrained(directory).save_pretrained(directory, save_original_format=False)
     config = json.loads((directory / "config.json").read_text())
     config["model_type"] = "fake_moe"
     config["architectures"] = ["FakeMoeForCausalLM"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_models
 import torch
 import transformers
 from click.testing import CliRunner
@@ -259,17 +260,8 @@ def test_resume_of_a_finished_output_does_nothing(full_trace, olmoe_dir, tmp_pat
 
 
 def save_tiny_monet(directory, *, layers: int, moe_experts: int):
-    """A random tiny MONET (moe_experts² composed experts, every layer its own routing) with a tokenizer."""
-    import moetools.models.monet  # noqa: F401  (registers MONET with the Auto classes)
-    from moetools.models.monet.configuration_monet import MonetConfig
-
-    config = MonetConfig(vocab_size=64, hidden_size=16, num_hidden_layers=layers, num_attention_heads=4, moe_dim=4,
-                         moe_heads=2, moe_experts=moe_experts, moe_topk=2, moe_groups=layers,
-                         max_position_embeddings=64)
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-    save_tokenizer(directory)
-    return directory
+    """A random tiny MONET whose layers all share one router (moe_groups = layers), with a tokenizer."""
+    return tiny_models.save_tiny_monet(directory, WORDS, layers=layers, moe_experts=moe_experts)
 
 
 def test_monet_model_traces_composed_experts(tmp_path):

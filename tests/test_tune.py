@@ -16,6 +16,7 @@ from tiny_models import save_word_tokenizer
 from moetools.cli.tune import command
 from moetools.models import model_identity
 from moetools.models.loader import load_model
+from moetools.streams.outputs import MARKER
 from moetools.tune import TuneOptions, merge
 from moetools.tune.data import IGNORE, chat_example
 from moetools.tune.loop import Tuner
@@ -341,7 +342,7 @@ def test_cli_trains_with_several_eval_files_and_merges(tmp_path, data, olmoe):
     assert len(evals) == 2 and set(evals[0]["eval_loss_by_file"]) == {"medical", "general"}
     assert set(evals[0]["eval_loss_by_domain"]) == {"medical", "general"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "adapter.safetensors", "experts.json", "tune.json", "tune_log.jsonl"]  # no checkpoint left after 2 steps
+        MARKER, "adapter.safetensors", "experts.json", "tune.json", "tune_log.jsonl"]  # no checkpoint after 2 steps
     result = run_cli(["merge", tmp_path / "out", "-o", tmp_path / "merged"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["moetools_tuned"]["mode"] == "experts"

@@ -6,12 +6,15 @@ import json
 
 import click
 
-from .common import progress, say, tool
+from .common import output_guard, progress, say, tool
 
 EXAMPLE = """\
 monet-train --arch monet-vd --data corpus.jsonl -o monet/ --steps 2000 --max-minutes 60
 torchrun --nproc_per_node 2 $(which monet-train) --data corpus.jsonl -o monet/ --resume
 torchrun --nproc_per_node 8 $(which monet-train) --fsdp --data corpus.jsonl -o monet/"""
+
+TRAIN_FORCE_HELP = ("Start over in an existing OUTPUT this suite wrote: it is renamed to OUTPUT.old and removed "
+                    "when the new run is complete (without --force or --resume an existing OUTPUT is refused).")
 
 # flag -> model config key
 MODEL_FLAGS = {"d_model": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
@@ -67,6 +70,7 @@ MODEL_FLAGS = {"d_model": "hidden_size", "layers": "num_hidden_layers", "heads":
 @click.option("--fsdp", is_flag=True, help="Under torchrun (2 or more processes): shard parameters, gradients and "
                                            "optimizer state with FSDP2 (per decoder layer) instead of DDP; same "
                                            "batches, logs, checkpoints and output.")
+@output_guard(directory=True, resume_flag="resume", pass_force=True, force_help=TRAIN_FORCE_HELP)
 def command(data, output, arch, config_file, **options):
     """Pretrain MONET, or a matched baseline, from JSON lines text.
 

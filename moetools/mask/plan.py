@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
+from ..models.shared_routers import expand_to_groups, router_groups
 from .routing import KINDS
 
 #: the config key holding the routed-expert count, per model type
@@ -42,6 +43,7 @@ class MaskPlan:
     mode: str = "pruned"
     groups: int = 1  # expert groups of a group-limited router (1: none)
     notes: list[str] = field(default_factory=list)
+    shared_note: str = ""  # set when the set touches a router shared by several layers
 
     def kept(self, layer: int) -> list[int]:
         gone = set(self.masked[layer])
@@ -102,12 +104,16 @@ def plan_mask(model, adapter, experts: dict[int, list[int]]) -> MaskPlan:
         if bad:
             raise UsageError(f"layer {layer}: expert ids {bad} out of range (the model has {num_experts} per layer)")
     masked = {index: sorted({int(i) for i in experts.get(index, ())}) for index in sorted(indices)}
-    plan = MaskPlan(model_type=model_type, num_experts=num_experts, top_k=top_k, masked=masked)
+    # a composed expert of a router shared by several layers (MONET moe_groups) is one routing choice:
+    # masked in every layer of its group (moetools.models.shared_routers)
+    masked, shared_note = expand_to_groups(masked, [g for g in router_groups(model, adapter) if len(g) > 1])
+    plan = MaskPlan(model_type=model_type, num_experts=num_experts, top_k=top_k, masked=masked,
+                    shared_note=shared_note)
     for layer, ids in masked.items():
         left = num_experts - len(ids)
         if left == 0:
             raise UsageError(f"layer {layer}: every expert is masked")
-        if model_type != "monet" and left < top_k:
+        if left < top_k:  # MONET too: its top-k composed experts per token would include masked ones
             raise UsageError(f"layer {layer}: {left} experts left, fewer than top-k = {top_k}")
     if model_type == "monet":
         plan.mode = "remote"

@@ -81,16 +81,59 @@ def write_code(directory: Path, family: str) -> dict:
                          "AutoModelForCausalLM": f"{MODELING_FILE}.MoetoolsMaskedForCausalLM"}}
 
 
-def is_own_code(directory: Path, family: str) -> bool:
-    """True when the directory's custom code is byte for byte what :func:`write_code` writes today
-    (so moetools may load it with ``trust_remote_code=True`` without trusting anything else)."""
+def check_own_code(directory: Path, family: str) -> None:
+    """Refuse (ModelError, exit 2) a directory whose code is not exactly moe-mask's own, before any of it runs.
+
+    Loading with ``trust_remote_code=True`` runs whatever ``auto_map`` names: in config.json (the model,
+    its config, a tokenizer), in tokenizer_config.json or in any other JSON file of the directory. So:
+    config.json's ``auto_map`` must be exactly the one :func:`write_code` returns, no other JSON file
+    may have one, and the Python files (at any depth) must be exactly :func:`write_code`'s, byte for byte.
+    """
+    import json
     import tempfile
 
+    from ..errors import ModelError
+
     directory = Path(directory)
+
+    def refuse(why: str):
+        raise ModelError(f"{directory}: {why}; refusing to load it with trust_remote_code (its code is not "
+                         "moe-mask's own: load it yourself if you trust it)")
+
     with tempfile.TemporaryDirectory() as scratch:
-        write_code(Path(scratch), family)
-        for path in Path(scratch).iterdir():
-            mine = directory / path.name
-            if not mine.is_file() or mine.read_bytes() != path.read_bytes():
-                return False
+        expected_map = write_code(Path(scratch), family)["auto_map"]
+        expected = {path.name: path.read_bytes() for path in Path(scratch).iterdir()}
+    for path in sorted(directory.rglob("*.json")):
+        if path.name.endswith(".index.json") or not path.is_file():
+            continue
+        try:
+            value = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            if path.name == "config.json":
+                refuse("config.json does not read as JSON")
+            continue
+        auto_map = value.get("auto_map") if isinstance(value, dict) else None
+        if path == directory / "config.json":
+            if auto_map != expected_map:
+                refuse(f"config.json's auto_map is {auto_map!r}, not moe-mask's {expected_map!r}")
+        elif auto_map is not None:
+            refuse(f"{path.relative_to(directory)} has an auto_map")
+    found = {path.relative_to(directory).as_posix(): path for path in directory.rglob("*.py")}
+    for name in sorted(found):
+        if name not in expected:
+            refuse(f"{name} is not one of moe-mask's files")
+        if found[name].read_bytes() != expected[name]:
+            refuse(f"{name} differs from the file moe-mask writes")
+    for name in sorted(set(expected) - set(found)):
+        refuse(f"{name} is missing")
+
+
+def is_own_code(directory: Path, family: str) -> bool:
+    """True when :func:`check_own_code` accepts the directory."""
+    from ..errors import ModelError
+
+    try:
+        check_own_code(directory, family)
+    except ModelError:
+        return False
     return True

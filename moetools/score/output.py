@@ -17,15 +17,21 @@ def _num(value):
     return value if math.isfinite(value) else None
 
 
+def asked(metrics, name: str) -> bool:
+    """Whether ``--metrics`` (None: every metric the input supports) asks for ``name``: only those are written."""
+    return metrics is None or name in metrics
+
+
 def header_extra(scorer: RoutingScorer, computed: dict) -> dict:
     opts, trace = scorer.options, scorer.header
-    present = [name for name in METRICS if name in computed or (name == "skew" and "skew_ratio" in computed)]
+    present = [name for name in METRICS if (name in computed or (name == "skew" and "skew_ratio" in computed))
+               and asked(opts.metrics, name)]
     general = {"kind": opts.general}
     if opts.general not in ("rest", "trace"):
         general = {"kind": "domain", "domain": opts.general}
-    return {
+    extra = {
         "source": SCORES_SOURCE,
-        "layers": list(trace["layers"]),
+        "layers": list(scorer.layers),
         "num_experts": trace["num_experts"],
         "top_k": trace["top_k"],
         "domain_field": opts.domain_field,
@@ -38,22 +44,32 @@ def header_extra(scorer: RoutingScorer, computed: dict) -> dict:
                     "clusters": opts.clusters if opts.model_dir else None, "jsd_draws": opts.jsd_draws},
         "inputs": scorer.inputs,
     }
+    if scorer.fold is not None:   # one record per router: which layers each one routes
+        extra["shared_routers"] = [members for members in scorer.fold.shared.values()]
+    return extra
 
 
-def expert_records(computed: dict, layers: list[int], min_ratio: float):
-    """One ``expert`` record per (layer, expert), layers then experts ascending."""
+def expert_records(computed: dict, layers: list[int], min_ratio: float, metrics=None, shared: dict | None = None):
+    """One ``expert`` record per (layer, expert), layers then experts ascending; with ``metrics``
+    (``--metrics``) only those metrics; ``layers`` are the router layers and ``shared`` (router
+    layer -> the layers it routes) adds ``shared_layers``."""
+    shared = shared or {}
     domains = computed["domains"]
     per_domain = [name for name in ("af", "prob", "das", "score", "explen", "psn", "reap", "esft_token",
-                                    "esft_gate") if name in computed]
+                                    "esft_gate") if name in computed and asked(metrics, name)]
+    routed = asked(metrics, "routed")
     test = computed.get("skew_test")
     general = computed.get("general")
     n_experts = computed["af"].shape[-1]
     for li, layer in enumerate(layers):
         for expert in range(n_experts):
             record = {"type": "expert", "layer": int(layer), "expert": expert, "domains": {}}
+            if int(layer) in shared:
+                record["shared_layers"] = list(shared[int(layer)])
             for d, domain in enumerate(domains):
                 values = {name: _num(computed[name][d, li, expert]) for name in per_domain}
-                values["routed"] = int(computed["routed"][d, li, expert])
+                if routed:
+                    values["routed"] = int(computed["routed"][d, li, expert])
                 record["domains"][domain] = values
             if general is not None:
                 record["general"] = {"prob": _num(general["prob"][li, expert]),
@@ -72,13 +88,13 @@ def expert_records(computed: dict, layers: list[int], min_ratio: float):
                 record["pearson"] = _num(computed["pearson"][li, expert])
             for name in ("rc_shift", "jsd_routing", "jsd_routing_random", "jsd_functional",
                          "jsd_functional_random"):
-                if name in computed:
+                if name in computed and asked(metrics, name):
                     record[name] = _num(computed[name][li, expert])
             yield record
 
 
 def end_summary(scorer: RoutingScorer, computed: dict, q_threshold: float = 0.05) -> dict:
-    sums, layers = scorer.sums, scorer.header["layers"]
+    sums, layers = scorer.sums, scorer.layers
     summary = {
         "sequences": scorer.sequences,
         "tokens": {d: int(t) for d, t in zip(computed["domains"], computed["tokens"])},
@@ -120,7 +136,7 @@ def end_summary(scorer: RoutingScorer, computed: dict, q_threshold: float = 0.05
         jsd = {"clusters": scorer.clusters.k, "draws": scorer.options.jsd_draws,
                "unknown_tokens": scorer.clusters.unknown_tokens}
         for name in ("jsd_routing", "jsd_routing_random", "jsd_functional", "jsd_functional_random"):
-            if name in computed:
+            if name in computed and asked(scorer.options.metrics, name):
                 jsd[name] = {str(layer): _num(np.nanmean(computed[name][i])) if np.isfinite(computed[name][i]).any()
                              else None for i, layer in enumerate(layers)}
         summary["jsd"] = jsd
@@ -129,4 +145,4 @@ def end_summary(scorer: RoutingScorer, computed: dict, q_threshold: float = 0.05
     return summary
 
 
-__all__ = ["SCORES_SOURCE", "end_summary", "expert_records", "header_extra"]
+__all__ = ["SCORES_SOURCE", "asked", "end_summary", "expert_records", "header_extra"]

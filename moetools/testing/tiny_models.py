@@ -25,3 +25,33 @@ def save_tiny_olmoe(directory, words, seed: int = 0) -> None:
     torch.manual_seed(seed)
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     save_word_tokenizer(directory, words)
+
+
+def save_tiny_mixtral(directory, words, seed: int = 0) -> None:
+    """A random 2-layer Mixtral of save_tiny_olmoe's sizes (8 experts, top-2, d=32) and its tokenizer."""
+    config = transformers.MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                        num_local_experts=8, num_experts_per_tok=2, pad_token_id=1,
+                                        bos_token_id=None, eos_token_id=None)
+    torch.manual_seed(seed)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    save_word_tokenizer(directory, words)
+
+
+def save_tiny_monet(directory, words, *, layers: int, moe_experts: int, groups: int | None = None,
+                    decompose: str = "vertical"):
+    """A random tiny MONET (moe_experts² composed experts, top-2 per factor) and its tokenizer.
+
+    ``groups`` is ``moe_groups``: that many consecutive layers share one router (default: all
+    ``layers``, one router for the whole model, as the demo's 4-layer MONET-VD with moe_groups = 4).
+    """
+    import moetools.models.monet  # noqa: F401  (registers MONET with the Auto classes)
+    from moetools.models.monet.configuration_monet import MonetConfig
+
+    config = MonetConfig(vocab_size=64, hidden_size=16, num_hidden_layers=layers, num_attention_heads=4, moe_dim=4,
+                         moe_heads=2, moe_experts=moe_experts, moe_topk=2, moe_groups=groups or layers,
+                         moe_decompose=decompose, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    save_word_tokenizer(directory, words)
+    return directory

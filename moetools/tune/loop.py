@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..reporting import ProgressBar, ProgressFactory, no_progress
+from ..streams.outputs import check_output, finish_training_directory, prepare_training_directory
 from ..train.data import block_indices
 from ..train.loop import _Distributed  # monet-train's process group, shared rather than copied
 from ..train.state import WarmupCosine, restore_rng, save_checkpoint, unflatten_optimizer_state
@@ -66,6 +68,7 @@ class TuneOptions:
     stop_at_step: int | None = None
     max_minutes: float | None = None
     resume: bool = False
+    force: bool = False                 # start over in an existing OUTPUT this suite wrote (moved to OUTPUT.old)
     lora_rank: int = 16                 # paper 003
     lora_alpha: float = 32.0
     dtype: str = "float32"
@@ -123,9 +126,10 @@ def _freeze_batchnorm(model) -> None:
 class Tuner:
     """One run: the model, what trains in the current stage, the optimizer and the log."""
 
-    def __init__(self, options: TuneOptions, on_log=None, bar: ProgressBar | None = None):
+    def __init__(self, options: TuneOptions, on_log=None, bar: ProgressBar | None = None, on_note=None):
         from ..models import model_identity
         from ..models.loader import load_model
+        from ..models.shared_routers import expand_to_groups, router_groups
 
         check_options(options)
         self.options, self.on_log, self.bar = options, on_log, bar  # bar: advanced per optimizer step
@@ -137,6 +141,15 @@ class Tuner:
         self.checkpoint_dir = self.out / "checkpoint"
         if options.resume and not (self.checkpoint_dir / "trainer_state.json").exists():
             raise UsageError(f"--resume: no checkpoint in {self.checkpoint_dir}")
+        if options.resume and options.force:
+            raise UsageError("--resume continues OUTPUT and --force starts it over: give one of them")
+        # the inputs, for the rule of -o (never an input, an ancestor or a descendant of one)
+        self.inputs = [p for p in (options.model, options.data, options.experts, options.general, *options.eval)
+                       if p not in (None, "-")]
+        if not options.resume:
+            check_output(self.out, inputs=self.inputs, force=options.force, directory=True)
+        self.dist.barrier()  # every process has checked OUTPUT before the first one changes it
+        self.run_id = uuid.uuid4().hex  # tune.json and the checkpoint name the run they belong to
         loaded = load_model(options.model, dtype=options.dtype, device=str(self.dist.device), train=True)
         self.model, self.tokenizer, self.adapter = loaded
         self.identity = model_identity(self.model, self.adapter, options.model)
@@ -147,6 +160,12 @@ class Tuner:
             self.chosen = read_experts(options.experts, model=self.identity)
             if not len(self.chosen):
                 raise UsageError(f"{options.experts}: no expert selected: nothing to tune")
+            # a composed expert of a router shared by several layers (MONET moe_groups) is one routing
+            # choice: its parameters train in every layer of the group
+            self.router_groups = [g for g in router_groups(self.model, self.adapter) if len(g) > 1]
+            self.chosen.experts, note = expand_to_groups(self.chosen.experts, self.router_groups, "tuning")
+            if note and on_note is not None:
+                on_note(note)
         self.train_set = load_examples(options.data, self.tokenizer, options.seq_len, text_field=options.text_field,
                                        domain_field=options.domain_field)
         self.eval_sets = {Path(p).stem: load_examples(p, self.tokenizer, options.seq_len,
@@ -194,6 +213,10 @@ class Tuner:
                 parameter.requires_grad_(name in wanted)
         elif kind in ("experts", "lora-experts"):
             chosen = chosen_layers if chosen_layers is not None else dict(self.chosen.items())
+            if chosen_layers is not None:   # DAS stage 2: layers of one router chose alike; keep them whole
+                from ..models.shared_routers import expand_to_groups, router_groups
+
+                chosen, _ = expand_to_groups(chosen, router_groups(self.model, self.adapter), "tuning")
             found = expert_slices(self.model, self.adapter, chosen)
             rank = options.lora_rank if kind == "lora-experts" else None
             slices = SliceTrainer(found, lora_rank=rank, lora_alpha=options.lora_alpha).attach()
@@ -329,7 +352,8 @@ class Tuner:
             save_checkpoint(self.checkpoint_dir, None, self.optimizer, model_state=self.delta_state(), tied=[],
                             trainer_state={**state, "stage": self.stage_index, "schedule": self.schedule.state_dict(),
                                            "log_bytes": log_bytes, "changed": sorted(self.changed),
-                                           "cdas": self.cdas_log, "options": asdict(self.options)})
+                                           "cdas": self.cdas_log, "options": asdict(self.options),
+                                           "run_id": self.run_id})
         self.dist.barrier()
 
     def load_checkpoint(self) -> dict:
@@ -337,6 +361,7 @@ class Tuner:
 
         directory = self.checkpoint_dir
         saved = json.loads((directory / "trainer_state.json").read_text())
+        self.run_id = saved.get("run_id") or self.run_id
         tensors = load_file(str(directory / "model.safetensors"))
         chosen = None
         if saved["stage"] > 0 and self.options.mode == "das-two-stage":
@@ -367,7 +392,10 @@ class Tuner:
     def run(self) -> dict:
         options, dist = self.options, self.dist
         if dist.main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            prepare_training_directory(self.out, inputs=self.inputs, force=options.force, resume=options.resume,
+                                       complete_file="tune.json", tool="moe-tune")
+            if options.resume:  # the adapter of an earlier finish no longer describes what the checkpoint holds
+                (self.out / "tune.json").unlink(missing_ok=True)
         dist.barrier()
         torch.manual_seed(options.seed)
         log_path = self.out / LOG_NAME
@@ -454,6 +482,7 @@ class Tuner:
             from .adapter import save_adapter
 
             save_adapter(self, summary)
+            finish_training_directory(self.out)
         dist.barrier()
         return summary
 
@@ -468,12 +497,13 @@ class Tuner:
             torch.distributed.destroy_process_group()
 
 
-def tune(options: TuneOptions, on_log=None, progress: ProgressFactory = no_progress) -> dict:
+def tune(options: TuneOptions, on_log=None, progress: ProgressFactory = no_progress, on_note=None) -> dict:
     """Run moe-tune per ``options``; write ``OUTPUT/`` (adapter, log, checkpoint); return a summary.
 
-    ``progress(description, total)`` (moetools.reporting) is advanced per optimizer step.
+    ``progress(description, total)`` (moetools.reporting) is advanced per optimizer step; ``on_note(text)``
+    gets one-line notes (e.g. that a shared router's expert trains in every layer of its group).
     """
-    tuner = Tuner(options, on_log=on_log)
+    tuner = Tuner(options, on_log=on_log, on_note=on_note)
     try:
         with progress("optimizer steps", total=tuner.total_steps) as bar:
             tuner.bar = bar

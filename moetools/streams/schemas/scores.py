@@ -81,6 +81,11 @@ class ScoresSchema(Schema):
         if domains is not None:
             need(isinstance(domains, list) and all(isinstance(d, str) for d in domains), place,
                  "domains is not a list of strings")
+        shared = header.get("shared_routers")
+        if shared is not None:
+            need(isinstance(shared, list) and all(isinstance(g, list) and len(g) >= 2 and all(is_int(x) for x in g)
+                                                  for g in shared), place,
+                 "shared_routers is not a list of layer lists (two or more layers each)")
         metrics = header.get("metrics")
         if metrics is not None:
             need(isinstance(metrics, dict), place, "metrics is not a map of metric name -> description")
@@ -106,6 +111,11 @@ class ScoresSchema(Schema):
         experts = header.get("num_experts")
         if is_int(experts):
             need(record["expert"] < experts, place, f"expert {record['expert']} >= num_experts {experts}")
+        shared = record.get("shared_layers")
+        if shared is not None:   # the layers this record's router routes: its own layer first
+            need(isinstance(shared, list) and len(shared) >= 2 and all(is_int(x) and x >= 0 for x in shared)
+                 and shared[0] == record["layer"], place,
+                 f"shared_layers {shared!r} is not a list of two or more layers starting with layer {record['layer']}")
         domains = record.get("domains")
         if domains is not None:
             need(isinstance(domains, dict), place, "domains is not a map of domain -> metrics")
@@ -115,7 +125,7 @@ class ScoresSchema(Schema):
                     need(value is None or is_number(value), place,
                          f"domains.{domain}.{name} is not a number or null")
         for name, value in record.items():
-            if name in IDENTITY or name == "domains":
+            if name in IDENTITY or name in ("domains", "shared_layers"):
                 continue
             _check_value(value, place, name)
         for name in JUDGED:
