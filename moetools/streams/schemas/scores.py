@@ -1,7 +1,7 @@
 """The ``scores`` stream (formats/scores.md): one record per (layer, expert), metrics inside.
 
-Open by design: producers (moe-score's routing statistics now, LLM-judged detection scores
-later) add metric fields, per-domain fields and record types; this schema checks only what
+Open by design: producers (moe-score's routing statistics, and ``moe-score --labels``' judged detection scores)
+add metric fields, per-domain fields and record types; this schema checks only what
 every reader relies on: the identity (layer, expert) of ``expert`` records, that ``domains`` is
 a map of maps, and that metric values are numbers, null, or (for structured metrics) maps.
 """
