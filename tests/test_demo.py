@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from moetools import demo
 from moetools.cli.main import command as moetools_command
+from moetools.errors import MoetoolsError, UsageError
 from moetools.streams import read_stream
 
 TINY_TRAIN = ["--batch-size", "4", "--seq-len", "32", "--d-model", "32", "--layers", "2", "--heads", "2",
@@ -147,14 +148,14 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path, corpus):
     directory = home / "models" / recipe.name
     (directory / "checkpoint").mkdir(parents=True)
     logged = []
-    with pytest.raises(demo.MoetoolsError):  # the empty checkpoint is refused by monet-train --resume
+    with pytest.raises(MoetoolsError):  # the empty checkpoint is refused by monet-train --resume
         demo.ensure_model(recipe, corpus, home, steps=2, max_minutes=1, log=logged.append)
     assert logged[-1].startswith("$ monet-train --arch moe") and logged[-1].endswith("--resume")
 
 
 def test_demo_without_a_validation_split_is_a_usage_error(tmp_path):
     (tmp_path / "corpus").mkdir()
-    with pytest.raises(demo.UsageError, match="no validation split"):
+    with pytest.raises(UsageError, match="no validation split"):
         demo.run_demo(tmp_path, recipes=RECIPES, corpus=tmp_path / "corpus", log=print, echo=print)
 
 
@@ -167,7 +168,7 @@ def test_models_and_demo_have_help_with_an_example():
 def test_chain_summary_has_the_loss_matrix_the_report_and_what_failed(tmp_path):
     from report_fixture import write_eval
 
-    from moetools.demo_chain import summarise_chain
+    from moetools.demo.chain import summarise_chain
 
     write_eval(tmp_path / "eval.jsonl", "sha256:" + "a1" * 32)
     (tmp_path / "code.json").write_text(json.dumps({"experts": {"0": [1, 2], "2": [5]}}))
@@ -194,7 +195,7 @@ def write_set(path, experts: dict, scores: dict | None = None):
 
 
 def test_shown_experts_are_the_most_skewed_then_each_sets_best_at_most_the_limit(tmp_path):
-    from moetools.demo_smollm2 import choose_shown, most_skewed
+    from moetools.demo.smollm2 import choose_shown, most_skewed
 
     ratio = np.array([[1.0, 5.0, 2.0, 1.5], [9.0, 1.0, 3.0, 1.1]])  # (L, E) best / runner-up domain
     eligible = {(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 2), (1, 3)}  # (1, 1) has no offline label
@@ -223,7 +224,7 @@ def write_labels(path, labels: list[dict]):
 
 
 def test_summary_shows_smollm2_sentences_and_says_plainly_when_it_falls_back(tmp_path):
-    from moetools.demo_smollm2 import label_text, read_labels, summary_lines
+    from moetools.demo.smollm2 import label_text, read_labels, summary_lines
 
     offline = {(0, 1): {"explanation": 'This expert specializes in the tokens "def" (a statistical summary)'},
                (0, 2): {"explanation": 'This expert specializes in the tokens "fever" (a statistical summary)'}}
@@ -255,7 +256,7 @@ def test_summary_shows_smollm2_sentences_and_says_plainly_when_it_falls_back(tmp
 
 
 def test_smollm2_judge_line_counts_unusable_answers_and_gives_no_f1_without_judged_experts(tmp_path):
-    from moetools.demo_smollm2 import judged_line
+    from moetools.demo.smollm2 import judged_line
     from moetools.streams.files import open_stream_writer
 
     path = tmp_path / "smollm2.judged.scores.jsonl"
@@ -287,7 +288,7 @@ def _skew_scores(path, significant, specialised, expected, layers=(0, 1), expert
 
 
 def test_skew_verdict_is_the_permutation_tests_trained_beyond_random_init(tmp_path):
-    from moetools.demo_chain import skew_significance_lines
+    from moetools.demo.chain import skew_significance_lines
 
     trained = _skew_scores(tmp_path / "t.jsonl", significant=5, specialised=9, expected=2.5)
     random_init = _skew_scores(tmp_path / "r.jsonl", significant=0, specialised=4, expected=3.0)

@@ -143,7 +143,7 @@ def test_moe_report_draws_one_row_per_router_and_names_the_layers_sharing_it(mon
 
 
 def test_the_demo_summary_says_the_layers_share_one_router(monet):
-    from moetools.demo_chain import skew_significance_lines
+    from moetools.demo.chain import skew_significance_lines
     from moetools.score.specialisation import routing_from_stream, specialisation_report
 
     _, _, trace, scores = monet

@@ -176,7 +176,7 @@ def join(paths, output, fmt, uncompressed) -> None:
         raise UsageError("join writes a scores stream: --format jsonl or msgpack")
     readers = [read_input(path, kinds="scores", validate=True) for path in paths]
     model, extra, records, summary = join_streams(readers, [str(p) for p in paths])
-    from ..score.judge_join import add_edmrs
+    from ..score.judge import add_edmrs
 
     add_edmrs(extra, records)  # EDMRS = AF x EDMS where routing and judged scores meet (000 sec. 4.1)
     with open_stream_writer(output, "scores", fmt, uncompressed, model=model, header_extra=extra) as writer:

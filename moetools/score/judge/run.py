@@ -2,8 +2,8 @@
 
     from moetools.llm import ResponseCache, make_client
     from moetools.score.judge import JudgeOptions
-    from moetools.score.judge_llm import LLMScorer
-    from moetools.score.judge_run import judge_labels
+    from moetools.score.judge.llm import LLMScorer
+    from moetools.score.judge.run import judge_labels
     scorer = LLMScorer(make_client("openai", {"api_base": URL, "model": NAME}), cache=ResponseCache(namespace="score"))
     model, extra, records, summary = judge_labels("samples.msgpack.zst", ["labels.jsonl"], scorer, JudgeOptions())
 
@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ..errors import UsageError
-from ..streams.files import read_input
-from .judge import Judge, JudgeOptions, header_extra
-from .judge_inputs import LabelSet, check_label_examples, read_labels, read_samples
+from ...errors import UsageError
+from ...streams.files import read_input
+from .detection import Judge, JudgeOptions, header_extra
+from .inputs import LabelSet, check_label_examples, read_labels, read_samples
 
 
 def judge_labels(samples_path: str, label_paths: list[str], scorer, options: JudgeOptions, *, warn=None):
@@ -64,9 +64,9 @@ def make_scorer(*, backend: str | None = None, backend_options: dict | None = No
             raise UsageError(f"--{stray[0].replace('_', '-')} does not apply to the embedding scorer")
         return EmbeddingScorer(embedding_model, device=given.get("device") or "cpu",
                                batch_size=int(given.get("batch_size") or 64))
-    from ..llm import make_client
-    from ..llm.cache import response_cache
-    from .judge_llm import CACHE_NAMESPACE, LLMScorer
+    from ...llm import make_client
+    from ...llm.cache import response_cache
+    from .llm import CACHE_NAMESPACE, LLMScorer
 
     if model is not None:
         given["model"] = model

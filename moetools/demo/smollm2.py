@@ -15,7 +15,7 @@ Budget (2 cores shared with other work): the GGUF is de-quantized once into
 ``$MOETOOLS_HOME/models/<gguf name>/`` (safetensors; 26 s, then 0.4 s per load instead of 26 s),
 the steps run with one torch thread (two threads on two busy cores spin-wait: 48 s instead of 4 s
 for 40 tokens, measured), prompts are short (5 contexts, P_mono) and a rerun whose shown experts'
-samples, model and options are unchanged keeps the previous files (:mod:`moetools.demo_cache`'s stamp
+samples, model and options are unchanged keeps the previous files (:mod:`moetools.demo.cache`'s stamp
 beside ``labels.smollm2.jsonl``), failed experts included, instead of asking again.
 """
 
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .demo_cache import run_cached, stamp_path
-from .errors import MoetoolsError
+from ..errors import MoetoolsError
+from .cache import run_cached, stamp_path
 
 #: most experts per model labelled (and judged) by SmolLM2 (one generate batch): 2 most skewed + 5 domain
 #: sets + the toxicity set in the demo corpus; each costs several seconds of a 135M model on 2 cores
@@ -55,7 +55,7 @@ def smollm2_directory(root: Path, log) -> Path | None:
     The package ships a Q4_1 GGUF; transformers de-quantizes it at every load (26 s on 2 cores).
     Saved once de-quantized (float32 safetensors, the same weights), it loads in under a second.
     """
-    from .llm.local import smollm2_gguf
+    from ..llm.local import smollm2_gguf
 
     gguf = smollm2_gguf()
     if gguf is None:
@@ -70,8 +70,8 @@ def smollm2_directory(root: Path, log) -> Path | None:
 
 def dequantize_gguf(gguf: Path, out: Path) -> None:
     """Write the model transformers loads from ``gguf`` (already de-quantized) as a directory."""
-    from .llm.local import load_causal_lm
-    from .streams.files import create_directory
+    from ..llm.local import load_causal_lm
+    from ..streams.files import create_directory
 
     lm, tokenizer = load_causal_lm(gguf)
     lm.hf_quantizer = None  # the weights are plain float tensors now; only the flag forbids saving
@@ -89,8 +89,8 @@ _SKEW_CACHE: dict = {}
 
 def domain_skew(trace: Path):
     """(domains, mean router probability (D, L, E), best / runner-up domain ratio (L, E)) of a trace."""
-    from .score.specialisation import routing_from_stream
-    from .streams.files import open_input
+    from ..score.specialisation import routing_from_stream
+    from ..streams.files import open_input
 
     stat = Path(trace).stat()
     key = (str(trace), stat.st_mtime_ns, stat.st_size)
@@ -112,7 +112,7 @@ def most_skewed(ratio, eligible, count: int = SKEWED_SHOWN) -> list[tuple[float,
 
 def set_leaders(path: Path) -> list[tuple[int, int]]:
     """The experts of an experts file, best first: by moe-select's per-expert score when it has them."""
-    from .select import read_experts
+    from ..select import read_experts
 
     chosen = read_experts(path)
     scores = chosen.provenance.get("scores") or {}
@@ -149,7 +149,7 @@ def choose_shown(skewed, sets: dict, eligible, limit: int = SHOWN_PER_MODEL) -> 
 
 def write_shown(path: Path, shown, model: dict | None) -> None:
     """The shown experts as an experts file (formats/experts.md), for ``moe-explain --experts``."""
-    from .select import ExpertSet, write_experts
+    from ..select import ExpertSet, write_experts
 
     experts: dict[int, list[int]] = {}
     for layer, expert in shown:
@@ -167,7 +167,7 @@ def label_and_judge_shown(root: Path, out: Path, paths: dict, sets: dict, run_sh
     ``{"shown": {pair: why}, "model": dir or None, "labels": path, "judged": path, "notes": [...],
     "cached": bool}``; a missing package or a failed step is a note, never an exception.
     """
-    from .streams.files import read_input
+    from ..streams.files import read_input
 
     made = {"shown": {}, "model": None, "labels": out / "labels.smollm2.jsonl",
             "judged": out / "smollm2.judged.scores.jsonl", "notes": [], "cached": False}
@@ -211,7 +211,7 @@ def label_and_judge_shown(root: Path, out: Path, paths: dict, sets: dict, run_sh
                 raise MoetoolsError(f"SmolLM2 judging failed: {error}") from error
 
     # the same samples, shown experts, model and options: the same prompts, so nothing is asked again
-    # (failed experts included); moetools.demo_cache keeps the stamp
+    # (failed experts included); moetools.demo.cache keeps the stamp
     try:
         ran = run_cached(f"{explain} && {judge}", log, label_and_judge,
                          inputs=[paths["samples"], shown_file, model], outputs=[made["labels"]],
@@ -228,7 +228,7 @@ def label_and_judge_shown(root: Path, out: Path, paths: dict, sets: dict, run_sh
 
 def read_labels(path: Path) -> dict:
     """(layer, expert) -> label record of a labels file ({} when missing or unreadable)."""
-    from .streams.files import read_input
+    from ..streams.files import read_input
 
     try:
         return {(r["layer"], r["expert"]): r for r in read_input(path, kinds="labels") if r.get("type") == "label"}
@@ -287,7 +287,7 @@ def summary_lines(made: dict | None, offline: dict) -> list[str]:
 
 def judged_line(path: Path) -> str:
     """SmolLM2's judgement of its own labels: how many answers were usable, and the F1 when any were."""
-    from .streams.files import read_input
+    from ..streams.files import read_input
 
     if not Path(path).is_file():
         return "SmolLM2 as judge: nothing judged (no usable SmolLM2 label to judge, or the step failed)"

@@ -1,13 +1,13 @@
 """Judged detection scores of labels: EMS, EDMS(d), precision/recall/F1, balanced accuracy, LDS.
 
 For every label (formats/labels.md) of expert i, the scorer (an LLM with paper 000's A.2 prompt,
-:mod:`moetools.score.judge_llm`, or the offline embedding scorer, :mod:`moetools.score.embedding`)
+:mod:`moetools.score.judge.llm`, or the offline embedding scorer, :mod:`moetools.score.judge.embedding`)
 predicts which held-out samples activate the expert (formats/samples.md ``holdout``: the first
 ``positives`` of ``holdout.positive``, true 1, and the first ``negatives`` of
 ``holdout.negative``, true 0; 10 + 10 as in paper 002). A P_domain(d) label is judged on the
 holdout samples of domain d only (document meta ``domain_field``), giving EDMS_i^(d) (000 eq. 4);
 a P_mono label (or a self/offline one) on all of them, giving EMS_i (000 eq. 3). Metrics:
-:mod:`moetools.score.judge_metrics`; LDS_l (000 eq. 5) in one ``layer`` record per layer.
+:mod:`moetools.score.judge.metrics`; LDS_l (000 eq. 5) in one ``layer`` record per layer.
 
 Position bias: each request shows the samples in a seeded random order, the seed derived from
 (``seed``, layer, expert, prompt key, repeat); ``repeats`` R asks R orders and averages.
@@ -19,7 +19,7 @@ repeat, so that a reader (moe-report) shows which held-out contexts the scorer g
 Baseline (so that a score means something): every expert is also scored with the label of
 another expert of the same layer (drawn with a seeded RNG, same samples and orders); its
 metrics are written beside the real ones with the suffix ``_shuffled``, and the header gives the
-chance levels of the design (:func:`moetools.score.judge_metrics.chance_levels`).
+chance levels of the design (:func:`moetools.score.judge.metrics.chance_levels`).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import asyncio
 import random
 from dataclasses import asdict, dataclass
 
-from .judge_inputs import MONO, ExpertSamples, LabelSet
-from .judge_metrics import chance_levels, detection_metrics, layer_mean, mean_metrics
+from .inputs import MONO, ExpertSamples, LabelSet
+from .metrics import chance_levels, detection_metrics, layer_mean, mean_metrics
 
 #: metric name in the scores stream -> definition (formats/scores.md); scope: expert
 EXPERT_METRICS = {

@@ -23,9 +23,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .errors import MoetoolsError
-from .reporting import ProgressFactory, no_progress
-from .streams import StreamReader, StreamWriter, check_compatible
+from ..errors import MoetoolsError
+from ..reporting import ProgressFactory, no_progress
+from ..streams import StreamReader, StreamWriter, check_compatible
 
 #: (name shown in messages, binary file) of one input; name None for stdin
 Source = tuple["str | None", BinaryIO]

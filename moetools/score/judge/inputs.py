@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import FormatError, ModelMismatchError
+from ...errors import FormatError, ModelMismatchError
 
 MONO = "mono"
 

@@ -1,7 +1,7 @@
 """The LLM scorer: paper 000's A.2 prompt through any :mod:`moetools.llm` client, cached, re-asked when unparsable.
 
 One exchange (:func:`moetools.llm.exchange.ask`) per (label, order of the samples): the answer is parsed by
-:func:`moetools.score.judge_prompts.parse_answer`; an answer that is not a list of valid numbers or
+:func:`moetools.score.judge.prompts.parse_answer`; an answer that is not a list of valid numbers or
 "None" (or one cut off at ``max_tokens``) is asked again (``attempts`` in all; from the second attempt with at least
 ``retry_temperature`` so that a greedy model can answer differently) and finally recorded as a
 failure. Only parsable answers are cached, so a rerun sends no request for an answer it has.
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..llm.base import Accounting, CompletionClient
-from ..llm.cache import ResponseCache
-from ..llm.exchange import ask, refusing_truncated
-from .judge_prompts import build_scorer_messages, parse_answer
+from ...llm.base import Accounting, CompletionClient
+from ...llm.cache import ResponseCache
+from ...llm.exchange import ask, refusing_truncated
+from .prompts import build_scorer_messages, parse_answer
 
 CACHE_NAMESPACE = "score"
 TRUNCATED = "answer cut off at --max-tokens (finish_reason \"length\"); raise --max-tokens"

@@ -19,7 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .streams import strict_json
+from ..streams import strict_json
 
 #: files below this many bytes are fingerprinted by content
 HASHED_BELOW = 4 << 20
