@@ -61,7 +61,7 @@ def test_the_library_imports_neither_click_nor_the_cli():
 
 def test_the_walk_sees_the_library_and_resolves_relative_imports():
     names = {module_name(path) for path in library_modules()}
-    assert {"moetools.streams.files", "moetools.trace.command", "moetools.cat"} <= names
+    assert {"moetools.streams.files", "moetools.trace.run", "moetools.cat"} <= names
     assert not any(name.startswith("moetools.cli") for name in names)
 
 
@@ -100,7 +100,7 @@ def test_moe_trace_runs_and_resumes_from_python_without_click(tmp_path):
     script = f"""
 import sys
 from moetools.streams import StreamReader
-from moetools.trace.command import run_trace
+from moetools.trace.run import run_trace
 lines = []
 run_trace({str(tmp_path / "model")!r}, {str(corpus)!r}, output={str(tmp_path / "t.zst")!r}, batch_size=1,
           log=lines.append, warn=lines.append)

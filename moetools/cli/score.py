@@ -125,7 +125,8 @@ def command(traces, output, fmt, uncompressed, general, rc_against, metrics, doc
     if traces and traces[0] == "join":
         join(traces[1:], output, fmt, uncompressed)
         return
-    from ..score.run import resolve_general, score_traces
+    from ..score import score_traces
+    from ..score.run import resolve_general
     from ..score.scorer import METRICS, ScoreOptions
 
     asked = parse_metrics(metrics)

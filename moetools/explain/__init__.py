@@ -69,6 +69,18 @@ def listed_experts(path, model: dict | None) -> set[tuple[int, int]]:
     return read_experts(path, model=model).pairs()
 
 
+#: the tool's entry point (CONTRIBUTING.md, "Add a tool"), imported when first used
+_ENTRY = {"explain_samples": "run"}
+
+
+def __getattr__(name):
+    if name in _ENTRY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_ENTRY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BUILTIN_DOMAINS",
     "Domain",
@@ -84,6 +96,7 @@ __all__ = [
     "check_explanation",
     "default_cache_dir",
     "describe_backends",
+    "explain_samples",
     "listed_experts",
     "load_domain",
     "logit_lens_pieces",

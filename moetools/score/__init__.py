@@ -8,3 +8,18 @@ stream), ``run`` (paths in, records out; the entry point :func:`score_traces`), 
 
 Detection scores of labels (``moe-score SAMPLES --labels L``): the sub-package ``judge``.
 """
+
+
+#: the tool's entry point (CONTRIBUTING.md, "Add a tool"), imported when first used
+_ENTRY = {"score_traces": "run"}
+
+
+def __getattr__(name):
+    if name in _ENTRY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_ENTRY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["score_traces"]

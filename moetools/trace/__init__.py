@@ -3,13 +3,13 @@
 - :func:`trace_corpus` (``runner``): a corpus into ``sequence`` records on a StreamWriter,
   for a model from :func:`moetools.models.load_model` (the routing capture is the
   adapter's, :mod:`moetools.models.capture`);
-- :func:`run_trace` (``command``): what ``moe-trace`` does, output files and ``--resume`` included
+- :func:`run_trace` (``run``): what ``moe-trace`` does, output files and ``--resume`` included
   (messages, progress and the header's tool field are the caller's callbacks: no CLI needed).
 
 Names are imported lazily: ``import moetools.trace`` does not import torch.
 """
 
-_LAZY = {"TraceOptions": "runner", "TraceSummary": "runner", "trace_corpus": "runner", "run_trace": "command"}
+_LAZY = {"TraceOptions": "runner", "TraceSummary": "runner", "trace_corpus": "runner", "run_trace": "run"}
 
 
 def __getattr__(name):

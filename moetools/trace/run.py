@@ -1,6 +1,6 @@
 """What ``moe-trace`` does between parsing its options and exiting: files, resume, header and end.
 
-    from moetools.trace.command import run_trace
+    from moetools.trace.run import run_trace
     run_trace("models/olmoe", "corpus.jsonl", output="trace.msgpack.zst", resume=True, log=print, warn=print)
 
 Usable from Python without the CLI (no click): the caller passes what to do with
