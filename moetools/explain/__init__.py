@@ -23,6 +23,7 @@ import asyncio
 import time
 from collections.abc import Callable, Container, Iterable
 
+from ..lazy import lazy_exports
 from ..llm.cache import ResponseCache, default_cache_dir
 from ..reporting import ProgressFactory, no_progress
 from .method import ExplainAccounting, Explainer, ExplainJob, ExplainSettings
@@ -70,15 +71,7 @@ def listed_experts(path, model: dict | None) -> set[tuple[int, int]]:
 
 
 #: the tool's entry point (CONTRIBUTING.md, "Add a tool"), imported when first used
-_ENTRY = {"explain_samples": "run"}
-
-
-def __getattr__(name):
-    if name in _ENTRY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_ENTRY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, {"explain_samples": "run"})
 
 
 __all__ = [

@@ -5,17 +5,9 @@ capture of h inside the experts computation; ``concepts`` the offline token conc
 ``stats`` the bounded-memory statistics; ``regression`` the probe itself.
 """
 
+from ..lazy import lazy_exports
 
 #: the tool's entry point (CONTRIBUTING.md, "Add a tool"), imported when first used
-_ENTRY = {"probe_causal": "run"}
-
-
-def __getattr__(name):
-    if name in _ENTRY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_ENTRY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__ = lazy_exports(__name__, {"probe_causal": "run"})
 
 __all__ = ["probe_causal"]

@@ -9,15 +9,10 @@
 Names are imported lazily: ``import moetools.trace`` does not import torch.
 """
 
-_LAZY = {"TraceOptions": "runner", "TraceSummary": "runner", "trace_corpus": "runner", "run_trace": "run"}
+from ..lazy import lazy_exports
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, {"TraceOptions": "runner", "TraceSummary": "runner", "trace_corpus": "runner",
+                                      "run_trace": "run"})
 
 
 __all__ = ["TraceOptions", "TraceSummary", "run_trace", "trace_corpus"]
