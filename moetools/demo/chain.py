@@ -69,7 +69,7 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
     toxicity = corpus_has_field(corpus, "toxicity")
 
     def step(what: str, line: str, in_process=None, *, inputs=None, outputs=None) -> bool:
-        """Run one step; with ``inputs`` and ``outputs`` skipped when they are unchanged (demo_cache)."""
+        """Run one step; with ``inputs`` and ``outputs`` skipped when they are unchanged (moetools.demo.cache)."""
         def run():
             if in_process is None:
                 run_shell(line, log)

@@ -268,7 +268,7 @@ def summarise(recipe: Recipe, model: Path, paths: dict[str, Path], examples: int
                      f"{skew['by_domain'].get(domain, 0)} experts >= 2x the runner-up domain "
                      f"[{random_skew['by_domain'].get(domain, 0)}]")
     # raw counts: with few tokens per expert many pass 2x by chance (a random router too), so the
-    # verdict on learned specialisation is the permutation test's line below (demo_chain)
+    # verdict on learned specialisation is the permutation test's line below (moetools.demo.chain)
     lines.append(f"experts >= 2x the runner-up domain (paper 004 §5.1): {skew['total']} of {skew['experts']} "
                  f"[random-init {random_skew['total']}]; gap own - elsewhere {share['mean_gap']:.4f} "
                  f"[{random_share['mean_gap']:.4f}] (raw counts; chance is tested below)")
