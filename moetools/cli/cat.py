@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 
 import click
 
 from .. import cat
 from ..reporting import no_progress
+from ..streams import strict_json
 from .common import open_input, open_output, progress, say, state, tool
 
 EXAMPLE = """\
@@ -89,7 +89,7 @@ def _copy(sources, output, fmt, uncompressed, head, kind) -> None:
 
 def _write_summary(output, result: cat.Summary) -> None:
     with open_output(output, binary_ok_on_tty=True) as out:
-        out.write((json.dumps(result.as_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        out.write((strict_json.dumps(result.as_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 main = command.main

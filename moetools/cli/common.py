@@ -21,6 +21,8 @@ exits with the code of the exception (see ``moetools.errors``).
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import os
 import sys
 import traceback
@@ -35,10 +37,14 @@ from ..streams.files import open_input, partial_path
 
 EXIT_STATUS_TEXT = """\
 0    success.
-1    runtime failure (a model, network or file-system error, or anything unexpected).
-2    usage error or invalid input: bad options, a file that is not a valid stream, a stream of the
-     wrong kind, segments from different models, an unsupported format version.
-3    truncated input: a stream that ends before its end record, or inside a record or zstd frame.
+1    runtime failure (a model, network or file-system error, training that diverged to a
+     non-finite loss or gradient, or anything unexpected).
+2    usage error or invalid input: bad options, a NaN or infinite number in an option or a record,
+     a file that is not a valid stream, a stream of the wrong kind, segments from different models,
+     an unsupported format version, binary data or only unusable lines given as a corpus.
+3    truncated or empty input: a stream that ends before its end record, or inside a record or
+     zstd frame; input with nothing to read (no bytes, e.g. /dev/null, or a corpus whose every
+     document is empty).
 130  interrupted (Ctrl-C, SIGINT). Every tool leaves the stream files written so far under their
      temporary names (NAME.partial, never renamed into place): complete records without an end
      record, which read as truncated; tools with --resume continue from them. Model directories are
@@ -72,6 +78,20 @@ def warn(message: str) -> None:
     click.echo(f"{state.tool}: warning: {message}", err=True)
 
 
+class _LibraryWarnings(logging.Handler):
+    """The library's warnings (``moetools.reporting.log_warning``) as this tool's ``tool: warning:`` lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            warn(record.getMessage())
+
+
+def _route_library_warnings() -> None:
+    logger = logging.getLogger("moetools")
+    if not any(isinstance(handler, _LibraryWarnings) for handler in logger.handlers):
+        logger.addHandler(_LibraryWarnings())
+
+
 def _fail(message: str, code: int) -> None:
     click.echo(f"{state.tool}: {message}", err=True)
     sys.exit(code)
@@ -101,6 +121,7 @@ class ErrorBoundary:
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         state.tool = self.name or prog_name or "moetools"
         state.verbose, state.quiet = 0, False
+        _route_library_warnings()
         try:
             result = super().main(args=args, prog_name=prog_name or self.name, complete_var=complete_var,
                                   standalone_mode=False, **extra)
@@ -219,6 +240,38 @@ def tool_group(name: str, *, example: str, **group_kwargs):
     return decorate
 
 
+# -- numeric options ----------------------------------------------------------------------------
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses ``nan``, ``inf`` and ``-inf`` (exit 2), optionally within a range.
+
+    Every float option of every tool uses it (tests/test_refusals_nonfinite.py checks): a NaN
+    threshold compares false with everything and selects nothing, silently; an infinite learning
+    rate trains to NaN. ``click.FloatRange`` alone lets both through (NaN passes every bound).
+    """
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number (nan and inf are refused)", param, ctx)
+        return super().convert(number, param, ctx)
+
+    def _describe_range(self) -> str:
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
+
+def finite_float(min: float | None = None, max: float | None = None, *, min_open: bool = False,
+                 max_open: bool = False) -> FiniteFloat:
+    """The param type of a float option: finite, and within [min, max] when they are given."""
+    return FiniteFloat(min=min, max=max, min_open=min_open, max_open=max_open)
+
+
+#: a float option with no bounds, finite
+FINITE_FLOAT = finite_float()
+
+
 # -- option bundles ---------------------------------------------------------------------------
 
 def input_argument(name: str = "input", required: bool = False):
@@ -322,8 +375,11 @@ def progress(description: str, total: float | None = None):
 __all__ = [
     "EXIT_STATUS_TEXT",
     "EXIT_USAGE",
+    "FINITE_FLOAT",
+    "FiniteFloat",
     "ToolCommand",
     "ToolGroup",
+    "finite_float",
     "input_argument",
     "open_input",
     "open_output",

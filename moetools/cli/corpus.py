@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -50,9 +51,12 @@ def _roots(values: tuple[str, ...]) -> dict[str, str]:
 
 def _fractions(value: str) -> tuple[float, ...]:
     try:
-        return tuple(float(part) for part in value.split(","))
+        parts = tuple(float(part) for part in value.split(","))
     except ValueError:
-        raise UsageError(f"--split-fractions takes three numbers like 0.9,0.05,0.05, got {value!r}") from None
+        parts = (math.nan,)
+    if not all(math.isfinite(part) for part in parts):
+        raise UsageError(f"--split-fractions takes three finite numbers like 0.9,0.05,0.05, got {value!r}")
+    return parts
 
 
 @click.group("corpus", context_settings=CONTEXT_SETTINGS,

@@ -17,8 +17,9 @@ moe-eval models/olmoe --data wiki.jsonl --loss-definition lm-eval --max-length 4
 
 
 def _table(records: list[dict], paths: list[str]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from ..reporting import table_console
 
     rolling = any("word_perplexity" in r for r in records)
     extra = ("word ppl", "byte ppl") if rolling else ()
@@ -33,7 +34,7 @@ def _table(records: list[dict], paths: list[str]) -> None:
         elif r["type"] == "choice":
             table.add_row(name, "choices", str(r["items"]), "", "", *("",) * len(extra), f"{r['acc']:.4f}",
                           f"{r['acc_norm']:.4f}", "" if r["delta_acc"] is None else f"{r['delta_acc']:+.4f}")
-    Console().print(table)
+    table_console().print(table)
 
 
 @tool("moe-eval", example=EXAMPLE)

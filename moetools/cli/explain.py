@@ -5,7 +5,17 @@ from __future__ import annotations
 import click
 
 from ..errors import MoetoolsError, UsageError
-from .common import input_argument, open_stream_writer, output_options, progress, read_input, say, tool, warn
+from .common import (
+    FINITE_FLOAT,
+    input_argument,
+    open_stream_writer,
+    output_options,
+    progress,
+    read_input,
+    say,
+    tool,
+    warn,
+)
 
 EXAMPLE = """\
 moe-explain samples.msgpack.zst --backend offline -o labels.jsonl
@@ -18,16 +28,16 @@ moe-explain --list-backends"""
 BACKEND_FLAGS = (
     ("--model", str, ("The model: a server's model name (required with --api-base unless the server lists "
                       "exactly one), or a directory or .gguf file for local/self.")),
-    ("--temperature", float, "Sampling temperature (0: greedy)."),
+    ("--temperature", FINITE_FLOAT, "Sampling temperature (0: greedy)."),
     ("--max-tokens", int, "Most tokens an answer may have."),
     ("--api-base", str, "openai: base URL of the endpoint [default: $OPENAI_BASE_URL or the OpenAI API]."),
     ("--api-key-env", str, "openai: environment variable holding the API key (never printed or stored)."),
     ("--concurrency", int, "openai: most requests in flight (halved while requests time out)."),
-    ("--rate", float, "openai: most requests started per second (0: no limit)."),
-    ("--timeout", float, "openai: seconds to wait for an answer once connected (read timeout)."),
-    ("--connect-timeout", float, "openai: seconds to wait for a connection."),
+    ("--rate", FINITE_FLOAT, "openai: most requests started per second (0: no limit)."),
+    ("--timeout", FINITE_FLOAT, "openai: seconds to wait for an answer once connected (read timeout)."),
+    ("--connect-timeout", FINITE_FLOAT, "openai: seconds to wait for a connection."),
     ("--max-retries", int, "openai: retries of a request on 429/5xx/timeouts/connection errors/bad JSON."),
-    ("--backoff-base", float, "openai: first retry waits about this many seconds, doubling (with jitter)."),
+    ("--backoff-base", FINITE_FLOAT, "openai: first retry waits about this many seconds, doubling (with jitter)."),
     ("--batch-size", int, "local: prompts generated together."),
     ("--device", str, "local, self: torch device."),
 )

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .common import progress, say, tool
+from .common import FINITE_FLOAT, finite_float, progress, say, tool
 
 EXAMPLE = """\
 monet-train --arch monet-vd --data corpus.jsonl -o monet/ --steps 2000 --max-minutes 60
@@ -48,18 +48,18 @@ MODEL_FLAGS = {"d_model": "hidden_size", "layers": "num_hidden_layers", "heads":
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
               help="Global batch in sequences (split over torchrun processes).")
 @click.option("--seq-len", default=256, show_default=True, type=click.IntRange(min=2), help="Tokens per sequence.")
-@click.option("--lr", default=5e-4, show_default=True, type=float, help="Peak learning rate (AdamW).")
+@click.option("--lr", default=5e-4, show_default=True, type=FINITE_FLOAT, help="Peak learning rate (AdamW).")
 @click.option("--warmup", type=click.IntRange(min=0), help="Warmup steps [5% of --steps].")
-@click.option("--weight-decay", default=0.1, show_default=True, type=float)
-@click.option("--grad-clip", default=1.0, show_default=True, type=float, help="Gradient norm clip.")
+@click.option("--weight-decay", default=0.1, show_default=True, type=FINITE_FLOAT)
+@click.option("--grad-clip", default=1.0, show_default=True, type=FINITE_FLOAT, help="Gradient norm clip.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--eval-every", default=100, show_default=True, type=click.IntRange(min=1), help="Steps between evals.")
 @click.option("--eval-batches", default=8, show_default=True, type=click.IntRange(min=1),
               help="Eval batches per domain.")
-@click.option("--eval-fraction", default=0.05, show_default=True, type=click.FloatRange(0, 0.5),
+@click.option("--eval-fraction", default=0.05, show_default=True, type=finite_float(0, 0.5),
               help="Share of documents held out for eval.")
 @click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-minutes", type=click.FloatRange(min=0), help="Stop (checkpoint + save) after this long.")
+@click.option("--max-minutes", type=finite_float(min=0), help="Stop (checkpoint + save) after this long.")
 @click.option("--stop-at-step", type=click.IntRange(min=1),
               help="Stop after this step with a checkpoint (split a run over jobs; continue with --resume).")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint exactly (model, optimizer, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from .common import output_options, progress, say, subcommand_verbosity, tool_group, warn
+from .common import FINITE_FLOAT, output_options, progress, say, subcommand_verbosity, tool_group, warn
 
 EXAMPLE = """\
 moe-probe neurons .moetools/models/moe corpus.jsonl -o probe.jsonl
@@ -60,7 +60,7 @@ def command():
 @click.option("--min-count", default=50, show_default=True, type=click.IntRange(1),
               help="Skip (and count) a concept for an expert with fewer positives or negatives routed to it "
                    "(paper 002: 50).")
-@click.option("--test-fraction", default=0.25, show_default=True, type=float,
+@click.option("--test-fraction", default=0.25, show_default=True, type=FINITE_FLOAT,
               help="Share of documents held out for the test F1 (paper 002: 75/25 by document).")
 @click.option("--reservoir", default=2048, show_default=True, type=click.IntRange(16),
               help="Training rows sampled per layer and expert for the regression (test: a third); bounds memory.")
@@ -110,15 +110,11 @@ def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, con
     loaded = load_model(model, dtype=dtype, device=device, require_moe=False)
     dense = loaded.adapter is None
     say(f"probing {'dense FFN' if dense else 'expert'} neurons of {model}")
-    bad_lines: list[tuple[int, str]] = []
-    documents = read_corpus(corpus, text_field=text_field, id_field=id_field,
-                            on_skip=lambda line, reason: bad_lines.append((line, reason)))
+    # the one corpus rule: unusable lines and empty documents counted in one warning each, nothing left refused
+    documents = read_corpus(corpus, text_field=text_field, id_field=id_field, warn=warn)
     with progress("moe-probe: reading the corpus") as bar:
         labeller, layers, summary = collect(loaded.model, loaded.tokenizer, loaded.adapter, documents, options,
                                             on_batch=lambda count: bar.advance(count), user_labels=user_labels)
-    if bad_lines:
-        line, reason = bad_lines[0]
-        warn(f"skipped {len(bad_lines)} unusable corpus line(s), the first at line {line}: {reason}")
     if not summary.tokens:
         raise UsageError(f"{corpus} has no tokens to probe")
     records = probe_records(labeller, layers, options, summary, dense)
@@ -153,7 +149,7 @@ def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, con
 @click.option("--api-key-env", default=None, help="openai: environment variable holding the API key (never printed).")
 @click.option("--concurrency", type=int, default=None, help="openai: most requests in flight.")
 @click.option("--max-tokens", type=int, default=256, show_default=True, help="Most tokens of an answer.")
-@click.option("--temperature", type=float, default=None, help="Sampling temperature of the LLM.")
+@click.option("--temperature", type=FINITE_FLOAT, default=None, help="Sampling temperature of the LLM.")
 @click.option("-O", "--backend-option", "backend_option", multiple=True, metavar="KEY=VALUE",
               help="A backend option without a flag here.")
 @click.option("--attempts", default=3, show_default=True, type=int,

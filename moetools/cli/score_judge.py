@@ -10,17 +10,17 @@ from __future__ import annotations
 import click
 
 from ..errors import MoetoolsError, UsageError
-from .common import open_stream_writer, say, warn
+from .common import FINITE_FLOAT, open_stream_writer, say, warn
 
 #: flags handed to the LLM backend's own options (moe-explain --list-backends shows which takes what)
 BACKEND_FLAGS = (
-    ("--temperature", float, "Judge: sampling temperature of the scorer LLM (0: greedy)."),
+    ("--temperature", FINITE_FLOAT, "Judge: sampling temperature of the scorer LLM (0: greedy)."),
     ("--max-tokens", int, "Judge: most tokens of a scorer answer (20 numbers need ~60) [default: 128]."),
     ("--api-base", str, "Judge, openai: base URL of the endpoint [default: $OPENAI_BASE_URL]."),
     ("--api-key-env", str, "Judge, openai: environment variable holding the API key (never printed or stored)."),
     ("--concurrency", int, "Judge, openai: most requests in flight."),
-    ("--rate", float, "Judge, openai: most requests started per second (0: no limit)."),
-    ("--timeout", float, "Judge, openai: seconds to wait for an answer once connected."),
+    ("--rate", FINITE_FLOAT, "Judge, openai: most requests started per second (0: no limit)."),
+    ("--timeout", FINITE_FLOAT, "Judge, openai: seconds to wait for an answer once connected."),
     ("--max-retries", int, "Judge, openai: retries on 429/5xx/timeouts/connection errors/bad JSON."),
     ("--batch-size", int, "Judge, local/embedding: prompts or texts computed together."),
     ("--device", str, "Judge, local/embedding: torch device."),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import ToolGroup, progress, say, subcommand_verbosity, tool_group
+from .common import FINITE_FLOAT, ToolGroup, finite_float, progress, say, subcommand_verbosity, tool_group
 
 EXAMPLE = """\
 moe-tune model/ --data medical.train.jsonl --eval medical.val.jsonl general.val.jsonl \\
@@ -93,21 +93,21 @@ command.__class__ = TuneGroup  # tool_group builds a ToolGroup; this one implies
 @click.option("--grad-accum", default=1, show_default=True, type=click.IntRange(min=1),
               help="Micro-batches per step.")
 @click.option("--seq-len", default=256, show_default=True, type=click.IntRange(min=2), help="Tokens per sequence.")
-@click.option("--lr", default=1e-4, show_default=True, type=float, help="Peak learning rate (AdamW).")
-@click.option("--min-lr", default=0.0, show_default=True, type=float, help="Learning rate at the end of the cosine.")
+@click.option("--lr", default=1e-4, show_default=True, type=FINITE_FLOAT, help="Peak learning rate (AdamW).")
+@click.option("--min-lr", default=0.0, show_default=True, type=FINITE_FLOAT, help="Learning rate at the end of the cosine.")
 @click.option("--warmup", type=click.IntRange(min=0), help="Warmup steps per stage [5% of its steps].")
-@click.option("--weight-decay", default=0.0, show_default=True, type=float)
-@click.option("--grad-clip", default=1.0, show_default=True, type=float, help="Gradient norm clip.")
+@click.option("--weight-decay", default=0.0, show_default=True, type=FINITE_FLOAT)
+@click.option("--grad-clip", default=1.0, show_default=True, type=FINITE_FLOAT, help="Gradient norm clip.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--eval-every", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--eval-batches", default=8, show_default=True, type=click.IntRange(min=1),
               help="Eval batches per file.")
 @click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--stop-at-step", type=click.IntRange(min=1), help="Stop after this step with a checkpoint.")
-@click.option("--max-minutes", type=click.FloatRange(min=0), help="Stop (with a checkpoint) after this long.")
+@click.option("--max-minutes", type=finite_float(min=0), help="Stop (with a checkpoint) after this long.")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint exactly.")
 @click.option("--lora-rank", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--lora-alpha", default=32.0, show_default=True, type=float)
+@click.option("--lora-alpha", default=32.0, show_default=True, type=FINITE_FLOAT)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="Weights while training (on a GPU with bf16, the forward runs under bf16 autocast).")
 @click.option("--text-field", default="text", show_default=True, help="JSON field holding the text.")

@@ -37,7 +37,6 @@ domains interleave.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -45,6 +44,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UsageError
+from ..streams import strict_json
 from ..streams.files import write_file_atomic
 from .sources import DOMAINS, MissingSourceError, Source, make_source
 from .splits import (
@@ -239,7 +239,7 @@ def build_corpus(output: str | Path, *, domains: Iterable[str] = DOMAINS, roots:
     files = {}
     for split in SPLITS:
         records = sorted(records_by_split[split], key=lambda record: unit_interval(record["id"], ORDER_SALT))
-        payload = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
+        payload = "".join(strict_json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
         _write_atomically(output / f"{split}.jsonl", payload)
         files[f"{split}.jsonl"] = {"records": len(records), "bytes": len(payload),
                                    "sha256": hashlib.sha256(payload).hexdigest()}
@@ -265,5 +265,5 @@ def build_corpus(output: str | Path, *, domains: Iterable[str] = DOMAINS, roots:
         "files": files,
     }
     _write_atomically(output / "manifest.json",
-                      (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+                      (strict_json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return manifest

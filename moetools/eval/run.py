@@ -61,6 +61,8 @@ def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domai
     from .loss import domain_loss
 
     items = read_choice_items(choices) if choices else None
+    # read once, before any model loads: empty or unusable input is refused first (moetools.corpus.documents)
+    documents = list(read_corpus(data, text_field=text_field)) if data is not None else None
     first_domains: dict = {}
     first_choice: dict = {}
     for position, path in enumerate(paths):
@@ -71,8 +73,7 @@ def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domai
         yield {"type": "model", "model": position, "identity": identity_of(loaded),
                "masked": None if mask is None else {"mode": mask.get("mode"), "base": mask.get("base"),
                                                     "experts": mask.get("experts")}}
-        if data is not None:
-            documents = read_corpus(data, text_field=text_field)
+        if documents is not None:
             with progress(f"model {position}: batches") as bar:
                 def count_batch(size: int) -> None:
                     bar.advance(1)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..reporting import ProgressFactory, no_progress
+from ..streams import strict_json
 from . import remote, stream
 from .plan import MaskPlan, plan_mask
 
@@ -142,13 +143,13 @@ def mask_directory(source, experts_path, out, *, force: bool = False, dtype: str
             config = json.loads((temporary / "config.json").read_text(encoding="utf-8"))
             config.update(remote.write_code(temporary, plan.model_type))
             config["moe_mask"] = record
-            (temporary / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
+            (temporary / "config.json").write_text(strict_json.dumps(config, indent=2, sort_keys=True) + "\n",
                                                    encoding="utf-8")
         else:
             stream.write_weights(source, temporary, plan, dtype=None if dtype == "auto" else torch_dtype(dtype),
                                  progress=progress)
             stream.write_config(source, temporary, plan, record, None if dtype == "auto" else dtype)
-        (temporary / RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        (temporary / RECORD_FILE).write_text(strict_json.dumps(record, indent=1) + "\n", encoding="utf-8")
         _copy_side_files(source, temporary)
         _publish(temporary, out, force)
     except BaseException:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..reporting import ProgressFactory, no_progress
+from ..streams import strict_json
 from .plan import EXPERT_COUNT_KEY, MaskPlan
 
 _KEY = re.compile(r"^(?P<head>(?:.*\.)?layers\.(?P<layer>\d+)\.(?:mlp|block_sparse_moe)\.)(?P<rest>.+)$")
@@ -133,7 +134,7 @@ def write_weights(source: Path, target: Path, plan: MaskPlan, *, dtype=None, sha
             del tensors
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (target / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (target / "model.safetensors.index.json").write_text(strict_json.dumps(index, indent=2) + "\n")
 
 
 def write_config(source: Path, target: Path, plan: MaskPlan, record: dict, dtype_name: str | None = None) -> None:
@@ -146,4 +147,4 @@ def write_config(source: Path, target: Path, plan: MaskPlan, record: dict, dtype
     if dtype_name:
         config["dtype"] = dtype_name
     config["moe_mask"] = record
-    (target / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (target / "config.json").write_text(strict_json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -17,6 +17,7 @@ import re
 from importlib import resources
 
 from .. import __version__
+from ..streams import strict_json
 
 
 def _asset(name: str) -> str:
@@ -25,7 +26,7 @@ def _asset(name: str) -> str:
 
 def inline_json(value) -> str:
     """JSON safe inside a ``<script>`` element (no ``</script>``, no ``<!--``)."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = strict_json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026") \
         .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 

@@ -38,12 +38,12 @@ def score_traces(paths, options: ScoreOptions, *, general_trace: str | None = No
                 on_record(record)
 
         for path in paths or ["-"]:
-            reader = read_input(path, kinds="trace")
+            reader = read_input(path, kinds="trace", validate=True)  # formats/trace.md: finite gates, ids in range
             scorer.add_trace(reader, "-" if path in (None, "-") else str(path), on_record=count)
     if general_trace is not None:
-        scorer.add_general_trace(read_input(general_trace, kinds="trace"), str(general_trace))
+        scorer.add_general_trace(read_input(general_trace, kinds="trace", validate=True), str(general_trace))
     if rc_against is not None:
-        scorer.add_rc_trace(read_input(rc_against, kinds="trace"), str(rc_against))
+        scorer.add_rc_trace(read_input(rc_against, kinds="trace", validate=True), str(rc_against))
     computed = scorer.compute()
     extra = header_extra(scorer, computed)
     records = list(expert_records(computed, scorer.header["layers"], options.min_ratio))

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import FormatError, ModelMismatchError, UsageError
+from ..streams import strict_json
 from ..streams.schemas.experts import EXPERTS_VERSION, check_against_model, check_experts_object
 
 
@@ -121,7 +122,7 @@ def read_experts(path, model: dict | None = None) -> ExpertSet:
 
 def dumps_experts(data: dict) -> str:
     """One top-level field per line (the layer lists stay on one line, as in ESFT's files)."""
-    lines = [f" {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}" for key, value in data.items()]
+    lines = [f" {strict_json.dumps(key)}: {strict_json.dumps(value, ensure_ascii=False)}" for key, value in data.items()]
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 

@@ -15,7 +15,7 @@ checkpoint and output files (full state dicts gathered on rank 0).
 from __future__ import annotations
 
 import gc
-import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
+from ..streams import strict_json
 from . import data as data_lib
 from . import sharding
 from .models import build_model, parameter_counts, resolve_model_config
-from .state import WarmupCosine, load_checkpoint, save_checkpoint, tied_parameter_names
+from .state import WarmupCosine, load_checkpoint, save_checkpoint, stop_if_not_finite, tied_parameter_names
 
 LOG_NAME = "train_log.jsonl"
 METADATA_NAME = "training_metadata.json"
@@ -158,6 +159,10 @@ def evaluate(model, eval_blocks: dict[str, torch.Tensor], batch_size: int, max_b
 
 def _check_options(options: TrainOptions) -> None:
     """Usage errors that need no process group."""
+    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "eval_fraction", "max_minutes"):
+        value = getattr(options, name)
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"--{name.replace('_', '-')} {value} is not a finite number")
     if options.steps < 1 or options.batch_size < 1 or options.seq_len < 2:
         raise UsageError("--steps and --batch-size must be at least 1 and --seq-len at least 2")
     if options.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
@@ -233,8 +238,10 @@ class _Run:
     :func:`train` share. Built in the order that fixes the random state (model initialised
     from the seed, then optimizer, then the checkpoint restored over both)."""
 
-    def __init__(self, options: TrainOptions, dist: _Distributed, out: Path, data: _Data, on_log):
+    def __init__(self, options: TrainOptions, dist: _Distributed, out: Path, data: _Data, on_log,
+                 created: bool = False):
         self.options, self.dist, self.out, self.data, self.on_log = options, dist, out, data, on_log
+        self.created = created  # this run made ``out`` (removed again if training diverges before a checkpoint)
         self.checkpoint_dir = out / "checkpoint"
         self.log_path = out / LOG_NAME
         self.model, self.config_kwargs = _build_model(options, data.tokenizer, dist)
@@ -271,7 +278,7 @@ class _Run:
 
     def log(self, record: dict) -> None:
         if self.log_handle is not None:
-            self.log_handle.write(json.dumps(record) + "\n")
+            self.log_handle.write(strict_json.dumps(record) + "\n")
             self.log_handle.flush()
         if self.on_log is not None and self.dist.main:
             self.on_log(record)
@@ -299,8 +306,13 @@ class _Run:
             grad_norm = sharding.clip_grad_norm(self.model.parameters(), self.options.grad_clip)
         else:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip))
+        parts = {k: self.dist.mean(v) for k, v in _loss_parts(outputs).items()}
+        if not all(math.isfinite(v) for v in (*parts.values(), grad_norm)):
+            self.close_log()
+            stop_if_not_finite(self.state["step"] + 1, {**parts, "grad_norm": grad_norm}, self.out,
+                               created=self.created, main=self.dist.main, what="model")
         self.optimizer.step()
-        return {k: self.dist.mean(v) for k, v in _loss_parts(outputs).items()}, grad_norm
+        return parts, grad_norm
 
     def count_step(self, started: float) -> None:
         self.state["step"] += 1
@@ -365,7 +377,7 @@ class _Run:
 
             hf_logging.disable_progress_bar()  # our own progress is on stderr already
             _unwrap(self.wrapped).save_pretrained(self.out, state_dict=full_state)
-            (self.out / METADATA_NAME).write_text(json.dumps(metadata, indent=1))
+            (self.out / METADATA_NAME).write_text(strict_json.dumps(metadata, indent=1))
         self.dist.barrier()
 
 
@@ -379,10 +391,12 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
     dist = _Distributed()
     # the corpus is read before the output directory exists: bad input leaves no empty directory behind
     documents = data_lib.read_training_documents(options.data, options.text_field)
+    created = not Path(options.output).exists() and not options.resume
+    dist.barrier()  # every rank has looked before rank 0 makes it
     out = _prepare_output(options, dist)
     torch.manual_seed(options.seed)
     data = _load_data(options, documents, out, dist)
-    run = _Run(options, dist, out, data, on_log)
+    run = _Run(options, dist, out, data, on_log, created=created)
 
     started = time.monotonic() - run.state["elapsed_s"]
     run_started = time.monotonic()

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..errors import FormatError, ModelMismatchError, UsageError
+from ..streams import strict_json
 from ..streams.files import write_file_atomic
 
 FORMAT = "moe-tune-adapter"
@@ -40,7 +41,7 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) 
 
     partial = path.with_name(path.name + ".partial")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(partial),
-              metadata={k: json.dumps(v) for k, v in metadata.items()})
+              metadata={k: strict_json.dumps(v) for k, v in metadata.items()})
     os.replace(partial, path)
 
 
@@ -81,7 +82,7 @@ def save_adapter(tuner, summary: dict) -> None:
             "adapter_parameters": sum(t.numel() for t in tensors.values()) if tuner.peft is None else
             summary["trainable_parameters"],
             "summary": summary, "options": asdict(tuner.options)}
-    write_file_atomic(out / META, (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
+    write_file_atomic(out / META, (strict_json.dumps(meta, indent=1) + "\n").encode("utf-8"))
 
 
 MODE_NAMES = ("full", "experts", "attention-router", "das-two-stage", "lora", "lora-experts")
@@ -138,7 +139,14 @@ def read_adapter(directory) -> tuple[dict, dict[str, torch.Tensor]]:
     meta = read_tune_json(directory / META)
     if not meta["peft"] and not (directory / TENSORS).is_file():
         raise FormatError(f"{directory}: no {TENSORS} beside {META}")
-    tensors = {} if meta["peft"] else load_file(str(directory / TENSORS))
+    try:
+        tensors = {} if meta["peft"] else load_file(str(directory / TENSORS))
+    except Exception as error:  # noqa: BLE001 - safetensors' own error type: a truncated or damaged file
+        raise FormatError(f"{directory / TENSORS}: not a readable safetensors file (truncated or damaged?): "
+                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise FormatError(f"{directory / TENSORS}: tensor {name} holds NaN or ±inf: not an adapter to merge")
     for name in meta["whole_parameters"]:
         if f"full.{name}" not in tensors:
             raise FormatError(f"{directory / TENSORS}: no tensor full.{name} named in {META}")
@@ -206,7 +214,7 @@ def merge(adapter_dir, output, base: str | None = None, dtype: str = "auto") -> 
     model.save_pretrained(str(partial))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(partial))
-    (partial / "moetools_tuned.json").write_text(json.dumps(provenance, indent=1) + "\n")
+    (partial / "moetools_tuned.json").write_text(strict_json.dumps(provenance, indent=1) + "\n")
     if out.exists():
         shutil.rmtree(out)
     os.replace(partial, out)
