@@ -23,3 +23,14 @@ def save_tiny_olmoe(directory, words, seed: int = 0) -> None:
     torch.manual_seed(seed)
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     save_word_tokenizer(directory, words)
+
+
+def save_tiny_mixtral(directory, words, seed: int = 0) -> None:
+    """A random 2-layer Mixtral of save_tiny_olmoe's sizes (8 experts, top-2, d=32) and its tokenizer."""
+    config = transformers.MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                        num_local_experts=8, num_experts_per_tok=2, pad_token_id=1,
+                                        bos_token_id=None, eos_token_id=None)
+    torch.manual_seed(seed)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    save_word_tokenizer(directory, words)

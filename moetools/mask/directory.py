@@ -62,21 +62,15 @@ def read_mask_record(directory) -> dict | None:
 
 
 def _meta_model(source: Path):
-    """The model of ``source`` built on the meta device (structure only, no memory) and its adapter."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    """The model of ``source`` on the meta device (structure only, no memory) and its adapter.
 
-    from ..errors import ModelError
-    from ..models import adapter_for
-    from ..models.loader import load_config
+    Loaded through the one loader, so weights that do not belong to the config (missing,
+    unexpected or misshapen tensors) are refused here, before anything is written.
+    """
+    from ..models.loader import load_model
 
-    config = load_config(source)  # ModelError naming the directory; MONET and plugin families registered
-    try:
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ModelError(f"cannot read the model in {source}: {str(error).splitlines()[0]}") from None
-    return model, adapter_for(model)
+    loaded = load_model(source, device_map="meta", tokenizer=False)  # ModelError naming the directory
+    return loaded.model, loaded.adapter
 
 
 def _copy_side_files(source: Path, target: Path) -> None:

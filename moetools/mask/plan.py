@@ -107,7 +107,7 @@ def plan_mask(model, adapter, experts: dict[int, list[int]]) -> MaskPlan:
         left = num_experts - len(ids)
         if left == 0:
             raise UsageError(f"layer {layer}: every expert is masked")
-        if model_type != "monet" and left < top_k:
+        if left < top_k:  # MONET too: its top-k composed experts per token would include masked ones
             raise UsageError(f"layer {layer}: {left} experts left, fewer than top-k = {top_k}")
     if model_type == "monet":
         plan.mode = "remote"

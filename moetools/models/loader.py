@@ -10,6 +10,14 @@ transformers Auto classes by importing :mod:`moetools.models.monet`, done here a
 nowhere else. Every failure of the model directory is a :class:`moetools.errors.ModelError`
 naming the path, and a device that does not exist a :class:`UsageError` (both exit 2),
 checked before anything is loaded.
+
+Weights that do not belong to the config are refused, not loaded: any parameter or buffer
+the checkpoint lacks (transformers would initialise it at random), any tensor the model has
+no place for, and any tensor of another shape is a :class:`ModelError` naming the first few
+(:func:`check_loading_info`, on transformers' own loading report). Weights transformers ties
+or derives itself (a tied unembedding, non-persistent buffers) are not in that report.
+``device_map="meta"`` checks a directory's weights against its config without holding them
+(moe-mask, moe-score --model).
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 #: tokenizer from config.json alone, and every text then encodes to no tokens)
 TOKENIZER_VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
                               "sentencepiece.bpe.model", "tekken.json")
+#: tensors named per kind of mismatch in the one-line refusal
+NAMED_TENSORS = 3
 #: what from_pretrained raises on a damaged or mismatched directory (SafetensorError: weights
 #: file of random bytes or cut short; the others: bad config, missing or misshapen weights)
 _LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, RuntimeError, TypeError,
@@ -158,11 +168,14 @@ def load_model(path, *, dtype: str = "auto", device: str = "cpu", device_map: st
             raise ModelError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_VOCABULARY_FILES)})")
     if device_map:
         kwargs["device_map"] = device_map
+    # the loading report comes back (mismatched shapes too, not raised) and is judged by check_loading_info
+    kwargs.update(output_loading_info=True, ignore_mismatched_sizes=True)
     try:
-        with _gguf_quiet(kwargs):
-            model = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
+        with _gguf_quiet(kwargs), _no_load_report():
+            model, info = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
     except (*_LOAD_ERRORS, SafetensorError) as error:
         raise ModelError(f"cannot load the model in {path}: {_first_line(error)}") from None
+    check_loading_info(info, path, type(model).__name__)
     if not device_map:
         model.to(device)
     model.train(train)
@@ -185,6 +198,60 @@ def load_model(path, *, dtype: str = "auto", device: str = "cpu", device_map: st
     return LoadedModel(model, loaded_tokenizer, adapter, str(path))
 
 
+def check_loading_info(info: dict, path, architecture: str = "its config") -> None:
+    """ModelError (exit 2) unless every parameter of the model came from the checkpoint and every
+    checkpoint tensor found its parameter, shape for shape. ``info``: from_pretrained's
+    ``output_loading_info`` (``missing_keys``, ``unexpected_keys``, ``mismatched_keys``, ``error_msgs``)."""
+    problems = []
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        problems.append(f"{len(missing)} missing (would be newly initialised): {_names(missing)}")
+    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda entry: str(entry[0]))
+    if mismatched:
+        shown = ", ".join(f"{name} {tuple(saved)} vs {tuple(wanted)}" for name, saved, wanted, *_ in
+                          mismatched[:NAMED_TENSORS])
+        more = f" and {len(mismatched) - NAMED_TENSORS} more" if len(mismatched) > NAMED_TENSORS else ""
+        problems.append(f"{len(mismatched)} of another shape (checkpoint vs model): {shown}{more}")
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected: {_names(unexpected)}")
+    errors = [str(message) for message in info.get("error_msgs") or ()]
+    if errors:
+        problems.append(f"error: {errors[0].strip().splitlines()[0] if errors[0].strip() else errors[0]}")
+    if problems:
+        raise ModelError(f"the weights in {path} do not belong to its config ({architecture}): "
+                         + "; ".join(problems) + "; refusing to use a partly initialised model")
+
+
+def _names(keys: list[str]) -> str:
+    more = f" and {len(keys) - NAMED_TENSORS} more" if len(keys) > NAMED_TENSORS else ""
+    return ", ".join(keys[:NAMED_TENSORS]) + more
+
+
+class _DropLoadReport:
+    """A logging filter: transformers' multi-line LOAD REPORT table (check_loading_info says it in one line)."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+def _no_load_report():
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def quiet():
+        logger = logging.getLogger("transformers.modeling_utils")
+        logger.addFilter(_DropLoadReport)
+        try:
+            yield
+        finally:
+            logger.removeFilter(_DropLoadReport)
+
+    return quiet()
+
+
 def _gguf_quiet(kwargs: dict):
     """transformers' GGUF conversion draws a raw tqdm bar on stderr: keep it off the tool's stderr."""
     import contextlib
@@ -198,5 +265,6 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-__all__ = ["DTYPE_NAMES", "TOKENIZER_VOCABULARY_FILES", "LoadedModel", "check_device", "check_model_directory",
+__all__ = ["DTYPE_NAMES", "TOKENIZER_VOCABULARY_FILES", "LoadedModel", "check_device", "check_loading_info",
+           "check_model_directory",
            "load_config", "load_model", "load_tokenizer", "torch_dtype"]

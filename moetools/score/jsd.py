@@ -30,6 +30,28 @@ UNEMBEDDING_NAMES = ("lm_head.weight", "model.embed_tokens.weight", "embed_token
                      "model.embed.weight")
 
 
+def check_model_of_trace(model_dir, header: dict) -> None:
+    """Refuse (exit 2) a ``--model`` directory that is not the model the trace was made with: its
+    identity (formats/README.md fingerprint: config, tokenizer, weight sample) must equal the trace
+    header's. Loaded structure-only through the one loader, which also refuses weights that do not
+    belong to the directory's config. Another model's unembedding would cluster another vocabulary
+    and give a plausible, wrong JSD."""
+    from ..errors import ModelMismatchError
+    from ..models import model_identity
+    from ..models.loader import load_model
+
+    traced = header.get("model") or {}
+    loaded = load_model(model_dir, device_map="meta", tokenizer=False)
+    mine = model_identity(loaded.model, loaded.adapter, path=model_dir)["fingerprint"]
+    theirs = traced.get("fingerprint")
+    if theirs is None:
+        raise ModelMismatchError(f"--model {model_dir}: the trace names no model fingerprint, so its model "
+                                 "cannot be checked; trace with moe-trace to score JSD")
+    if mine != theirs:
+        raise ModelMismatchError(f"--model {model_dir} is not the traced model: the trace was made with "
+                                 f"{traced.get('name')!r} ({theirs}), the directory holds {mine}")
+
+
 def load_unembedding(model_dir) -> np.ndarray:
     """W_U (V, d) float32 from a model directory's safetensors, reading only that tensor: ``lm_head.weight``,
     or the input embedding when the model ties them (``tie_word_embeddings``) or has no separate head."""

@@ -17,9 +17,15 @@ def _num(value):
     return value if math.isfinite(value) else None
 
 
+def asked(metrics, name: str) -> bool:
+    """Whether ``--metrics`` (None: every metric the input supports) asks for ``name``: only those are written."""
+    return metrics is None or name in metrics
+
+
 def header_extra(scorer: RoutingScorer, computed: dict) -> dict:
     opts, trace = scorer.options, scorer.header
-    present = [name for name in METRICS if name in computed or (name == "skew" and "skew_ratio" in computed)]
+    present = [name for name in METRICS if (name in computed or (name == "skew" and "skew_ratio" in computed))
+               and asked(opts.metrics, name)]
     general = {"kind": opts.general}
     if opts.general not in ("rest", "trace"):
         general = {"kind": "domain", "domain": opts.general}
@@ -40,11 +46,13 @@ def header_extra(scorer: RoutingScorer, computed: dict) -> dict:
     }
 
 
-def expert_records(computed: dict, layers: list[int], min_ratio: float):
-    """One ``expert`` record per (layer, expert), layers then experts ascending."""
+def expert_records(computed: dict, layers: list[int], min_ratio: float, metrics=None):
+    """One ``expert`` record per (layer, expert), layers then experts ascending; with ``metrics``
+    (``--metrics``) only those metrics."""
     domains = computed["domains"]
     per_domain = [name for name in ("af", "prob", "das", "score", "explen", "psn", "reap", "esft_token",
-                                    "esft_gate") if name in computed]
+                                    "esft_gate") if name in computed and asked(metrics, name)]
+    routed = asked(metrics, "routed")
     test = computed.get("skew_test")
     general = computed.get("general")
     n_experts = computed["af"].shape[-1]
@@ -53,7 +61,8 @@ def expert_records(computed: dict, layers: list[int], min_ratio: float):
             record = {"type": "expert", "layer": int(layer), "expert": expert, "domains": {}}
             for d, domain in enumerate(domains):
                 values = {name: _num(computed[name][d, li, expert]) for name in per_domain}
-                values["routed"] = int(computed["routed"][d, li, expert])
+                if routed:
+                    values["routed"] = int(computed["routed"][d, li, expert])
                 record["domains"][domain] = values
             if general is not None:
                 record["general"] = {"prob": _num(general["prob"][li, expert]),
@@ -72,7 +81,7 @@ def expert_records(computed: dict, layers: list[int], min_ratio: float):
                 record["pearson"] = _num(computed["pearson"][li, expert])
             for name in ("rc_shift", "jsd_routing", "jsd_routing_random", "jsd_functional",
                          "jsd_functional_random"):
-                if name in computed:
+                if name in computed and asked(metrics, name):
                     record[name] = _num(computed[name][li, expert])
             yield record
 
@@ -120,7 +129,7 @@ def end_summary(scorer: RoutingScorer, computed: dict, q_threshold: float = 0.05
         jsd = {"clusters": scorer.clusters.k, "draws": scorer.options.jsd_draws,
                "unknown_tokens": scorer.clusters.unknown_tokens}
         for name in ("jsd_routing", "jsd_routing_random", "jsd_functional", "jsd_functional_random"):
-            if name in computed:
+            if name in computed and asked(scorer.options.metrics, name):
                 jsd[name] = {str(layer): _num(np.nanmean(computed[name][i])) if np.isfinite(computed[name][i]).any()
                              else None for i, layer in enumerate(layers)}
         summary["jsd"] = jsd
@@ -129,4 +138,4 @@ def end_summary(scorer: RoutingScorer, computed: dict, q_threshold: float = 0.05
     return summary
 
 
-__all__ = ["SCORES_SOURCE", "end_summary", "expert_records", "header_extra"]
+__all__ = ["SCORES_SOURCE", "asked", "end_summary", "expert_records", "header_extra"]

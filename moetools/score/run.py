@@ -46,7 +46,7 @@ def score_traces(paths, options: ScoreOptions, *, general_trace: str | None = No
         scorer.add_rc_trace(read_input(rc_against, kinds="trace", validate=True), str(rc_against))
     computed = scorer.compute()
     extra = header_extra(scorer, computed)
-    records = list(expert_records(computed, scorer.header["layers"], options.min_ratio))
+    records = list(expert_records(computed, scorer.header["layers"], options.min_ratio, options.metrics))
     return extra, records, end_summary(scorer, computed), scorer.header.get("model")
 
 

@@ -129,6 +129,9 @@ class RoutingScorer:
             if asked:
                 raise UsageError(f"cannot compute {asked[0]}: needs the model's unembedding: give --model DIR")
             return
+        if self.options.metrics is not None and not asked:
+            raise UsageError(f"--model {self.options.model_dir} serves only the jsd_* metrics, and --metrics "
+                             f"asks for none of them: drop --model or add e.g. jsd_routing")
         functional = bool(header.get("logit_lens"))
         if not functional and any(m.startswith("jsd_functional") for m in asked):
             raise UsageError("cannot compute jsd_functional: the trace has no logit-lens tokens; trace with "
@@ -136,8 +139,9 @@ class RoutingScorer:
         if not functional:
             self.options.notes.append("jsd_functional not computed: the trace has no logit-lens tokens "
                                       "(moe-trace --logit-lens J)")
-        from .jsd import ClusterCounts, load_unembedding, spherical_kmeans
+        from .jsd import ClusterCounts, check_model_of_trace, load_unembedding, spherical_kmeans
 
+        check_model_of_trace(self.options.model_dir, header)
         labels = spherical_kmeans(load_unembedding(self.options.model_dir), self.options.clusters,
                                   seed=self.options.seed)
         self.clusters = ClusterCounts(labels, layers, experts, functional=functional,

@@ -6,6 +6,8 @@
 - ``cumulative`` p: ESFT's top-p per layer (deepseek-ai/ESFT ``generate_expert_config.py``):
   experts sorted by score, descending, are added while the running sum is below p
   (``if current >= top_p: break; select; current += score``), so the last one crosses p;
+  only for a non-negative share: a signed metric (DAS, Pearson r, any negative value) is refused,
+  its running sum need not ever reach p;
 - ``min_ratio`` r with ``by="skew"``: MONET's domain skew (004 §5.1), the expert's best domain is
   ``domain`` and its probability there is ≥ r × the runner-up's; ``max_q`` adds the permutation
   test's Benjamini-Hochberg q-value (formats/scores.md);
@@ -25,6 +27,9 @@ import numpy as np
 
 from ..errors import FormatError, ModelMismatchError, UsageError
 from .experts import ExpertSet
+
+#: metrics that can be negative: no running sum of them is a share of anything (``--cumulative``)
+SIGNED_METRICS = ("das", "pearson")
 
 
 @dataclass
@@ -57,6 +62,8 @@ class Criterion:
                              "or --random M")
         if self.cumulative is not None and not 0 < self.cumulative <= 1:
             raise UsageError("--cumulative takes a share in (0, 1]")
+        if self.cumulative is not None and self.by in SIGNED_METRICS:
+            raise UsageError(_signed_cumulative(self.by, self.cumulative))
         if self.by == "skew" and self.domain is None:
             raise UsageError("--by skew needs --domain: the domain the experts are specialised in")
         if self.by == "skew" and self.min_ratio is None and self.max_q is None and not rankings:
@@ -198,10 +205,20 @@ def select(table: ScoreTable, criterion: Criterion, num_experts: int | None) -> 
             elif crit.bottom is not None:
                 items = sorted(items, key=lambda item: (item[1], item[0]))[:crit.bottom]
             elif crit.cumulative is not None:
+                negative = next((item for item in items if item[1] < 0), None)
+                if negative is not None:
+                    raise UsageError(_signed_cumulative(crit.by, crit.cumulative, (layer, *negative)))
                 items = esft_top_p(items, crit.cumulative)
             chosen[layer] = [expert for expert, _ in items]
     scores = {(layer, e): values[(layer, e)] for layer, ids in chosen.items() for e in ids}
     return chosen, scores
+
+
+def _signed_cumulative(by: str, share: float, example: tuple | None = None) -> str:
+    seen = f" (layer {example[0]}, expert {example[1]}: {example[2]:.4g})" if example else ""
+    return (f"--cumulative {share:g} sums a non-negative share per layer (ESFT's top-p), but {by} is signed"
+            f"{seen}: its running sum need not reach {share:g} and would keep every expert; use --top N "
+            "or --threshold X")
 
 
 def esft_top_p(items: list[tuple[int, float]], top_p: float) -> list[tuple[int, float]]:

@@ -10,6 +10,13 @@ per-expert scores). Consumers (moe-mask, moe-tune, moe-eval) call::
 
 ``model=`` refuses a set scored on another model (ModelMismatchError, exit 2, both fingerprints
 named) and any layer / id the model does not have (FormatError, exit 2).
+
+One validation of layers and ids (:func:`moetools.streams.schemas.experts.check_against_model`)
+serves every reader and the set algebra: a file with a ``moetools.model`` block is checked
+against that block on reading (the schema); :func:`union`, :func:`intersect`, :func:`minus` check
+every operand against the common model and :func:`complement` against the expert count and
+layers it completes to, so an id or layer out of range is refused (exit 2, naming the set, the
+layer and the id), never written out or dropped.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ class ExpertSet:
     model: dict | None = None            # the identity of the model it was selected on (header ``model``)
     provenance: dict = field(default_factory=dict)  # rest of the ``moetools`` block (criterion, scores, ...)
     extra: dict = field(default_factory=dict)       # unknown top-level fields, written back unchanged
+    source: str = field(default="expert set", compare=False)  # where it was read from, for messages
 
     # -- views ---------------------------------------------------------------------------------
     def ids(self, layer: int) -> tuple[int, ...]:
@@ -95,7 +103,7 @@ class ExpertSet:
         return cls(experts={int(k): list(v) for k, v in data["experts"].items()},
                    shared_experts=bool(data.get("shared_experts", False)),
                    non_expert_modules=bool(data.get("non_expert_modules", False)),
-                   model=model, provenance=block, extra=extra)
+                   model=model, provenance=block, extra=extra, source=where)
 
 
 def read_experts(path, model: dict | None = None) -> ExpertSet:
@@ -157,6 +165,9 @@ def _combine(sets, op: str) -> ExpertSet:
     if not sets:
         raise UsageError(f"{op} needs at least one expert set")
     model = _agree(sets)
+    if model is not None:  # an operand without a model block (an ESFT file) must fit the others' model
+        for chosen in sets:
+            check_against_model(chosen.to_json(), model, chosen.source)
     pairs = sets[0].pairs()
     for other in sets[1:]:
         if op == "union":
@@ -197,6 +208,10 @@ def complement(chosen: ExpertSet, num_experts: int | None = None, layers=None) -
     if num_experts is None or layers is None:
         raise UsageError("complement needs the model's expert count and MoE layers: the set has no "
                          "moetools.model block (an ESFT file?); give --num-experts and --layers")
+    # an id or layer outside what the complement spans would silently vanish from it: refuse
+    check_against_model(chosen.to_json(), {**model, "num_experts": num_experts, "moe_layers": layers,
+                                           "name": model.get("name") or f"{num_experts} experts per layer"},
+                        chosen.source)
     experts = {layer: [i for i in range(num_experts) if i not in set(chosen.experts.get(layer, ()))]
                for layer in layers}
     return ExpertSet(experts=experts, shared_experts=False, non_expert_modules=False, model=chosen.model,

@@ -175,9 +175,20 @@ def load_examples(path, tokenizer, seq_len: int, *, text_field: str = "text", do
         mask = torch.zeros((len(rows_ids), length), dtype=torch.long)
         for row, (i, lab) in enumerate(zip(rows_ids, rows_labels)):
             ids[row, :len(i)], labels[row, :len(lab)], mask[row, :len(i)] = torch.tensor(i), torch.tensor(lab), 1
-        return Examples(ids, labels, mask, domains, "chat")
+        return _with_labels(Examples(ids, labels, mask, domains, "chat"), path, seq_len)
     documents = list(read_corpus(path, text_field=text_field, bad_lines="fail"))  # refuses an empty corpus
-    return pack_texts([d.text for d in documents], [d.domain(domain_field) for d in documents], tokenizer, seq_len)
+    return _with_labels(pack_texts([d.text for d in documents], [d.domain(domain_field) for d in documents],
+                                   tokenizer, seq_len), path, seq_len)
+
+
+def _with_labels(examples: Examples, path, seq_len: int) -> Examples:
+    """``examples``, unless no token carries a loss: training would take steps at loss 0 and learn nothing."""
+    if examples.label_tokens() == 0:
+        why = ("no assistant token within the first --seq-len tokens of any conversation"
+               if examples.kind == "chat" else "every sequence is a single token")
+        raise UsageError(f"{path}: no token carries a loss ({why}, --seq-len {seq_len}): nothing to train "
+                         "or evaluate on")
+    return examples
 
 
 __all__ = ["IGNORE", "Examples", "chat_example", "eval_rows", "is_chat_file", "load_examples", "pack_texts", "read_chats"]

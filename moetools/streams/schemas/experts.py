@@ -68,6 +68,7 @@ def check_experts_object(data, where: str = "experts file") -> None:
     model = block.get("model")
     if model is not None:
         check_model_block(model, where)
+        check_against_model(data, model, where)  # the set's own model: its layers and ids must be that model's
     for name in ("criterion", "tool"):
         if name in block and block[name] is not None and not isinstance(block[name], dict):
             _fail(where, f"moetools.{name} is not an object")
@@ -103,7 +104,10 @@ def check_model_block(model, where: str = "experts file") -> None:
 
 
 def check_against_model(data: dict, model: dict, where: str = "experts file") -> None:
-    """Layers must be MoE layers of ``model`` and ids below its ``num_experts`` (FormatError otherwise)."""
+    """Layers must be MoE layers of ``model`` and ids below its ``num_experts`` (FormatError otherwise).
+
+    The one validation of an expert set against a model header: every reader (a file's own
+    ``moetools.model`` block, ``read_experts(model=...)``) and the set algebra call it."""
     moe_layers = model.get("moe_layers")
     num_experts = model.get("num_experts")
     for key, ids in data["experts"].items():

@@ -119,8 +119,12 @@ class TraceSchema(Schema):
         # expert id; a stream written before 2026-12-01 may hold 256 experts in |u1, 255 a real expert
         padding = np.iinfo(ids.dtype).max
         padding = padding if padding >= experts else None
-        need(not ((ids >= experts) & (ids != padding)).any(), place,
-             f"'experts' holds ids >= num_experts ({experts})")
+        out_of_range = (ids >= experts) & (ids != padding)
+        if out_of_range.any():
+            where_bad = np.argwhere(out_of_range)[0]
+            need(False, place, f"'experts' holds id {int(ids[tuple(where_bad)])} (layer "
+                               f"{header['layers'][int(where_bad[0])]}, token {int(where_bad[1])}): "
+                               f"ids >= num_experts ({experts}) are out of range")
         gates = field_array(record, "gates", place, VALUE_DTYPES, shape)
         field_array(record, "contribution", place, VALUE_DTYPES, shape)
         need(padding is None or not (gates[ids == padding] != 0).any(), place,
