@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 import moetools.models.monet  # noqa: F401  (registers MONET with the Auto classes)
 from moetools.cli.monet_train import command
-from moetools.train.state import flatten_optimizer_state, unflatten_optimizer_state
+from moetools.training.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--steps", "4", "--batch-size", "4", "--seq-len", "24", "--d-model", "32", "--layers", "2", "--heads", "2",
