@@ -25,7 +25,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from ..errors import FormatError, ModelMismatchError, UsageError
+from ..errors import EmptyInputError, FormatError, ModelMismatchError, UsageError
 from ..streams import strict_json
 from ..streams.schemas.experts import EXPERTS_VERSION, check_against_model, check_experts_object
 
@@ -118,6 +118,8 @@ def read_experts(path, model: dict | None = None) -> ExpertSet:
             text = handle.read()
     except UnicodeDecodeError as exc:
         raise FormatError(f"{where}: not UTF-8 text ({exc.reason})") from None
+    if not text.strip():  # /dev/null, an empty file: empty input, as for every stream (exit 3)
+        raise EmptyInputError(f"{where}: empty input: no experts.json object")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
