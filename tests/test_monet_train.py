@@ -284,3 +284,24 @@ def test_learning_rate_follows_warmup_then_cosine(tmp_path, corpus):
     assert max(logged) == pytest.approx(0.01) and logged[5] < logged[4] < logged[3] < logged[2]
     assert all(r["grad_norm"] > 0 and math.isfinite(r["grad_norm"]) for r in records)
     assert [r["tokens"] for r in records] == [4 * 24 * step for step in range(1, 7)]  # packed: no padding
+
+
+def test_grad_accum_follows_the_whole_batch(tmp_path, corpus):
+    """--grad-accum 2 (two micro-batches of 2 per step) takes the steps of --batch-size 4 in one pass: the
+    dense baseline's losses agree to float rounding; its log and metadata say so."""
+    whole = run(["--data", str(corpus), "-o", str(tmp_path / "whole"), "--arch", "llama", *TINY])
+    split = run(["--data", str(corpus), "-o", str(tmp_path / "split"), "--arch", "llama", *TINY, "--grad-accum", "2"])
+    assert whole.exit_code == 0 and split.exit_code == 0, split.output
+    a, b = ([r for r in train_log(tmp_path / run_dir) if r["type"] in ("train", "eval")] for run_dir in ("whole", "split"))
+    assert [r["type"] for r in a] == [r["type"] for r in b] and len(a) == 6
+    for x, y in zip(a, b):
+        key = "loss" if x["type"] == "train" else "eval_loss"
+        assert x[key] == pytest.approx(y[key], abs=1e-5)
+    metadata = json.loads((tmp_path / "split" / "training_metadata.json").read_text())
+    assert metadata["options"]["grad_accum"] == 2 and metadata["tokens"] == 4 * 4 * 24
+
+
+def test_grad_accum_must_divide_the_batch(tmp_path, corpus):
+    result = run(["--data", str(corpus), "-o", str(tmp_path / "out"), *TINY, "--grad-accum", "3"])
+    assert result.exit_code == 2 and "--batch-size 4 is not divisible by 1 processes x --grad-accum 3" in result.output
+    assert not (tmp_path / "out").exists()

@@ -331,6 +331,45 @@ def test_torchrun_two_processes_match_one(tmp_path, data, olmoe, mode):
         assert torch.allclose(first[name], second[name], atol=1e-4), name
 
 
+@pytest.mark.slow  # 3 torchrun launches
+def test_torchrun_fsdp_matches_ddp_and_one_process(tmp_path, data, olmoe):
+    """--fsdp (FSDP2 per decoder layer, gloo on CPU) follows one process and DDP: the same train and eval
+    losses to 1e-5, and the same adapter (full tensors, the plain model's names)."""
+    from safetensors.torch import load_file
+
+    args = [olmoe, "--data", data["medical"], "--eval", data["general"], "--mode", "full", "--steps", "3",
+            "--batch-size", "4", "--seq-len", "12", "--lr", "0.05", "--eval-every", "2", "--checkpoint-every", "2"]
+    runs = {"one": _torchrun(1, tmp_path / "one", args), "ddp": _torchrun(2, tmp_path / "ddp", args),
+            "fsdp": _torchrun(2, tmp_path / "fsdp", [*args, "--fsdp"])}
+    assert all(len(losses) == 3 for losses in runs.values())
+    for other in ("ddp", "fsdp"):
+        for a, b in zip(runs["one"], runs[other]):
+            assert a["loss"] == pytest.approx(b["loss"], abs=1e-5), other
+        evals = [[r["eval_loss"] for r in _losses(tmp_path / name) if r["type"] == "eval"] for name in ("one", other)]
+        assert len(evals[0]) == 2 and evals[0] == pytest.approx(evals[1], abs=1e-5), other
+    plain, sharded = (load_file(str(tmp_path / name / "adapter.safetensors")) for name in ("one", "fsdp"))
+    assert sorted(plain) == sorted(sharded) and all(k.startswith("full.") for k in plain)
+    for name in plain:
+        assert torch.allclose(plain[name], sharded[name], atol=1e-4), name
+    checkpoint = load_file(str(tmp_path / "fsdp" / "checkpoint" / "model.safetensors"))
+    assert sorted(checkpoint) == sorted(load_file(str(tmp_path / "one" / "checkpoint" / "model.safetensors")))
+    meta = json.loads((tmp_path / "fsdp" / "tune.json").read_text())
+    assert meta["options"]["fsdp"] is True and meta["summary"]["world_size"] == 2
+
+
+def test_fsdp_refusals(tmp_path, data, olmoe, monkeypatch):
+    """--fsdp needs torchrun (2+ processes) and a mode that trains whole parameters: one line, exit 2."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    base = [olmoe, "--data", data["medical"], "--steps", "1", "--batch-size", "4", "--seq-len", "12"]
+    result = run_cli([*base, "--mode", "full", "--fsdp", "-o", tmp_path / "a"])
+    assert result.exit_code == 2 and "--fsdp shards the model over torchrun processes" in result.output
+    experts = write_experts(tmp_path / "experts.json", {0: [1]})
+    result = run_cli([*base, "--mode", "experts", "--experts", experts, "--fsdp", "-o", tmp_path / "b"])
+    assert result.exit_code == 2 and "--fsdp shards whole parameters: --mode full or attention-router" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_cli_trains_with_several_eval_files_and_merges(tmp_path, data, olmoe):
     experts = write_experts(tmp_path / "experts.json", {1: [2, 4]})
     result = run_cli([olmoe, "--data", data["medical"], "--eval", data["medical"], data["general"], "--mode",
