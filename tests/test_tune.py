@@ -168,6 +168,38 @@ def test_optimizer_state_grows_with_selected_experts(tmp_path, data, olmoe):
     assert sizes[4] == 2 * sizes[2] == 4 * sizes[1]
 
 
+@pytest.mark.parametrize("family", ["olmoe", "gpt_oss"])
+def test_selected_experts_get_the_fused_tensors_gradient_rows(tmp_path, data, family):
+    """experts mode runs the family's per-expert forward (no full-size gradient, activations recomputed):
+    each selected expert's gradient is its row of the gradient the fused tensor gets in a plain backward
+    pass, an expert no token reached gets zeros, and the frozen tensors get no gradient at all."""
+    model_dir = save_model(tmp_path / "model", family)
+    chosen = {0: [0, 1, 3], 1: [2]}
+    experts = write_experts(tmp_path / "experts.json", chosen)
+    tuner = Tuner(options(model_dir, data, tmp_path / "out", mode="experts", experts=str(experts), eval=[]))
+    tuner.enter_stage(0)
+    loss, _, rows = tuner._step(0)
+    pieces = [piece for piece in tuner.module.slices.slices if tuner.module.slices.aliases(piece)]
+    assert pieces and all("forward" in vars(piece.owner) for piece in pieces)  # the per-expert forward runs
+    assert all(piece.base.grad is None for piece in pieces)
+
+    reference = load_model(model_dir, dtype="float32", tokenizer=False).model
+    reference.train()
+    named = dict(reference.named_parameters())
+    for name, parameter in named.items():
+        parameter.requires_grad_(any(name == piece.name for piece in pieces))
+    part = tuner.train_set.rows(rows)
+    plain_loss, plain_sum = tuner._loss(reference, (part.input_ids, part.labels, part.attention_mask),
+                                        tuner.train_set.label_tokens(rows), 1.0)
+    assert loss == plain_sum / tuner.train_set.label_tokens(rows)  # the same forward, bit for bit
+    plain_loss.backward()
+    for piece in pieces:
+        full = experts_view(named[piece.name].grad, piece.dim, piece.block, piece.num)
+        for expert, parameter in zip(piece.ids, tuner.module.slices.aliases(piece)):
+            assert torch.allclose(parameter.grad, full[expert], atol=1e-6, rtol=1e-4), (piece.name, expert)
+    assert any(parameter.grad.abs().sum() > 0 for piece in pieces for parameter in tuner.module.slices.aliases(piece))
+
+
 @pytest.mark.parametrize("mode", ["attention-router", "full"])
 def test_whole_parameter_modes_freeze_the_rest(tmp_path, data, olmoe, mode):
     before = base_state(olmoe)

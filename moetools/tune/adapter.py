@@ -60,7 +60,7 @@ def save_adapter(tuner, summary: dict, model_state: dict | None = None) -> None:
     for name in sorted(whole):
         tensors[f"full.{name}"] = named[name]
     slices = tuner.module.slices
-    tensors.update(slices.adapter_tensors())
+    tensors.update(slices.adapter_tensors(reuse_gradients=True))  # training is done: the gradients are dead
     layout = {piece.name: piece.describe() for piece in slices.slices if slices.trained(piece)}
     if tuner.peft is not None:
         tuner.peft.save_pretrained(str(out))

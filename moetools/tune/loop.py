@@ -212,7 +212,7 @@ class Tuner:
             chosen = chosen_layers if chosen_layers is not None else dict(self.chosen.items())
             found = expert_slices(self.model, self.adapter, chosen)
             rank = options.lora_rank if kind == "lora-experts" else None
-            slices = SliceTrainer(found, lora_rank=rank, lora_alpha=options.lora_alpha).attach()
+            slices = SliceTrainer(found, lora_rank=rank, lora_alpha=options.lora_alpha).attach().bind_gradients()
             if kind == "experts" and self.chosen is not None and chosen_layers is None:
                 extra = set(extra_expert_mode_names(self.model, self.adapter, self.chosen.shared_experts,
                                                     self.chosen.non_expert_modules))
@@ -401,7 +401,9 @@ class Tuner:
         label_total = self.train_set.label_tokens(rows)
         mine = rows[dist.rank::dist.world]
         micro = options.batch_size // dist.world // options.grad_accum
-        self.optimizer.zero_grad(set_to_none=True)
+        # the selected experts' gradient buffers (SliceTrainer.bind_gradients) stay allocated from step to
+        # step, zeroed in place (0 + g is g exactly); other modes free their gradients
+        self.optimizer.zero_grad(set_to_none=not self.module.slices.binds_gradients)
         summed = 0.0
         for start in range(0, len(mine), micro):
             part = self.train_set.rows(mine[start:start + micro])
