@@ -243,6 +243,17 @@ def test_torchrun_fsdp_two_processes_match_one(tmp_path, corpus, arch, tolerance
 
 
 @pytest.mark.slow  # torchrun launches
+def test_torchrun_grad_accum_under_ddp_and_fsdp_matches_one_process(tmp_path, corpus):
+    """--grad-accum 2 under torchrun (2 processes x 2 micro-batches of 1) follows one process taking the
+    whole batch at once, with DDP and with FSDP."""
+    one = _torchrun(1, tmp_path / "one", corpus, "llama")
+    for name, extra in (("ddp", ()), ("fsdp", ("--fsdp",))):
+        two = _torchrun(2, tmp_path / name, corpus, "llama", "--grad-accum", "2", *extra)
+        assert len(two) == 3 and max(abs(a - b) for a, b in zip(one, two)) < 1e-5, (name, one, two)
+        assert json.loads((tmp_path / name / "training_metadata.json").read_text())["options"]["grad_accum"] == 2
+
+
+@pytest.mark.slow  # torchrun launches
 def test_torchrun_fsdp_resume_continues_the_loss_curve(tmp_path, corpus):
     """A run stopped at step 3 under --fsdp and resumed (full checkpoint gathered on rank 0, sharded
     back on load) continues exactly as the run that never stopped."""

@@ -10,15 +10,16 @@ from .common import FINITE_FLOAT, finite_float
 HELP = {
     "steps": "Optimizer steps.",
     "batch_size": "Global batch in sequences (split over torchrun processes and --grad-accum).",
-    "grad_accum": "Micro-batches per optimizer step (each process runs its rows in this many forward/backward "
-                  "passes; same gradient, less activation memory).",
+    "grad_accum": "Micro-batches per optimizer step: each process runs its rows in this many forward/backward "
+                  "passes (less activation memory; the same step but for per-batch statistics such as MONET's "
+                  "BatchNorm routing and a load-balancing loss).",
     "seq_len": "Tokens per sequence.",
     "lr": "Peak learning rate (AdamW).",
     "min_lr": "Learning rate at the end of the cosine.",
     "warmup": "Warmup steps [5% of --steps].",
     "weight_decay": "AdamW weight decay (not on embeddings, norms, biases).",
     "grad_clip": "Gradient norm clip.",
-    "seed": "Seed of the initialisation and of the batch order.",
+    "seed": "Seed of the batch order and of any initialisation.",
     "eval_every": "Steps between evaluations.",
     "eval_batches": "Eval batches per domain.",
     "checkpoint_every": "Steps between checkpoints.",

@@ -93,6 +93,7 @@ command.__class__ = TuneGroup  # tool_group builds a ToolGroup; this one implies
                         "warmup": "Warmup steps per stage [5% of its steps].",
                         "eval_batches": "Eval batches per file.",
                         "resume": "Continue from OUTPUT/checkpoint exactly.",
+                        "max_minutes": "Stop (with a checkpoint) after this long.",
                         "fsdp": "Under torchrun (2 or more processes), --mode full or attention-router: shard "
                                 "parameters, gradients and optimizer state with FSDP2 (per decoder layer) "
                                 "instead of DDP; same batches, logs, checkpoints and adapter."})
