@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 import moetools.models.monet  # noqa: F401  (registers MONET with the Auto classes)
 from moetools.cli.monet_train import command
+from moetools.streams.outputs import MARKER
 from moetools.training.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +50,8 @@ def train_log(directory):
 def test_each_arch_writes_a_loadable_directory(tmp_path, corpus, arch, model_type):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from moetools.models.loader import load_model
+
     out = tmp_path / "out"
     result = run(["--data", str(corpus), "-o", str(out), "--arch", arch, *TINY])
     assert result.exit_code == 0, result.output
@@ -58,6 +61,8 @@ def test_each_arch_writes_a_loadable_directory(tmp_path, corpus, arch, model_typ
     assert metadata["steps"] == 4 and metadata["arch"] == arch
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     assert model.config.model_type == model_type
+    # every tensor saved is the one loaded: the tools' loader refuses missing or unexpected ones
+    assert load_model(out, require_moe=False).model.config.model_type == model_type
     tokenizer = AutoTokenizer.from_pretrained(out)
     ids = tokenizer("the cat sat", return_tensors="pt").input_ids
     assert model(ids).logits.shape == (1, ids.shape[1], len(tokenizer))
@@ -108,7 +113,7 @@ def test_resume_continues_the_loss_curve_exactly(tmp_path, corpus):
     saved = json.loads((split / "checkpoint" / "trainer_state.json").read_text())
     assert saved["step"] == 3 and saved["data_position"]["samples_seen"] == 12
     assert sorted(p.name for p in (split / "checkpoint").iterdir()) == [
-        "model.safetensors", "optimizer.json", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"]
+        MARKER, "model.safetensors", "optimizer.json", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"]
     second = run([*args, "-o", str(split), "--resume"])
     assert second.exit_code == 0, second.output
     losses = {r["step"]: r["loss"] for r in train_log(straight) if r["type"] == "train"}
@@ -163,7 +168,7 @@ def test_empty_data_fails_clearly(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
     result = run(["--data", str(empty), "-o", str(tmp_path / "out"), *TINY])
-    assert result.exit_code == 2 and "nothing to train on" in result.output
+    assert result.exit_code == 3 and f"{empty}: empty input: no documents" in result.output
     missing = tmp_path / "other.jsonl"
     missing.write_text('{"text": "fine"}\n{"body": "hello"}\n')
     result = run(["--data", str(missing), "-o", str(tmp_path / "out"), *TINY])
@@ -173,7 +178,7 @@ def test_empty_data_fails_clearly(tmp_path):
 @pytest.mark.parametrize("content,line,reason", [
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", 1, "invalid UTF-8 at byte"),      # a binary file
     (b'{"text": "one"}\n{"text": "two"}\n{"text": "caf\xe9"}\n', 3, "invalid UTF-8 at byte 13"),
-    (b'{"text": "one"}\n{"text": ""}\n', 2, "empty 'text'"),
+    (b'{"text": "one"}\n{"text": "two"}\n[3]\n', 3, "not a JSON object"),
     (b'{"text": "one"}\n{"text": "two"\n', 2, "not valid JSON"),
 ])
 def test_bad_data_lines_stop_with_the_file_and_line(tmp_path, content, line, reason):

@@ -116,6 +116,16 @@ def test_moe_tune_merge_refuses_such_a_base(models, tmp_path):
     assert not (tmp_path / "merged").exists()
 
 
+def test_moe_explain_local_backend_refuses_such_a_model(models, tmp_path):
+    from llm_stub import write_samples
+
+    write_samples(tmp_path / "s.msgpack.zst", experts=2)
+    result = invoke("moe-explain", [tmp_path / "s.msgpack.zst", "--backend", "local", "--model", models / "mixed",
+                                    "--no-cache", "-o", tmp_path / "labels.jsonl"])
+    assert_refused(result, "moe-explain")
+    assert not (tmp_path / "labels.jsonl").exists()
+
+
 def test_moe_score_model_refuses_such_a_directory(models, tmp_path):
     trace = tmp_path / "olmoe.msgpack.zst"
     assert invoke("moe-trace", [models / "olmoe", models / "corpus.jsonl", "-o", trace]).exit_code == 0

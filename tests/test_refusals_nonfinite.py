@@ -217,6 +217,11 @@ def test_every_json_a_tool_writes_is_strict_json(tiny, tmp_path):
                       "--checkpoint-every", "1", "-o", out / "tuned"]),
         ("moe-tune", ["merge", out / "tuned", "-o", out / "merged"]),
         ("moe-cat", ["--summary", out / "scores.jsonl", "-o", out / "summary.json"]),
+        ("moe-probe", ["neurons", model, corpus, "--min-count", "2", "-o", out / "probe.jsonl"]),
+        ("monet-train", ["--data", corpus, "-o", out / "monet", "--steps", "2", "--batch-size", "2", "--seq-len", "8",
+                         "--d-model", "16", "--layers", "1", "--heads", "2", "--moe-experts", "4", "--moe-topk", "2",
+                         "--moe-dim", "4", "--moe-heads", "2", "--moe-groups", "1", "--vocab-size", "260",
+                         "--eval-every", "1", "--checkpoint-every", "1", "--eval-fraction", "0.3"]),
     ]
     for tool, args in steps:
         result = invoke(tool, [*args, "-q"])
@@ -224,7 +229,8 @@ def test_every_json_a_tool_writes_is_strict_json(tiny, tmp_path):
     parsed = {str(p.relative_to(out)) for p in _strict_json_files(out)}
     for name in ("trace.jsonl", "samples.jsonl", "labels.jsonl", "scores.jsonl", "experts.json", "eval.jsonl",
                  "masked/config.json", "tuned/tune.json", "tuned/tune_log.jsonl", "merged/config.json",
-                 "merged/moetools_tuned.json", "summary.json"):
+                 "merged/moetools_tuned.json", "summary.json", "probe.jsonl", "monet/train_log.jsonl",
+                 "monet/training_metadata.json", "monet/config.json"):
         assert name in parsed, sorted(parsed)
 
 

@@ -81,13 +81,34 @@ def test_score_model_must_be_the_traced_model(traced, tmp_path):
     assert not (tmp_path / "other.jsonl").exists()
     result = invoke("moe-score", [*base, "--model", root / "model", "-o", tmp_path / "same.jsonl"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "same.jsonl").exists()
+    lines = [json.loads(line) for line in (tmp_path / "same.jsonl").read_text().splitlines()]
+    assert set(lines[0]["metrics"]) == {"jsd_routing"}  # the baseline too only when asked
+    experts = [r for r in lines if r["type"] == "expert"]
+    assert experts and all("jsd_routing" in r and "jsd_routing_random" not in r for r in experts)
+    assert set(lines[-1]["summary"]["jsd"]) == {"clusters", "draws", "unknown_tokens", "jsd_routing"}
 
 
 def test_score_model_without_a_jsd_metric_is_refused(traced):
     root, trace = traced
     result = invoke("moe-score", [trace, "--metrics", "af", "--model", root / "model"])
-    assert_refused(result, "moe-score", "serves only the jsd_* metrics")
+    assert_refused(result, "moe-score", "--model serves only jsd_routing", "--metrics asks for none of them")
+
+
+@pytest.mark.parametrize("option, metrics, named", [
+    (["--target-field", "toxicity"], "af", "--target-field serves only pearson"),
+    (["--rc-against", "SELF"], "af,das", "--rc-against serves only rc_shift"),
+    (["--general", "legal"], "af", "--general serves only das"),
+    (["--format", "table"], "af", "--table-by das is not among --metrics"),
+    (["--format", "table", "--table-by", "skew"], None, "--table-by skew: not a per-domain metric")])
+def test_score_options_that_would_do_nothing_are_refused(run_tool, synthetic_trace, option, metrics, named):
+    option = [str(synthetic_trace) if value == "SELF" else value for value in option]
+    args = [str(synthetic_trace), *option, *(["--metrics", metrics] if metrics else [])]
+    assert_refused(run_tool(moe_score, args), "moe-score", named)
+    if metrics:  # with a metric the option serves, it runs
+        served = {"--target-field": "pearson", "--rc-against": "rc_shift", "--general": "das",
+                  "--format": "das"}[option[0]]
+        result = run_tool(moe_score, [*args[:-1], f"{metrics},{served}", "--permutations", "0"])
+        assert result.exit_code == 0, result.stderr
 
 
 # -- moe-select --cumulative: a share, not a signed metric ----------------------------------------------

@@ -329,6 +329,7 @@ def test_memory_of_writing_and_reading_does_not_grow_with_stream_length(tmp_path
 
 def test_create_directory_swaps_a_complete_directory_in_or_leaves_the_old_one(tmp_path):
     from moetools.streams.files import create_directory
+    from moetools.streams.outputs import MARKER
 
     target = tmp_path / "checkpoint"
     with create_directory(target) as partial:
@@ -337,8 +338,9 @@ def test_create_directory_swaps_a_complete_directory_in_or_leaves_the_old_one(tm
     with pytest.raises(RuntimeError), create_directory(target) as partial:
         (partial / "b").write_text("2")
         raise RuntimeError("killed while writing")
-    assert sorted(p.name for p in target.iterdir()) == ["a"] and sorted(p.name for p in tmp_path.iterdir()) == [
-        "checkpoint"]
+    assert sorted(p.name for p in target.iterdir()) == [MARKER, "a"] and sorted(
+        p.name for p in tmp_path.iterdir()) == ["checkpoint"]
     with create_directory(target) as partial:
         (partial / "c").write_text("3")
-    assert sorted(p.name for p in target.iterdir()) == ["c"] and not (tmp_path / "checkpoint.old").exists()
+    assert sorted(p.name for p in target.iterdir()) == [MARKER, "c"] and sorted(
+        p.name for p in tmp_path.iterdir()) == ["checkpoint"]

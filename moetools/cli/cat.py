@@ -10,7 +10,7 @@ import click
 from .. import cat
 from ..reporting import no_progress
 from ..streams import strict_json
-from .common import open_input, open_output, progress, say, state, tool
+from .common import open_input, open_output, output_guard, progress, say, state, tool
 
 EXAMPLE = """\
 moe-cat trace.msgpack.zst --head 2 --format jsonl
@@ -37,6 +37,7 @@ moe-cat --check labels.jsonl && echo complete"""
               help="Validate only: read everything, write nothing; besides the framing, every header, record "
                    "and end record is checked field by field against its kind's spec (formats/KIND.md). Silent "
                    "on success (say 'ok' with -v).")
+@output_guard()
 def command(inputs, output, fmt, uncompressed, head, kind, summary, check):
     """View, convert, summarise and validate moetools streams.
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from ..eval.loss import LOSS_DEFINITIONS
-from .common import open_stream_writer, progress, say, tool
+from .common import open_stream_writer, output_guard, progress, say, tool
 
 EXAMPLE = """\
 moe-eval models/olmoe masked/ --data validation.jsonl --domain-field domain > eval.jsonl
@@ -60,6 +60,7 @@ def _table(records: list[dict], paths: list[str]) -> None:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("-o", "--output", default="-", show_default=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="Output file ('-': stdout; a table instead when stdout is a terminal).")
+@output_guard()
 def command(models, data, choices, domain_field, text_field, max_length, loss_definition, batch_tokens, dtype, device,
             output):
     """Per-domain loss and multiple-choice accuracy of one or more model directories.

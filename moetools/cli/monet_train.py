@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .common import finite_float, progress, say, tool
+from .common import finite_float, output_guard, progress, say, tool
 from .training_options import training_options
 
 EXAMPLE = """\
@@ -14,6 +14,9 @@ monet-train --arch monet-vd --data corpus.jsonl -o monet/ --steps 2000 --max-min
 monet-train --data corpus.jsonl -o monet/ --batch-size 64 --grad-accum 8   # 8 micro-batches of 8
 torchrun --nproc_per_node 2 $(which monet-train) --data corpus.jsonl -o monet/ --resume
 torchrun --nproc_per_node 8 $(which monet-train) --fsdp --data corpus.jsonl -o monet/"""
+
+TRAIN_FORCE_HELP = ("Start over in an existing OUTPUT this suite wrote: it is renamed to OUTPUT.old and removed "
+                    "when the new run is complete (without --force or --resume an existing OUTPUT is refused).")
 
 # flag -> model config key
 MODEL_FLAGS = {"d_model": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
@@ -49,6 +52,7 @@ MODEL_FLAGS = {"d_model": "hidden_size", "layers": "num_hidden_layers", "heads":
 @training_options(steps=1000, lr=5e-4, weight_decay=0.1, eval_every=100, checkpoint_every=200)
 @click.option("--eval-fraction", default=0.05, show_default=True, type=finite_float(0, 0.5),
               help="Share of documents held out for eval.")
+@output_guard(directory=True, resume_flag="resume", pass_force=True, force_help=TRAIN_FORCE_HELP)
 def command(data, output, arch, config_file, **options):
     """Pretrain MONET, or a matched baseline, from JSON lines text.
 
@@ -79,7 +83,7 @@ def command(data, output, arch, config_file, **options):
     train_options = TrainOptions(data=data, output=output, arch=arch, model_settings=settings, **options)
 
     def on_log(record):
-        if record["type"] == "eval":
+        if record["type"] == "eval" and record.get("eval_loss") is not None:
             say(f"step {record['step']}: eval loss {record['eval_loss']:.4f}")
 
     with progress("training", total=train_options.steps) as bar:

@@ -10,6 +10,7 @@ from .common import (
     finite_float,
     input_argument,
     open_stream_writer,
+    output_guard,
     output_options,
     progress,
     read_input,
@@ -77,6 +78,7 @@ def parse_ids(text: str | None, what: str) -> tuple[int, ...] | None:
 @click.option("--domain", default=None, help="Only sequences whose meta.domain is DOMAIN (for P_domain prompts).")
 @click.option("--min-count", default=0, show_default=True, type=click.IntRange(0),
               help="Experts firing on fewer tokens get a record with stats only (status below-min-count).")
+@output_guard()
 def command(input, output, fmt, uncompressed, layers, experts, **options):
     """Per-expert example sets from a trace: top, importance-weighted, negatives, holdout.
 

@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..errors import UsageError
-from .common import FINITE_FLOAT, open_stream_writer, progress, read_input, say, tool, warn
+from .common import FINITE_FLOAT, open_stream_writer, output_guard, progress, read_input, say, tool, warn
 from .score_judge import judge_options, pop_judge_flags
 
 EXAMPLE = """\
@@ -50,8 +50,8 @@ def parse_metrics(text: str | None):
 @click.option("--rc-against", default=None, type=click.Path(dir_okay=False),
               help="Trace of the same corpus through the other checkpoint: routing consistency (003 eq. 4-5).")
 @click.option("--metrics", default=None, metavar="LIST",
-              help="Comma-separated metrics to compute; one that the input cannot give is an error "
-                   "(default: every metric the input supports).")
+              help="Comma-separated metrics to compute and write (no others); one that the input cannot "
+                   "give is an error (default: every metric the input supports).")
 @click.option("--permutations", default=1000, show_default=True, type=click.IntRange(0),
               help="Domain-label shuffles of the skew permutation test (0: no p/q-values).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the shuffles.")
@@ -63,7 +63,8 @@ def parse_metrics(text: str | None):
               help="Upper bound of per-document state (permutation test, Pearson).")
 @click.option("--model", "model_dir", default=None, metavar="DIR|NAME",
               help="Model directory: JSD routing/functional specialisation over spherical k-means clusters of "
-                   "its unembedding (paper 002; reads only that tensor from safetensors). With --labels: the "
+                   "its unembedding (paper 002; reads only that tensor from safetensors); it must be the traced "
+                   "model (fingerprint), else exit 2. With --labels: the "
                    "scorer LLM (a server's model name, or a directory or .gguf file for --backend local).")
 @click.option("--clusters", default=100, show_default=True, type=click.IntRange(2, 100_000),
               help="k of the unembedding k-means (paper 002: 10 to 5000).")
@@ -73,6 +74,7 @@ def parse_metrics(text: str | None):
 @click.option("--table-top", default=10, show_default=True, type=click.IntRange(1),
               help="Rows per domain of --format table.")
 @judge_options
+@output_guard()
 def command(traces, output, fmt, uncompressed, general, rc_against, metrics, document_memory, cdas_k,
             table_by, table_top, **options):
     """Routing statistics of every expert from one or more traces, in one pass.
@@ -95,9 +97,13 @@ def command(traces, output, fmt, uncompressed, general, rc_against, metrics, doc
     and LLM-judged scores) record by (layer, expert), refusing disagreeing
     values (formats/scores.md, Extending).
 
-    Exit 2 for input that is not a trace, for a metric the traces cannot give
-    (named, with how to produce it), and for traces of different models;
-    exit 3 for a truncated trace.
+    Exit 2 for input that is not a trace (an expert id >= num_experts
+    included), for a metric the traces cannot give (named, with how to
+    produce it), for traces of different models, for a --model that is not
+    the traced model, and for an option that would do nothing (--model,
+    --target-field, --rc-against or --general when --metrics asks for none
+    of the metrics it serves; --table-by not among --metrics); exit 3 for a
+    truncated trace.
 
     `moe-score SAMPLES --labels LABELS` judges labels instead (paper 000
     A.2 scorer prompt through any LLM backend, or --backend embedding):
@@ -120,10 +126,17 @@ def command(traces, output, fmt, uncompressed, general, rc_against, metrics, doc
         join(traces[1:], output, fmt, uncompressed)
         return
     from ..score.run import resolve_general, score_traces
-    from ..score.scorer import ScoreOptions
+    from ..score.scorer import METRICS, ScoreOptions
 
+    asked = parse_metrics(metrics)
+    if fmt == "table":  # the table ranks by one per-domain metric: one not written would give empty tables
+        if METRICS.get(table_by, ("",))[0] != "domain":
+            per_domain = ", ".join(name for name, (scope, _) in METRICS.items() if scope == "domain")
+            raise UsageError(f"--table-by {table_by}: not a per-domain metric ({per_domain})")
+        if asked is not None and table_by not in asked:
+            raise UsageError(f"--table-by {table_by} is not among --metrics: add it, or rank by one of them")
     kind, general_trace = resolve_general(general)
-    score_options = ScoreOptions(general=kind, metrics=parse_metrics(metrics), cdas_k=tuple(cdas_k),
+    score_options = ScoreOptions(general=kind, metrics=asked, cdas_k=tuple(cdas_k),
                                  document_memory=document_memory << 20, **options)
     extra, records, summary, model = score_traces(list(traces), score_options, general_trace=general_trace,
                                                   rc_against=rc_against, progress=progress)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from .common import FINITE_FLOAT, finite_float, read_input, say, tool, tool_info
+from .common import FINITE_FLOAT, finite_float, output_guard, read_input, say, tool, tool_info
 
 EXAMPLE = """\
 moe-select routing.scores.jsonl --by das --domain medical --top 16 > medical.json
@@ -33,7 +33,8 @@ OPERATIONS = ("union", "intersect", "minus", "complement")
               help="The M lowest of each layer (003's unrelated experts).")
 @click.option("--threshold", type=FINITE_FLOAT, default=None, help="Only experts whose value is >= X.")
 @click.option("--cumulative", type=FINITE_FLOAT, default=None, metavar="P",
-              help="ESFT's top-p per layer: best first until their scores sum to P (use with esft_token/esft_gate).")
+              help="ESFT's top-p per layer: best first until their scores sum to P (use with esft_token/esft_gate); "
+                   "a signed metric (das, pearson, any negative value) is refused.")
 @click.option("--min-ratio", type=FINITE_FLOAT, default=None,
               help="Skew: best domain (--domain) >= R x the runner-up (004 sec. 5.1; implies --by skew).")
 @click.option("--max-q", type=finite_float(0, 1), default=None,
@@ -47,6 +48,7 @@ OPERATIONS = ("union", "intersect", "minus", "complement")
               help="complement of a set without a model block (an ESFT file): experts per layer.")
 @click.option("--layers", default=None, metavar="IDS",
               help="complement of a set without a model block: its MoE layers, e.g. 1-26.")
+@output_guard()
 def command(inputs, output, num_experts, layers, **options):
     """Turn scores into an expert set, or combine expert sets.
 
@@ -60,7 +62,10 @@ def command(inputs, output, num_experts, layers, **options):
 
     Set algebra: `moe-select union|intersect|minus A.json B.json...` and
     `moe-select complement A.json` (the model's expert count comes from the
-    set's model block). Sets of different models are refused (exit 2).
+    set's model block). Sets of different models are refused (exit 2), and
+    so is an expert id or layer outside the model (its expert count and MoE
+    layers, or --num-experts/--layers): named with the set, never written
+    out or dropped.
     """
     from ..select import complement, intersect, minus, read_experts, union, write_experts
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import FINITE_FLOAT, ToolGroup, progress, say, subcommand_verbosity, tool_group
+from .common import FINITE_FLOAT, ToolGroup, output_guard, progress, say, subcommand_verbosity, tool_group
 from .training_options import training_options
 
 EXAMPLE = """\
@@ -15,6 +15,8 @@ torchrun --nproc-per-node 2 -m moetools.tune model/ --data medical.train.jsonl -
 torchrun --nproc-per-node 2 -m moetools.tune model/ --data medical.train.jsonl --mode full --fsdp -o tuned/
 moe-tune merge tuned/ -o merged/"""
 
+TRAIN_FORCE_HELP = ("Start over in an existing OUTPUT this suite wrote: it is renamed to OUTPUT.old and removed "
+                    "when the new run is complete (without --force or --resume an existing OUTPUT is refused).")
 MODES = ("full", "experts", "attention-router", "das-two-stage", "lora", "lora-experts")  # = moetools.tune.MODES
 
 
@@ -69,7 +71,8 @@ command.__class__ = TuneGroup  # tool_group builds a ToolGroup; this one implies
 @click.argument("model", type=click.Path(file_okay=False))
 @click.option("--data", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="Training data: JSON lines of text ({\"text\": ...}, packed) or of chats ({\"messages\": "
-                   "[...]}: loss on assistant tokens only).")
+                   "[...]}: loss on assistant tokens only). A file where no token carries a loss (every "
+                   "answer beyond --seq-len) is refused, as is such an --eval or --general file.")
 @click.option("--eval", "eval_files", multiple=True, type=click.Path(dir_okay=False),
               help="Evaluation files (--eval A B, or --eval A --eval B): loss per file and per domain every "
                    "--eval-every steps.")
@@ -103,12 +106,14 @@ command.__class__ = TuneGroup  # tool_group builds a ToolGroup; this one implies
               help="Weights while training (on a GPU with bf16, the forward runs under bf16 autocast).")
 @click.option("--text-field", default="text", show_default=True, help="JSON field holding the text.")
 @click.option("--domain-field", default="domain", show_default=True, help="JSON field naming the domain.")
+@output_guard(directory=True, resume_flag="resume", pass_force=True, force_help=TRAIN_FORCE_HELP)
 def train_command(model, data, eval_files, output, **options):
     """Fine-tune MODEL on --data; write an adapter to OUTPUT.
 
     Under torchrun (`torchrun --nproc-per-node N -m moetools.tune ...`, same flags) it trains
     data-parallel (DDP; gloo on CPU), or with --fsdp sharded with FSDP2, with the same
-    results as one process.
+    results as one process. MONET layers that share one router (moe_groups > 1): an expert
+    of --experts trains in every layer of its group (a note on stderr says so).
     """
     from ..tune import TuneOptions, tune
 
@@ -120,7 +125,7 @@ def train_command(model, data, eval_files, output, **options):
         elif record["type"] == "cdas":
             say(f"step {record['step']}: C-DAS@{record['k']} {record['cdas']:.4f}")
 
-    summary = tune(tune_options, on_log=on_log, progress=progress)
+    summary = tune(tune_options, on_log=on_log, progress=progress, on_note=lambda text: say(f"note: {text}"))
     say(f"{summary['steps']} steps, {summary['trainable_parameters']} trainable parameters -> {output}")
 
 
@@ -132,7 +137,8 @@ def train_command(model, data, eval_files, output, **options):
 @click.option("--base", type=click.Path(file_okay=False), help="The base model [the path in ADAPTER/tune.json].")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True, help="Weights of the merged checkpoint (auto: the base's).")
-def merge_command(adapter, output, base, dtype):
+@output_guard(directory=True, pass_force=True)
+def merge_command(adapter, output, base, dtype, force):
     """Merge ADAPTER into its base model; AutoModelForCausalLM.from_pretrained loads OUTPUT.
 
     The merged config carries `moetools_tuned` (base fingerprint, mode, adapter), so the
@@ -140,7 +146,7 @@ def merge_command(adapter, output, base, dtype):
     """
     from ..tune import merge
 
-    provenance = merge(adapter, output, base=base, dtype=dtype)
+    provenance = merge(adapter, output, base=base, dtype=dtype, force=force)
     say(f"{provenance['mode']} adapter merged into {provenance['base_name']} -> {output}")
 
 

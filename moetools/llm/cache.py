@@ -93,6 +93,12 @@ class ResponseCache:
             raise
 
 
+def response_cache(cache_dir: str | os.PathLike | None, namespace: str, *, no_cache: bool = False,
+                   refresh: bool = False) -> ResponseCache:
+    """The cache of a tool's ``--cache-dir``, ``--no-cache`` (neither read nor write) and ``--refresh`` (write only)."""
+    return ResponseCache(cache_dir, namespace=namespace, enabled=not no_cache, read=not refresh)
+
+
 async def through_cache(cache: ResponseCache | None, identity: dict | None,
                         produce: Callable[[], Awaitable[Completion]], *,
                         accept: Callable[[Completion], bool] | None = None,

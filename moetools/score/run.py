@@ -12,7 +12,7 @@ import os
 from ..reporting import ProgressFactory, no_progress
 from ..streams.files import read_input
 from .output import end_summary, expert_records, header_extra
-from .scorer import RoutingScorer, ScoreOptions
+from .scorer import RoutingScorer, ScoreOptions, check_options_serve_metrics
 
 
 def resolve_general(value: str | None) -> tuple[str, str | None]:
@@ -30,6 +30,9 @@ def score_traces(paths, options: ScoreOptions, *, general_trace: str | None = No
 
     ``progress(description)`` (moetools.reporting) is advanced by the tokens of each trace record scored.
     """
+    given = {"--model": options.model_dir is not None, "--target-field": options.target_field is not None,
+             "--rc-against": rc_against is not None, "--general": options.general != "rest"}
+    check_options_serve_metrics(options.metrics, [option for option, used in given.items() if used])
     scorer = RoutingScorer(options)
     with progress("scoring tokens") as bar:
         def count(record) -> None:
@@ -38,7 +41,7 @@ def score_traces(paths, options: ScoreOptions, *, general_trace: str | None = No
                 on_record(record)
 
         for path in paths or ["-"]:
-            reader = read_input(path, kinds="trace", validate=True)  # formats/trace.md: finite gates, ids in range
+            reader = read_input(path, kinds="trace", validate=True)  # formats/trace.md: finite gates, ids < num_experts, ...
             scorer.add_trace(reader, "-" if path in (None, "-") else str(path), on_record=count)
     if general_trace is not None:
         scorer.add_general_trace(read_input(general_trace, kinds="trace", validate=True), str(general_trace))
@@ -46,7 +49,8 @@ def score_traces(paths, options: ScoreOptions, *, general_trace: str | None = No
         scorer.add_rc_trace(read_input(rc_against, kinds="trace", validate=True), str(rc_against))
     computed = scorer.compute()
     extra = header_extra(scorer, computed)
-    records = list(expert_records(computed, scorer.header["layers"], options.min_ratio, options.metrics))
+    shared = scorer.fold.shared if scorer.fold is not None else {}
+    records = list(expert_records(computed, scorer.layers, options.min_ratio, options.metrics, shared=shared))
     return extra, records, end_summary(scorer, computed), scorer.header.get("model")
 
 

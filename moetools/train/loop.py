@@ -31,6 +31,7 @@ import torch
 
 from ..errors import UsageError
 from ..streams import strict_json
+from ..streams.outputs import check_output, finish_training_directory, prepare_training_directory
 from ..training import sharding
 from ..training.checkpoint import load_checkpoint, save_checkpoint, stop_if_not_finite, tied_parameter_names
 from ..training.distributed import (
@@ -80,6 +81,7 @@ class TrainOptions:
     max_minutes: float | None = None
     stop_at_step: int | None = None  # stop (after checkpointing) once this step is done
     resume: bool = False
+    force: bool = False  # start over in an existing OUTPUT this suite wrote (moved to OUTPUT.old until done)
     fsdp: bool = False  # shard with FSDP2 instead of DDP (torchrun, 2+ processes)
 
 
@@ -129,8 +131,7 @@ def evaluate(model, eval_blocks: dict[str, torch.Tensor], batch_size: int, max_b
             for loss_sum, tokens in sequence_losses(model, ids, *shifted(ids), autocast=autocast):
                 losses.add(domain, loss_sum, tokens)
     model.train(was_training)
-    overall = losses.overall()
-    return losses.means(), (overall if overall is not None else float("nan"))
+    return losses.means(), losses.overall()
 
 
 def _check_options(options: TrainOptions) -> None:
@@ -143,8 +144,15 @@ def _prepare_output(options: TrainOptions, dist: Distributed) -> Path:
     out = Path(options.output)
     if options.resume and not (out / "checkpoint" / "trainer_state.json").exists():
         raise UsageError(f"--resume: no checkpoint in {out / 'checkpoint'}")
+    if options.resume and options.force:
+        raise UsageError("--resume continues OUTPUT and --force starts it over: give one of them")
+    inputs = [p for p in (options.data, options.tokenizer) if p not in (None, "-")]
+    if not options.resume:  # never an input; an existing OUTPUT only with --force (formats/README.md, "Outputs")
+        check_output(out, inputs=inputs, force=options.force, directory=True)
+    dist.barrier()  # every process has checked OUTPUT before the first one changes it
     if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_training_directory(out, inputs=inputs, force=options.force, resume=options.resume,
+                                   complete_file=METADATA_NAME, tool="monet-train")
     dist.barrier()
     return out
 
@@ -358,6 +366,8 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
 
     metadata = run.metadata()
     run.save(metadata)
+    if dist.main:
+        finish_training_directory(out)
     if options.fsdp:
         # drop FSDP's modules, optimizer and autograd graph (which hold gloo work objects) while the
         # interpreter is alive: left to interpreter exit, their teardown aborts a rank now and then

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..reporting import ProgressBar, ProgressFactory, log_warning, no_progress
+from ..streams.outputs import check_output, finish_training_directory, prepare_training_directory
 from ..train.data import block_indices
 from ..training import sharding
 from ..training.checkpoint import restore_rng, save_checkpoint, stop_if_not_finite, unflatten_optimizer_state
@@ -78,6 +80,7 @@ class TuneOptions:
     max_minutes: float | None = None
     resume: bool = False
     fsdp: bool = False                  # shard with FSDP2 instead of DDP (torchrun, 2+ processes)
+    force: bool = False                 # start over in an existing OUTPUT this suite wrote (moved to OUTPUT.old)
     lora_rank: int = 16                 # paper 003
     lora_alpha: float = 32.0
     dtype: str = "float32"
@@ -141,9 +144,10 @@ def _freeze_batchnorm(model) -> None:
 class Tuner:
     """One run: the model, what trains in the current stage, the optimizer and the log."""
 
-    def __init__(self, options: TuneOptions, on_log=None, bar: ProgressBar | None = None):
+    def __init__(self, options: TuneOptions, on_log=None, bar: ProgressBar | None = None, on_note=None):
         from ..models import model_identity
         from ..models.loader import load_model
+        from ..models.shared_routers import expand_to_groups, router_groups
 
         check_options(options)
         self.options, self.on_log, self.bar = options, on_log, bar  # bar: advanced per optimizer step
@@ -152,6 +156,15 @@ class Tuner:
         self.checkpoint_dir = self.out / "checkpoint"
         if options.resume and not (self.checkpoint_dir / "trainer_state.json").exists():
             raise UsageError(f"--resume: no checkpoint in {self.checkpoint_dir}")
+        if options.resume and options.force:
+            raise UsageError("--resume continues OUTPUT and --force starts it over: give one of them")
+        # the inputs, for the rule of -o (never an input, an ancestor or a descendant of one)
+        self.inputs = [p for p in (options.model, options.data, options.experts, options.general, *options.eval)
+                       if p not in (None, "-")]
+        if not options.resume:
+            check_output(self.out, inputs=self.inputs, force=options.force, directory=True)
+        self.dist.barrier()  # every process has checked OUTPUT before the first one changes it
+        self.run_id = uuid.uuid4().hex  # tune.json and the checkpoint name the run they belong to
         loaded = load_model(options.model, dtype=options.dtype, device=str(self.dist.device), train=True)
         self.model, self.tokenizer, self.adapter = loaded
         self.identity = model_identity(self.model, self.adapter, options.model)
@@ -162,6 +175,12 @@ class Tuner:
             self.chosen = read_experts(options.experts, model=self.identity)
             if not len(self.chosen):
                 raise UsageError(f"{options.experts}: no expert selected: nothing to tune")
+            # a composed expert of a router shared by several layers (MONET moe_groups) is one routing
+            # choice: its parameters train in every layer of the group
+            self.router_groups = [g for g in router_groups(self.model, self.adapter) if len(g) > 1]
+            self.chosen.experts, note = expand_to_groups(self.chosen.experts, self.router_groups, "tuning")
+            if note and on_note is not None:
+                on_note(note)
         self.train_set = load_examples(options.data, self.tokenizer, options.seq_len, text_field=options.text_field,
                                        domain_field=options.domain_field)
         self.eval_sets = {Path(p).stem: load_examples(p, self.tokenizer, options.seq_len,
@@ -210,6 +229,10 @@ class Tuner:
                 parameter.requires_grad_(name in wanted)
         elif kind in ("experts", "lora-experts"):
             chosen = chosen_layers if chosen_layers is not None else dict(self.chosen.items())
+            if chosen_layers is not None:   # DAS stage 2: layers of one router chose alike; keep them whole
+                from ..models.shared_routers import expand_to_groups, router_groups
+
+                chosen, _ = expand_to_groups(chosen, router_groups(self.model, self.adapter), "tuning")
             found = expert_slices(self.model, self.adapter, chosen)
             rank = options.lora_rank if kind == "lora-experts" else None
             slices = SliceTrainer(found, lora_rank=rank, lora_alpha=options.lora_alpha).attach().bind_gradients()
@@ -345,7 +368,8 @@ class Tuner:
                             optimizer_state=optimizer_state,
                             trainer_state={**state, "stage": self.stage_index, "schedule": self.schedule.state_dict(),
                                            "log_bytes": log_bytes, "changed": sorted(self.changed),
-                                           "cdas": self.cdas_log, "options": asdict(self.options)})
+                                           "cdas": self.cdas_log, "options": asdict(self.options),
+                                           "run_id": self.run_id})
         self.dist.barrier()
 
     def load_checkpoint(self) -> dict:
@@ -353,6 +377,7 @@ class Tuner:
 
         directory = self.checkpoint_dir
         saved = json.loads((directory / "trainer_state.json").read_text())
+        self.run_id = saved.get("run_id") or self.run_id
         tensors = load_file(str(directory / "model.safetensors"))
         chosen = None
         if saved["stage"] > 0 and self.options.mode == "das-two-stage":
@@ -385,11 +410,15 @@ class Tuner:
 
     # -- the loop ------------------------------------------------------------------------------------
     def _prepare_output(self) -> bool:
-        """Make OUTPUT (rank 0); return whether this run created it."""
+        """Make OUTPUT (rank 0; formats/README.md, "Outputs"); return whether this run created it."""
+        options = self.options
         created = not self.out.exists()
         self.dist.barrier()  # every rank has looked before rank 0 makes it
         if self.dist.main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            prepare_training_directory(self.out, inputs=self.inputs, force=options.force, resume=options.resume,
+                                       complete_file="tune.json", tool="moe-tune")
+            if options.resume:  # the adapter of an earlier finish no longer describes what the checkpoint holds
+                (self.out / "tune.json").unlink(missing_ok=True)
         self.dist.barrier()
         return created
 
@@ -480,6 +509,7 @@ class Tuner:
             from .adapter import save_adapter
 
             save_adapter(self, summary, model_state=full_state)
+            finish_training_directory(self.out)
         dist.barrier()
         return summary
 
@@ -505,12 +535,13 @@ class Tuner:
         self.dist.close()
 
 
-def tune(options: TuneOptions, on_log=None, progress: ProgressFactory = no_progress) -> dict:
+def tune(options: TuneOptions, on_log=None, progress: ProgressFactory = no_progress, on_note=None) -> dict:
     """Run moe-tune per ``options``; write ``OUTPUT/`` (adapter, log, checkpoint); return a summary.
 
-    ``progress(description, total)`` (moetools.reporting) is advanced per optimizer step.
+    ``progress(description, total)`` (moetools.reporting) is advanced per optimizer step; ``on_note(text)``
+    gets one-line notes (e.g. that a shared router's expert trains in every layer of its group).
     """
-    tuner = Tuner(options, on_log=on_log)
+    tuner = Tuner(options, on_log=on_log, on_note=on_note)
     try:
         with progress("optimizer steps", total=tuner.total_steps) as bar:
             tuner.bar = bar

@@ -1,7 +1,7 @@
 """The ``scores`` stream (formats/scores.md): one record per (layer, expert), metrics inside.
 
-Open by design: producers (moe-score's routing statistics now, LLM-judged detection scores
-later) add metric fields, per-domain fields and record types; this schema checks only what
+Open by design: producers (moe-score's routing statistics, and ``moe-score --labels``' judged detection scores)
+add metric fields, per-domain fields and record types; this schema checks only what
 every reader relies on: the identity (layer, expert) of ``expert`` records, that ``domains`` is
 a map of maps, and that metric values are numbers, null, or (for structured metrics) maps.
 """
@@ -93,6 +93,11 @@ class ScoresSchema(Schema):
         if domains is not None:
             need(isinstance(domains, list) and all(isinstance(d, str) for d in domains), place,
                  "domains is not a list of strings")
+        shared = header.get("shared_routers")
+        if shared is not None:
+            need(isinstance(shared, list) and all(isinstance(g, list) and len(g) >= 2 and all(is_int(x) for x in g)
+                                                  for g in shared), place,
+                 "shared_routers is not a list of layer lists (two or more layers each)")
         metrics = header.get("metrics")
         if metrics is not None:
             need(isinstance(metrics, dict), place, "metrics is not a map of metric name -> description")
@@ -118,6 +123,11 @@ class ScoresSchema(Schema):
         experts = header.get("num_experts")
         if is_int(experts):
             need(record["expert"] < experts, place, f"expert {record['expert']} >= num_experts {experts}")
+        shared = record.get("shared_layers")
+        if shared is not None:   # the layers this record's router routes: its own layer first
+            need(isinstance(shared, list) and len(shared) >= 2 and all(is_int(x) and x >= 0 for x in shared)
+                 and shared[0] == record["layer"], place,
+                 f"shared_layers {shared!r} is not a list of two or more layers starting with layer {record['layer']}")
         domains = record.get("domains")
         if domains is not None:
             need(isinstance(domains, dict), place, "domains is not a map of domain -> metrics")
@@ -126,7 +136,7 @@ class ScoresSchema(Schema):
                 for name, value in values.items():
                     need_number(value, place, f"domains.{domain}.{name}", nullable=True)
         for name, value in record.items():
-            if name in IDENTITY or name == "domains":
+            if name in IDENTITY or name in ("domains", "shared_layers"):
                 continue
             _check_value(value, place, name)
         for name in JUDGED:
