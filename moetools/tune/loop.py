@@ -19,11 +19,10 @@ gradients over ranks), so 1 process, N processes and gradient accumulation give 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,7 +34,7 @@ from ..reporting import ProgressBar, ProgressFactory, log_warning, no_progress
 from ..streams.outputs import check_output, finish_training_directory, prepare_training_directory
 from ..train.data import block_indices
 from ..training import sharding
-from ..training.checkpoint import restore_rng, save_checkpoint, stop_if_not_finite, unflatten_optimizer_state
+from ..training.checkpoint import stop_if_not_finite
 from ..training.distributed import Distributed, autocast, clip_gradients, data_parallel, shard
 from ..training.log import TrainingLog
 from ..training.loss import DomainLosses, sequence_losses, shifted
@@ -43,6 +42,7 @@ from ..training.optimizer import adamw, schedule
 from ..training.options import check_loop_options
 from ..training.stopping import StopRule
 from . import das as das_lib
+from .checkpoints import TunerCheckpoints
 from .data import IGNORE, eval_rows, load_examples
 from .modes import MODES, STAGE2_KINDS, attention_router_names, extra_expert_mode_names, make_peft
 from .slices import SliceTrainer, expert_slices
@@ -141,7 +141,7 @@ def _freeze_batchnorm(model) -> None:
             module.eval()
 
 
-class Tuner:
+class Tuner(TunerCheckpoints):
     """One run: the model, what trains in the current stage, the optimizer and the log."""
 
     def __init__(self, options: TuneOptions, on_log=None, bar: ProgressBar | None = None, on_note=None):
@@ -344,69 +344,6 @@ class Tuner:
     @property
     def stage_kind(self) -> str:
         return self.plan[self.stage_index][0]
-
-    # -- checkpoints ---------------------------------------------------------------------------------
-    def delta_state(self) -> dict[str, torch.Tensor]:
-        """What changed: trainable tensors of the stage and whole parameters of earlier stages. Under FSDP
-        a collective (every rank calls it; rank 0 gets the full tensors, the others nothing)."""
-        if self.options.fsdp:  # one stage, whole parameters: the trainable ones of the gathered state
-            full = sharding.full_model_state(self.model)
-            return {name: full[name[len("model."):]] for name, _ in self.trainable} if self.dist.main else {}
-        state = {name: p.detach() for name, p in self.trainable}
-        named = dict(self.module.model.named_parameters()) if self.peft is None else {}
-        for name in sorted(self.changed):
-            if name in named:
-                state[f"model.{name}"] = named[name].detach()
-        return state
-
-    def save_checkpoint(self, state: dict, log_bytes: int) -> None:
-        delta = self.delta_state()
-        optimizer_state = (sharding.full_optimizer_state(self.module, self.optimizer)  # a collective
-                           if self.options.fsdp else None)
-        if self.dist.main:
-            save_checkpoint(self.checkpoint_dir, None, self.optimizer, model_state=delta, tied=[],
-                            optimizer_state=optimizer_state,
-                            trainer_state={**state, "stage": self.stage_index, "schedule": self.schedule.state_dict(),
-                                           "log_bytes": log_bytes, "changed": sorted(self.changed),
-                                           "cdas": self.cdas_log, "options": asdict(self.options),
-                                           "run_id": self.run_id})
-        self.dist.barrier()
-
-    def load_checkpoint(self) -> dict:
-        from safetensors.torch import load_file
-
-        directory = self.checkpoint_dir
-        saved = json.loads((directory / "trainer_state.json").read_text())
-        self.run_id = saved.get("run_id") or self.run_id
-        tensors = load_file(str(directory / "model.safetensors"))
-        chosen = None
-        if saved["stage"] > 0 and self.options.mode == "das-two-stage":
-            from ..select import read_experts
-
-            chosen = dict(read_experts(self.out / "experts.json").items())
-            self.enter_stage(0)  # to name stage 1's parameters, then move on
-            named = dict(self.model.named_parameters())
-            with torch.no_grad():
-                for name in saved["changed"]:
-                    named[name].copy_(tensors[f"model.{name}"])
-        self.enter_stage(saved["stage"], chosen)
-        meta = json.loads((directory / "optimizer.json").read_text())
-        optimizer_tensors = {k: v.to(self.dist.device) for k, v in load_file(str(directory / "optimizer.safetensors")).items()}
-        optimizer_state = unflatten_optimizer_state(optimizer_tensors, meta)
-        if self.options.fsdp:  # every rank reads the full files and keeps its shards
-            sharding.load_full_state(self.module, self.optimizer, tensors, optimizer_state, strict=False)
-        else:
-            current = dict(self.module.named_parameters())
-            with torch.no_grad():
-                for name, tensor in tensors.items():
-                    if name in current:
-                        current[name].copy_(tensor)
-            self.optimizer.load_state_dict(optimizer_state)
-        self.changed = set(saved["changed"])
-        self.schedule.load_state_dict(saved["schedule"])
-        restore_rng(load_file(str(directory / "rng.safetensors")))
-        self.cdas_log = saved.get("cdas", [])
-        return saved
 
     # -- the loop ------------------------------------------------------------------------------------
     def _prepare_output(self) -> bool:
