@@ -390,6 +390,22 @@ def test_torchrun_fsdp_matches_ddp_and_one_process(tmp_path, data, olmoe):
     assert meta["options"]["fsdp"] is True and meta["summary"]["world_size"] == 2
 
 
+@pytest.mark.slow  # 3 torchrun launches
+def test_torchrun_fsdp_resume_continues_exactly(tmp_path, data, olmoe):
+    """Under --fsdp a run stopped at step 2 (checkpoint gathered whole on rank 0) and resumed (sharded back)
+    logs the same losses and writes the same adapter as the run that never stopped."""
+    from safetensors.torch import load_file
+
+    args = [olmoe, "--data", data["medical"], "--mode", "attention-router", "--steps", "4", "--batch-size", "4",
+            "--seq-len", "12", "--lr", "0.05", "--checkpoint-every", "10", "--fsdp"]
+    straight = _torchrun(2, tmp_path / "straight", args)
+    assert len(_torchrun(2, tmp_path / "split", [*args, "--stop-at-step", "2"])) == 2
+    resumed = _torchrun(2, tmp_path / "split", [*args, "--resume"])
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
+    a, b = (load_file(str(tmp_path / name / "adapter.safetensors")) for name in ("straight", "split"))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_fsdp_refusals(tmp_path, data, olmoe, monkeypatch):
     """--fsdp needs torchrun (2+ processes) and a mode that trains whole parameters: one line, exit 2."""
     monkeypatch.delenv("WORLD_SIZE", raising=False)
