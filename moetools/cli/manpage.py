@@ -72,6 +72,8 @@ def render_command(name: str, command: click.Command) -> str:
         lines.append(".SH COMMANDS")
         for sub_name, sub in sorted(command.commands.items()):
             lines += [".TP", f".B {escape(sub_name)}", escape(sub.get_short_help_str(limit=200))]
+    if name == "moetools":
+        lines += _tool_list()
     options = [param.get_help_record(ctx) for param in command.get_params(ctx) if isinstance(param, click.Option)]
     lines.append(".SH OPTIONS")
     for record in options:
@@ -97,6 +99,18 @@ def render_command(name: str, command: click.Command) -> str:
     see_also = [f"{other}(1)" for other in TOOLS if other != name] + ["moe-formats(5)"]
     lines += [".SH SEE ALSO", escape(", ".join(f"\\fB{entry}\\fR" for entry in see_also)).replace("\\e", "\\")]
     return "\n".join(lines) + "\n"
+
+
+def _tool_list() -> list[str]:
+    """moetools(1)'s TOOLS section: every other tool with the first line of its help."""
+    from . import load_command
+
+    lines = [".SH TOOLS"]
+    for other in TOOLS:
+        if other != "moetools" and tool_exists(other):
+            summary = (load_command(other).help or "").partition("\n")[0].strip().rstrip(".")
+            lines += [".TP", f".BR {escape(other)} (1)", escape(summary)]
+    return lines
 
 
 def _exit_codes() -> list[tuple[str, str]]:
