@@ -43,6 +43,10 @@ def fresh_venv(tmp_path_factory) -> Path:
     return venv
 
 
+def _without_pythonpath() -> dict:
+    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+
 def _man(venv: Path, *args: str) -> subprocess.CompletedProcess:
     environment = {key: value for key, value in os.environ.items() if key not in ("MANPATH", "MANPAGER", "PAGER")}
     environment["PATH"] = f"{venv / 'bin'}:/usr/bin:/bin"
@@ -55,6 +59,11 @@ def test_pip_install_puts_every_page_under_the_venvs_share_man(fresh_venv):
     assert pages == {path.name for path in (ROOT / "man").iterdir()}
     assert {f"{name}.1" for name in TOOLS} | {"moe-formats.5"} <= pages
     assert (fresh_venv / "bin" / "moe-trace").exists()
+    printed = subprocess.run([str(fresh_venv / "bin" / "python"), "-m", "moetools.cluster"], capture_output=True,
+                             text=True, check=True, cwd=fresh_venv.parent, env=_without_pythonpath())  # the installed copy
+    recipes = Path(printed.stdout.strip())
+    assert recipes.is_relative_to(fresh_venv) and (recipes / "trace-submit.sh").exists(), recipes
+    assert os.access(recipes / "trace-array.sh", os.R_OK)
 
 
 @pytest.mark.skipif(shutil.which("man") is None, reason="man (Debian package man-db) not installed: `make manual`")
