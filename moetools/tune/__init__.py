@@ -1,8 +1,8 @@
 """moe-tune's logic: fine-tune only chosen parts of an MoE (or MONET) model.
 
-``moetools.tune.tune(TuneOptions(model=..., data=..., output=..., mode="experts", experts=...))``
-writes an adapter directory (formats/tune.md); ``moetools.tune.merge(adapter, out)`` writes a
-standard checkpoint. Modules: :mod:`.slices` (selected experts of fused tensors), :mod:`.modes`
+``from moetools.tune import TuneOptions, merge, tune``: ``tune(TuneOptions(model=..., data=..., output=...,
+mode="experts", experts=...))`` writes an adapter directory (formats/tune.md); ``merge(adapter, out)``
+writes a standard checkpoint (``moetools.tune(...)`` and ``moetools.merge(...)`` take keyword arguments). Modules: :mod:`.slices` (selected experts of fused tensors), :mod:`.modes`
 (what each mode trains), :mod:`.data` (plain / chat JSON lines), :mod:`.das` (DAS, C-DAS@k, RC),
 :mod:`.loop` (the loop), :mod:`.adapter` (adapter files and merge).
 """
