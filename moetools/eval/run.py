@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from ..reporting import ProgressFactory, no_progress
+from ..reporting import BytesRead, ProgressFactory, no_progress
 
 
 def load_for_eval(path, *, dtype: str = "auto", device: str = "cpu"):
@@ -51,12 +51,14 @@ def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domai
              on_model: Callable[[str], None] | None = None, progress: ProgressFactory = no_progress) -> Iterator[dict]:
     """Yield ``model`` records then ``domain`` / ``choice`` records (formats/eval.md) for each model in turn.
 
-    ``progress(description, total)`` (moetools.reporting) is advanced per batch of --data evaluated and
-    per --choices item, one bar per model and part. ``loss_definition`` is one of
+    ``progress(description, total, unit)`` (moetools.reporting) is advanced per batch of --data evaluated
+    (by the bytes of the --data file read, its size the total; by batches for a pipe) and per --choices
+    item, one bar per model and part. ``loss_definition`` is one of
     :data:`moetools.eval.loss.LOSS_DEFINITIONS` (which tokens a domain's loss scores).
     """
-    from ..corpus.documents import read_corpus
+    from ..corpus.documents import read_documents
     from ..mask.directory import read_mask_record
+    from ..streams.files import is_stdio, open_input
     from .choices import choice_accuracy, read_choice_items
     from .loss import domain_loss
 
@@ -72,16 +74,33 @@ def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domai
                "masked": None if mask is None else {"mode": mask.get("mode"), "base": mask.get("base"),
                                                     "experts": mask.get("experts")}}
         if data is not None:
-            documents = read_corpus(data, text_field=text_field)
-            with progress(f"model {position}: batches") as bar:
-                def count_batch(size: int) -> None:
-                    bar.advance(1)
+            source = open_input(data)
+            read = BytesRead(source)  # a file: done/total in bytes of --data read, so the time left is known
+            documents = read_documents(source, name="stdin" if is_stdio(data) else str(data), text_field=text_field)
+            with (progress(f"model {position}: data", total=read.total, unit="bytes") if read.total is not None
+                  else progress(f"model {position}: batches")) as bar:
+                sequences = {"read": 0, "scored": 0}  # the bytes read count in the share of sequences scored
+
+                def count_read(size: int, sequences=sequences) -> None:
+                    sequences["read"] += size
+
+                def count_batch(size: int, read=read, bar=bar, sequences=sequences) -> None:
+                    sequences["scored"] += size
+                    if read.total is not None:
+                        read.catch_up(bar, done=sequences["scored"] / max(1, sequences["read"]))
+                    else:
+                        bar.advance(1)
                     if on_batch:
                         on_batch(size)
 
-                results = domain_loss(loaded.model, loaded.tokenizer, documents, domain_field=domain_field,
-                                      max_length=max_length, batch_tokens=batch_tokens,
-                                      definition=loss_definition, on_batch=count_batch)
+                try:
+                    results = domain_loss(loaded.model, loaded.tokenizer, documents, domain_field=domain_field,
+                                          max_length=max_length, batch_tokens=batch_tokens,
+                                          definition=loss_definition, on_batch=count_batch, on_read=count_read)
+                    read.catch_up(bar)
+                finally:
+                    if not is_stdio(data):
+                        source.close()
             for domain, values in results.items():
                 base = first_domains.setdefault(domain, values) if position == 0 else first_domains.get(domain)
                 delta = None
