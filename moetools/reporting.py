@@ -178,5 +178,18 @@ class LineProgress:
             self.write(progress_line(self.description, self.done, self.total, self.unit, now - self.start))
 
 
+def table_console(file=None, **kwargs):
+    """A rich Console for a table on standard output whose closed pipe (``| head``) raises
+    BrokenPipeError, so the tool exits 141 as every tool does (rich's own handler exits 1)."""
+    from rich.console import Console
+
+    class _PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError("standard output closed")
+
+    return _PipeConsole(file=file, **kwargs)
+
+
 __all__ = ["BytesRead", "LineProgress", "Log", "ProgressBar", "ProgressFactory", "file_size", "format_amount",
-           "format_duration", "log_info", "log_warning", "logger", "no_progress", "progress_line"]
+           "format_duration", "log_info", "log_warning", "logger", "no_progress", "progress_line", "table_console"]

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from ..reporting import BytesRead, ProgressFactory, no_progress
+from ..reporting import ProgressFactory, no_progress
 
 
 def load_for_eval(path, *, dtype: str = "auto", device: str = "cpu"):
     """load_model for a base, dense or masked directory. A ``remote``-mode masked directory is loaded with
-    trust_remote_code only when its custom code is exactly moe-mask's own (ModelError otherwise)."""
+    trust_remote_code only when its custom code and every ``auto_map`` are exactly moe-mask's own (ModelError,
+    exit 2, before any of its code runs: moetools.models.loader.check_trusted_code)."""
     from ..errors import ModelError
-    from ..mask.directory import read_mask_record
-    from ..mask.remote import is_own_code
+    from ..mask.directory import mask_record_problem, read_mask_record
     from ..models import load_model
+    from ..models.loader import check_trusted_code
 
-    record = read_mask_record(path) or {}
+    record = read_mask_record(path)
+    problem = None if record is None else mask_record_problem(record)
+    if problem:
+        raise ModelError(f"{path}: {problem}")
+    record = record or {}
     trust = record.get("mode") == "remote"
-    if trust and not is_own_code(path, record.get("family", "")):
-        raise ModelError(f"{path}: its custom code is not moe-mask's own; load it yourself with "
-                         "trust_remote_code=True if you trust it")
-    if not trust:
+    if trust:
+        check_trusted_code(path)
+    else:
         return load_model(path, dtype=dtype, device=device, require_moe=False)
     # moe-mask's class subclasses the family's, so transformers warns "a model of type
     # moetools_masked_<family> to instantiate a model of type <family>" at every load: expected, silenced
@@ -52,17 +56,18 @@ def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domai
     """Yield ``model`` records then ``domain`` / ``choice`` records (formats/eval.md) for each model in turn.
 
     ``progress(description, total, unit)`` (moetools.reporting) is advanced per batch of --data evaluated
-    (by the bytes of the --data file read, its size the total; by batches for a pipe) and per --choices
-    item, one bar per model and part. ``loss_definition`` is one of
-    :data:`moetools.eval.loss.LOSS_DEFINITIONS` (which tokens a domain's loss scores).
+    (in documents, out of all of them) and per --choices item, one bar per model and part.
+    ``loss_definition`` is one of :data:`moetools.eval.loss.LOSS_DEFINITIONS` (which tokens a domain's
+    loss scores).
     """
-    from ..corpus.documents import read_documents
+    from ..corpus.documents import read_corpus
     from ..mask.directory import read_mask_record
-    from ..streams.files import is_stdio, open_input
     from .choices import choice_accuracy, read_choice_items
     from .loss import domain_loss
 
     items = read_choice_items(choices) if choices else None
+    # read once, before any model loads: empty or unusable input is refused first (moetools.corpus.documents)
+    documents = list(read_corpus(data, text_field=text_field)) if data is not None else None
     first_domains: dict = {}
     first_choice: dict = {}
     for position, path in enumerate(paths):
@@ -73,34 +78,29 @@ def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domai
         yield {"type": "model", "model": position, "identity": identity_of(loaded),
                "masked": None if mask is None else {"mode": mask.get("mode"), "base": mask.get("base"),
                                                     "experts": mask.get("experts")}}
-        if data is not None:
-            source = open_input(data)
-            read = BytesRead(source)  # a file: done/total in bytes of --data read, so the time left is known
-            documents = read_documents(source, name="stdin" if is_stdio(data) else str(data), text_field=text_field)
-            with (progress(f"model {position}: data", total=read.total, unit="bytes") if read.total is not None
-                  else progress(f"model {position}: batches")) as bar:
-                sequences = {"read": 0, "scored": 0}  # the bytes read count in the share of sequences scored
+        if documents is not None:
+            # done/total in documents, so that the time left is known: the documents read count in the
+            # share of their sequences scored (the rest waits for a batch)
+            with progress(f"model {position}: documents", total=len(documents), unit="documents") as bar:
+                counts = {"documents": 0, "read": 0, "scored": 0, "shown": 0.0}
 
-                def count_read(size: int, sequences=sequences) -> None:
-                    sequences["read"] += size
+                def count_read(size: int, counts=counts) -> None:
+                    counts["documents"] += 1
+                    counts["read"] += size
 
-                def count_batch(size: int, read=read, bar=bar, sequences=sequences) -> None:
-                    sequences["scored"] += size
-                    if read.total is not None:
-                        read.catch_up(bar, done=sequences["scored"] / max(1, sequences["read"]))
-                    else:
-                        bar.advance(1)
+                def count_batch(size: int, bar=bar, counts=counts) -> None:
+                    counts["scored"] += size
+                    done = counts["documents"] * counts["scored"] / max(1, counts["read"])
+                    if done > counts["shown"]:
+                        bar.advance(done - counts["shown"])
+                        counts["shown"] = done
                     if on_batch:
                         on_batch(size)
 
-                try:
-                    results = domain_loss(loaded.model, loaded.tokenizer, documents, domain_field=domain_field,
-                                          max_length=max_length, batch_tokens=batch_tokens,
-                                          definition=loss_definition, on_batch=count_batch, on_read=count_read)
-                    read.catch_up(bar)
-                finally:
-                    if not is_stdio(data):
-                        source.close()
+                results = domain_loss(loaded.model, loaded.tokenizer, documents, domain_field=domain_field,
+                                      max_length=max_length, batch_tokens=batch_tokens,
+                                      definition=loss_definition, on_batch=count_batch, on_read=count_read)
+                bar.advance(max(0.0, len(documents) - counts["shown"]))
             for domain, values in results.items():
                 base = first_domains.setdefault(domain, values) if position == 0 else first_domains.get(domain)
                 delta = None
