@@ -5,7 +5,8 @@ One naming rule: the library entry of ``moe-NAME`` is ``moetools.NAME(inputs, *,
 Python values (a list where the option repeats or takes ids, ``True`` for a flag), and it returns the
 output path. The one exception is ``moe-eval``, whose entry is ``moetools.evaluate``: ``eval`` is a
 Python builtin that ``from moetools import *`` would hide. ``moetools.open`` opens a stream as
-``gzip.open`` opens a file. Nothing heavy is imported until a function runs (``--help`` stays fast).
+``gzip.open`` opens a file (moe-cat's reading; its conversions are the shell's job). moe-probe and
+monet-train have no entry here yet: their libraries are ``moetools.probe`` and ``moetools.train``. Nothing heavy is imported until a function runs (``--help`` stays fast).
 
     >>> import moetools
     >>> trace = moetools.trace("model/", "corpus.jsonl", output="trace.msgpack.zst", max_length=64)
