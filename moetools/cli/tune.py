@@ -60,6 +60,11 @@ def command():
     expert's slice of a fused tensor bit-for-bit unchanged, optimizer state only for
     what trains); attention-router (paper 003 stage 1); das-two-stage; lora (peft,
     r=16, alpha=32); lora-experts (LoRA on the chosen experts only).
+
+    Several GPUs: torchrun -m moetools.tune (data parallel). Several nodes under
+    SLURM: the recipe in EXAMPLES of man moe-tune (srun torchrun on every node,
+    then a dependent job that merges); its scripts are installed in the
+    directory `python -m moetools.cluster` prints.
     """
 
 

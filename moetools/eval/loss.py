@@ -75,10 +75,11 @@ def _domain_values(docs: int, tokens: int, loss_sum: float, words: int, size: in
 
 def domain_loss(model, tokenizer, documents: Iterable, *, domain_field: str = "domain", max_length: int = 512,
                 batch_tokens: int = 4096, chunk: int = 256, definition: str = "no-prefix",
-                on_batch: Callable[[int], None] | None = None) -> dict:
+                on_batch: Callable[[int], None] | None = None, on_read: Callable[[int], None] | None = None) -> dict:
     """{domain: {"documents", "tokens", "loss", "perplexity"}} over ``documents`` (moetools Documents); with
     ``definition="lm-eval"`` also "loglikelihood", "words", "bytes", "word_perplexity", "byte_perplexity",
-    "bits_per_byte" (formats/eval.md)."""
+    "bits_per_byte" (formats/eval.md). ``on_batch(sequences)`` follows each batch scored, ``on_read(sequences)``
+    each document read (its sequences wait for a batch: progress counts the share scored)."""
     from ..errors import ModelError, UsageError
 
     if definition not in LOSS_DEFINITIONS:
@@ -115,6 +116,8 @@ def domain_loss(model, tokenizer, documents: Iterable, *, domain_field: str = "d
             entry[3] += count_words(document.text)
             entry[4] += count_bytes(document.text)
         pending.extend((domain, sequence) for sequence in sequences)
+        if on_read:
+            on_read(len(sequences))
         if len(pending) >= chunk:
             flush(pending)
             pending = []
