@@ -88,17 +88,11 @@ def private_imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-#: private imports across packages in files being reworked elsewhere; each goes when its file is
-#: rewritten (the test fails on an entry that is gone, so that the list only shrinks)
-KNOWN_PRIVATE_IMPORTS = {"moetools/tune/loop.py: moetools.train.loop._Distributed"}
-
-
 def test_no_package_imports_another_packages_privates():
-    found = {f"{path.relative_to(PACKAGE.parent).as_posix()}: {name}"
-             for path in sorted(PACKAGE.rglob("*.py")) for _, name in private_imports(path)}
-    assert not found - KNOWN_PRIVATE_IMPORTS, "private names imported from another package (make them public " \
-        "where they are, or move them):\n" + "\n".join(sorted(found - KNOWN_PRIVATE_IMPORTS))
-    assert not KNOWN_PRIVATE_IMPORTS - found, f"fixed, remove from KNOWN_PRIVATE_IMPORTS: {KNOWN_PRIVATE_IMPORTS - found}"
+    found = [f"{path.relative_to(PACKAGE.parent).as_posix()}:{line}: {name}"
+             for path in sorted(PACKAGE.rglob("*.py")) for line, name in private_imports(path)]
+    assert not found, "private names imported from another package (make them public where they are, or move " \
+                      "them):\n" + "\n".join(found)
 
 
 @pytest.mark.parametrize("source,where,bad", [
