@@ -12,6 +12,7 @@ moe-report trace.msgpack.zst samples.msgpack.zst labels.jsonl scores.jsonl -o re
 moe-report samples.msgpack.zst offline.labels.jsonl llm.labels.jsonl joined.scores.jsonl -o report.html
 moe-report labels.jsonl scores.jsonl medical.json eval.jsonl -o report.html
 moe-report trace.msgpack.zst --baseline random-init.trace.msgpack.zst -o routing.html
+moe-report trace.msgpack.zst scores.jsonl --document doc-17 --document doc-42 -o docs.html
 xdg-open 'report.html#3/17'"""
 
 
@@ -29,18 +30,27 @@ xdg-open 'report.html#3/17'"""
                    "scorer's verdicts, its mistakes first.")
 @click.option("--context-tokens", default=48, show_default=True, type=click.IntRange(1),
               help="Tokens kept per context, around its marked token.")
+@click.option("--documents", default=8, show_default=True, type=click.IntRange(0),
+              help="The first N documents of the trace in the document view (tokens coloured by expert).")
+@click.option("--document", "document_ids", multiple=True, metavar="DOC_ID",
+              help="Show this traced document (doc_id) in the document view instead; repeatable.")
+@click.option("--document-tokens", default=256, show_default=True, type=click.IntRange(1),
+              help="Tokens kept per document of the document view.")
 @click.option("--title", default=None, help="Page title [moe-report: MODEL].")
-def command(inputs, output, baseline, contexts, holdout, context_tokens, title):
+def command(inputs, output, baseline, contexts, holdout, context_tokens, documents, document_ids, document_tokens,
+            title):
     """One self-contained HTML page of a model's experts.
 
     Reads any subset of `trace`, `samples`, `labels`, `scores` and `eval`
     streams and experts.json files (formats/) of one model, in any order
     (streams of two models are refused, exit 2), and writes one HTML file
     with everything inline (style, script, figures, data): it opens from
-    file:// with no network. The page has overview heatmaps per layer x
-    expert of the scores present, routing concentration per domain beside
-    its baselines, the selected expert sets, moe-eval's loss table, and one
-    card per expert (labels and their explainers, scores, top contexts
+    file:// with no network. The page has maps per layer x expert of the
+    scores present (hover: the value and label; click: the expert's card;
+    zoom for wide layers), the routing health panel (collapsed layers, dead
+    and always-on experts, thresholds stated), routing concentration per
+    domain beside its baselines, the selected expert sets, moe-eval's loss
+    table (expert ids link to their cards), and one card per expert (labels and their explainers, scores, top contexts
     shaded by contribution, logit-lens tokens, domain histogram, holdout
     examples with the scorer's verdicts).
 
@@ -50,6 +60,11 @@ def command(inputs, output, baseline, contexts, holdout, context_tokens, title):
     and the samples stream, a card names the scorer, marks every judged
     holdout sample right or wrong, and shows --holdout examples of each kind
     with their truth and prediction, the scorer's mistakes first.
+
+    With a trace, a document view shows the first --documents documents
+    (or each --document) token by token, coloured by the expert each token
+    went to in a chosen layer, or shaded by one expert's gate; a --document
+    the trace does not hold is refused (exit 2).
 
     Cards can be searched (the text of every label), sorted and filtered by
     any score, and report.html#LAYER/EXPERT opens one expert. Cards are
@@ -62,7 +77,9 @@ def command(inputs, output, baseline, contexts, holdout, context_tokens, title):
         raise UsageError("stdin ('-') can be given once")
     from ..report import ReportOptions, build_report
 
-    options = ReportOptions(contexts=contexts, holdout=holdout, context_tokens=context_tokens, title=title)
+    options = ReportOptions(contexts=contexts, holdout=holdout, context_tokens=context_tokens, title=title,
+                            documents=documents, document_ids=tuple(document_ids) or None,
+                            document_tokens=document_tokens)
     written = build_report(list(inputs), output, baseline=baseline, options=options)
     say(f"{output}: {written['experts']} experts, {written['figures']} overview figures, "
         f"{written['bytes'] / 1e6:.2f} MB")

@@ -118,6 +118,8 @@
     const head = el("div", { cls: "head" }, [
       el("a", { href: "#" + id, cls: "anchor", text: "layer " + expert.l + " · expert " + expert.e }),
       expert.sets ? el("span", { cls: "sets", text: expert.sets.map(function (s) { return DATA.sets[s].name; }).join(", ") }) : null,
+      expert.hf ? el("span", { cls: "badge health", text: "⚠ " + expert.hf.join(", "),
+        title: "routing health (see the Routing health panel): " + expert.hf.join(", ") }) : null,
     ]);
     // every label of the expert, one per labels stream given, an LLM's first (formats/report.md)
     const labels = [expert].concat(expert.more || []).map(function (item, i) {
@@ -256,7 +258,14 @@
   document.getElementById("prev").addEventListener("click", function () { state.page -= 1; render(); window.scrollTo(0, document.getElementById("controls").offsetTop); });
   document.getElementById("next").addEventListener("click", function () { state.page += 1; render(); window.scrollTo(0, document.getElementById("controls").offsetTop); });
   window.addEventListener("hashchange", jump);
+  document.addEventListener("click", function (event) {   // a link to the card already in the hash: no hashchange
+    const link = event.target.closest && event.target.closest("a[href^='#']");
+    if (link && link.getAttribute("href") === location.hash) { event.preventDefault(); jump(); }
+  });
   refresh();
+  (window.moeDraw || []).forEach(function (draw) {   // the maps (maps.js) and other views drawn from DATA
+    try { draw(DATA); } catch (error) { console.error(error); }
+  });
   jump();
   document.body.setAttribute("data-ready", "1");
   }

@@ -17,6 +17,7 @@ import re
 from importlib import resources
 
 from .. import __version__
+from .health import health_panel
 
 
 def _asset(name: str) -> str:
@@ -102,10 +103,45 @@ def _eval_table(data) -> str:
                 f'{min(0.6, abs(delta) / 2 + 0.05):.2f})"'
             cells.append(f"<td{shade}>{text}</td>")
         rows.append(f"<tr><th>{html.escape(str(domain))}</th>{''.join(cells)}</tr>")
+    rows.append(_masked_row(data, models))
     choices = "".join(f"<li>{name(r['model'])}: {html.escape(str(r.get('task')))} acc "
                       f"{r.get('acc')} (Δ {r.get('delta_acc')})</li>" for r in data.eval_choices)
     return ("<h2>Evaluation (moe-eval)</h2><p class=meta>loss in nats per token; in brackets the change against "
             f"the first model</p><table class=eval>{''.join(rows)}</table>" + (f"<ul>{choices}</ul>" if choices else ""))
+
+
+#: expert links shown per layer of a set (the rest counted; the set filter shows them all)
+SET_LINKS = 64
+
+
+def expert_links(layer, ids, limit: int = SET_LINKS) -> str:
+    """Each expert id as a link to its card (``#LAYER/EXPERT``), the first ``limit`` of them."""
+    ids = list(ids)
+    shown = " ".join(f'<a class=eid href="#{int(layer)}/{int(e)}">{int(e)}</a>' for e in ids[:limit])
+    return shown + (f" … (+{len(ids) - limit})" if len(ids) > limit else "")
+
+
+def _masked_row(data, models) -> str:
+    """Under the eval table, per masked model the experts masked, each a link to its card: found among the
+    experts.json inputs by the sha256 (or path) that moe-mask recorded (formats/mask.md ``experts.file``)."""
+    cells, any_masked = [], False
+    for model in models:
+        masked = (data.eval_models.get(model) or {}).get("masked") or {}
+        source = ((masked.get("experts") or {}).get("file") or {}) if isinstance(masked, dict) else {}
+        if not masked:
+            cells.append("<td></td>")
+            continue
+        any_masked = True
+        found = next(((name, chosen) for name, chosen in data.sets
+                      if source and (data.set_files.get(name, {}).get("sha256") == source.get("sha256")
+                                     or data.set_files.get(name, {}).get("path") == source.get("path"))), None)
+        if found is None:
+            cells.append("<td class=meta>its experts.json is not among the inputs</td>")
+            continue
+        name, chosen = found
+        links = "; ".join(f"{layer}: {expert_links(layer, ids, 16)}" for layer, ids in chosen.items())
+        cells.append(f"<td class=masked style='text-align:left'>{html.escape(name)} — {links}</td>")
+    return f"<tr><th>masked experts</th>{''.join(cells)}</tr>" if any_masked else ""
 
 
 def _sets_table(data) -> str:
@@ -115,11 +151,21 @@ def _sets_table(data) -> str:
     for name, chosen in data.sets:
         criterion = chosen.provenance.get("criterion") or {}
         what = ", ".join(f"{k}={v}" for k, v in criterion.items() if v not in (None, False, [], {}))
-        layers = "; ".join(f"{layer}: {', '.join(map(str, ids))}" for layer, ids in chosen.items())
+        layers = "; ".join(f"{layer}: {expert_links(layer, ids)}" for layer, ids in chosen.items())
         rows.append(f"<tr><th>{html.escape(name)}</th><td>{len(chosen)}</td><td>{html.escape(what)}</td>"
-                    f"<td style='text-align:left'>{html.escape(layers[:2000])}</td></tr>")
+                    f"<td style='text-align:left'>{layers}</td></tr>")
     return ("<h2>Selected expert sets</h2><table class=sets><tr><th>set</th><th>experts</th><th>criterion</th>"
             f"<th>layer: experts</th></tr>{''.join(rows)}</table>")
+
+
+def _documents(payload: dict) -> str:
+    """The document view's frame (docs.js fills it from the data block's ``docs``)."""
+    docs = payload.get("docs")
+    if not docs:
+        return ""
+    return (f"<section id=documents><h2>Documents</h2><p class=meta>{len(docs)} traced documents (moe-report "
+            "--documents N, or --document ID), each token with the experts the trace holds for it</p>"
+            "<div id=docs></div></section>")
 
 
 def render_page(data, payload: dict, figures: list[tuple[str, str]], compress: bool | None = None) -> str:
@@ -133,8 +179,9 @@ def render_page(data, payload: dict, figures: list[tuple[str, str]], compress: b
             f"{__version__} on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     overview = "".join(f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>"
                        for caption, svg in figures)
-    if not overview:
+    if not overview and not payload.get("maps"):
         overview = "<p class=meta>no scores or trace given: no overview figures</p>"
+    overview = "<div id=maps></div>" + overview
     controls = ('<div id="controls"><input id="search" type="search" placeholder="search labels or 3/17">'
                 '<select id="layer"><option value="">all layers</option></select>'
                 '<select id="set"><option value="">all experts</option></select>'
@@ -148,9 +195,11 @@ def render_page(data, payload: dict, figures: list[tuple[str, str]], compress: b
             f"<meta name=viewport content='width=device-width, initial-scale=1'><title>{title}</title>"
             f"<style>{_asset('page.css')}</style></head><body>"
             f"<h1>{title}</h1><p class=meta>{meta}</p>"
-            f"<section id=overview><h2>Overview</h2>{overview}</section>{_sets_table(data)}{_eval_table(data)}"
+            f"<section id=overview><h2>Overview</h2>{overview}</section>{health_panel(data, payload.get('health'))}"
+            f"{_sets_table(data)}{_eval_table(data)}{_documents(payload)}"
             f"<h2>Experts</h2>{controls}<div id=cards></div>"
             f"{data_block(payload, compress)}"
+            f"<script>{_asset('maps.js')}</script><script>{_asset('docs.js')}</script>"
             f"<script>{_asset('page.js')}</script></body></html>\n")
 
 
