@@ -225,3 +225,35 @@ def test_the_document_view_shows_a_documents_tokens_with_the_trace_s_experts(bro
     tokens.nth(next(i for i, (_, ids) in enumerate(want) if "3" in ids.split(","))).click()
     page.wait_for_selector("#card-2-3.target")
     assert page.problems == []
+
+
+def test_a_compare_page_shows_both_runs_and_the_difference_on_a_card(browser_page, tmp_path):
+    import json
+
+    from test_report_compare import build_compare
+
+    out = build_compare(tmp_path)
+    trained = {(r["layer"], r["expert"]): r for r in map(json.loads, (tmp_path / "trained.scores.jsonl").read_text()
+                                                         .splitlines()) if r.get("type") == "expert"}
+    init = {(r["layer"], r["expert"]): r for r in map(json.loads, (tmp_path / "init.scores.jsonl").read_text()
+                                                      .splitlines()) if r.get("type") == "expert"}
+    page = browser_page
+    page.goto(out.resolve().as_uri() + "#2/5")
+    page.wait_for_selector("#card-2-5.target")
+    row = page.locator("#card-2-5 table.grid tr:has(th:text-is('routed'))").locator("td").all_inner_texts()
+    a, b = trained[(2, 5)]["domains"]["code"]["routed"], init[(2, 5)]["domains"]["code"]["routed"]
+    delta = f"+{b - a}" if b > a else str(b - a)
+    assert row[0] == f"{a} → {b} (Δ {delta})"
+    assert page.locator("#card-2-5 .labelbox.compare-b .by").first.inner_text() == "random-init:"
+    assert page.locator("#card-2-5 .rs").inner_text().startswith("routing change trained → random-init: shift ")
+    # a map of the difference: its tooltip names both values
+    map_id = page.locator("figure.map:has(.maphead b:text-is('af'))").get_attribute("id")
+    page.select_option(f"#{map_id} select.run", "d")
+    x, y = _cell_centre(page, map_id, 1, 5)
+    page.mouse.move(x, y)
+    value = page.locator("#map-tip .value").inner_text()
+    af_a, af_b = trained[(2, 5)]["domains"]["code"]["af"], init[(2, 5)]["domains"]["code"]["af"]
+    assert value.startswith("af · code = ") and "(Δ; trained " in value and "random-init " in value
+    assert float(page.locator("#map-tip").get_attribute("data-value")) == pytest.approx(af_b - af_a, abs=1e-3)
+    assert page.locator("#comparison #rc").inner_text().startswith("RC = ")
+    assert page.problems == []

@@ -13,6 +13,7 @@ moe-report samples.msgpack.zst offline.labels.jsonl llm.labels.jsonl joined.scor
 moe-report labels.jsonl scores.jsonl medical.json eval.jsonl -o report.html
 moe-report trace.msgpack.zst --baseline random-init.trace.msgpack.zst -o routing.html
 moe-report trace.msgpack.zst scores.jsonl --document doc-17 --document doc-42 -o docs.html
+moe-report trained.scores.jsonl --compare init.scores.jsonl --names trained,random-init -o compare.html
 xdg-open 'report.html#3/17'"""
 
 
@@ -36,9 +37,15 @@ xdg-open 'report.html#3/17'"""
               help="Show this traced document (doc_id) in the document view instead; repeatable.")
 @click.option("--document-tokens", default=256, show_default=True, type=click.IntRange(1),
               help="Tokens kept per document of the document view.")
+@click.option("--compare", "compare", multiple=True, metavar="INPUT",
+              type=click.Path(dir_okay=False, exists=True),
+              help="An input of a second run (repeat for each: trace, scores, labels, ...) of the same layers x "
+                   "experts: the page shows both runs and their difference.")
+@click.option("--names", default=None, metavar="A,B",
+              help="The two runs' names with --compare [their models' names, or A and B].")
 @click.option("--title", default=None, help="Page title [moe-report: MODEL].")
 def command(inputs, output, baseline, contexts, holdout, context_tokens, documents, document_ids, document_tokens,
-            title):
+            compare, names, title):
     """One self-contained HTML page of a model's experts.
 
     Reads any subset of `trace`, `samples`, `labels`, `scores` and `eval`
@@ -66,6 +73,14 @@ def command(inputs, output, baseline, contexts, holdout, context_tokens, documen
     went to in a chosen layer, or shaded by one expert's gate; a --document
     the trace does not hold is refused (exit 2).
 
+    With --compare (once per input of the second run) the page shows two
+    runs of the same layers x experts, e.g. trained vs random-init, base vs
+    tuned, two label sets: every score on the cards as A -> B (delta), both
+    labels, maps of A, B or the delta, and with a trace on both sides the
+    routing change of paper 003 (RC, the shift per expert) and the JSD per
+    layer between the two mean router distributions. Runs of different
+    layers x experts are refused (exit 2), saying what differs.
+
     Cards can be searched (the text of every label), sorted and filtered by
     any score, and report.html#LAYER/EXPERT opens one expert. Cards are
     drawn 50 at a time from inline JSON, so a 16k-expert MONET report opens
@@ -80,7 +95,13 @@ def command(inputs, output, baseline, contexts, holdout, context_tokens, documen
     options = ReportOptions(contexts=contexts, holdout=holdout, context_tokens=context_tokens, title=title,
                             documents=documents, document_ids=tuple(document_ids) or None,
                             document_tokens=document_tokens)
-    written = build_report(list(inputs), output, baseline=baseline, options=options)
+    pair = None
+    if names is not None:
+        pair = tuple(part.strip() for part in names.split(","))
+        if len(pair) != 2 or not all(pair) or not compare:
+            raise UsageError("--names takes two names, A,B, and goes with --compare")
+    written = build_report(list(inputs), output, baseline=baseline, options=options, compare=list(compare) or None,
+                           names=pair)
     say(f"{output}: {written['experts']} experts, {written['figures']} overview figures, "
         f"{written['bytes'] / 1e6:.2f} MB")
 

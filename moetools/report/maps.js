@@ -24,17 +24,21 @@
     const i = Math.min(stops.length - 2, Math.floor(t)), f = t - i;
     return stops[i].map(function (c, j) { return Math.round(c + f * (stops[i + 1][j] - c)); });
   }
-  function values(spec, choice) {
+  // one cell's value: run "a" (the page's own), "b" (a comparison's other run) or "d" (b - a)
+  function cellValue(spec, x, index, run) {
+    if (!x) return NaN;
+    if (spec.src === "rs") return x.rs === null || x.rs === undefined ? NaN : x.rs;
+    if (run === "d") return cellValue(spec, x, index, "b") - cellValue(spec, x, index, "a");
+    const list = spec.src === "h" ? x.h : run === "b" ? (x.b && x.b.v) : x.v;
+    let value = list ? list[index] : null;
+    if (value === null || value === undefined) return NaN;
+    if (spec.log2) value = value > 0 ? Math.log2(value) : NaN;
+    return value;
+  }
+  function values(spec, choice, run) {
     const out = new Float64Array(L * E).fill(NaN);
     const index = spec.src === "v" ? keyIndex[choice[1]] : choice[1];
-    for (let c = 0; c < L * E; c++) {
-      const x = byCell[c];
-      const list = x && (spec.src === "v" ? x.v : x.h);
-      let value = list ? list[index] : null;
-      if (value === null || value === undefined) continue;
-      if (spec.log2) value = value > 0 ? Math.log2(value) : NaN;
-      out[c] = value;
-    }
+    for (let c = 0; c < L * E; c++) out[c] = cellValue(spec, byCell[c], index, run);
     return out;
   }
   function fmt(value) {
@@ -59,6 +63,17 @@
       select.appendChild(option);
     });
     if (spec.keys.length > 1) head.appendChild(select);
+    const runSelect = document.createElement("select");
+    runSelect.className = "run";
+    if (DATA.compare && spec.src === "v") {
+      [["a", DATA.compare.a], ["b", DATA.compare.b], ["d", "Δ " + DATA.compare.b + " − " + DATA.compare.a]].forEach(function (item) {
+        const option = document.createElement("option");
+        option.value = item[0]; option.textContent = item[1];
+        runSelect.appendChild(option);
+      });
+      head.appendChild(runSelect);
+    }
+    function run() { return runSelect.value || "a"; }
     const zoom = document.createElement("span");
     zoom.className = "zoom";
     ["−", "+", "fit"].forEach(function (text) {
@@ -102,16 +117,16 @@
     }
     function paint() {
       const choice = spec.keys[Number(select.value) || 0];
-      grid = values(spec, choice);
+      grid = values(spec, choice, run());
       let lo = Infinity, hi = -Infinity;
       for (let c = 0; c < grid.length; c++) if (isFinite(grid[c])) { lo = Math.min(lo, grid[c]); hi = Math.max(hi, grid[c]); }
       if (lo === Infinity) { lo = 0; hi = 1; }
-      if (spec.div) { const bound = Math.max(Math.abs(lo), Math.abs(hi)) || 1; lo = -bound; hi = bound; }
+      if (spec.div || run() === "d") { const bound = Math.max(Math.abs(lo), Math.abs(hi)) || 1; lo = -bound; hi = bound; }
       if (hi === lo) hi = lo + 1;
       low = lo; high = hi;
       const context = canvas.getContext("2d");
       const image = context.createImageData(E, L);
-      const stops = spec.div ? DIVERGING : VIRIDIS;
+      const stops = spec.div || run() === "d" ? DIVERGING : VIRIDIS;
       for (let c = 0; c < grid.length; c++) {
         const rgb = isFinite(grid[c]) ? colour(stops, (grid[c] - lo) / (hi - lo)) : [221, 221, 221];
         image.data[4 * c] = rgb[0]; image.data[4 * c + 1] = rgb[1]; image.data[4 * c + 2] = rgb[2]; image.data[4 * c + 3] = 255;
@@ -119,7 +134,7 @@
       context.putImageData(image, 0, 0);
       scale.textContent = fmt(lo) + " ";
       const bar = document.createElement("span");
-      bar.className = "bar " + (spec.div ? "div" : "seq");
+      bar.className = "bar " + (spec.div || run() === "d" ? "div" : "seq");
       scale.appendChild(bar);
       scale.appendChild(document.createTextNode(" " + fmt(hi) + " (grey: no value)"));
     }
@@ -138,7 +153,10 @@
       const value = grid[at.row * E + at.expert];
       tip.textContent = "";
       [["layer " + DATA.rows[at.row] + " · expert " + at.expert, "where"],
-       [(spec.keys.length > 1 ? spec.title + " · " + choice[0] : spec.title) + " = " + fmt(value), "value"],
+       [(spec.keys.length > 1 ? spec.title + " · " + choice[0] : spec.title) + " = " + fmt(value) +
+        (DATA.compare && spec.src === "v" ? " (" + ({ a: DATA.compare.a, b: DATA.compare.b, d: "Δ" })[run()] + "; " +
+          DATA.compare.a + " " + fmt(cellValue(spec, x, keyIndex[choice[1]], "a")) + ", " + DATA.compare.b + " " +
+          fmt(cellValue(spec, x, keyIndex[choice[1]], "b")) + ")" : ""), "value"],
        [x && x.lab ? x.lab : "no label", "lab"]].forEach(function (item) {
         const line = document.createElement("div");
         line.className = item[1]; line.textContent = item[0];
@@ -170,6 +188,7 @@
       setZoom(pxPerExpert * (event.deltaY < 0 ? 1.5 : 1 / 1.5));
     }, { passive: false });
     select.addEventListener("change", paint);
+    runSelect.addEventListener("change", paint);
     setZoom(0);
     paint();
   });

@@ -22,7 +22,7 @@ def _caption(name: str, definition: str, shared: str) -> str:
 
 
 def map_specs(data, payload: dict) -> list[dict]:
-    """``[{"title", "caption", "src": "v"|"h", "keys": [[choice, key or index], ...], "div", "log2"}]``."""
+    """``[{"title", "caption", "src": "v"|"h"|"rs", "keys": [[choice, key or index], ...], "div", "log2"}]``."""
     from .build import shared_caption
 
     keys, domains, shared = payload["keys"], payload["domains"], shared_caption(data)
@@ -47,6 +47,10 @@ def map_specs(data, payload: dict) -> list[dict]:
         specs.append({"title": "mean router probability", "caption": "mean router probability per layer × expert, "
                       f"one domain at a time (trace){shared}", "src": "h",
                       "keys": [[domain, index] for index, domain in enumerate(domains)], "div": False, "log2": False})
+    if any("rs" in x for x in payload["experts"]):
+        specs.append({"title": "routing change (003 eq. 4: squared change of the mean router probability)",
+                      "caption": f"routing change shift_ij between the two runs{shared}", "src": "rs",
+                      "keys": [["shift", "rs"]], "div": False, "log2": False})
     return specs
 
 

@@ -61,16 +61,28 @@
     if (where) line.appendChild(el("span", { cls: "where", text: " — " + where }));
     return line;
   }
+  function scoreB(expert, key) {
+    const index = keys.indexOf(key);
+    return index < 0 || !expert.b || !expert.b.v ? null : expert.b.v[index];
+  }
+  // a comparison's value pair: "A → B (Δ ±d)"; a plain page: the value
+  function shown(expert, key) {
+    const a = score(expert, key);
+    if (!DATA.compare) return fmt(a);
+    const b = scoreB(expert, key);
+    const delta = a === null || b === null || a === undefined || b === undefined ? null : b - a;
+    return fmt(a) + " → " + fmt(b) + " (Δ " + (delta === null ? "–" : (delta > 0 ? "+" : "") + fmt(delta)) + ")";
+  }
   function scoreTable(expert) {
-    if (!expert.v) return null;
+    if (!expert.v && !(expert.b && expert.b.v)) return null;
     const perDomain = {}, plain = [];
     keys.forEach(function (key, i) {
-      const value = expert.v[i];
-      if (value === null || value === undefined) return;
+      const value = expert.v ? expert.v[i] : null, other = scoreB(expert, key);
+      if ((value === null || value === undefined) && (other === null || other === undefined)) return;
       const cut = key.indexOf(":");
       if (cut > 0) {
         const metric = key.slice(0, cut), domain = key.slice(cut + 1);
-        (perDomain[metric] = perDomain[metric] || {})[domain] = value;
+        (perDomain[metric] = perDomain[metric] || {})[domain] = shown(expert, key);
       } else if (!/_(random|shuffled)$/.test(key)) plain.push(key);
     });
     const box = el("div", { cls: "scores" });
@@ -80,7 +92,7 @@
         return el("th", { text: d }); })));
       const rows = metrics.map(function (metric) {
         return el("tr", null, [el("th", { text: metric })].concat(DATA.domains.map(function (d) {
-          return el("td", { text: fmt(perDomain[metric][d]) }); })));
+          return el("td", { text: perDomain[metric][d] === undefined ? "–" : perDomain[metric][d] }); })));
       });
       box.appendChild(el("table", { cls: "grid" }, [head].concat(rows)));
     }
@@ -89,7 +101,7 @@
       if (expert.sd) list.appendChild(el("li", { text: "skew.domain = " + expert.sd + " (the domain routed to most)" }));
       plain.forEach(function (key) {
         const random = score(expert, key + "_random"), shuffled = score(expert, key + "_shuffled");
-        list.appendChild(el("li", { text: key + " = " + fmt(score(expert, key)) +
+        list.appendChild(el("li", { text: key + " = " + shown(expert, key) +
           (random !== null ? "  (random-expert baseline " + fmt(random) + ")" : "") +
           (shuffled !== null ? "  (with a shuffled label " + fmt(shuffled) + ")" : "") }));
       });
@@ -128,6 +140,16 @@
           text: item.lab || (item.st === "failed" ? "no label: " + (item.err || "failed") : "no label") }),
         item.by ? el("div", { cls: "by", text: "explainer: " + item.by }) : null]);
     });
+    if (DATA.compare) {   // the other run's label, and the routing change of this expert
+      labels[0].insertBefore(el("div", { cls: "by", text: DATA.compare.a + ":" }), labels[0].firstChild);
+      const other = expert.b || {};
+      labels.push(el("div", { cls: "labelbox other compare-b" }, [el("div", { cls: "by", text: DATA.compare.b + ":" }),
+        el("div", { cls: "label", text: other.lab || "no label" }),
+        other.by ? el("div", { cls: "by", text: "explainer: " + other.by }) : null,
+        other.hf ? el("span", { cls: "badge health", text: "⚠ " + DATA.compare.b + ": " + other.hf.join(", ") }) : null]));
+      if (expert.rs !== undefined) labels.push(el("div", { cls: "by rs", text: "routing change " + DATA.compare.a + " → " +
+        DATA.compare.b + ": shift " + fmt(expert.rs) + " (003 eq. 4: squared change of its mean router probability)" }));
+    }
     const contexts = expert.c ? el("div", null, expert.c.map(function (c) { return contextLine(c, expert.as); })) : null;
     const lens = expert.ll ? el("div", { cls: "lens" }, expert.ll.map(function (item) {
       return el("span", { cls: "lt", text: showPiece(String(item[0])) + (item[1] ? " ×" + item[1] : "") }); })) : null;
@@ -139,7 +161,7 @@
         return row; }))) : null;
     const note = expert.ss ? el("div", { cls: "by", text: "samples: " + expert.ss + (expert.ft !== undefined ? " (" + expert.ft + " firing tokens)" : "") }) : null;
     return el("div", { cls: "card", id: "card-" + expert.l + "-" + expert.e, "data-key": id }, [head].concat(labels, [
-      note, section("scores", scoreTable(expert)), section("domains — " + DATA.histogram, histogram(expert)),
+      note, section("scores", scoreTable(expert)), section("domains — " + DATA.histogram + (DATA.compare ? " (" + DATA.compare.a + ")" : ""), histogram(expert)),
       section("top contexts (shaded by contribution; routed tokens underlined; the marked token boxed)", contexts),
       section("logit lens", lens),
       section(expert.jv ? "holdout examples with the scorer's verdicts (its mistakes first)" : "holdout examples",

@@ -144,6 +144,13 @@ def _masked_row(data, models) -> str:
     return f"<tr><th>masked experts</th>{''.join(cells)}</tr>" if any_masked else ""
 
 
+def model_line(model: dict, payload: dict) -> str:
+    """``model NAME · TYPE · L MoE layers × E experts · top-K · FINGERPRINT`` (escaped)."""
+    return (f"model {html.escape(str(model.get('name')))} · {html.escape(str(model.get('model_type')))} · "
+            f"{len(payload['layers'])} MoE layers × {payload['num_experts']} experts · top-{model.get('top_k')} · "
+            f"{html.escape(str(model.get('fingerprint')))}")
+
+
 def _sets_table(data) -> str:
     if not data.sets:
         return ""
@@ -168,14 +175,14 @@ def _documents(payload: dict) -> str:
             "<div id=docs></div></section>")
 
 
-def render_page(data, payload: dict, figures: list[tuple[str, str]], compress: bool | None = None) -> str:
-    """The whole HTML document."""
+def render_page(data, payload: dict, figures: list[tuple[str, str]], compress: bool | None = None, *,
+                extra: str = "", meta_extra: str = "") -> str:
+    """The whole HTML document; ``extra``: sections after the eval table, ``meta_extra``: lines after the
+    inputs (a comparison's second run, :mod:`moetools.report.compare`)."""
     title = html.escape(payload["title"])
     model = payload.get("model") or {}
     sources = ", ".join(f"{html.escape(s['kind'])} ({html.escape(str(s['path']))})" for s in payload["sources"])
-    meta = (f"model {html.escape(str(model.get('name')))} · {html.escape(str(model.get('model_type')))} · "
-            f"{len(payload['layers'])} MoE layers × {payload['num_experts']} experts · top-{model.get('top_k')} · "
-            f"{html.escape(str(model.get('fingerprint')))}<br>inputs: {sources}<br>written by moe-report "
+    meta = (f"{model_line(model, payload)}<br>inputs: {sources}{meta_extra}<br>written by moe-report "
             f"{__version__} on {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     overview = "".join(f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>"
                        for caption, svg in figures)
@@ -196,11 +203,14 @@ def render_page(data, payload: dict, figures: list[tuple[str, str]], compress: b
             f"<style>{_asset('page.css')}</style></head><body>"
             f"<h1>{title}</h1><p class=meta>{meta}</p>"
             f"<section id=overview><h2>Overview</h2>{overview}</section>{health_panel(data, payload.get('health'))}"
-            f"{_sets_table(data)}{_eval_table(data)}{_documents(payload)}"
+            f"{_sets_table(data)}{_eval_table(data)}{extra}{_documents(payload)}"
             f"<h2>Experts</h2>{controls}<div id=cards></div>"
             f"{data_block(payload, compress)}"
             f"<script>{_asset('maps.js')}</script><script>{_asset('docs.js')}</script>"
             f"<script>{_asset('page.js')}</script></body></html>\n")
 
 
-__all__ = ["data_block", "inline_json", "read_data_block", "render_page", "short_names"]
+sets_table, eval_table = _sets_table, _eval_table
+
+__all__ = ["data_block", "eval_table", "inline_json", "model_line", "read_data_block", "render_page", "sets_table",
+           "short_names"]
