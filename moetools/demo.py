@@ -154,7 +154,8 @@ def ensure_model(recipe: Recipe, corpus: Path, root: Path, steps: int, max_minut
     if model_is_complete(directory):
         log(f"model {recipe.name}: {directory} (cached)")
         return directory
-    resume = " --resume" if (directory / "checkpoint").is_dir() else ""
+    # a killed run resumes; one killed before its first checkpoint starts over
+    resume = " --resume" if (directory / "checkpoint").is_dir() else " --force" if directory.is_dir() else ""
     args = " ".join(shlex.quote(arg) for arg in recipe.train_args)
     run_shell(f"monet-train --arch {recipe.arch} --data {shlex.quote(str(corpus / 'train.jsonl'))} "
               f"-o {shlex.quote(str(directory))} --steps {steps} --max-minutes {max_minutes:g} "

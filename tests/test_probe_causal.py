@@ -174,7 +174,7 @@ def test_cached_answers_hit_under_the_old_flag_name_and_the_new(tiny, tmp_path, 
             keys.add(hashlib.sha256(canonical.encode("utf-8")).hexdigest())
         assert {path.stem for path in (cache / "probe").rglob("*.json")} == keys
         first = [r for r in records(tmp_path / "causal.jsonl") if r["type"] in ("causal", "causal_layer")]
-        assert probe(stub, "--model", "stub-model").exit_code == 0 and len(stub.requests) == 16   # all cached
+        assert probe(stub, "--model", "stub-model", "--force").exit_code == 0 and len(stub.requests) == 16  # all cached
         again = [r for r in records(tmp_path / "causal.jsonl") if r["type"] in ("causal", "causal_layer")]
         assert again == [{**r, "cache_hits": 1, "requests": 0} if r["type"] == "causal" else r for r in first]
         both = probe(stub, "--model", "stub-model", "--llm-model", "stub-model")

@@ -98,7 +98,7 @@ def test_the_document_view_is_bounded_and_a_missing_document_is_refused(tmp_path
     assert [d["id"] for d in docs] == [f"doc{i}" for i in range(8)]
     result = CliRunner().invoke(load_command("moe-report"), [str(tmp_path / "t.msgpack.zst"), "--document", "doc5",
                                                            "--document", "doc2", "--document-tokens", "70",
-                                                           "-o", str(out)])
+                                                           "-o", str(out), "--force"])
     assert result.exit_code == 0, result.output
     data = read_data_block(out.read_text())
     assert [d["id"] for d in data["docs"]] == ["doc5", "doc2"] and data["doc_rows"] == ["0", "2"]

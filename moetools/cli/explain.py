@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import input_argument, output_options, progress, say, tool, tool_info, warn
+from .common import input_argument, output_guard, output_options, progress, say, tool, tool_info, warn
 from .llm_options import llm_options
 
 EXAMPLE = """\
@@ -13,6 +13,9 @@ moe-explain samples.msgpack.zst --api-base http://localhost:8000/v1 --model Qwen
     --concurrency 32 --domain medical -o labels.medical.jsonl
 moe-explain samples.msgpack.zst --experts sets/medical.json --backend local -o labels.medical.jsonl
 moe-explain --list-backends"""
+
+EXPLAIN_FORCE_HELP = ("Start OUTPUT over instead of continuing it (an existing OUTPUT of moe-explain is continued: its "
+                      "labels are kept); only an output this suite wrote is replaced, never an input.")
 
 
 @tool("moe-explain", example=EXAMPLE)
@@ -34,8 +37,9 @@ moe-explain --list-backends"""
               help="Logit-lens tokens shown when the samples have them (0: none).")
 @click.option("--strict", is_flag=True,
               help="Exit 1 when any expert failed (other than for having no examples); the labels are written.")
+@output_guard(continues=True, pass_force=True, force_help=EXPLAIN_FORCE_HELP)
 def command(input, output, fmt, uncompressed, list_backends, llm, domain, experts_file, max_examples,
-            logit_lens_top, strict):
+            logit_lens_top, strict, force):
     """Label every expert of a samples stream with a natural-language explanation.
 
     Reads a samples stream (moe-sample), shows the explainer each expert's
@@ -71,7 +75,7 @@ def command(input, output, fmt, uncompressed, list_backends, llm, domain, expert
 
     explain_samples(input, output, fmt=fmt, uncompressed=uncompressed, **llm.keywords(), domain=domain,
                     experts=experts_file, max_examples=max_examples, logit_lens_top=logit_lens_top, strict=strict,
-                    tool=tool_info(), log=say, warn=warn, progress=progress)
+                    force=force, tool=tool_info(), log=say, warn=warn, progress=progress)
 
 
 main = command.main

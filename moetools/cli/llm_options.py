@@ -18,20 +18,20 @@ from dataclasses import dataclass, field
 import click
 
 from ..errors import UsageError
-from .common import warn
+from .common import FINITE_FLOAT, warn
 
 #: (flag, type, scope, help): the backend options with a flag; scope names the backends that take it
 BACKEND_FLAGS = (
-    ("--temperature", float, "", "sampling temperature (0: greedy)."),
+    ("--temperature", FINITE_FLOAT, "", "sampling temperature (0: greedy)."),
     ("--max-tokens", int, "", "most tokens an answer may have."),
     ("--api-base", str, "openai", "base URL of the endpoint [default: $OPENAI_BASE_URL or the OpenAI API]."),
     ("--api-key-env", str, "openai", "environment variable holding the API key (never printed or stored)."),
     ("--concurrency", int, "openai", "most requests in flight (halved while requests time out)."),
-    ("--rate", float, "openai", "most requests started per second (0: no limit)."),
-    ("--timeout", float, "openai", "seconds to wait for an answer once connected (read timeout)."),
-    ("--connect-timeout", float, "openai", "seconds to wait for a connection."),
+    ("--rate", FINITE_FLOAT, "openai", "most requests started per second (0: no limit)."),
+    ("--timeout", FINITE_FLOAT, "openai", "seconds to wait for an answer once connected (read timeout)."),
+    ("--connect-timeout", FINITE_FLOAT, "openai", "seconds to wait for a connection."),
     ("--max-retries", int, "openai", "retries of a request on 429/5xx/timeouts/connection errors/bad JSON."),
-    ("--backoff-base", float, "openai", "first retry waits about this many seconds, doubling (with jitter)."),
+    ("--backoff-base", FINITE_FLOAT, "openai", "first retry waits about this many seconds, doubling (with jitter)."),
     ("--batch-size", int, "local", "prompts (or texts) computed together."),
     ("--device", str, "local", "torch device of a model run here (local, self, embedding)."),
 )

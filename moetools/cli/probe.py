@@ -5,7 +5,16 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from .common import output_options, progress, say, subcommand_verbosity, tool_group, warn
+from .common import (
+    FINITE_FLOAT,
+    output_guard,
+    output_options,
+    progress,
+    say,
+    subcommand_verbosity,
+    tool_group,
+    warn,
+)
 from .llm_options import llm_options
 
 EXAMPLE = """\
@@ -61,7 +70,7 @@ def command():
 @click.option("--min-count", default=50, show_default=True, type=click.IntRange(1),
               help="Skip (and count) a concept for an expert with fewer positives or negatives routed to it "
                    "(paper 002: 50).")
-@click.option("--test-fraction", default=0.25, show_default=True, type=float,
+@click.option("--test-fraction", default=0.25, show_default=True, type=FINITE_FLOAT,
               help="Share of documents held out for the test F1 (paper 002: 75/25 by document).")
 @click.option("--reservoir", default=2048, show_default=True, type=click.IntRange(16),
               help="Training rows sampled per layer and expert for the regression (test: a third); bounds memory.")
@@ -75,6 +84,7 @@ def command():
 @click.option("--id-field", default="id", show_default=True, help="Corpus field holding the document id.")
 @click.option("--device", default="cpu", show_default=True, help="Device to run the model on.")
 @click.option("--dtype", default="float32", show_default=True, help="Model dtype (float32, bfloat16, auto).")
+@output_guard()
 def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, concept_file, domain_field, min_count,
             test_fraction, reservoir, max_length, batch_tokens, seed, shuffle_labels, text_field, id_field, device, dtype):
     """k-sparse probing of expert (or dense FFN) neurons on token concepts (paper 002).
@@ -111,15 +121,11 @@ def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, con
     loaded = load_model(model, dtype=dtype, device=device, require_moe=False)
     dense = loaded.adapter is None
     say(f"probing {'dense FFN' if dense else 'expert'} neurons of {model}")
-    bad_lines: list[tuple[int, str]] = []
-    documents = read_corpus(corpus, text_field=text_field, id_field=id_field,
-                            on_skip=lambda line, reason: bad_lines.append((line, reason)))
+    # the one corpus rule: unusable lines and empty documents counted in one warning each, nothing left refused
+    documents = read_corpus(corpus, text_field=text_field, id_field=id_field, warn=warn)
     with progress("moe-probe: reading the corpus") as bar:
         labeller, layers, summary = collect(loaded.model, loaded.tokenizer, loaded.adapter, documents, options,
                                             on_batch=lambda count: bar.advance(count), user_labels=user_labels)
-    if bad_lines:
-        line, reason = bad_lines[0]
-        warn(f"skipped {len(bad_lines)} unusable corpus line(s), the first at line {line}: {reason}")
     if not summary.tokens:
         raise UsageError(f"{corpus} has no tokens to probe")
     records = probe_records(labeller, layers, options, summary, dense)
@@ -160,6 +166,7 @@ def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, con
 @click.option("--max-length", default=128, show_default=True, type=int, help="Most tokens of a trigger.")
 @click.option("--device", default="cpu", show_default=True, help="Device to run the model on.")
 @click.option("--dtype", default="float32", show_default=True, help="Model dtype (float32, bfloat16, auto).")
+@output_guard()
 def causal(model, labels, output, fmt, uncompressed, llm, triggers, targets, shuffles, seed, max_length, device,
            dtype):
     """Trigger/target attribution of labels (paper 002): does a label predict what its expert does?
@@ -171,9 +178,11 @@ def causal(model, labels, output, fmt, uncompressed, llm, triggers, targets, shu
     E_i(x_p)) / rms(h_p) (final RMSNorm linearised, its rms frozen; formats/probe.md).
     Writes `causal` records (every prompt, trigger, target and the labelled expert's
     rank) and `causal_layer` records (top-1/top-5 hit rates, random-label baseline,
-    chance). Softmax top-k families only (OLMoE, Mixtral, Qwen-MoE); exit 2 for other
-    models, labels of another model or bad options. The LLM options are moe-explain's
-    (--model, --api-base, ..., -O KEY=VALUE; --llm-model is the old name of --model).
+    chance). Routers that softmax over all experts then take the top-k, without a score
+    bias or group limit (OLMoE, Mixtral, Qwen-MoE, greedy DeepSeek-V2, plugin families
+    of that rule); exit 2 for other models, labels of another model or bad options.
+    The LLM options are moe-explain's (--model, --api-base, ..., -O KEY=VALUE;
+    --llm-model is the old name of --model).
     """
     from ..probe.run import probe_causal
     from .common import tool_info

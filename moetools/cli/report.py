@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from .common import say, tool
+from .common import output_guard, say, tool
 
 EXAMPLE = """\
 moe-report trace.msgpack.zst samples.msgpack.zst labels.jsonl scores.jsonl -o report.html
@@ -44,6 +44,7 @@ xdg-open 'report.html#3/17'"""
 @click.option("--names", default=None, metavar="A,B",
               help="The two runs' names with --compare [their models' names, or A and B].")
 @click.option("--title", default=None, help="Page title [moe-report: MODEL].")
+@output_guard()
 def command(inputs, output, baseline, contexts, holdout, context_tokens, documents, document_ids, document_tokens,
             compare, names, title):
     """One self-contained HTML page of a model's experts.

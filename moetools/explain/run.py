@@ -32,8 +32,8 @@ def explain_samples(input, output, *, fmt: str = "jsonl", uncompressed: bool = F
                     backend_options: Mapping[str, Any] | None = None, domain: str | None = None,
                     experts: str | None = None, max_examples: int | None = None, logit_lens_top: int | None = None,
                     attempts: int | None = None, cache_dir: str | None = None, no_cache: bool = False,
-                    refresh: bool = False, strict: bool = False, tool: dict | None = None, log: Log = log_info,
-                    warn: Log = log_warning, progress: ProgressFactory = no_progress) -> ExplainAccounting:
+                    refresh: bool = False, strict: bool = False, force: bool = False, tool: dict | None = None,
+                    log: Log = log_info, warn: Log = log_warning, progress: ProgressFactory = no_progress) -> ExplainAccounting:
     """Label every expert of the samples stream ``input`` into ``output`` (see the module docstring).
 
     ``backend_options``: the backend's own options by name (moe-explain --list-backends);
@@ -57,11 +57,11 @@ def explain_samples(input, output, *, fmt: str = "jsonl", uncompressed: bool = F
             settings["domain_text"] = domain_spec.system_addition()
         return settings
 
-    if explainer.model is not None or not explainer.uses_chat_prompt:
+    if not force and (explainer.model is not None or not explainer.uses_chat_prompt):
         previous_labels(output, explain_settings())  # refuse a mixed output before contacting anyone
     explainer.prepare()
     header_settings = explain_settings()
-    kept = previous_labels(output, header_settings)
+    kept = [] if force else previous_labels(output, header_settings)
     done = {(int(label["layer"]), int(label["expert"])) for label in kept}
 
     reader = read_input(input, kinds="samples", validate=True)  # formats/samples.md, field by field

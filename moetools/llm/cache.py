@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from ..streams import strict_json
 from .base import Accounting, Completion, Usage
 
 
@@ -84,7 +85,7 @@ class ResponseCache:
         handle, temporary = tempfile.mkstemp(prefix=f".{key[:8]}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as file:
-                json.dump(entry, file, ensure_ascii=False)
+                file.write(strict_json.dumps(entry, ensure_ascii=False))
             os.replace(temporary, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

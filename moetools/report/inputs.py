@@ -292,8 +292,10 @@ def load_inputs(paths, *, baseline=None, options: ReportOptions | None = None) -
     later_sets, later_eval, streams = [], None, []
     for path in paths:
         where = "stdin" if is_stdio(path) else os.fspath(path)
-        if not is_stdio(path) and not Path(path).is_file():
+        if not is_stdio(path) and not Path(path).exists():
             raise UsageError(f"{where}: no such file")
+        if not is_stdio(path) and Path(path).is_dir():
+            raise UsageError(f"{where}: is a directory, not a stream or experts.json")
         if is_experts_file(path):
             later_sets.append(path)
             continue

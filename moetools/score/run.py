@@ -41,7 +41,7 @@ def score_traces(paths, options: ScoreOptions, *, general_trace: str | None = No
                 on_record(record)
 
         for path in paths or ["-"]:
-            reader = read_input(path, kinds="trace", validate=True)  # formats/trace.md: ids < num_experts, ...
+            reader = read_input(path, kinds="trace", validate=True)  # formats/trace.md: finite gates, ids < num_experts, ...
             scorer.add_trace(reader, "-" if path in (None, "-") else str(path), on_record=count)
     if general_trace is not None:
         scorer.add_general_trace(read_input(general_trace, kinds="trace", validate=True), str(general_trace))

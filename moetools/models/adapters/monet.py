@@ -99,6 +99,10 @@ class MonetAdapter(Adapter):
     def dense_layers(self) -> list[int]:
         return []
 
+    def mask_routing(self) -> dict:
+        """moe-mask hooks each layer's experts module (``moe``) and removes the masked pairs' g_ij·E_ij(x)."""
+        return {**super().mask_routing(), "block": "moe", "router": None}
+
     def override_top_k(self, k: int) -> None:
         from ...errors import UsageError
 
