@@ -14,6 +14,7 @@ For each model, after ``moe-trace | moe-sample | moe-explain`` (:mod:`moetools.d
     moe-eval MODEL masked/* --data demo.jsonl -o eval.jsonl                    # domain x mask loss changes
     moe-report trace samples labels labels.smollm2 scores sets/*.json eval.jsonl --baseline random-init.trace \\
         -o report.html
+    moe-report trace scores --compare random-init.trace --compare random-init.scores -o compare.html
 
 moe-score, moe-select and moe-report run as the installed tools, as the rest of the demo does;
 moe-mask and moe-eval run in this process through their libraries (``moetools.mask.mask_directory``,
@@ -61,6 +62,7 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
     notes: list[str] = []
     made = {"scores": out / "scores.jsonl", "judged": out / "judged.scores.jsonl",
             "joined": out / "joined.scores.jsonl", "eval": out / "eval.jsonl", "report": out / "report.html",
+            "compare": out / "compare.html",
             "random_scores": out / "random-init.scores.jsonl", "sets": {}, "masked": {}}
     for stale in (made["joined"], made["random_scores"]):  # the cached steps (judge, eval) clear their own
         stale.unlink(missing_ok=True)
@@ -143,6 +145,13 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
     baseline = f" --baseline {_q(paths['random_trace'])}" if Path(paths["random_trace"]).is_file() else ""
     step("moe-report", f"moe-report -q {present}{baseline} --title {_q(f'moetools demo: {recipe.name}')} "
                        f"-o {_q(made['report'])}")
+    # the trained model beside its random-init copy on one page: every score as trained -> random-init (Δ),
+    # and the routing change between them (RC, 003 eq. 5)
+    if scored and Path(paths["random_trace"]).is_file() and made["random_scores"].is_file():
+        step("moe-report --compare", f"moe-report -q {_q(paths['trace'])} {_q(made['scores'])} --compare "
+                                     f"{_q(paths['random_trace'])} --compare {_q(made['random_scores'])} --names "
+                                     f"trained,random-init --title {_q(f'moetools demo: {recipe.name}')} "
+                                     f"-o {_q(made['compare'])} --force")
     made["notes"] = notes
     return made
 
@@ -188,6 +197,8 @@ def summarise_chain(made: dict) -> list[str]:
                 f"{'–' if changes.get(d) is None else format(changes[d], '+.3f'):>10}" for d in domains))
     if made["report"].is_file():
         lines.append(f"report: {made['report']} (open it in a browser; #LAYER/EXPERT jumps to an expert)")
+    if made.get("compare") and made["compare"].is_file():
+        lines.append(f"compare page, trained vs random-init: {made['compare']}")
     lines.extend(f"not done: {note}" for note in made["notes"])
     return lines
 

@@ -90,6 +90,8 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
         assert any("f1" in r for r in joined if r["type"] == "expert")
         page = (out / "report.html").read_text()
         assert '<script type="application/json" id="moe-data">' in page and "Evaluation (moe-eval)" in page
+        compare = (out / "compare.html").read_text()   # trained beside random-init, with the routing change
+        assert "— trained vs random-init" in compare and "id=rc>RC = " in compare
     assert "layers 0-1 share one router: their routing is one sample" in summaries[1]
     assert "over 1 router x 64 experts (layers 0-1 share one router" in summaries[1]
     moe_summary = summaries[0]
@@ -172,12 +174,15 @@ def test_chain_summary_has_the_loss_matrix_the_report_and_what_failed(tmp_path):
     write_eval(tmp_path / "eval.jsonl", "sha256:" + "a1" * 32)
     (tmp_path / "code.json").write_text(json.dumps({"experts": {"0": [1, 2], "2": [5]}}))
     (tmp_path / "report.html").write_text("<html></html>")
+    (tmp_path / "compare.html").write_text("<html></html>")
     lines = summarise_chain({"sets": {"code": tmp_path / "code.json"}, "eval": tmp_path / "eval.jsonl",
                              "report": tmp_path / "report.html", "joined": tmp_path / "not-judged.jsonl",
+                             "compare": tmp_path / "compare.html",
                              "notes": ["moe-mask random failed: why"]})
     assert "expert sets (moe-select; experts over all layers): code 3" in lines
     assert any(line.split() == ["masked", "+0.300"] for line in lines)
     assert f"report: {tmp_path / 'report.html'} (open it in a browser; #LAYER/EXPERT jumps to an expert)" in lines
+    assert f"compare page, trained vs random-init: {tmp_path / 'compare.html'}" in lines
     assert lines[-1] == "not done: moe-mask random failed: why"
 
 
