@@ -189,12 +189,17 @@ def summarise_chain(made: dict) -> list[str]:
         lines.append(f"expert sets (moe-select; experts over all layers): {sizes}")
     matrix = _loss_matrix(made["eval"]) if made["eval"].is_file() else None
     if matrix:
-        domains, rows = matrix
+        domains, rows, intervals = matrix
         lines.append("loss change when masking each set (nats/token; rows: masked set, columns: evaluated domain):")
         lines.append("  " + " " * 12 + "".join(f"{d[:9]:>10}" for d in domains))
         for name, changes in rows:
             lines.append(f"  {name[:12]:<12}" + "".join(
                 f"{'–' if changes.get(d) is None else format(changes[d], '+.3f'):>10}" for d in domains))
+        if any(value for _, row in intervals for value in row.values()):
+            lines.append("95% intervals of those changes (paired bootstrap over the domain's documents):")
+            for name, row in intervals:
+                lines.append(f"  {name[:12]:<12}" + "".join(
+                    f"{'–' if not row.get(d) else f'[{row[d][0]:+.2f},{row[d][1]:+.2f}]':>16}" for d in domains))
     if made["report"].is_file():
         lines.append(f"report: {made['report']} (open it in a browser; #LAYER/EXPERT jumps to an expert)")
     if made.get("compare") and made["compare"].is_file():
@@ -277,22 +282,28 @@ def _set_size(path: Path) -> int:
 
 
 def _loss_matrix(path: Path):
-    """(domains, [(masked set name, {domain: delta_loss})]) from an eval stream; None when unreadable."""
+    """(domains, [(masked set name, {domain: delta_loss})], [(name, {domain: [low, high] or None})]) from an eval
+    stream; None when unreadable."""
     from .streams.files import read_input
 
     try:
         reader = read_input(path, kinds="eval", validate=True)
         names = [Path(model).name for model in reader.header.get("models") or []]
         rows: dict[int, dict] = {}
+        intervals: dict[int, dict] = {}
         domains: list[str] = []
         for record in reader:
             if record.get("type") == "domain" and record["model"] > 0:
                 rows.setdefault(record["model"], {})[record["domain"]] = record.get("delta_loss")
+                intervals.setdefault(record["model"], {})[record["domain"]] = record.get("delta_loss_ci95")
                 if record["domain"] not in domains:
                     domains.append(record["domain"])
     except MoetoolsError:
         return None
-    return domains, [(names[index] if index < len(names) else str(index), row) for index, row in sorted(rows.items())]
+    def name(index):
+        return names[index] if index < len(names) else str(index)
+    return (domains, [(name(index), row) for index, row in sorted(rows.items())],
+            [(name(index), row) for index, row in sorted(intervals.items())])
 
 
 __all__ = ["run_chain", "summarise_chain"]

@@ -37,7 +37,7 @@ def write_eval(path, fingerprint: str, experts=None) -> None:
          "masked": {"mode": "pruned", "base": {"name": "synthetic-moe", "fingerprint": fingerprint},
                     "experts": source}},
         {"type": "domain", "model": 1, "domain": "code", "documents": 4, "tokens": 600, "loss": 3.5,
-         "perplexity": 33.1, "delta_loss": 0.3},
+         "perplexity": 33.1, "delta_loss": 0.3, "delta_loss_ci95": [0.2, 0.4]},
         {"type": "end", "count": 4},
     ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))

@@ -183,6 +183,8 @@ def test_chain_summary_has_the_loss_matrix_the_report_and_what_failed(tmp_path):
     assert any(line.split() == ["masked", "+0.300"] for line in lines)
     assert f"report: {tmp_path / 'report.html'} (open it in a browser; #LAYER/EXPERT jumps to an expert)" in lines
     assert f"compare page, trained vs random-init: {tmp_path / 'compare.html'}" in lines
+    assert "95% intervals of those changes (paired bootstrap over the domain's documents):" in lines
+    assert any(line.split() == ["masked", "[+0.20,+0.40]"] for line in lines)
     assert lines[-1] == "not done: moe-mask random failed: why"
 
 

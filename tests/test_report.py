@@ -53,7 +53,7 @@ def test_every_input_in_any_order_gives_the_same_cards(inputs, tmp_path):
     assert maps["das"]["keys"] == [["code", "das:code"], ["legal", "das:legal"]] and maps["das"]["div"]
     assert {"af", "ems", "f1"} <= set(maps) and a["rows"] == ["0", "2"] and a["map_layers"] == [0, 2]
     assert all(key in a["keys"] for spec in a["maps"] for _, key in spec["keys"])
-    assert "Evaluation (moe-eval)" in html and "(+0.300)" in html and "Selected expert sets" in html
+    assert "Evaluation (moe-eval)" in html and "(+0.300 [+0.200, +0.400])" in html and "Selected expert sets" in html
     # every expert id of the sets table and of the eval table's masked experts is a link to its card
     links = [f'<a class=eid href="#{layer}/{e}">{e}</a>' for layer, ids in chosen.items() for e in ids]
     sets_table = html[html.index("<table class=sets>"):html.index("</table>", html.index("<table class=sets>"))]

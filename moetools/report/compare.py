@@ -110,8 +110,9 @@ def compare_section(data_b, payload: dict, names: tuple[str, str]) -> str:
     """The comparison's own sections: RC and JSD per layer, what is in one run only, B's health panel and
     B's sets and eval tables."""
     from .build import row_labels
+    from .evaltable import eval_table
     from .health import health_panel
-    from .page import eval_table, sets_table
+    from .page import sets_table
 
     compare = payload["compare"]
     a, b = (html.escape(name) for name in names)

@@ -75,43 +75,6 @@ def short_names(paths: list[str]) -> list[str]:
             depth[i] += 1
 
 
-def _eval_table(data) -> str:
-    """moe-eval's domain x model loss table (delta against the first model beside each loss); a model is named
-    by its directory's short name, its full path on hover."""
-    if not data.eval_domains:
-        return ""
-    models = sorted(data.eval_models) or sorted({record["model"] for record in data.eval_domains})
-    paths = [str(path) for path in (data.eval_header or {}).get("models") or []]
-    shorts = short_names(paths)
-
-    def name(index):
-        record = data.eval_models.get(index) or {}
-        masked = " (masked)" if record.get("masked") else ""
-        short, full = (shorts[index], paths[index]) if index < len(paths) else (str(index), str(index))
-        return f'<span title="{html.escape(full)}">{html.escape(short + masked)}</span>'
-
-    domains = list(dict.fromkeys(record["domain"] for record in data.eval_domains))
-    cell = {(record["model"], record["domain"]): record for record in data.eval_domains}
-    rows = ["<tr><th>domain</th>" + "".join(f"<th>{name(m)}</th>" for m in models) + "</tr>"]
-    for domain in domains:
-        cells = []
-        for model in models:
-            record = cell.get((model, domain)) or {}
-            loss, delta = record.get("loss"), record.get("delta_loss")
-            text = "–" if loss is None else f"{loss:.3f}"
-            if delta is not None:
-                text += f" ({delta:+.3f})"
-            shade = "" if delta is None else f' style="background:rgba({"200,40,40" if delta > 0 else "40,140,40"},' \
-                f'{min(0.6, abs(delta) / 2 + 0.05):.2f})"'
-            cells.append(f"<td{shade}>{text}</td>")
-        rows.append(f"<tr><th>{html.escape(str(domain))}</th>{''.join(cells)}</tr>")
-    rows.append(_masked_row(data, models))
-    choices = "".join(f"<li>{name(r['model'])}: {html.escape(str(r.get('task')))} acc "
-                      f"{r.get('acc')} (Δ {r.get('delta_acc')})</li>" for r in data.eval_choices)
-    return ("<h2>Evaluation (moe-eval)</h2><p class=meta>loss in nats per token; in brackets the change against "
-            f"the first model</p><table class=eval>{''.join(rows)}</table>" + (f"<ul>{choices}</ul>" if choices else ""))
-
-
 #: expert links shown per layer of a set (the rest counted; the set filter shows them all)
 SET_LINKS = 64
 
@@ -121,29 +84,6 @@ def expert_links(layer, ids, limit: int = SET_LINKS) -> str:
     ids = list(ids)
     shown = " ".join(f'<a class=eid href="#{int(layer)}/{int(e)}">{int(e)}</a>' for e in ids[:limit])
     return shown + (f" … (+{len(ids) - limit})" if len(ids) > limit else "")
-
-
-def _masked_row(data, models) -> str:
-    """Under the eval table, per masked model the experts masked, each a link to its card: found among the
-    experts.json inputs by the sha256 (or path) that moe-mask recorded (formats/mask.md ``experts.file``)."""
-    cells, any_masked = [], False
-    for model in models:
-        masked = (data.eval_models.get(model) or {}).get("masked") or {}
-        source = ((masked.get("experts") or {}).get("file") or {}) if isinstance(masked, dict) else {}
-        if not masked:
-            cells.append("<td></td>")
-            continue
-        any_masked = True
-        found = next(((name, chosen) for name, chosen in data.sets
-                      if source and (data.set_files.get(name, {}).get("sha256") == source.get("sha256")
-                                     or data.set_files.get(name, {}).get("path") == source.get("path"))), None)
-        if found is None:
-            cells.append("<td class=meta>its experts.json is not among the inputs</td>")
-            continue
-        name, chosen = found
-        links = "; ".join(f"{layer}: {expert_links(layer, ids, 16)}" for layer, ids in chosen.items())
-        cells.append(f"<td class=masked style='text-align:left'>{html.escape(name)} — {links}</td>")
-    return f"<tr><th>masked experts</th>{''.join(cells)}</tr>" if any_masked else ""
 
 
 def model_line(model: dict, payload: dict) -> str:
@@ -181,6 +121,8 @@ def render_page(data, payload: dict, figures: list[tuple[str, str]], compress: b
                 extra: str = "", meta_extra: str = "") -> str:
     """The whole HTML document; ``extra``: sections after the eval table, ``meta_extra``: lines after the
     inputs (a comparison's second run, :mod:`moetools.report.compare`)."""
+    from .evaltable import eval_table
+
     title = html.escape(payload["title"])
     model = payload.get("model") or {}
     sources = ", ".join(f"{html.escape(s['kind'])} ({html.escape(str(s['path']))})" for s in payload["sources"])
@@ -205,14 +147,14 @@ def render_page(data, payload: dict, figures: list[tuple[str, str]], compress: b
             f"<style>{_asset('page.css')}</style></head><body>"
             f"<h1>{title}</h1><p class=meta>{meta}</p>"
             f"<section id=overview><h2>Overview</h2>{overview}</section>{health_panel(data, payload.get('health'))}"
-            f"{_sets_table(data)}{_eval_table(data)}{extra}{_documents(payload)}"
+            f"{_sets_table(data)}{eval_table(data)}{extra}{_documents(payload)}"
             f"<h2>Experts</h2>{controls}<div id=cards></div>"
             f"{data_block(payload, compress)}"
             f"<script>{_asset('maps.js')}</script><script>{_asset('docs.js')}</script>"
             f"<script>{_asset('page.js')}</script></body></html>\n")
 
 
-sets_table, eval_table = _sets_table, _eval_table
+sets_table = _sets_table
 
-__all__ = ["data_block", "eval_table", "inline_json", "model_line", "read_data_block", "render_page", "sets_table",
+__all__ = ["data_block", "inline_json", "model_line", "read_data_block", "render_page", "sets_table",
            "short_names"]
