@@ -257,3 +257,32 @@ def test_a_compare_page_shows_both_runs_and_the_difference_on_a_card(browser_pag
     assert float(page.locator("#map-tip").get_attribute("data-value")) == pytest.approx(af_b - af_a, abs=1e-3)
     assert page.locator("#comparison #rc").inner_text().startswith("RC = ")
     assert page.problems == []
+
+
+def test_a_large_page_decodes_the_card_data_of_a_chunk_when_one_of_its_cards_is_drawn(browser_page, tmp_path):
+    from click.testing import CliRunner
+    from trace_factory import make_records, write_trace
+
+    from moetools.cli import load_command
+    from moetools.report.page import CHUNK, read_data_block
+
+    trace, samples, out = tmp_path / "t.msgpack.zst", tmp_path / "s.msgpack.zst", tmp_path / "big.html"
+    trace.write_bytes(write_trace(make_records(documents=4, tokens=120, num_experts=160), num_experts=160))
+    result = CliRunner().invoke(load_command("moe-sample"), [str(trace), "--top", "2", "-o", str(samples), "-q"])
+    assert result.exit_code == 0, result.output
+    build_report([trace, samples], out, compress=True)
+    text = out.read_text()
+    assert text.count('class="moe-chunk"') == 2 == -(-320 // CHUNK)          # 320 experts: 2 chunks
+    data = read_data_block(text)                                              # merged back for scripts
+    late = next(x for x in data["experts"][CHUNK:] if x.get("c"))
+    page = browser_page
+    page.goto(out.resolve().as_uri())
+    page.wait_for_selector("body[data-ready='1']")
+    assert page.evaluate("() => window.moeReport.experts.filter(x => x.c).length") <= CHUNK   # chunk 2 not read
+    page.evaluate(f"() => {{ location.hash = '{late['l']}/{late['e']}'; }}")
+    card = page.locator(f"#card-{late['l']}-{late['e']}.target")
+    card.wait_for()
+    assert card.locator(".ctx").count() == len(late["c"]) + len(late.get("ho") or [])   # top contexts, holdout
+    first = card.locator(".ctx").first.locator(".tok").all_inner_texts()
+    assert first == late["c"][0]["p"]
+    assert page.problems == []

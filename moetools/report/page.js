@@ -24,6 +24,25 @@
   const experts = DATA.experts;
   const keys = DATA.keys;
   const state = { sort: "", desc: true, query: "", min: "", set: "", layer: "", page: 0, list: experts };
+  // a compressed page holds the fields only a card shows in chunks of DATA.chunk experts (formats/report.md),
+  // decoded the first time one of their cards is drawn
+  const chunkNodes = document.querySelectorAll("script.moe-chunk"), chunkLoads = {}, chunkDone = {};
+  experts.forEach(function (expert, i) { Object.defineProperty(expert, "_i", { value: i, enumerable: false }); });
+  function loadChunk(k) {
+    if (!chunkLoads[k]) chunkLoads[k] = decode(chunkNodes[k]).then(function (rows) {
+      rows.forEach(function (fields, j) { Object.assign(experts[k * DATA.chunk + j], fields); });
+      chunkDone[k] = true;
+    });
+    return chunkLoads[k];
+  }
+  function ensure(list) {   // null when every card of ``list`` can be drawn now, else a promise of that
+    if (!DATA.chunk) return null;
+    const need = {};
+    list.forEach(function (expert) { const k = Math.floor(expert._i / DATA.chunk); if (!chunkDone[k]) need[k] = true; });
+    const wanted = Object.keys(need);
+    return wanted.length ? Promise.all(wanted.map(function (k) { return loadChunk(Number(k)); })) : null;
+  }
+  let drawn = 0;
 
   function el(tag, attrs, children) {
     const node = document.createElement(tag);
@@ -215,6 +234,10 @@
     return true;
   }
   function refresh() {
+    filterSort();
+    return render();
+  }
+  function filterSort() {
     let list = experts.filter(matches);
     if (state.sort) {
       const sign = state.desc ? -1 : 1;
@@ -228,9 +251,16 @@
     }
     state.list = list;
     state.page = Math.min(state.page, Math.max(0, Math.ceil(list.length / PAGE) - 1));
-    render();
   }
+  // draws the current page of cards; returns a promise, resolved once they are drawn
   function render() {
+    const start = state.page * PAGE, token = ++drawn;
+    const waiting = ensure(state.list.slice(start, start + PAGE));
+    if (!waiting) { draw(); return Promise.resolve(); }
+    document.getElementById("count").textContent = "reading the cards' data…";
+    return waiting.then(function () { if (token === drawn) draw(); });
+  }
+  function draw() {
     const box = document.getElementById("cards");
     box.textContent = "";
     const start = state.page * PAGE;
@@ -249,16 +279,20 @@
     if (index < 0) {  // filtered out: clear the filters, then look again
       state.query = ""; state.set = ""; state.layer = ""; state.min = "";
       ["search", "set", "layer", "min"].forEach(function (id) { const n = document.getElementById(id); if (n) n.value = ""; });
-      refresh();
+      filterSort();
       index = state.list.findIndex(function (x) { return x.l + "/" + x.e === key; });
     }
-    if (index < 0) { document.getElementById("count").textContent += " · no expert " + key; return; }
+    if (index < 0) {
+      return render().then(function () { document.getElementById("count").textContent += " · no expert " + key; });
+    }
     state.page = Math.floor(index / PAGE);
-    render();
-    const target = document.getElementById("card-" + match[1] + "-" + match[2]);
-    document.querySelectorAll(".card.target").forEach(function (n) { n.classList.remove("target"); });
-    target.classList.add("target");
-    target.scrollIntoView();
+    return render().then(function () {
+      const target = document.getElementById("card-" + match[1] + "-" + match[2]);
+      if (!target) return;
+      document.querySelectorAll(".card.target").forEach(function (n) { n.classList.remove("target"); });
+      target.classList.add("target");
+      target.scrollIntoView();
+    });
   }
 
   // -- controls ---------------------------------------------------------------------------------
@@ -277,18 +311,21 @@
   document.getElementById("min").addEventListener("input", function (event) { state.min = event.target.value; state.page = 0; refresh(); });
   sets.addEventListener("change", function (event) { state.set = event.target.value; state.page = 0; refresh(); });
   layer.addEventListener("change", function (event) { state.layer = event.target.value; state.page = 0; refresh(); });
-  document.getElementById("prev").addEventListener("click", function () { state.page -= 1; render(); window.scrollTo(0, document.getElementById("controls").offsetTop); });
-  document.getElementById("next").addEventListener("click", function () { state.page += 1; render(); window.scrollTo(0, document.getElementById("controls").offsetTop); });
+  function turn(by) {
+    state.page += by;
+    render().then(function () { window.scrollTo(0, document.getElementById("controls").offsetTop); });
+  }
+  document.getElementById("prev").addEventListener("click", function () { turn(-1); });
+  document.getElementById("next").addEventListener("click", function () { turn(1); });
   window.addEventListener("hashchange", jump);
   document.addEventListener("click", function (event) {   // a link to the card already in the hash: no hashchange
     const link = event.target.closest && event.target.closest("a[href^='#']");
     if (link && link.getAttribute("href") === location.hash) { event.preventDefault(); jump(); }
   });
-  refresh();
-  (window.moeDraw || []).forEach(function (draw) {   // the maps (maps.js) and other views drawn from DATA
-    try { draw(DATA); } catch (error) { console.error(error); }
+  const first = refresh();
+  (window.moeDraw || []).forEach(function (view) {   // the maps (maps.js) and other views drawn from DATA
+    try { view(DATA); } catch (error) { console.error(error); }
   });
-  jump();
-  document.body.setAttribute("data-ready", "1");
+  Promise.all([first, jump()]).then(function () { document.body.setAttribute("data-ready", "1"); });
   }
 })();

@@ -37,19 +37,40 @@ def inline_json(value) -> str:
 COMPRESS_ABOVE = 1 << 20
 
 
+#: experts per card-data chunk of a compressed page, and the fields only a card shows (decoded a chunk at a time)
+CHUNK = 256
+CARD_ONLY = ("c", "ho", "jv", "ll")
+
+
+def _packed(text: str) -> str:
+    return base64.b64encode(gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)).decode("ascii")
+
+
 def data_block(payload: dict, compress: bool | None = None) -> str:
-    """The ``<script id="moe-data">`` element: JSON, or gzip + base64 when large (``compress=None``)."""
+    """The ``<script id="moe-data">`` element: JSON, or gzip + base64 when large (``compress=None``).
+
+    Compressed, the fields only a card shows (:data:`CARD_ONLY`: contexts, holdout examples, verdicts,
+    logit lens) go into ``<script class="moe-chunk">`` elements of :data:`CHUNK` experts each, which the
+    page decodes when it draws one of their cards: a 16k-expert page parses its index (scores, labels)
+    and one chunk before its first cards, not every context (formats/report.md)."""
     text = inline_json(payload)
     if compress is None:
         compress = len(text) > COMPRESS_ABOVE
     if not compress:
         return f'<script type="application/json" id="moe-data">{text}</script>'
-    packed = base64.b64encode(gzip.compress(text.encode("utf-8"), compresslevel=6, mtime=0)).decode("ascii")
-    return f'<script type="application/json" id="moe-data" data-encoding="gzip+base64">{packed}</script>'
+    experts = payload["experts"]
+    index = [{key: value for key, value in expert.items() if key not in CARD_ONLY} for expert in experts]
+    chunks = [[{key: expert[key] for key in CARD_ONLY if key in expert} for expert in experts[start:start + CHUNK]]
+              for start in range(0, len(experts), CHUNK)]
+    head = inline_json({**payload, "experts": index, "chunk": CHUNK})
+    return (f'<script type="application/json" id="moe-data" data-encoding="gzip+base64">{_packed(head)}</script>'
+            + "".join(f'<script type="application/json" class="moe-chunk" data-encoding="gzip+base64">'
+                      f'{_packed(inline_json(chunk))}</script>' for chunk in chunks))
 
 
 def read_data_block(html_text: str) -> dict:
-    """The inline JSON of a report (either encoding): for tests and scripts that read a report back."""
+    """The inline JSON of a report (either encoding, its chunks merged back): for tests and scripts that read
+    a report back."""
     match = re.search(r'<script type="application/json" id="moe-data"( data-encoding="gzip\+base64")?>(.*?)</script>',
                       html_text, re.DOTALL)
     if match is None:
@@ -57,7 +78,15 @@ def read_data_block(html_text: str) -> dict:
     body = match.group(2)
     if match.group(1):
         body = gzip.decompress(base64.b64decode(body)).decode("utf-8")
-    return json.loads(body)
+    data = json.loads(body)
+    size = data.pop("chunk", None)
+    if size:
+        blocks = re.findall(r'<script type="application/json" class="moe-chunk" data-encoding="gzip\+base64">'
+                            r'(.*?)</script>', html_text, re.DOTALL)
+        for number, block in enumerate(blocks):
+            for offset, fields in enumerate(json.loads(gzip.decompress(base64.b64decode(block)).decode("utf-8"))):
+                data["experts"][number * size + offset].update(fields)
+    return data
 
 
 def short_names(paths: list[str]) -> list[str]:
