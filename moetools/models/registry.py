@@ -148,6 +148,11 @@ class Adapter:
         """(groups, groups chosen per token) of a group-limited router; (1, 1) when the rule is not."""
         return 1, 1
 
+    def router_layer(self, layer_index: int) -> int:
+        """The layer whose router routes decoder layer ``layer_index`` (itself, unless the family shares
+        one router over several layers, as MONET's ``moe_groups``)."""
+        return layer_index
+
     def expert_count_keys(self) -> tuple[str, ...]:
         """The config keys holding the routed-expert count: the stored name first, then its aliases."""
         aliases = dict(getattr(type(self.config), "attribute_map", {}) or {})

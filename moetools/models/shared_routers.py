@@ -30,16 +30,8 @@ def router_groups(model, adapter) -> list[list[int]]:
     """The MoE layers of a loaded model grouped by the router that routes them (one list per router)."""
     groups: dict[int, list[int]] = {}
     for layer in adapter.moe_layers():
-        groups.setdefault(_router_key(model, layer), []).append(layer.index)
+        groups.setdefault(adapter.router_layer(layer.index), []).append(layer.index)
     return [sorted(members) for members in groups.values()]
-
-
-def _router_key(model, layer) -> int:
-    config = model.config
-    if getattr(config, "model_type", None) == "monet":
-        size = max(1, int(getattr(config, "moe_groups", 1)))
-        return layer.index - layer.index % size
-    return layer.index
 
 
 def shared_routers(model: dict | None) -> list[list[int]]:
