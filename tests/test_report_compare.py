@@ -98,3 +98,17 @@ def test_two_label_sets_of_one_model_compare_label_by_label(two_runs, tmp_path):
     assert (data["compare"]["a"], data["compare"]["b"]) == ("A", "B")          # one model: A and B
     assert all(entry["lab"] and "lab" not in entry["b"] for entry in data["experts"])
     assert all(entry["v"] == entry["b"]["v"] for entry in data["experts"])      # the same scores: Δ 0
+
+
+def test_names_and_domains_given_as_markup_stay_text(two_runs, tmp_path):
+    folder, _ = two_runs
+    odd = tmp_path / "odd.msgpack.zst"
+    markup = "<img src=x onerror=alert(1)>"
+    odd.write_bytes(write_trace(make_records(documents=4, tokens=60, domains=("code", markup))))
+    out = tmp_path / "odd.html"
+    result = run("moe-report", [odd, "--compare", folder / "init.msgpack.zst", "--names", f"{markup},<b>b</b>",
+                                "-o", out, "-q"])
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert "<img" not in text and "<b>b</b>" not in text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text and "&lt;b&gt;b&lt;/b&gt;" in text
