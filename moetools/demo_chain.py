@@ -7,7 +7,7 @@ For each model, after ``moe-trace | moe-sample | moe-explain`` (:mod:`moetools.d
     moe-score join scores.jsonl judged.jsonl -o joined.scores.jsonl              # EMS, F1, EDMRS beside them
     moe-select scores.jsonl --by das --domain D --top M -o sets/D.json          # each domain's experts
     moe-select scores.jsonl --by pearson --top M -o sets/toxicity.json          # when the corpus has toxicity
-    moe-select scores.jsonl --random M -o sets/random.json                      # the control, same size
+    moe-select scores.jsonl --random M --seed S -o sets/random[-S].json          # the controls, seeds 0-2
     moe-explain samples --experts shown.smollm2.json --backend local -o labels.smollm2.jsonl  # experts shown
     moe-score samples --labels labels.smollm2.jsonl --backend local -o smollm2.judged.scores.jsonl
     moe-mask MODEL --experts sets/D.json -o masked/D                           # each domain, and random
@@ -122,6 +122,14 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
             made["smollm2"] = label_and_judge_shown(root, out, paths, made["sets"], run_shell, log, shown_limit)
         except Exception as error:  # noqa: BLE001 -- the demo goes on with the offline labels and says why
             notes.append(f"SmolLM2 labels failed: {error}")
+    # more random controls of the same size (after the SmolLM2 step: they are masked, not shown): the page
+    # draws the loss changes of the random sets as a band, the chance level a selected set must beat
+    if scored and "random" in made["sets"]:
+        for seed in RANDOM_SEEDS[1:]:
+            target_set = sets_dir / f"random-{seed}.json"
+            if step(f"moe-select random-{seed}", f"moe-select -q {_q(made['scores'])} --random {top} --seed {seed} "
+                                                 f"-o {_q(target_set)}"):
+                made["sets"][f"random-{seed}"] = target_set
     for name, experts in made["sets"].items():
         if name == "toxicity":
             continue  # selected and shown; the loss matrix masks the domain sets and the random control
@@ -154,6 +162,10 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
                                      f"-o {_q(made['compare'])} --force")
     made["notes"] = notes
     return made
+
+
+#: seeds of the random control sets (``random`` is seed 0, ``random-1`` ... the others)
+RANDOM_SEEDS = (0, 1, 2)
 
 
 def _mask(model: Path, experts: Path, directory: Path) -> None:

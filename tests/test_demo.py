@@ -4,6 +4,7 @@ trains nothing)."""
 
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -81,15 +82,17 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
         assert header["kind"] == "scores" and len(scores) == len(header["layers"]) * header["num_experts"]
         if recipe.arch == "monet-vd":  # its 2 layers share one router (moe_groups 4): scored once
             assert header["layers"] == [0] and header["shared_routers"] == [[0, 1]]
-        assert {p.stem for p in (out / "sets").glob("*.json")} == {*WORDS, "random"}
+        assert {p.stem for p in (out / "sets").glob("*.json")} == {*WORDS, "random", "random-1", "random-2"}
         header, evaluated, _ = records(out / "eval.jsonl")
-        assert len(header["models"]) == len(WORDS) + 2  # the model, each domain's mask, the random one
+        assert len(header["models"]) == len(WORDS) + 4  # the model, each domain's mask, three random ones
         masked = [r for r in evaluated if r["type"] == "domain" and r["model"] > 0]
-        assert len(masked) == (len(WORDS) + 1) * len(WORDS) and all(r["delta_loss"] is not None for r in masked)
+        assert len(masked) == (len(WORDS) + 3) * len(WORDS) and all(r["delta_loss"] is not None for r in masked)
         header, joined, _ = records(out / "joined.scores.jsonl")  # routing + judged (EMS, F1, EDMRS)
         assert any("f1" in r for r in joined if r["type"] == "expert")
         page = (out / "report.html").read_text()
         assert '<script type="application/json" id="moe-data">' in page and "Evaluation (moe-eval)" in page
+        assert "random controls: 3 random sets (seeds 0, 1, 2)" in page   # a band of the random sets' changes
+        assert re.search(r"\([+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]\)", page)   # changes with intervals
         compare = (out / "compare.html").read_text()   # trained beside random-init, with the routing change
         assert "— trained vs random-init" in compare and "id=rc>RC = " in compare
     assert "layers 0-1 share one router: their routing is one sample" in summaries[1]
