@@ -145,7 +145,9 @@ def merge_command(adapter, output, base, dtype):
     """Merge ADAPTER into its base model; AutoModelForCausalLM.from_pretrained loads OUTPUT.
 
     The merged config carries `moetools_tuned` (base fingerprint, mode, adapter), so the
-    merged model never passes for its base.
+    merged model never passes for its base. A merged MONET model carries
+    configuration_monet.py, modeling_monet.py and an auto_map: without moetools, load it
+    with trust_remote_code=True.
     """
     from ..tune import merge
 

@@ -10,7 +10,8 @@ trust_remote_code=True)`` loads the masked model on a machine without moetools:
 
 config.json's ``model_type`` becomes ``moetools_masked_<family>``, a type transformers does not
 know, so loading without ``trust_remote_code=True`` fails instead of silently giving the unmasked
-model. MONET directories also carry MONET's own configuration and modeling files.
+model. MONET directories also carry MONET's own configuration and modeling files
+(:mod:`moetools.models.monet.shipped`, the one source of those bytes).
 """
 
 from __future__ import annotations
@@ -71,10 +72,10 @@ def write_code(directory: Path, family: str) -> dict:
     (directory / f"{MODELING_FILE}.py").write_text(_MODELING.format(family=family, model_import=model_import))
     here = Path(__file__).resolve().parent
     shutil.copyfile(here / "routing.py", directory / f"{ROUTING_FILE}.py")
-    if family == "monet":
-        monet = here.parent / "models" / "monet"
-        for name in ("configuration_monet.py", "modeling_monet.py"):
-            shutil.copyfile(monet / name, directory / name)
+    if family == "monet":  # MONET's own code, the bytes every MONET directory moetools writes carries
+        from ..models.monet.shipped import write_shipped
+
+        write_shipped(directory)
     return {"model_type": f"moetools_masked_{family}",
             "architectures": ["MoetoolsMaskedForCausalLM"],
             "auto_map": {"AutoConfig": f"{CONFIG_FILE}.MoetoolsMaskedConfig",

@@ -206,6 +206,10 @@ def merge(adapter_dir, output, base: str | None = None, dtype: str = "auto") -> 
     model.save_pretrained(str(partial))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(partial))
+    if model.config.model_type == "monet":  # its code and auto_map: loads where moetools is not installed
+        from ..models.monet.shipped import add_to_directory
+
+        add_to_directory(partial)
     (partial / "moetools_tuned.json").write_text(json.dumps(provenance, indent=1) + "\n")
     if out.exists():
         shutil.rmtree(out)
