@@ -140,7 +140,8 @@ def train_command(model, data, eval_files, output, **options):
               help="Directory for the merged checkpoint (written as OUTPUT.partial, then renamed).")
 @click.option("--base", type=click.Path(file_okay=False), help="The base model [the path in ADAPTER/tune.json].")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-              show_default=True, help="Weights of the merged checkpoint (auto: the base's).")
+              show_default=True, help="Weights of the merged checkpoint (auto: the base checkpoint's, e.g. bf16; "
+                   "shards like the base's).")
 def merge_command(adapter, output, base, dtype):
     """Merge ADAPTER into its base model; AutoModelForCausalLM.from_pretrained loads OUTPUT.
 
