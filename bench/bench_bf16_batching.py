@@ -13,6 +13,7 @@ Random weights, OLMoE- and DeepSeek-V3-shaped (real transformers modeling code).
 control: there padding changes only summation order, so differences are ~1e-6.
 
     .venv/bin/python bench/bench_bf16_batching.py        # writes bench/results/bf16_batching.json
+    .venv/bin/python bench/bench_bf16_batching.py --quick   # 24 documents instead of 96
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _harness import measure, parser, write_result
 
 WORDS = [f"w{i}" for i in range(500)]
 COMMON = {"vocab_size": len(WORDS) + 2, "hidden_size": 256, "intermediate_size": 256, "num_hidden_layers": 4,
@@ -114,15 +113,20 @@ def compare(single: dict, batched: dict) -> dict:
 
 
 def main() -> int:
+    options = parser(__doc__, "bf16_batching")  # --quick: 24 documents instead of 96
+    options.add_argument("--documents", type=int, default=None, help="corpus documents (96; --quick: 24)")
+    args = options.parse_args()
+    documents = args.documents or (24 if args.quick else 96)
+
     import torch
 
     from moetools.models import load_model
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    results = {"what": __doc__.strip().splitlines()[0], "runs": []}
-    with tempfile.TemporaryDirectory() as work:
+    results = {"what": __doc__.strip().splitlines()[0], "documents": documents, "runs": []}
+    with measure() as cost, tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        corpus = write_corpus(work / "corpus.jsonl")
+        corpus = write_corpus(work / "corpus.jsonl", documents)
         for family in ("olmoe", "deepseek_v3"):
             directory = save_model(family, work / family)
             for dtype in ("auto", "float32"):
@@ -135,9 +139,8 @@ def main() -> int:
                        "seconds_padded_batches": round(seconds_batched, 2)}
                 print(json.dumps(row), flush=True)
                 results["runs"].append(row)
-    out = ROOT / "bench" / "results" / "bf16_batching.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    results["whole_run"] = cost
+    write_result(args, results)
     return 0
 
 

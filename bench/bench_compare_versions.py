@@ -7,13 +7,16 @@ A figure is "worse" only if the mean new/old ratio is worse than 1 by more than 
 the larger relative spread between the two rounds of either tree.
 
     .venv/bin/python bench/bench_compare_versions.py --old /tmp/oldbench [--rounds 2] [--bench trace sample]
+    .venv/bin/python bench/bench_compare_versions.py --old /tmp/oldbench --quick   # one round
+
+Every bench_*.py takes ``--quick`` and ``-o/--output`` (bench/_harness.py), so any of them can be added to
+FIGURES.
 
 Writes bench/results/redesign_comparison.json; each bench's own results file gets the new tree's last run.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -22,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _harness import ROOT, parser, write_result
+
 # bench -> {figure: (path into its results JSON, True if higher is better)}
 FIGURES = {
     "trace": {"tokens_per_s_trace": (("throughput", "tokens_per_s", "trace"), True),
@@ -67,14 +71,14 @@ def run(tree: Path, bench: str, output: Path, extra: list[str]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--old", type=Path, required=True, help="the old source tree")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--bench", nargs="+", default=list(FIGURES), choices=list(FIGURES))
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "redesign_comparison.json")
-    args = parser.parse_args()
+    options = parser(__doc__, "redesign_comparison")  # --quick: one round (the benches always run --quick)
+    options.add_argument("--old", type=Path, required=True, help="the old source tree")
+    options.add_argument("--rounds", type=int, default=None, help="2 (--quick: 1)")
+    options.add_argument("--bench", nargs="+", default=list(FIGURES), choices=list(FIGURES))
+    args = options.parse_args()
+    args.rounds = args.rounds or (1 if args.quick else 2)
     trees = {"old": args.old.resolve(), "new": ROOT}
-    report = {"old_tree": str(trees["old"]), "new_tree": str(ROOT), "quick": True, "benches": {}}
+    report = {"old_tree": str(trees["old"]), "new_tree": str(ROOT), "benches_run_with_quick": True, "benches": {}}
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as scratch:
         scratch = Path(scratch)
         for bench in args.bench:
@@ -103,7 +107,7 @@ def main() -> None:
                                  "worse_beyond_noise": worse_by > noise}
             report["benches"][bench] = {"rounds": rounds, "verdict": verdict}
             (ROOT / "bench" / "results" / f"{bench}.json").write_text(json.dumps(last_new, indent=2) + "\n")
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args, report, quiet=True)
     print(json.dumps({b: v["verdict"] for b, v in report["benches"].items()}, indent=1))
 
 

@@ -16,24 +16,18 @@ Writes bench/results/explain.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
+from _harness import ROOT, measure, parser, write_result
 from click.testing import CliRunner
-from llm_stub import LLMStub, write_samples
 
 from moetools.cli.explain import command
+from moetools.testing.llm_stub import LLMStub, write_samples
 
 LATENCY = 0.2
 SLOT_LATENCY = 0.3
@@ -83,11 +77,10 @@ def one_slot_server(scratch: Path, adaptive: bool) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="concurrency 1 on 32 experts (ratios per label)")
-    parser.add_argument("--experts", type=int, default=256)
-    arguments = parser.parse_args()
-    with tempfile.TemporaryDirectory() as scratch, LLMStub(latency=LATENCY) as stub:
+    options = parser(__doc__, "explain")  # --quick: concurrency 1 on 32 experts (ratios per label)
+    options.add_argument("--experts", type=int, default=256)
+    arguments = options.parse_args()
+    with measure() as cost, tempfile.TemporaryDirectory() as scratch, LLMStub(latency=LATENCY) as stub:
         scratch = Path(scratch)
         samples = scratch / "samples.msgpack.zst"
         write_samples(samples, experts=arguments.experts)
@@ -114,8 +107,7 @@ def main() -> None:
     speedup = parallel["labels_per_second"] / serial["labels_per_second"]
     results = {
         "benchmark": "moe-explain labels/s against a loopback OpenAI-compatible stub",
-        "latency_s": LATENCY, "quick": arguments.quick, "python": platform.python_version(),
-        "load_average_1m_at_end": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
+        "latency_s": LATENCY, "load_average_1m_at_end": round(os.getloadavg()[0], 2), "whole_run": cost,
         "concurrency_1": serial, "concurrency_32": parallel, "cached_rerun": cached,
         "cached_rerun_process": {"seconds": round(process_seconds, 3), "requests": process_requests},
         "speedup_c32_over_c1": round(speedup, 2),
@@ -133,10 +125,7 @@ def main() -> None:
           f"{cached['requests'] + process_requests} requests (target < 2 s, 0 requests)")
     print(f"one-slot server: adaptive {slot_adaptive['requests']} requests in {slot_adaptive['seconds']} s, "
           f"fixed {slot_fixed['requests']} requests in {slot_fixed['seconds']} s (16 experts)")
-    out = ROOT / "bench" / "results" / "explain.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_result(arguments, results)
 
 
 if __name__ == "__main__":

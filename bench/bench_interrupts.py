@@ -9,28 +9,22 @@ finished before the signal), how many records each resume kept, and whether the 
 records equal the reference bit for bit. Results: bench/results/interrupts.json.
 
     .venv/bin/python bench/bench_interrupts.py              # 50 interrupts (~1 min each on 2 busy cores)
-    .venv/bin/python bench/bench_interrupts.py --runs 5
+    .venv/bin/python bench/bench_interrupts.py --quick      # 5 interrupts on 20 documents
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import random
 import re
 import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from _harness import parser, write_result
 
 WORDS = ["the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "code", "law", "math", "cell", "expert"]
 FLAGS = ["--max-length", "16", "--batch-size", "2"]
@@ -107,13 +101,14 @@ def wait_for(path: Path, process, timeout: float = 300.0) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--documents", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "interrupts.json"))
-    args = parser.parse_args()
-    from tiny_models import save_tiny_olmoe
+    options = parser(__doc__, "interrupts")  # --quick: 5 interrupted runs, 20 documents
+    options.add_argument("--runs", type=int, default=None, help="interrupted runs wanted (50; --quick: 5)")
+    options.add_argument("--documents", type=int, default=None, help="corpus documents (40; --quick: 20)")
+    options.add_argument("--seed", type=int, default=0)
+    args = options.parse_args()
+    args.runs = args.runs or (5 if args.quick else 50)
+    args.documents = args.documents or (20 if args.quick else 40)
+    from moetools.testing.tiny_models import save_tiny_olmoe
 
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     import torch  # noqa: F401 - imported once, before forking
@@ -167,7 +162,7 @@ def write_results(args, runs: list[dict], reference: list, trace_seconds: float)
     result = {
         "what": "moe-trace -o OUT interrupted by SIGINT after a random delay, then moe-trace --resume -o OUT; "
                 "the resumed records compared with an uninterrupted run's, bit for bit",
-        "model": "tests/tiny_models.save_tiny_olmoe (2 layers, 8 experts, top-2, d=32), --max-length 16 "
+        "model": "moetools.testing.tiny_models.save_tiny_olmoe (2 layers, 8 experts, top-2, d=32), --max-length 16 "
                  "--batch-size 2",
         "documents": args.documents, "records": len(reference), "reference_trace_seconds": round(trace_seconds, 2),
         "runs_wanted": args.runs, "runs": len(runs), "interrupted_130": len(interrupted),
@@ -176,10 +171,9 @@ def write_results(args, runs: list[dict], reference: list, trace_seconds: float)
         "resumed_bit_identical": sum(1 for r in runs if r["identical"]),
         "interrupted_and_resumed_bit_identical": sum(1 for r in interrupted if r["identical"]),
         "kept_records": {"min": min(r["kept_records"] for r in runs), "max": max(r["kept_records"] for r in runs)},
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "per_run": runs,
     }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args, result, quiet=True)
 
 
 if __name__ == "__main__":

@@ -17,24 +17,18 @@ Writes bench/results/judge.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
+from _harness import parser, read_result, write_result
 from click.testing import CliRunner
-from judge_fixture import keyword_answer, write_labels, write_samples
-from llm_stub import LLMStub
 
 from moetools.cli.score import command
+from moetools.testing.judge_fixture import keyword_answer, write_labels, write_samples
+from moetools.testing.llm_stub import LLMStub
 
 LATENCY = 0.2
 
@@ -103,22 +97,20 @@ def demo_comparison(demo: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="64 experts instead of 256")
-    parser.add_argument("--local", action="store_true", help="also time the SmolLM2 GGUF local scorer")
-    parser.add_argument("--demo", type=Path, help="only add the embedding-scored demo comparison to the results")
-    args = parser.parse_args()
+    options = parser(__doc__, "judge")  # --quick: 64 experts instead of 256
+    options.add_argument("--local", action="store_true", help="also time the SmolLM2 GGUF local scorer")
+    options.add_argument("--demo", type=Path, help="only add the embedding-scored demo comparison to the results")
+    args = options.parse_args()
     if args.demo is not None:
-        out = ROOT / "bench" / "results" / "judge.json"
-        results = json.loads(out.read_text()) if out.is_file() else {}
+        results = read_result(args.output)
+        results.pop("machine", None)
         results["demo_embedding"] = demo_comparison(args.demo)
-        out.write_text(json.dumps(results, indent=2) + "\n")
+        write_result(args, results)
         print(json.dumps(results["demo_embedding"], indent=2))
         return
     per_layer = 32 if args.quick else 128
     results = {"benchmark": "moe-score --labels: judged experts/s against a loopback OpenAI-compatible stub",
-               "latency_s": LATENCY, "quick": args.quick, "python": platform.python_version(),
-               "cpus": os.cpu_count()}
+               "latency_s": LATENCY}
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         write_samples(scratch / "samples.jsonl", experts=per_layer, layers=(0, 1))
@@ -135,13 +127,12 @@ def main() -> None:
         results["targets"] = {"speedup_at_least_20": results["speedup_32_over_1"] >= 20,
                               "cached_rerun_zero_requests": results["cached_rerun"]["requests_seen_by_server"] == 0,
                               "cached_rerun_under_2s": results["cached_rerun"]["seconds"] < 2}
-        out = ROOT / "bench" / "results" / "judge.json"
         results["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
-        out.write_text(json.dumps(results, indent=2) + "\n")
+        write_result(args, results)
         if args.local:
             results["local_smollm2"] = local_scorer(scratch)
             results["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
-            out.write_text(json.dumps(results, indent=2) + "\n")
+            write_result(args, results)
     print(json.dumps({k: results[k] for k in ("speedup_32_over_1", "targets")}, indent=2))
 
 

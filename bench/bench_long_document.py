@@ -1,10 +1,8 @@
 """Peak RSS of moe-trace on one huge document (a single 50 MB line), side by side with the old way.
 
-Each measurement runs in a fresh process (peak RSS = ``ru_maxrss`` of that process, or its
-``VmHWM`` for moe-trace itself):
-
-Peak RSS of a pass is its ``VmHWM`` after the imports' peak is reset (``/proc/self/clear_refs``),
-also given as the growth above the RSS before the pass.
+Each measurement runs in a fresh process. Peak RSS is ``VmHWM`` (``bench/_harness.py``): of a pass,
+after the imports' peak is reset, also given as the growth above the RSS before the pass; of
+moe-trace, read from its ``/proc/PID/status`` while it runs.
 
 - ``windows``: moe-trace's tokenise-and-window pass (``iter_windows``: the document tokenised
   in pieces, windows formed as tokens arrive) over the whole document, at ``--mb`` MB and at a
@@ -17,18 +15,16 @@ also given as the growth above the RSS before the pass.
   ~10M tokens: hours on a shared CPU), with its peak RSS and the records it wrote by then.
 
     .venv/bin/python bench/bench_long_document.py           # 50 MB (a few minutes)
-    .venv/bin/python bench/bench_long_document.py --mb 5
+    .venv/bin/python bench/bench_long_document.py --quick   # 5 MB, 10 s of moe-trace
 
 Results: bench/results/long_document.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -37,10 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from _harness import ROOT, parser, peak_rss_mb, reset_peak_rss, rss_mb, write_result
 
 NOTE = ("windows_large's growth over windows_small is the document's own text, held as the corpus reader holds "
         "it (the line's bytes, the decoded line and the parsed JSON string: ~3 bytes a character); the tokenizer "
@@ -73,8 +66,8 @@ def child(mode: str, model: str, corpus: str) -> None:
     from moetools.trace.runner import TraceOptions, TraceSummary, iter_windows
 
     tokenizer = AutoTokenizer.from_pretrained(model)
-    baseline = vm_kb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: the peak of the pass, not of the imports
+    baseline = rss_mb()
+    reset_peak_rss()  # the peak of the pass, not of the imports
     start = time.perf_counter()
     with open(corpus, "rb") as source:
         if mode == "windows":
@@ -86,18 +79,9 @@ def child(mode: str, model: str, corpus: str) -> None:
             document = next(read_documents(source, name="c"))
             tokens = len(tokenizer(document.text, add_special_tokens=True)["input_ids"])
             windows = -(-tokens // 512)
-    peak = vm_kb("VmHWM")
-    print(json.dumps({"peak_rss_mb": round(peak / 1024, 1), "rss_before_mb": round(baseline / 1024, 1),
-                      "peak_above_before_mb": round((peak - baseline) / 1024, 1),
+    peak = peak_rss_mb()
+    print(json.dumps({"peak_rss_mb": peak, "rss_before_mb": baseline, "peak_above_before_mb": round(peak - baseline, 1),
                       "seconds": round(time.perf_counter() - start, 2), "tokens": tokens, "windows": windows}))
-
-
-def vm_kb(field: str, pid: str = "self") -> int:
-    """A ``/proc/PID/status`` memory field in kB (VmRSS: now; VmHWM: peak since start or clear_refs)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
 def measure(mode: str, model: Path, corpus: Path) -> dict:
@@ -107,10 +91,6 @@ def measure(mode: str, model: Path, corpus: Path) -> dict:
     if result.returncode:
         raise RuntimeError(result.stderr[-2000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def vm_hwm_mb(pid: int) -> float:
-    return vm_kb("VmHWM", str(pid)) / 1024
 
 
 def trace_for(model: Path, corpus: Path, seconds: float, work: Path) -> dict:
@@ -130,10 +110,10 @@ def trace_for(model: Path, corpus: Path, seconds: float, work: Path) -> dict:
     opened = time.monotonic()
     peak = 0.0
     while process.poll() is None and time.monotonic() - opened < seconds:
-        peak = max(peak, vm_hwm_mb(process.pid))
+        peak = max(peak, peak_rss_mb(str(process.pid)))
         time.sleep(0.5)
     if process.poll() is None:
-        peak = max(peak, vm_hwm_mb(process.pid))
+        peak = max(peak, peak_rss_mb(str(process.pid)))
         process.send_signal(signal.SIGINT)
     status = process.wait()
     records = 0
@@ -149,12 +129,13 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(*sys.argv[2:5])
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=float, default=50.0)
-    parser.add_argument("--trace-seconds", type=float, default=60.0)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "long_document.json"))
-    args = parser.parse_args()
-    from tiny_models import save_tiny_olmoe
+    options = parser(__doc__, "long_document")  # --quick: 5 MB, 10 s of moe-trace
+    options.add_argument("--mb", type=float, default=None, help="document size in MB (50; --quick: 5)")
+    options.add_argument("--trace-seconds", type=float, default=None, help="moe-trace's time (60; --quick: 10)")
+    args = options.parse_args()
+    args.mb = args.mb or (5.0 if args.quick else 50.0)
+    args.trace_seconds = args.trace_seconds or (10.0 if args.quick else 60.0)
+    from moetools.testing.tiny_models import save_tiny_olmoe
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -172,7 +153,7 @@ def main() -> None:
         "what": "peak RSS of one huge document (a single JSON line) in moe-trace: tokenised in pieces and windowed "
                 "as tokens arrive (now) vs. the whole text in one tokenizer call (before)",
         "document_mb": args.mb, "document_chars": chars, "small_document_chars": small_chars,
-        "tokenizer": "word-level (tests/tiny_models.py), max_length 512 for the windows pass, 64 for moe-trace",
+        "tokenizer": "word-level (moetools.testing.tiny_models), max_length 512 for the windows pass, 64 for moe-trace",
         **rows,
         "note": NOTE,
         "ratios": {
@@ -181,10 +162,8 @@ def main() -> None:
             "whole_over_pieces_peak_above_before_small": round(rows["whole_small"]["peak_above_before_mb"]
                                                                / rows["windows_small"]["peak_above_before_mb"], 2),
         },
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "load_average": os.getloadavg()},
     }
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args, result, quiet=True)
     print(json.dumps(result, indent=2))
 
 

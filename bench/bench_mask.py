@@ -4,49 +4,40 @@ forward time of masked models against the unmasked one, measured side by side in
 The model is a random OLMoE (transformers' real modeling code) of ``--layers`` x ``--experts`` experts,
 d=``--hidden``, saved as safetensors: no trained MoE larger than it is on this machine (the demo's
 models are smaller). moe-mask runs as the real CLI in a fresh process (peak RSS = that process's
-``ru_maxrss``), once for an equal-size mask (``pruned``) and once for an unequal one (``remote``).
+``VmHWM``, ``bench/_harness.py``), once for an equal-size mask (``pruned``) and once for an unequal one (``remote``).
 Forward times: best of ``--repeats`` interleaved rounds on a (4, 256) batch, for the base, the pruned directory, the
 remote directory and the base under the in-memory ``masked()`` context manager.
 
     .venv/bin/python bench/bench_mask.py            # writes bench/results/mask.json
+    .venv/bin/python bench/bench_mask.py --quick    # 4 layers x 16 experts, d=128, 2 repeats
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _harness import measure, measured_python, parser, write_result
 
 
 def run_mask(source: Path, experts: Path, out: Path) -> dict:
-    script = ("import resource, sys, time; from moetools.cli.mask import main; t = time.perf_counter();\n"
+    script = ("import sys, time; from moetools.cli.mask import main; t = time.perf_counter();\n"
               "try:\n    main(sys.argv[1:], standalone_mode=True)\nexcept SystemExit as e:\n"
-              "    sys.stderr.write(f'WALL {time.perf_counter() - t} RSS {resource.getrusage(resource.RUSAGE_SELF)"
-              ".ru_maxrss}\\n'); raise")
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", script, str(source), "--experts", str(experts), "-o", str(out),
-                           "-q"], capture_output=True, text=True, check=True)
-    total = time.perf_counter() - started
-    line = [x for x in done.stderr.splitlines() if x.startswith("WALL")][-1].split()
-    return {"process_seconds": round(total, 3), "mask_seconds": round(float(line[1]), 3),
-            "peak_rss_mb": round(int(line[3]) / 1024, 1)}
+              "    sys.stderr.write(f'WALL {time.perf_counter() - t}\\n'); raise")
+    done = measured_python(["-c", script, str(source), "--experts", str(experts), "-o", str(out), "-q"])
+    line = [x for x in done["stderr"].splitlines() if x.startswith("WALL")][-1].split()
+    return {"process_seconds": round(done["wall_s"], 3), "mask_seconds": round(float(line[1]), 3),
+            "cpu_seconds": done["cpu_s"], "peak_rss_mb": done["peak_rss_mb"]}
 
 
 def runtime_baseline(source: Path) -> float:
     """Peak RSS (MB) of a process that imports what moe-mask imports and builds the model on the meta
     device, without touching a weight: the part of moe-mask's peak that does not depend on the weights."""
-    script = ("import resource, sys; from moetools.mask.directory import _meta_model; _meta_model(sys.argv[1]);"
-              "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    done = subprocess.run([sys.executable, "-c", script, str(source)], capture_output=True, text=True, check=True)
-    return int(done.stdout.split()[-1]) / 1024
+    script = "import sys; from moetools.mask.directory import _meta_model; _meta_model(sys.argv[1])"
+    return measured_python(["-c", script, str(source)])["peak_rss_mb"]
 
 
 def interleaved_forward(variants: dict, input_ids, repeats: int) -> dict:
@@ -70,21 +61,23 @@ def interleaved_forward(variants: dict, input_ids, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--experts", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--intermediate", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "mask.json"))
-    args = parser.parse_args()
+    options = parser(__doc__, "mask")  # --quick: 4 layers x 16 experts, d=128, intermediate 256, 2 repeats
+    options.add_argument("--layers", type=int, default=None, help="8 (--quick: 4)")
+    options.add_argument("--experts", type=int, default=None, help="32 (--quick: 16)")
+    options.add_argument("--hidden", type=int, default=None, help="256 (--quick: 128)")
+    options.add_argument("--intermediate", type=int, default=None, help="512 (--quick: 256)")
+    options.add_argument("--repeats", type=int, default=None, help="5 (--quick: 2)")
+    args = options.parse_args()
+    for name, full, quick in (("layers", 8, 4), ("experts", 32, 16), ("hidden", 256, 128),
+                              ("intermediate", 512, 256), ("repeats", 5, 2)):
+        setattr(args, name, getattr(args, name) or (quick if args.quick else full))
 
     import torch
     import transformers
 
     from moetools.mask import masked
     from moetools.models import load_model
-    from tests.tiny_models import save_word_tokenizer
+    from moetools.testing.tiny_models import save_word_tokenizer
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     with tempfile.TemporaryDirectory() as scratch:
@@ -117,23 +110,23 @@ def main() -> None:
         variants = {"base": (base, None), "in_memory_masked": (base, lambda: masked(base, mask)),
                     "pruned_dir": (load_model(root / "pruned", tokenizer=False).model, None),
                     "remote_dir": (load_model(root / "remote", tokenizer=False, trust_remote_code=True).model, None)}
-        forward = interleaved_forward(variants, input_ids, args.repeats)
+        with measure() as forward_cost:
+            forward = interleaved_forward(variants, input_ids, args.repeats)
     result = {
         "model": {"family": "olmoe (random init)", "layers": args.layers, "experts": args.experts, "top_k": 4,
                   "hidden": args.hidden, "intermediate": args.intermediate, "weights_on_disk_mb": round(disk / 2**20, 1)},
-        "masking": {"pruned (8 of 32 experts per layer)": runs["pruned"],
-                    "remote (1..8 experts per layer)": runs["remote"]},
+        "masking": {f"pruned ({args.experts // 4} of {args.experts} experts per layer)": runs["pruned"],
+                    f"remote (1..{args.experts // 4} experts per layer)": runs["remote"]},
         "forward_seconds_best_of": args.repeats, "batch": [4, 256],
         "forward_seconds": {k: round(v, 4) for k, v in forward.items()},
         "forward_ratio_vs_base": {k: round(v / forward["base"], 3) for k, v in forward.items() if k != "base"},
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "torch_threads": torch.get_num_threads(), "forward_rounds": forward_cost,
         "runtime_baseline_rss_mb": round(baseline, 1),
         "note": ("peak_rss_mb is the whole moe-mask process; runtime_baseline_rss_mb is the same imports and the "
                  "meta-device model without weights; pruned/bias stream tensors through safetensors (128 MB "
                  "shards), remote loads the model once. Forward times: variants interleaved per round."),
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args, result, quiet=True)
     print(json.dumps(result, indent=1))
 
 

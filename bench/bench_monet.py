@@ -2,7 +2,7 @@
 
 Model: d=256, 4 layers, 4 attention heads, 4 routing heads, moe_dim=8, moe_topk = moe_experts/16,
 batch 4 x 128 tokens (``--quick``: 2 x 64). Compared side by side in one run, each in its own
-child process (so peak RSS is that variant's alone):
+child process (so peak RSS, ``VmHWM`` as ``bench/_harness.py`` reads it, is that variant's alone):
 
 * ``monet-vd``, ``monet-hd``: the reorganised forms (Algorithms 1-2), for moe_experts in {16, 64, 256}
 * ``llama``: transformers LlamaForCausalLM with the matched MLP (moetools.train.models)
@@ -25,17 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _harness import measured_python, parser, peak_rss_mb, read_result, reset_peak_rss, rss_mb, write_result
 
 SHAPE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "moe_heads": 4, "moe_dim": 8,
          "moe_groups": 4}
@@ -118,7 +112,8 @@ def child(variant: str, experts: int, batch: int, length: int, steps: int, threa
         saved_bytes[0] += tensor.numel() * tensor.element_size()
         return tensor
 
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # the model built, no step run yet
+    baseline = rss_mb()  # the model built, no step run yet
+    reset_peak_rss()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(input_ids=ids, labels=ids).loss.backward()           # the first step; count saved activations
     model.zero_grad()
@@ -131,18 +126,16 @@ def child(variant: str, experts: int, batch: int, length: int, steps: int, threa
     return {"variant": variant, "moe_experts": experts, "composed_experts": experts ** 2,
             "parameters": sum(p.numel() for p in model.parameters()),
             "step_s": min(times), "saved_activation_mb": saved_bytes[0] / 1e6,  # min: the least disturbed step
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024}
+            "peak_rss_mb": peak_rss_mb(), "rss_growth_mb": round(peak_rss_mb() - baseline, 1)}
 
 
 def run_child(variant, experts, args) -> dict:
-    command = [sys.executable, __file__, "--child", variant, str(experts), str(args.batch), str(args.length),
-               str(args.steps), str(args.threads)]
-    completed = subprocess.run(command, check=False, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS":
-                                                                             str(args.threads)})
-    if completed.returncode:
-        return {"variant": variant, "moe_experts": experts, "error": completed.stderr.strip().splitlines()[-1:]}
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    command = [__file__, "--child", variant, str(experts), str(args.batch), str(args.length), str(args.steps),
+               str(args.threads)]
+    completed = measured_python(command, check=False, env={"OMP_NUM_THREADS": str(args.threads)})
+    if completed["returncode"]:
+        return {"variant": variant, "moe_experts": experts, "error": completed["stderr"].strip().splitlines()[-1:]}
+    return {**json.loads(completed["stdout"].strip().splitlines()[-1]), "cpu_s": completed["cpu_s"]}
 
 
 def train_on_real_text(data: str, minutes: float) -> dict:
@@ -165,27 +158,25 @@ def train_on_real_text(data: str, minutes: float) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small batch, moe_experts in {16, 64}, 3 steps")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=8, help="interleaved timed steps of every variant")
-    parser.add_argument("--data", help="JSONL corpus: also train MONET-VD on it for --minutes")
-    parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "monet.json"))
-    parser.add_argument("--skip-speed", action="store_true",
-                        help="only the --data run, added to the existing --output JSON")
-    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    options = parser(__doc__, "monet")  # --quick: small batch, moe_experts in {16, 64}, 3 steps
+    options.add_argument("--threads", type=int, default=2)
+    options.add_argument("--rounds", type=int, default=8, help="interleaved timed steps of every variant")
+    options.add_argument("--data", help="JSONL corpus: also train MONET-VD on it for --minutes")
+    options.add_argument("--minutes", type=float, default=10.0)
+    options.add_argument("--skip-speed", action="store_true",
+                         help="only the --data run, added to the existing --output JSON")
+    options.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    args = options.parse_args()
     if args.child:
         variant, experts, batch, length, steps, threads = args.child
         print(json.dumps(child(variant, int(experts), int(batch), int(length), int(steps), int(threads))))
         return
     if args.skip_speed:
         if not args.data:
-            parser.error("--skip-speed needs --data")
-        result = json.loads(Path(args.output).read_text()) if Path(args.output).exists() else {}
+            options.error("--skip-speed needs --data")
+        result = read_result(args.output)
         result["real_text"] = train_on_real_text(args.data, args.minutes)
-        Path(args.output).write_text(json.dumps(result, indent=1))
+        write_result(args, result)
         print(json.dumps(result["real_text"], indent=1))
         return
     args.batch, args.length, args.steps = (2, 64, 1) if args.quick else (4, 128, 1)
@@ -222,12 +213,10 @@ def main() -> None:
             small, large = by[(variant, sizes[0])], by[(variant, sizes[-1])]
             ratios[f"{variant} saved activations E={sizes[-1]} / E={sizes[0]} (E ratio {sizes[-1] // sizes[0]})"] = \
                 round(large["saved_activation_mb"] / small["saved_activation_mb"], 2)
-    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads},
-              "batch": args.batch, "seq_len": args.length, "shape": SHAPE, "rows": rows, "ratios": ratios}
+    result = {"threads": args.threads, "batch": args.batch, "seq_len": args.length, "shape": SHAPE, "rows": rows, "ratios": ratios}
     if args.data:
         result["real_text"] = train_on_real_text(args.data, args.minutes)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=1))
+    write_result(args, result)
     for name, value in ratios.items():
         print(f"{name:60s} {value}")
     if args.data:

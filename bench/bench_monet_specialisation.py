@@ -23,6 +23,7 @@ table says which configurations did and did not, with their validation loss and 
     .venv/bin/python bench/bench_monet_specialisation.py                 # every configuration
     .venv/bin/python bench/bench_monet_specialisation.py --only e16-d32  # one (repeatable)
     .venv/bin/python bench/bench_monet_specialisation.py --list
+    .venv/bin/python bench/bench_monet_specialisation.py --quick   # e16-d32-100 only, 1000 tokens/domain, 200 perms
 
 Trained models are kept under ``$MOETOOLS_HOME/bench_specialisation/<name>/`` (a rerun reuses them);
 results are merged into ``bench/results/specialisation.json`` under ``monet_configurations``.
@@ -30,21 +31,17 @@ results are merged into ``bench/results/specialisation.json`` under ``monet_conf
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _harness import ROOT as REPO
+from _harness import measured_python, parser, read_result, write_result
 
 from moetools.demo import balanced_slice, model_is_complete
 from moetools.score.specialisation import random_init_copy
-
-RESULTS = REPO / "bench" / "results" / "specialisation.json"
 
 #: name -> (experts per factor, expert hidden size, steps, peak lr, router aux loss coefficient).
 #: moe_experts x moe_dim is constant (512), so every configuration has the same expert parameters
@@ -68,13 +65,18 @@ def home() -> Path:
     return Path(os.environ.get("MOETOOLS_HOME", REPO / ".moetools"))
 
 
-def run(command: list[str]) -> float:
-    started = time.perf_counter()
-    done = subprocess.run(command, check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"bench_monet_specialisation: {' '.join(command[:2])} failed "
-                         f"(exit {done.returncode}):\n{done.stderr.strip()[-2000:]}")
-    return time.perf_counter() - started
+#: what bin/_launch runs: the tool's click command, here under bench/_harness.py's measurement
+LAUNCH = ("import sys; from moetools.cli import load_command; "
+          "load_command(sys.argv[1]).main(args=sys.argv[2:], prog_name=sys.argv[1])")
+
+
+def run(tool: str, arguments: list[str]) -> float:
+    """Run ``tool`` in a fresh process; its wall seconds."""
+    done = measured_python(["-c", LAUNCH, tool, *arguments], check=False)
+    if done["returncode"] != 0:
+        raise SystemExit(f"bench_monet_specialisation: {tool} {' '.join(arguments[:1])} failed "
+                         f"(exit {done['returncode']}):\n{done['stderr'].strip()[-2000:]}")
+    return done["wall_s"]
 
 
 def train(name: str, out: Path, corpus: Path, tokenizer: Path | None) -> dict:
@@ -83,7 +85,7 @@ def train(name: str, out: Path, corpus: Path, tokenizer: Path | None) -> dict:
         config = out.parent / f"{name}.config.json"
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(json.dumps({"router_aux_loss_coef": aux}))
-        command = [str(REPO / "bin" / "monet-train"), "-q", "--arch", "monet-vd", "--data", str(corpus),
+        command = ["-q", "--arch", "monet-vd", "--data", str(corpus),
                    "-o", str(out), "--moe-experts", str(experts), "--moe-dim", str(moe_dim),
                    "--steps", str(steps), "--lr", str(lr), "--config", str(config),
                    "--eval-every", str(steps // 5), "--checkpoint-every", str(steps // 5)]
@@ -91,7 +93,7 @@ def train(name: str, out: Path, corpus: Path, tokenizer: Path | None) -> dict:
             command += ["--tokenizer", str(tokenizer)]
         if (out / "checkpoint").is_dir():
             command.append("--resume")
-        run(command)
+        run("monet-train", command)
     metadata = json.loads((out / "training_metadata.json").read_text())
     return {"moe_experts": experts, "composed_experts": experts * experts, "moe_dim": moe_dim, "steps": steps,
             "lr": lr, "router_aux_loss_coef": aux, "steps_done": metadata.get("steps"),
@@ -104,9 +106,9 @@ def train(name: str, out: Path, corpus: Path, tokenizer: Path | None) -> dict:
 def score(model: Path, sample: Path, work: Path, permutations: int, min_count: int) -> dict:
     """Trace ``model`` on the slice, run moe-score's permutation test; layer 0's figures."""
     trace_path, scores_path = work.with_suffix(".trace.msgpack.zst"), work.with_suffix(".scores.jsonl")
-    trace_s = run([str(REPO / "bin" / "moe-trace"), str(model), str(sample), "-q", "--max-length", "256",
+    trace_s = run("moe-trace", [str(model), str(sample), "-q", "--max-length", "256",
                    "-o", str(trace_path)])
-    score_s = run([str(REPO / "bin" / "moe-score"), str(trace_path), "-q", "--permutations", str(permutations),
+    score_s = run("moe-score", [str(trace_path), "-q", "--permutations", str(permutations),
                    "-o", str(scores_path)])
     records = [json.loads(line) for line in scores_path.read_text().splitlines() if line.strip()]
     header = records[0]
@@ -142,18 +144,21 @@ def measure(name: str, args, sample: Path, taken: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", action="append", choices=sorted(CONFIGURATIONS), default=[])
-    parser.add_argument("--list", action="store_true", help="print the configurations and exit")
-    parser.add_argument("--corpus", type=Path, default=home() / "corpus", help="the demo corpus directory")
-    parser.add_argument("--tokenizer", type=Path, default=None,
+    made = parser(__doc__, "specialisation")  # --quick: e16-d32-100, 1000 tokens per domain, 200 permutations
+    made.add_argument("--only", action="append", choices=sorted(CONFIGURATIONS), default=[])
+    made.add_argument("--list", action="store_true", help="print the configurations and exit")
+    made.add_argument("--corpus", type=Path, default=home() / "corpus", help="the demo corpus directory")
+    made.add_argument("--tokenizer", type=Path, default=None,
                         help="tokenizer directory shared by every run (default: each run trains the demo's BPE)")
-    parser.add_argument("--tokens-per-domain", type=int, action="append", default=[],
+    made.add_argument("--tokens-per-domain", type=int, action="append", default=[],
                         help="validation tokens per domain traced (repeatable; default 4000, the demo's)")
-    parser.add_argument("--permutations", type=int, default=1000)
-    parser.add_argument("--min-count", type=int, default=40, help="routed tokens an expert needs to be explained")
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    made.add_argument("--permutations", type=int, default=None, help="1000 (--quick: 200)")
+    made.add_argument("--min-count", type=int, default=40, help="routed tokens an expert needs to be explained")
+    args = made.parse_args(argv)
+    args.permutations = args.permutations or (200 if args.quick else 1000)
+    if args.quick:
+        args.only = args.only or ["e16-d32-100"]
+        args.tokens_per_domain = args.tokens_per_domain or [1000]
     if args.list:
         for name, values in CONFIGURATIONS.items():
             print(name, values)
@@ -177,9 +182,10 @@ def main(argv=None) -> int:
                   f"explainable {r['explainable']} -> {'LEARNED' if entry['learned'] else 'not above random init'}",
                   flush=True)
             # read again before writing: two sweeps (--only ...) may run side by side on one file
-            latest = json.loads(args.output.read_text()) if args.output.is_file() else {}
+            latest = read_result(args.output)
+            latest.pop("machine", None)
             latest.setdefault("monet_configurations", {}).update({"about": section["about"], key: entry})
-            args.output.write_text(json.dumps(latest, indent=1) + "\n")
+            write_result(args, latest)
     return 0
 
 

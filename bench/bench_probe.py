@@ -9,24 +9,23 @@ concept and k, the mean over the concepts probed in both models, probing seconds
 and the probing process's peak RSS (2 CPU cores, shared).
 
     .venv/bin/python bench/bench_probe.py [--steps 150] [--probe-docs 400]
+    .venv/bin/python bench/bench_probe.py --quick    # 40 steps, 600 training and 80 probe documents
+
+It needs the project corpus (``moetools corpus build``, in ``.moetools/corpus``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from _harness import ROOT, measured_python, parser, write_result
+
 BIN = ROOT / ".venv" / "bin"
 CORPUS = ROOT / ".moetools" / "corpus"
 WORK = ROOT / ".moetools" / "bench_probe"
-RESULTS = ROOT / "bench" / "results" / "probe.json"
 NOTES = [
     ("Both models are tiny (d=64, 2 layers) and briefly trained (same data, steps, batch, lr, seed, tokenizer); "
     "eval losses are close (see eval_loss), so neither is a converged LM: a small-scale check, not 002's setting."),
@@ -74,20 +73,17 @@ def final_loss(model: Path) -> float | None:
 
 def probe(model: Path, corpus: Path, out: Path, shuffled: bool) -> tuple[list[dict], dict, float, float]:
     """(records, end summary, seconds, peak RSS MiB of this probing process)."""
-    args = [str(ROOT / "bin" / "moe-probe"), "neurons", str(model), str(corpus), "-o", str(out), "-q"]
+    code = "import sys; from moetools.cli.probe import command; command.main(args=sys.argv[1:])"
+    args = ["-c", code, "neurons", str(model), str(corpus), "-o", str(out), "-q"]
     if shuffled:
         args.append("--shuffle-labels")
-    start = time.perf_counter()
-    process = subprocess.Popen(args, cwd=ROOT)
-    _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage, not the training runs'
-    process.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - start
-    if process.returncode:
-        raise subprocess.CalledProcessError(process.returncode, args)
-    peak = usage.ru_maxrss  # KiB on Linux
+    done = measured_python(args, check=False)  # this process's own peak RSS (bench/_harness.py)
+    if done["returncode"]:
+        raise subprocess.CalledProcessError(done["returncode"], args, stderr=done["stderr"])
+    seconds, peak = done["wall_s"], done["peak_rss_mb"]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     end = rows[-1]
-    return rows[1:-1], end.get("summary", {}), seconds, peak / 1024
+    return rows[1:-1], end.get("summary", {}), seconds, peak
 
 
 def best_f1(records: list[dict]) -> dict:
@@ -106,11 +102,14 @@ def mean_curve(table: dict, concepts: list[str]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--train-docs", type=int, default=3000)
-    parser.add_argument("--probe-docs", type=int, default=400)
-    options = parser.parse_args()
+    made = parser(__doc__, "probe")  # --quick: 40 steps, 600 training and 80 probe documents
+    made.add_argument("--steps", type=int, default=None, help="150 (--quick: 40)")
+    made.add_argument("--train-docs", type=int, default=None, help="3000 (--quick: 600)")
+    made.add_argument("--probe-docs", type=int, default=None, help="400 (--quick: 80)")
+    options = made.parse_args()
+    options.steps = options.steps or (40 if options.quick else 150)
+    options.train_docs = options.train_docs or (600 if options.quick else 3000)
+    options.probe_docs = options.probe_docs or (80 if options.quick else 400)
     WORK.mkdir(parents=True, exist_ok=True)
     data = head(CORPUS / "train.jsonl", WORK / "train.jsonl", options.train_docs)
     probe_corpus = head(CORPUS / "test.jsonl", WORK / "probe.jsonl", options.probe_docs)
@@ -137,9 +136,8 @@ def main() -> None:
         f"{name}-{key}": mean_curve(results["models"][name][key]["best_test_f1"], shared)
         for name in ("moe", "dense") for key in ("real", "shuffled")}
     results["notes"] = NOTES
-    results["machine"] = {"python": platform.python_version(), "cpus": "2 shared cores", "steps": options.steps}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    results["steps"] = options.steps
+    write_result(options, results, quiet=True)
     print(json.dumps(results["mean_best_test_f1"], indent=2))
 
 

@@ -14,16 +14,12 @@ it was before verdicts) and with them.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _harness import measure, parser, write_result
 
 from moetools.report import build_report
 from moetools.streams import StreamWriter
@@ -158,13 +154,10 @@ def build_one(tmp: str, layers: int, experts: int, verdicts: bool) -> tuple[dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="only the small sizes")
-    parser.add_argument("-o", "--output", default=str(Path(__file__).parent / "results" / "report.json"))
-    args = parser.parse_args()
+    args = parser(__doc__, "report").parse_args()  # --quick: only the small sizes
     sizes = [(2, 64), (4, 1024)] + ([] if args.quick else [(4, 4096)])
     runs, added = [], []
-    with tempfile.TemporaryDirectory() as tmp:
+    with measure() as cost, tempfile.TemporaryDirectory() as tmp:
         for layers, experts in sizes:   # side by side: the same model without and with verdicts + a second label
             before, _ = build_one(tmp, layers, experts, verdicts=False)
             after, report = build_one(tmp, layers, experts, verdicts=True)
@@ -176,15 +169,12 @@ def main() -> None:
     if browser_seconds is not None:
         print(f"largest report ({runs[-1]['experts']} experts, with verdicts) opened and drew its first 50 cards in "
               f"{browser_seconds:.1f} s (headless Chromium)")
-    results = {"machine": {"cpu_count": os.cpu_count(), "load_average": os.getloadavg()}, "quick": args.quick,
-               "per_expert": "scores (6 domains x 10 metrics, skew, Pearson), a label, 4 top contexts + 2+2 holdout "
+    results = {"per_expert": "scores (6 domains x 10 metrics, skew, Pearson), a label, 4 top contexts + 2+2 holdout "
                              f"examples of {CONTEXT} tokens, 8 logit-lens tokens; with verdicts also judged "
                              "EMS/F1 with 10+10 verdicts over 2 repeats and a second (LLM) label",
                "runs": runs, "verdicts_side_by_side": added, "largest_opened_in_chromium_seconds": browser_seconds,
-               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.output}", file=sys.stderr)
+               "peak_rss_mb": cost["peak_rss_mb"], "whole_run": cost}
+    write_result(args, results)
 
 
 if __name__ == "__main__":

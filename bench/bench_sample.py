@@ -6,7 +6,7 @@ experts, top-4, d=256; ``bench/bench_trace.py``), measured in one run:
 - ``moe-sample`` wall time (the real CLI in a fresh process, default options,
   best of ``--repeats``) as a fraction of the wall time of the ``moe-trace`` CLI
   process that wrote the trace (target < 5 %);
-- peak RSS (``VmHWM`` of the moe-sample process) on the first ~100k tokens of
+- peak RSS (``VmHWM`` of the moe-sample process, ``bench/_harness.py``) on the first ~100k tokens of
   that trace vs. the whole ~1M-token trace (target: within 10 %).
 
 The trace comes from ``bench/bench_trace.py --write-trace`` (the real moe-trace CLI
@@ -24,19 +24,14 @@ moe-trace run took, so a rerun skips the (slow, CPU-only) tracing and says so
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _harness import measured_python, parser, write_result
 
 SHAPE = {"num_hidden_layers": 8, "num_experts": 32, "num_experts_per_tok": 4, "hidden_size": 256,
          "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 4,
@@ -45,28 +40,19 @@ MAX_LENGTH = 512
 
 
 def _measured(args: list[str], module: str, env: dict | None = None) -> dict:
-    """Run ``moetools.cli.<module>`` in a fresh process: wall seconds, its own CPU seconds and peak RSS."""
-    # peak RSS from /proc/self/status VmHWM (this process's own address space): ru_maxrss would carry over
-    # the RSS of the parent at fork (Linux keeps the high-water mark across exec)
-    code = (f"import resource, sys, json; from moetools.cli.{module} import command; "
-            "command.main(args=sys.argv[1:], standalone_mode=False); r = resource.getrusage(resource.RUSAGE_SELF); "
-            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
-            "print(json.dumps({'peak_rss_mb': int(hwm) / 1024, 'cpu_seconds': r.ru_utime + r.ru_stime}))")
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", code, *args], check=False, capture_output=True, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise RuntimeError(f"moetools.cli.{module} failed: {result.stderr.strip()[-800:]}")
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    report["seconds"] = seconds
-    return report
+    """Run ``moetools.cli.<module>`` in a fresh process (bench/_harness.py): seconds, CPU seconds, peak RSS."""
+    code = (f"import sys; from moetools.cli.{module} import command; "
+            "command.main(args=sys.argv[1:], standalone_mode=False)")
+    try:
+        report = measured_python(["-c", code, *args], env=env)
+    except RuntimeError as error:
+        raise RuntimeError(f"moetools.cli.{module} failed: {error}") from None
+    return {"peak_rss_mb": report["peak_rss_mb"], "cpu_seconds": report["cpu_s"], "seconds": report["wall_s"]}
 
 
 def run_trace(path: Path, tokens: int, model_dir: Path) -> dict:
     """The real moe-trace CLI on bench_trace.py's OLMoE-shaped model and synthetic domain corpus."""
     try:
-        sys.path.insert(0, str(ROOT / "bench"))
         import bench_trace
     except Exception as error:  # noqa: BLE001 - any failure means: use the fallback
         raise RuntimeError(f"bench/bench_trace.py cannot be used ({type(error).__name__}: {error})") from None
@@ -168,12 +154,10 @@ def get_trace(cache: Path, tokens: int, work: Path) -> tuple[Path, dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="100k tokens (10k for the small RSS run)")
-    parser.add_argument("--repeats", type=int, default=2, help="moe-sample runs on the large trace (best of)")
-    parser.add_argument("--trace-cache", help="directory keeping the trace and its moe-trace seconds between runs")
-    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "sample.json"))
-    args = parser.parse_args()
+    options = parser(__doc__, "sample")  # --quick: 100k tokens (10k for the small RSS run)
+    options.add_argument("--repeats", type=int, default=2, help="moe-sample runs on the large trace (best of)")
+    options.add_argument("--trace-cache", help="directory keeping the trace and its moe-trace seconds between runs")
+    args = options.parse_args()
     large_tokens, small_tokens = (100_000, 10_000) if args.quick else (1_000_000, 100_000)
 
     with tempfile.TemporaryDirectory(prefix="bench-sample-") as temporary:
@@ -191,8 +175,6 @@ def main() -> None:
     cpu_ratio = best["cpu_seconds"] / trace_info["cpu_seconds"] if trace_info.get("cpu_seconds") else None
     rss_ratio = max(run["peak_rss_mb"] for run in runs) / rss_small["peak_rss_mb"]
     results = {
-        "machine": {"cpu_count": os.cpu_count(), "load_average": os.getloadavg()},
-        "quick": args.quick,
         "trace": {"tokens": trace_info["tokens"], "seconds": trace_info["seconds"],
                   "cpu_seconds": trace_info.get("cpu_seconds"), "source": trace_info["source"],
                   "reused_from_cache": trace_info["trace_reused"], "model": SHAPE, "max_length": MAX_LENGTH},
@@ -205,8 +187,7 @@ def main() -> None:
                      "small_mb": rss_small["peak_rss_mb"], "large_mb": max(run["peak_rss_mb"] for run in runs),
                      "ratio_large_to_small": rss_ratio, "target_ratio": 1.10},
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    write_result(args, results, quiet=True)
     print(f"trace: {trace_info['tokens']} tokens, {trace_info['seconds']:.1f} s ({trace_info['source']}"
           f"{', reused' if trace_info['trace_reused'] else ''})")
     print(f"moe-sample: {best['seconds']:.2f} s = {100 * ratio:.2f}% of the trace wall time (target < 5%)"

@@ -4,7 +4,7 @@ its peak memory against trace length, side by side in one run.
 A trace of the OLMoE-shaped benchmark model (``bench_sample.SHAPE``: 8 MoE layers, 32 experts,
 top-4; windows of 512) with random routing over three domains and a toxicity field is written
 with the real StreamWriter (the dtypes and zstd level moe-trace writes). Then, each in a fresh
-process (``bench_sample._measured``: wall seconds, CPU seconds, peak RSS from VmHWM):
+process (``bench/_harness.py``: wall seconds, CPU seconds, peak RSS from VmHWM):
 
 - ``read``: a StreamReader over every record (what any consumer pays);
 - ``score``: the moe-score CLI with its defaults (every metric, 1000-shuffle permutation test)
@@ -27,19 +27,13 @@ k-means of ``--model`` at k=5000 on a random 50k x 256 unembedding (``kmeans``).
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
+from _harness import measured_python, parser, write_result
 from bench_sample import MAX_LENGTH, SHAPE, _measured, head_tokens
 
 DOMAINS = ("code", "legal", "medical")
@@ -118,19 +112,12 @@ def bare_forward_seconds(tokens: int, measure: int) -> dict:
 
 
 def _read(path: Path) -> dict:
-    import subprocess
-
-    code = ("import sys, json, resource; from moetools.streams.files import read_input\n"
-            "n = sum(1 for _ in read_input(sys.argv[1], kinds='trace'))\n"
-            "r = resource.getrusage(resource.RUSAGE_SELF)\n"
-            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
-            "print(json.dumps({'records': n, 'peak_rss_mb': int(hwm) / 1024, 'cpu_seconds': r.ru_utime + r.ru_stime}))")
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,
-                            cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    report["seconds"] = time.perf_counter() - start
-    return report
+    """Reading the trace alone, in a fresh process: records, seconds, CPU seconds, peak RSS."""
+    code = ("import sys, json; from moetools.streams.files import read_input\n"
+            "print(json.dumps({'records': sum(1 for _ in read_input(sys.argv[1], kinds='trace'))}))")
+    report = measured_python(["-c", code, str(path)], env={"PATH": "/usr/bin:/bin"})
+    return {**json.loads(report["stdout"].strip().splitlines()[-1]), "peak_rss_mb": report["peak_rss_mb"],
+            "cpu_seconds": report["cpu_s"], "seconds": report["wall_s"]}
 
 
 def best(runs: list[dict]) -> dict:
@@ -138,14 +125,12 @@ def best(runs: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", type=int, default=1_000_000)
-    parser.add_argument("--quick", action="store_true", help="100k tokens")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--trace", action="store_true", help="time the real moe-trace CLI (slow)")
-    parser.add_argument("--no-kmeans", action="store_true", help="skip timing the k=5000 k-means")
-    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "score.json"))
-    args = parser.parse_args(argv)
+    options = parser(__doc__, "score")  # --quick: 100k tokens
+    options.add_argument("--tokens", type=int, default=1_000_000)
+    options.add_argument("--repeats", type=int, default=2)
+    options.add_argument("--trace", action="store_true", help="time the real moe-trace CLI (slow)")
+    options.add_argument("--no-kmeans", action="store_true", help="skip timing the k=5000 k-means")
+    args = options.parse_args(argv)
     tokens = 100_000 if args.quick else args.tokens
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
@@ -175,7 +160,7 @@ def main(argv=None) -> int:
             proxy = bare_forward_seconds(tokens, min(tokens, 16_384))
             trace_seconds, trace_cpu = proxy["seconds"] * 1.027, proxy["cpu_seconds"] * 1.027
             source = proxy["source"] + " x 1.027 (moe-trace's overhead, bench/results/trace.json)"
-        kmeans = None if args.no_kmeans else kmeans_seconds()
+        kmeans = None if args.no_kmeans else kmeans_seconds(*((10_000, 256, 1000) if args.quick else ()))
     score = runs["score"]
     results = {
         "shape": SHAPE, "max_length": MAX_LENGTH, "tokens": info["tokens"], "documents": info["documents"],
@@ -199,8 +184,7 @@ def main(argv=None) -> int:
         "skew": {k: summary["skew"][k] for k in ("specialised_total", "expected_under_null_total",
                                                  "significant_total", "permutations")},
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    write_result(args, results)
     print(f"moe-score {results['score_tokens_per_s']:.0f} tok/s, {results['score_over_read_cpu']:.2f}x the CPU time of "
           f"reading alone, {100 * results['score_over_trace_cpu']:.2f} % of tracing's CPU time ({source}); peak RSS "
           f"{runs['score_small']['peak_rss_mb']:.0f} MB at {small_tokens} tokens vs {score['peak_rss_mb']:.0f} MB at "

@@ -24,17 +24,14 @@ copy's: the verdict line says so plainly either way.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _harness import ROOT as REPO
+from _harness import measured_python, parser, read_result, write_result
 
 from moetools.demo import balanced_slice
 from moetools.score.specialisation import (
@@ -43,8 +40,6 @@ from moetools.score.specialisation import (
     routing_from_stream,
     specialisation_report,
 )
-
-RESULTS = REPO / "bench" / "results" / "specialisation.json"
 
 
 def home() -> Path:
@@ -59,15 +54,14 @@ def find_models(root: Path) -> list[Path]:
 
 
 def trace(model_dir: Path, corpus: Path, out: Path, max_length: int, device: str = "cpu") -> float:
-    """Run moe-trace; returns its wall time."""
-    started = time.perf_counter()
-    command = [str(REPO / "bin" / "moe-trace"), str(model_dir), str(corpus), "--max-length", str(max_length),
-               "--device", device, "-o", str(out), "-q"]
-    done = subprocess.run(command, check=False, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"bench_specialisation: moe-trace failed on {model_dir} (exit {done.returncode}):\n"
-                         f"{done.stderr.strip()}")
-    return time.perf_counter() - started
+    """Run moe-trace in a fresh process (bench/_harness.py); returns its wall time."""
+    code = "import sys; from moetools.cli.trace import command; command.main(args=sys.argv[1:])"
+    done = measured_python(["-c", code, str(model_dir), str(corpus), "--max-length", str(max_length),
+                            "--device", device, "-o", str(out), "-q"], check=False)
+    if done["returncode"] != 0:
+        raise SystemExit(f"bench_specialisation: moe-trace failed on {model_dir} (exit {done['returncode']}):\n"
+                         f"{done['stderr'].strip()}")
+    return done["wall_s"]
 
 
 TRAINING_KEYS = ("arch", "steps", "steps_planned", "finished", "tokens", "elapsed_s", "device", "parameters",
@@ -115,23 +109,21 @@ def print_comparison(name: str, trained: dict, random: dict, comparison: dict) -
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", action="append", type=Path, default=[],
+    made = parser(__doc__, "specialisation")  # --quick: 3000 tokens per domain
+    made.add_argument("--model", action="append", type=Path, default=[],
                         help="trained model directory (repeatable; default: every model under $MOETOOLS_HOME/models)")
-    parser.add_argument("--corpus", type=Path, default=None,
+    made.add_argument("--corpus", type=Path, default=None,
                         help="validation split (default: $MOETOOLS_HOME/corpus/validation.jsonl)")
-    parser.add_argument("--traces", nargs=3, action="append", default=[], metavar=("NAME", "TRAINED", "RANDOM"),
+    made.add_argument("--traces", nargs=3, action="append", default=[], metavar=("NAME", "TRAINED", "RANDOM"),
                         help="use two existing trace streams instead of tracing (repeatable)")
-    parser.add_argument("--tokens-per-domain", type=int, default=20000,
+    made.add_argument("--tokens-per-domain", type=int, default=20000,
                         help="validation tokens per domain to trace (corpus regex tokens)")
-    parser.add_argument("--max-length", type=int, default=256, help="tokens per traced window")
-    parser.add_argument("--top-k", type=int, default=None, help="k of the top-expert share (default: model top-k)")
-    parser.add_argument("--ratio", type=float, default=2.0, help="skew criterion (paper 004: 2)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random-init copies")
-    parser.add_argument("--device", default="cpu", help="moe-trace --device (cpu, cuda)")
-    parser.add_argument("--quick", action="store_true", help="3000 tokens per domain")
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    made.add_argument("--max-length", type=int, default=256, help="tokens per traced window")
+    made.add_argument("--top-k", type=int, default=None, help="k of the top-expert share (default: model top-k)")
+    made.add_argument("--ratio", type=float, default=2.0, help="skew criterion (paper 004: 2)")
+    made.add_argument("--seed", type=int, default=0, help="seed of the random-init copies")
+    made.add_argument("--device", default="cpu", help="moe-trace --device (cpu, cuda)")
+    args = made.parse_args(argv)
     per_domain = 3000 if args.quick else args.tokens_per_domain
 
     pairs: list[tuple[str, Path, Path]] = [(name, Path(a), Path(b)) for name, a, b in args.traces]
@@ -177,13 +169,10 @@ def main(argv=None) -> int:
                       f"finished as planned: {training.get('finished')})")
             results["models"][name] = {"comparison": comparison, "training": training, "trained": trained,
                                        "random": random}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    if args.output.is_file():  # keep bench_monet_specialisation.py's sweep, written to the same file
-        previous = json.loads(args.output.read_text()).get("monet_configurations")
-        if previous:
-            results["monet_configurations"] = previous
-    args.output.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"\nwrote {args.output}")
+    previous = read_result(args.output).get("monet_configurations")  # bench_monet_specialisation.py's sweep
+    if previous:
+        results["monet_configurations"] = previous
+    write_result(args, results)
     return 0
 
 

@@ -10,7 +10,7 @@ moe-trace writes them (formats/trace.md). Compared in the same run:
 * ``jsonl``          the same records as JSON lines (arrays as nested lists)
 
 Every variant is written and read in its own child process so that peak RSS
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is that variant's alone.
+(``VmHWM``, ``bench/_harness.py``) is that variant's alone.
 Throughput is MB/s of raw payload (10^6 bytes), counting only the stream
 library's time (generating the random data is excluded). ``*_mb_s`` divides by
 the CPU time of the process (``time.process_time``): MB/s on one core, which a
@@ -26,16 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
-import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _harness import measured_python, parser, write_result
 
 LAYERS, TOP_K, NUM_EXPERTS, TOKENS_PER_RECORD = 16, 8, 64, 256
 PAYLOAD_PER_TOKEN = LAYERS * TOP_K * (2 + 2 + 2)
@@ -94,10 +88,10 @@ def child_read(path: str) -> dict:
 
 
 def run_child(*args: str) -> dict:
-    result = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"child {args} failed:\n{result.stderr}")
-    return json.loads(result.stdout)
+    result = measured_python([__file__, "--child", *args], check=False)
+    if result["returncode"] != 0:
+        raise SystemExit(f"child {args} failed:\n{result['stderr']}")
+    return {**json.loads(result["stdout"].strip().splitlines()[-1]), "peak_rss_mb": result["peak_rss_mb"]}
 
 
 def measure(variant: str, tokens: int, workdir: str, level: int | None = None) -> dict:
@@ -122,12 +116,10 @@ def measure(variant: str, tokens: int, workdir: str, level: int | None = None) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="100k tokens instead of 1M")
-    parser.add_argument("--tokens", type=int, help="override the token count")
-    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "streams.json"))
-    args = parser.parse_args()
+    options = parser(__doc__, "streams")  # --quick: 100k tokens instead of 1M
+    options.add_argument("--tokens", type=int, help="override the token count")
+    options.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = options.parse_args()
     if args.child:
         kind, *rest = args.child
         if kind == "write":
@@ -135,9 +127,7 @@ def main() -> None:
             result = child_write(path, encoding, compress == "1", int(tokens), int(level) or None)
         else:
             result = child_read(rest[0])
-        # ru_maxrss is KiB on Linux
-        result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        print(json.dumps(result))
+        print(json.dumps(result))  # the parent adds this process's peak RSS
         return
 
     tokens = args.tokens or (100_000 if args.quick else 1_000_000)
@@ -169,14 +159,12 @@ def main() -> None:
     }
     targets = {"write_mb_s_over_200": default["write_mb_s"] > 200, "read_mb_s_over_200": default["read_mb_s"] > 200,
                "peak_rss_under_200_mb": max(default["write_peak_rss_mb"], default["read_peak_rss_mb"]) < 200}
-    report = {"benchmark": "streams", "tokens": tokens, "load_average": os.getloadavg(),
-              "cpu_count": os.cpu_count(), "speed_is": "MB/s of raw payload per CPU-second of one core", "payload_bytes_per_token": PAYLOAD_PER_TOKEN,
-              "tokens_per_record": TOKENS_PER_RECORD, "machine": platform.platform(),
-              "python": platform.python_version(), "results": rows, "zstd_level3": level3, "tenth_length": short,
+    report = {"benchmark": "streams", "tokens": tokens, "load_average_at_end": os.getloadavg(),
+              "speed_is": "MB/s of raw payload per CPU-second of one core", "payload_bytes_per_token": PAYLOAD_PER_TOKEN,
+              "tokens_per_record": TOKENS_PER_RECORD, "results": rows, "zstd_level3": level3, "tenth_length": short,
               "ratios": ratios, "targets_met": targets}
     print(json.dumps({"ratios": ratios, "targets_met": targets}, indent=2))
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args, report)
 
 
 if __name__ == "__main__":

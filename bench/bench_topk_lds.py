@@ -16,6 +16,10 @@ The labels come from the offline explainer and the verdicts from the embedding s
 paper 000's GPT-4o-mini scorer.
 
     .venv/bin/python bench/bench_topk_lds.py [--ks 1,2,4] [--max-minutes 8] [--max-length 128] [--holdout 10]
+    .venv/bin/python bench/bench_topk_lds.py --quick   # k = 1, 2; at most 60 steps / 2 minutes of training
+
+It needs the project corpus (``moetools corpus build``, in ``$MOETOOLS_HOME/corpus``) and the embedding
+scorer's model.
 
 Steps whose output exists are reused (a rerun with another ``--holdout`` traces nothing again); the
 results file keeps one entry per held-out design under ``designs``.
@@ -23,7 +27,6 @@ results file keeps one entry per held-out design under ``designs``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -33,8 +36,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results" / "topk_lds.json"
+from _harness import ROOT, measure, parser, read_result, write_result
+
 HOME = Path(os.environ.get("MOETOOLS_HOME") or ROOT / ".moetools")
 WORK = HOME / "bench_topk_lds"
 # the demo's "moe" recipe (moetools/demo.py DEFAULT_RECIPES) made smaller so a few hundred steps fit here
@@ -145,28 +148,32 @@ def training_summary(model: Path, metadata: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ks", default="1,2,4")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--max-minutes", type=float, default=8.0)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--holdout", type=int, default=10,
-                        help="held-out positives and negatives per expert (paper 002: 10 + 10)")
-    args = parser.parse_args()
+    options = parser(__doc__, "topk_lds")  # --quick: k = 1, 2; at most 60 steps / 2 minutes of training
+    options.add_argument("--ks", default=None, help="1,2,4 (--quick: 1,2)")
+    options.add_argument("--steps", type=int, default=None, help="300 (--quick: 60)")
+    options.add_argument("--max-minutes", type=float, default=None, help="8 (--quick: 2)")
+    options.add_argument("--max-length", type=int, default=128)
+    options.add_argument("--holdout", type=int, default=10,
+                         help="held-out positives and negatives per expert (paper 002: 10 + 10)")
+    args = options.parse_args()
+    args.ks = args.ks or ("1,2" if args.quick else "1,2,4")
+    args.steps = args.steps or (60 if args.quick else 300)
+    args.max_minutes = args.max_minutes or (2.0 if args.quick else 8.0)
     WORK.mkdir(parents=True, exist_ok=True)
     model = ensure_model(args.steps, args.max_minutes)
     corpus = HOME / "corpus" / "validation.jsonl"
     metadata = json.loads((model / "training_metadata.json").read_text())
     config = json.loads((model / "config.json").read_text())
-    runs = [run_k(model, corpus, int(k), args.max_length, args.holdout) for k in args.ks.split(",")]
+    with measure() as cost:
+        runs = [run_k(model, corpus, int(k), args.max_length, args.holdout) for k in args.ks.split(",")]
     table = {str(run["k"]): {str(layer["layer"]): {"lds": layer["lds"], "lds_shuffled": layer["lds_shuffled"]}
                              for layer in run["layers"]} for run in runs}
     mean_lds = {str(run["k"]): statistics.fmean([layer["lds"] for layer in run["layers"]]) for run in runs}
     mean_shuffled = {str(run["k"]): statistics.fmean([layer["lds_shuffled"] for layer in run["layers"]])
                      for run in runs}
     design = {"lds_by_k_and_layer": table, "mean_lds_by_k": mean_lds, "mean_lds_shuffled_by_k": mean_shuffled,
-              "runs": runs}
-    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+              "runs": runs, "pipelines": cost}
+    previous = read_result(args.output)
     designs = previous.get("designs", {}) if previous.get("model", {}).get("path") == str(model) else {}
     designs[f"{args.holdout}+{args.holdout}"] = design  # one entry per held-out design, kept across runs
     result = {
@@ -189,7 +196,7 @@ def main() -> None:
             "both the forward and which tokens count as positives (an expert fires on ~k/8 of the tokens)"),
         ],
     }
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args, result, quiet=True)
     print(json.dumps({"mean_lds_by_k": mean_lds, "mean_lds_shuffled_by_k": mean_shuffled, "table": table}, indent=2))
 
 

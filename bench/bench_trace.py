@@ -21,20 +21,15 @@ benchmarks (moe-sample) to reuse. Results: bench/results/trace.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _harness import measured_python, parser, write_result
 
 DOMAINS = ("code", "legal", "medical", "math", "general")
 WORDS_PER_DOMAIN = 800
@@ -182,34 +177,27 @@ def throughput(model_dir: Path, corpus: Path, work: Path, repeats: int, max_leng
 
 
 def peak_rss(model_dir: Path, corpus: Path, output: Path, max_length: int) -> dict:
-    """Run the real CLI in a fresh process; its own peak RSS (ru_maxrss of that process)."""
-    code = ("import resource, sys, json; from moetools.cli.trace import command; "
-            "command.main(args=sys.argv[1:], standalone_mode=False); "
-            "print(json.dumps({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))")
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", code, str(model_dir), str(corpus), "-q", "--max-length",
-                             str(max_length), "-o", str(output)], capture_output=True, text=True, cwd=ROOT, check=False,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    if result.returncode != 0:
-        raise SystemExit(f"moe-trace failed: {result.stderr}")
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    report["seconds"] = time.perf_counter() - start
-    report["bytes"] = output.stat().st_size
-    return report
+    """Run the real CLI in a fresh process (bench/_harness.py): its own peak RSS (VmHWM), seconds, CPU seconds."""
+    code = ("import sys; from moetools.cli.trace import command; "
+            "command.main(args=sys.argv[1:], standalone_mode=False)")
+    result = measured_python(["-c", code, str(model_dir), str(corpus), "-q", "--max-length", str(max_length), "-o",
+                              str(output)], check=False)
+    if result["returncode"] != 0:
+        raise SystemExit(f"moe-trace failed: {result['stderr']}")
+    return {"peak_rss_mb": result["peak_rss_mb"], "seconds": result["wall_s"], "cpu_seconds": result["cpu_s"],
+            "bytes": output.stat().st_size}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="5k vs 100k tokens instead of 20k vs 1M")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
-    parser.add_argument("--write-trace", metavar="PATH", help="only write a trace of --tokens tokens to PATH")
-    parser.add_argument("--tokens", type=int, default=1_000_000, help="corpus size for --write-trace")
-    parser.add_argument("--keep-large", metavar="PATH", help="keep the large run's trace at PATH (for moe-sample)")
-    parser.add_argument("--model-dir", help="where to keep the benchmark model (default: a temporary directory)")
-    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "trace.json"))
-    args = parser.parse_args()
+    options = parser(__doc__, "trace")  # --quick: 5k vs 100k tokens instead of 20k vs 1M
+    options.add_argument("--repeats", type=int, default=3)
+    options.add_argument("--max-length", type=int, default=512)
+    options.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    options.add_argument("--write-trace", metavar="PATH", help="only write a trace of --tokens tokens to PATH")
+    options.add_argument("--tokens", type=int, default=1_000_000, help="corpus size for --write-trace")
+    options.add_argument("--keep-large", metavar="PATH", help="keep the large run's trace at PATH (for moe-sample)")
+    options.add_argument("--model-dir", help="where to keep the benchmark model (default: a temporary directory)")
+    args = options.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
@@ -236,16 +224,14 @@ def main() -> None:
         rss_large = peak_rss(model_dir, large, Path(args.keep_large) if args.keep_large else work / "large.msgpack.zst",
                              args.max_length)
     results = {
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": args.threads, "torch": torch.__version__},
-        "model": SHAPE, "quick": args.quick,
+        "torch_threads": args.threads, "model": SHAPE,
         "throughput": speed,
         "peak_rss": {"small_tokens": small_tokens, "large_tokens": large_tokens, "small": rss_small,
                      "large": rss_large, "ratio_large_to_small": rss_large["peak_rss_mb"] / rss_small["peak_rss_mb"]},
         "bytes_per_token_layer_expert_large": rss_large["bytes"] / (large_tokens * SHAPE["num_hidden_layers"]
                                                                    * SHAPE["num_experts_per_tok"]),
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    write_result(args, results, quiet=True)
     t = speed
     print(f"moe-trace {t['tokens_per_s']['trace']:.0f} tok/s, bare forward {t['tokens_per_s']['bare_keep1']:.0f} tok/s "
           f"(overhead {100 * t['trace_overhead_vs_bare_keep1']:+.1f}%), bare model(input_ids) "

@@ -11,48 +11,36 @@ optimizer state dominate, as in the paper's setting (a 16B model), not activatio
 
 Figures per mode: trainable parameters, optimizer state bytes (AdamW ``exp_avg`` + ``exp_avg_sq``),
 step time (median of the steps after the first), and the memory to train: the process's peak RSS
-is reset (``/proc/self/clear_refs`` = 5) once the model is loaded, so imports and the transient of
+(``VmHWM``, ``bench/_harness.py``) is reset once the model is loaded, so imports and the transient of
 ``from_pretrained`` do not count; ``train_peak_mb`` = the model's weights + (peak RSS during the
 run - RSS after loading): weights, gradients, optimizer state, activations (the ratios use it).
 Ratios experts/full and lora-experts/lora come from the same run.
 
     .venv/bin/python bench/bench_tune.py            # -> bench/results/tune.json
+    .venv/bin/python bench/bench_tune.py --quick    # d=128, I=256, 2 layers
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
-import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _harness import measured_python, parser, peak_rss_mb, reset_peak_rss, rss_mb, write_result
 
 MODES = ("full", "experts", "attention-router", "lora", "lora-experts")
 EXPERTS, SELECTED = 64, 16
-
-
-def rss_mb(field: str) -> float:
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def build(directory: Path, layers: int, hidden: int, intermediate: int) -> None:
     import torch
     import transformers
 
-    from tests.tiny_models import save_word_tokenizer
+    from moetools.testing.tiny_models import save_word_tokenizer
 
     words = [f"w{i}" for i in range(500)]
     config = transformers.OlmoeConfig(vocab_size=512, hidden_size=hidden, intermediate_size=intermediate,
@@ -77,15 +65,14 @@ def one(mode: str, directory: Path, steps: int) -> dict:
     torch.set_num_threads(1)
     from moetools.tune.loop import TuneOptions, Tuner
 
-    baseline = rss_mb("VmRSS")
+    baseline = rss_mb()
     options = TuneOptions(model=str(directory / "model"), data=str(directory / "data.jsonl"),
                           output=str(directory / f"out-{mode}"), mode=mode, experts=str(directory / "experts.json"),
                           steps=steps, batch_size=4, seq_len=64, lr=1e-4, eval_every=10_000,
                           checkpoint_every=10_000)
     tuner = Tuner(options)
-    loaded = rss_mb("VmRSS")
-    with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-        handle.write("5")  # reset the peak RSS: from here on VmHWM is the training's peak
+    loaded = rss_mb()
+    reset_peak_rss()  # from here on the peak is the training's
     summary = tuner.run()
     records = [json.loads(line) for line in (directory / f"out-{mode}" / "tune_log.jsonl").read_text().splitlines()]
     times = [r["elapsed_s"] for r in records if r["type"] == "train"]
@@ -97,21 +84,19 @@ def one(mode: str, directory: Path, steps: int) -> dict:
     weights = sum(p.numel() * p.element_size() for n, p in tuner.model.named_parameters() if "lora_" not in n)
     return {"mode": mode, "trainable_parameters": summary["trainable_parameters"], "model_parameters": total,
             "optimizer_state_bytes": optimizer_bytes, "step_s_median": statistics.median(step_times),
-            "peak_rss_mb": round(rss_mb("VmHWM"), 1), "rss_after_imports_mb": round(baseline, 1),
+            "peak_rss_mb": peak_rss_mb(), "rss_after_imports_mb": round(baseline, 1),
             "rss_after_load_mb": round(loaded, 1),
             "weights_mb": round(weights / 2**20, 1),
-            "train_peak_mb": round(weights / 2**20 + rss_mb("VmHWM") - loaded, 1),
+            "train_peak_mb": round(weights / 2**20 + peak_rss_mb() - loaded, 1),
             "adapter_bytes": sum(f.stat().st_size for f in (directory / f"out-{mode}").glob("*.safetensors"))}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--one")
-    parser.add_argument("--dir")
-    parser.add_argument("-o", "--output", default=str(ROOT / "bench" / "results" / "tune.json"))
-    args = parser.parse_args()
+    options = parser(__doc__, "tune")
+    options.add_argument("--steps", type=int, default=6)
+    options.add_argument("--one")
+    options.add_argument("--dir")
+    args = options.parse_args()
     if args.one:
         print(json.dumps(one(args.one, Path(args.dir), args.steps)))
         return
@@ -121,10 +106,10 @@ def main() -> None:
         build(directory, layers, hidden, intermediate)
         results = {}
         for mode in MODES:
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            done = subprocess.run([sys.executable, __file__, "--one", mode, "--dir", str(directory), "--steps",
-                                   str(args.steps)], check=True, capture_output=True, text=True, env=env)
-            results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+            done = measured_python([__file__, "--one", mode, "--dir", str(directory), "--steps", str(args.steps)],
+                                   env={"OMP_NUM_THREADS": "1"})
+            results[mode] = {**json.loads(done["stdout"].strip().splitlines()[-1]),
+                             "process": {key: done[key] for key in ("wall_s", "cpu_s", "peak_rss_mb")}}
             print(mode, results[mode], file=sys.stderr)
     full, experts, lora, lora_experts = (results[m] for m in ("full", "experts", "lora", "lora-experts"))
     report = {
@@ -132,7 +117,7 @@ def main() -> None:
         "model": {"family": "olmoe", "layers": layers, "hidden_size": hidden, "expert_intermediate": intermediate,
                   "experts": EXPERTS, "top_k": 8, "selected_per_layer": SELECTED, "vocab": 512},
         "batch": {"sequences": 4, "seq_len": 64, "steps": args.steps, "threads": 1},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": "cpu"},
+        "device": "cpu",
         "modes": results,
         "ratios": {
             "experts_over_full_train_peak": round(experts["train_peak_mb"] / full["train_peak_mb"], 3),
@@ -146,7 +131,7 @@ def main() -> None:
                 "weights, gradients, optimizer state, activations; each mode in its own process; CPU, one thread, on a "
                 "shared 2-core machine (step times are noisy).",
     }
-    Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
+    write_result(args, report, quiet=True)
     print(json.dumps(report["ratios"], indent=1))
 
 

@@ -12,16 +12,17 @@ routing probability on medical text: the "direct routing score" of 003 Table 5, 
 000 eq. 6), random-m (seeded). EDMRS needs LLM labels (moe-explain + moe-score) and is not run here.
 
 Figures: validation loss per domain (the corpus's validation split) of the base and of every
-tuned model, the change against the base, trainable parameters, wall time, peak RSS growth;
+tuned model, the change against the base, trainable parameters, wall time, CPU time, peak RSS
+(``VmHWM`` of the run's own process, ``bench/_harness.py``);
 RC (003 eq. 4-5) of the attention+router model and of the experts-only model against the base,
 on medical validation text.
 
     .venv/bin/python bench/bench_tuning.py          # -> bench/results/tuning.json
+    .venv/bin/python bench/bench_tuning.py --quick  # base 30 steps, 6 tuning steps, full / experts-das / random
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import subprocess
@@ -30,8 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _harness import ROOT, measured_python, parser, write_result
 
 EXPERTS, TOP_K, CHOSEN = 32, 4, 8
 
@@ -100,13 +100,11 @@ def run_mode(name: str, base: Path, files: dict, out: Path, steps: int, seq_len:
             "batch_size": 8, "seq_len": seq_len, "lr": 1e-3, "eval_every": 100_000, "checkpoint_every": 100_000,
             "eval": [str(files[d]) for d in ("code", "general", "legal", "medical", "offensive")],
             "eval_batches": 64, **extra}
-    script = ("import json,sys,resource; from moetools.tune.loop import TuneOptions, Tuner; "
-              "t = Tuner(TuneOptions(**json.loads(sys.argv[1]))); s = t.run(); "
-              "s['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(s))")
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(args)], check=True, capture_output=True, text=True)
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
-    summary["wall_s"] = round(time.monotonic() - started, 1)
+    script = ("import json,sys; from moetools.tune.loop import TuneOptions, Tuner; "
+              "t = Tuner(TuneOptions(**json.loads(sys.argv[1]))); print(json.dumps(t.run()))")
+    done = measured_python(["-c", script, json.dumps(args)])
+    summary = json.loads(done["stdout"].strip().splitlines()[-1])
+    summary.update(wall_s=round(done["wall_s"], 1), cpu_s=round(done["cpu_s"], 1), peak_rss_mb=done["peak_rss_mb"])
     return summary
 
 
@@ -132,16 +130,20 @@ def routing_on(model_dir_or_tuned, files: dict, seq_len: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default=str(ROOT / ".moetools" / "corpus"))
-    parser.add_argument("--base-steps", type=int, default=150)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--d-model", type=int, default=64)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--modes", default="full,experts-das,experts-routing,experts-random,das-two-stage,"
-                                            "attention-router,lora,lora-experts-das")
-    parser.add_argument("-o", "--output", default=str(ROOT / "bench" / "results" / "tuning.json"))
-    args = parser.parse_args()
+    options = parser(__doc__, "tuning")  # --quick: base 30 steps, 6 tuning steps, three modes
+    options.add_argument("--corpus", default=str(ROOT / ".moetools" / "corpus"))
+    options.add_argument("--base-steps", type=int, default=None, help="150 (--quick: 30)")
+    options.add_argument("--steps", type=int, default=None, help="30 (--quick: 6)")
+    options.add_argument("--d-model", type=int, default=64)
+    options.add_argument("--seq-len", type=int, default=64)
+    options.add_argument("--modes", default=None, help="comma-separated (default: all; --quick: full,experts-das,"
+                                                       "experts-random)")
+    args = options.parse_args()
+    args.base_steps = args.base_steps or (30 if args.quick else 150)
+    args.steps = args.steps or (6 if args.quick else 30)
+    args.modes = args.modes or ("full,experts-das,experts-random" if args.quick else
+                                "full,experts-das,experts-routing,experts-random,das-two-stage,attention-router,lora,"
+                                "lora-experts-das")
     from moetools.tune import das as das_lib
     from moetools.tune import merge
 
@@ -191,6 +193,7 @@ def main() -> None:
                        "mean_other_change": round(sum(v - reference["eval_loss_by_domain"][d] for d, v in losses.items()
                                                       if d != "medical") / (len(losses) - 1), 4),
                        "trainable_parameters": summary["trainable_parameters"], "wall_s": summary["wall_s"],
+                       "cpu_s": summary["cpu_s"],
                        "peak_rss_mb": round(summary["peak_rss_mb"], 1), "cdas": summary.get("cdas")}
     report = {"bench": "tuning", "issue": 14,
               "base": {"arch": "OLMoE (monet-train --arch moe)", "experts": EXPERTS, "top_k": TOP_K,
@@ -201,7 +204,7 @@ def main() -> None:
                          "cdas_at_8_base": round(chosen["cdas_base"], 4)},
               "results": table, "routing_consistency": {k: float(f"{v:.3e}") for k, v in rc.items()},
               "not_run": "EDMRS-top-m (needs LLM labels of every expert: moe-explain + moe-score)"}
-    Path(args.output).write_text(json.dumps(report, indent=1) + "\n")
+    write_result(args, report, quiet=True)
     print(json.dumps({k: (v["medical_change"], v["mean_other_change"]) for k, v in table.items()}, indent=1))
 
 

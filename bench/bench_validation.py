@@ -1,7 +1,7 @@
 """What checking every field costs (issue 10, item 2): reading a trace with and without the schema.
 
 A synthetic trace of the OLMoE shape the other benches use (8 MoE layers, 32 experts,
-top-4, windows of 512 tokens; ``tests/trace_factory.py``, |u1 ids, <f2 values as
+top-4, windows of 512 tokens; ``moetools.testing.trace_factory``, |u1 ids, <f2 values as
 moe-trace writes them) is read side by side, in one run and the same process:
 
 - ``StreamReader(validate=False)``: framing, arrays decoded (what moe-cat copies with);
@@ -18,23 +18,17 @@ Best of ``--repeats`` for each; the JSON holds seconds, tokens/s and the ratios.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import os
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from _harness import measure, parser, write_result
 
 LAYERS, EXPERTS, TOP_K, WINDOW = tuple(range(8)), 32, 4, 512
 
 
 def make_trace(tokens: int) -> bytes:
-    from trace_factory import make_records, write_trace
+    from moetools.testing.trace_factory import make_records, write_trace
 
     documents = max(1, tokens // WINDOW)
     records = make_records(documents=documents, tokens=WINDOW, max_length=WINDOW, layers=LAYERS,
@@ -52,11 +46,9 @@ def best(function, repeats: int) -> float:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "validation.json"))
-    args = parser.parse_args(argv)
+    options = parser(__doc__, "validation")
+    options.add_argument("--repeats", type=int, default=3)
+    args = options.parse_args(argv)
 
     from moetools.sample import SampleOptions, sample_trace
     from moetools.streams import StreamReader
@@ -71,13 +63,12 @@ def main(argv=None) -> None:
     def sample():
         sample_trace(StreamReader(io.BytesIO(data), kinds="trace", validate=True), SampleOptions())
 
-    plain = best(lambda: read(False), args.repeats)
-    checked = best(lambda: read(True), args.repeats)
-    sampled = best(sample, max(1, args.repeats - 1))
+    with measure() as cost:
+        plain = best(lambda: read(False), args.repeats)
+        checked = best(lambda: read(True), args.repeats)
+        sampled = best(sample, max(1, args.repeats - 1))
     real_tokens = (tokens // WINDOW) * WINDOW
     result = {
-        "machine": {"cpu_count": os.cpu_count(), "load_average": list(os.getloadavg())},
-        "quick": args.quick,
         "trace": {"tokens": real_tokens, "bytes": len(data), "layers": len(LAYERS), "num_experts": EXPERTS,
                   "top_k": TOP_K, "window": WINDOW, "encoding": "msgpack+zstd level 1, |u1 ids, <f2 values"},
         "read_seconds": round(plain, 4),
@@ -87,9 +78,9 @@ def main(argv=None) -> None:
         "validation_tokens_per_second": round(real_tokens / max(checked - plain, 1e-9)),
         "moe_sample_seconds": round(sampled, 4),
         "validation_share_of_moe_sample": round((checked - plain) / sampled, 4),
+        "whole_run": cost,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_result(args, result)
     print(json.dumps(result, indent=2))
 
 

@@ -84,8 +84,9 @@ DEFAULT_RECIPES = (
     # as the paper-style 64^2 x 8, cut into fewer, larger experts so that ~4k tokens per domain give
     # most of them enough tokens to explain (166 of 256 routed >= 40 times, against 340 of 4,096) and
     # its domain skew is significant beyond random init (bench/bench_monet_specialisation.py,
-    # bench/results/specialisation.json). Its 4 layers share one routing (moe_groups = 4): sample one
-    # layer, only experts that fire often enough to explain; each domain's set is 4 of 256 per layer.
+    # bench/results/specialisation.json). Its 4 layers share one router (moe_groups = 4): moe-score and
+    # moe-select count that router once (records at layer 0), moe-mask applies a set to all 4 layers;
+    # sample one layer, only experts that fire often enough to explain; each domain's set is 4 of 256.
     Recipe("monet-vd", "monet-vd", ["--lr", "1e-3", "--moe-experts", "16", "--moe-dim", "32"],
            ["--layers", "0", "--min-count", "40"], select_top=4, model_config={"moe_experts": 16, "moe_dim": 32}),
 )
@@ -153,7 +154,8 @@ def ensure_model(recipe: Recipe, corpus: Path, root: Path, steps: int, max_minut
     if model_is_complete(directory):
         log(f"model {recipe.name}: {directory} (cached)")
         return directory
-    resume = " --resume" if (directory / "checkpoint").is_dir() else ""
+    # a killed run resumes; one killed before its first checkpoint starts over
+    resume = " --resume" if (directory / "checkpoint").is_dir() else " --force" if directory.is_dir() else ""
     args = " ".join(shlex.quote(arg) for arg in recipe.train_args)
     run_shell(f"monet-train --arch {recipe.arch} --data {shlex.quote(str(corpus / 'train.jsonl'))} "
               f"-o {shlex.quote(str(directory))} --steps {steps} --max-minutes {max_minutes:g} "
@@ -233,6 +235,7 @@ def summarise(recipe: Recipe, model: Path, paths: dict[str, Path], examples: int
     SmolLM2's sentence when it wrote one, else the offline label, each line saying which.
     """
     from .explain.prompts import mark_context
+    from .models.shared_routers import describe, shared_routers
     from .score.specialisation import routing_from_stream, specialisation_report
 
     lines = [f"== {recipe.name} ({recipe.arch}) — {model}"]
@@ -269,6 +272,11 @@ def summarise(recipe: Recipe, model: Path, paths: dict[str, Path], examples: int
     lines.append(f"experts >= 2x the runner-up domain (paper 004 §5.1): {skew['total']} of {skew['experts']} "
                  f"[random-init {random_skew['total']}]; gap own - elsewhere {share['mean_gap']:.4f} "
                  f"[{random_share['mean_gap']:.4f}] (raw counts; chance is tested below)")
+    shared = shared_routers(header.get("model"))
+    if shared:
+        lines.append(f"{describe(shared)}: their routing is one sample, so every routing figure counts each "
+                     f"router's {report['experts_per_layer']} experts once ({report['layers']} router(s), "
+                     f"not {len(header.get('layers') or [])} layers)")
 
     domains, probability, ratio = domain_skew(paths["trace"])  # (D, L, E) and (L, E)
     labels = read_labels(paths["labels"])

@@ -19,6 +19,8 @@ import json
 import shutil
 from pathlib import Path
 
+from .streams import strict_json
+
 #: files below this many bytes are fingerprinted by content
 HASHED_BELOW = 4 << 20
 
@@ -69,7 +71,7 @@ def forget(outputs: list[Path]) -> None:
 
 def remember(line: str, inputs: list[Path], outputs: list[Path]) -> None:
     """Write the stamp after the step succeeded."""
-    stamp_path(outputs).write_text(json.dumps(_stamp(line, inputs), indent=1) + "\n")
+    stamp_path(outputs).write_text(strict_json.dumps(_stamp(line, inputs), indent=1) + "\n")
 
 
 def run_cached(line: str, log, run, *, inputs: list[Path], outputs: list[Path], skipped: str | None = None) -> bool:

@@ -35,7 +35,8 @@ from .demo_smollm2 import SHOWN_PER_MODEL, label_and_judge_shown
 from .errors import MoetoolsError
 
 #: domain-label shuffles of the skew permutation test (moe-score's default; ~1 s on the demo MONET's
-#: 4 x 256 experts): with B shuffles p ≥ 1/(B+1), so BH over a thousand experts needs B in the thousands
+#: 256 experts, one router for its 4 layers): with B shuffles p ≥ 1/(B+1), so BH over hundreds of
+#: experts needs B in the thousands
 DEMO_PERMUTATIONS = 1000
 #: the demo models' training sequence length
 EVAL_MAX_LENGTH = 256
@@ -204,7 +205,8 @@ def skew_test_summary(path: Path) -> dict | None:
     skew = ((reader.ends[-1] if reader.ends else {}).get("summary") or {}).get("skew")
     if not skew or "significant_total" not in skew:
         return None
-    return {**skew, "layers": len(reader.header.get("layers") or []), "num_experts": reader.header.get("num_experts")}
+    return {**skew, "layers": len(reader.header.get("layers") or []), "num_experts": reader.header.get("num_experts"),
+            "shared_routers": reader.header.get("shared_routers") or []}
 
 
 def skew_significance_lines(scores: Path, random_scores: Path) -> list[str]:
@@ -222,6 +224,11 @@ def skew_significance_lines(scores: Path, random_scores: Path) -> list[str]:
                 f"(chance {skew['expected_under_null_total']:.0f})")
 
     experts = f"{trained['layers']} layers x {trained['num_experts']} experts"
+    if trained.get("shared_routers"):   # moe-score scored one row per router (formats/scores.md)
+        from .models.shared_routers import describe
+
+        experts = (f"{trained['layers']} router{'s' if trained['layers'] != 1 else ''} x {trained['num_experts']} "
+                   f"experts ({describe(trained['shared_routers'])}: each router counted once)")
     line = (f"domain skew, permutation test ({trained['permutations']} shuffles of the documents' domains, "
             f"BH q < {trained['q_threshold']}), over {experts}: trained {figures(trained)}")
     if random is None:

@@ -9,7 +9,8 @@ code  meaning
 0     success
 1     runtime failure (``MoetoolsError``, I/O errors, anything unexpected)
 2     usage error or invalid input (``UsageError``, ``FormatError`` and subclasses)
-3     truncated input: a stream ended before its end record (``TruncatedStreamError``)
+3     truncated or empty input: a stream ended before its end record (``TruncatedStreamError``),
+      or a corpus with no bytes or only empty documents (``EmptyInputError``)
 141   stdout closed early by the reader (SIGPIPE, e.g. ``| head``): quiet exit
 ====  ==========================================================
 """
@@ -55,6 +56,16 @@ class TruncatedStreamError(FormatError):
     """A stream that ends before its end record, or inside a record or zstd frame (exit 3)."""
 
     exit_code = EXIT_TRUNCATED
+
+
+class EmptyInputError(MoetoolsError):
+    """Input with nothing to read: no bytes, or a corpus whose every document is empty (exit 3)."""
+
+    exit_code = EXIT_TRUNCATED
+
+
+class TrainingDivergedError(MoetoolsError):
+    """Training met a non-finite loss or gradient and stopped without writing its result (exit 1)."""
 
 
 class ModelError(MoetoolsError):

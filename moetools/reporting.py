@@ -55,4 +55,18 @@ def no_progress(description: str, total: float | None = None) -> Iterator[Progre
     yield _Silent()
 
 
-__all__ = ["Log", "ProgressBar", "ProgressFactory", "log_info", "log_warning", "logger", "no_progress"]
+def table_console(file=None, **kwargs):
+    """A rich Console for a table on standard output whose closed pipe (``| head``) raises
+    BrokenPipeError, so the tool exits 141 as every tool does (rich's own handler exits 1)."""
+    from rich.console import Console
+
+    class _PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError("standard output closed")
+
+    return _PipeConsole(file=file, **kwargs)
+
+
+__all__ = ["Log", "ProgressBar", "ProgressFactory", "log_info", "log_warning", "logger", "no_progress",
+           "table_console"]

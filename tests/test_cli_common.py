@@ -157,6 +157,8 @@ def _stderr_of_moe_sample(tmp_path, *args, terminal: bool) -> bytes:
 def _stderr_of(arguments: list[str], *, terminal: bool) -> bytes:
     """A tool's stderr (``arguments[0]`` in bin/) when stderr is a pseudo-terminal (``terminal``) or a pipe."""
     command = [str(ROOT / "bin" / arguments[0]), *arguments[1:]]
+    if "-o" in arguments:
+        command.append("--force")  # called three times with the same -o: each run replaces the last one's output
     if not terminal:
         return subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
                               check=True).stderr

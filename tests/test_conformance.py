@@ -179,3 +179,39 @@ def test_a_trace_with_signed_expert_ids_is_refused_by_every_consumer(run_tool, t
     assert "expert ids are unsigned" in sampled.stderr
     assert _message(sampled, path, "moe-sample") == _message(checked, path, "moe-cat")
     assert "expected a samples stream, got a trace stream" in explained.stderr
+
+
+# -- hand-written moe_mask records (formats/mask.md): what a loader of masked directories reads or refuses --------
+
+MASK_EXAMPLES = EXAMPLES / "mask" / "hand-written"
+MASK_MANIFEST = json.loads((MASK_EXAMPLES / "manifest.json").read_text(encoding="utf-8"))
+
+
+def test_mask_records_are_all_listed_and_described():
+    on_disk = {str(path.relative_to(MASK_EXAMPLES)) for sub in ("valid", "invalid") for path in (MASK_EXAMPLES / sub).iterdir()}
+    assert on_disk == set(MASK_MANIFEST)
+    readme = (MASK_EXAMPLES / "README.md").read_text(encoding="utf-8")
+    assert all(f"`{name}`" in readme for name in MASK_MANIFEST)
+    assert {entry["valid"] for entry in MASK_MANIFEST.values()} == {True, False}
+
+
+@pytest.mark.parametrize("name", list(MASK_MANIFEST))
+def test_mask_records_are_read_or_refused_as_documented(name, tmp_path):
+    from moetools.eval.run import load_for_eval
+    from moetools.mask.directory import mask_record_problem
+    from moetools.mask.routing import routing_problem
+
+    entry, record = MASK_MANIFEST[name], json.loads((MASK_EXAMPLES / name).read_text(encoding="utf-8"))
+    problem = mask_record_problem(record)
+    if entry["valid"]:
+        assert problem is None
+        if "routing" in record:  # what the routing code shipped in a remote directory computes
+            assert routing_problem(record["routing"]) is None
+        return
+    assert problem is not None and entry["message"] in problem
+    directory = tmp_path / "masked"  # the loader refuses it before reading any weight
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({"model_type": record["family"], "moe_mask": record}))
+    with pytest.raises(errors.ModelError) as raised:
+        load_for_eval(directory)
+    assert str(raised.value) == f"{directory}: {problem}" and raised.value.exit_code == entry["exit"] == 2

@@ -335,10 +335,10 @@ def test_reader_skip_policy_counts_and_reports_each_bad_line(tmp_path):
                                                                           (1, 8, f"{path}:8", "x = 1")]
     assert documents[0].meta == {"domain": "legal", "toxicity": 0.5}
     assert [d.domain() for d in documents] == ["legal", "7"] and documents[0].domain("genre") == "all"
-    assert [line for line, _ in skipped] == [3, 4, 5, 6, 7]
+    assert [line for line, _ in skipped] == [3, 4, 5, 6]  # the empty document (line 7) is not a bad line
     assert [reason.split(" (")[0] for _, reason in skipped] == [
-        "no string field 'text'", "not valid JSON", "invalid UTF-8 at byte 13", "not a JSON object", "empty 'text'"]
-    assert (stats.documents, stats.skipped, stats.first_skips) == (2, 5, skipped)
+        "no string field 'text'", "not valid JSON", "invalid UTF-8 at byte 13", "not a JSON object"]
+    assert (stats.documents, stats.skipped, stats.first_skips, stats.empty) == (2, 4, skipped, 1)
 
 
 def test_reader_fail_policy_names_the_file_and_line(tmp_path):

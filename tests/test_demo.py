@@ -78,7 +78,9 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
                    for r in labels if r["type"] == "label")
         # the rest of the chain: scores, a set per domain and a random control, masks, eval, the report
         header, scores, _ = records(out / "scores.jsonl")
-        assert header["kind"] == "scores" and len(scores) == 2 * header["num_experts"]
+        assert header["kind"] == "scores" and len(scores) == len(header["layers"]) * header["num_experts"]
+        if recipe.arch == "monet-vd":  # its 2 layers share one router (moe_groups 4): scored once
+            assert header["layers"] == [0] and header["shared_routers"] == [[0, 1]]
         assert {p.stem for p in (out / "sets").glob("*.json")} == {*WORDS, "random"}
         header, evaluated, _ = records(out / "eval.jsonl")
         assert len(header["models"]) == len(WORDS) + 2  # the model, each domain's mask, the random one
@@ -88,6 +90,8 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
         assert any("f1" in r for r in joined if r["type"] == "expert")
         page = (out / "report.html").read_text()
         assert '<script type="application/json" id="moe-data">' in page and "Evaluation (moe-eval)" in page
+    assert "layers 0-1 share one router: their routing is one sample" in summaries[1]
+    assert "over 1 router x 64 experts (layers 0-1 share one router" in summaries[1]
     moe_summary = summaries[0]
     for domain in WORDS:
         assert f"  {domain} " in moe_summary

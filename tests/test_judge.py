@@ -22,7 +22,8 @@ from moetools.score.judge_metrics import chance_levels, detection_metrics, layer
 from moetools.score.judge_prompts import SCORER_SYSTEM, SCORER_USER, build_scorer_messages, parse_answer
 from moetools.streams.files import read_input
 
-PAPERS = Path("/work/shared/papers")
+#: the source papers, beside the checkout (formats/REFERENCES.md); tests that read them skip without them
+PAPERS = Path(__file__).resolve().parent.parent.parent / "shared" / "papers"
 SECRET = "sk-test-Judge9SECRETkey0987654321"
 
 # Paper 000, Appendix A.2, typed out again here (independently of moetools/score/judge_prompts.py)
@@ -70,19 +71,23 @@ def judge(run_tool, inputs, stub, *extra, labels=("labels.jsonl",), out="judged.
 
 def test_scorer_prompt_is_paper_000_appendix_a2_verbatim():
     assert SCORER_SYSTEM == PAPER_SYSTEM and SCORER_USER == PAPER_USER
-    paper = next(PAPERS.glob("000_*.txt"), None)
-    if paper is not None:  # and against the paper's own text, page numbers and PDF line breaks removed
-        text = paper.read_text(encoding="utf-8")
-        section = text[text.index("#### **System:**"):text.index("### A.3")]
-        words = " ".join(line for line in section.split() if not line.isdigit())
-        for paragraph in PAPER_SYSTEM.split("\n\n"):
-            assert " ".join(paragraph.split()) in words
-        assert "The documents which this expert is activated are given below:" in words
     messages = build_scorer_messages("This expert specializes in tax law", [
         {"pieces": [" the", " <<", "court\n"]}, {"pieces": ["def", " f"]}])
     assert messages[0] == {"role": "system", "content": PAPER_SYSTEM}
     assert messages[1]["content"] == ("Here is the explanation: This expert specializes in tax law\n\n"
                                       + PAPER_USER.format(examples="Example 1:  the <<court\\n\nExample 2: def f"))
+
+
+def test_scorer_prompt_matches_the_text_of_paper_000():
+    paper = next(PAPERS.glob("000_*.txt"), None)
+    if paper is None:
+        pytest.skip(f"paper 000 is not at {PAPERS} (../shared/papers beside the checkout)")
+    text = paper.read_text(encoding="utf-8")  # page numbers and PDF line breaks removed
+    section = text[text.index("#### **System:**"):text.index("### A.3")]
+    words = " ".join(line for line in section.split() if not line.isdigit())
+    for paragraph in PAPER_SYSTEM.split("\n\n"):
+        assert " ".join(paragraph.split()) in words
+    assert "The documents which this expert is activated are given below:" in words
 
 
 @pytest.mark.parametrize("answer, n, expected", [
@@ -244,12 +249,16 @@ def test_a_killed_run_resumes_without_asking_again_what_was_answered(run_tool, i
     stub.faults = [None] * 5 + ["401"] * 64      # the run dies after 5 answers (a fatal error)
     assert judge(run_tool, inputs, stub, "--no-baseline", "--concurrency", "1").exit_code == 1
     assert not (inputs / "judged.jsonl").exists()
-    before, answered = len(stub.requests), 5
+    # no request is sent once one was refused for good: the stub saw the 5 answered and the refused one,
+    # each answered before the run ended (a request still in flight at the end would reach the stub late
+    # and be counted with the rerun's)
+    answered = 5
+    assert len(stub.requests) == answered + 1
     stub.faults = []
     result = judge(run_tool, inputs, stub, "--no-baseline")
     assert result.exit_code == 0, result.stderr
-    assert len(stub.requests) - before == 8 - answered           # only what never came back
-    assert f"cache hits {answered}" in result.stderr
+    assert len(stub.requests) - (answered + 1) == 8 - answered    # only what never came back
+    assert f"requests {8 - answered}, cache hits {answered}," in result.stderr
 
 
 # -- bad input ----------------------------------------------------------------------------------------
@@ -316,7 +325,7 @@ def test_join_writes_edmrs_and_moe_select_picks_by_it(run_tool, inputs, stub):
     result = run_tool(moe_select, [str(joined), "--by", "edmrs", "--domain", "code", "--top", "1", "-o", str(out)])
     assert result.exit_code == 0, result.stderr
     assert json.loads(out.read_text())["experts"] == {"0": [3], "1": [3]}
-    result = run_tool(moe_select, [str(joined), "--by", "ems", "--threshold", "0.9", "-o", str(out)])
+    result = run_tool(moe_select, [str(joined), "--by", "ems", "--threshold", "0.9", "-o", str(out), "--force"])
     assert result.exit_code == 0, result.stderr
     assert json.loads(out.read_text())["experts"] == {"0": [0, 1, 2, 3], "1": [0, 1, 2, 3]}
 

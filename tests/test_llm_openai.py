@@ -269,10 +269,57 @@ def test_killed_run_resumes_with_only_the_missing_requests(tmp_path, stub, how):
     assert all(label["status"] == "ok" for label in labels)
 
 
+class ManualClock:
+    """A rate limiter's clock that stands still: every wait it asks for is recorded, none is slept."""
+
+    def __init__(self):
+        self.now, self.sleeps = 0.0, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        import asyncio
+
+        self.sleeps.append(seconds)
+        await asyncio.sleep(0)
+
+
+def test_rate_limit_schedules_request_starts_one_interval_apart():
+    import asyncio
+
+    from moetools.llm.openai import RateLimiter
+
+    clock = ManualClock()
+    limiter = RateLimiter(20, clock=clock, sleep=clock.sleep)
+
+    async def six():
+        return await asyncio.gather(*(limiter.wait() for _ in range(6)))
+
+    assert asyncio.run(six()) == pytest.approx([0.0, 0.05, 0.10, 0.15, 0.20, 0.25])
+    assert clock.sleeps == pytest.approx([0.05, 0.10, 0.15, 0.20, 0.25])     # the first starts at once
+    clock.now = 10.0                                  # after a quiet spell the next request starts at once
+    assert asyncio.run(six())[0] == 10.0
+    assert asyncio.run(RateLimiter(0, clock=clock, sleep=clock.sleep).wait()) is None
+
+
 def test_rate_limit_spaces_request_starts(tmp_path, stub):
+    # every request of a real run (retries included) waits for its turn on the limiter's own clock
+    from moetools.llm import ask_batch, make_client
+    from moetools.llm.openai import RateLimiter
+
     assert explain(tmp_path, stub, "--rate", "20", "--concurrency", "6").exit_code == 0
-    times = sorted(r["time"] for r in stub.requests)
-    assert times[-1] - times[0] >= 5 / 20 * 0.9
+    client = make_client("openai", {"api_base": stub.url, "model": "stub-model", "rate": 20, "concurrency": 6,
+                                    "backoff_base": 0.0})
+    assert client.limiter.interval == pytest.approx(1 / 20)
+    clock = ManualClock()
+    client.limiter = RateLimiter(client.options.rate, clock=clock, sleep=clock.sleep)
+    stub.faults = [None] * 3 + ["500"]
+    answers = ask_batch(client, [[{"role": "user", "content": f"<<w{i}>>"}] for i in range(6)],
+                        lambda completion: (completion.text, None))
+    assert all(answer.ok for answer in answers)
+    assert client.accounting.requests == 7 and client.accounting.retries == 1
+    assert clock.sleeps == pytest.approx([0.05 * i for i in range(1, 7)])
 
 
 def test_refused_key_stops_the_run(tmp_path, stub):

@@ -35,6 +35,8 @@ class EchoClient(CompletionClient):
 
     async def complete(self, messages, *, temperature=None, max_tokens=None, answer_prefix=None):
         self.accounting.requests += 1
+        if "comma-separated list of the examples" in messages[0]["content"]:   # moe-score's judge prompt
+            return Completion(text="1, 2", finish_reason="stop", usage=Usage(7, 2))
         word = self.options.word.upper() if self.options.shout else self.options.word
         return Completion(text=f"This expert specializes in {word} and {len(messages)} messages.",
                           finish_reason="stop", usage=Usage(7, 5))
@@ -54,11 +56,11 @@ def make_plugin_package(root: Path) -> Path:
     return site
 
 
-def moe_explain(*args, site: Path | None = None):
+def moe_explain(*args, site: Path | None = None, tool: str = "moe-explain"):
     env = {**os.environ, "MOETOOLS_PYTHON": sys.executable}
     if site is not None:
         env["PYTHONPATH"] = str(site)
-    return subprocess.run([str(ROOT / "bin" / "moe-explain"), *map(str, args)], env=env, capture_output=True,
+    return subprocess.run([str(ROOT / "bin" / tool), *map(str, args)], env=env, capture_output=True,
                           text=True, timeout=120, check=False)
 
 
@@ -82,6 +84,17 @@ def test_a_third_party_backend_is_found_by_its_entry_point(tmp_path):
     # an option the plugin does not declare is refused like any built-in's
     refused = moe_explain(tmp_path / "s.msgpack.zst", "--backend", "echo", "--api-base", "http://x/v1", site=site)
     assert refused.returncode == 2 and "--api-base does not apply to backend echo" in refused.stderr
+    # the same backend judges labels in moe-score, with the same option names (nothing else to add)
+    from judge_fixture import write_labels as write_judge_labels
+    from judge_fixture import write_samples as write_judge_samples
+
+    write_judge_samples(tmp_path / "j.samples.jsonl")
+    write_judge_labels(tmp_path / "j.labels.jsonl")
+    judged = moe_explain(tmp_path / "j.samples.jsonl", "--labels", tmp_path / "j.labels.jsonl", "--backend", "echo",
+                         "-O", "word=loops", "--no-baseline", "--cache-dir", tmp_path / "cache", "-o",
+                         tmp_path / "judged.jsonl", site=site, tool="moe-score")
+    assert judged.returncode == 0, judged.stderr
+    assert "8 judged, 0 failed" in judged.stderr and "requests 8" in judged.stderr
 
 
 def test_builtins_are_declared_in_pyproject_and_listed_from_the_registry():
@@ -112,25 +125,55 @@ def test_llm_and_explain_do_not_import_each_other_in_a_cycle():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def test_the_batch_api_for_other_tools(tmp_path):
-    """What moe-score will call: make_client + complete_batch, cached, failures per request."""
+def test_one_exchange_for_every_tool(tmp_path):
+    """moetools.llm.ask: send, parse, ask again with the reason, cache what parses, record what failed."""
     from llm_stub import LLMStub
 
-    from moetools.llm import BackendError, Request, ResponseCache, complete_batch, make_client
+    from moetools.llm import ResponseCache, ask_batch, make_client
+
+    def parse(completion):
+        words = completion.text.split()
+        return (words[1], None) if words[0] == "yes" else (None, "say yes")
+
+    def reask(messages, text, why):
+        return messages + [{"role": "assistant", "content": text}, {"role": "user", "content": why}]
+
+    def answer(body):
+        first, last = body["messages"][0]["content"], body["messages"][-1]["content"]
+        return "no" if first == "shy" and last != "say yes" else "yes " + first
 
     with LLMStub() as stub:
         stub.rule = lambda body: "500" if body["messages"][0]["content"] == "fail" else None
-        stub.answer = lambda body: "yes " + body["messages"][0]["content"]
+        stub.answer = answer
         options = {"api_base": stub.url, "model": "stub-model", "concurrency": 4, "max_retries": 0}
         client = make_client("openai", options)
         client.prepare()
-        requests = [Request([{"role": "user", "content": text}]) for text in ("a", "b", "fail", "c")]
+        prompts = [[{"role": "user", "content": text}] for text in ("a", "shy", "fail", "c")]
         cache = ResponseCache(tmp_path, namespace="score")
-        answers = complete_batch(client, requests, cache=cache)
-        assert [a.text for a in answers if not isinstance(a, BackendError)] == ["yes a", "yes b", "yes c"]
-        assert isinstance(answers[2], BackendError) and answers[2].kind == "http"
-        assert answers[0].finish_reason == "stop" and not answers[0].cached and answers[0].usage.completion_tokens == 2
+        answers = ask_batch(client, prompts, parse, attempts=2, cache=cache, reask=reask)
+        assert [a.value for a in answers] == ["a", "shy", None, "c"]
+        assert answers[1].attempts == 2 and answers[1].messages[-1] == {"role": "user", "content": "say yes"}
+        assert answers[2].kind == "http" and answers[2].requests == 1 and "500" in answers[2].error
+        assert answers[0].completion.finish_reason == "stop" and answers[0].completion_tokens == 2
+        assert (client.accounting.answer_retries, client.accounting.failures, client.accounting.requests) == (1, 1, 5)
         again = make_client("openai", options)
-        answers = complete_batch(again, requests[:2], cache=cache)
-        assert all(a.cached for a in answers) and again.accounting.cache_hits == 2 and again.accounting.requests == 0
+        answers = ask_batch(again, prompts[:2], parse, attempts=2, cache=cache, reask=reask)
+        assert [a.value for a in answers] == ["a", "shy"] and answers[1].cache_hits == 1
+        assert again.accounting.cache_hits == 2 and again.accounting.requests == 1     # "shy"'s first answer: "no"
         assert (tmp_path / "score").is_dir()
+
+
+def test_every_llm_command_takes_the_same_llm_options():
+    """moe-explain, moe-score (judge) and moe-probe causal: one option bundle, the same names everywhere."""
+    from moetools.cli.explain import command as explain
+    from moetools.cli.llm_options import BACKEND_FLAGS, LOCAL_FLAGS
+    from moetools.cli.probe import causal
+    from moetools.cli.score import command as score
+
+    common = {"--backend", "--model", "-O", "--attempts", "--cache-dir", "--no-cache", "--refresh"}
+    common |= {flag for flag, *_ in BACKEND_FLAGS if flag not in LOCAL_FLAGS}
+    for command in (explain, score, causal):
+        flags = {name for param in command.params if not getattr(param, "hidden", False) for name in param.opts}
+        assert common <= flags, (command.name, common - flags)
+    hidden = {name for param in causal.params if getattr(param, "hidden", False) for name in param.opts}
+    assert hidden == {"--llm-model"}

@@ -22,6 +22,7 @@ from tiny_models import save_word_tokenizer
 from moetools.mask import mask_directory, masked
 from moetools.mask.directory import _meta_model
 from moetools.models import adapter_for, load_model, model_identity
+from moetools.models.shared_routers import expand_to_groups, router_groups
 
 INF = float("-inf")
 # per-family masks: equal-size sets (pruned) and unequal ones (bias / remote), on a 3-layer tiny model
@@ -174,7 +175,12 @@ def masked_dirs(tmp_path_factory):
         out = root / f"{family}-{kind}"
         record = mask_directory(source, experts_file, out)
         cases[f"{family}-{kind}"] = (str(out), record["mode"] == "remote")
-        results[f"{family}-{kind}"] = {"model": model, "experts": experts, "record": record, "out": out,
+        # the reference masks what a shared router's choice reaches: MONET's layers 0 and 1 share one
+        # router here (moe_groups = 2), so a composed expert masked in either is masked in both
+        groups = [g for g in router_groups(model, adapter_for(model)) if len(g) > 1]
+        reference = expand_to_groups(experts, groups)[0]
+        results[f"{family}-{kind}"] = {"model": model, "experts": experts, "reference": reference,
+                                       "record": record, "out": out,
                                        "source": source, "experts_file": experts_file}
     (root / "cases.json").write_text(json.dumps(cases))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -195,7 +201,7 @@ def test_fresh_process_never_imported_moetools(masked_dirs):
 def test_masked_directory_equals_reference_mask(masked_dirs, case):
     results, fresh, info = masked_dirs
     entry = results[case]
-    expected = reference_logits(entry["model"], entry["experts"], INPUT)
+    expected = reference_logits(entry["model"], entry["reference"], INPUT)
     unmasked = entry["model"](INPUT).logits.detach()
     assert not torch.allclose(expected, unmasked, atol=1e-4)  # the mask matters on these inputs
     assert torch.allclose(fresh[case], expected, atol=1e-5, rtol=1e-5), (fresh[case] - expected).abs().max()
@@ -235,7 +241,7 @@ def test_pruned_directory_is_a_standard_smaller_checkpoint(masked_dirs):
 def test_in_memory_context_manager_equals_reference(masked_dirs, case):
     entry = masked_dirs[0][case]
     model = entry["model"]
-    expected = reference_logits(model, entry["experts"], INPUT)
+    expected = reference_logits(model, entry["reference"], INPUT)
     with torch.no_grad():
         before = model(INPUT).logits
         with masked(model, entry["experts"]):

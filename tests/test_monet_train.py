@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 import moetools.models.monet  # noqa: F401  (registers MONET with the Auto classes)
 from moetools.cli.monet_train import command
+from moetools.streams.outputs import MARKER
 from moetools.train.state import flatten_optimizer_state, unflatten_optimizer_state
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,7 +113,7 @@ def test_resume_continues_the_loss_curve_exactly(tmp_path, corpus):
     saved = json.loads((split / "checkpoint" / "trainer_state.json").read_text())
     assert saved["step"] == 3 and saved["data_position"]["samples_seen"] == 12
     assert sorted(p.name for p in (split / "checkpoint").iterdir()) == [
-        "model.safetensors", "optimizer.json", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"]
+        MARKER, "model.safetensors", "optimizer.json", "optimizer.safetensors", "rng.safetensors", "trainer_state.json"]
     second = run([*args, "-o", str(split), "--resume"])
     assert second.exit_code == 0, second.output
     losses = {r["step"]: r["loss"] for r in train_log(straight) if r["type"] == "train"}
@@ -167,7 +168,7 @@ def test_empty_data_fails_clearly(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
     result = run(["--data", str(empty), "-o", str(tmp_path / "out"), *TINY])
-    assert result.exit_code == 2 and "nothing to train on" in result.output
+    assert result.exit_code == 3 and f"{empty}: empty input: no documents" in result.output
     missing = tmp_path / "other.jsonl"
     missing.write_text('{"text": "fine"}\n{"body": "hello"}\n')
     result = run(["--data", str(missing), "-o", str(tmp_path / "out"), *TINY])
@@ -177,7 +178,7 @@ def test_empty_data_fails_clearly(tmp_path):
 @pytest.mark.parametrize("content,line,reason", [
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", 1, "invalid UTF-8 at byte"),      # a binary file
     (b'{"text": "one"}\n{"text": "two"}\n{"text": "caf\xe9"}\n', 3, "invalid UTF-8 at byte 13"),
-    (b'{"text": "one"}\n{"text": ""}\n', 2, "empty 'text'"),
+    (b'{"text": "one"}\n{"text": "two"}\n[3]\n', 3, "not a JSON object"),
     (b'{"text": "one"}\n{"text": "two"\n', 2, "not valid JSON"),
 ])
 def test_bad_data_lines_stop_with_the_file_and_line(tmp_path, content, line, reason):

@@ -226,7 +226,7 @@ def test_concept_file_adds_the_users_concept_and_refuses_misaligned_positions(pl
     assert all(r["neurons"] == [PLANTED] for r in records if r["type"] == "probe")
     labels.write_text(json.dumps({"id": "doc0", "labels": {"my_digits": [30]}}) + "\n")  # doc0 has 30 tokens
     result = run_tool(moe_probe, ["neurons", str(planted["moe"]), str(planted["corpus"]), "-o", str(out),
-                                  "--concept-file", str(labels)])
+                                  "--concept-file", str(labels), "--force"])
     assert result.exit_code == 2 and "does not align" in result.stderr
     labels.write_text('{"id": "doc0", "labels": {"digit": [1]}}\n')
     result = run_tool(moe_probe, ["neurons", str(planted["moe"]), str(planted["corpus"]), "--concept-file", str(labels)])
@@ -243,11 +243,11 @@ def test_bad_options_exit_2(planted, run_tool, args, message):
     assert result.exit_code == 2 and message in result.stderr
 
 
-def test_empty_corpus_exits_2(planted, run_tool, tmp_path):
+def test_empty_corpus_is_empty_input(planted, run_tool, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     result = run_tool(moe_probe, ["neurons", str(planted["moe"]), str(empty)])
-    assert result.exit_code == 2 and "no tokens" in result.stderr
+    assert result.exit_code == 3 and f"{empty}: empty input: no documents" in result.stderr
 
 
 def test_cli_module_does_not_import_torch():

@@ -133,7 +133,7 @@ def test_llm_path_with_the_stub_and_a_refused_answer_asked_again(tiny, tmp_path,
         stub.answer = json_answer
         stub.faults = ["bad_answer"]
         result = run_tool(moe_probe, ["causal", str(tiny), str(tmp_path / "labels.jsonl"), "--api-base", stub.url,
-                                      "--llm-model", "stub-model", "--no-cache", "--concurrency", "4",
+                                      "--model", "stub-model", "--no-cache", "--concurrency", "4",
                                       "-o", str(out)])
         assert result.exit_code == 0, result.stderr
         assert len(stub.requests) == 17  # 16 labels, one refused answer asked again
@@ -148,12 +148,45 @@ def test_llm_path_with_the_stub_and_a_refused_answer_asked_again(tiny, tmp_path,
     assert planted["rank"] == 1 and planted["top1"] and planted["proposer"]["backend"] == "openai"
 
 
+def test_cached_answers_hit_under_the_old_flag_name_and_the_new(tiny, tmp_path, run_tool):
+    # --model is the LLM's model as in moe-explain and moe-score; --llm-model still works, with a warning.
+    # The cache key is the request identity (backend, endpoint, model, messages, parameters), as before.
+    import hashlib
+
+    write_labels(tmp_path / "labels.jsonl", tiny, details=False)
+    cache = tmp_path / "cache"
+
+    def probe(stub, *flags):
+        return run_tool(moe_probe, ["causal", str(tiny), str(tmp_path / "labels.jsonl"), "--api-base", stub.url,
+                                    *flags, "--cache-dir", str(cache), "-o", str(tmp_path / "causal.jsonl")])
+
+    with LLMStub() as stub:
+        stub.answer = json_answer
+        result = probe(stub, "--llm-model", "stub-model")
+        assert result.exit_code == 0 and "--llm-model is deprecated: use --model" in result.stderr
+        assert len(stub.requests) == 16
+        keys = set()
+        for request in stub.requests:
+            identity = {"client": {"backend": "openai", "endpoint": stub.url, "model": "stub-model"},
+                        "messages": request["body"]["messages"],
+                        "parameters": {"temperature": 0.0, "max_tokens": 256}}
+            canonical = json.dumps(identity, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+            keys.add(hashlib.sha256(canonical.encode("utf-8")).hexdigest())
+        assert {path.stem for path in (cache / "probe").rglob("*.json")} == keys
+        first = [r for r in records(tmp_path / "causal.jsonl") if r["type"] in ("causal", "causal_layer")]
+        assert probe(stub, "--model", "stub-model", "--force").exit_code == 0 and len(stub.requests) == 16  # all cached
+        again = [r for r in records(tmp_path / "causal.jsonl") if r["type"] in ("causal", "causal_layer")]
+        assert again == [{**r, "cache_hits": 1, "requests": 0} if r["type"] == "causal" else r for r in first]
+        both = probe(stub, "--model", "stub-model", "--llm-model", "stub-model")
+        assert both.exit_code == 2 and "--llm-model is the old name of --model" in both.stderr
+
+
 def test_answers_that_never_parse_fail_without_a_guess(tiny, tmp_path, run_tool):
     write_labels(tmp_path / "labels.jsonl", tiny, details=False)
     out = tmp_path / "causal.jsonl"
     with LLMStub() as stub:  # the default answer is a sentence, never the JSON object
         result = run_tool(moe_probe, ["causal", str(tiny), str(tmp_path / "labels.jsonl"), "--api-base", stub.url,
-                                      "--llm-model", "stub-model", "--no-cache", "--attempts", "2", "-o", str(out)])
+                                      "--model", "stub-model", "--no-cache", "--attempts", "2", "-o", str(out)])
     assert result.exit_code == 0 and len(stub.requests) == 32
     causal = [r for r in records(out) if r["type"] == "causal"]
     assert all(r["status"] == "failed" and "rank" not in r and r["raw"] for r in causal)

@@ -395,9 +395,9 @@ def test_monet_train_reads_its_data_before_creating_the_output_directory(tmp_pat
     from moetools.cli.monet_train import command
 
     data = tmp_path / "data.jsonl"
-    data.write_bytes(b'{"text": "one"}\n{"text": ""}\n')
+    data.write_bytes(b'{"text": "one"}\n{"body": "two"}\n')
     result = CliRunner().invoke(command, ["--data", str(data), "-o", str(tmp_path / "out"), "--steps", "1"])
-    assert result.exit_code == 2 and "empty 'text'" in result.output, result.output
+    assert result.exit_code == 2 and "no string field 'text'" in result.output, result.output
     assert not (tmp_path / "out").exists()
 
 

@@ -114,8 +114,7 @@ def brute(domain, li, e):
     out["das"] = out["prob"] - sum(token_probs(t, li)[e] for t in rest) / len(rest)
     all_sel = sum(len(selected(t, li)) for t in toks)
     out["esft_token"] = len(routed) / all_sel
-    all_gates = sum(sum(v[0] for v in selected(t, li).values()) for t in toks)
-    out["esft_gate"] = sum(g) / all_gates
+    out["esft_gate"] = sum(g) / len(toks)                # ESFT: gate sum / tokens, not normalised
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -123,6 +124,8 @@ def load_bench():
     from pathlib import Path
 
     path = Path(__file__).resolve().parent.parent / "bench" / "bench_specialisation.py"
+    if str(path.parent) not in sys.path:  # its bench/_harness.py, as `python bench/bench_specialisation.py` finds it
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location("bench_specialisation", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_models
 import torch
 import transformers
 from click.testing import CliRunner
@@ -189,11 +190,13 @@ def test_bad_lines_are_skipped_and_named(olmoe_dir, tmp_path):
     output = tmp_path / "t.jsonl"
     result = run(olmoe_dir, corpus, "--max-length", 32, "--format", "jsonl", "-o", output)
     assert result.exit_code == 0, result.output
-    assert "bad.jsonl:2: skipped: no string field 'text'" in result.output
-    assert "bad.jsonl:3: skipped: not valid JSON" in result.output
-    assert "bad.jsonl:4: skipped: invalid UTF-8" in result.output
+    # one warning counts them (the corpus rule of every tool); the end record names each
+    assert result.output.count("warning") == 1
+    assert "bad.jsonl: skipped 3 unusable line(s), the first at line 2: no string field 'text'" in result.output
     _, records, ends = read_all(output)
     assert ends[0]["skipped_lines"] == 3 and [s["line"] for s in ends[0]["skipped"]] == [2, 3, 4]
+    assert [s["reason"].split(" (")[0] for s in ends[0]["skipped"]] == [
+        "no string field 'text'", "not valid JSON", "invalid UTF-8 at byte 13"]
     # the long document (100 tokens, context 64) is cut into windows of 32
     long = sorted((r for r in records if r["doc_id"] == "bad.jsonl:5"), key=lambda r: r["window"])
     assert [(r["window"], r["offset"], len(r["tokens"])) for r in long] == [(0, 0, 32), (1, 32, 32), (2, 64, 32),
@@ -213,10 +216,10 @@ def test_plain_text_corpus_from_stdin_and_logit_lens(olmoe_dir, tmp_path):
 
 @pytest.mark.parametrize("problem", ["not-moe", "missing", "no-config", "empty", "all-lines-bad", "no-corpus",
                                      "too-long"])
-def test_bad_models_and_inputs_exit_2_with_a_message(olmoe_dir, tmp_path, problem):
+def test_bad_models_and_inputs_exit_2_or_3_with_a_message(olmoe_dir, tmp_path, problem):
     corpus = make_corpus(tmp_path / "c.jsonl", documents=2)
     model = olmoe_dir
-    args = []
+    args, code = [], 2
     if problem == "not-moe":
         model = tmp_path / "llama"
         config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
@@ -233,17 +236,17 @@ def test_bad_models_and_inputs_exit_2_with_a_message(olmoe_dir, tmp_path, proble
         message = "is not a transformers model directory (no config.json)"
     elif problem == "all-lines-bad":
         corpus.write_bytes(b'{"body": "no text field"}\n{"text": "caf\xe9"}\n')
-        message = "no usable documents in the corpus (2 lines skipped)"
+        message = "no usable documents in the corpus (2 lines skipped, the first at line 1: no string field"
     elif problem == "no-corpus":
         corpus, message = tmp_path / "absent.jsonl", "does not exist"
-    elif problem == "empty":
+    elif problem == "empty":  # nothing to read: empty input, exit 3 (as an empty stream)
         corpus.write_text("\n\n")
-        message = "no usable documents"
+        message, code = "c.jsonl: empty input: no documents", 3
     else:
         args, message = ["--max-length", 65], "exceeds the model's context of 64 tokens"
     output = tmp_path / "out.msgpack.zst"
     result = run(model, corpus, *args, "-o", output)
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == code, result.output
     assert message in result.output and "Traceback" not in result.output
     assert not output.exists()
 
@@ -259,17 +262,8 @@ def test_resume_of_a_finished_output_does_nothing(full_trace, olmoe_dir, tmp_pat
 
 
 def save_tiny_monet(directory, *, layers: int, moe_experts: int):
-    """A random tiny MONET (moe_experts² composed experts, every layer its own routing) with a tokenizer."""
-    import moetools.models.monet  # noqa: F401  (registers MONET with the Auto classes)
-    from moetools.models.monet.configuration_monet import MonetConfig
-
-    config = MonetConfig(vocab_size=64, hidden_size=16, num_hidden_layers=layers, num_attention_heads=4, moe_dim=4,
-                         moe_heads=2, moe_experts=moe_experts, moe_topk=2, moe_groups=layers,
-                         max_position_embeddings=64)
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
-    save_tokenizer(directory)
-    return directory
+    """A random tiny MONET whose layers all share one router (moe_groups = layers), with a tokenizer."""
+    return tiny_models.save_tiny_monet(directory, WORDS, layers=layers, moe_experts=moe_experts)
 
 
 def test_monet_model_traces_composed_experts(tmp_path):

@@ -16,6 +16,7 @@ from tiny_models import save_word_tokenizer
 from moetools.cli.tune import command
 from moetools.models import model_identity
 from moetools.models.loader import load_model
+from moetools.streams.outputs import MARKER
 from moetools.tune import TuneOptions, merge
 from moetools.tune.data import IGNORE, chat_example
 from moetools.tune.loop import Tuner
@@ -276,7 +277,7 @@ def test_bad_inputs_exit_2(tmp_path, data, olmoe):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     result = run_cli([olmoe, "--data", empty, "-o", tmp_path / "out", "--mode", "full"])
-    assert result.exit_code == 2 and "nothing to train on" in result.output
+    assert result.exit_code == 3 and f"{empty}: empty input: no documents" in result.output
     other = write_experts(tmp_path / "other.json", {1: [1]},
                           {"name": "other", "fingerprint": "sha256:" + "0" * 64, "num_experts": 8,
                            "moe_layers": [0, 1]})
@@ -341,7 +342,7 @@ def test_cli_trains_with_several_eval_files_and_merges(tmp_path, data, olmoe):
     assert len(evals) == 2 and set(evals[0]["eval_loss_by_file"]) == {"medical", "general"}
     assert set(evals[0]["eval_loss_by_domain"]) == {"medical", "general"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "adapter.safetensors", "experts.json", "tune.json", "tune_log.jsonl"]  # no checkpoint left after 2 steps
+        MARKER, "adapter.safetensors", "experts.json", "tune.json", "tune_log.jsonl"]  # no checkpoint after 2 steps
     result = run_cli(["merge", tmp_path / "out", "-o", tmp_path / "merged"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["moetools_tuned"]["mode"] == "experts"

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 
 import click
 
 from .. import cat
 from ..reporting import no_progress
-from .common import open_input, open_output, progress, say, state, tool
+from ..streams import strict_json
+from .common import open_input, open_output, output_guard, progress, say, state, tool
 
 EXAMPLE = """\
 moe-cat trace.msgpack.zst --head 2 --format jsonl
@@ -37,6 +37,7 @@ moe-cat --check labels.jsonl && echo complete"""
               help="Validate only: read everything, write nothing; besides the framing, every header, record "
                    "and end record is checked field by field against its kind's spec (formats/KIND.md). Silent "
                    "on success (say 'ok' with -v).")
+@output_guard()
 def command(inputs, output, fmt, uncompressed, head, kind, summary, check):
     """View, convert, summarise and validate moetools streams.
 
@@ -89,7 +90,7 @@ def _copy(sources, output, fmt, uncompressed, head, kind) -> None:
 
 def _write_summary(output, result: cat.Summary) -> None:
     with open_output(output, binary_ok_on_tty=True) as out:
-        out.write((json.dumps(result.as_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        out.write((strict_json.dumps(result.as_dict(), indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 main = command.main

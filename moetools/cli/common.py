@@ -21,6 +21,9 @@ exits with the code of the exception (see ``moetools.errors``).
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
+import math
 import os
 import sys
 import traceback
@@ -35,11 +38,17 @@ from ..streams.files import open_input, partial_path
 
 EXIT_STATUS_TEXT = """\
 0    success.
-1    runtime failure (a model, network or file-system error, or anything unexpected).
-2    usage error or invalid input: bad options, a file that is not a valid stream, a stream of the
-     wrong kind, segments from different models, an unsupported format version, a model directory
-     whose weights do not belong to its config (a tensor missing, unexpected or of another shape).
-3    truncated input: a stream that ends before its end record, or inside a record or zstd frame.
+1    runtime failure (a model, network or file-system error, training that diverged to a
+     non-finite loss or gradient, or anything unexpected).
+2    usage error or invalid input: bad options, a NaN or infinite number in an option or a record,
+     a file that is not a valid stream, a stream of the wrong kind, segments from different models,
+     an unsupported format version, a model directory whose weights do not belong to its config (a
+     tensor missing, unexpected or of another shape), binary data or only unusable lines given as a
+     corpus; an -o that is an input, holds one or lies inside one, that exists (without --force), or
+     that moetools did not write (even with --force; moe-formats(5), OUTPUTS).
+3    truncated or empty input: a stream that ends before its end record, or inside a record or
+     zstd frame; input with nothing to read (no bytes, e.g. /dev/null, or a corpus whose every
+     document is empty).
 130  interrupted (Ctrl-C, SIGINT). Every tool leaves the stream files written so far under their
      temporary names (NAME.partial, never renamed into place): complete records without an end
      record, which read as truncated; tools with --resume continue from them. Model directories are
@@ -73,6 +82,20 @@ def warn(message: str) -> None:
     click.echo(f"{state.tool}: warning: {message}", err=True)
 
 
+class _LibraryWarnings(logging.Handler):
+    """The library's warnings (``moetools.reporting.log_warning``) as this tool's ``tool: warning:`` lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            warn(record.getMessage())
+
+
+def _route_library_warnings() -> None:
+    logger = logging.getLogger("moetools")
+    if not any(isinstance(handler, _LibraryWarnings) for handler in logger.handlers):
+        logger.addHandler(_LibraryWarnings())
+
+
 def _fail(message: str, code: int) -> None:
     click.echo(f"{state.tool}: {message}", err=True)
     sys.exit(code)
@@ -102,6 +125,7 @@ class ErrorBoundary:
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         state.tool = self.name or prog_name or "moetools"
         state.verbose, state.quiet = 0, False
+        _route_library_warnings()
         try:
             result = super().main(args=args, prog_name=prog_name or self.name, complete_var=complete_var,
                                   standalone_mode=False, **extra)
@@ -220,6 +244,38 @@ def tool_group(name: str, *, example: str, **group_kwargs):
     return decorate
 
 
+# -- numeric options ----------------------------------------------------------------------------
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses ``nan``, ``inf`` and ``-inf`` (exit 2), optionally within a range.
+
+    Every float option of every tool uses it (tests/test_refusals_nonfinite.py checks): a NaN
+    threshold compares false with everything and selects nothing, silently; an infinite learning
+    rate trains to NaN. ``click.FloatRange`` alone lets both through (NaN passes every bound).
+    """
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number (nan and inf are refused)", param, ctx)
+        return super().convert(number, param, ctx)
+
+    def _describe_range(self) -> str:
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
+
+def finite_float(min: float | None = None, max: float | None = None, *, min_open: bool = False,
+                 max_open: bool = False) -> FiniteFloat:
+    """The param type of a float option: finite, and within [min, max] when they are given."""
+    return FiniteFloat(min=min, max=max, min_open=min_open, max_open=max_open)
+
+
+#: a float option with no bounds, finite
+FINITE_FLOAT = finite_float()
+
+
 # -- option bundles ---------------------------------------------------------------------------
 
 def input_argument(name: str = "input", required: bool = False):
@@ -239,8 +295,56 @@ def output_options(default_format: str = "msgpack"):
         function = click.option("-o", "--output", default="-", show_default=True,
                                 type=click.Path(dir_okay=False, allow_dash=True),
                                 help="Output file; '-' is stdout. Written under a temporary name and "
-                                     "renamed when complete.")(function)
+                                     "renamed when complete; an existing OUTPUT only with --force.")(function)
         return function
+
+    return decorate
+
+
+FORCE_HELP = ("Replace OUTPUT if it exists, atomically; only an output this suite wrote is replaced, never an "
+              "input or a file or directory moetools did not write (moe-formats(5), OUTPUTS).")
+
+
+def path_inputs(ctx, exclude=("output",)) -> list[str]:
+    """Every path the command was given (its click.Path parameters but ``exclude``): what -o must not touch."""
+    found = []
+    for param in ctx.command.params:
+        if param.name in exclude or not isinstance(param.type, click.Path):
+            continue
+        value = ctx.params.get(param.name)
+        for item in (value if isinstance(value, (tuple, list)) else (value,)):
+            if item not in (None, "-", ""):
+                found.append(os.fspath(item))
+    return found
+
+
+def output_guard(directory: bool = False, *, resume_flag: str | None = None, continues: bool = False,
+                 pass_force: bool = False, extra_inputs=None, force_help: str = FORCE_HELP):
+    """``--force`` and the suite's rule for ``-o`` (moetools.streams.outputs.check_output), checked before
+    the command runs: never an input (nor an ancestor or a descendant of one); an existing output only
+    with --force, and only one this suite wrote.
+
+    ``resume_flag``: the name of a flag (``resume``) with which an existing output of the suite is
+    continued; ``continues``: an existing output of the suite is always continued (moe-explain), and
+    --force starts it over; ``pass_force``: the command takes ``force`` itself; ``extra_inputs(params)``:
+    input paths that are not click.Path parameters.
+    """
+    from ..streams.outputs import check_not_an_input, check_output
+
+    def decorate(function):
+        @functools.wraps(function)
+        def guarded(*args, **kwargs):
+            ctx = click.get_current_context()
+            inputs = path_inputs(ctx) + list(extra_inputs(ctx.params) if extra_inputs else [])
+            force = kwargs["force"] if pass_force else kwargs.pop("force")
+            resume = bool(kwargs.get(resume_flag)) if resume_flag else (continues and not force)
+            if resume and directory:  # a training run's directory: the tool checks that it holds its checkpoint
+                check_not_an_input(kwargs.get("output"), inputs)
+            else:
+                check_output(kwargs.get("output"), inputs=inputs, force=force, directory=directory, resume=resume)
+            return function(*args, **kwargs)
+
+        return click.option("--force", is_flag=True, help=force_help)(guarded)
 
     return decorate
 
@@ -323,12 +427,17 @@ def progress(description: str, total: float | None = None):
 __all__ = [
     "EXIT_STATUS_TEXT",
     "EXIT_USAGE",
+    "FINITE_FLOAT",
+    "FORCE_HELP",
+    "FiniteFloat",
     "ToolCommand",
     "ToolGroup",
+    "finite_float",
     "input_argument",
     "open_input",
     "open_output",
     "open_stream_writer",
+    "output_guard",
     "output_options",
     "partial_path",
     "progress",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -17,7 +18,7 @@ from ..corpus.builder import (
 )
 from ..corpus.sources import DOMAINS, make_source
 from ..errors import UsageError
-from .common import CONTEXT_SETTINGS, say, subcommand_verbosity
+from .common import CONTEXT_SETTINGS, output_guard, say, subcommand_verbosity
 
 
 def default_output() -> str:
@@ -50,9 +51,12 @@ def _roots(values: tuple[str, ...]) -> dict[str, str]:
 
 def _fractions(value: str) -> tuple[float, ...]:
     try:
-        return tuple(float(part) for part in value.split(","))
+        parts = tuple(float(part) for part in value.split(","))
     except ValueError:
-        raise UsageError(f"--split-fractions takes three numbers like 0.9,0.05,0.05, got {value!r}") from None
+        parts = (math.nan,)
+    if not all(math.isfinite(part) for part in parts):
+        raise UsageError(f"--split-fractions takes three finite numbers like 0.9,0.05,0.05, got {value!r}")
+    return parts
 
 
 @click.group("corpus", context_settings=CONTEXT_SETTINGS,
@@ -86,8 +90,9 @@ def SUBCOMMAND():
 @click.option("--skip-missing", is_flag=True,
               help="Build the domains whose sources exist and list the missing ones, instead of failing.")
 @subcommand_verbosity
+@output_guard(directory=True, pass_force=True, extra_inputs=lambda params: _roots(params["source_roots"]).values())
 def build(output, domains, max_tokens_per_domain, min_tokens_per_domain, max_chars, max_chunks_per_document,
-          split_fractions, source_roots, skip_missing):
+          split_fractions, source_roots, skip_missing, force):
     """Write the corpus as JSON lines {"id", "text", "domain", "source", ...} with a manifest.
 
     Sources (nothing is downloaded or installed; a missing one is named with the
@@ -102,7 +107,8 @@ def build(output, domains, max_tokens_per_domain, min_tokens_per_domain, max_cha
                             max_tokens_per_domain=max_tokens_per_domain or None,
                             min_tokens_per_domain=min_tokens_per_domain, max_chars=max_chars,
                             max_chunks_per_document=max_chunks_per_document or None,
-                            fractions=_fractions(split_fractions), skip_missing=skip_missing, log=say)
+                            fractions=_fractions(split_fractions), skip_missing=skip_missing, log=say,
+                            force=force)
     total = manifest["counts"]["all"]
     say(f"wrote {output}: " + ", ".join(f"{split} {total[split]['records']} records / {total[split]['tokens']} tokens"
                                         for split in ("train", "validation", "test"))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 
 from .. import demo as demo_lib
-from .common import CONTEXT_SETTINGS, say, subcommand_verbosity
+from .common import CONTEXT_SETTINGS, finite_float, say, subcommand_verbosity
 
 
 def _budget(function):
-    function = click.option("--max-minutes", type=click.FloatRange(min=0.1), default=demo_lib.DEFAULT_MAX_MINUTES,
+    function = click.option("--max-minutes", type=finite_float(min=0.1), default=demo_lib.DEFAULT_MAX_MINUTES,
                             show_default=True, help="Cap on each model's training time (monet-train --max-minutes).")(
         function)
     return click.option("--steps", type=click.IntRange(min=1), default=demo_lib.DEFAULT_STEPS, show_default=True,

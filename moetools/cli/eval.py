@@ -7,7 +7,7 @@ import sys
 import click
 
 from ..eval.loss import LOSS_DEFINITIONS
-from .common import open_stream_writer, progress, say, tool
+from .common import open_stream_writer, output_guard, progress, say, tool
 
 EXAMPLE = """\
 moe-eval models/olmoe masked/ --data validation.jsonl --domain-field domain > eval.jsonl
@@ -17,8 +17,9 @@ moe-eval models/olmoe --data wiki.jsonl --loss-definition lm-eval --max-length 4
 
 
 def _table(records: list[dict], paths: list[str]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from ..reporting import table_console
 
     rolling = any("word_perplexity" in r for r in records)
     extra = ("word ppl", "byte ppl") if rolling else ()
@@ -33,7 +34,7 @@ def _table(records: list[dict], paths: list[str]) -> None:
         elif r["type"] == "choice":
             table.add_row(name, "choices", str(r["items"]), "", "", *("",) * len(extra), f"{r['acc']:.4f}",
                           f"{r['acc_norm']:.4f}", "" if r["delta_acc"] is None else f"{r['delta_acc']:+.4f}")
-    Console().print(table)
+    table_console().print(table)
 
 
 @tool("moe-eval", example=EXAMPLE)
@@ -59,6 +60,7 @@ def _table(records: list[dict], paths: list[str]) -> None:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("-o", "--output", default="-", show_default=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="Output file ('-': stdout; a table instead when stdout is a terminal).")
+@output_guard()
 def command(models, data, choices, domain_field, text_field, max_length, loss_definition, batch_tokens, dtype, device,
             output):
     """Per-domain loss and multiple-choice accuracy of one or more model directories.

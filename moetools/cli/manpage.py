@@ -53,7 +53,7 @@ def _paragraphs(text: str) -> list[str]:
 
 
 def tool_exists(name: str) -> bool:
-    """Whether the module of tool ``name`` exists (other tools land later)."""
+    """Whether the module of tool ``name`` can be imported (a page is written only for a tool that exists)."""
     return importlib.util.find_spec(TOOLS[name]) is not None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import progress, say, tool
+from .common import output_guard, progress, say, tool
 
 EXAMPLE = """\
 moe-mask models/olmoe --experts offensive.json -o masked/
@@ -18,9 +18,9 @@ lm_eval --model hf --model_args pretrained=masked/ --tasks my_local_task"""
               help="experts.json (formats/experts.md, ESFT's layout): the experts to mask, per decoder layer.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Output model directory; written under a temporary name beside it and renamed when complete.")
-@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True, help="Weights' dtype in the output (auto: as stored).")
+@output_guard(directory=True, pass_force=True)
 def command(model, experts_path, output, force, dtype):
     """Remove experts from MODEL so that any evaluator measures the effect.
 
@@ -29,7 +29,9 @@ def command(model, experts_path, output, force, dtype):
     (softmax families: they leave the softmax's denominator too; sigmoid-scored
     DeepSeek-V3: removed from selection and from the normalisation over the
     selected). MONET: composed experts (i, j) are masked at routing level
-    (their gate g_ij is 0, the others unchanged).
+    (their gate g_ij is 0, the others unchanged); where layers share one
+    router (moe_groups > 1) an expert is one choice of that router, masked in
+    every layer of its group (a note on stderr says so).
 
     OUTPUT is a complete model directory (config, safetensors, tokenizer) whose
     config.json records the mask and its provenance (formats/mask.md):
@@ -38,12 +40,16 @@ def command(model, experts_path, output, force, dtype):
     pruned  every MoE layer masks as many experts (and, for group-limited
             routers, as many per group): experts and router rows removed, a
             standard checkpoint; AutoModelForCausalLM.from_pretrained(OUTPUT).
-    bias    layers of different sizes in GPT-OSS, DeepSeek-V3, ERNIE-4.5:
-            every expert kept, the masked ones' router bias -inf; standard.
+    bias    layers of different sizes, and a router bias that -inf removes
+            exactly (GPT-OSS, DeepSeek-V3, ERNIE-4.5): every expert kept,
+            the masked ones' router bias -inf; standard.
     remote  layers of different sizes in OLMoE, Mixtral, Qwen2/3-MoE,
             DeepSeek-V2, and every MONET mask: weights unchanged plus small
-            custom code; from_pretrained(OUTPUT, trust_remote_code=True), and
-            loading without it fails rather than giving the unmasked model.
+            custom code that reads the family's routing rule from config.json;
+            from_pretrained(OUTPUT, trust_remote_code=True), and loading
+            without it fails rather than giving the unmasked model.
+
+    Any family with an adapter (moe-trace --list-models), a plugin's too.
 
     Refuses (exit 2) a MODEL whose weights do not belong to its config,
     an experts file scored on another model (fingerprint), ids out of range,

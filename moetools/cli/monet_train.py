@@ -6,12 +6,15 @@ import json
 
 import click
 
-from .common import progress, say, tool
+from .common import FINITE_FLOAT, finite_float, output_guard, progress, say, tool
 
 EXAMPLE = """\
 monet-train --arch monet-vd --data corpus.jsonl -o monet/ --steps 2000 --max-minutes 60
 torchrun --nproc_per_node 2 $(which monet-train) --data corpus.jsonl -o monet/ --resume
 torchrun --nproc_per_node 8 $(which monet-train) --fsdp --data corpus.jsonl -o monet/"""
+
+TRAIN_FORCE_HELP = ("Start over in an existing OUTPUT this suite wrote: it is renamed to OUTPUT.old and removed "
+                    "when the new run is complete (without --force or --resume an existing OUTPUT is refused).")
 
 # flag -> model config key
 MODEL_FLAGS = {"d_model": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
@@ -48,18 +51,18 @@ MODEL_FLAGS = {"d_model": "hidden_size", "layers": "num_hidden_layers", "heads":
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
               help="Global batch in sequences (split over torchrun processes).")
 @click.option("--seq-len", default=256, show_default=True, type=click.IntRange(min=2), help="Tokens per sequence.")
-@click.option("--lr", default=5e-4, show_default=True, type=float, help="Peak learning rate (AdamW).")
+@click.option("--lr", default=5e-4, show_default=True, type=FINITE_FLOAT, help="Peak learning rate (AdamW).")
 @click.option("--warmup", type=click.IntRange(min=0), help="Warmup steps [5% of --steps].")
-@click.option("--weight-decay", default=0.1, show_default=True, type=float)
-@click.option("--grad-clip", default=1.0, show_default=True, type=float, help="Gradient norm clip.")
+@click.option("--weight-decay", default=0.1, show_default=True, type=FINITE_FLOAT)
+@click.option("--grad-clip", default=1.0, show_default=True, type=FINITE_FLOAT, help="Gradient norm clip.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--eval-every", default=100, show_default=True, type=click.IntRange(min=1), help="Steps between evals.")
 @click.option("--eval-batches", default=8, show_default=True, type=click.IntRange(min=1),
               help="Eval batches per domain.")
-@click.option("--eval-fraction", default=0.05, show_default=True, type=click.FloatRange(0, 0.5),
+@click.option("--eval-fraction", default=0.05, show_default=True, type=finite_float(0, 0.5),
               help="Share of documents held out for eval.")
 @click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-minutes", type=click.FloatRange(min=0), help="Stop (checkpoint + save) after this long.")
+@click.option("--max-minutes", type=finite_float(min=0), help="Stop (checkpoint + save) after this long.")
 @click.option("--stop-at-step", type=click.IntRange(min=1),
               help="Stop after this step with a checkpoint (split a run over jobs; continue with --resume).")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint exactly (model, optimizer, "
@@ -67,6 +70,7 @@ MODEL_FLAGS = {"d_model": "hidden_size", "layers": "num_hidden_layers", "heads":
 @click.option("--fsdp", is_flag=True, help="Under torchrun (2 or more processes): shard parameters, gradients and "
                                            "optimizer state with FSDP2 (per decoder layer) instead of DDP; same "
                                            "batches, logs, checkpoints and output.")
+@output_guard(directory=True, resume_flag="resume", pass_force=True, force_help=TRAIN_FORCE_HELP)
 def command(data, output, arch, config_file, **options):
     """Pretrain MONET, or a matched baseline, from JSON lines text.
 
@@ -98,7 +102,7 @@ def command(data, output, arch, config_file, **options):
     train_options = TrainOptions(data=data, output=output, arch=arch, model_settings=settings, **options)
 
     def on_log(record):
-        if record["type"] == "eval":
+        if record["type"] == "eval" and record.get("eval_loss") is not None:
             say(f"step {record['step']}: eval loss {record['eval_loss']:.4f}")
 
     with progress("training", total=train_options.steps) as bar:

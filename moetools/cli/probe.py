@@ -5,13 +5,23 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from .common import output_options, progress, say, subcommand_verbosity, tool_group, warn
+from .common import (
+    FINITE_FLOAT,
+    output_guard,
+    output_options,
+    progress,
+    say,
+    subcommand_verbosity,
+    tool_group,
+    warn,
+)
+from .llm_options import llm_options
 
 EXAMPLE = """\
 moe-probe neurons .moetools/models/moe corpus.jsonl -o probe.jsonl
 moe-probe neurons dense/ corpus.jsonl --k 1,4,16 --concepts digit,domain:code --format jsonl | moe-cat --check
 moe-probe neurons model/ corpus.jsonl --shuffle-labels -o control.jsonl   # the chance-level control
-moe-probe causal model/ labels.jsonl --api-base http://localhost:8000/v1 --llm-model Qwen/Qwen3-8B -o causal.jsonl
+moe-probe causal model/ labels.jsonl --api-base http://localhost:8000/v1 --model Qwen/Qwen3-8B -o causal.jsonl
 moe-probe causal model/ offline.labels.jsonl --backend offline -o causal.jsonl   # no LLM: the labels' own evidence"""
 
 
@@ -60,7 +70,7 @@ def command():
 @click.option("--min-count", default=50, show_default=True, type=click.IntRange(1),
               help="Skip (and count) a concept for an expert with fewer positives or negatives routed to it "
                    "(paper 002: 50).")
-@click.option("--test-fraction", default=0.25, show_default=True, type=float,
+@click.option("--test-fraction", default=0.25, show_default=True, type=FINITE_FLOAT,
               help="Share of documents held out for the test F1 (paper 002: 75/25 by document).")
 @click.option("--reservoir", default=2048, show_default=True, type=click.IntRange(16),
               help="Training rows sampled per layer and expert for the regression (test: a third); bounds memory.")
@@ -74,6 +84,7 @@ def command():
 @click.option("--id-field", default="id", show_default=True, help="Corpus field holding the document id.")
 @click.option("--device", default="cpu", show_default=True, help="Device to run the model on.")
 @click.option("--dtype", default="float32", show_default=True, help="Model dtype (float32, bfloat16, auto).")
+@output_guard()
 def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, concept_file, domain_field, min_count,
             test_fraction, reservoir, max_length, batch_tokens, seed, shuffle_labels, text_field, id_field, device, dtype):
     """k-sparse probing of expert (or dense FFN) neurons on token concepts (paper 002).
@@ -110,15 +121,11 @@ def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, con
     loaded = load_model(model, dtype=dtype, device=device, require_moe=False)
     dense = loaded.adapter is None
     say(f"probing {'dense FFN' if dense else 'expert'} neurons of {model}")
-    bad_lines: list[tuple[int, str]] = []
-    documents = read_corpus(corpus, text_field=text_field, id_field=id_field,
-                            on_skip=lambda line, reason: bad_lines.append((line, reason)))
+    # the one corpus rule: unusable lines and empty documents counted in one warning each, nothing left refused
+    documents = read_corpus(corpus, text_field=text_field, id_field=id_field, warn=warn)
     with progress("moe-probe: reading the corpus") as bar:
         labeller, layers, summary = collect(loaded.model, loaded.tokenizer, loaded.adapter, documents, options,
                                             on_batch=lambda count: bar.advance(count), user_labels=user_labels)
-    if bad_lines:
-        line, reason = bad_lines[0]
-        warn(f"skipped {len(bad_lines)} unusable corpus line(s), the first at line {line}: {reason}")
     if not summary.tokens:
         raise UsageError(f"{corpus} has no tokens to probe")
     records = probe_records(labeller, layers, options, summary, dense)
@@ -145,33 +152,23 @@ def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, con
 @click.argument("model", type=click.Path(file_okay=False))
 @click.argument("labels", type=click.Path(dir_okay=False, allow_dash=True))
 @output_options(default_format="jsonl")
-@click.option("--backend", default="openai", show_default=True,
-              help="Who proposes triggers/targets: an LLM backend (openai, local, a plugin's) or 'offline' "
-                   "(the fallback: the labels' own top tokens and logit-lens tokens, no LLM).")
-@click.option("--llm-model", default=None, help="The LLM's model name (openai) or directory (local).")
-@click.option("--api-base", default=None, help="openai: base URL of the endpoint [default: $OPENAI_BASE_URL].")
-@click.option("--api-key-env", default=None, help="openai: environment variable holding the API key (never printed).")
-@click.option("--concurrency", type=int, default=None, help="openai: most requests in flight.")
-@click.option("--max-tokens", type=int, default=256, show_default=True, help="Most tokens of an answer.")
-@click.option("--temperature", type=float, default=None, help="Sampling temperature of the LLM.")
-@click.option("-O", "--backend-option", "backend_option", multiple=True, metavar="KEY=VALUE",
-              help="A backend option without a flag here.")
-@click.option("--attempts", default=3, show_default=True, type=int,
-              help="Answers asked for per label (a refused answer is asked again with the reason).")
+@llm_options(backend_default="openai", local=False, model="llm_model", max_tokens_default=256,
+             attempts_default=3,
+             backend_help="Who proposes triggers/targets: an LLM backend (openai, local, a plugin's) or 'offline' "
+                          "(the fallback: the labels' own top tokens and logit-lens tokens, no LLM).",
+             attempts_help="answers asked for per label (a refused answer is asked again with the reason)",
+             deprecated={"--llm-model": "--model"})
 @click.option("--triggers", default=4, show_default=True, type=int, help="Trigger texts asked for per label.")
 @click.option("--targets", default=4, show_default=True, type=int, help="Target tokens asked for per label.")
 @click.option("--shuffles", default=100, show_default=True, type=int,
               help="Random-label baseline: permutations of the labels among a layer's experts, averaged.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the baseline's permutations.")
 @click.option("--max-length", default=128, show_default=True, type=int, help="Most tokens of a trigger.")
-@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Response cache directory.")
-@click.option("--no-cache", is_flag=True, help="Neither read nor write the response cache.")
-@click.option("--refresh", is_flag=True, help="Ask again even when the cache has an answer.")
 @click.option("--device", default="cpu", show_default=True, help="Device to run the model on.")
 @click.option("--dtype", default="float32", show_default=True, help="Model dtype (float32, bfloat16, auto).")
-def causal(model, labels, output, fmt, uncompressed, backend, llm_model, api_base, api_key_env, concurrency,
-           max_tokens, temperature, backend_option, attempts, triggers, targets, shuffles, seed, max_length,
-           cache_dir, no_cache, refresh, device, dtype):
+@output_guard()
+def causal(model, labels, output, fmt, uncompressed, llm, triggers, targets, shuffles, seed, max_length, device,
+           dtype):
     """Trigger/target attribution of labels (paper 002): does a label predict what its expert does?
 
     Per `ok` label, the LLM (or, with --backend offline, the fallback named as such in
@@ -181,76 +178,18 @@ def causal(model, labels, output, fmt, uncompressed, backend, llm_model, api_bas
     E_i(x_p)) / rms(h_p) (final RMSNorm linearised, its rms frozen; formats/probe.md).
     Writes `causal` records (every prompt, trigger, target and the labelled expert's
     rank) and `causal_layer` records (top-1/top-5 hit rates, random-label baseline,
-    chance). Softmax top-k families only (OLMoE, Mixtral, Qwen-MoE); exit 2 for other
-    models, labels of another model or bad options.
+    chance). Routers that softmax over all experts then take the top-k, without a score
+    bias or group limit (OLMoE, Mixtral, Qwen-MoE, greedy DeepSeek-V2, plugin families
+    of that rule); exit 2 for other models, labels of another model or bad options.
+    The LLM options are moe-explain's (--model, --api-base, ..., -O KEY=VALUE;
+    --llm-model is the old name of --model).
     """
-    from ..models import model_identity
-    from ..models.loader import load_model
-    from ..probe.causal import (
-        OFFLINE_PROPOSER,
-        CausalOptions,
-        Summary,
-        evaluate,
-        header_extra,
-        layer_table,
-        propose_llm,
-        propose_offline,
-        read_labels,
-    )
-    from ..probe.dla import check_supported
-    from .common import open_stream_writer
+    from ..probe.run import probe_causal
+    from .common import tool_info
 
-    options = CausalOptions(triggers=triggers, targets=targets, attempts=attempts, seed=seed, shuffles=shuffles,
-                            max_length=max_length)
-    options.check()
-    loaded = load_model(model, dtype=dtype, device=device, require_moe=False)
-    check_supported(loaded.model, loaded.adapter)
-    identity = model_identity(loaded.model, loaded.adapter, path=model)
-    summary = Summary()
-    layers = {layer.index: layer.num_experts for layer in loaded.adapter.moe_layers()}
-    chosen = read_labels(labels, identity, layers, summary)
-    if backend == "offline":
-        stray = [flag for flag, value in (("--llm-model", llm_model), ("--api-base", api_base),
-                                          ("--concurrency", concurrency)) if value is not None]
-        if stray:
-            raise UsageError(f"{stray[0]} does not apply to --backend offline")
-        proposer, proposals = OFFLINE_PROPOSER, propose_offline(chosen, options)
-    else:
-        from ..llm import ResponseCache, make_client
-        from ..probe.causal_prompts import CACHE_NAMESPACE
-
-        given = {"max_tokens": max_tokens}
-        for name, value in (("model", llm_model), ("api_base", api_base), ("api_key_env", api_key_env),
-                            ("concurrency", concurrency), ("temperature", temperature)):
-            if value is not None:
-                given[name] = value
-        for pair in backend_option:
-            key, sep, value = pair.partition("=")
-            if not sep or not key.strip():
-                raise UsageError(f"-O {pair!r}: expected KEY=VALUE")
-            given[key.strip().replace("-", "_")] = value
-        client = make_client(backend, given)
-        client.prepare()
-        proposer = {**client.label(), "method": "trigger-target-json-v1"}
-        cache = ResponseCache(cache_dir, namespace=CACHE_NAMESPACE, enabled=not no_cache, read=not refresh)
-        say(f"asking {backend} for triggers and targets of {len(chosen)} label(s)")
-        proposals = propose_llm(client, cache, chosen, options)
-    records = []
-    with open_stream_writer(output, "probe", fmt, uncompressed, model=identity,
-                            header_extra=header_extra(proposer, options, labels)) as writer:
-        with progress("moe-probe: attributing") as bar:
-            for record in evaluate(loaded.model, loaded.tokenizer, loaded.adapter, proposals, proposer, options,
-                                   summary, on_label=lambda: bar.advance(1)):
-                writer.write(record)
-                records.append(record)
-        writer.end_extra = {"summary": {"labels": summary.labels, "evaluated": summary.evaluated,
-                                        "skipped": summary.skipped}}
-    say(f"{summary.evaluated} of {summary.labels} label(s) attributed"
-        + (f"; skipped {summary.skipped}" if summary.skipped else ""))
-    if summary.evaluated:
-        say(layer_table(records))
-    else:
-        warn("no label could be attributed (see the records' 'error')")
+    probe_causal(model, labels, output, fmt=fmt, uncompressed=uncompressed, **llm.keywords(), triggers=triggers,
+                 targets=targets, shuffles=shuffles, seed=seed, max_length=max_length, device=device, dtype=dtype,
+                 tool=tool_info(), log=say, warn=warn, progress=progress)
 
 
 main = command.main

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from .common import say, tool
+from .common import output_guard, say, tool
 
 EXAMPLE = """\
 moe-report trace.msgpack.zst samples.msgpack.zst labels.jsonl scores.jsonl -o report.html
@@ -30,6 +30,7 @@ xdg-open 'report.html#3/17'"""
 @click.option("--context-tokens", default=48, show_default=True, type=click.IntRange(1),
               help="Tokens kept per context, around its marked token.")
 @click.option("--title", default=None, help="Page title [moe-report: MODEL].")
+@output_guard()
 def command(inputs, output, baseline, contexts, holdout, context_tokens, title):
     """One self-contained HTML page of a model's experts.
 

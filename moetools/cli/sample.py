@@ -6,7 +6,18 @@ import click
 
 from ..errors import UsageError
 from ..sample import HARD_NEGATIVES, RANK_FIELDS, SampleOptions, sample_trace, summary_line
-from .common import input_argument, open_stream_writer, output_options, progress, read_input, say, tool, warn
+from .common import (
+    finite_float,
+    input_argument,
+    open_stream_writer,
+    output_guard,
+    output_options,
+    progress,
+    read_input,
+    say,
+    tool,
+    warn,
+)
 
 EXAMPLE = """\
 moe-trace models/olmoe corpus.jsonl | moe-sample -o samples.msgpack.zst
@@ -52,7 +63,7 @@ def parse_ids(text: str | None, what: str) -> tuple[int, ...] | None:
 @click.option("--context", default=32, show_default=True, type=click.IntRange(1),
               help="Tokens per context: a fixed grid of cells over each document.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice.")
-@click.option("--holdout-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--holdout-fraction", default=0.2, show_default=True, type=finite_float(0, 1),
               help="Share of document regions reserved for the holdout sets.")
 @click.option("--split-region", default=256, show_default=True, type=click.IntRange(0),
               help="Tokens per region of the explain/holdout split (a multiple of --context); 0 splits by "
@@ -67,6 +78,7 @@ def parse_ids(text: str | None, what: str) -> tuple[int, ...] | None:
 @click.option("--domain", default=None, help="Only sequences whose meta.domain is DOMAIN (for P_domain prompts).")
 @click.option("--min-count", default=0, show_default=True, type=click.IntRange(0),
               help="Experts firing on fewer tokens get a record with stats only (status below-min-count).")
+@output_guard()
 def command(input, output, fmt, uncompressed, layers, experts, **options):
     """Per-expert example sets from a trace: top, importance-weighted, negatives, holdout.
 

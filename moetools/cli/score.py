@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..errors import UsageError
-from .common import open_stream_writer, progress, read_input, say, tool, warn
+from .common import FINITE_FLOAT, open_stream_writer, output_guard, progress, read_input, say, tool, warn
 from .score_judge import judge_options, pop_judge_flags
 
 EXAMPLE = """\
@@ -55,7 +55,7 @@ def parse_metrics(text: str | None):
 @click.option("--permutations", default=1000, show_default=True, type=click.IntRange(0),
               help="Domain-label shuffles of the skew permutation test (0: no p/q-values).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the shuffles.")
-@click.option("--min-ratio", default=2.0, show_default=True, type=float,
+@click.option("--min-ratio", default=2.0, show_default=True, type=FINITE_FLOAT,
               help="Skew criterion: best domain >= RATIO x runner-up (004 sec. 5.1).")
 @click.option("--cdas-k", "cdas_k", multiple=True, type=click.IntRange(1), default=(6,), show_default=True,
               help="k of C-DAS@k (003 eq. 2); repeat for several.")
@@ -74,6 +74,7 @@ def parse_metrics(text: str | None):
 @click.option("--table-top", default=10, show_default=True, type=click.IntRange(1),
               help="Rows per domain of --format table.")
 @judge_options
+@output_guard()
 def command(traces, output, fmt, uncompressed, general, rc_against, metrics, document_memory, cdas_k,
             table_by, table_top, **options):
     """Routing statistics of every expert from one or more traces, in one pass.

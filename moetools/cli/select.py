@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from .common import read_input, say, tool, tool_info
+from .common import FINITE_FLOAT, finite_float, output_guard, read_input, say, tool, tool_info
 
 EXAMPLE = """\
 moe-select routing.scores.jsonl --by das --domain medical --top 16 > medical.json
@@ -31,15 +31,15 @@ OPERATIONS = ("union", "intersect", "minus", "complement")
 @click.option("--top-total", type=click.IntRange(0), default=None, help="The M best experts over all layers.")
 @click.option("--bottom", type=click.IntRange(0), default=None,
               help="The M lowest of each layer (003's unrelated experts).")
-@click.option("--threshold", type=float, default=None, help="Only experts whose value is >= X.")
-@click.option("--cumulative", type=float, default=None, metavar="P",
+@click.option("--threshold", type=FINITE_FLOAT, default=None, help="Only experts whose value is >= X.")
+@click.option("--cumulative", type=FINITE_FLOAT, default=None, metavar="P",
               help="ESFT's top-p per layer: best first until their scores sum to P (use with esft_token/esft_gate); "
                    "a signed metric (das, pearson, any negative value) is refused.")
-@click.option("--min-ratio", type=float, default=None,
+@click.option("--min-ratio", type=FINITE_FLOAT, default=None,
               help="Skew: best domain (--domain) >= R x the runner-up (004 sec. 5.1; implies --by skew).")
-@click.option("--max-q", type=click.FloatRange(0, 1), default=None,
+@click.option("--max-q", type=finite_float(0, 1), default=None,
               help="Skew: also the permutation test's Benjamini-Hochberg q-value <= Q.")
-@click.option("--min-correlation", type=float, default=None,
+@click.option("--min-correlation", type=FINITE_FLOAT, default=None,
               help="Pearson r >= C (004 sec. 5.2: 0.2, 0.1, 0.05; implies --by pearson).")
 @click.option("--random", type=click.IntRange(0), default=None, metavar="M",
               help="M experts per layer drawn at random (the control), seeded by --seed.")
@@ -48,6 +48,7 @@ OPERATIONS = ("union", "intersect", "minus", "complement")
               help="complement of a set without a model block (an ESFT file): experts per layer.")
 @click.option("--layers", default=None, metavar="IDS",
               help="complement of a set without a model block: its MoE layers, e.g. 1-26.")
+@output_guard()
 def command(inputs, output, num_experts, layers, **options):
     """Turn scores into an expert set, or combine expert sets.
 

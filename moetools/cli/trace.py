@@ -12,7 +12,7 @@ import inspect
 
 import click
 
-from .common import output_options, progress, say, tool, tool_info, warn
+from .common import output_guard, output_options, progress, say, tool, tool_info, warn
 
 EXAMPLE = """\
 moe-trace models/olmoe corpus.jsonl --max-length 256 -o trace.msgpack.zst
@@ -82,6 +82,7 @@ def list_models(ctx, param, value) -> None:
 @click.option("--list-models", is_flag=True, expose_value=False, is_eager=True, callback=list_models,
               help="List the model families moe-trace knows (its adapters: built in and from installed "
                    "plugins) and exit.")
+@output_guard(resume_flag="resume")
 def command(model, corpus, output, fmt, uncompressed, **options):
     """Trace which experts every token of CORPUS is routed to in MODEL.
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from .common import ToolGroup, progress, say, subcommand_verbosity, tool_group
+from .common import (
+    FINITE_FLOAT,
+    ToolGroup,
+    finite_float,
+    output_guard,
+    progress,
+    say,
+    subcommand_verbosity,
+    tool_group,
+)
 
 EXAMPLE = """\
 moe-tune model/ --data medical.train.jsonl --eval medical.val.jsonl general.val.jsonl \\
@@ -13,6 +22,8 @@ moe-tune model/ --data medical.train.jsonl --mode das-two-stage --general genera
 torchrun --nproc-per-node 2 -m moetools.tune model/ --data medical.train.jsonl --mode lora -o tuned/
 moe-tune merge tuned/ -o merged/"""
 
+TRAIN_FORCE_HELP = ("Start over in an existing OUTPUT this suite wrote: it is renamed to OUTPUT.old and removed "
+                    "when the new run is complete (without --force or --resume an existing OUTPUT is refused).")
 MODES = ("full", "experts", "attention-router", "das-two-stage", "lora", "lora-experts")  # = moetools.tune.MODES
 
 
@@ -94,30 +105,33 @@ command.__class__ = TuneGroup  # tool_group builds a ToolGroup; this one implies
 @click.option("--grad-accum", default=1, show_default=True, type=click.IntRange(min=1),
               help="Micro-batches per step.")
 @click.option("--seq-len", default=256, show_default=True, type=click.IntRange(min=2), help="Tokens per sequence.")
-@click.option("--lr", default=1e-4, show_default=True, type=float, help="Peak learning rate (AdamW).")
-@click.option("--min-lr", default=0.0, show_default=True, type=float, help="Learning rate at the end of the cosine.")
+@click.option("--lr", default=1e-4, show_default=True, type=FINITE_FLOAT, help="Peak learning rate (AdamW).")
+@click.option("--min-lr", default=0.0, show_default=True, type=FINITE_FLOAT, help="Learning rate at the end of the cosine.")
 @click.option("--warmup", type=click.IntRange(min=0), help="Warmup steps per stage [5% of its steps].")
-@click.option("--weight-decay", default=0.0, show_default=True, type=float)
-@click.option("--grad-clip", default=1.0, show_default=True, type=float, help="Gradient norm clip.")
+@click.option("--weight-decay", default=0.0, show_default=True, type=FINITE_FLOAT)
+@click.option("--grad-clip", default=1.0, show_default=True, type=FINITE_FLOAT, help="Gradient norm clip.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--eval-every", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--eval-batches", default=8, show_default=True, type=click.IntRange(min=1),
               help="Eval batches per file.")
 @click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--stop-at-step", type=click.IntRange(min=1), help="Stop after this step with a checkpoint.")
-@click.option("--max-minutes", type=click.FloatRange(min=0), help="Stop (with a checkpoint) after this long.")
+@click.option("--max-minutes", type=finite_float(min=0), help="Stop (with a checkpoint) after this long.")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint exactly.")
 @click.option("--lora-rank", default=16, show_default=True, type=click.IntRange(min=1))
-@click.option("--lora-alpha", default=32.0, show_default=True, type=float)
+@click.option("--lora-alpha", default=32.0, show_default=True, type=FINITE_FLOAT)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="Weights while training (on a GPU with bf16, the forward runs under bf16 autocast).")
 @click.option("--text-field", default="text", show_default=True, help="JSON field holding the text.")
 @click.option("--domain-field", default="domain", show_default=True, help="JSON field naming the domain.")
+@output_guard(directory=True, resume_flag="resume", pass_force=True, force_help=TRAIN_FORCE_HELP)
 def train_command(model, data, eval_files, output, **options):
     """Fine-tune MODEL on --data; write an adapter to OUTPUT.
 
     Under torchrun (`torchrun --nproc-per-node N -m moetools.tune ...`, same flags) it trains
-    data-parallel (DDP; gloo on CPU) with the same results as one process.
+    data-parallel (DDP; gloo on CPU) with the same results as one process. MONET layers that
+    share one router (moe_groups > 1): an expert of --experts trains in every layer of its
+    group (a note on stderr says so).
     """
     from ..tune import TuneOptions, tune
 
@@ -129,7 +143,7 @@ def train_command(model, data, eval_files, output, **options):
         elif record["type"] == "cdas":
             say(f"step {record['step']}: C-DAS@{record['k']} {record['cdas']:.4f}")
 
-    summary = tune(tune_options, on_log=on_log, progress=progress)
+    summary = tune(tune_options, on_log=on_log, progress=progress, on_note=lambda text: say(f"note: {text}"))
     say(f"{summary['steps']} steps, {summary['trainable_parameters']} trainable parameters -> {output}")
 
 
@@ -142,7 +156,8 @@ def train_command(model, data, eval_files, output, **options):
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True, help="Weights of the merged checkpoint (auto: the base checkpoint's, e.g. bf16; "
                    "shards like the base's).")
-def merge_command(adapter, output, base, dtype):
+@output_guard(directory=True, pass_force=True)
+def merge_command(adapter, output, base, dtype, force):
     """Merge ADAPTER into its base model; AutoModelForCausalLM.from_pretrained loads OUTPUT.
 
     The merged config carries `moetools_tuned` (base fingerprint, mode, adapter), so the
@@ -152,7 +167,7 @@ def merge_command(adapter, output, base, dtype):
     """
     from ..tune import merge
 
-    provenance = merge(adapter, output, base=base, dtype=dtype)
+    provenance = merge(adapter, output, base=base, dtype=dtype, force=force)
     say(f"{provenance['mode']} adapter merged into {provenance['base_name']} -> {output}")
 
 

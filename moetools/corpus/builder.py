@@ -37,7 +37,6 @@ domains interleave.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -45,7 +44,9 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UsageError
-from ..streams.files import write_file_atomic
+from ..streams import strict_json
+from ..streams.files import create_directory, write_file_atomic
+from ..streams.outputs import check_output
 from .sources import DOMAINS, MissingSourceError, Source, make_source
 from .splits import (
     DEFAULT_FRACTIONS,
@@ -179,8 +180,12 @@ def build_corpus(output: str | Path, *, domains: Iterable[str] = DOMAINS, roots:
                  max_chars: int = DEFAULT_MAX_CHARS,
                  max_chunks_per_document: int | None = DEFAULT_MAX_CHUNKS_PER_DOCUMENT, fractions=DEFAULT_FRACTIONS,
                  min_tokens_per_domain: int = MIN_TOKENS_PER_DOMAIN, skip_missing: bool = False,
-                 log: Callable[[str], None] = lambda message: None) -> dict:
+                 log: Callable[[str], None] = lambda message: None, force: bool = False) -> dict:
     """Build the corpus into directory ``output`` and return its manifest.
+
+    An existing ``output`` is replaced (atomically) only with ``force`` and only when this suite
+    wrote it (moetools.streams.outputs.check_output); the directory is written as
+    ``output.partial/`` and swapped in when complete.
 
     ``roots`` maps a domain to the path its source reads instead of the
     installed resource. Missing sources raise :class:`MissingSourceError`
@@ -201,8 +206,7 @@ def build_corpus(output: str | Path, *, domains: Iterable[str] = DOMAINS, roots:
     except ValueError as error:
         raise UsageError(str(error)) from None
     output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"cannot write the corpus to {output}: not a directory")
+    check_output(output, inputs=roots.values(), force=force, directory=True)
 
     sources = [make_source(domain, roots.get(domain)) for domain in domains]
     missing = check_sources(sources)
@@ -235,35 +239,35 @@ def build_corpus(output: str | Path, *, domains: Iterable[str] = DOMAINS, roots:
         for record in records:
             records_by_split[split_of(record["id"], fractions)].append(record)
 
-    output.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for split in SPLITS:
-        records = sorted(records_by_split[split], key=lambda record: unit_interval(record["id"], ORDER_SALT))
-        payload = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
-        _write_atomically(output / f"{split}.jsonl", payload)
-        files[f"{split}.jsonl"] = {"records": len(records), "bytes": len(payload),
-                                   "sha256": hashlib.sha256(payload).hexdigest()}
+    with create_directory(output, tool="moetools corpus build") as partial:
+        files = {}
+        for split in SPLITS:
+            records = sorted(records_by_split[split], key=lambda record: unit_interval(record["id"], ORDER_SALT))
+            payload = "".join(strict_json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
+            _write_atomically(partial / f"{split}.jsonl", payload)
+            files[f"{split}.jsonl"] = {"records": len(records), "bytes": len(payload),
+                                       "sha256": hashlib.sha256(payload).hexdigest()}
 
-    manifest = {
-        "kind": "corpus",
-        "builder": {"name": "moetools.corpus", "version": BUILDER_VERSION, "moetools": __version__},
-        "parameters": {
-            "domains": [source.domain for source in sources],
-            "max_tokens_per_domain": max_tokens_per_domain,
-            "min_tokens_per_domain": min_tokens_per_domain,
-            "max_chars": max_chars,
-            "max_chunks_per_document": max_chunks_per_document,
-            "split_fractions": dict(zip(SPLITS, fractions)),
-            "split_rule": f"sha256('{SPLIT_SALT}' + id)[:8] / 2**64 against the cumulative fractions",
-            "tokenizer": TOKENIZER_DESCRIPTION,
-        },
-        "record_fields": list(RECORD_FIELDS) + ["toxicity (general, offensive)"],
-        "sources": collection,
-        "missing": {error.domain: {"what": error.what, "install": error.install} for error in missing},
-        "warnings": warnings,
-        "counts": summarise(records_by_split),
-        "files": files,
-    }
-    _write_atomically(output / "manifest.json",
-                      (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        manifest = {
+            "kind": "corpus",
+            "builder": {"name": "moetools.corpus", "version": BUILDER_VERSION, "moetools": __version__},
+            "parameters": {
+                "domains": [source.domain for source in sources],
+                "max_tokens_per_domain": max_tokens_per_domain,
+                "min_tokens_per_domain": min_tokens_per_domain,
+                "max_chars": max_chars,
+                "max_chunks_per_document": max_chunks_per_document,
+                "split_fractions": dict(zip(SPLITS, fractions)),
+                "split_rule": f"sha256('{SPLIT_SALT}' + id)[:8] / 2**64 against the cumulative fractions",
+                "tokenizer": TOKENIZER_DESCRIPTION,
+            },
+            "record_fields": list(RECORD_FIELDS) + ["toxicity (general, offensive)"],
+            "sources": collection,
+            "missing": {error.domain: {"what": error.what, "install": error.install} for error in missing},
+            "warnings": warnings,
+            "counts": summarise(records_by_split),
+            "files": files,
+        }
+        _write_atomically(partial / "manifest.json",
+                          (strict_json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
     return manifest

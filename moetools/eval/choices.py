@@ -10,11 +10,12 @@ context+continuation beyond the context's). ``acc`` = mean [argmax_c LL(c) = ans
 
 from __future__ import annotations
 
-from ..errors import FormatError
+from ..errors import EmptyInputError, FormatError
 
 
 def read_choice_items(path) -> list[dict]:
-    """The items of a JSON-lines file (FormatError, exit 2, naming the line of a bad one)."""
+    """The items of a JSON-lines file (FormatError, exit 2, naming the line of a bad one; no item at all:
+    EmptyInputError, exit 3). An empty choice is refused: acc_norm divides by its length."""
     from ..corpus.documents import read_json_objects
 
     items = []
@@ -22,10 +23,16 @@ def read_choice_items(path) -> list[dict]:
         choices, answer = item.get("choices"), item.get("answer")
         if not isinstance(item.get("question"), str) or not isinstance(choices, list) or len(choices) < 2 \
                 or not all(isinstance(c, str) for c in choices) or not isinstance(answer, int) \
-                or not 0 <= answer < len(choices):
+                or isinstance(answer, bool) or not 0 <= answer < len(choices):
             raise FormatError(f"{path}:{number}: an item needs question (str), choices (>= 2 str) and "
                               f"answer (index into choices)")
+        empty = [k for k, choice in enumerate(choices) if not choice]
+        if empty:
+            raise FormatError(f"{path}:{number}: choice {empty[0]} is empty (acc_norm divides the "
+                              "log-likelihood by a choice's length in characters)")
         items.append(item)
+    if not items:
+        raise EmptyInputError(f"{path}: empty input: no multiple-choice items")
     return items
 
 

@@ -9,18 +9,22 @@ from ..reporting import ProgressFactory, no_progress
 
 def load_for_eval(path, *, dtype: str = "auto", device: str = "cpu"):
     """load_model for a base, dense or masked directory. A ``remote``-mode masked directory is loaded with
-    trust_remote_code only when its custom code is exactly moe-mask's own (ModelError otherwise)."""
+    trust_remote_code only when its custom code and every ``auto_map`` are exactly moe-mask's own (ModelError,
+    exit 2, before any of its code runs: moetools.models.loader.check_trusted_code)."""
     from ..errors import ModelError
-    from ..mask.directory import read_mask_record
-    from ..mask.remote import is_own_code
+    from ..mask.directory import mask_record_problem, read_mask_record
     from ..models import load_model
+    from ..models.loader import check_trusted_code
 
-    record = read_mask_record(path) or {}
+    record = read_mask_record(path)
+    problem = None if record is None else mask_record_problem(record)
+    if problem:
+        raise ModelError(f"{path}: {problem}")
+    record = record or {}
     trust = record.get("mode") == "remote"
-    if trust and not is_own_code(path, record.get("family", "")):
-        raise ModelError(f"{path}: its custom code is not moe-mask's own; load it yourself with "
-                         "trust_remote_code=True if you trust it")
-    if not trust:
+    if trust:
+        check_trusted_code(path)
+    else:
         return load_model(path, dtype=dtype, device=device, require_moe=False)
     # moe-mask's class subclasses the family's, so transformers warns "a model of type
     # moetools_masked_<family> to instantiate a model of type <family>" at every load: expected, silenced
@@ -61,6 +65,8 @@ def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domai
     from .loss import domain_loss
 
     items = read_choice_items(choices) if choices else None
+    # read once, before any model loads: empty or unusable input is refused first (moetools.corpus.documents)
+    documents = list(read_corpus(data, text_field=text_field)) if data is not None else None
     first_domains: dict = {}
     first_choice: dict = {}
     for position, path in enumerate(paths):
@@ -71,8 +77,7 @@ def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domai
         yield {"type": "model", "model": position, "identity": identity_of(loaded),
                "masked": None if mask is None else {"mode": mask.get("mode"), "base": mask.get("base"),
                                                     "experts": mask.get("experts")}}
-        if data is not None:
-            documents = read_corpus(data, text_field=text_field)
+        if documents is not None:
             with progress(f"model {position}: batches") as bar:
                 def count_batch(size: int) -> None:
                     bar.advance(1)

@@ -3,7 +3,8 @@
 The methods (``--backend``): the paper's chat prompt through any completion client
 of :mod:`moetools.llm` (``openai``, ``local``, or a plugin's; :mod:`.chat`), MONET
 self-explanation (``self``, :mod:`.self_explain`) and an offline statistical
-summary (``offline``, :mod:`.offline`). From Python::
+summary (``offline``, :mod:`.offline`). The whole tool, as ``moe-explain`` runs it (resume,
+output, closing lines): :func:`moetools.explain.run.explain_samples`. Piece by piece::
 
     from moetools.explain import ExplainSettings, ResponseCache, make_explainer, make_runner, run_sync
 

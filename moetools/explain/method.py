@@ -45,8 +45,7 @@ class NoOptions(Options):
 class ExplainAccounting(Accounting):
     """The client's request/token counters plus moe-explain's per-expert outcomes (the end record)."""
 
-    answer_retries: int = 0    # answers that were not a label and were asked again
-    failures: int = 0          # experts recorded as failed
+    # answer_retries: answers that were not a label and were asked again; failures: experts recorded as failed
     no_examples: int = 0       # of those, experts with nothing to explain (no activating examples)
     labelled: int = 0          # experts labelled in this run
     skipped: int = 0           # experts already labelled in the output (resume)

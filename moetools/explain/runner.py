@@ -8,10 +8,11 @@ into one ``label`` record (formats/labels.md):
    "in order from most strongly activating to least strongly activating"), at most
    ``max_examples`` (paper 002 shows 20), plus the top logit-lens tokens (paper 002: 3);
 2. the prompt (P_mono or P_domain(d), :mod:`moetools.explain.prompts`);
-3. the answer: from the response cache when it holds this exact request and the
-   answer there is a label, else from the method, then cached when it is a label;
-   an answer that is not a label (:mod:`moetools.explain.parse`) is asked again
-   (``attempts`` in all) and finally recorded as failed with the raw text and why.
+3. the answer, through the one LLM exchange (:func:`moetools.llm.exchange.exchange`):
+   from the response cache when it holds this exact request and the answer there
+   is a label, else from the method, then cached when it is a label; an answer
+   that is not a label (:mod:`moetools.explain.parse`) is asked again (``attempts``
+   in all) and finally recorded as failed with the raw text and why.
 
 Up to ``window`` experts are being worked on at once, and at most the method's
 ``concurrency`` of them wait for an answer (a client also bounds its own requests
@@ -29,8 +30,8 @@ from collections.abc import Callable, Container, Iterable
 
 import numpy as np
 
-from ..llm.base import BackendError, FatalBackendError
-from ..llm.cache import ResponseCache, through_cache
+from ..llm.cache import ResponseCache
+from ..llm.exchange import exchange
 from .method import DEFAULT_LOGIT_LENS_TOP, DEFAULT_MAX_EXAMPLES, ExplainAccounting, Explainer, ExplainJob
 from .prompts import Domain, build_messages
 
@@ -111,17 +112,6 @@ class ExplainRunner:
         return ExplainJob(layer=int(record["layer"]), expert=int(record["expert"]), messages=messages,
                           examples=examples, record=record)
 
-    async def _answer(self, job: ExplainJob):
-        """The method's answer to ``job``: a cached one when it is a label, else a fresh one (cached if a label)."""
-        identity = self.backend.request_identity(job) if self.backend.cacheable and self.cache is not None else None
-
-        async def fresh():
-            async with self._slots:
-                return await self.backend.complete(job)
-
-        return await through_cache(self.cache, identity, fresh, accounting=self.accounting,
-                                   accept=lambda completion: self.backend.interpret(completion)[0] is not None)
-
     async def label(self, record: dict) -> dict:
         """The label record of one expert (status ok or failed; never a made-up explanation)."""
         started = time.perf_counter()
@@ -130,33 +120,22 @@ class ExplainRunner:
                  "status": "failed", "prompt": self.prompt_record(), "explainer": self.backend.identity(),
                  "examples": [str(context.get("id")) for context in job.examples]}
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "cache_hits": 0}
-        raw, error, kind = None, None, None
-        if not job.examples:
+        if job.examples:
+            answer = await self._exchange(job)
+            usage.update(prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens,
+                         cache_hits=answer.cache_hits)
+            if answer.value is not None:
+                label["explanation"], label["status"] = answer.value, "ok"
+                if answer.completion.details:
+                    label["details"] = answer.completion.details
+            error, raw, kind = answer.error, answer.raw, answer.kind
+        else:
             status = record.get("status")
             error = "no activating examples in the explain sets" + (f" (samples status: {status})"
                                                                     if status and status != "ok" else "")
-        for attempt in range(self.attempts if job.examples else 0):
-            job.attempt = attempt
-            if attempt:
-                self.accounting.answer_retries += 1
-            try:
-                completion = await self._answer(job)
-            except FatalBackendError:
-                raise
-            except BackendError as failure:
-                raw, error, kind = None, str(failure), failure.kind
-                break  # the transport already retried; asking again would only repeat that
-            usage["cache_hits"] += int(completion.cached)
-            usage["prompt_tokens"] += completion.usage.prompt_tokens
-            usage["completion_tokens"] += completion.usage.completion_tokens
-            explanation, problem = self.backend.interpret(completion)
-            if explanation is not None:
-                label["explanation"], label["status"], raw, error, kind = explanation, "ok", None, None, None
-                if completion.details:
-                    label["details"] = completion.details
-                break
-            raw, error = completion.text, problem
-            kind = "length" if completion.truncated else "answer"
+            raw, kind = None, None
+            self.accounting.failures += 1     # no exchange: nothing else counts it
+            self.accounting.no_examples += 1
         usage["requests"] = job.requests
         label["usage"] = usage
         label["attempts"] = job.attempt + 1 if job.examples else 0
@@ -164,13 +143,27 @@ class ExplainRunner:
         if label["status"] != "ok":
             label["error"] = error
             label["raw"] = raw
-            self.accounting.failures += 1
-            self.accounting.no_examples += not job.examples
             if kind is not None:
                 self.failure_kinds[kind] += 1
         else:
             self.accounting.labelled += 1
         return label
+
+    async def _exchange(self, job: ExplainJob):
+        """The method's answer to ``job`` through the one exchange (:func:`moetools.llm.exchange.exchange`)."""
+
+        async def send(messages, attempt):
+            job.attempt = attempt
+            async with self._slots:
+                return await self.backend.complete(job)
+
+        def key(messages, attempt):
+            job.attempt = attempt
+            return self.backend.request_identity(job)
+
+        return await exchange(send, job.messages, lambda completion: self.backend.interpret(completion),
+                              attempts=self.attempts, cache=self.cache if self.backend.cacheable else None, key=key,
+                              accounting=self.accounting)
 
     def advice(self) -> str | None:
         """One line on what to change, from the most common reason experts failed (None when nothing to say)."""

@@ -9,20 +9,23 @@ owns its defaults and checks (:class:`OpenAIOptions <moetools.llm.openai.OpenAIO
 :class:`LocalOptions <moetools.llm.local.LocalOptions>`). Prompts and answer parsing
 belong to the caller (moe-explain: :mod:`moetools.explain`)::
 
-    from moetools.llm import Request, ResponseCache, complete_batch, make_client
+    from moetools.llm import ResponseCache, ask_batch, make_client
 
     client = make_client("openai", {"api_base": "http://localhost:8000/v1", "model": "Qwen/Qwen3-8B",
                                     "concurrency": 32, "max_tokens": 16})
     client.prepare()                   # before any work: server reachable? model known? (raises)
-    answers = complete_batch(client, [Request(messages) for messages in prompts],
-                             cache=ResponseCache(namespace="score"), accept=lambda c: not c.truncated)
-    for answer in answers:             # a Completion, or the BackendError of a request that failed
-        answer.text, answer.finish_reason, answer.usage.prompt_tokens, answer.cached
-    client.accounting.as_dict()        # requests, cache_hits, retries, tokens, max_in_flight
+    answers = ask_batch(client, prompts, parse, attempts=3, cache=ResponseCache(namespace="score"))
+    for answer in answers:             # an Answer: what parse made of it, or why there is none
+        answer.value, answer.error, answer.attempts, answer.requests, answer.cache_hits
+    client.accounting.as_dict()        # requests, cache_hits, retries, tokens, max_in_flight, failures
 
-In async code: ``await client.start()``, ``await client.complete(messages, temperature=,
-max_tokens=, answer_prefix=)`` (any number at once; the client bounds its requests in
-flight), ``await client.aclose()``; or ``await complete_all(client, requests)``.
+One exchange (:func:`ask`, :mod:`moetools.llm.exchange`) sends a prompt, parses the answer with
+the caller's parser, asks again (with the reason, or sampling again), caches what parses and
+records what failed; moe-explain, moe-score's judge and moe-probe causal all go through it. In
+async code: ``await ask(client, messages, parse, ...)`` (any number at once; the client bounds
+its requests in flight) between ``await client.start()`` and ``await client.aclose()``, or
+``await ask_all(client, prompts, parse)``; ``await client.complete(messages, temperature=,
+max_tokens=, answer_prefix=)`` is one bare request.
 :class:`FatalBackendError` (refused key, unreachable server) means no other request can
 succeed: stop. Options by mapping go through ``options_class.from_settings`` (types,
 defaults, checks); :func:`backend_table` describes every backend and its options.
@@ -39,8 +42,8 @@ from .base import (
     Usage,
     option,
 )
-from .batch import Request, complete_all, complete_batch, complete_one
 from .cache import ResponseCache, default_cache_dir, through_cache
+from .exchange import Answer, ask, ask_all, ask_batch, exchange, refusing_truncated
 from .registry import ENTRY_POINT_GROUP, available, client_class, make_client
 
 
@@ -53,23 +56,25 @@ def backend_table() -> list[dict]:
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Accounting",
+    "Answer",
     "BackendError",
     "Completion",
     "CompletionClient",
     "FatalBackendError",
     "GenerationOptions",
     "Options",
-    "Request",
     "ResponseCache",
     "Usage",
+    "ask",
+    "ask_all",
+    "ask_batch",
     "available",
     "backend_table",
     "client_class",
-    "complete_all",
-    "complete_batch",
-    "complete_one",
     "default_cache_dir",
+    "exchange",
     "make_client",
     "option",
+    "refusing_truncated",
     "through_cache",
 ]

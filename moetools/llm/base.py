@@ -65,6 +65,8 @@ class Accounting:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     max_in_flight: int = 0
+    answer_retries: int = 0    # answers that did not parse and were asked again (moetools.llm.exchange)
+    failures: int = 0          # exchanges that ended without an answer (after every attempt, or a transport failure)
 
     def add_usage(self, usage: Usage) -> None:
         self.prompt_tokens += usage.prompt_tokens

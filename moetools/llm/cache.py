@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from ..streams import strict_json
 from .base import Accounting, Completion, Usage
 
 
@@ -84,12 +85,18 @@ class ResponseCache:
         handle, temporary = tempfile.mkstemp(prefix=f".{key[:8]}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as file:
-                json.dump(entry, file, ensure_ascii=False)
+                file.write(strict_json.dumps(entry, ensure_ascii=False))
             os.replace(temporary, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temporary)
             raise
+
+
+def response_cache(cache_dir: str | os.PathLike | None, namespace: str, *, no_cache: bool = False,
+                   refresh: bool = False) -> ResponseCache:
+    """The cache of a tool's ``--cache-dir``, ``--no-cache`` (neither read nor write) and ``--refresh`` (write only)."""
+    return ResponseCache(cache_dir, namespace=namespace, enabled=not no_cache, read=not refresh)
 
 
 async def through_cache(cache: ResponseCache | None, identity: dict | None,

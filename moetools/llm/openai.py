@@ -12,7 +12,7 @@ seconds, a busy one gets its time. Retried, with exponential backoff and jitter
 ``max_retries`` times: HTTP 408, 409, 425, 429 and 5xx, timeouts, connection errors
 (refused, reset, dropped mid-response) and bodies that are not a chat completion.
 ``Retry-After`` (seconds or an HTTP date) is honoured as the least wait. 401, 403
-and 404 stop the run: every other request would fail alike. With
+and 404 stop the run: every other request would fail alike, so none is sent after one. With
 ``continue_final_message`` an ``answer_prefix`` is sent as a final assistant
 message for the server to continue (vLLM's extension of the same name); the
 answer's text then starts with the prefix.
@@ -106,22 +106,30 @@ class OpenAIOptions(GenerationOptions):
 
 
 class RateLimiter:
-    """At most ``rate`` request starts per second across the whole run (0 = unlimited)."""
+    """At most ``rate`` request starts per second across the whole run (0 = unlimited).
 
-    def __init__(self, rate: float):
+    ``clock`` (seconds, monotonic) and ``sleep`` are the limiter's own: the schedule it
+    keeps is on that clock, so a test can give it a manual one and check the schedule exactly.
+    """
+
+    def __init__(self, rate: float, *, clock=time.monotonic, sleep=asyncio.sleep):
         self.interval = 1.0 / rate if rate and rate > 0 else 0.0
+        self.clock = clock
+        self.sleep = sleep
         self._next = 0.0
         self._lock = asyncio.Lock()
 
-    async def wait(self) -> None:
+    async def wait(self) -> float | None:
+        """Wait for this request's turn; its start time on ``clock`` (None when unlimited)."""
         if not self.interval:
-            return
+            return None
         async with self._lock:
-            now = time.monotonic()
+            now = self.clock()
             start = max(now, self._next)
             self._next = start + self.interval
         if start > now:
-            await asyncio.sleep(start - now)
+            await self.sleep(start - now)
+        return start
 
 
 class AdaptiveLimit:
@@ -216,6 +224,7 @@ class OpenAIClient(CompletionClient):
         self._clients: list[httpx.AsyncClient] = []
         self._slots: AdaptiveLimit | None = None
         self._tls = None  # one TLS context for every pool (loading the CA bundle costs ~80 ms each time)
+        self._fatal: FatalBackendError | None = None  # once set, no further request is sent
 
     def _tls_context(self):
         if self._tls is None:
@@ -329,6 +338,9 @@ class OpenAIClient(CompletionClient):
             retry_after = None
             await self.limiter.wait()
             await self._slots.acquire()
+            if self._fatal is not None:  # another request was refused for good while this one waited
+                await self._slots.release()
+                raise self._fatal
             self.accounting.requests += 1
             self.accounting.max_in_flight = max(self.accounting.max_in_flight, self._slots.in_flight)
             timed_out = False
@@ -359,8 +371,9 @@ class OpenAIClient(CompletionClient):
                         self.accounting.add_usage(completion.usage)
                         return completion
                 elif status in FATAL_STATUS:
-                    raise FatalBackendError(f"{self.api_base}: {FATAL_STATUS[status]}; check --api-base, "
-                                            f"--model and the key in ${self.options.api_key_env}")
+                    self._fatal = FatalBackendError(f"{self.api_base}: {FATAL_STATUS[status]}; check --api-base, "
+                                                    f"--model and the key in ${self.options.api_key_env}")
+                    raise self._fatal
                 elif status in RETRY_STATUS or status >= 500:
                     last_problem, kind = f"HTTP {status}", "http"
                     retry_after = retry_after_seconds(response.headers.get("retry-after"))

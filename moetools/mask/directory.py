@@ -5,29 +5,31 @@ directories are written tensor by tensor through safetensors (:mod:`moetools.mas
 about two 128 MB shards, whatever the model's size); ``remote`` ones load the model once and save it
 in the layout its modules hold (custom-code classes get no checkpoint conversion from transformers).
 Both keep the source's dtype (unless ``--dtype``) and its sharding (:mod:`moetools.models.sharding`).
-Everything goes into a temporary directory beside OUT, renamed to OUT at the end.
+Everything goes into ``OUT.partial/`` beside OUT (with the suite's marker, modes from the umask),
+swapped in for OUT at the end (moetools.streams.files.create_directory).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import UsageError
 from ..reporting import ProgressFactory, no_progress
+from ..streams import strict_json
+from ..streams.files import create_directory
+from ..streams.outputs import MARKER, check_output
 from . import remote, stream
 from .plan import MaskPlan, plan_mask
 
-MASK_VERSION = 1
+MASK_VERSION = 2  # v2: the routing rule in the record (v1 directories: see mask_record_problem)
 RECORD_FILE = "moe_mask.json"
 SEMANTICS = ("a masked expert is never selected; every other gate is what the family's router computes when "
              "the masked experts' router logits are -inf")
 #: files of the source directory that save_pretrained writes itself (or that must not travel)
-_NOT_COPIED = {"config.json", RECORD_FILE}
+_NOT_COPIED = {"config.json", RECORD_FILE, MARKER}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".index.json", ".py", ".pyc")
 
 
@@ -61,6 +63,30 @@ def read_mask_record(directory) -> dict | None:
         return None
 
 
+def mask_record_problem(record) -> str | None:
+    """Why moetools cannot use a masked directory with this ``moe_mask`` record (one line), or None.
+
+    ``pruned`` and ``bias`` directories are standard checkpoints: every version loads. A ``remote``
+    one runs the routing code it carries: from v2 on that code reads the record's ``routing``; a v1
+    directory's code is an older moe-mask's, which moetools no longer vouches for.
+    """
+    from .routing import routing_problem
+
+    if not isinstance(record, dict):
+        return "moe_mask is not an object"
+    version, mode = record.get("version"), record.get("mode")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= MASK_VERSION:
+        return f"moe_mask version {version!r}: this moe-mask reads versions 1 to {MASK_VERSION}"
+    if mode not in ("pruned", "bias", "remote"):
+        return f"moe_mask mode {mode!r} is not pruned, bias or remote"
+    if mode == "remote" and version < 2:
+        return ("a remote-mode directory written by an older moe-mask (moe_mask v1): mask its base again, "
+                "or load it yourself with trust_remote_code=True if you trust it")
+    if mode == "remote" or "routing" in record:
+        return routing_problem(record.get("routing"))
+    return None
+
+
 def _meta_model(source: Path):
     """The model of ``source`` on the meta device (structure only, no memory) and its adapter.
 
@@ -78,20 +104,7 @@ def _copy_side_files(source: Path, target: Path) -> None:
     for path in source.iterdir():
         if path.is_file() and path.name not in _NOT_COPIED and not path.name.endswith(_WEIGHT_SUFFIXES) \
                 and not (target / path.name).exists():
-            shutil.copy2(path, target / path.name)
-
-
-def _publish(temporary: Path, out: Path, force: bool) -> None:
-    """Rename the finished directory onto OUT (an existing OUT only with ``force``, swapped aside first)."""
-    if out.exists():
-        if not force:
-            raise UsageError(f"{out} exists (use --force to replace it)")
-        aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rename(out, aside / out.name)
-        os.rename(temporary, out)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.rename(temporary, out)
+            shutil.copyfile(path, target / path.name)  # modes from the umask, as save_pretrained's files
 
 
 def mask_directory(source, experts_path, out, *, force: bool = False, dtype: str = "auto", log=None,
@@ -110,10 +123,9 @@ def mask_directory(source, experts_path, out, *, force: bool = False, dtype: str
     from .memory import expert_dict
 
     source, out = Path(source), Path(out)
-    if out.exists() and not force:
-        raise UsageError(f"{out} exists (use --force to replace it)")
-    if out.resolve() == source.resolve():
-        raise UsageError("the output directory must differ from the model directory")
+    # never the model, a directory holding it or one inside it; an existing OUT only with force, and only
+    # when moetools wrote it (formats/README.md, "Outputs")
+    check_output(out, inputs=[source, experts_path], force=force, directory=True)
     if read_mask_record(source) is not None:
         raise UsageError(f"{source} is already masked (config.json has moe_mask): mask its base with the "
                          "union of both expert sets instead")
@@ -125,9 +137,10 @@ def mask_directory(source, experts_path, out, *, force: bool = False, dtype: str
     if log:
         log(f"mode {plan.mode}: {sum(len(v) for v in plan.masked.values())} experts masked in "
             f"{sum(1 for v in plan.masked.values() if v)} layers" + "".join(f"; {n}" for n in plan.notes))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    if log and plan.shared_note:
+        log(f"note: {plan.shared_note}")
+    # OUT.partial/ (modes from the umask), swapped in for OUT when complete (moetools.streams.files)
+    with create_directory(out, tool="moe-mask") as temporary:
         if plan.mode == "remote":
             # the tensors as the modules hold them (fused experts): transformers applies no checkpoint
             # conversion to custom-code classes
@@ -140,16 +153,12 @@ def mask_directory(source, experts_path, out, *, force: bool = False, dtype: str
             config = json.loads((temporary / "config.json").read_text(encoding="utf-8"))
             config.update(remote.write_code(temporary, plan.model_type))
             config["moe_mask"] = record
-            (temporary / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
+            (temporary / "config.json").write_text(strict_json.dumps(config, indent=2, sort_keys=True) + "\n",
                                                    encoding="utf-8")
         else:
             stream.write_weights(source, temporary, plan, dtype=None if dtype == "auto" else torch_dtype(dtype),
                                  progress=progress)
             stream.write_config(source, temporary, plan, record, None if dtype == "auto" else dtype)
-        (temporary / RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        (temporary / RECORD_FILE).write_text(strict_json.dumps(record, indent=1) + "\n", encoding="utf-8")
         _copy_side_files(source, temporary)
-        _publish(temporary, out, force)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return record

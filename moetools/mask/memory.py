@@ -37,7 +37,7 @@ def masked(model, experts, adapter=None):
 
         adapter = adapter_for(model)
     plan = plan_mask(model, adapter, expert_dict(experts))
-    handles = attach(model, plan.masked, model.config.model_type)
+    handles = attach(model, plan.masked, plan.routing, plan.num_experts)
     try:
         yield plan
     finally:

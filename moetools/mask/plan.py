@@ -9,12 +9,15 @@ could then be forced to pick a masked expert) and chooses the output *mode* (for
   layer keeps the same number of experts (one count in the config) and, for group-limited routers,
   every group of a layer loses the same number (groups stay contiguous and equal).
 - ``bias``: a standard checkpoint with every expert kept and the masked experts' router bias (GPT-OSS
-  ``router.bias``), score-correction bias (DeepSeek-V3 ``e_score_correction_bias``) or ERNIE
-  ``moe_statics`` bias set to −∞: never chosen, and (softmax families) gates renormalised over the
-  chosen, so exact. Used when layers keep different numbers of experts and the family has such a bias.
+  ``router.bias``) or choice score bias (DeepSeek-V3 ``e_score_correction_bias``, ERNIE ``moe_statics``)
+  set to −∞: never chosen, and the other gates exactly those of the mask. Used when layers keep
+  different numbers of experts and the routing rule has such a bias (:func:`exact_biases`).
 - ``remote``: everything else (OLMoE, Mixtral, Qwen, DeepSeek-V2 with unequal per-layer sets; MONET):
   the weights unchanged plus the smallest custom code (``auto_map``) that applies the mask at routing
   level; loads with ``trust_remote_code=True`` and refuses to load without it.
+
+Everything about the family comes from its adapter (the routing rule, :meth:`Adapter.mask_routing`,
+:meth:`Adapter.expert_count_keys`): the plan knows no family by name.
 """
 
 from __future__ import annotations
@@ -22,15 +25,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
-from .routing import KINDS
+from ..models.shared_routers import expand_to_groups, router_groups
+from .routing import routing_problem, submodule
 
-#: the config key holding the routed-expert count, per model type
-EXPERT_COUNT_KEY = {"olmoe": "num_experts", "mixtral": "num_local_experts", "qwen2_moe": "num_experts",
-                    "qwen3_moe": "num_experts", "deepseek_v2": "n_routed_experts",
-                    "deepseek_v3": "n_routed_experts", "ernie4_5_moe": "moe_num_experts",
-                    "gpt_oss": "num_local_experts"}
-#: families whose router carries a per-expert bias that a −∞ removes from the choice exactly
-BIAS_FAMILIES = ("gpt_oss", "deepseek_v3", "ernie4_5_moe")
+
+def exact_biases(adapter) -> tuple[str, ...]:
+    """Router tensors whose −∞ removes an expert exactly (``bias`` mode), as the last two parts of their
+    names (a checkpoint may store them under another parent: ERNIE's ``mlp.moe_statics.…``).
+
+    A router bias, under softmax scoring: the logit is −∞, the expert leaves the softmax. A choice
+    score bias: the expert is never chosen; its gate would still count in a softmax's denominator,
+    so only when the gates are sigmoid scores or renormalised over the chosen.
+    """
+    rule = adapter.routing_rule()
+    paths = []
+    if rule.router_bias and rule.scoring == "softmax":
+        paths.append(f"{adapter.router_attribute}.bias")
+    if rule.score_bias and (rule.scoring == "sigmoid" or rule.renormalize):
+        paths.append(f"{adapter.router_attribute}.{adapter.score_bias_attribute}")
+    return tuple(".".join(path.split(".")[-2:]) for path in paths)
 
 
 @dataclass
@@ -42,6 +55,10 @@ class MaskPlan:
     mode: str = "pruned"
     groups: int = 1  # expert groups of a group-limited router (1: none)
     notes: list[str] = field(default_factory=list)
+    shared_note: str = ""  # set when the set touches a router shared by several layers
+    routing: dict = field(default_factory=dict)  # Adapter.mask_routing(): the record's ``routing``
+    expert_count_keys: tuple[str, ...] = ()  # config keys of the expert count (pruned mode)
+    bias_tensors: tuple[str, ...] = ()  # router tensors set to −∞ in bias mode (exact_biases)
 
     def kept(self, layer: int) -> list[int]:
         gone = set(self.masked[layer])
@@ -60,24 +77,33 @@ class MaskPlan:
             layers[str(layer)] = {"masked": self.masked[layer], "kept": self.kept(layer),
                                   "map": {str(k): v for k, v in self.id_map(layer).items()}}
         return {"mode": self.mode, "family": self.model_type, "num_experts": self.num_experts,
-                "top_k": self.top_k, "layers": layers}
+                "top_k": self.top_k, "routing": self.routing, "layers": layers}
 
 
-def _group_settings(model) -> tuple[int, int]:
-    """(groups, groups chosen per token) of a group-limited router, (1, 1) otherwise."""
-    config = model.config
-    if config.model_type == "deepseek_v2" and getattr(config, "topk_method", "greedy") != "group_limited_greedy":
-        return 1, 1
-    if config.model_type in ("deepseek_v2", "deepseek_v3"):
-        return int(getattr(config, "n_group", 1) or 1), int(getattr(config, "topk_group", 1) or 1)
-    return 1, 1
+def _check_routing(adapter, routing: dict) -> None:
+    """UsageError when the masked routing cannot be computed for this adapter's layers."""
+    problem = routing_problem(routing)
+    if problem is None:
+        try:
+            block = submodule(adapter.decoder_layers()[adapter.moe_layers()[0].index], routing["block"])
+            if routing["scoring"] != "product_key":
+                router = submodule(block, routing["router"])
+                if routing["score_bias"]:
+                    submodule(router, routing["score_bias"])
+                if not hasattr(router, "top_k"):
+                    problem = "its router has no top_k attribute"
+        except AttributeError as error:
+            problem = f"its modules are not where the adapter says ({error})"
+    if problem:
+        raise UsageError(f"moe-mask cannot mask model type {adapter.config.model_type!r} "
+                         f"(adapter {adapter.name}): {problem}")
 
 
 def _check_groups(plan: MaskPlan, layer: int, top_groups: int) -> list[int]:
     """Kept experts per group; refuse when the best groups could hold fewer than top-k unmasked experts."""
     size = plan.num_experts // plan.groups
     kept = [sum(1 for i in plan.kept(layer) if i // size == g) for g in range(plan.groups)]
-    need = 2 if plan.model_type == "deepseek_v3" else 1  # V3 scores a group by its best two experts
+    need = 2 if plan.routing["group_score"] == "top2_sum" else 1  # a group scored by its best two experts
     usable = sorted(k for k in kept if k >= need)
     if len(usable) < top_groups or sum(usable[:top_groups]) < plan.top_k:
         raise UsageError(f"layer {layer}: masking leaves experts per group {kept} (groups of {size}, "
@@ -90,8 +116,9 @@ def plan_mask(model, adapter, experts: dict[int, list[int]]) -> MaskPlan:
     """Check ``experts`` ({decoder layer: ids to mask}) against ``model`` and choose the output mode."""
     layers = adapter.moe_layers()
     model_type = model.config.model_type
-    if model_type not in KINDS:
-        raise UsageError(f"moe-mask does not know how to mask model type {model_type!r}")
+    routing = adapter.mask_routing()
+    _check_routing(adapter, routing)
+    top_k_routed = routing["scoring"] != "product_key"  # product keys route by thresholds, not a top-k
     indices = {layer.index for layer in layers}
     num_experts, top_k = layers[0].num_experts, layers[0].top_k
     for layer, ids in experts.items():
@@ -102,23 +129,28 @@ def plan_mask(model, adapter, experts: dict[int, list[int]]) -> MaskPlan:
         if bad:
             raise UsageError(f"layer {layer}: expert ids {bad} out of range (the model has {num_experts} per layer)")
     masked = {index: sorted({int(i) for i in experts.get(index, ())}) for index in sorted(indices)}
-    plan = MaskPlan(model_type=model_type, num_experts=num_experts, top_k=top_k, masked=masked)
+    # a composed expert of a router shared by several layers (MONET moe_groups) is one routing choice:
+    # masked in every layer of its group (moetools.models.shared_routers)
+    masked, shared_note = expand_to_groups(masked, [g for g in router_groups(model, adapter) if len(g) > 1])
+    plan = MaskPlan(model_type=model_type, num_experts=num_experts, top_k=top_k, masked=masked,
+                    shared_note=shared_note, routing=routing, expert_count_keys=adapter.expert_count_keys(),
+                    bias_tensors=exact_biases(adapter))
     for layer, ids in masked.items():
         left = num_experts - len(ids)
         if left == 0:
             raise UsageError(f"layer {layer}: every expert is masked")
         if left < top_k:  # MONET too: its top-k composed experts per token would include masked ones
             raise UsageError(f"layer {layer}: {left} experts left, fewer than top-k = {top_k}")
-    if model_type == "monet":
+    if not top_k_routed:  # composed experts: no router rows or bias to remove
         plan.mode = "remote"
         return plan
-    plan.groups, top_groups = _group_settings(model)
+    plan.groups, top_groups = routing["groups"], routing["top_groups"]
     per_group = {layer: _check_groups(plan, layer, top_groups) for layer in masked} if plan.groups > 1 else {}
     sizes = {len(ids) for ids in masked.values()}
     equal_groups = all(len(set(counts)) == 1 for counts in per_group.values())
     if len(sizes) == 1 and equal_groups:
         plan.mode = "pruned"
-    elif model_type in BIAS_FAMILIES:
+    elif plan.bias_tensors:
         plan.mode = "bias"
         plan.notes.append("layers keep different numbers of experts: router bias −∞ on the masked experts")
     else:

@@ -1,7 +1,8 @@
 """The custom code a ``remote``-mode masked directory carries (formats/mask.md, "remote").
 
 Three small files, none importing moetools, so ``AutoModelForCausalLM.from_pretrained(OUT,
-trust_remote_code=True)`` loads the masked model on a machine without moetools:
+trust_remote_code=True)`` loads the masked model on a machine without moetools (a plugin family's
+model: where its package is installed):
 
 - ``configuration_moetools_mask.py``: the family's config class, unchanged but for its name;
 - ``modeling_moetools_mask.py``: the family's ``*ForCausalLM`` plus the routing hooks of
@@ -10,8 +11,9 @@ trust_remote_code=True)`` loads the masked model on a machine without moetools:
 
 config.json's ``model_type`` becomes ``moetools_masked_<family>``, a type transformers does not
 know, so loading without ``trust_remote_code=True`` fails instead of silently giving the unmasked
-model. MONET directories also carry MONET's own configuration and modeling files
-(:mod:`moetools.models.monet.shipped`, the one source of those bytes).
+model. The family's classes are imported from where they are defined (transformers, or the
+plugin package that registered the family); classes defined inside moetools (MONET) travel as
+copies of their module files.
 """
 
 from __future__ import annotations
@@ -46,52 +48,110 @@ class MoetoolsMaskedForCausalLM(BaseForCausalLM):
     def __init__(self, config):
         config.model_type = "{family}"  # as the family's own models say (config.json keeps the masked type)
         super().__init__(config)
-        record = config.moe_mask  # {{"layers": {{"<layer>": {{"masked": [ids], ...}}}}, ...}}
-        attach(self, {{int(k): v["masked"] for k, v in record["layers"].items()}}, model_type="{family}")
+        record = config.moe_mask  # {{"routing": {{...}}, "num_experts": E, "layers": {{"<layer>": {{"masked": [ids]}}}}}}
+        attach(self, {{int(k): v["masked"] for k, v in record["layers"].items()}}, record["routing"],
+               record["num_experts"])
 '''
 
 
-def _imports(family: str) -> tuple[str, str]:
-    if family == "monet":
-        return ("from .configuration_monet import MonetConfig as BaseConfig",
-                "from .modeling_monet import MonetForCausalLM as BaseForCausalLM")
+def _family_classes(family: str) -> tuple[type, type]:
+    """The family's config class and ``*ForCausalLM`` class, as registered with transformers' Auto classes."""
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    config_class = type(AutoConfig.for_model(family))
-    package = config_class.__module__.rsplit(".", 1)[0]
-    return (f"from {config_class.__module__} import {config_class.__name__} as BaseConfig",
-            f"from {package}.modeling_{family} import {MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[family]} as BaseForCausalLM")
+    from ..errors import ModelError
+    from ..models.loader import register_families
+
+    register_families()
+    try:
+        config_class = type(AutoConfig.for_model(family))
+        return config_class, MODEL_FOR_CAUSAL_LM_MAPPING[config_class]
+    except (KeyError, ValueError):
+        raise ModelError(f"model type {family!r} has no causal-LM class registered with transformers") from None
+
+
+def _import_line(cls: type, alias: str, shipped: list[Path]) -> str:
+    """``from <module> import <cls> as <alias>``; a moetools module is shipped and imported relatively."""
+    import sys
+
+    module = cls.__module__
+    if module.split(".")[0] != "moetools":
+        return f"from {module} import {cls.__name__} as {alias}"
+    shipped.append(Path(sys.modules[module].__file__))
+    return f"from .{module.rsplit('.', 1)[-1]} import {cls.__name__} as {alias}"
 
 
 def write_code(directory: Path, family: str) -> dict:
     """Write the custom code into ``directory``; returns the config.json keys that point at it."""
     directory = Path(directory)
-    config_import, model_import = _imports(family)
+    config_class, model_class = _family_classes(family)
+    shipped: list[Path] = []
+    config_import = _import_line(config_class, "BaseConfig", shipped)
+    model_import = _import_line(model_class, "BaseForCausalLM", shipped)
     (directory / f"{CONFIG_FILE}.py").write_text(_CONFIG.format(family=family, config_import=config_import))
     (directory / f"{MODELING_FILE}.py").write_text(_MODELING.format(family=family, model_import=model_import))
-    here = Path(__file__).resolve().parent
-    shutil.copyfile(here / "routing.py", directory / f"{ROUTING_FILE}.py")
-    if family == "monet":  # MONET's own code, the bytes every MONET directory moetools writes carries
-        from ..models.monet.shipped import write_shipped
-
-        write_shipped(directory)
+    shutil.copyfile(Path(__file__).resolve().parent / "routing.py", directory / f"{ROUTING_FILE}.py")
+    for path in shipped:
+        shutil.copyfile(path, directory / path.name)
     return {"model_type": f"moetools_masked_{family}",
             "architectures": ["MoetoolsMaskedForCausalLM"],
             "auto_map": {"AutoConfig": f"{CONFIG_FILE}.MoetoolsMaskedConfig",
                          "AutoModelForCausalLM": f"{MODELING_FILE}.MoetoolsMaskedForCausalLM"}}
 
 
-def is_own_code(directory: Path, family: str) -> bool:
-    """True when the directory's custom code is byte for byte what :func:`write_code` writes today
-    (so moetools may load it with ``trust_remote_code=True`` without trusting anything else)."""
+def check_own_code(directory: Path, family: str) -> None:
+    """Refuse (ModelError, exit 2) a directory whose code is not exactly moe-mask's own, before any of it runs.
+
+    Loading with ``trust_remote_code=True`` runs whatever ``auto_map`` names: in config.json (the model,
+    its config, a tokenizer), in tokenizer_config.json or in any other JSON file of the directory. So:
+    config.json's ``auto_map`` must be exactly the one :func:`write_code` returns, no other JSON file
+    may have one, and the Python files (at any depth) must be exactly :func:`write_code`'s, byte for byte.
+    """
+    import json
     import tempfile
 
+    from ..errors import ModelError
+
     directory = Path(directory)
+
+    def refuse(why: str):
+        raise ModelError(f"{directory}: {why}; refusing to load it with trust_remote_code (its code is not "
+                         "moe-mask's own: load it yourself if you trust it)")
+
     with tempfile.TemporaryDirectory() as scratch:
-        write_code(Path(scratch), family)
-        for path in Path(scratch).iterdir():
-            mine = directory / path.name
-            if not mine.is_file() or mine.read_bytes() != path.read_bytes():
-                return False
+        expected_map = write_code(Path(scratch), family)["auto_map"]
+        expected = {path.name: path.read_bytes() for path in Path(scratch).iterdir()}
+    for path in sorted(directory.rglob("*.json")):
+        if path.name.endswith(".index.json") or not path.is_file():
+            continue
+        try:
+            value = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            if path.name == "config.json":
+                refuse("config.json does not read as JSON")
+            continue
+        auto_map = value.get("auto_map") if isinstance(value, dict) else None
+        if path == directory / "config.json":
+            if auto_map != expected_map:
+                refuse(f"config.json's auto_map is {auto_map!r}, not moe-mask's {expected_map!r}")
+        elif auto_map is not None:
+            refuse(f"{path.relative_to(directory)} has an auto_map")
+    found = {path.relative_to(directory).as_posix(): path for path in directory.rglob("*.py")}
+    for name in sorted(found):
+        if name not in expected:
+            refuse(f"{name} is not one of moe-mask's files")
+        if found[name].read_bytes() != expected[name]:
+            refuse(f"{name} differs from the file moe-mask writes")
+    for name in sorted(set(expected) - set(found)):
+        refuse(f"{name} is missing")
+
+
+def is_own_code(directory: Path, family: str) -> bool:
+    """True when :func:`check_own_code` accepts the directory."""
+    from ..errors import ModelError
+
+    try:
+        check_own_code(directory, family)
+    except ModelError:
+        return False
     return True

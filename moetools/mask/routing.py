@@ -1,21 +1,25 @@
-"""Masked routing for every MoE family moetools knows, in torch only (no moetools import).
+"""Masked routing for any MoE family, in torch only (no moetools import).
 
 This file is also shipped verbatim inside a masked model directory that needs custom code
-(``moetools_mask_routing.py``, formats/mask.md), so it must stay self-contained.
+(``moetools_mask_routing.py``, formats/mask.md), so it must stay self-contained: it knows no
+family by name. What a family's router computes comes from the ``routing`` object of the
+directory's ``moe_mask`` record (the adapter's ``mask_routing()``: scoring, order, score bias,
+groups, renormalisation, scaling, and where the router sits in the model).
 
 Semantics (formats/mask.md): a masked expert is never selected, and every other gate is what
 the family's router computes when the masked experts' router logits are −∞:
 
-- softmax families (OLMoE, Mixtral, Qwen2-MoE, Qwen3-MoE, DeepSeek-V2, ERNIE-4.5, GPT-OSS):
+- softmax scoring (OLMoE, Mixtral, Qwen2-MoE, Qwen3-MoE, DeepSeek-V2, ERNIE-4.5, GPT-OSS):
   the masked logits are −∞, so they leave the softmax's denominator
   (p_i = exp(l_i) / Σ_{j unmasked} exp(l_j));
-- sigmoid-scored DeepSeek-V3: the masked experts' choice scores (sigmoid + correction bias)
+- sigmoid scoring (DeepSeek-V3): the masked experts' choice scores (sigmoid + correction bias)
   are −∞, so they leave the group scores, the top-k choice and the normalisation over the
   selected experts (DeepSeek-V3 report, eq. 15-16 with s_i removed);
-- ERNIE-4.5's choice score p_i + bias_i is −∞ as well (a softmax probability of 0 plus a
-  positive bias would otherwise still win a slot);
-- MONET (paper 004 eq. 7/14): composed expert (i, j) has gate g_ij = Σ_h g¹_hi g²_hj; a masked
-  pair's gate is 0 and every other gate is unchanged (MONET does not renormalise).
+- a score bias added for the choice (DeepSeek-V3, ERNIE-4.5): the masked choice scores are −∞
+  (a probability of 0 plus a positive bias would otherwise still win a slot);
+- product-key scoring (MONET, paper 004 eq. 7/14): composed expert (i, j) has gate
+  g_ij = Σ_h g¹_hi g²_hj; a masked pair's gate is 0 and every other gate is unchanged (MONET
+  does not renormalise).
 
 A router forward hook replaces the router's output ``(logits, weights, indices)`` with the masked
 routing recomputed from the router's own logits (the hook sees them: every transformers 5 router
@@ -24,15 +28,51 @@ returns them first), so the experts module dispatches only to unmasked experts.
 
 from __future__ import annotations
 
+import math
+from functools import reduce
+
 import torch
 import torch.nn.functional as F
 
-#: routing rule of each model type (transformers' model_type names)
-KINDS = {"olmoe": "softmax_topk", "qwen2_moe": "softmax_topk", "qwen3_moe": "softmax_topk",
-         "mixtral": "softmax_topk_renorm", "deepseek_v2": "deepseek_v2", "deepseek_v3": "deepseek_v3",
-         "ernie4_5_moe": "ernie", "gpt_oss": "gpt_oss", "monet": "monet"}
-#: attribute of the MoE block holding the router (default "gate")
-ROUTER_ATTRIBUTE = {"gpt_oss": "router"}
+#: the values of a ``routing`` object this file computes (formats/mask.md)
+SCORINGS = ("softmax", "sigmoid", "product_key")
+ORDERS = {"softmax": ("softmax_then_topk", "topk_then_softmax"), "sigmoid": ("softmax_then_topk",),
+          "product_key": ("threshold_then_softmax",)}
+GROUP_SCORES = ("max", "top2_sum")
+GATE_DTYPES = ("logits", "float32")
+FIELDS = ("layers", "block", "router", "scoring", "order", "renormalize", "score_bias", "groups", "top_groups",
+          "group_score", "scaling", "topk_sorted", "gate_dtype")
+
+
+def routing_problem(routing) -> str | None:
+    """What is wrong with a ``routing`` object (one line), or None when this file computes it."""
+    if not isinstance(routing, dict):
+        return "routing is not an object"
+    missing = [name for name in FIELDS if name not in routing]
+    if missing:
+        return f"routing lacks {', '.join(missing)}"
+    scoring, order = routing["scoring"], routing["order"]
+    if scoring not in SCORINGS:
+        return f"routing scoring {scoring!r} is not one of {', '.join(SCORINGS)}"
+    if order not in ORDERS[scoring]:
+        return f"routing order {order!r} with {scoring} scoring is not one of {', '.join(ORDERS[scoring])}"
+    if routing["group_score"] not in GROUP_SCORES:
+        return f"routing group_score {routing['group_score']!r} is not one of {', '.join(GROUP_SCORES)}"
+    if routing["gate_dtype"] not in GATE_DTYPES:
+        return f"routing gate_dtype {routing['gate_dtype']!r} is not one of {', '.join(GATE_DTYPES)}"
+    groups, top_groups = routing["groups"], routing["top_groups"]
+    if not (isinstance(groups, int) and isinstance(top_groups, int) and 1 <= top_groups <= groups):
+        return f"routing groups {groups!r} / top_groups {top_groups!r}: need integers 1 <= top_groups <= groups"
+    paths = ("layers", "block") if scoring == "product_key" else ("layers", "block", "router")
+    bad = [name for name in paths if not (isinstance(routing[name], str) and routing[name])]
+    if bad or not (routing["score_bias"] is None or isinstance(routing["score_bias"], str)):
+        return f"routing {', '.join(bad) or 'score_bias'}: not an attribute path"
+    return None
+
+
+def submodule(module, path: str):
+    """``module.a.b`` for the dotted ``path`` ``"a.b"``."""
+    return reduce(getattr, path.split("."), module)
 
 
 def logit_mask(num_experts: int, masked, device=None) -> torch.Tensor:
@@ -52,54 +92,46 @@ def _group_mask(choice: torch.Tensor, groups: int, top_groups: int, group_score)
     return keep.unsqueeze(-1).expand(-1, groups, experts // groups).reshape(tokens, experts).bool()
 
 
-def route(kind: str, router, logits: torch.Tensor, mask: torch.Tensor):
+def route(routing: dict, router, logits: torch.Tensor, mask: torch.Tensor):
     """The masked routing of one router: ``(masked logits (N, E), weights (N, K), indices (N, K))``.
 
-    ``logits`` (N, E) are the router's own output; ``mask`` (E,) is :func:`logit_mask`. Each branch
-    is the family's transformers 5 router forward with the mask added where its logits enter.
+    ``logits`` (N, E) are the router's own output; ``mask`` (E,) is :func:`logit_mask`; ``routing``
+    the family's rule (formats/mask.md). The transformers 5 routers' forward with the mask added
+    where the logits enter: top-k on the logits then a softmax over those k (``topk_then_softmax``),
+    or scores over all experts (+ score bias for the choice, best groups only), top-k, the selected
+    scores as gates (renormalised, scaled).
     """
     top_k = int(router.top_k)
     mask = mask.to(logits.device)
     masked_logits = logits + mask.to(logits.dtype)
-    if kind in ("softmax_topk", "softmax_topk_renorm"):
-        probs = torch.softmax(masked_logits.float(), dim=-1)
-        weights, indices = torch.topk(probs, top_k, dim=-1)
-        if kind == "softmax_topk_renorm" or getattr(router, "norm_topk_prob", False):
-            weights = weights / weights.sum(dim=-1, keepdim=True)
-        if kind == "softmax_topk":
-            weights = weights.to(logits.dtype)
-        return masked_logits, weights, indices
-    if kind == "deepseek_v2":
-        scores = (logits.float() + mask).softmax(dim=-1, dtype=torch.float32)
-        if router.topk_method == "group_limited_greedy":
-            keep = _group_mask(scores, router.num_group, router.topk_group, lambda g: g.max(dim=-1).values)
-            scores = scores.masked_fill(~keep, 0.0)
-        weights, indices = torch.topk(scores, k=top_k, dim=-1, sorted=False)
-        return masked_logits, weights * router.routed_scaling_factor, indices
-    if kind == "deepseek_v3":
-        scores = logits.float().sigmoid()  # the gates of the selected experts (eq. 15)
-        choice = scores + router.e_score_correction_bias + mask  # −∞: out of groups and of the top-k
-        keep = _group_mask(choice, router.num_group, router.topk_group,
-                           lambda g: g.topk(2, dim=-1)[0].sum(dim=-1))
-        indices = torch.topk(choice.masked_fill(~keep, float("-inf")), k=top_k, dim=-1, sorted=False)[1]
-        weights = scores.gather(1, indices)
-        if router.norm_topk_prob:
-            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-        return masked_logits, weights * router.routed_scaling_factor, indices
-    if kind == "ernie":
-        probs = F.softmax(logits.float() + mask, dim=1, dtype=torch.float)
-        choice = router.moe_statics(probs) + mask
-        indices = torch.topk(choice, top_k, dim=-1)[1]
-        weights = torch.gather(probs, dim=-1, index=indices)
-        weights = weights / torch.clamp(weights.sum(dim=-1, keepdim=True), min=router.norm_min)
-        return masked_logits, weights.to(logits.dtype), indices
-    if kind == "gpt_oss":
+    if routing["order"] == "topk_then_softmax":
         values, indices = torch.topk(masked_logits, top_k, dim=-1)
         return masked_logits, F.softmax(values, dim=1, dtype=values.dtype), indices
-    raise ValueError(f"no masked routing for {kind!r}")
+    if routing["scoring"] == "sigmoid":
+        scores = logits.float().sigmoid()
+    else:
+        scores = torch.softmax(logits.float() + mask, dim=-1)
+    choice = scores
+    if routing["score_bias"]:
+        choice = choice + submodule(router, routing["score_bias"]).float().reshape(-1)
+    choice = choice + mask
+    if routing["groups"] > 1:
+        group_score = ((lambda g: g.max(dim=-1).values) if routing["group_score"] == "max"
+                       else (lambda g: g.topk(2, dim=-1)[0].sum(dim=-1)))
+        keep = _group_mask(choice, routing["groups"], routing["top_groups"], group_score)
+        choice = choice.masked_fill(~keep, float("-inf"))
+    indices = torch.topk(choice, top_k, dim=-1, sorted=bool(routing["topk_sorted"]))[1]
+    weights = scores.gather(1, indices)
+    if routing["renormalize"]:
+        weights = weights / weights.sum(dim=-1, keepdim=True).clamp(min=1e-20)
+    if routing["scaling"] != 1.0:
+        weights = weights * routing["scaling"]
+    if routing["gate_dtype"] == "logits":
+        weights = weights.to(logits.dtype)
+    return masked_logits, weights, indices
 
 
-def router_hook(kind: str, masked_ids, num_experts: int):
+def router_hook(routing: dict, masked_ids, num_experts: int):
     """A forward hook for a router module that returns the masked routing.
 
     The (E,) mask is built on the logits' device at the first call (a model may be
@@ -111,7 +143,7 @@ def router_hook(kind: str, masked_ids, num_experts: int):
         logits = output[0].reshape(-1, output[0].shape[-1])  # (N, E)
         if logits.device not in masks:
             masks[logits.device] = logit_mask(num_experts, ids, device=logits.device)
-        return route(kind, module, logits, masks[logits.device])
+        return route(routing, module, logits, masks[logits.device])
 
     return hook
 
@@ -154,20 +186,24 @@ def monet_hook(masked_ids, experts_per_factor: int, chunk: int = 64):
     return hook
 
 
-def attach(model, masked: dict, model_type: str | None = None) -> list:
-    """Register masking hooks on ``model`` for ``{decoder layer: [masked ids]}``; returns the handles."""
-    model_type = model_type or model.config.model_type
-    kind = KINDS[model_type]
-    layers = model.model.layers
+def attach(model, masked: dict, routing: dict, num_experts: int) -> list:
+    """Register masking hooks on ``model`` for ``{decoder layer: [masked ids]}``; returns the handles.
+
+    ``routing``: the ``moe_mask`` record's ``routing`` object; ``num_experts``: experts per MoE layer
+    (MONET: composed, E²). ValueError for a ``routing`` object this file does not compute.
+    """
+    problem = routing_problem(routing)
+    if problem:
+        raise ValueError(f"moe_mask: {problem}")
+    layers = submodule(model, routing["layers"])
     handles = []
     for layer, ids in masked.items():
         if not len(ids):
             continue
-        decoder_layer = layers[int(layer)]
-        if kind == "monet":
-            hook = monet_hook(ids, int(model.config.moe_experts))
-            handles.append(decoder_layer.moe.register_forward_hook(hook))
+        block = submodule(layers[int(layer)], routing["block"])
+        if routing["scoring"] == "product_key":
+            handles.append(block.register_forward_hook(monet_hook(ids, math.isqrt(int(num_experts)))))
             continue
-        router = getattr(decoder_layer.mlp, ROUTER_ATTRIBUTE.get(model_type, "gate"))
-        handles.append(router.register_forward_hook(router_hook(kind, ids, int(router.num_experts))))
+        router = submodule(block, routing["router"])
+        handles.append(router.register_forward_hook(router_hook(routing, ids, int(num_experts))))
     return handles

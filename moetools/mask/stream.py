@@ -10,7 +10,7 @@ Tensors are recognised by their on-disk names, in the two layouts transformers 5
 dropped when masked, renumbered otherwise) and fused (``layers.L.mlp.experts.gate_up_proj`` [E, ...]:
 ``index_select`` on dim 0). Router tensors of a masked layer (``gate.weight`` [E, d], ``router.bias``
 [E], ``e_score_correction_bias`` [E] or ERNIE's [1, E]) lose the masked rows (``pruned``) or get −∞ on
-them (``bias`` mode: only the biases change). Shared experts are left alone.
+them (``bias`` mode: only the plan's ``bias_tensors`` change). Shared experts are left alone.
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..reporting import ProgressFactory, no_progress
-from .plan import EXPERT_COUNT_KEY, MaskPlan
+from ..streams import strict_json
+from .plan import MaskPlan
 
-_KEY = re.compile(r"^(?P<head>(?:.*\.)?layers\.(?P<layer>\d+)\.(?:mlp|block_sparse_moe)\.)(?P<rest>.+)$")
+_KEY = r"^(?P<head>(?:.*\.)?layers\.(?P<layer>\d+)\.(?:mlp|block_sparse_moe|{block})\.)(?P<rest>.+)$"
 _PER_EXPERT = re.compile(r"^experts\.(?P<expert>\d+)\.(?P<tail>.+)$")
-_BIASES = ("router.bias", "e_score_correction_bias")
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "I64": 8, "I32": 4, "BF16": 2, "F16": 2, "I16": 2, "U8": 1, "I8": 1, "BOOL": 1}
-_COUNT_ALIASES = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
 
 def _expert_dim(tensor, num_experts: int) -> int | None:
@@ -42,7 +41,7 @@ def transform(name: str, tensor, plan: MaskPlan):
     """(new name, new tensor) for one stored tensor, or None to drop it."""
     import torch
 
-    match = _KEY.match(name)
+    match = re.match(_KEY.format(block=re.escape(plan.routing.get("block", "mlp"))), name)
     if not match or int(match["layer"]) not in plan.masked or not plan.masked[int(match["layer"])]:
         return name, tensor
     layer, rest = int(match["layer"]), match["rest"]
@@ -50,7 +49,7 @@ def transform(name: str, tensor, plan: MaskPlan):
         return name, tensor
     id_map = plan.id_map(layer)
     if plan.mode == "bias":
-        if rest.endswith(_BIASES):
+        if rest.endswith(plan.bias_tensors):
             dim = _expert_dim(tensor, plan.num_experts)
             tensor = tensor.clone()
             index = torch.tensor(plan.masked[layer], dtype=torch.long)
@@ -141,17 +140,17 @@ def write_weights(source: Path, target: Path, plan: MaskPlan, *, dtype=None, sha
             del tensors
     if len(shards) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (target / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (target / "model.safetensors.index.json").write_text(strict_json.dumps(index, indent=2) + "\n")
 
 
 def write_config(source: Path, target: Path, plan: MaskPlan, record: dict, dtype_name: str | None = None) -> None:
     config = json.loads((source / "config.json").read_text(encoding="utf-8"))
     if plan.mode == "pruned":
         count = plan.num_experts - len(next(iter(plan.masked.values())))
-        present = [key for key in _COUNT_ALIASES if key in config] or [EXPERT_COUNT_KEY[plan.model_type]]
+        present = [key for key in plan.expert_count_keys if key in config] or list(plan.expert_count_keys[:1])
         for key in present:  # whichever spelling the family wrote (attribute_map aliases)
             config[key] = count
     if dtype_name:
         config["dtype"] = dtype_name
     config["moe_mask"] = record
-    (target / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (target / "config.json").write_text(strict_json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

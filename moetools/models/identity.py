@@ -217,14 +217,17 @@ def fingerprint(config, directory: str | Path | None = None, model=None) -> str:
 
 
 def model_identity(model, adapter=None, path: str | Path | None = None, name: str | None = None) -> dict:
-    """``{"name", "path", "model_type", "num_layers", "moe_layers", "num_experts", "top_k", "fingerprint"}``."""
+    """``{"name", "path", "model_type", "num_layers", "moe_layers", "num_experts", "top_k", "fingerprint"}``,
+    and ``shared_routers`` where one router routes several layers (:mod:`moetools.models.shared_routers`)."""
+    from .shared_routers import identity_field, router_groups
+
     if adapter is None:
         from .registry import adapter_for
 
         adapter = adapter_for(model)
     layers = adapter.moe_layers()
     config = model.config
-    return {
+    identity = {
         "name": name or (Path(path).name if path else getattr(config, "name_or_path", None) or config.model_type),
         "path": str(Path(path).resolve()) if path else None,
         "model_type": config.model_type,
@@ -234,3 +237,5 @@ def model_identity(model, adapter=None, path: str | Path | None = None, name: st
         "top_k": layers[0].top_k,
         "fingerprint": fingerprint(config, path, model),
     }
+    identity.update(identity_field(router_groups(model, adapter)))
+    return identity

@@ -95,6 +95,20 @@ def check_model_directory(path) -> Path:
     return directory
 
 
+def check_trusted_code(path) -> None:
+    """``trust_remote_code`` is for moe-mask's own remote-mode directories only: ModelError (exit 2) for any
+    other, or one whose code or ``auto_map`` is not exactly moe-mask's (moetools.mask.remote.check_own_code),
+    before transformers runs anything."""
+    from ..mask.directory import read_mask_record
+    from ..mask.remote import check_own_code
+
+    record = read_mask_record(path) or {}
+    if record.get("mode") != "remote":
+        raise ModelError(f"{path}: not a remote-mode directory written by moe-mask; moetools runs no other "
+                         "model code (trust_remote_code)")
+    check_own_code(Path(path), record.get("family", ""))
+
+
 def load_tokenizer(path, *, trust_remote_code: bool = False, what: str | None = None):
     """The tokenizer saved in a local directory; ModelError when it has none or it does not load.
 
@@ -108,6 +122,8 @@ def load_tokenizer(path, *, trust_remote_code: bool = False, what: str | None = 
         raise ModelError(f"{what}: not a directory")
     if not any((directory / name).is_file() for name in TOKENIZER_VOCABULARY_FILES):
         raise ModelError(f"{what} has no tokenizer (none of {', '.join(TOKENIZER_VOCABULARY_FILES)})")
+    if trust_remote_code:
+        check_trusted_code(directory)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True,
                                                   trust_remote_code=trust_remote_code)
@@ -118,6 +134,14 @@ def load_tokenizer(path, *, trust_remote_code: bool = False, what: str | None = 
     return tokenizer
 
 
+def register_families() -> None:
+    """Register MONET and the plugin families' model classes with transformers' Auto classes."""
+    from . import monet  # noqa: F401 - the one place MONET is registered with the Auto classes
+    from .registry import registered_adapters
+
+    registered_adapters()  # a plugin's module may register its model classes
+
+
 def load_config(path, *, trust_remote_code: bool = False):
     """The transformers config of a local model directory (no weights); ModelError when it does not load.
 
@@ -126,11 +150,10 @@ def load_config(path, *, trust_remote_code: bool = False):
     """
     from transformers import AutoConfig
 
-    from . import monet  # noqa: F401 - registers MONET with the Auto classes
-    from .registry import registered_adapters
-
-    registered_adapters()  # a plugin's module may register its model classes
+    register_families()
     directory = check_model_directory(path)
+    if trust_remote_code:
+        check_trusted_code(directory)
     try:
         return AutoConfig.from_pretrained(str(directory), local_files_only=True, trust_remote_code=trust_remote_code)
     except _LOAD_ERRORS as error:
@@ -150,15 +173,13 @@ def load_model(path, *, dtype: str = "auto", device: str = "cpu", device_map: st
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from . import monet  # noqa: F401 - the one place MONET is registered with the Auto classes
-    from .registry import adapter_for, registered_adapters
+    from .registry import adapter_for
 
     hf_logging.disable_progress_bar()  # moetools reports on stderr itself
     if not device_map:
         check_device(device)
     torch_type = torch_dtype(dtype)
-    # adapters first: a plugin's module may register its own model classes with the Auto classes
-    registered_adapters()
+    register_families()  # before loading: a plugin's module may register its own model classes
     kwargs = {"dtype": torch_type, "local_files_only": True, "trust_remote_code": trust_remote_code}
     if Path(path).is_file() and Path(path).suffix == ".gguf":  # weights, config and tokenizer in one file
         directory, kwargs["gguf_file"] = Path(path).parent, Path(path).name
@@ -166,6 +187,8 @@ def load_model(path, *, dtype: str = "auto", device: str = "cpu", device_map: st
         directory = check_model_directory(path)
         if tokenizer and not any((directory / name).is_file() for name in TOKENIZER_VOCABULARY_FILES):
             raise ModelError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_VOCABULARY_FILES)})")
+    if trust_remote_code:
+        check_trusted_code(directory)
     if device_map:
         kwargs["device_map"] = device_map
     # the loading report comes back (mismatched shapes too, not raised) and is judged by check_loading_info
@@ -266,5 +289,5 @@ def _first_line(error: BaseException) -> str:
 
 
 __all__ = ["DTYPE_NAMES", "TOKENIZER_VOCABULARY_FILES", "LoadedModel", "check_device", "check_loading_info",
-           "check_model_directory",
-           "load_config", "load_model", "load_tokenizer", "torch_dtype"]
+           "check_model_directory", "load_config", "load_model", "load_tokenizer", "register_families",
+           "torch_dtype"]

@@ -91,16 +91,32 @@ class MoeLayer:
 class Adapter:
     """Base class: the defaults fit the transformers 5 decoder-only MoE layout.
 
-    The first line of a subclass's docstring is what ``moe-trace --list-models`` shows.
+    The first line of a subclass's docstring is what ``moe-trace --list-models`` shows. A family
+    is described here and nowhere else: trace, mask, tune, eval and probe derive what they need
+    from the routing rule and the attributes below (moe-mask writes :meth:`mask_routing` into
+    the masked directory, formats/mask.md).
     """
 
     name: str = "base"
     model_types: tuple[str, ...] = ()
     rule: RoutingRule = RoutingRule()
+    #: dotted path from the model to its list of decoder layers
+    layers_attribute = "model.layers"
     #: attribute of a decoder layer holding its MLP (MoE block or dense MLP)
     mlp_attribute = "mlp"
+    #: attribute of the MoE block holding the router (a module returning (logits, gates, ids), with ``top_k``)
     router_attribute = "gate"
     shared_attributes: tuple[str, ...] = ("shared_experts", "shared_expert")
+    #: config key of the routed-expert count as the router reads it (resolved through the config's attribute_map)
+    expert_count_key = "num_experts"
+    #: dotted path from the router to the choice bias added to the scores (when ``rule.score_bias``)
+    score_bias_attribute = "e_score_correction_bias"
+    #: a group-limited router's score of a group: "max" (its best expert) or "top2_sum" (its best two)
+    group_score = "max"
+    #: the router's top-k returns its experts sorted by score (torch.topk ``sorted``)
+    topk_sorted = True
+    #: dtype of the gates a softmax/sigmoid top-k router returns: "logits" (its logits' dtype) or "float32"
+    gate_dtype = "logits"
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -118,13 +134,41 @@ class Adapter:
 
     # -- structure -------------------------------------------------------------------------
     def decoder_layers(self) -> list[nn.Module]:
-        return list(self.model.model.layers)
+        from operator import attrgetter
+
+        return list(attrgetter(self.layers_attribute)(self.model))
 
     def is_moe_block(self, mlp: nn.Module) -> bool:
         return hasattr(mlp, "experts") and hasattr(mlp, self.router_attribute)
 
     def routing_rule(self, layer: MoeLayer | None = None) -> RoutingRule:
         return self.rule
+
+    def expert_groups(self) -> tuple[int, int]:
+        """(groups, groups chosen per token) of a group-limited router; (1, 1) when the rule is not."""
+        return 1, 1
+
+    def router_layer(self, layer_index: int) -> int:
+        """The layer whose router routes decoder layer ``layer_index`` (itself, unless the family shares
+        one router over several layers, as MONET's ``moe_groups``)."""
+        return layer_index
+
+    def expert_count_keys(self) -> tuple[str, ...]:
+        """The config keys holding the routed-expert count: the stored name first, then its aliases."""
+        aliases = dict(getattr(type(self.config), "attribute_map", {}) or {})
+        stored = aliases.get(self.expert_count_key, self.expert_count_key)
+        return (stored, *sorted(alias for alias, target in aliases.items() if target == stored))
+
+    def mask_routing(self) -> dict:
+        """The routing rule as moe-mask's routing code recomputes it with masked experts: plain JSON,
+        written into a masked directory's ``moe_mask`` record (formats/mask.md, ``routing``)."""
+        rule = self.routing_rule()
+        groups, top_groups = self.expert_groups()
+        return {"layers": self.layers_attribute, "block": self.mlp_attribute, "router": self.router_attribute,
+                "scoring": rule.scoring, "order": rule.order, "renormalize": rule.renormalize,
+                "score_bias": self.score_bias_attribute if rule.score_bias else None,
+                "groups": groups, "top_groups": top_groups, "group_score": self.group_score,
+                "scaling": rule.scaling, "topk_sorted": self.topk_sorted, "gate_dtype": self.gate_dtype}
 
     def moe_layers(self) -> list[MoeLayer]:
         layers = []

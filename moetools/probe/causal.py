@@ -16,8 +16,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
-from ..llm import BackendError
-from ..llm.cache import through_cache
+from ..llm.exchange import ask, refusing_truncated
 from .causal_prompts import (
     DEFAULT_TARGETS,
     DEFAULT_TRIGGERS,
@@ -107,33 +106,22 @@ def propose_offline(labels: list[dict], options: CausalOptions) -> list[Proposal
     return proposals
 
 
+TRUNCATED = 'it was cut off at --max-tokens (finish_reason "length")'
+
+
 async def _ask(client, cache, label: dict, options: CausalOptions) -> Proposal:
-    proposal = Proposal(label)
-    messages = build_messages(label["explanation"], options.triggers, options.targets)
-
-    def accept(completion) -> bool:
-        return not completion.truncated and parse_answer(completion.text, options.triggers, options.targets)[0] is not None
-
-    for attempt in range(options.attempts):
-        proposal.attempts, proposal.messages = attempt + 1, messages
-        identity = client.request_identity(messages) if cache is not None else None
-        try:
-            completion = await through_cache(cache, identity, lambda m=messages: client.complete(m),
-                                             accept=accept, accounting=client.accounting)
-        except BackendError as error:
-            proposal.requests += getattr(error, "requests", 1)
-            proposal.error, proposal.raw = str(error), None
-            return proposal
-        proposal.requests += completion.usage.requests
-        proposal.cache_hits += int(completion.cached)
-        found, why = parse_answer(completion.text, options.triggers, options.targets)
-        if completion.truncated:
-            found, why = None, 'it was cut off at --max-tokens (finish_reason "length")'
-        if found is not None:
-            proposal.triggers, proposal.targets, proposal.error, proposal.raw = *found, None, None
-            return proposal
-        proposal.error, proposal.raw = f"answer refused: {why}", completion.text
-        messages = retry_messages(messages, completion.text, why)
+    """One label's exchange: a refused answer is asked again with the reason (:func:`retry_messages`)."""
+    parse = refusing_truncated(lambda text: parse_answer(text, options.triggers, options.targets), TRUNCATED)
+    answer = await ask(client, build_messages(label["explanation"], options.triggers, options.targets), parse,
+                       attempts=options.attempts, cache=cache, reask=retry_messages)
+    proposal = Proposal(label, messages=answer.messages, attempts=answer.attempts, requests=answer.requests,
+                        cache_hits=answer.cache_hits, raw=answer.raw)
+    if answer.value is not None:
+        proposal.triggers, proposal.targets = answer.value
+    elif answer.kind in ("answer", "length"):
+        proposal.error = f"answer refused: {answer.error}"
+    else:
+        proposal.error = answer.error
     return proposal
 
 

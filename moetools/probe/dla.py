@@ -20,9 +20,12 @@ through the final norm's linearisation (the residual stream's rms frozen):
   rms(h_p) = sqrt(mean_j h_pj² + ε) (frozen: the linearisation of y = γ ⊙ h / rms(h));
 - W_U[t]: the unembedding row of token t (lm_head has no bias in these families).
 
-Supported: softmax-then-top-k routers with fused transformers experts (OLMoE, Mixtral,
-Qwen2-MoE, Qwen3-MoE); other families raise :class:`UsageError` (exit 2). A shared expert
-(Qwen2-MoE) is not one of the ranked experts.
+Supported: routers whose rule (the adapter's :class:`moetools.models.RoutingRule`) is a softmax
+over all experts then the top-k, without a score bias or a group limit, so that a routed expert's
+gate is p_i times a factor every expert of the position shares (renormalisation, scaling), with
+transformers' fused experts (OLMoE, Mixtral, Qwen2-MoE, Qwen3-MoE, greedy DeepSeek-V2, and any
+plugin family of that rule); others raise :class:`UsageError` (exit 2). A shared expert
+(Qwen2-MoE, DeepSeek-V2) is not one of the ranked experts.
 """
 
 from __future__ import annotations
@@ -32,20 +35,19 @@ from transformers.integrations import moe as hf_moe
 
 from ..errors import UsageError
 
-SUPPORTED_FAMILIES = ("olmoe", "mixtral", "qwen2_moe", "qwen3_moe")
-
 
 def check_supported(model, adapter) -> None:
     """UsageError (exit 2) for a model whose experts this DLA cannot run one by one."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
     if adapter is None:
         raise UsageError("moe-probe causal needs an MoE model (this one has no MoE layers)")
     rule = adapter.routing_rule()
     experts = adapter.moe_layers()[0].experts
-    if model_type not in SUPPORTED_FAMILIES or rule.scoring != "softmax" or rule.order != "softmax_then_topk" \
+    if rule.scoring != "softmax" or rule.order != "softmax_then_topk" or rule.score_bias or rule.group_limited \
             or not getattr(experts, "has_gate", False):
-        raise UsageError(f"moe-probe causal supports the softmax top-k families ({', '.join(SUPPORTED_FAMILIES)}), "
-                         f"not {model_type!r}")
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        raise UsageError(f"moe-probe causal supports routers that softmax over all experts then take the top-k "
+                         f"(no score bias, no group limit) with transformers' fused experts, not {model_type!r} "
+                         f"({adapter.summary() or adapter.name})")
 
 
 def all_expert_outputs(experts, x: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Capture the FFN hidden vector h during the model's own forward pass (paper 002, k-sparse probing).
 
-Paper 002 (``/work/shared/papers/002_daae68d99ff89dde.txt``, "Neuron-level Probing")
+Paper 002 (formats/REFERENCES.md; ``../shared/papers/002_*.txt``, "Neuron-level Probing")
 probes the intermediate activation of each expert, h = act(W_gate x) ⊙ (W_up x), on the
 tokens routed to that expert, and the dense FFN's hidden vector at the same position.
 

@@ -1,7 +1,7 @@
 """The k-sparse probe of paper 002: top-k neurons by mean difference, L2 logistic regression, F1.
 
-Paper 002 (``/work/shared/papers/002_daae68d99ff89dde.txt``, "k-sparse probing +
-best-layer protocol"): neurons ranked by a_j = |E[h_j | y=1] − E[h_j | y=0]|, an
+Paper 002 (formats/REFERENCES.md; ``../shared/papers/002_*.txt`` beside the checkout, "k-sparse
+probing + best-layer protocol"): neurons ranked by a_j = |E[h_j | y=1] − E[h_j | y=0]|, an
 L2-regularised logistic regression on the top-k, F1 on held-out data.
 
 The regression is scikit-learn's ``LogisticRegression`` (lbfgs, L2 penalty, C = 1):

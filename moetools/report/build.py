@@ -225,12 +225,29 @@ def _grid(data: ReportData, value_of) -> np.ndarray:
     return grid
 
 
+def row_labels(data: ReportData, layers: list) -> list[str]:
+    """Heatmap row names: a router shared by several layers is one row named by all of them ("0-3")."""
+    from ..models.shared_routers import layer_span
+
+    return [layer_span(data.shared_layers[int(layer)]) if int(layer) in data.shared_layers else str(layer)
+            for layer in layers]
+
+
+def shared_caption(data: ReportData) -> str:
+    """'; layers 0-3 share one router: one row per router' when they do, else ''."""
+    from ..models.shared_routers import describe
+
+    groups = [data.shared_layers[layer] for layer in sorted(data.shared_layers)]
+    return f"; {describe(groups)}: one row per router" if groups else ""
+
+
 def overview_figures(data: ReportData) -> list[tuple[str, str]]:
     """(caption, svg) of each overview figure the inputs allow."""
     from .plots import grouped_bars_svg, heatmap_svg
 
     figures = []
     layers = data.layers or sorted({layer for layer, _ in data.cards})
+    rows, shared = row_labels(data, layers), shared_caption(data)
     domains = _domains(data)
     if data.scores_header:
         metrics = data.scores_header.get("metrics") or {}
@@ -241,8 +258,8 @@ def overview_figures(data: ReportData) -> list[tuple[str, str]]:
                 panels = [(f"{metric} · {d}", _grid(data, lambda c, d=d, metric=metric: ((c.scores.get("domains") or {})
                                                     .get(d) or {}).get(metric))) for d in domains]
                 definition = (metrics.get(metric) or {}).get("definition", "")
-                figures.append((f"{metric} per layer × expert, one panel per domain ({definition})",
-                                heatmap_svg(metric, panels, layers, diverging=metric == "das", colorbar=metric)))
+                figures.append((f"{metric} per layer × expert, one panel per domain ({definition}){shared}",
+                                heatmap_svg(metric, panels, rows, diverging=metric == "das", colorbar=metric)))
         for metric in EXPERT_HEATMAPS:
             name, _, inner = metric.partition(".")
             def value(card, name=name, inner=inner, metric=metric):
@@ -254,12 +271,13 @@ def overview_figures(data: ReportData) -> list[tuple[str, str]]:
             grid = _grid(data, value)
             if np.isfinite(grid).any():
                 label = "log2 skew ratio (top domain / runner-up; 1 = MONET's 2x)" if metric == "skew.ratio" else metric
-                figures.append((label, heatmap_svg(label, [(label, grid)], layers, colorbar=metric)))
+                figures.append((label + shared, heatmap_svg(label, [(label, grid)], rows, colorbar=metric)))
     elif data.routing is not None and data.routing.shape is not None:
         names, probability = data.routing.mean_probability()
         panels = [(f"mean router probability · {d}", probability[i]) for i, d in enumerate(names)]
-        figures.append(("mean router probability per layer × expert, one panel per domain (trace)",
-                        heatmap_svg("router probability", panels, data.routing_layers, colorbar="p")))
+        figures.append((f"mean router probability per layer × expert, one panel per domain (trace){shared}",
+                        heatmap_svg("router probability", panels, row_labels(data, data.routing_layers),
+                                    colorbar="p")))
     figures.extend(_concentration_figures(data, grouped_bars_svg))
     return figures
 
@@ -286,7 +304,7 @@ def _concentration_figures(data: ReportData, grouped_bars_svg) -> list[tuple[str
     skew = (data.scores_summary or {}).get("skew") or {}
     if skew.get("specialised"):
         per_layer = skew["specialised"]
-        names = [str(layer) for layer in per_layer]
+        names = row_labels(data, [int(layer) for layer in per_layer])
         series = [(f"≥ {skew.get('min_ratio', 2)}x runner-up", [per_layer[n] for n in per_layer])]
         expected = skew.get("expected_under_null") or {}
         if expected:
@@ -294,7 +312,8 @@ def _concentration_figures(data: ReportData, grouped_bars_svg) -> list[tuple[str
         significant = skew.get("significant") or {}
         if significant:
             series.append(("significant (q < 0.05)", [significant.get(n, np.nan) for n in per_layer]))
-        figures.append(("domain-skewed experts per layer (MONET's criterion) beside the shuffled-label baseline",
+        figures.append(("domain-skewed experts per layer (MONET's criterion) beside the shuffled-label baseline"
+                        + shared_caption(data),
                         grouped_bars_svg("skewed experts", names, series, ylabel="experts")))
     jsd = (data.scores_summary or {}).get("jsd") or {}
     for kind in ("jsd_routing", "jsd_functional"):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FormatError, ModelMismatchError, UsageError
+from ..models.shared_routers import RouterFold, shared_routers
 from ..streams.files import is_stdio, read_input
 
 STREAM_KINDS = ("trace", "samples", "labels", "scores", "eval")
@@ -62,6 +63,7 @@ class ReportData:
     scores_summary: dict | None = None
     routing: object = None                             # DomainRouting of the trace
     routing_layers: list = field(default_factory=list)
+    shared_layers: dict = field(default_factory=dict)  # router layer -> the layers it routes (shared routers)
     top_k: int | None = None
     baseline_routing: object = None                    # DomainRouting of a --baseline trace
     baseline_model: dict | None = None
@@ -137,16 +139,18 @@ def _round(value, digits: int = 3):
 def _read_trace(data: ReportData, reader, where: str, baseline: bool) -> None:
     from ..score.specialisation import DomainRouting
 
+    header = reader.header
+    fold = RouterFold.from_header(header)   # layers sharing one router: one row per router
     routing = DomainRouting()
     for record in reader:
-        routing.add(record)
-    header = reader.header
+        routing.add(record if fold is None or record.get("type", "sequence") != "sequence" else fold.record(record))
     if baseline:
         data.baseline_routing, data.baseline_model = routing, header.get("model")
         return
     if data.routing is not None:
         raise UsageError(f"{where}: a second trace; concatenate shards into one stream (cat a b | moe-report -)")
-    data.routing, data.routing_layers = routing, list(header.get("layers") or [])
+    data.routing = routing
+    data.routing_layers = fold.layers if fold is not None else list(header.get("layers") or [])
     data.top_k = header.get("top_k")
 
 
@@ -272,8 +276,10 @@ def load_inputs(paths, *, baseline=None, options: ReportOptions | None = None) -
     later_sets, later_eval, streams = [], None, []
     for path in paths:
         where = "stdin" if is_stdio(path) else os.fspath(path)
-        if not is_stdio(path) and not Path(path).is_file():
+        if not is_stdio(path) and not Path(path).exists():
             raise UsageError(f"{where}: no such file")
+        if not is_stdio(path) and Path(path).is_dir():
+            raise UsageError(f"{where}: is a directory, not a stream or experts.json")
         if is_experts_file(path):
             later_sets.append(path)
             continue
@@ -319,6 +325,10 @@ def load_inputs(paths, *, baseline=None, options: ReportOptions | None = None) -
 def _merge_shape(data: ReportData, header: dict) -> None:
     model = header.get("model") if isinstance(header.get("model"), dict) else {}
     layers = header.get("layers") or model.get("moe_layers") or []
+    groups = shared_routers(model)
+    if groups and layers:   # one row per router: the first layer of each group stands for the group
+        layers = RouterFold([int(layer) for layer in layers], groups).layers
+        data.shared_layers.update({group[0]: group for group in groups})
     if layers and not data.layers:
         data.layers = [int(layer) for layer in layers]
     experts = header.get("num_experts") or model.get("num_experts")

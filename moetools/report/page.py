@@ -17,6 +17,8 @@ import re
 from importlib import resources
 
 from .. import __version__
+from ..streams import strict_json
+from ..streams.outputs import REPORT_GENERATOR
 
 
 def _asset(name: str) -> str:
@@ -25,7 +27,7 @@ def _asset(name: str) -> str:
 
 def inline_json(value) -> str:
     """JSON safe inside a ``<script>`` element (no ``</script>``, no ``<!--``)."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = strict_json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026") \
         .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
@@ -142,7 +144,7 @@ def render_page(data, payload: dict, figures: list[tuple[str, str]], compress: b
                 '<select id="dir"><option value="desc">descending</option><option value="asc">ascending</option>'
                 '</select><input id="min" type="number" step="any" placeholder="min value" style="width:90px">'
                 '<button id="prev">◀</button><button id="next">▶</button><span id="count"></span></div>')
-    return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+    return ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>" + REPORT_GENERATOR +
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
             "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
             f"<meta name=viewport content='width=device-width, initial-scale=1'><title>{title}</title>"

@@ -43,9 +43,10 @@ def _new_figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def heatmap_svg(title: str, panels: list[tuple[str, np.ndarray]], layers: list[int], *, diverging: bool = False,
+def heatmap_svg(title: str, panels: list[tuple[str, np.ndarray]], layers: list, *, diverging: bool = False,
                 colorbar: str = "") -> str:
-    """One image per panel: rows = MoE layers, columns = expert ids; NaN (no value) drawn grey."""
+    """One image per panel: rows = MoE layers (``layers``: their names, e.g. "0-3" for a router that
+    routes layers 0 to 3), columns = expert ids; NaN (no value) drawn grey."""
     import matplotlib
 
     with matplotlib.rc_context(SVG_RC):

@@ -1,6 +1,6 @@
 """The LLM scorer: paper 000's A.2 prompt through any :mod:`moetools.llm` client, cached, re-asked when unparsable.
 
-One request per (label, order of the samples): the answer is parsed by
+One exchange (:func:`moetools.llm.exchange.ask`) per (label, order of the samples): the answer is parsed by
 :func:`moetools.score.judge_prompts.parse_answer`; an answer that is not a list of valid numbers or
 "None" (or one cut off at ``max_tokens``) is asked again (``attempts`` in all; from the second attempt with at least
 ``retry_temperature`` so that a greedy model can answer differently) and finally recorded as a
@@ -12,19 +12,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..llm.base import Accounting, BackendError, CompletionClient
-from ..llm.cache import ResponseCache, through_cache
+from ..llm.base import Accounting, CompletionClient
+from ..llm.cache import ResponseCache
+from ..llm.exchange import ask, refusing_truncated
 from .judge_prompts import build_scorer_messages, parse_answer
 
 CACHE_NAMESPACE = "score"
+TRUNCATED = "answer cut off at --max-tokens (finish_reason \"length\"); raise --max-tokens"
 
 
 @dataclass
 class JudgeAccounting(Accounting):
-    """The client's counters plus moe-score's per-request outcomes (end record ``accounting``)."""
+    """The client's counters (``failures``: predictions recorded as failed) plus the predictions made."""
 
-    answer_retries: int = 0     # answers that did not parse and were asked again
-    failures: int = 0           # predictions recorded as failed (after every attempt, or a transport failure)
     predictions: int = 0        # predictions made (one per label x repeat)
 
 
@@ -66,43 +66,14 @@ class LLMScorer:
         await self.client.aclose()
 
     async def predict(self, explanation: str, contexts: list[dict], fit=None) -> Prediction:
-        messages = build_scorer_messages(explanation, contexts)
         n = len(contexts)
-        result = Prediction(None)
-
-        def accept(completion) -> bool:
-            return not completion.truncated and parse_answer(completion.text, n)[0] is not None
-
-        for attempt in range(self.attempts):
-            temperature = None if attempt == 0 else max(self.client.options.temperature, self.retry_temperature)
-            identity = None
-            if self.cache is not None:
-                identity = self.client.request_identity(messages, temperature=temperature)
-                identity["attempt"] = attempt
-            if attempt:
-                self.accounting.answer_retries += 1
-            result.attempts = attempt + 1
-            try:
-                completion = await through_cache(
-                    self.cache, identity, lambda t=temperature: self.client.complete(messages, temperature=t),
-                    accept=accept, accounting=self.accounting)
-            except BackendError as error:
-                result.requests += error.requests
-                result.error, result.raw = str(error), None
-                break                      # the client already retried the transport
-            result.requests += completion.usage.requests
-            result.cache_hits += int(completion.cached)
-            chosen, why = parse_answer(completion.text, n)
-            if completion.truncated:   # a list cut at --max-tokens may lack numbers: never taken as complete
-                chosen, why = None, "answer cut off at --max-tokens (finish_reason \"length\"); raise --max-tokens"
-            if chosen is not None:
-                result.chosen, result.error, result.raw = [i + 1 in chosen for i in range(n)], None, None
-                break
-            result.error, result.raw = why, completion.text
+        parse = refusing_truncated(lambda text: parse_answer(text, n), TRUNCATED)
+        answer = await ask(self.client, build_scorer_messages(explanation, contexts), parse, attempts=self.attempts,
+                           cache=self.cache, retry_temperature=self.retry_temperature, attempt_in_key=True)
         self.accounting.predictions += 1
-        if result.chosen is None:
-            self.accounting.failures += 1
-        return result
+        chosen = None if answer.value is None else [i + 1 in answer.value for i in range(n)]
+        return Prediction(chosen, error=answer.error, attempts=answer.attempts, requests=answer.requests,
+                          cache_hits=answer.cache_hits, raw=answer.raw)
 
 
 __all__ = ["CACHE_NAMESPACE", "JudgeAccounting", "LLMScorer", "Prediction"]

@@ -50,6 +50,31 @@ def judge_labels(samples_path: str, label_paths: list[str], scorer, options: Jud
     return samples_header.get("model"), extra, records + layers, summary
 
 
+def make_scorer(*, backend: str | None = None, backend_options: dict | None = None, attempts: int | None = None,
+                cache_dir: str | None = None, no_cache: bool = False, refresh: bool = False, model: str | None = None,
+                embedding_model: str | None = None):
+    """The scorer ``--backend`` names: an LLM backend's client (default openai, ``max_tokens`` 128, the cache
+    namespace ``score``), or ``embedding`` (no LLM: only ``batch_size`` and ``device`` apply)."""
+    given = dict(backend_options or {})
+    if backend == "embedding":
+        from .embedding import EmbeddingScorer
+
+        stray = [name for name in given if name not in ("batch_size", "device")] + (["model"] if model else [])
+        if stray:
+            raise UsageError(f"--{stray[0].replace('_', '-')} does not apply to the embedding scorer")
+        return EmbeddingScorer(embedding_model, device=given.get("device") or "cpu",
+                               batch_size=int(given.get("batch_size") or 64))
+    from ..llm import make_client
+    from ..llm.cache import response_cache
+    from .judge_llm import CACHE_NAMESPACE, LLMScorer
+
+    if model is not None:
+        given["model"] = model
+    given.setdefault("max_tokens", 128)
+    cache = response_cache(cache_dir, CACHE_NAMESPACE, no_cache=no_cache, refresh=refresh)
+    return LLMScorer(make_client(backend or "openai", given), cache=cache, attempts=3 if attempts is None else attempts)
+
+
 def accounting_line(summary: dict, scorer_kind: str) -> str:
     a = summary["accounting"]
     parts = []
@@ -67,4 +92,4 @@ def accounting_line(summary: dict, scorer_kind: str) -> str:
     return line + f"; {summary['seconds']:.1f} s"
 
 
-__all__ = ["accounting_line", "judge_labels"]
+__all__ = ["accounting_line", "judge_labels", "make_scorer"]

@@ -67,11 +67,15 @@ def esft_token_score(selected, axis: int = -1):
     return _div(selected, np.sum(selected, axis=axis, keepdims=True))
 
 
-def esft_gate_score(gate, axis: int = -1):
-    """ESFT average gate score as its code computes it: gate sums normalised over the experts of
-    the layer, s_i = Σ_t g_i(t) / Σ_j Σ_t g_j(t) (the released summary.json rows sum to 1).
-    The paper's per-token mean (1/|T|) Σ_t g_i(t) is :func:`direct_routing_score`."""
-    return _div(gate, np.sum(gate, axis=axis, keepdims=True))
+def esft_gate_score(gate, tokens):
+    """ESFT average gate score (Wang et al. 2024, ESFT, "Expert Relevance Score"; deepseek-ai/ESFT
+    ``scripts/get_expert_scores.py``): the expert's gates summed over the tokens and divided by the
+    number of tokens T, s_i = Σ_t g_i(t) / T (g_i(t) = 0 where i is not selected). ESFT's code
+    divides by Σ_j Σ_t 1[j∈topK(t)]/K, which is T when every token fills its K slots (DeepSeek-V2-Lite
+    always does). Not normalised over the layer: a row sums to the mean total gate per token (its
+    released ``summary.json`` gate rows sum to 0.26-0.53); only the token score sums to 1. The
+    same number as :func:`direct_routing_score` (003's "Score")."""
+    return _div(gate, tokens)
 
 
 def cumulative_das(das, k: int):

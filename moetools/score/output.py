@@ -29,9 +29,9 @@ def header_extra(scorer: RoutingScorer, computed: dict) -> dict:
     general = {"kind": opts.general}
     if opts.general not in ("rest", "trace"):
         general = {"kind": "domain", "domain": opts.general}
-    return {
+    extra = {
         "source": SCORES_SOURCE,
-        "layers": list(trace["layers"]),
+        "layers": list(scorer.layers),
         "num_experts": trace["num_experts"],
         "top_k": trace["top_k"],
         "domain_field": opts.domain_field,
@@ -44,11 +44,16 @@ def header_extra(scorer: RoutingScorer, computed: dict) -> dict:
                     "clusters": opts.clusters if opts.model_dir else None, "jsd_draws": opts.jsd_draws},
         "inputs": scorer.inputs,
     }
+    if scorer.fold is not None:   # one record per router: which layers each one routes
+        extra["shared_routers"] = [members for members in scorer.fold.shared.values()]
+    return extra
 
 
-def expert_records(computed: dict, layers: list[int], min_ratio: float, metrics=None):
+def expert_records(computed: dict, layers: list[int], min_ratio: float, metrics=None, shared: dict | None = None):
     """One ``expert`` record per (layer, expert), layers then experts ascending; with ``metrics``
-    (``--metrics``) only those metrics."""
+    (``--metrics``) only those metrics; ``layers`` are the router layers and ``shared`` (router
+    layer -> the layers it routes) adds ``shared_layers``."""
+    shared = shared or {}
     domains = computed["domains"]
     per_domain = [name for name in ("af", "prob", "das", "score", "explen", "psn", "reap", "esft_token",
                                     "esft_gate") if name in computed and asked(metrics, name)]
@@ -59,6 +64,8 @@ def expert_records(computed: dict, layers: list[int], min_ratio: float, metrics=
     for li, layer in enumerate(layers):
         for expert in range(n_experts):
             record = {"type": "expert", "layer": int(layer), "expert": expert, "domains": {}}
+            if int(layer) in shared:
+                record["shared_layers"] = list(shared[int(layer)])
             for d, domain in enumerate(domains):
                 values = {name: _num(computed[name][d, li, expert]) for name in per_domain}
                 if routed:
@@ -87,7 +94,7 @@ def expert_records(computed: dict, layers: list[int], min_ratio: float, metrics=
 
 
 def end_summary(scorer: RoutingScorer, computed: dict, q_threshold: float = 0.05) -> dict:
-    sums, layers = scorer.sums, scorer.header["layers"]
+    sums, layers = scorer.sums, scorer.layers
     summary = {
         "sequences": scorer.sequences,
         "tokens": {d: int(t) for d, t in zip(computed["domains"], computed["tokens"])},

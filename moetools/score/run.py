@@ -41,7 +41,7 @@ def score_traces(paths, options: ScoreOptions, *, general_trace: str | None = No
                 on_record(record)
 
         for path in paths or ["-"]:
-            reader = read_input(path, kinds="trace", validate=True)  # formats/trace.md: ids < num_experts, ...
+            reader = read_input(path, kinds="trace", validate=True)  # formats/trace.md: finite gates, ids < num_experts, ...
             scorer.add_trace(reader, "-" if path in (None, "-") else str(path), on_record=count)
     if general_trace is not None:
         scorer.add_general_trace(read_input(general_trace, kinds="trace", validate=True), str(general_trace))
@@ -49,7 +49,8 @@ def score_traces(paths, options: ScoreOptions, *, general_trace: str | None = No
         scorer.add_rc_trace(read_input(rc_against, kinds="trace", validate=True), str(rc_against))
     computed = scorer.compute()
     extra = header_extra(scorer, computed)
-    records = list(expert_records(computed, scorer.header["layers"], options.min_ratio, options.metrics))
+    shared = scorer.fold.shared if scorer.fold is not None else {}
+    records = list(expert_records(computed, scorer.layers, options.min_ratio, options.metrics, shared=shared))
     return extra, records, end_summary(scorer, computed), scorer.header.get("model")
 
 

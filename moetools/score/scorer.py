@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import FormatError, ModelMismatchError, UsageError
+from ..models.shared_routers import RouterFold
 from . import metrics as M
 from .permutation import skew_permutation_test
 from .routing import DocumentTable, DomainSums
@@ -27,16 +28,19 @@ METRICS = {
     "score": ("domain", "003 Table 5 Score: mean gate over the domain's tokens (0 where not selected)"),
     "explen": ("domain", "003 Table 5 ExpLen: mean ||E(x)|| over routed domain tokens"),
     "psn": ("domain", "003 Table 5 EC/PSN: mean g*||E(x)|| over the domain's tokens (0 where not selected)"),
-    "reap": ("domain", "REAP saliency: mean g*||E(x)|| over routed domain tokens"),
+    "reap": ("domain", ("REAP saliency: mean g*||E(x)|| over routed domain tokens, g the gate the model "
+                       "multiplies (REAP's renormalize_router_weights)")),
     "esft_token": ("domain", "ESFT token selection ratio, normalised over the layer's experts"),
-    "esft_gate": ("domain", "ESFT gate score, gate sums normalised over the layer's experts"),
+    "esft_gate": ("domain", ("ESFT average gate score: gate sum over the domain's tokens / their number "
+                            "(rows do not sum to 1)")),
     "routed": ("domain", "domain tokens routed to the expert (count)"),
     "skew": ("expert", "004 sec. 5.1: best domain's mean router probability / runner-up's, p and q by permutation"),
     "pearson": ("expert", "004 sec. 5.2: Pearson r across documents, mean router probability vs a numeric field"),
     "rc_shift": ("expert", "003 eq. 4: squared change of the mean router probability between two traces"),
     "jsd_routing": ("expert", "002: JSD (bits) of the unembedding-cluster distribution of routed tokens vs the layer's"),
     "jsd_routing_random": ("expert", "002: the same for a random expert with as many tokens (mean of draws)"),
-    "jsd_functional": ("expert", "002: JSD (bits) of the clusters of the expert's logit-lens tokens vs the layer's"),
+    "jsd_functional": ("expert", ("002: JSD (bits) of the clusters of the expert's logit-lens tokens (final norm "
+                                 "applied) vs the layer's")),
     "jsd_functional_random": ("expert", "002: the same for a random expert with as many logit-lens tokens"),
 }
 ALWAYS = ("af", "prob", "score", "explen", "psn", "reap", "esft_token", "esft_gate", "routed")
@@ -124,10 +128,16 @@ class RoutingScorer:
         self.clusters = None                # ClusterCounts when --model is given (JSD, paper 002)
         self.inputs: list[dict] = []
         self.sequences = 0
+        self.fold: RouterFold | None = None   # layers sharing one router: one row per router
+        self.layers: list[int] = []           # the scored layers: one per router
 
     def _start(self, header: dict) -> None:
         layers, experts, top_k = trace_shape(header, "trace")
         self.header = header
+        self.fold = RouterFold.from_header(header)
+        if self.fold is not None:
+            layers = self.fold.layers
+        self.layers = list(layers)
         self.sums = DomainSums(layers, experts, top_k, self.options.domain_field)
         want = self.options.metrics
         needs_docs = (self.options.target_field is not None
@@ -175,8 +185,12 @@ class RoutingScorer:
         for record in records:
             self._add(record, default, on_record)
 
+    def _folded(self, record: dict) -> dict:
+        return record if self.fold is None else self.fold.record(record)
+
     def _add(self, record, default, on_record) -> None:
         sums = self.sums
+        original, record = record, self._folded(record)
         if self.clusters is not None:
             self.clusters.add(record, sums.num_experts)
         domain = sums.domain_of(record)
@@ -194,18 +208,18 @@ class RoutingScorer:
                 self.documents.add(str(record.get("doc_id")), domain, count, prob_sum, record.get("meta") or {})
         self.sequences += 1
         if on_record is not None:
-            on_record(record)
+            on_record(original)
 
     def add_general_trace(self, reader, name: str) -> None:
         """All tokens of this trace are the general data D_g of DAS (003 eq. 1)."""
         if self.header is None:
             raise UsageError("give the domain trace(s) before the general trace")
         _same_model(self.header, reader.header, name)
-        layers, experts, top_k = trace_shape(self.header, name)
+        _, experts, top_k = trace_shape(self.header, name)
         if self.general is None:
-            self.general = DomainSums(layers, experts, top_k)
+            self.general = DomainSums(self.layers, experts, top_k)
         for record in _sequences(reader):
-            self.general.add(record, GENERAL_TRACE)
+            self.general.add(self._folded(record), GENERAL_TRACE)
         self.inputs.append({"path": name, "role": "general", "tool": reader.header.get("tool"),
                             "model": reader.header.get("model")})
 
@@ -215,13 +229,13 @@ class RoutingScorer:
         if self.header is None:
             raise UsageError("give the domain trace(s) before the --rc-against trace")
         _same_model(self.header, reader.header, name, fingerprints=False)
-        layers, experts, top_k = trace_shape(self.header, name)
-        other = DomainSums(layers, experts, top_k, self.options.domain_field)
+        _, experts, top_k = trace_shape(self.header, name)
+        other = DomainSums(self.layers, experts, top_k, self.options.domain_field)
         default = self.options.default_domain
         for record in _sequences(reader):
             domain = other.domain_of(record) or default
             if domain is not None:                 # the same tokens as the scored side: those with a domain
-                other.add(record, "all")
+                other.add(self._folded(record), "all")
         self.rc_before = M.mean_routing_score(other.array("prob")[0], other.token_counts()[0]) \
             if other.domains else None
         self.inputs.append({"path": name, "role": "rc", "tool": reader.header.get("tool"),
@@ -263,7 +277,7 @@ class RoutingScorer:
         out["psn"] = M.score_times_norm(arrays["contribution"], t)
         out["reap"] = M.reap_saliency(arrays["contribution"], arrays["selected"])
         out["esft_token"] = M.esft_token_score(arrays["selected"])
-        out["esft_gate"] = M.esft_gate_score(arrays["gate"])
+        out["esft_gate"] = M.esft_gate_score(arrays["gate"], t)
         out["routed"] = arrays["selected"]
         self._general(out, arrays, tokens)
         self._skew(out)

@@ -219,9 +219,18 @@ def random_init_copy(model_dir, out, seed: int = 0):
 
 
 def routing_from_stream(binary_file, domain_field: str = "domain") -> tuple[DomainRouting, dict]:
-    """Accumulate a whole trace stream (any encoding moetools reads); returns it and the stream header."""
+    """Accumulate a whole trace stream (any encoding moetools reads); returns it and the stream header.
+
+    Layers that share one router (the header's ``model.shared_routers``, MONET's grouped routing) are
+    one row, the router's: their routing is one sample, counted once
+    (:mod:`moetools.models.shared_routers`)."""
+    from ..models.shared_routers import RouterFold
     from ..streams import StreamReader
 
     reader = StreamReader(binary_file, kinds="trace")
-    routing = DomainRouting(domain_field).extend(reader)
+    fold = RouterFold.from_header(reader.header)
+    routing = DomainRouting(domain_field)
+    for record in reader:
+        sequence = fold is not None and record.get("type", "sequence") == "sequence"
+        routing.add(fold.record(record) if sequence else record)
     return routing, reader.header

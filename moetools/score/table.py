@@ -11,10 +11,11 @@ def top_rows(records: list[dict], domain: str, by: str, top: int) -> list[dict]:
 
 def render_table(records: list[dict], domains: list[str], *, by: str, top: int, file) -> None:
     """Print, per domain, the ``top`` (layer, expert) pairs by metric ``by`` with AF, DAS and skew."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=file, width=120)
+    from ..reporting import table_console
+
+    console = table_console(file=file, width=120)
     columns = list(dict.fromkeys([by, "af", "das", "prob"]))
     for domain in domains:
         table = Table(title=f"{domain}: top {top} experts by {by}")

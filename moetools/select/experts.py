@@ -25,7 +25,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from ..errors import FormatError, ModelMismatchError, UsageError
+from ..errors import EmptyInputError, FormatError, ModelMismatchError, UsageError
+from ..streams import strict_json
 from ..streams.schemas.experts import EXPERTS_VERSION, check_against_model, check_experts_object
 
 
@@ -117,6 +118,8 @@ def read_experts(path, model: dict | None = None) -> ExpertSet:
             text = handle.read()
     except UnicodeDecodeError as exc:
         raise FormatError(f"{where}: not UTF-8 text ({exc.reason})") from None
+    if not text.strip():  # /dev/null, an empty file: empty input, as for every stream (exit 3)
+        raise EmptyInputError(f"{where}: empty input: no experts.json object")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -129,7 +132,7 @@ def read_experts(path, model: dict | None = None) -> ExpertSet:
 
 def dumps_experts(data: dict) -> str:
     """One top-level field per line (the layer lists stay on one line, as in ESFT's files)."""
-    lines = [f" {json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}" for key, value in data.items()]
+    lines = [f" {strict_json.dumps(key)}: {strict_json.dumps(value, ensure_ascii=False)}" for key, value in data.items()]
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 

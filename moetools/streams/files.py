@@ -140,34 +140,40 @@ def create_output(path: str | os.PathLike | None, *, binary_ok_on_tty: bool = Fa
 
 
 @contextlib.contextmanager
-def create_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """A directory output (a checkpoint, a model copy): yields ``NAME.partial/``, renamed over ``path`` on success.
+def create_directory(path: str | os.PathLike, *, tool: str | None = None) -> Iterator[Path]:
+    """A directory output (a checkpoint, a model copy): yields ``NAME.partial/``, swapped in for ``path`` on success.
 
-    A stale ``NAME.partial/`` is removed first; parents are created. On success an
-    existing ``path`` is moved to ``NAME.old`` for the moment of the swap (a kill
-    then leaves either the old or the new directory complete) and removed after.
-    On an exception ``NAME.partial/`` is removed (kept on an interrupt, as
-    :func:`create_output` does) and ``path`` is left untouched.
+    ``NAME.partial/`` is made (parents too; its files get the modes the umask gives) with the suite's marker
+    (:data:`moetools.streams.outputs.MARKER`), after removing a stale one the suite wrote. On
+    success it is exchanged atomically with an existing ``path``
+    (:func:`moetools.streams.outputs.publish_directory`: a kill at any moment leaves the old or the
+    new directory complete), and the old one is removed. Whether ``path`` may be replaced at all is
+    the caller's question (:func:`moetools.streams.outputs.check_output`). On an exception
+    ``NAME.partial/`` is removed (kept on an interrupt, as :func:`create_output` does) and ``path``
+    is left untouched.
     """
+    from .outputs import (
+        apply_umask,
+        publish_directory,
+        recover_directory,
+        remove_suite_directory,
+        write_marker,
+    )
+
     target = Path(path)
+    recover_directory(target)
     temporary = partial_path(target)
-    if temporary.exists():
-        shutil.rmtree(temporary)
+    remove_suite_directory(temporary)
     temporary.mkdir(parents=True)
+    write_marker(temporary, tool)
     try:
         yield temporary
     except BaseException as error:
         if not isinstance(error, KeyboardInterrupt):
             shutil.rmtree(temporary, ignore_errors=True)
         raise
-    old = target.with_name(target.name + ".old")
-    if target.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(target, old)
-    os.replace(temporary, target)
-    if old.exists():
-        shutil.rmtree(old)
+    apply_umask(temporary)  # safetensors writes 0600: the modes any new file gets (0644 under umask 022)
+    publish_directory(temporary, target)
 
 
 def write_file_atomic(path: str | os.PathLike, data: bytes | str) -> None:

@@ -26,6 +26,7 @@ skip unknown record types), so a newer writer's additions never break an older r
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 
 from ..errors import FormatError
@@ -113,7 +114,40 @@ def is_int(value) -> bool:
 
 
 def is_number(value) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool))
+    """An integer or a *finite* float: NaN and ±inf are never numbers of a moetools record (formats/README.md)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def is_non_finite(value) -> bool:
+    """A float that is NaN, inf or -inf."""
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def number_problem(value, what: str = "a number") -> str:
+    """Why ``value`` is not ``what``: names NaN and ±inf as such (the finite rule of formats/README.md)."""
+    if is_non_finite(value):
+        return f"is {value!r}, not a finite number (NaN and ±inf are refused)"
+    return f"is not {what}"
+
+
+def need_number(value, place: str, name: str, *, nullable: bool = False) -> None:
+    """``value`` is a finite number (or null when ``nullable``); FormatError naming ``name`` otherwise."""
+    if (nullable and value is None) or is_number(value):
+        return
+    raise FormatError(f"{place}: {name} {number_problem(value, 'a number or null' if nullable else 'a number')}")
+
+
+def check_finite_array(value, place: str, name: str) -> None:
+    """A float array holds no NaN or ±inf: one ``np.isfinite(...).all()`` per array (readers stay fast)."""
+    import numpy as np
+
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
+        bad = np.flatnonzero(~np.isfinite(value.reshape(-1)))
+        first = np.unravel_index(int(bad[0]), value.shape) if value.ndim else ()
+        raise FormatError(f"{place}: '{name}' holds {len(bad)} non-finite value(s) (NaN or ±inf), the first "
+                          f"{float(value.reshape(-1)[bad[0]])!r} at index {[int(i) for i in first]}")
 
 
 # Field checks: each raises FormatError("{place}: '{name}' must be ...") naming the field and the
@@ -148,7 +182,7 @@ def field_number(record: dict, name: str, place: str, *, optional: bool = False,
     value = _value(record, name, place, optional)
     if value is _MISSING or (nullable and value is None):
         return None
-    need(is_number(value), place, f"'{name}' must be a number, got {value!r}")
+    need(is_number(value), place, f"'{name}' must be a finite number{' or null' if nullable else ''}, got {value!r}")
     return value
 
 
@@ -209,9 +243,11 @@ def field_array(record: dict, name: str, place: str, dtypes: tuple[str, ...], sh
         raise FormatError(f"{place}: '{name}' has dtype {value.dtype.str}, expected {' or '.join(dtypes)}")
     if shape is not None and value.shape != tuple(shape):
         raise FormatError(f"{place}: '{name}' has shape {list(value.shape)}, expected {list(shape)}")
+    check_finite_array(value, place, name)
     return value
 
 
-__all__ = ["Schema", "field_array", "field_bool", "field_choice", "field_int", "field_list", "field_map",
-           "field_number", "field_str", "is_int", "is_number", "known_kinds", "need", "register_schema",
+__all__ = ["Schema", "check_finite_array", "field_array", "field_bool", "field_choice", "field_int", "field_list", "field_map",
+           "field_number", "field_str", "is_int", "is_non_finite", "is_number", "known_kinds", "need",
+           "need_number", "number_problem", "register_schema",
            "schema_for", "where"]

@@ -9,13 +9,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import BinaryIO
 
 import msgpack
 import zstandard
 
 from ..errors import UsageError
+from . import strict_json
 from .arrays import json_default, msgpack_default
 
 FORMAT_NAME = "moetools"
@@ -87,9 +87,11 @@ class StreamWriter:
     def _encode(self, record: dict) -> bytes:
         try:
             if self.encoding == "jsonl":
-                return (json.dumps(record, default=json_default, ensure_ascii=False, separators=(",", ":"))
+                return (strict_json.dumps(record, default=json_default, ensure_ascii=False, separators=(",", ":"))
                         + "\n").encode("utf-8")
             return self._packer.pack(record)
+        except strict_json.NonFiniteJSONError as error:
+            raise strict_json.NonFiniteJSONError(f"{record.get('type')!r} record: {error}") from None
         except (TypeError, ValueError, OverflowError) as error:
             # a programming error in the producing tool, reported without a half-written record
             raise ValueError(f"cannot encode {record.get('type')!r} record: {error}") from None

@@ -110,16 +110,14 @@ def run_trace(model_path, corpus, *, output, fmt="msgpack", uncompressed=False, 
         log(f"{output} is complete already (--resume): nothing to do")
         return summary
 
-    def on_skip(line, reason):
+    def on_skip(line, reason):  # named in the end record; the reader's one warning counts them
         summary.skip(line, reason)
-        warn(f"{corpus_name}:{line}: skipped: {reason}")
 
+    # skipped lines and empty documents: counted in the end record; one warning counts the empty ones
     documents = read_documents(source, name=corpus_name, text_field=text_field, id_field=id_field,
-                               bad_lines="skip", on_skip=on_skip)  # skipped lines: counted in the end record
-    first = next(documents, None)
-    if first is None:  # before any output exists
-        raise UsageError(f"{corpus_name}: no usable documents in the corpus"
-                         + (f" ({summary.skipped_count} lines skipped)" if summary.skipped_count else ""))
+                               bad_lines="skip", on_skip=on_skip, warn=warn,
+                               on_empty=lambda line: summary.skip(line, f"empty {text_field!r}"))
+    first = next(documents)  # refuses a corpus with nothing usable (exit 2, or 3: empty) before any output exists
     documents = itertools.chain([first], documents)
 
     previous = resume_source(partial_path(output)) if resume else None

@@ -29,13 +29,11 @@ PAD_TOKEN = "<|pad|>"
 def read_training_documents(path, text_field: str = "text") -> list[Document]:
     """Every document of the corpus at ``path`` (``-`` is stdin), read with the one corpus reader
     (:func:`moetools.corpus.documents.read_corpus`) under the ``fail`` bad-line policy: the first
-    unusable line (invalid UTF-8 — a binary file —, invalid JSON, no text field, empty text) stops
-    the run with ``FILE:LINE: reason`` (exit 2), since training on a silently shortened corpus is
-    worse than stopping. Blank lines are skipped."""
-    documents = list(read_corpus(path, text_field=text_field, bad_lines="fail"))
-    if not documents:
-        raise UsageError(f"{path}: no non-empty text in field {text_field!r}: nothing to train on")
-    return documents
+    unusable line (invalid UTF-8, invalid JSON, no text field) stops the run with
+    ``FILE:LINE: reason`` (exit 2), since training on a silently shortened corpus is worse than
+    stopping; binary data is refused (exit 2). Blank lines and empty documents are skipped (one
+    warning counts the empty ones); a corpus with no document left is empty input (exit 3)."""
+    return list(read_corpus(path, text_field=text_field, bad_lines="fail"))
 
 
 def is_eval_document(document: Document, eval_fraction: float) -> bool:

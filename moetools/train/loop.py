@@ -15,7 +15,7 @@ checkpoint and output files (full state dicts gathered on rank 0).
 from __future__ import annotations
 
 import gc
-import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,10 +24,12 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
+from ..streams import strict_json
+from ..streams.outputs import check_output, finish_training_directory, prepare_training_directory
 from . import data as data_lib
 from . import sharding
 from .models import build_model, parameter_counts, resolve_model_config
-from .state import WarmupCosine, load_checkpoint, save_checkpoint, tied_parameter_names
+from .state import WarmupCosine, load_checkpoint, save_checkpoint, stop_if_not_finite, tied_parameter_names
 
 LOG_NAME = "train_log.jsonl"
 METADATA_NAME = "training_metadata.json"
@@ -59,6 +61,7 @@ class TrainOptions:
     max_minutes: float | None = None
     stop_at_step: int | None = None  # stop (after checkpointing) once this step is done
     resume: bool = False
+    force: bool = False  # start over in an existing OUTPUT this suite wrote (moved to OUTPUT.old until done)
     fsdp: bool = False  # shard with FSDP2 instead of DDP (torchrun, 2+ processes)
 
 
@@ -153,11 +156,15 @@ def evaluate(model, eval_blocks: dict[str, torch.Tensor], batch_size: int, max_b
             losses[domain] = domain_total / domain_count
             total, count = total + domain_total, count + domain_count
     model.train(was_training)
-    return losses, (total / count if count else float("nan"))
+    return losses, (total / count if count else None)
 
 
 def _check_options(options: TrainOptions) -> None:
     """Usage errors that need no process group."""
+    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "eval_fraction", "max_minutes"):
+        value = getattr(options, name)
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"--{name.replace('_', '-')} {value} is not a finite number")
     if options.steps < 1 or options.batch_size < 1 or options.seq_len < 2:
         raise UsageError("--steps and --batch-size must be at least 1 and --seq-len at least 2")
     if options.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
@@ -172,8 +179,15 @@ def _prepare_output(options: TrainOptions, dist: _Distributed) -> Path:
     out = Path(options.output)
     if options.resume and not (out / "checkpoint" / "trainer_state.json").exists():
         raise UsageError(f"--resume: no checkpoint in {out / 'checkpoint'}")
+    if options.resume and options.force:
+        raise UsageError("--resume continues OUTPUT and --force starts it over: give one of them")
+    inputs = [p for p in (options.data, options.tokenizer) if p not in (None, "-")]
+    if not options.resume:  # never an input; an existing OUTPUT only with --force (formats/README.md, "Outputs")
+        check_output(out, inputs=inputs, force=options.force, directory=True)
+    dist.barrier()  # every process has checked OUTPUT before the first one changes it
     if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_training_directory(out, inputs=inputs, force=options.force, resume=options.resume,
+                                   complete_file=METADATA_NAME, tool="monet-train")
     dist.barrier()
     return out
 
@@ -233,8 +247,10 @@ class _Run:
     :func:`train` share. Built in the order that fixes the random state (model initialised
     from the seed, then optimizer, then the checkpoint restored over both)."""
 
-    def __init__(self, options: TrainOptions, dist: _Distributed, out: Path, data: _Data, on_log):
+    def __init__(self, options: TrainOptions, dist: _Distributed, out: Path, data: _Data, on_log,
+                 created: bool = False):
         self.options, self.dist, self.out, self.data, self.on_log = options, dist, out, data, on_log
+        self.created = created  # this run made ``out`` (removed again if training diverges before a checkpoint)
         self.checkpoint_dir = out / "checkpoint"
         self.log_path = out / LOG_NAME
         self.model, self.config_kwargs = _build_model(options, data.tokenizer, dist)
@@ -271,7 +287,7 @@ class _Run:
 
     def log(self, record: dict) -> None:
         if self.log_handle is not None:
-            self.log_handle.write(json.dumps(record) + "\n")
+            self.log_handle.write(strict_json.dumps(record) + "\n")
             self.log_handle.flush()
         if self.on_log is not None and self.dist.main:
             self.on_log(record)
@@ -299,8 +315,13 @@ class _Run:
             grad_norm = sharding.clip_grad_norm(self.model.parameters(), self.options.grad_clip)
         else:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip))
+        parts = {k: self.dist.mean(v) for k, v in _loss_parts(outputs).items()}
+        if not all(math.isfinite(v) for v in (*parts.values(), grad_norm)):
+            self.close_log()
+            stop_if_not_finite(self.state["step"] + 1, {**parts, "grad_norm": grad_norm}, self.out,
+                               created=self.created, main=self.dist.main, what="model")
         self.optimizer.step()
-        return {k: self.dist.mean(v) for k, v in _loss_parts(outputs).items()}, grad_norm
+        return parts, grad_norm
 
     def count_step(self, started: float) -> None:
         self.state["step"] += 1
@@ -370,7 +391,7 @@ class _Run:
                 from ..models.monet.shipped import add_to_directory
 
                 add_to_directory(self.out)
-            (self.out / METADATA_NAME).write_text(json.dumps(metadata, indent=1))
+            (self.out / METADATA_NAME).write_text(strict_json.dumps(metadata, indent=1))
         self.dist.barrier()
 
 
@@ -384,10 +405,12 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
     dist = _Distributed()
     # the corpus is read before the output directory exists: bad input leaves no empty directory behind
     documents = data_lib.read_training_documents(options.data, options.text_field)
+    created = not Path(options.output).exists() and not options.resume
+    dist.barrier()  # every rank has looked before rank 0 makes it
     out = _prepare_output(options, dist)
     torch.manual_seed(options.seed)
     data = _load_data(options, documents, out, dist)
-    run = _Run(options, dist, out, data, on_log)
+    run = _Run(options, dist, out, data, on_log, created=created)
 
     started = time.monotonic() - run.state["elapsed_s"]
     run_started = time.monotonic()
@@ -416,6 +439,8 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
 
     metadata = run.metadata()
     run.save(metadata)
+    if dist.main:
+        finish_training_directory(out)
     if options.fsdp:
         # drop FSDP's modules, optimizer and autograd graph (which hold gloo work objects) while the
         # interpreter is alive: left to interpreter exit, their teardown aborts a rank now and then

@@ -16,13 +16,41 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file, save_model
 
-from ..errors import MoetoolsError
+from ..errors import MoetoolsError, TrainingDivergedError
+from ..streams import strict_json
 from ..streams.files import create_directory
+
+
+def stop_if_not_finite(step: int, values: dict, out: Path, *, created: bool, main: bool, what: str) -> None:
+    """Training stops at the first non-finite loss or gradient norm (one rule for moe-tune and monet-train).
+
+    ``values``: the step's losses and gradient norm (the same on every rank: all-reduced). Nothing
+    of the step is logged or applied; no ``what`` (adapter, model) is written. ``OUT/checkpoint``
+    stays when there is one, so ``--resume`` (with other settings) continues from it; without one,
+    ``out`` is removed if this run created it. Raises :class:`TrainingDivergedError` (exit 1).
+    """
+    bad = {name: value for name, value in values.items() if not math.isfinite(value)}
+    if not bad:
+        return
+    state = out / "checkpoint" / "trainer_state.json"
+    if state.exists():
+        saved = json.loads(state.read_text()).get("step")
+        kept = f"{out / 'checkpoint'} (step {saved}) is kept: --resume continues from it"
+    elif created:
+        if main:
+            shutil.rmtree(out, ignore_errors=True)
+        kept = f"{out} removed (no checkpoint yet)"
+    else:
+        kept = "no checkpoint yet"
+    found = ", ".join(f"{name} {value}" for name, value in bad.items())
+    raise TrainingDivergedError(f"step {step}: {found}: training diverged (non-finite); stopped without writing "
+                                f"the {what}; {kept}; try a lower --lr or --grad-clip")
 
 
 class WarmupCosine:
@@ -126,9 +154,9 @@ def save_checkpoint(directory: Path, model, optimizer, trainer_state: dict, *, m
         tensors, meta = flatten_optimizer_state(optimizer.state_dict() if optimizer_state is None
                                                 else optimizer_state)
         save_file(tensors, str(partial / "optimizer.safetensors"))
-        (partial / "optimizer.json").write_text(json.dumps(meta))
+        (partial / "optimizer.json").write_text(strict_json.dumps(meta))
         save_file(rng_state(), str(partial / "rng.safetensors"))
-        (partial / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+        (partial / "trainer_state.json").write_text(strict_json.dumps(trainer_state, indent=1))
 
 
 def load_checkpoint(directory: Path, model, optimizer, *, sharded: bool = False,

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from ..errors import FormatError, ModelMismatchError, UsageError
-from ..streams.files import write_file_atomic
+from ..streams import strict_json
+from ..streams.files import create_directory, write_file_atomic
+from ..streams.outputs import check_output
 
 FORMAT = "moe-tune-adapter"
 VERSION = 1
@@ -40,7 +41,7 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) 
 
     partial = path.with_name(path.name + ".partial")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(partial),
-              metadata={k: json.dumps(v) for k, v in metadata.items()})
+              metadata={k: strict_json.dumps(v) for k, v in metadata.items()})
     os.replace(partial, path)
 
 
@@ -63,13 +64,13 @@ def save_adapter(tuner, summary: dict) -> None:
     if tuner.peft is not None:
         tuner.peft.save_pretrained(str(out))
     else:
-        _save_tensors(out / TENSORS, tensors, {"format": FORMAT})
+        _save_tensors(out / TENSORS, tensors, {"format": FORMAT, "run_id": tuner.run_id})
     if tuner.chosen is not None and tuner.options.mode != "das-two-stage":
         from ..select import write_experts
 
         write_experts(out / "experts.json", tuner.chosen)
     kind = tuner.stage_kind
-    meta = {"format": FORMAT, "version": VERSION, "mode": tuner.options.mode,
+    meta = {"format": FORMAT, "version": VERSION, "run_id": tuner.run_id, "mode": tuner.options.mode,
             "stages": [{"kind": k, "steps": s} for k, s in tuner.plan],
             "base": tuner.identity, "base_path": str(Path(tuner.options.model).resolve()),
             "peft": tuner.peft is not None, "whole_parameters": sorted(whole), "slices": layout,
@@ -81,7 +82,7 @@ def save_adapter(tuner, summary: dict) -> None:
             "adapter_parameters": sum(t.numel() for t in tensors.values()) if tuner.peft is None else
             summary["trainable_parameters"],
             "summary": summary, "options": asdict(tuner.options)}
-    write_file_atomic(out / META, (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
+    write_file_atomic(out / META, (strict_json.dumps(meta, indent=1) + "\n").encode("utf-8"))
 
 
 MODE_NAMES = ("full", "experts", "attention-router", "das-two-stage", "lora", "lora-experts")
@@ -103,6 +104,8 @@ def check_tune_meta(meta, where: str = "tune.json") -> None:
         raise FormatError(f"{where}: version {meta['version']} is newer than this moe-tune reads ({VERSION})")
     if meta.get("mode") not in MODE_NAMES:
         raise FormatError(f"{where}: unknown mode {meta.get('mode')!r}")
+    if "run_id" in meta and not (isinstance(meta["run_id"], str) and meta["run_id"]):
+        raise FormatError(f"{where}: 'run_id' must be a non-empty string")
     base = meta.get("base")
     if not isinstance(base, dict) or not isinstance(base.get("fingerprint"), str):
         raise FormatError(f"{where}: 'base' must be the base model's identity with a 'fingerprint'")
@@ -138,7 +141,15 @@ def read_adapter(directory) -> tuple[dict, dict[str, torch.Tensor]]:
     meta = read_tune_json(directory / META)
     if not meta["peft"] and not (directory / TENSORS).is_file():
         raise FormatError(f"{directory}: no {TENSORS} beside {META}")
-    tensors = {} if meta["peft"] else load_file(str(directory / TENSORS))
+    try:
+        tensors = {} if meta["peft"] else load_file(str(directory / TENSORS))
+    except Exception as error:  # noqa: BLE001 - safetensors' own error type: a truncated or damaged file
+        raise FormatError(f"{directory / TENSORS}: not a readable safetensors file (truncated or damaged?): "
+                          f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise FormatError(f"{directory / TENSORS}: tensor {name} holds NaN or ±inf: not an adapter to merge")
+    check_same_run(directory, meta)  # after the file is known to be readable
     for name in meta["whole_parameters"]:
         if f"full.{name}" not in tensors:
             raise FormatError(f"{directory / TENSORS}: no tensor full.{name} named in {META}")
@@ -146,6 +157,33 @@ def read_adapter(directory) -> tuple[dict, dict[str, torch.Tensor]]:
         if f"slice.{name}" not in tensors and f"lora_A.{name}" not in tensors:
             raise FormatError(f"{directory / TENSORS}: no tensor for the slices of {name} named in {META}")
     return meta, tensors
+
+
+def check_same_run(directory, meta: dict) -> None:
+    """FormatError unless tune.json, adapter.safetensors and checkpoint/ belong to one run: a run killed after
+    an earlier one finished in the same directory leaves a checkpoint newer than the adapter beside it."""
+    from safetensors import safe_open
+
+    directory = Path(directory)
+    run_id = meta.get("run_id")
+    stale = (f"{directory}: {META} is not the adapter of the run its checkpoint/ belongs to (a later run was "
+             "stopped or killed there); finish it with moe-tune --resume, or start over with --force")
+    state_path = directory / "checkpoint" / "trainer_state.json"
+    if state_path.is_file():
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise FormatError(f"{state_path}: not JSON") from None
+        if state.get("run_id") != run_id:
+            raise FormatError(stale)
+        steps = (meta.get("summary") or {}).get("steps")
+        if isinstance(state.get("step"), int) and isinstance(steps, int) and state["step"] > steps:
+            raise FormatError(stale)
+    if not meta["peft"] and run_id is not None:
+        with safe_open(str(directory / TENSORS), framework="pt") as handle:
+            written = (handle.metadata() or {}).get("run_id")
+        if written is not None and json.loads(written) != run_id:
+            raise FormatError(f"{directory}: {TENSORS} and {META} come from different runs")
 
 
 def read_tune_json(path) -> dict:
@@ -192,11 +230,14 @@ def _cast(model, dtype) -> None:
             tensor.data = tensor.data.to(torch.float32 if any(pattern in name for pattern in keep) else dtype)
 
 
-def merge(adapter_dir, output, base: str | None = None, dtype: str = "auto") -> dict:
+def merge(adapter_dir, output, base: str | None = None, dtype: str = "auto", force: bool = False) -> dict:
     """Write base + adapter as a standard checkpoint to ``output`` (atomically); return its provenance.
 
+    ``output`` is never the adapter or the base (nor a directory holding either or inside either); an
+    existing one is replaced only with ``force`` and only when this suite wrote it (check_output).
     The adapter is applied in the dtype training loaded the base in; the checkpoint is written in
-    ``dtype`` (``auto``: the base checkpoint's) and sharded like the base."""
+    ``dtype`` (``auto``: the base checkpoint's) and sharded like the base.
+    """
     from ..models import model_identity
     from ..models.loader import load_model
 
@@ -204,6 +245,7 @@ def merge(adapter_dir, output, base: str | None = None, dtype: str = "auto") -> 
     base_path = base or meta.get("base_path")
     if not base_path:
         raise UsageError("the adapter does not name its base model: give --base")
+    check_output(output, inputs=[adapter_dir, base_path], force=force, directory=True)
     from ..models.loader import DTYPE_NAMES, torch_dtype
     from ..models.sharding import checkpoint_dtype
 
@@ -222,24 +264,18 @@ def merge(adapter_dir, output, base: str | None = None, dtype: str = "auto") -> 
                   "mode": meta["mode"], "adapter": str(Path(adapter_dir).resolve()),
                   "adapter_format": f"{FORMAT}/{meta['version']}"}
     model.config.moetools_tuned = provenance  # in config.json: the merged model never fingerprints as its base
-    out = Path(output)
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
     from ..models.sharding import shard_limit
 
     limit = shard_limit(base_path)  # a sharded base gives a merged checkpoint sharded alike
-    model.save_pretrained(str(partial), **({"max_shard_size": limit} if limit else {}))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(partial))
-    if model.config.model_type == "monet":  # its code and auto_map: loads where moetools is not installed
-        from ..models.monet.shipped import add_to_directory
+    with create_directory(output, tool="moe-tune merge") as partial:  # OUTPUT.partial/, swapped in atomically
+        model.save_pretrained(str(partial), **({"max_shard_size": limit} if limit else {}))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(partial))
+        if model.config.model_type == "monet":  # its code and auto_map: loads where moetools is not installed
+            from ..models.monet.shipped import add_to_directory
 
-        add_to_directory(partial)
-    (partial / "moetools_tuned.json").write_text(json.dumps(provenance, indent=1) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
+            add_to_directory(partial)
+        (partial / "moetools_tuned.json").write_text(strict_json.dumps(provenance, indent=1) + "\n")
     return provenance
 
 

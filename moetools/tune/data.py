@@ -55,6 +55,20 @@ class Examples:
         return int((labels[:, 1:] != IGNORE).sum())
 
 
+def eval_rows(domains: list[str], limit: int) -> tuple[list[int], list[str]]:
+    """(row indices, domains left out): at most ``limit`` rows taking the domains in turn (each
+    domain's rows in file order), so ``--eval-batches`` covers every domain of an eval file when it
+    holds at least one row per domain; the domains it cannot cover are named, never dropped silently."""
+    by_domain: dict[str, list[int]] = {}
+    for row, domain in enumerate(domains):
+        by_domain.setdefault(domain, []).append(row)
+    order = [rows[turn] for turn in range(max((len(r) for r in by_domain.values()), default=0))
+             for rows in by_domain.values() if turn < len(rows)]
+    chosen = order[:limit]
+    covered = {domains[row] for row in chosen}
+    return chosen, [domain for domain in by_domain if domain not in covered]
+
+
 def _first_record(path) -> dict | None:
     with open_input(path) as handle:
         for raw in handle:
@@ -141,8 +155,10 @@ def pack_texts(texts: list[str], domains: list[str], tokenizer, seq_len: int) ->
 
 def load_examples(path, tokenizer, seq_len: int, *, text_field: str = "text", domain_field: str = "domain") -> Examples:
     """Examples of one data file (plain or chat, decided by its first line)."""
-    if path != "-" and not Path(path).is_file():
+    if path != "-" and not Path(path).exists():
         raise UsageError(f"cannot open {path}: no such file")
+    if path != "-" and Path(path).is_dir():
+        raise UsageError(f"cannot open {path}: a directory, not a data file")
     if is_chat_file(path):
         if getattr(tokenizer, "chat_template", None) is None:
             raise UsageError(f"{path} is chat data but the model's tokenizer has no chat template")
@@ -160,9 +176,7 @@ def load_examples(path, tokenizer, seq_len: int, *, text_field: str = "text", do
         for row, (i, lab) in enumerate(zip(rows_ids, rows_labels)):
             ids[row, :len(i)], labels[row, :len(lab)], mask[row, :len(i)] = torch.tensor(i), torch.tensor(lab), 1
         return _with_labels(Examples(ids, labels, mask, domains, "chat"), path, seq_len)
-    documents = list(read_corpus(path, text_field=text_field, bad_lines="fail"))
-    if not documents:
-        raise UsageError(f"{path}: no documents: nothing to train on")
+    documents = list(read_corpus(path, text_field=text_field, bad_lines="fail"))  # refuses an empty corpus
     return _with_labels(pack_texts([d.text for d in documents], [d.domain(domain_field) for d in documents],
                                    tokenizer, seq_len), path, seq_len)
 
@@ -177,4 +191,4 @@ def _with_labels(examples: Examples, path, seq_len: int) -> Examples:
     return examples
 
 
-__all__ = ["IGNORE", "Examples", "chat_example", "is_chat_file", "load_examples", "pack_texts", "read_chats"]
+__all__ = ["IGNORE", "Examples", "chat_example", "eval_rows", "is_chat_file", "load_examples", "pack_texts", "read_chats"]

@@ -16,7 +16,9 @@ gradients over ranks), so 1 process, N processes and gradient accumulation give 
 from __future__ import annotations
 
 import json
+import math
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,12 +27,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
-from ..reporting import ProgressBar, ProgressFactory, no_progress
+from ..reporting import ProgressBar, ProgressFactory, log_warning, no_progress
+from ..streams import strict_json
+from ..streams.outputs import check_output, finish_training_directory, prepare_training_directory
 from ..train.data import block_indices
 from ..train.loop import _Distributed  # monet-train's process group, shared rather than copied
-from ..train.state import WarmupCosine, restore_rng, save_checkpoint, unflatten_optimizer_state
+from ..train.state import (
+    WarmupCosine,
+    restore_rng,
+    save_checkpoint,
+    stop_if_not_finite,
+    unflatten_optimizer_state,
+)
 from . import das as das_lib
-from .data import IGNORE, load_examples
+from .data import IGNORE, eval_rows, load_examples
 from .modes import MODES, STAGE2_KINDS, attention_router_names, extra_expert_mode_names, make_peft
 from .slices import SliceTrainer, expert_slices
 
@@ -66,6 +76,7 @@ class TuneOptions:
     stop_at_step: int | None = None
     max_minutes: float | None = None
     resume: bool = False
+    force: bool = False                 # start over in an existing OUTPUT this suite wrote (moved to OUTPUT.old)
     lora_rank: int = 16                 # paper 003
     lora_alpha: float = 32.0
     dtype: str = "float32"
@@ -93,6 +104,10 @@ def stage_plan(options: TuneOptions) -> list[tuple[str, int]]:
 
 
 def check_options(options: TuneOptions) -> None:
+    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "lora_alpha", "max_minutes"):
+        value = getattr(options, name)
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"--{name.replace('_', '-')} {value} is not a finite number")
     if options.mode not in MODES:
         raise UsageError(f"unknown --mode {options.mode!r} (choose from {', '.join(MODES)})")
     if options.mode in ("experts", "lora-experts") and not options.experts:
@@ -123,9 +138,10 @@ def _freeze_batchnorm(model) -> None:
 class Tuner:
     """One run: the model, what trains in the current stage, the optimizer and the log."""
 
-    def __init__(self, options: TuneOptions, on_log=None, bar: ProgressBar | None = None):
+    def __init__(self, options: TuneOptions, on_log=None, bar: ProgressBar | None = None, on_note=None):
         from ..models import model_identity
         from ..models.loader import load_model
+        from ..models.shared_routers import expand_to_groups, router_groups
 
         check_options(options)
         self.options, self.on_log, self.bar = options, on_log, bar  # bar: advanced per optimizer step
@@ -137,6 +153,15 @@ class Tuner:
         self.checkpoint_dir = self.out / "checkpoint"
         if options.resume and not (self.checkpoint_dir / "trainer_state.json").exists():
             raise UsageError(f"--resume: no checkpoint in {self.checkpoint_dir}")
+        if options.resume and options.force:
+            raise UsageError("--resume continues OUTPUT and --force starts it over: give one of them")
+        # the inputs, for the rule of -o (never an input, an ancestor or a descendant of one)
+        self.inputs = [p for p in (options.model, options.data, options.experts, options.general, *options.eval)
+                       if p not in (None, "-")]
+        if not options.resume:
+            check_output(self.out, inputs=self.inputs, force=options.force, directory=True)
+        self.dist.barrier()  # every process has checked OUTPUT before the first one changes it
+        self.run_id = uuid.uuid4().hex  # tune.json and the checkpoint name the run they belong to
         loaded = load_model(options.model, dtype=options.dtype, device=str(self.dist.device), train=True)
         self.model, self.tokenizer, self.adapter = loaded
         self.identity = model_identity(self.model, self.adapter, options.model)
@@ -147,6 +172,12 @@ class Tuner:
             self.chosen = read_experts(options.experts, model=self.identity)
             if not len(self.chosen):
                 raise UsageError(f"{options.experts}: no expert selected: nothing to tune")
+            # a composed expert of a router shared by several layers (MONET moe_groups) is one routing
+            # choice: its parameters train in every layer of the group
+            self.router_groups = [g for g in router_groups(self.model, self.adapter) if len(g) > 1]
+            self.chosen.experts, note = expand_to_groups(self.chosen.experts, self.router_groups, "tuning")
+            if note and on_note is not None:
+                on_note(note)
         self.train_set = load_examples(options.data, self.tokenizer, options.seq_len, text_field=options.text_field,
                                        domain_field=options.domain_field)
         self.eval_sets = {Path(p).stem: load_examples(p, self.tokenizer, options.seq_len,
@@ -162,6 +193,7 @@ class Tuner:
         self.module = None
         self.stage_index = -1
         self.cdas_log: list[dict] = []
+        self.warned_left_out = False
 
     # -- stages --------------------------------------------------------------------------------------
     def stage_of(self, step: int) -> int:
@@ -194,6 +226,10 @@ class Tuner:
                 parameter.requires_grad_(name in wanted)
         elif kind in ("experts", "lora-experts"):
             chosen = chosen_layers if chosen_layers is not None else dict(self.chosen.items())
+            if chosen_layers is not None:   # DAS stage 2: layers of one router chose alike; keep them whole
+                from ..models.shared_routers import expand_to_groups, router_groups
+
+                chosen, _ = expand_to_groups(chosen, router_groups(self.model, self.adapter), "tuning")
             found = expert_slices(self.model, self.adapter, chosen)
             rank = options.lora_rank if kind == "lora-experts" else None
             slices = SliceTrainer(found, lora_rank=rank, lora_alpha=options.lora_alpha).attach()
@@ -282,11 +318,15 @@ class Tuner:
         module.eval()
         by_file, domain_sums, total, count = {}, {}, 0.0, 0
         limit = self.options.eval_batches * self.options.batch_size
+        left_out: set[str] = set()
+        seen: set[str] = set()
         for name, examples in self.eval_sets.items():
             file_sum, file_count = 0.0, 0
-            rows = min(len(examples), limit)
-            for start in range(0, rows, self.options.batch_size):
-                index = list(range(start, min(rows, start + self.options.batch_size)))
+            chosen, missed = eval_rows(examples.domains, limit)  # every domain in turn, up to the limit
+            left_out |= set(missed)
+            seen |= set(examples.domains)
+            for start in range(0, len(chosen), self.options.batch_size):
+                index = chosen[start:start + self.options.batch_size]
                 part = examples.rows(index)
                 ids, labels, mask = (t.to(self.dist.device) for t in (part.input_ids, part.labels,
                                                                        part.attention_mask))
@@ -307,8 +347,14 @@ class Tuner:
         module.train(was)
         if self.stage_kind not in ("full", "attention-router"):
             _freeze_batchnorm(self.model)
+        by_domain = {d: s / c for d, (s, c) in sorted(domain_sums.items()) if c}
+        missing = sorted((left_out | seen) - set(by_domain))
+        if missing and not self.warned_left_out:
+            self.warned_left_out = True
+            log_warning(f"evaluation leaves out {len(missing)} of {len(seen)} domain(s) of the eval files "
+                        f"({', '.join(missing)}): raise --eval-batches (now {self.options.eval_batches}) to cover them")
         return {"eval_loss": total / count if count else None, "eval_loss_by_file": by_file,
-                "eval_loss_by_domain": {d: s / c for d, (s, c) in sorted(domain_sums.items()) if c}}
+                "eval_loss_by_domain": by_domain, "eval_domains_left_out": missing}
 
     @property
     def stage_kind(self) -> str:
@@ -329,7 +375,8 @@ class Tuner:
             save_checkpoint(self.checkpoint_dir, None, self.optimizer, model_state=self.delta_state(), tied=[],
                             trainer_state={**state, "stage": self.stage_index, "schedule": self.schedule.state_dict(),
                                            "log_bytes": log_bytes, "changed": sorted(self.changed),
-                                           "cdas": self.cdas_log, "options": asdict(self.options)})
+                                           "cdas": self.cdas_log, "options": asdict(self.options),
+                                           "run_id": self.run_id})
         self.dist.barrier()
 
     def load_checkpoint(self) -> dict:
@@ -337,6 +384,7 @@ class Tuner:
 
         directory = self.checkpoint_dir
         saved = json.loads((directory / "trainer_state.json").read_text())
+        self.run_id = saved.get("run_id") or self.run_id
         tensors = load_file(str(directory / "model.safetensors"))
         chosen = None
         if saved["stage"] > 0 and self.options.mode == "das-two-stage":
@@ -366,8 +414,13 @@ class Tuner:
     # -- the loop ------------------------------------------------------------------------------------
     def run(self) -> dict:
         options, dist = self.options, self.dist
+        created = not self.out.exists()
+        dist.barrier()  # every rank has looked before rank 0 makes it
         if dist.main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            prepare_training_directory(self.out, inputs=self.inputs, force=options.force, resume=options.resume,
+                                       complete_file="tune.json", tool="moe-tune")
+            if options.resume:  # the adapter of an earlier finish no longer describes what the checkpoint holds
+                (self.out / "tune.json").unlink(missing_ok=True)
         dist.barrier()
         torch.manual_seed(options.seed)
         log_path = self.out / LOG_NAME
@@ -386,7 +439,7 @@ class Tuner:
 
         def log(record):
             if log_handle is not None:
-                log_handle.write(json.dumps(record) + "\n")
+                log_handle.write(strict_json.dumps(record) + "\n")
                 log_handle.flush()
                 if self.on_log is not None:
                     self.on_log(record)
@@ -418,11 +471,17 @@ class Tuner:
                 summed += part_sum
             parameters = [p for _, p in self.trainable]
             grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, options.grad_clip))
+            train_loss = dist.mean(summed) * dist.world / max(1, label_total)
+            if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
+                if log_handle is not None:
+                    log_handle.close()
+                    (self.out / "tune.json").unlink(missing_ok=True)  # an older run's adapter is not this one
+                stop_if_not_finite(step + 1, {"loss": train_loss, "grad_norm": grad_norm}, self.out,
+                                   created=created and not options.resume, main=dist.main, what="adapter")
             self.optimizer.step()
             state["step"] = step + 1
             state["tokens"] += int(self.train_set.attention_mask[rows].sum())
             state["elapsed_s"] = time.monotonic() - started
-            train_loss = dist.mean(summed) * dist.world / max(1, label_total)
             log({"type": "train", "step": state["step"], "stage": self.stage_index + 1, "loss": train_loss, "lr": lr,
                  "grad_norm": grad_norm, "tokens": state["tokens"], "elapsed_s": round(state["elapsed_s"], 3)})
             if self.bar is not None:
@@ -454,6 +513,7 @@ class Tuner:
             from .adapter import save_adapter
 
             save_adapter(self, summary)
+            finish_training_directory(self.out)
         dist.barrier()
         return summary
 
@@ -468,12 +528,13 @@ class Tuner:
             torch.distributed.destroy_process_group()
 
 
-def tune(options: TuneOptions, on_log=None, progress: ProgressFactory = no_progress) -> dict:
+def tune(options: TuneOptions, on_log=None, progress: ProgressFactory = no_progress, on_note=None) -> dict:
     """Run moe-tune per ``options``; write ``OUTPUT/`` (adapter, log, checkpoint); return a summary.
 
-    ``progress(description, total)`` (moetools.reporting) is advanced per optimizer step.
+    ``progress(description, total)`` (moetools.reporting) is advanced per optimizer step; ``on_note(text)``
+    gets one-line notes (e.g. that a shared router's expert trains in every layer of its group).
     """
-    tuner = Tuner(options, on_log=on_log)
+    tuner = Tuner(options, on_log=on_log, on_note=on_note)
     try:
         with progress("optimizer steps", total=tuner.total_steps) as bar:
             tuner.bar = bar

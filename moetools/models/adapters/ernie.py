@@ -13,3 +13,5 @@ class Ernie45MoeAdapter(Adapter):
     name = "ernie4_5_moe"
     model_types = ("ernie4_5_moe",)
     rule = RoutingRule(scoring="softmax", order="softmax_then_topk", renormalize=True, score_bias=True)
+    score_bias_attribute = "moe_statics.e_score_correction_bias"  # [1, E], added to the probabilities
+    gate_dtype = "float32"

@@ -99,6 +99,15 @@ class MonetAdapter(Adapter):
     def dense_layers(self) -> list[int]:
         return []
 
+    def router_layer(self, layer_index: int) -> int:
+        # moe_groups consecutive layers share one product-key router (the first of the group holds it)
+        size = max(1, int(getattr(self.config, "moe_groups", 1)))
+        return layer_index - layer_index % size
+
+    def mask_routing(self) -> dict:
+        """moe-mask hooks each layer's experts module (``moe``) and removes the masked pairs' g_ij·E_ij(x)."""
+        return {**super().mask_routing(), "block": "moe", "router": None}
+
     def override_top_k(self, k: int) -> None:
         from ...errors import UsageError
 

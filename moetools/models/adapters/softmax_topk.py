@@ -27,6 +27,7 @@ class MixtralAdapter(_SoftmaxTopK):
 
     name = "mixtral"
     model_types = ("mixtral",)
+    gate_dtype = "float32"  # the router returns its float32 probabilities
 
     def routing_rule(self, layer=None) -> RoutingRule:
         return RoutingRule(scoring="softmax", order="softmax_then_topk", renormalize=True)

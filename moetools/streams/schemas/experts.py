@@ -15,7 +15,7 @@ that moe-select, moe-mask, moe-tune, moe-eval and ``moe-cat`` agree on one defin
 from __future__ import annotations
 
 from ...errors import FormatError
-from ..schema import is_int, is_number
+from ..schema import is_int, is_number, number_problem
 
 #: the highest ``moetools.version`` of an experts file this reader knows
 EXPERTS_VERSION = 1
@@ -86,7 +86,7 @@ def check_experts_object(data, where: str = "experts file") -> None:
                 if not (isinstance(expert, str) and expert.isdigit()):
                     _fail(where, f"moetools.scores[{key!r}] key {expert!r} is not an expert id")
                 if value is not None and not is_number(value):
-                    _fail(where, f"moetools.scores[{key!r}][{expert!r}] is not a number or null")
+                    _fail(where, f"moetools.scores[{key!r}][{expert!r}] {number_problem(value, 'a number or null')}")
 
 
 def check_model_block(model, where: str = "experts file") -> None:

@@ -9,8 +9,6 @@ checked when present; unknown fields are ignored.
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..schema import (
     Schema,
     field_array,
@@ -120,8 +118,7 @@ class SamplesSchema(Schema):
         field_int(context, "mark", place, maximum=max(length - 1, 0))
         field_array(context, "activation", place, ("<f4",), (length,))
         field_array(context, "tokens", place, ("<i4",), (length,), optional=True)
-        score = field_number(context, "score", place)
-        need(bool(np.isfinite(score)), place, f"'score' must be finite, got {score!r}")
+        field_number(context, "score", place)  # finite, as every number (formats/README.md)
         field_map(context, "meta", place, optional=True)
 
     def check_end(self, end: dict, header: dict) -> None:

@@ -1,14 +1,24 @@
 """The ``scores`` stream (formats/scores.md): one record per (layer, expert), metrics inside.
 
-Open by design: producers (moe-score's routing statistics now, LLM-judged detection scores
-later) add metric fields, per-domain fields and record types; this schema checks only what
+Open by design: producers (moe-score's routing statistics, and ``moe-score --labels``' judged detection scores)
+add metric fields, per-domain fields and record types; this schema checks only what
 every reader relies on: the identity (layer, expert) of ``expert`` records, that ``domains`` is
 a map of maps, and that metric values are numbers, null, or (for structured metrics) maps.
 """
 
 from __future__ import annotations
 
-from ..schema import Schema, is_int, is_number, need, register_schema, where
+from ..schema import (
+    Schema,
+    is_int,
+    is_non_finite,
+    is_number,
+    need,
+    need_number,
+    number_problem,
+    register_schema,
+    where,
+)
 
 IDENTITY = ("type", "layer", "expert")
 #: judged detection scores (issue 12, formats/scores.md "Judged scores"): shares in [0, 1] or null,
@@ -18,6 +28,7 @@ JUDGED_DOMAIN = ("edms", "edms_precision", "edms_recall", "edms_f1", "edms_balan
 
 
 def _check_share(value, place: str, name: str) -> None:
+    need(not is_non_finite(value), place, f"{name} {number_problem(value)}")
     need(value is None or (is_number(value) and 0 <= value <= 1), place, f"{name} {value!r} is not a share in [0, 1] "
          "or null")
 
@@ -25,7 +36,7 @@ def _check_share(value, place: str, name: str) -> None:
 def _check_verdicts(provenance: dict, place: str, name: str) -> None:
     """``judged.<p>.verdicts`` (formats/scores.md): where each judged sample is in the holdout, y, ŷ per repeat."""
     threshold = provenance.get("threshold")
-    need(threshold is None or is_number(threshold), place, f"{name}.threshold is not a number or null")
+    need_number(threshold, place, f"{name}.threshold", nullable=True)
     verdicts = provenance.get("verdicts")
     if verdicts is None:
         return
@@ -45,10 +56,11 @@ def _check_verdicts(provenance: dict, place: str, name: str) -> None:
         need(isinstance(said, list) and all(x is None or (is_int(x) and x in (0, 1)) for x in said), place,
              f"{at}.yhat is not a list of 0, 1 or null (one per repeat)")
         similarity = verdict.get("sim")
-        need(similarity is None or is_number(similarity), place, f"{at}.sim is not a number or null")
+        need_number(similarity, place, f"{at}.sim", nullable=True)
 
 
 def _check_value(value, place: str, name: str) -> None:
+    need(not is_non_finite(value), place, f"{name} {number_problem(value)}")
     if value is None or is_number(value) or isinstance(value, (str, bool)):
         return
     if isinstance(value, dict):
@@ -81,6 +93,11 @@ class ScoresSchema(Schema):
         if domains is not None:
             need(isinstance(domains, list) and all(isinstance(d, str) for d in domains), place,
                  "domains is not a list of strings")
+        shared = header.get("shared_routers")
+        if shared is not None:
+            need(isinstance(shared, list) and all(isinstance(g, list) and len(g) >= 2 and all(is_int(x) for x in g)
+                                                  for g in shared), place,
+                 "shared_routers is not a list of layer lists (two or more layers each)")
         metrics = header.get("metrics")
         if metrics is not None:
             need(isinstance(metrics, dict), place, "metrics is not a map of metric name -> description")
@@ -106,16 +123,20 @@ class ScoresSchema(Schema):
         experts = header.get("num_experts")
         if is_int(experts):
             need(record["expert"] < experts, place, f"expert {record['expert']} >= num_experts {experts}")
+        shared = record.get("shared_layers")
+        if shared is not None:   # the layers this record's router routes: its own layer first
+            need(isinstance(shared, list) and len(shared) >= 2 and all(is_int(x) and x >= 0 for x in shared)
+                 and shared[0] == record["layer"], place,
+                 f"shared_layers {shared!r} is not a list of two or more layers starting with layer {record['layer']}")
         domains = record.get("domains")
         if domains is not None:
             need(isinstance(domains, dict), place, "domains is not a map of domain -> metrics")
             for domain, values in domains.items():
                 need(isinstance(values, dict), place, f"domains.{domain} is not a map of metric -> value")
                 for name, value in values.items():
-                    need(value is None or is_number(value), place,
-                         f"domains.{domain}.{name} is not a number or null")
+                    need_number(value, place, f"domains.{domain}.{name}", nullable=True)
         for name, value in record.items():
-            if name in IDENTITY or name == "domains":
+            if name in IDENTITY or name in ("domains", "shared_layers"):
                 continue
             _check_value(value, place, name)
         for name in JUDGED:
@@ -137,7 +158,7 @@ class ScoresSchema(Schema):
             need(isinstance(skew, dict), place, "skew is not a map")
             for name in ("ratio", "p", "q"):
                 value = skew.get(name)
-                need(value is None or is_number(value), place, f"skew.{name} is not a number or null")
+                need_number(value, place, f"skew.{name}", nullable=True)
             for name in ("p", "q"):
                 value = skew.get(name)
                 need(value is None or 0 <= value <= 1, place, f"skew.{name} {value} is outside [0, 1]")
