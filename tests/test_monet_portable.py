@@ -127,3 +127,13 @@ def test_monet_directories_load_without_moetools(tmp_path, corpus):  # noqa: F81
         with torch.no_grad():
             mine = model(torch.tensor(input_ids)).logits
         torch.testing.assert_close(theirs[name], mine, rtol=1e-5, atol=1e-5)
+
+
+def test_moe_mask_ships_the_same_monet_files(tmp_path):
+    """moe-mask's remote-mode MONET directories carry the very bytes monet-train and merge write, so the
+    check that trusts only moetools' own code accepts both."""
+    from moetools.mask.remote import write_code
+
+    write_code(tmp_path, "monet")
+    for name, data in shipped_files().items():
+        assert (tmp_path / name).read_bytes() == data
