@@ -107,3 +107,20 @@ def test_mask_slices_quantized_experts_bit_for_bit(quantized, tmp_path, family, 
     with torch.no_grad():
         logits = loaded(input_ids).logits.float()
     torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["gpt_oss", "deepseek_v3"])
+def test_tune_refuses_a_quantized_base_in_one_line(quantized, tmp_path, family):
+    from click.testing import CliRunner
+    from test_published_shapes import write_corpus
+
+    from moetools.cli.tune import command
+
+    (tmp_path / "experts.json").write_text(json.dumps({"experts": {"3": [0, 1]}}))
+    result = CliRunner().invoke(command, [str(quantized / family), "--data", str(write_corpus(tmp_path / "d.jsonl")),
+                                          "-o", str(tmp_path / "out"), "--experts", str(tmp_path / "experts.json")])
+    assert result.exit_code == 2, result.output
+    method = "mxfp4" if family == "gpt_oss" else "fp8"
+    assert result.output.startswith("moe-tune: ") and f"quant_method {method!r}" in result.output, result.output
+    assert result.output.count("\n") == 1 and not (tmp_path / "out").exists()

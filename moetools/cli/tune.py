@@ -67,6 +67,9 @@ def command():
     expert's slice of a fused tensor bit-for-bit unchanged, optimizer state only for
     what trains); attention-router (paper 003 stage 1); das-two-stage; lora (peft,
     r=16, alpha=32); lora-experts (LoRA on the chosen experts only).
+    A base with quantized weights (quantization_config: MXFP4, block FP8) is
+    refused (exit 2): dequantize it first. merge writes the base's dtype and
+    sharding.
     """
 
 

@@ -246,8 +246,11 @@ def merge(adapter_dir, output, base: str | None = None, dtype: str = "auto", for
     if not base_path:
         raise UsageError("the adapter does not name its base model: give --base")
     check_output(output, inputs=[adapter_dir, base_path], force=force, directory=True)
+    from ..models.checkpoint_layout import checkpoint_dtype
     from ..models.loader import DTYPE_NAMES, torch_dtype
-    from ..models.sharding import checkpoint_dtype
+    from .loop import refuse_quantized
+
+    refuse_quantized(base_path)
 
     # the base as training loaded it (its fingerprint covers the config's dtype; the arithmetic is training's)
     tuned = (meta.get("options") or {}).get("dtype") or "float32"
@@ -264,7 +267,7 @@ def merge(adapter_dir, output, base: str | None = None, dtype: str = "auto", for
                   "mode": meta["mode"], "adapter": str(Path(adapter_dir).resolve()),
                   "adapter_format": f"{FORMAT}/{meta['version']}"}
     model.config.moetools_tuned = provenance  # in config.json: the merged model never fingerprints as its base
-    from ..models.sharding import shard_limit
+    from ..models.checkpoint_layout import shard_limit
 
     limit = shard_limit(base_path)  # a sharded base gives a merged checkpoint sharded alike
     with create_directory(output, tool="moe-tune merge") as partial:  # OUTPUT.partial/, swapped in atomically

@@ -60,4 +60,19 @@ def checkpoint_dtype(directory):
                 if dtype is not None:
                     return dtype
     return None
-__all__ = ["DEFAULT_SHARD", "INDEX_FILE", "checkpoint_dtype", "is_sharded", "shard_limit"]
+
+
+
+def quantization_method(directory) -> str | None:
+    """config.json's ``quantization_config.quant_method`` (``"mxfp4"``, ``"fp8"``, ...), or None."""
+    import json
+
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    quantization = config.get("quantization_config") if isinstance(config, dict) else None
+    if not quantization:
+        return None
+    return str(quantization.get("quant_method") or "unknown") if isinstance(quantization, dict) else "unknown"
+__all__ = ["DEFAULT_SHARD", "INDEX_FILE", "checkpoint_dtype", "is_sharded", "quantization_method", "shard_limit"]
