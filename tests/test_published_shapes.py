@@ -131,6 +131,7 @@ def test_trace_equals_the_recomputation(checkpoint, family, tmp_path):
     with open(out, "rb") as handle:
         reader = StreamReader(handle, kinds="trace")
         records, header = list(reader), reader.header
+    assert "quantized_weights" not in header  # bf16 weights: nothing dequantized
     for key, value in ROUTING.get(family, {}).items():
         assert header["routing"][key] == value, (key, header["routing"])
     loaded = load_model(directory, tokenizer=False)

@@ -124,3 +124,39 @@ def test_tune_refuses_a_quantized_base_in_one_line(quantized, tmp_path, family):
     method = "mxfp4" if family == "gpt_oss" else "fp8"
     assert result.output.startswith("moe-tune: ") and f"quant_method {method!r}" in result.output, result.output
     assert result.output.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["gpt_oss", "deepseek_v3"])
+def test_trace_says_it_traced_the_dequantized_model(quantized, tmp_path, family):
+    import numpy as np
+    from click.testing import CliRunner
+    from test_published_shapes import write_corpus
+
+    from moetools.cli.trace import command
+    from moetools.streams import StreamReader
+
+    out = tmp_path / "trace.msgpack.zst"
+    result = CliRunner().invoke(command, [str(quantized / family), str(write_corpus(tmp_path / "c.jsonl")),
+                                          "--batch-size", "1", "--precision", "24", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    with open(out, "rb") as handle:
+        reader = StreamReader(handle, kinds="trace", validate=True)
+        records, header = list(reader), reader.header
+    method = "mxfp4" if family == "gpt_oss" else "fp8"
+    assert header["quantized_weights"] == {"quant_method": method, "dequantized": True, "dtype": "bfloat16"}
+    loaded = load_model(quantized / family, tokenizer=False)  # what transformers computes here
+    layers = loaded.adapter.moe_layers()
+    seen = []
+    hooks = [layer.router.register_forward_hook(lambda m, a, o: seen.append(o)) for layer in layers]
+    try:
+        for record in records:
+            seen.clear()
+            with torch.no_grad():
+                loaded.model(torch.tensor(record["tokens"].astype(np.int64))[None])
+            for position, (_, gates, ids) in enumerate(seen):
+                assert np.array_equal(record["experts"][position], ids.numpy())
+                assert np.array_equal(record["gates"][position], gates.float().numpy())
+    finally:
+        for hook in hooks:
+            hook.remove()
