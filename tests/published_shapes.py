@@ -15,10 +15,13 @@ Left out: ``quantization_config`` (DeepSeek-V3 ships FP8, gpt-oss MXFP4: these f
 form), the multi-token-prediction layer's weights (``num_nextn_predict_layers``; transformers skips
 them) and ``auto_map`` (DeepSeek's own modeling code; transformers' native classes load the keys).
 
-Keys not verified against the hub file when this was written (taken from the model cards, the
-transformers conversion defaults and memory; routing keys of DeepSeek-V3 checked against a public
-copy): ERNIE-4.5's ``moe_norm_min`` and ``moe_use_aux_free``; Qwen1.5-MoE's ``max_window_layers`` and
-``sliding_window``; DeepSeek-V2-Lite's yarn ``rope_scaling`` factors.
+Checked against public copies of the hub files (third-party code quoting them): DeepSeek-V2-Lite's
+routing, MLA and yarn keys; DeepSeek-V3's routing keys (quoted for DeepSeek-R1-0528, the same
+architecture); ERNIE-4.5-21B-A3B's MoE layout, sizes, rope and tied embeddings; Qwen3-30B-A3B's sizes
+and expert counts. Not verified here (the model cards and memory): OLMoE-1B-7B-0924's
+``norm_topk_prob``/``router_aux_loss_coef``/``clip_qkv``, Mixtral-8x7B's, Qwen1.5-MoE-A2.7B's,
+Qwen3-30B-A3B's ``norm_topk_prob``, gpt-oss-20b's (``swiglu_limit``, ``router_aux_loss_coef``, yarn),
+ERNIE's ``moe_use_aux_free`` and ``moe_norm_min``.
 """
 
 from __future__ import annotations
