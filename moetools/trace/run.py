@@ -40,6 +40,19 @@ from .runner import (
 TRACE_ZSTD_LEVEL = 7
 
 
+def quantized_weights(model_path, model) -> dict | None:
+    """The header's ``quantized_weights`` for a checkpoint with a ``quantization_config``: its method,
+    whether transformers dequantized it on load (no kernels here, e.g. on a CPU) and the dtype the
+    model then computed in; None for an unquantized checkpoint (the field is then absent)."""
+    from ..models.checkpoint_layout import quantization_method
+
+    method = quantization_method(model_path) if Path(model_path).is_dir() else None
+    if not method:
+        return None
+    return {"quant_method": method, "dequantized": not getattr(model, "is_quantized", False),
+            "dtype": str(getattr(model, "dtype", "")).removeprefix("torch.")}
+
+
 def trace_writer(output, fmt, uncompressed, identity, extra, tool: dict | None = None):
     """The trace's stream writer: ``open_stream_writer`` at the trace's zstd level, keeping the partial
     output on failure (``--resume`` continues from it)."""
@@ -103,6 +116,9 @@ def run_trace(model_path, corpus, *, output, fmt="msgpack", uncompressed=False, 
         adapter.override_top_k(top_k)
     extra = header_extra(adapter, options, corpus=corpus_name, text_field=text_field, id_field=id_field,
                          experts_implementation=adapter.traced_experts_implementation())
+    quantized = quantized_weights(model_path, model)
+    if quantized:
+        extra["quantized_weights"] = quantized
 
     summary = TraceSummary()
     if resume and finished_output(output, identity, extra):
