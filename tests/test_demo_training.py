@@ -8,7 +8,7 @@ import pytest
 
 from moetools import demo
 from moetools.demo.chain import skew_significance_lines
-from moetools.demo.training import PROBE_STEPS, estimate_lines, training_shortfall
+from moetools.demo.training import estimate_lines, training_shortfall
 from moetools.training.stopping import STEP_DELAY_VARIABLE
 
 TINY_TRAIN = ["--batch-size", "2", "--seq-len", "16", "--d-model", "16", "--layers", "1", "--heads", "2",
@@ -53,11 +53,10 @@ def test_a_slow_machine_still_trains_the_full_step_budget(tmp_path, corpus, monk
     assert training_shortfall(model) is None
     steps = [json.loads(line)["step"] for line in (model / "train_log.jsonl").read_text().splitlines()
              if json.loads(line)["type"] == "train"]
-    assert steps == [1, 2, 3, 4, 5, 6]  # the timed first steps, then the same run resumed: each step once
-    commands = [line for line in logged if line.startswith("$ monet-train")]
-    assert f"--stop-at-step {PROBE_STEPS}" in commands[0] and commands[1].endswith("--resume")
-    assert not any("--max-minutes" in line for line in commands)  # no time cap unless the user gives one
-    [estimate] = [line for line in logged if "s/step over its first 5 steps" in line]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    [command] = [line for line in logged if line.startswith("$ monet-train")]
+    assert "--max-minutes" not in command  # no time cap unless the user gives one
+    [estimate] = [line for line in logged if "s/step (steps 2-5)" in line]  # read from the log while it trained
     per_step = float(estimate.split(": ")[1].split(" s/step")[0])
     assert per_step >= 0.3  # the injected delay is part of each step's time
     assert "for the other 1 of 6 steps (2 idle cores: 0.01 s/step" in estimate
@@ -86,7 +85,7 @@ def test_a_shortened_run_says_so_in_its_verdict_line(tmp_path, corpus, monkeypat
     assert "NO learned domain specialisation" in line and "SHORTENED model" in line
 
 
-@pytest.mark.slow  # four monet-train runs
+@pytest.mark.slow  # three monet-train runs
 def test_a_shortened_model_resumes_to_its_budget_and_another_budget_trains_again(tmp_path, corpus, monkeypatch):
     monkeypatch.setenv(STEP_DELAY_VARIABLE, "0.5")
     logged = []
@@ -107,10 +106,10 @@ def test_a_shortened_model_resumes_to_its_budget_and_another_budget_trains_again
 
 
 def test_estimate_says_when_the_machine_is_much_slower_and_how_to_shorten_it():
-    [line] = estimate_lines("moe", 0.6, 5, 400, 0.53)
-    assert line == "model moe: 0.60 s/step over its first 5 steps: about 4.0 min for the other 395 of 400 steps " \
+    [line] = estimate_lines("moe", 0.6, (2, 5), 400, 0.53)
+    assert line == "model moe: 0.60 s/step (steps 2-5): about 4.0 min for the other 395 of 400 steps " \
                    "(2 idle cores: 0.53 s/step, 3.5 min in all)"
-    line, slow = estimate_lines("moe", 2.12, 5, 400, 0.53)
+    line, slow = estimate_lines("moe", 2.12, (2, 5), 400, 0.53)
     assert "4.0x slower than 2 idle cores" in slow and "`--steps 100`" in slow and "still trains all 400" in slow
 
 

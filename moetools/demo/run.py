@@ -111,13 +111,28 @@ def tool_path() -> str:
     return os.pathsep.join([*first, os.environ.get("PATH", "")])
 
 
-def run_shell(line: str, log) -> float:
-    """Run a pipeline with bash -o pipefail; any stage failing fails the step. Returns its wall time."""
+def run_shell(line: str, log, while_running=None) -> float:
+    """Run a pipeline with bash -o pipefail; any stage failing fails the step. Returns its wall time.
+
+    ``while_running()`` (optional) is called about every half second while it runs, and once after.
+    """
     log(f"$ {line}")
     started = time.perf_counter()
-    done = subprocess.run(["bash", "-o", "pipefail", "-c", line], check=False, env={**os.environ, "PATH": tool_path()})
-    if done.returncode != 0:
-        raise MoetoolsError(f"this step failed (exit {done.returncode}): {line}")
+    with subprocess.Popen(["bash", "-o", "pipefail", "-c", line], env={**os.environ, "PATH": tool_path()}) as process:
+        try:
+            while True:
+                try:
+                    returncode = process.wait(timeout=None if while_running is None else 0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    while_running()
+        except BaseException:  # as subprocess.run: an interrupted step does not outlive the demo
+            process.kill()
+            raise
+    if while_running is not None:
+        while_running()
+    if returncode != 0:
+        raise MoetoolsError(f"this step failed (exit {returncode}): {line}")
     return time.perf_counter() - started
 
 

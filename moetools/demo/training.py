@@ -1,10 +1,9 @@
 """The demo's models trained to their step budget, whatever the load.
 
 Each model trains ``--steps`` steps (monet-train): a busy machine takes longer, it does not get a
-less-trained model. Before the rest of the budget the demo times the first :data:`PROBE_STEPS` steps
-(``monet-train --stop-at-step``, then ``--resume``: the same run, continued exactly), says how long the
-budget will take beside the time measured on 2 idle cores (``Recipe.idle_step_seconds``), and when the
-machine is much slower says so and how to shorten it (``--steps``). A user may still cap the time
+less-trained model. While it trains, the demo reads the first :data:`PROBE_STEPS` steps from its log,
+says how long the rest will take beside the time measured on 2 idle cores (``Recipe.idle_step_seconds``),
+and when the machine is much slower says so and how to shorten it (``--steps``). A user may still cap the time
 (``--max-minutes``); a model that stopped short of its budget is named by :func:`training_shortfall`,
 which the summary's verdict carries.
 """
@@ -14,9 +13,10 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import time
 from pathlib import Path
 
-PROBE_STEPS = 5      # steps timed before the rest of the budget (the first one, with its warm-up, is not counted)
+PROBE_STEPS = 5      # steps timed for the estimate (the first one, with its warm-up, is not counted)
 SLOW_FACTOR = 2.0    # slower than this x the idle-core time per step: said, with a shorter --steps
 
 
@@ -70,27 +70,52 @@ def training_shortfall(directory: Path) -> str | None:
     return f"trained {steps} of {metadata.get('steps_planned')} steps, {why}"
 
 
-def step_seconds(log_path: Path) -> float | None:
-    """Seconds per step over the logged training steps after the first (which carries the warm-up)."""
-    points = []
-    try:
-        with open(log_path, encoding="utf-8") as handle:
-            for line in handle:
-                record = json.loads(line)
-                if record.get("type") == "train":
-                    points.append((record["step"], record["elapsed_s"]))
-    except (OSError, ValueError, KeyError):
-        return None
-    if len(points) < 2:
-        return None
-    (first_step, first_time), (last_step, last_time) = points[0], points[-1]
-    return (last_time - first_time) / (last_step - first_step) if last_step > first_step else None
+class FirstStepsEstimate:
+    """Watches a running monet-train's log (``train_log.jsonl``, one record per step, flushed): once
+    :data:`PROBE_STEPS` steps past ``start_step`` are logged, logs once what they say about the rest
+    (:func:`estimate_lines`). Records older than the run (a killed run's, cut back on resume) are skipped."""
+
+    def __init__(self, recipe, log_path: Path, steps: int, start_step: int, log):
+        self.recipe, self.log_path, self.steps, self.start_step, self.log = recipe, log_path, steps, start_step, log
+        self.launched = time.time()
+        self.done = steps - start_step <= PROBE_STEPS  # nothing left to estimate after the first steps
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        points = self._points()
+        if len(points) < 2 or points[-1][0] < self.start_step + PROBE_STEPS:
+            return
+        self.done = True
+        (first_step, first_time), (last_step, last_time) = points[0], points[-1]
+        per_step = (last_time - first_time) / (last_step - first_step)
+        for line in estimate_lines(self.recipe.name, per_step, (first_step + 1, last_step), self.steps,
+                                   self.recipe.idle_step_seconds):
+            self.log(line)
+
+    def _points(self) -> list[tuple[int, float]]:
+        """(step, elapsed_s) of this run's first steps: the time between the first's end and the last's."""
+        points = []
+        try:
+            if self.log_path.stat().st_mtime < self.launched - 1:
+                return []  # not yet this run's log
+            with open(self.log_path, encoding="utf-8") as handle:
+                for line in handle:
+                    record = json.loads(line)
+                    step = record.get("step")
+                    if record.get("type") == "train" and self.start_step < step <= self.start_step + PROBE_STEPS:
+                        points.append((step, float(record["elapsed_s"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            return []  # not there yet, or a line being written: the next call sees it
+        return points
 
 
-def estimate_lines(name: str, per_step: float, done: int, steps: int, idle_per_step: float | None) -> list[str]:
-    """What the first steps say about the rest: the time left, beside 2 idle cores; how to shorten it."""
-    left = steps - done
-    lines = [f"model {name}: {per_step:.2f} s/step over its first {done} steps: about "
+def estimate_lines(name: str, per_step: float, timed: tuple[int, int], steps: int,
+                   idle_per_step: float | None) -> list[str]:
+    """What the steps ``timed`` (first, last) say about the rest: the time left, beside 2 idle cores; how to
+    shorten it."""
+    left = steps - timed[1]
+    lines = [f"model {name}: {per_step:.2f} s/step (steps {timed[0]}-{timed[1]}): about "
              f"{_minutes(per_step * left)} for the other {left} of {steps} steps"
              + (f" (2 idle cores: {idle_per_step:.2f} s/step, {_minutes(idle_per_step * steps)} in all)"
                 if idle_per_step else "")]
@@ -125,30 +150,18 @@ def train_to_budget(recipe, corpus: Path, directory: Path, steps: int, max_minut
     if model_is_complete(directory) and (training_shortfall(directory) is None or not checkpoint):
         log(f"model {recipe.name}: {directory} (cached)")
         return directory
+    # a killed or capped run continues exactly; one killed before its first checkpoint starts over
+    resume = " --resume" if checkpoint else " --force" if directory.is_dir() else ""
+    start_step = ((_read_json(directory / "checkpoint" / "trainer_state.json") or {}).get("step") or 0
+                  if checkpoint else 0)
     args = " ".join(shlex.quote(arg) for arg in recipe.train_args)
-    base = (f"monet-train --arch {recipe.arch} --data {shlex.quote(str(corpus / 'train.jsonl'))} "
-            f"-o {shlex.quote(str(directory))} --steps {steps} "
-            f"--eval-every {max(1, steps // 5)} --checkpoint-every {max(1, steps // 5)} {args}")
     cap = "" if max_minutes is None else f" --max-minutes {max_minutes:g}"
-    if checkpoint:  # a killed or capped run continues exactly
-        run_shell(f"{base}{cap} --resume", log)
-        return directory
-    if steps <= PROBE_STEPS:
-        run_shell(f"{base}{cap}{' --force' if directory.is_dir() else ''}", log)
-        return directory
-    # one killed before its first checkpoint starts over; the first steps are timed before the rest
-    spent = run_shell(f"{base}{cap} --stop-at-step {PROBE_STEPS}{' --force' if directory.is_dir() else ''}", log)
-    per_step = step_seconds(directory / "train_log.jsonl")
-    if per_step is not None:
-        for line in estimate_lines(recipe.name, per_step, PROBE_STEPS, steps, recipe.idle_step_seconds):
-            log(line)
-    if ((_read_json(directory / "training_metadata.json") or {}).get("steps") or 0) < PROBE_STEPS:
-        return directory  # the user's --max-minutes ended it within the first steps
-    if max_minutes is not None:
-        cap = f" --max-minutes {max(max_minutes - spent / 60, 0.01):g}"
-    run_shell(f"{base}{cap} --resume", log)
+    run_shell(f"monet-train --arch {recipe.arch} --data {shlex.quote(str(corpus / 'train.jsonl'))} "
+              f"-o {shlex.quote(str(directory))} --steps {steps}{cap} "
+              f"--eval-every {max(1, steps // 5)} --checkpoint-every {max(1, steps // 5)} {args}{resume}", log,
+              FirstStepsEstimate(recipe, directory / "train_log.jsonl", steps, int(start_step), log))
     return directory
 
 
-__all__ = ["PROBE_STEPS", "SLOW_FACTOR", "estimate_lines", "model_is_complete", "planned_steps", "recipe_matches",
-           "step_seconds", "train_to_budget", "training_shortfall"]
+__all__ = ["PROBE_STEPS", "SLOW_FACTOR", "FirstStepsEstimate", "estimate_lines", "model_is_complete",
+           "planned_steps", "recipe_matches", "train_to_budget", "training_shortfall"]
