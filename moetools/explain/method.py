@@ -50,8 +50,8 @@ class ExplainAccounting(Accounting):
     labelled: int = 0          # experts labelled in this run
     skipped: int = 0           # experts already labelled in the output (resume)
 
-    ORDER = ("requests", "cache_hits", "retries", "answer_retries", "failures", "no_examples", "labelled", "skipped",
-             "prompt_tokens", "completion_tokens", "max_in_flight")
+    ORDER = ("requests", "cache_hits", "retries", "answer_retries", "length_retries", "failures", "no_examples",
+             "labelled", "skipped", "prompt_tokens", "completion_tokens", "max_in_flight")
 
     def as_dict(self) -> dict:
         values = dataclasses.asdict(self)
@@ -81,6 +81,8 @@ class ExplainJob:
     examples: list[dict]
     record: dict = field(repr=False, default_factory=dict)
     attempt: int = 0
+    #: the token limit of this request (None: the backend's own; larger after an answer was cut off)
+    max_tokens: int | None = None
     #: requests sent for this job (retries included); methods add to it
     requests: int = 0
 
@@ -119,6 +121,11 @@ class Explainer:
     @property
     def concurrency(self) -> int:
         return 1
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The token limit of an answer when answers can be cut off (a cut-off one is asked again with more)."""
+        return None
 
     def identity(self) -> dict:
         """``explainer`` field of the label records: backend, model, method."""

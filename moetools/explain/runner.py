@@ -152,18 +152,18 @@ class ExplainRunner:
     async def _exchange(self, job: ExplainJob):
         """The method's answer to ``job`` through the one exchange (:func:`moetools.llm.exchange.exchange`)."""
 
-        async def send(messages, attempt):
-            job.attempt = attempt
+        async def send(messages, attempt, max_tokens=None):
+            job.attempt, job.max_tokens = attempt, max_tokens
             async with self._slots:
                 return await self.backend.complete(job)
 
-        def key(messages, attempt):
-            job.attempt = attempt
+        def key(messages, attempt, max_tokens=None):
+            job.attempt, job.max_tokens = attempt, max_tokens
             return self.backend.request_identity(job)
 
         return await exchange(send, job.messages, lambda completion: self.backend.interpret(completion),
                               attempts=self.attempts, cache=self.cache if self.backend.cacheable else None, key=key,
-                              accounting=self.accounting)
+                              accounting=self.accounting, max_tokens=self.backend.max_tokens)
 
     def advice(self) -> str | None:
         """One line on what to change, from the most common reason experts failed (None when nothing to say)."""

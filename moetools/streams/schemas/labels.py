@@ -23,8 +23,8 @@ from ..schema import (
 STATUSES = ("ok", "failed")
 PROMPT_KINDS = ("mono", "domain", "self", "offline")
 USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "requests", "cache_hits")
-ACCOUNTING = ("requests", "cache_hits", "retries", "answer_retries", "failures", "no_examples", "labelled",
-              "skipped", "prompt_tokens", "completion_tokens", "max_in_flight")
+ACCOUNTING = ("requests", "cache_hits", "retries", "answer_retries", "length_retries", "failures", "no_examples",
+              "labelled", "skipped", "prompt_tokens", "completion_tokens", "max_in_flight")
 
 
 def check_prompt(prompt: dict | None, place: str) -> None:
