@@ -17,6 +17,7 @@ from llm_stub import synthetic_expert, write_samples
 from moetools.cli.explain import command
 from moetools.explain import ExplainSettings, ResponseCache, load_domain, make_runner, run_sync
 from moetools.explain.parse import parse_explanation
+from moetools.explain import prompts
 from moetools.explain.prompts import mark_context, system_prompt
 from moetools.explain.registry import explainer_class
 from moetools.explain.runner import select_examples
@@ -500,3 +501,31 @@ def test_experts_file_with_an_llm_resumes_and_asks_only_for_listed_experts(tmp_p
     _, labels, _ = data_records(tmp_path / "l.jsonl")
     assert sorted((label["layer"], label["expert"]) for label in labels) == [(0, 1), (0, 2), (0, 4)]
     assert len(keys) == 6
+
+
+@pytest.mark.parametrize("answer, why", [
+    # real SmolLM2-135M-Instruct answers accepted as labels before the rule
+    ("This expert specializes in a list of documents on which the expert is activated by the router.",
+     "restates the prompt"),
+    ("This expert specializes in This explanation is a summary of the previous one.", "names no property"),
+    ("This expert specializes in this text.", "names no property"),
+    ("This expert specializes in information processing.", "names no property"),
+    ("This expert specializes in all the content that activates the expert.", "restates the prompt"),
+    ("This expert specializes in the marked words have in common.", "restates the prompt"),
+])
+def test_a_label_that_restates_the_prompt_or_names_no_property_is_a_failed_parse(answer, why):
+    from moetools.explain.parse import check_explanation
+
+    label, reason = check_explanation(answer)
+    assert label is None and why in reason
+
+
+@pytest.mark.parametrize("answer", [
+    *prompts.MEDICAL.examples, *prompts.LEGAL.examples,      # the paper's own example labels
+    "This expert specializes in Python import statements and module names",
+    "This expert specializes in the tokens \"fever\", \"dose\" in medical text",
+    "This expert specializes in information retrieval queries",
+    "This expert specializes in document headers of legal contracts",
+])
+def test_labels_that_name_a_property_still_parse(answer):
+    assert parse_explanation(answer) == answer

@@ -52,6 +52,16 @@ MONO_SYSTEM = (
 #: P_mono, User; ``{examples}`` "refers to our sampled activation examples, with activated tokens marked using <<>>"
 MONO_USER = "Here is the explanation: this expert specializes in\n\nHere are the examples:\n{examples}"
 
+#: the compact form for small local models (``--prompt-form compact``; not the paper's): a short system
+#: message, few short examples, the answer's start pre-filled where the backend can
+COMPACT_SYSTEM = ("You describe what one part of a language model reacts to. The words it reacts to are marked "
+                  "<< >>. Answer with one short sentence that names what the marked words have in common: a topic, "
+                  "a kind of word or a pattern.")
+COMPACT_USER = "{examples}\n\nWhat do the marked words have in common?"
+#: the compact form shows at most this many examples, each cut to this many pieces around its strongest token
+COMPACT_EXAMPLES = 6
+COMPACT_WINDOW = 16
+
 RESPONSE_FORM = "Your response should be in the form \"This expert specializes in...\""
 
 #: the markers around activating tokens (paper 000: "indicated with << ... >>")
