@@ -15,9 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from llm_stub import synthetic_expert, write_samples
 
 from moetools.cli.explain import command
-from moetools.explain import ExplainSettings, ResponseCache, load_domain, make_runner, run_sync
+from moetools.explain import ExplainSettings, ResponseCache, load_domain, make_runner, prompts, run_sync
 from moetools.explain.parse import parse_explanation
-from moetools.explain import prompts
 from moetools.explain.prompts import mark_context, system_prompt
 from moetools.explain.registry import explainer_class
 from moetools.explain.runner import select_examples
