@@ -155,7 +155,7 @@ def test_offline_backend_matches_the_fixture(tmp_path):
     assert end["count"] == expected_end["count"] == 8
     by_key = {(label["layer"], label["expert"]): label for label in labels}
     assert by_key[(1, 3)]["status"] == "failed" and by_key[(1, 3)]["explanation"] is None  # nothing to explain
-    assert by_key[(0, 0)]["explainer"]["method"].startswith("offline-log-odds-v3")
+    assert by_key[(0, 0)]["explainer"]["method"].startswith("offline-log-odds-v4")
     # the sentence says what it is: a statistical summary, no LLM's reading
     assert by_key[(0, 0)]["explanation"].endswith("(a statistical summary of its activating tokens, not an LLM label)")
     assert by_key[(0, 0)]["prompt"]["kind"] == "offline"
@@ -412,9 +412,9 @@ def test_options_dataclasses_own_defaults_and_checks():
 
 
 def test_offline_resume_refuses_labels_of_the_previous_offline_method(tmp_path):
-    """An output of offline v2 (no "statistical summary" in its sentence) is not mixed with v3's."""
+    """An output of offline v3 (tokens seen once named) is not mixed with v4's."""
     old = tmp_path / "l.jsonl"
-    old.write_text((FIXTURES / "offline_labels.jsonl").read_text().replace("offline-log-odds-v3", "offline-log-odds-v2"))
+    old.write_text((FIXTURES / "offline_labels.jsonl").read_text().replace("offline-log-odds-v4", "offline-log-odds-v3"))
     result = run_cli(FIXTURES / "samples.jsonl", "--backend", "offline", "--no-cache", "-o", old)
     assert result.exit_code == 2 and "use another -o" in result.stderr
 

@@ -20,6 +20,7 @@ from ..llm.cache import response_cache
 from ..reporting import Log, ProgressFactory, log_info, log_warning, no_progress
 from ..streams.files import open_stream_writer, read_input
 from . import listed_experts, make_runner, run_sync
+from .evidence import uniform_share
 from .method import ExplainAccounting, ExplainSettings
 from .output import previous_labels
 from .prompts import load_domain
@@ -66,6 +67,7 @@ def explain_samples(input, output, *, fmt: str = "jsonl", uncompressed: bool = F
 
     reader = read_input(input, kinds="samples", validate=True)  # formats/samples.md, field by field
     only = listed_experts(experts, reader.header.get("model")) if experts else None
+    runner.uniform_share = uniform_share(reader.header)
     with open_stream_writer(output, "labels", fmt, uncompressed, tool=tool, model=reader.header.get("model"),
                             header_extra={"explain": header_settings}, keep_partial=True) as writer:
         for label in kept:

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..llm.cache import ResponseCache
 from ..llm.exchange import exchange
+from .evidence import label_evidence
 from .method import DEFAULT_LOGIT_LENS_TOP, DEFAULT_MAX_EXAMPLES, ExplainAccounting, Explainer, ExplainJob
 from .prompts import Domain, build_messages
 
@@ -95,6 +96,8 @@ class ExplainRunner:
         #: experts of the stream left out by ``run(only=...)``, and the listed experts the stream had
         self.unlisted = 0
         self.listed_seen: set[tuple[int, int]] = set()
+        #: top_k / num_experts of the samples header, for the always-on flag (:mod:`moetools.explain.evidence`)
+        self.uniform_share: float | None = None
 
     # -- one expert ------------------------------------------------------------------------------
     def prompt_record(self) -> dict:
@@ -118,7 +121,8 @@ class ExplainRunner:
         job = self.make_job(record)
         label = {"type": "label", "layer": job.layer, "expert": job.expert, "explanation": None,
                  "status": "failed", "prompt": self.prompt_record(), "explainer": self.backend.identity(),
-                 "examples": [str(context.get("id")) for context in job.examples]}
+                 "examples": [str(context.get("id")) for context in job.examples],
+                 "evidence": label_evidence(record, job.examples, self.uniform_share)}
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "cache_hits": 0}
         if job.examples:
             answer = await self._exchange(job)
