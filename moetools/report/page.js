@@ -123,7 +123,9 @@
     const labels = [expert].concat(expert.more || []).map(function (item, i) {
       return el("div", { cls: "labelbox" + (i ? " other" : "") }, [
         el("div", { cls: "label" + (item.st === "failed" ? " failed" : ""),
-          text: item.lab || (item.st === "failed" ? "no label: " + (item.err || "failed") : "no label") }),
+          text: (item.flag ? "[" + item.flag + "] " : "") +
+            (item.lab || (item.st === "failed" ? "no label: " + (item.err || "failed") : "no label")) }),
+        item.ev ? el("div", { cls: "by evidence", text: "evidence: " + item.ev }) : null,
         item.by ? el("div", { cls: "by", text: "explainer: " + item.by }) : null]);
     });
     const contexts = expert.c ? el("div", null, expert.c.map(function (c) { return contextLine(c, expert.as); })) : null;
