@@ -12,6 +12,7 @@ moe-explain samples.msgpack.zst --backend offline -o labels.jsonl
 moe-explain samples.msgpack.zst --api-base http://localhost:8000/v1 --model Qwen/Qwen3-8B \\
     --concurrency 32 --domain medical -o labels.medical.jsonl
 moe-explain samples.msgpack.zst --experts sets/medical.json --backend local -o labels.medical.jsonl
+moe-explain samples.msgpack.zst --backend local --prompt-form compact --max-tokens 48 -o labels.smollm2.jsonl
 moe-explain --list-backends"""
 
 EXPLAIN_FORCE_HELP = ("Start OUTPUT over instead of continuing it (an existing OUTPUT of moe-explain is continued: its "
@@ -35,11 +36,14 @@ EXPLAIN_FORCE_HELP = ("Start OUTPUT over instead of continuing it (an existing O
 @click.option("--max-examples", type=int, default=None, help="Contexts shown per expert (defaults: --list-backends).")
 @click.option("--logit-lens-top", type=int, default=None,
               help="Logit-lens tokens shown when the samples have them (0: none).")
+@click.option("--prompt-form", type=click.Choice(["paper", "compact"]), default=None,
+              help="paper (default): the papers' prompts; compact: a short prompt with at most 6 examples clipped to "
+                   "16 tokens, for small local models such as SmolLM2-135M (recorded as prompt.form in every label).")
 @click.option("--strict", is_flag=True,
               help="Exit 1 when any expert failed (other than for having no examples); the labels are written.")
 @output_guard(continues=True, pass_force=True, force_help=EXPLAIN_FORCE_HELP)
 def command(input, output, fmt, uncompressed, list_backends, llm, domain, experts_file, max_examples,
-            logit_lens_top, strict, force):
+            logit_lens_top, prompt_form, strict, force):
     """Label every expert of a samples stream with a natural-language explanation.
 
     Reads a samples stream (moe-sample), shows the explainer each expert's
@@ -74,7 +78,8 @@ def command(input, output, fmt, uncompressed, list_backends, llm, domain, expert
     from ..explain.run import explain_samples
 
     explain_samples(input, output, fmt=fmt, uncompressed=uncompressed, **llm.keywords(), domain=domain,
-                    experts=experts_file, max_examples=max_examples, logit_lens_top=logit_lens_top, strict=strict,
+                    experts=experts_file, max_examples=max_examples, logit_lens_top=logit_lens_top,
+                    prompt_form=prompt_form, strict=strict,
                     force=force, tool=tool_info(), log=say, warn=warn, progress=progress)
 
 

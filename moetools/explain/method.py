@@ -19,6 +19,7 @@ from .parse import check_explanation
 
 DEFAULT_MAX_EXAMPLES = 20     # paper 002: the top-20 activating sequences per expert
 DEFAULT_LOGIT_LENS_TOP = 3    # paper 002: top-3 logit-lens tokens
+PROMPT_FORMS = ("paper", "compact")
 
 
 @dataclass
@@ -29,11 +30,15 @@ class ExplainSettings(Options):
     logit_lens_top: int = option(DEFAULT_LOGIT_LENS_TOP, "logit-lens tokens shown when the samples have them")
     attempts: int = option(3, "times to ask when an answer is not a label")
     retry_temperature: float = option(0.7, "least temperature when asking again after an answer that was not a label")
+    prompt_form: str = option("paper", "paper: the papers' prompts (P_mono/P_domain, 000 App. A.1.1); compact: a short "
+                                       "prompt with at most 6 clipped examples, for small local models")
 
     def check(self) -> None:
         require(self.max_examples >= 1, f"--max-examples must be >= 1 (got {self.max_examples})")
         require(self.logit_lens_top >= 0, f"--logit-lens-top must be >= 0 (got {self.logit_lens_top})")
         require(self.attempts >= 1, f"--attempts must be >= 1 (got {self.attempts})")
+        require(self.prompt_form in PROMPT_FORMS,
+                f"--prompt-form must be one of {', '.join(PROMPT_FORMS)} (got {self.prompt_form!r})")
 
 
 @dataclass

@@ -13,6 +13,13 @@ line breaks (e.g. "indicated with\\n\\n<< ... >>." is one sentence).
   system message. The medical and legal texts are built in; a user's own domain
   comes from a file (:func:`load_domain`).
 
+The compact form (``--prompt-form compact``; not the paper's, recorded as ``prompt.form`` in every
+label) is for small local models whose answers the paper's 400-word instructions drown:
+:data:`COMPACT_SYSTEM`, at most :data:`COMPACT_EXAMPLES` examples each cut to :data:`COMPACT_WINDOW`
+tokens around the strongest activation, and one question; the answer's start "This expert
+specializes in" is pre-filled where the backend can (``local``; ``openai`` with
+``continue_final_message``).
+
 Paper 002 (*The Expert Strikes Back*) also shows the explainer the top-3 tokens
 each expert promotes through the logit lens; when the samples carry them they are
 added after the examples (:data:`LOGIT_LENS_LINE`).
@@ -218,6 +225,26 @@ def user_prompt(contexts: list[dict], logit_lens: list[str] | None = None) -> st
         text += "\n\n" + LOGIT_LENS_LINE.format(tokens=", ".join(json.dumps(piece, ensure_ascii=False)
                                                                  for piece in logit_lens))
     return text
+
+
+def clip_context(context: dict, window: int = COMPACT_WINDOW) -> dict:
+    """``context`` cut to ``window`` pieces around its strongest activating token (for the compact form)."""
+    pieces, activation = list(context["pieces"]), [float(value) for value in context["activation"]]
+    if len(pieces) <= window:
+        return context
+    strongest = max(range(len(activation)), key=lambda index: (activation[index], -index))
+    start = min(max(0, strongest - window // 2), len(pieces) - window)
+    return {**context, "pieces": pieces[start:start + window], "activation": activation[start:start + window]}
+
+
+def build_compact_messages(contexts: list[dict], logit_lens: list[str] | None = None) -> list[dict]:
+    """The compact form (``--prompt-form compact``, not the paper's): COMPACT_SYSTEM, then at most
+    COMPACT_EXAMPLES examples clipped to COMPACT_WINDOW pieces, marked like P_mono's, and the question."""
+    user = format_examples([clip_context(context) for context in contexts[:COMPACT_EXAMPLES]])
+    if logit_lens:
+        user += "\n" + LOGIT_LENS_LINE.format(tokens=", ".join(json.dumps(piece, ensure_ascii=False)
+                                                               for piece in logit_lens))
+    return [{"role": "system", "content": COMPACT_SYSTEM}, {"role": "user", "content": COMPACT_USER.format(examples=user)}]
 
 
 def build_messages(contexts: list[dict], domain: Domain | None = None,

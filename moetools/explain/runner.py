@@ -30,11 +30,12 @@ from collections.abc import Callable, Container, Iterable
 
 import numpy as np
 
+from ..errors import UsageError
 from ..llm.cache import ResponseCache
 from ..llm.exchange import exchange
 from .evidence import label_evidence
 from .method import DEFAULT_LOGIT_LENS_TOP, DEFAULT_MAX_EXAMPLES, ExplainAccounting, Explainer, ExplainJob
-from .prompts import Domain, build_messages
+from .prompts import COMPACT_EXAMPLES, Domain, build_compact_messages, build_messages
 
 
 def max_activation(context: dict) -> float:
@@ -89,6 +90,11 @@ class ExplainRunner:
         self.max_examples = backend.settings.max_examples
         self.logit_lens_top = backend.settings.logit_lens_top
         self.attempts = max(1, backend.settings.attempts)
+        #: the compact prompt form (chat methods only; see moetools.explain.prompts)
+        self.compact = backend.uses_chat_prompt and backend.settings.prompt_form == "compact"
+        if self.compact and domain is not None:
+            raise UsageError("--prompt-form compact has no P_domain(d) form; leave out --domain or use --prompt-form "
+                             "paper")
         self.window = window or max(2, 2 * backend.concurrency)
         self._slots = asyncio.Semaphore(max(1, backend.concurrency))
         #: why experts failed, by kind (a BackendError's kind, "answer", "length"), for the advice line
@@ -103,15 +109,21 @@ class ExplainRunner:
     def prompt_record(self) -> dict:
         if not self.backend.uses_chat_prompt:
             return {"kind": self.backend.prompt_kind or self.backend.name, "domain": None}
+        form = {"form": "compact"} if self.compact else {}   # absent: the paper's prompt
         if self.domain is None:
-            return {"kind": "mono", "domain": None}
-        return {"kind": "domain", "domain": self.domain.name}
+            return {"kind": "mono", "domain": None, **form}
+        return {"kind": "domain", "domain": self.domain.name, **form}
 
     def make_job(self, record: dict) -> ExplainJob:
         # a method's corpus pass may have chosen the examples already (and dropped the rest of the record)
         examples = record["shown"] if "shown" in record else select_examples(record, self.max_examples)
-        messages = build_messages(examples, self.domain, logit_lens_pieces(record, self.logit_lens_top)) \
-            if self.backend.uses_chat_prompt and examples else []
+        if self.compact:
+            examples = examples[:COMPACT_EXAMPLES]
+        messages = []
+        if self.backend.uses_chat_prompt and examples:
+            lens = logit_lens_pieces(record, self.logit_lens_top)
+            messages = build_compact_messages(examples, lens) if self.compact else \
+                build_messages(examples, self.domain, lens)
         return ExplainJob(layer=int(record["layer"]), expert=int(record["expert"]), messages=messages,
                           examples=examples, record=record)
 
