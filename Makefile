@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MOETOOLS_HOME ?= $(CURDIR)/.moetools
 
-.PHONY: install sources browser test test-all demo models lint man bench clean
+.PHONY: install sources browser manual test test-all demo models lint man bench clean
 
 install: $(STAMP)
 
@@ -22,12 +22,12 @@ $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	touch $(STAMP)
 
 # the fast tier: every test not marked `slow` (under ~4 minutes on 2 idle cores)
-test: install sources browser
+test: install sources browser manual
 	$(PY) -m pytest -q -m "not slow" tests
 
 # everything, the `slow` tier too (torchrun launches, the demo and README pipelines, the 135M
 # local model): the full run, what CI runs (.ci/run)
-test-all: install sources browser
+test-all: install sources browser manual
 	$(PY) -m pytest -q tests
 
 # The math domain's source is a Debian package (the book `derivations`); install it when apt can,
@@ -47,6 +47,15 @@ browser:
 	    (apt-get install -y -qq chromium >/dev/null 2>&1 || \
 	     { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }) ; } || \
 	  echo "make: Debian package chromium not installed (moe-report's browser test skipped); apt-get install chromium"
+
+# `man` (Debian package man-db) reads the pages pip installs into VENV/share/man; install it when apt can,
+# as `sources` does, otherwise the test that runs `man -w` in a fresh venv is skipped and says why.
+manual:
+	@command -v man >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get install -y -qq man-db >/dev/null 2>&1 || \
+	     { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq man-db >/dev/null 2>&1; }) ; } || \
+	  echo "make: Debian package man-db not installed (the installed-man-page test skipped); apt-get install man-db"
 
 demo: install sources
 	$(PY) -m moetools.cli.main demo

@@ -213,8 +213,11 @@ def test_moe_eval_bar_only_on_a_terminal_and_never_with_quiet(tmp_path):
     items.write_text('{"question": "w1 w2", "choices": ["w3", "w4 w5"], "answer": 0}\n')
     arguments = ["moe-eval", str(tmp_path / "model"), "--data", str(corpus), "--choices", str(items),
                  "-o", str(tmp_path / "eval.jsonl")]
-    on_terminal = _assert_bar_only_on_a_terminal(arguments, b"model 0: batches")
+    on_terminal = _assert_bar_only_on_a_terminal(arguments, b"model 0: documents")
     assert b"model 0: choice items" in on_terminal
+    # the time left: done/total in documents of --data and an ETA; the choice items out of their count
+    assert b"/4 documents" in on_terminal and b"ETA " in on_terminal, on_terminal
+    assert b"/1 " in on_terminal
 
 
 def test_a_failed_write_to_stdout_is_reported_not_swallowed():

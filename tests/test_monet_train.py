@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import moetools.models.monet  # noqa: F401  (registers MONET with the Auto classes)
 from moetools.cli.monet_train import command
 from moetools.streams.outputs import MARKER
-from moetools.train.state import flatten_optimizer_state, unflatten_optimizer_state
+from moetools.training.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--steps", "4", "--batch-size", "4", "--seq-len", "24", "--d-model", "32", "--layers", "2", "--heads", "2",
@@ -248,6 +248,17 @@ def test_torchrun_fsdp_two_processes_match_one(tmp_path, corpus, arch, tolerance
 
 
 @pytest.mark.slow  # torchrun launches
+def test_torchrun_grad_accum_under_ddp_and_fsdp_matches_one_process(tmp_path, corpus):
+    """--grad-accum 2 under torchrun (2 processes x 2 micro-batches of 1) follows one process taking the
+    whole batch at once, with DDP and with FSDP."""
+    one = _torchrun(1, tmp_path / "one", corpus, "llama")
+    for name, extra in (("ddp", ()), ("fsdp", ("--fsdp",))):
+        two = _torchrun(2, tmp_path / name, corpus, "llama", "--grad-accum", "2", *extra)
+        assert len(two) == 3 and max(abs(a - b) for a, b in zip(one, two)) < 1e-5, (name, one, two)
+        assert json.loads((tmp_path / name / "training_metadata.json").read_text())["options"]["grad_accum"] == 2
+
+
+@pytest.mark.slow  # torchrun launches
 def test_torchrun_fsdp_resume_continues_the_loss_curve(tmp_path, corpus):
     """A run stopped at step 3 under --fsdp and resumed (full checkpoint gathered on rank 0, sharded
     back on load) continues exactly as the run that never stopped."""
@@ -289,3 +300,24 @@ def test_learning_rate_follows_warmup_then_cosine(tmp_path, corpus):
     assert max(logged) == pytest.approx(0.01) and logged[5] < logged[4] < logged[3] < logged[2]
     assert all(r["grad_norm"] > 0 and math.isfinite(r["grad_norm"]) for r in records)
     assert [r["tokens"] for r in records] == [4 * 24 * step for step in range(1, 7)]  # packed: no padding
+
+
+def test_grad_accum_follows_the_whole_batch(tmp_path, corpus):
+    """--grad-accum 2 (two micro-batches of 2 per step) takes the steps of --batch-size 4 in one pass: the
+    dense baseline's losses agree to float rounding; its log and metadata say so."""
+    whole = run(["--data", str(corpus), "-o", str(tmp_path / "whole"), "--arch", "llama", *TINY])
+    split = run(["--data", str(corpus), "-o", str(tmp_path / "split"), "--arch", "llama", *TINY, "--grad-accum", "2"])
+    assert whole.exit_code == 0 and split.exit_code == 0, split.output
+    a, b = ([r for r in train_log(tmp_path / run_dir) if r["type"] in ("train", "eval")] for run_dir in ("whole", "split"))
+    assert [r["type"] for r in a] == [r["type"] for r in b] and len(a) == 6
+    for x, y in zip(a, b):
+        key = "loss" if x["type"] == "train" else "eval_loss"
+        assert x[key] == pytest.approx(y[key], abs=1e-5)
+    metadata = json.loads((tmp_path / "split" / "training_metadata.json").read_text())
+    assert metadata["options"]["grad_accum"] == 2 and metadata["tokens"] == 4 * 4 * 24
+
+
+def test_grad_accum_must_divide_the_batch(tmp_path, corpus):
+    result = run(["--data", str(corpus), "-o", str(tmp_path / "out"), *TINY, "--grad-accum", "3"])
+    assert result.exit_code == 2 and "--batch-size 4 is not divisible by 1 processes x --grad-accum 3" in result.output
+    assert not (tmp_path / "out").exists()

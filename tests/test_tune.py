@@ -169,6 +169,38 @@ def test_optimizer_state_grows_with_selected_experts(tmp_path, data, olmoe):
     assert sizes[4] == 2 * sizes[2] == 4 * sizes[1]
 
 
+@pytest.mark.parametrize("family", ["olmoe", "gpt_oss"])
+def test_selected_experts_get_the_fused_tensors_gradient_rows(tmp_path, data, family):
+    """experts mode runs the family's per-expert forward (no full-size gradient, activations recomputed):
+    each selected expert's gradient is its row of the gradient the fused tensor gets in a plain backward
+    pass, an expert no token reached gets zeros, and the frozen tensors get no gradient at all."""
+    model_dir = save_model(tmp_path / "model", family)
+    chosen = {0: [0, 1, 3], 1: [2]}
+    experts = write_experts(tmp_path / "experts.json", chosen)
+    tuner = Tuner(options(model_dir, data, tmp_path / "out", mode="experts", experts=str(experts), eval=[]))
+    tuner.enter_stage(0)
+    loss, _, rows = tuner._step(0)
+    pieces = [piece for piece in tuner.module.slices.slices if tuner.module.slices.aliases(piece)]
+    assert pieces and all("forward" in vars(piece.owner) for piece in pieces)  # the per-expert forward runs
+    assert all(piece.base.grad is None for piece in pieces)
+
+    reference = load_model(model_dir, dtype="float32", tokenizer=False).model
+    reference.train()
+    named = dict(reference.named_parameters())
+    for name, parameter in named.items():
+        parameter.requires_grad_(any(name == piece.name for piece in pieces))
+    part = tuner.train_set.rows(rows)
+    plain_loss, plain_sum = tuner._loss(reference, (part.input_ids, part.labels, part.attention_mask),
+                                        tuner.train_set.label_tokens(rows), 1.0)
+    assert loss == plain_sum / tuner.train_set.label_tokens(rows)  # the same forward, bit for bit
+    plain_loss.backward()
+    for piece in pieces:
+        full = experts_view(named[piece.name].grad, piece.dim, piece.block, piece.num)
+        for expert, parameter in zip(piece.ids, tuner.module.slices.aliases(piece)):
+            assert torch.allclose(parameter.grad, full[expert], atol=1e-6, rtol=1e-4), (piece.name, expert)
+    assert any(parameter.grad.abs().sum() > 0 for piece in pieces for parameter in tuner.module.slices.aliases(piece))
+
+
 @pytest.mark.parametrize("mode", ["attention-router", "full"])
 def test_whole_parameter_modes_freeze_the_rest(tmp_path, data, olmoe, mode):
     before = base_state(olmoe)
@@ -330,6 +362,61 @@ def test_torchrun_two_processes_match_one(tmp_path, data, olmoe, mode):
     for name in first:
         # Adam divides by sqrt(v): components whose gradient is ~0 amplify the all-reduce's rounding
         assert torch.allclose(first[name], second[name], atol=1e-4), name
+
+
+@pytest.mark.slow  # 3 torchrun launches
+def test_torchrun_fsdp_matches_ddp_and_one_process(tmp_path, data, olmoe):
+    """--fsdp (FSDP2 per decoder layer, gloo on CPU) follows one process and DDP: the same train and eval
+    losses to 1e-5, and the same adapter (full tensors, the plain model's names)."""
+    from safetensors.torch import load_file
+
+    args = [olmoe, "--data", data["medical"], "--eval", data["general"], "--mode", "full", "--steps", "3",
+            "--batch-size", "4", "--seq-len", "12", "--lr", "0.05", "--eval-every", "2", "--checkpoint-every", "2"]
+    runs = {"one": _torchrun(1, tmp_path / "one", args), "ddp": _torchrun(2, tmp_path / "ddp", args),
+            "fsdp": _torchrun(2, tmp_path / "fsdp", [*args, "--fsdp"])}
+    assert all(len(losses) == 3 for losses in runs.values())
+    for other in ("ddp", "fsdp"):
+        for a, b in zip(runs["one"], runs[other]):
+            assert a["loss"] == pytest.approx(b["loss"], abs=1e-5), other
+        evals = [[r["eval_loss"] for r in _losses(tmp_path / name) if r["type"] == "eval"] for name in ("one", other)]
+        assert len(evals[0]) == 2 and evals[0] == pytest.approx(evals[1], abs=1e-5), other
+    plain, sharded = (load_file(str(tmp_path / name / "adapter.safetensors")) for name in ("one", "fsdp"))
+    assert sorted(plain) == sorted(sharded) and all(k.startswith("full.") for k in plain)
+    for name in plain:
+        assert torch.allclose(plain[name], sharded[name], atol=1e-4), name
+    checkpoint = load_file(str(tmp_path / "fsdp" / "checkpoint" / "model.safetensors"))
+    assert sorted(checkpoint) == sorted(load_file(str(tmp_path / "one" / "checkpoint" / "model.safetensors")))
+    meta = json.loads((tmp_path / "fsdp" / "tune.json").read_text())
+    assert meta["options"]["fsdp"] is True and meta["summary"]["world_size"] == 2
+
+
+@pytest.mark.slow  # 3 torchrun launches
+def test_torchrun_fsdp_resume_continues_exactly(tmp_path, data, olmoe):
+    """Under --fsdp a run stopped at step 2 (checkpoint gathered whole on rank 0) and resumed (sharded back)
+    logs the same losses and writes the same adapter as the run that never stopped."""
+    from safetensors.torch import load_file
+
+    args = [olmoe, "--data", data["medical"], "--mode", "attention-router", "--steps", "4", "--batch-size", "4",
+            "--seq-len", "12", "--lr", "0.05", "--checkpoint-every", "10", "--fsdp"]
+    straight = _torchrun(2, tmp_path / "straight", args)
+    assert len(_torchrun(2, tmp_path / "split", [*args, "--stop-at-step", "2"])) == 2
+    resumed = _torchrun(2, tmp_path / "split", [*args, "--resume"])
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
+    a, b = (load_file(str(tmp_path / name / "adapter.safetensors")) for name in ("straight", "split"))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fsdp_refusals(tmp_path, data, olmoe, monkeypatch):
+    """--fsdp needs torchrun (2+ processes) and a mode that trains whole parameters: one line, exit 2."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    base = [olmoe, "--data", data["medical"], "--steps", "1", "--batch-size", "4", "--seq-len", "12"]
+    result = run_cli([*base, "--mode", "full", "--fsdp", "-o", tmp_path / "a"])
+    assert result.exit_code == 2 and "--fsdp shards the model over torchrun processes" in result.output
+    experts = write_experts(tmp_path / "experts.json", {0: [1]})
+    result = run_cli([*base, "--mode", "experts", "--experts", experts, "--fsdp", "-o", tmp_path / "b"])
+    assert result.exit_code == 2 and "--fsdp shards whole parameters: --mode full or attention-router" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_cli_trains_with_several_eval_files_and_merges(tmp_path, data, olmoe):

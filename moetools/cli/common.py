@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import sys
+import time
 import traceback
 
 import click
@@ -393,12 +394,51 @@ class _NoProgress:
         pass
 
 
-class _RichProgress:
-    def __init__(self, description: str, total: float | None):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _speed(task) -> float | None:
+    """A rich task's rate: rich's own over its last 30 s, else the average since the start (so that a rate and
+    an ETA show from the first update)."""
+    speed = task.finished_speed or task.speed
+    if speed is None and task.completed and task.elapsed:
+        speed = task.completed / task.elapsed
+    return speed
 
-        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+
+class _RichProgress:
+    """A rich bar on stderr: done/total (bytes in kB/MB/GB), rate, ETA (with a total) and elapsed time."""
+
+    def __init__(self, description: str, total: float | None, unit: str = ""):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+        from rich.text import Text
+
+        from ..reporting import format_amount, format_duration
+
+        label = "" if unit in ("", "bytes") else f" {unit}"
+
+        class Done(ProgressColumn):
+            def render(self, task):
+                total = f"/{format_amount(task.total, unit)}" if task.total is not None else "/?"
+                return Text(f"{format_amount(task.completed, unit)}{total}{label}")
+
+        class Rate(ProgressColumn):
+            def render(self, task):
+                speed = _speed(task)
+                if speed is None:
+                    return Text("")
+                return Text(f"{format_amount(speed, unit)}/s" if unit == "bytes" else
+                            f"{speed:.1f}{label or ' items'}/s")
+
+        class Remaining(ProgressColumn):
+            max_refresh = 0.5
+
+            def render(self, task):
+                if task.total is None:
+                    return Text("")
+                speed = _speed(task)
+                left = 0.0 if task.finished else None if not speed else (task.total - task.completed) / speed
+                return Text("ETA " + ("-:--:--" if left is None else format_duration(left)))
+
+        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), Done(), Rate(), Remaining(),
                                   TimeElapsedColumn(), console=Console(stderr=True), transient=True)
         self._description, self._total = description, total
 
@@ -417,11 +457,26 @@ class _RichProgress:
         self._progress.update(self._task, **kwargs)
 
 
-def progress(description: str, total: float | None = None):
-    """A rich progress bar on stderr when it is a terminal and ``-q`` is off; else a no-op."""
-    if state.quiet or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+#: seconds between two progress lines when stderr is not a terminal (a SLURM log), and the clock that
+#: measures them (a test moves its own)
+LOG_PROGRESS_INTERVAL = 60.0
+log_progress_clock = time.monotonic
+
+
+def progress(description: str, total: float | None = None, unit: str = ""):
+    """Progress on stderr unless ``-q``: on a terminal a rich bar (done/total, rate, ETA); otherwise, for a
+    log file, one line ``tool: description: done/total, rate, ETA`` a minute at most (none in the first)."""
+    if state.quiet:
         return _NoProgress()
-    return _RichProgress(description, total)
+    if hasattr(sys.stderr, "isatty") and sys.stderr.isatty():
+        return _RichProgress(description, total, unit)
+    from ..reporting import LineProgress
+
+    def write(line: str) -> None:
+        print(f"{state.tool}: {line}", file=sys.stderr, flush=True)
+
+    return LineProgress(description, total, unit, write=write, interval=LOG_PROGRESS_INTERVAL,
+                        clock=log_progress_clock)
 
 
 __all__ = [

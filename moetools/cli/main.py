@@ -21,8 +21,11 @@ SUBCOMMAND_MODULES = (
 def command():
     """Project-level jobs of moetools (corpus, models, demo).
 
-    The pipeline stages are separate programs: moe-cat, moe-trace, moe-sample,
-    moe-explain, monet-train. See moetools(1) and moe-formats(5).
+    The pipeline stages are separate programs, each with its own --help and man
+    page: moe-trace, moe-sample, moe-explain, moe-score, moe-select, moe-mask,
+    moe-eval, moe-tune, moe-report, moe-probe, moe-cat, monet-train. The man page
+    moetools(1) lists them with what each does; moe-formats(5) describes the
+    streams they exchange.
     """
 
 

@@ -72,6 +72,8 @@ def render_command(name: str, command: click.Command) -> str:
         lines.append(".SH COMMANDS")
         for sub_name, sub in sorted(command.commands.items()):
             lines += [".TP", f".B {escape(sub_name)}", escape(sub.get_short_help_str(limit=200))]
+    if name == "moetools":
+        lines += _tool_list()
     options = [param.get_help_record(ctx) for param in command.get_params(ctx) if isinstance(param, click.Option)]
     lines.append(".SH OPTIONS")
     for record in options:
@@ -94,9 +96,38 @@ def render_command(name: str, command: click.Command) -> str:
     example = getattr(command, "example", "")
     if example:
         lines += [".SH EXAMPLES", ".nf", ".RS", escape(example), ".RE", ".fi"]
+    lines += _recipes(name)
     see_also = [f"{other}(1)" for other in TOOLS if other != name] + ["moe-formats(5)"]
     lines += [".SH SEE ALSO", escape(", ".join(f"\\fB{entry}\\fR" for entry in see_also)).replace("\\e", "\\")]
     return "\n".join(lines) + "\n"
+
+
+def _recipes(name: str) -> list[str]:
+    """The cluster recipes of ``name`` (moetools/cluster), shown whole at the end of EXAMPLES."""
+    from ..cluster import RECIPES, recipe_text
+
+    files = RECIPES.get(name, ())
+    lines = []
+    if files:
+        lines += [".PP", escape(f"On a SLURM cluster: the scripts below are installed with the package in the "
+                                f"directory `python -m moetools.cluster` prints; run {files[0]} on the login "
+                                f"node, it queues the others.")]
+    for file_name in files:
+        lines += [".PP", f".B {escape(file_name)}", ".nf", ".RS", escape(recipe_text(file_name).rstrip("\n")),
+                  ".RE", ".fi"]
+    return lines
+
+
+def _tool_list() -> list[str]:
+    """moetools(1)'s TOOLS section: every other tool with the first line of its help."""
+    from . import load_command
+
+    lines = [".SH TOOLS"]
+    for other in TOOLS:
+        if other != "moetools" and tool_exists(other):
+            summary = (load_command(other).help or "").partition("\n")[0].strip().rstrip(".")
+            lines += [".TP", f".BR {escape(other)} (1)", escape(summary)]
+    return lines
 
 
 def _exit_codes() -> list[tuple[str, str]]:

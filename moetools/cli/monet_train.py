@@ -6,10 +6,12 @@ import json
 
 import click
 
-from .common import FINITE_FLOAT, finite_float, output_guard, progress, say, tool
+from .common import finite_float, output_guard, progress, say, tool
+from .training_options import training_options
 
 EXAMPLE = """\
 monet-train --arch monet-vd --data corpus.jsonl -o monet/ --steps 2000 --max-minutes 60
+monet-train --data corpus.jsonl -o monet/ --batch-size 64 --grad-accum 8   # 8 micro-batches of 8
 torchrun --nproc_per_node 2 $(which monet-train) --data corpus.jsonl -o monet/ --resume
 torchrun --nproc_per_node 8 $(which monet-train) --fsdp --data corpus.jsonl -o monet/"""
 
@@ -47,35 +49,16 @@ MODEL_FLAGS = {"d_model": "hidden_size", "layers": "num_hidden_layers", "heads":
 @click.option("--moe-topk", type=click.IntRange(min=1), help="MONET experts kept per head and factor [4].")
 @click.option("--moe-dim", type=click.IntRange(min=1), help="MONET expert hidden size [8].")
 @click.option("--moe-groups", type=click.IntRange(min=1), help="Layers sharing one routing [4].")
-@click.option("--steps", default=1000, show_default=True, type=click.IntRange(min=1), help="Optimizer steps.")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Global batch in sequences (split over torchrun processes).")
-@click.option("--seq-len", default=256, show_default=True, type=click.IntRange(min=2), help="Tokens per sequence.")
-@click.option("--lr", default=5e-4, show_default=True, type=FINITE_FLOAT, help="Peak learning rate (AdamW).")
-@click.option("--warmup", type=click.IntRange(min=0), help="Warmup steps [5% of --steps].")
-@click.option("--weight-decay", default=0.1, show_default=True, type=FINITE_FLOAT)
-@click.option("--grad-clip", default=1.0, show_default=True, type=FINITE_FLOAT, help="Gradient norm clip.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--eval-every", default=100, show_default=True, type=click.IntRange(min=1), help="Steps between evals.")
-@click.option("--eval-batches", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Eval batches per domain.")
+@training_options(steps=1000, lr=5e-4, weight_decay=0.1, eval_every=100, checkpoint_every=200)
 @click.option("--eval-fraction", default=0.05, show_default=True, type=finite_float(0, 0.5),
               help="Share of documents held out for eval.")
-@click.option("--checkpoint-every", default=200, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-minutes", type=finite_float(min=0), help="Stop (checkpoint + save) after this long.")
-@click.option("--stop-at-step", type=click.IntRange(min=1),
-              help="Stop after this step with a checkpoint (split a run over jobs; continue with --resume).")
-@click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint exactly (model, optimizer, "
-                                             "schedule, RNG, data position).")
-@click.option("--fsdp", is_flag=True, help="Under torchrun (2 or more processes): shard parameters, gradients and "
-                                           "optimizer state with FSDP2 (per decoder layer) instead of DDP; same "
-                                           "batches, logs, checkpoints and output.")
 @output_guard(directory=True, resume_flag="resume", pass_force=True, force_help=TRAIN_FORCE_HELP)
 def command(data, output, arch, config_file, **options):
     """Pretrain MONET, or a matched baseline, from JSON lines text.
 
     Packs the corpus into --seq-len blocks, trains with AdamW, warmup + cosine,
-    gradient clipping and (on GPU) bf16 autocast, evaluates per domain, logs JSON
+    gradient clipping, gradient accumulation (--grad-accum) and (on GPU) bf16
+    autocast, evaluates per domain, logs JSON
     lines to OUTPUT/train_log.jsonl, checkpoints every --checkpoint-every steps
     without pickle, and writes a directory that AutoModelForCausalLM loads.
     Under torchrun it trains data-parallel (DDP; gloo on CPU), or with --fsdp

@@ -8,8 +8,6 @@ usage errors answer without importing torch or transformers.
 
 from __future__ import annotations
 
-import inspect
-
 import click
 
 from .common import output_guard, output_options, progress, say, tool, tool_info, warn
@@ -107,19 +105,10 @@ def command(model, corpus, output, fmt, uncompressed, **options):
     Clusters: --shard I/N takes a deterministic slice; N array tasks write N
     files that `cat` joins into one valid stream. Output goes to OUTPUT.partial
     and is renamed when complete; rerun a killed task with --resume to continue
-    after its last complete record. A SLURM array script (also in
-    moetools/trace/slurm_example.sh):
-
-    \b
-      #!/bin/bash
-      #SBATCH --job-name=moe-trace --array=0-63 --gres=gpu:1 --time=04:00:00
-      #SBATCH --requeue
-      set -euo pipefail
-      mkdir -p shards
-      bin/moe-trace "$MODEL" corpus.jsonl --device cuda --dtype bfloat16 \\
-          --shard "$SLURM_ARRAY_TASK_ID/64" --resume \\
-          -o "shards/$SLURM_ARRAY_TASK_ID.msgpack.zst"
-      # when all tasks are done: cat shards/{0..63}.msgpack.zst > trace.msgpack.zst
+    after its last complete record. The SLURM recipe (a job array of N tasks,
+    then a dependent job that joins the shards with cat and checks them with
+    moe-cat --check) is in EXAMPLES of man moe-trace; its scripts are installed
+    in the directory `python -m moetools.cluster` prints.
     """
     from ..trace import run_trace
 
@@ -127,6 +116,4 @@ def command(model, corpus, output, fmt, uncompressed, **options):
               tool=tool_info(), log=say, warn=warn, progress=progress)
 
 
-# dedented, so man-page renderers see click's \b verbatim marker at the start of the SLURM block
-command.help = inspect.cleandoc(command.help)
 main = command.main

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import click
 
-from .common import (
-    FINITE_FLOAT,
-    ToolGroup,
-    finite_float,
-    output_guard,
-    progress,
-    say,
-    subcommand_verbosity,
-    tool_group,
-)
+from .common import FINITE_FLOAT, ToolGroup, output_guard, progress, say, subcommand_verbosity, tool_group
+from .training_options import training_options
 
 EXAMPLE = """\
 moe-tune model/ --data medical.train.jsonl --eval medical.val.jsonl general.val.jsonl \\
     --mode experts --experts medical.json -o tuned/
 moe-tune model/ --data medical.train.jsonl --mode das-two-stage --general general.jsonl --top 6 -o tuned/
 torchrun --nproc-per-node 2 -m moetools.tune model/ --data medical.train.jsonl --mode lora -o tuned/
+torchrun --nproc-per-node 2 -m moetools.tune model/ --data medical.train.jsonl --mode full --fsdp -o tuned/
 moe-tune merge tuned/ -o merged/"""
 
 TRAIN_FORCE_HELP = ("Start over in an existing OUTPUT this suite wrote: it is renamed to OUTPUT.old and removed "
@@ -67,6 +60,11 @@ def command():
     expert's slice of a fused tensor bit-for-bit unchanged, optimizer state only for
     what trains); attention-router (paper 003 stage 1); das-two-stage; lora (peft,
     r=16, alpha=32); lora-experts (LoRA on the chosen experts only).
+
+    Several GPUs: torchrun -m moetools.tune (data parallel). Several nodes under
+    SLURM: the recipe in EXAMPLES of man moe-tune (srun torchrun on every node,
+    then a dependent job that merges); its scripts are installed in the
+    directory `python -m moetools.cluster` prints.
     """
 
 
@@ -98,26 +96,15 @@ command.__class__ = TuneGroup  # tool_group builds a ToolGroup; this one implies
               help="das-two-stage: how the chosen experts train.")
 @click.option("--das-rows", default=64, show_default=True, type=click.IntRange(min=1),
               help="das-two-stage: sequences of each set traced for DAS.")
-@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=1),
-              help="Optimizer steps (das-two-stage: of stage 2).")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Global batch in sequences (split over torchrun processes and --grad-accum).")
-@click.option("--grad-accum", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Micro-batches per step.")
-@click.option("--seq-len", default=256, show_default=True, type=click.IntRange(min=2), help="Tokens per sequence.")
-@click.option("--lr", default=1e-4, show_default=True, type=FINITE_FLOAT, help="Peak learning rate (AdamW).")
-@click.option("--min-lr", default=0.0, show_default=True, type=FINITE_FLOAT, help="Learning rate at the end of the cosine.")
-@click.option("--warmup", type=click.IntRange(min=0), help="Warmup steps per stage [5% of its steps].")
-@click.option("--weight-decay", default=0.0, show_default=True, type=FINITE_FLOAT)
-@click.option("--grad-clip", default=1.0, show_default=True, type=FINITE_FLOAT, help="Gradient norm clip.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--eval-every", default=50, show_default=True, type=click.IntRange(min=1))
-@click.option("--eval-batches", default=8, show_default=True, type=click.IntRange(min=1),
-              help="Eval batches per file.")
-@click.option("--checkpoint-every", default=100, show_default=True, type=click.IntRange(min=1))
-@click.option("--stop-at-step", type=click.IntRange(min=1), help="Stop after this step with a checkpoint.")
-@click.option("--max-minutes", type=finite_float(min=0), help="Stop (with a checkpoint) after this long.")
-@click.option("--resume", is_flag=True, help="Continue from OUTPUT/checkpoint exactly.")
+@training_options(steps=100, lr=1e-4, weight_decay=0.0, eval_every=50, checkpoint_every=100,
+                  help={"steps": "Optimizer steps (das-two-stage: of stage 2).",
+                        "warmup": "Warmup steps per stage [5% of its steps].",
+                        "eval_batches": "Eval batches per file.",
+                        "resume": "Continue from OUTPUT/checkpoint exactly.",
+                        "max_minutes": "Stop (with a checkpoint) after this long.",
+                        "fsdp": "Under torchrun (2 or more processes), --mode full or attention-router: shard "
+                                "parameters, gradients and optimizer state with FSDP2 (per decoder layer) "
+                                "instead of DDP; same batches, logs, checkpoints and adapter."})
 @click.option("--lora-rank", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--lora-alpha", default=32.0, show_default=True, type=FINITE_FLOAT)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
@@ -129,9 +116,9 @@ def train_command(model, data, eval_files, output, **options):
     """Fine-tune MODEL on --data; write an adapter to OUTPUT.
 
     Under torchrun (`torchrun --nproc-per-node N -m moetools.tune ...`, same flags) it trains
-    data-parallel (DDP; gloo on CPU) with the same results as one process. MONET layers that
-    share one router (moe_groups > 1): an expert of --experts trains in every layer of its
-    group (a note on stderr says so).
+    data-parallel (DDP; gloo on CPU), or with --fsdp sharded with FSDP2, with the same
+    results as one process. MONET layers that share one router (moe_groups > 1): an expert
+    of --experts trains in every layer of its group (a note on stderr says so).
     """
     from ..tune import TuneOptions, tune
 

@@ -33,7 +33,8 @@ def _windows(ids: list[int], max_length: int) -> list[tuple[list[int], int]]:
 
 def sequence_losses(model, batch: list[tuple[list[int], int]], pad_id: int):
     """(summed −log p, scored count) per (sequence, scored) of ``batch``: the model reads ``sequence[:-1]``;
-    the last ``scored`` of its predictions of ``sequence[1:]`` are summed."""
+    the last ``scored`` of its predictions of ``sequence[1:]`` are summed (the loss monet-train and moe-tune
+    evaluate with: :func:`moetools.training.loss.sequence_losses`)."""
     import torch
 
     device = next(model.parameters()).device
@@ -48,13 +49,10 @@ def sequence_losses(model, batch: list[tuple[list[int], int]], pad_id: int):
         targets[row, :length] = torch.tensor(ids[1:])
         mask[row, :length] = 1
         scored[row, length - count:length] = True
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    with torch.no_grad():
-        logits = model(input_ids=input_ids, attention_mask=mask).logits.float()  # (B, T, V)
-    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.to(device)[..., None])[..., 0]  # (B, T)
-    scored = scored.to(device)
-    sums = -(logprobs * scored).sum(-1)
-    return [(float(s), int(n)) for s, n in zip(sums.tolist(), scored.sum(-1).tolist())]
+    from ..training.loss import sequence_losses as scored_sequence_losses
+
+    return scored_sequence_losses(model, input_ids.to(device), targets, scored, attention_mask=mask.to(device),
+                                  use_cache=None)
 
 
 def _document_sequences(tokenizer, text: str, definition: str, max_length: int, prefix_id: int | None):
@@ -77,10 +75,11 @@ def _domain_values(docs: int, tokens: int, loss_sum: float, words: int, size: in
 
 def domain_loss(model, tokenizer, documents: Iterable, *, domain_field: str = "domain", max_length: int = 512,
                 batch_tokens: int = 4096, chunk: int = 256, definition: str = "no-prefix",
-                on_batch: Callable[[int], None] | None = None) -> dict:
+                on_batch: Callable[[int], None] | None = None, on_read: Callable[[int], None] | None = None) -> dict:
     """{domain: {"documents", "tokens", "loss", "perplexity"}} over ``documents`` (moetools Documents); with
     ``definition="lm-eval"`` also "loglikelihood", "words", "bytes", "word_perplexity", "byte_perplexity",
-    "bits_per_byte" (formats/eval.md)."""
+    "bits_per_byte" (formats/eval.md). ``on_batch(sequences)`` follows each batch scored, ``on_read(sequences)``
+    each document read (its sequences wait for a batch: progress counts the share scored)."""
     from ..errors import ModelError, UsageError
 
     if definition not in LOSS_DEFINITIONS:
@@ -117,6 +116,8 @@ def domain_loss(model, tokenizer, documents: Iterable, *, domain_field: str = "d
             entry[3] += count_words(document.text)
             entry[4] += count_bytes(document.text)
         pending.extend((domain, sequence) for sequence in sequences)
+        if on_read:
+            on_read(len(sequences))
         if len(pending) >= chunk:
             flush(pending)
             pending = []

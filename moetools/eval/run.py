@@ -55,9 +55,10 @@ def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domai
              on_model: Callable[[str], None] | None = None, progress: ProgressFactory = no_progress) -> Iterator[dict]:
     """Yield ``model`` records then ``domain`` / ``choice`` records (formats/eval.md) for each model in turn.
 
-    ``progress(description, total)`` (moetools.reporting) is advanced per batch of --data evaluated and
-    per --choices item, one bar per model and part. ``loss_definition`` is one of
-    :data:`moetools.eval.loss.LOSS_DEFINITIONS` (which tokens a domain's loss scores).
+    ``progress(description, total, unit)`` (moetools.reporting) is advanced per batch of --data evaluated
+    (in documents, out of all of them) and per --choices item, one bar per model and part.
+    ``loss_definition`` is one of :data:`moetools.eval.loss.LOSS_DEFINITIONS` (which tokens a domain's
+    loss scores).
     """
     from ..corpus.documents import read_corpus
     from ..mask.directory import read_mask_record
@@ -78,15 +79,28 @@ def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domai
                "masked": None if mask is None else {"mode": mask.get("mode"), "base": mask.get("base"),
                                                     "experts": mask.get("experts")}}
         if documents is not None:
-            with progress(f"model {position}: batches") as bar:
-                def count_batch(size: int) -> None:
-                    bar.advance(1)
+            # done/total in documents, so that the time left is known: the documents read count in the
+            # share of their sequences scored (the rest waits for a batch)
+            with progress(f"model {position}: documents", total=len(documents), unit="documents") as bar:
+                counts = {"documents": 0, "read": 0, "scored": 0, "shown": 0.0}
+
+                def count_read(size: int, counts=counts) -> None:
+                    counts["documents"] += 1
+                    counts["read"] += size
+
+                def count_batch(size: int, bar=bar, counts=counts) -> None:
+                    counts["scored"] += size
+                    done = counts["documents"] * counts["scored"] / max(1, counts["read"])
+                    if done > counts["shown"]:
+                        bar.advance(done - counts["shown"])
+                        counts["shown"] = done
                     if on_batch:
                         on_batch(size)
 
                 results = domain_loss(loaded.model, loaded.tokenizer, documents, domain_field=domain_field,
                                       max_length=max_length, batch_tokens=batch_tokens,
-                                      definition=loss_definition, on_batch=count_batch)
+                                      definition=loss_definition, on_batch=count_batch, on_read=count_read)
+                bar.advance(max(0.0, len(documents) - counts["shown"]))
             for domain, values in results.items():
                 base = first_domains.setdefault(domain, values) if position == 0 else first_domains.get(domain)
                 delta = None

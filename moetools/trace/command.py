@@ -17,7 +17,7 @@ from .. import __version__
 from ..errors import FormatError, TruncatedStreamError, UsageError
 from ..models import model_identity
 from ..models.loader import load_model
-from ..reporting import Log, ProgressFactory, log_info, log_warning, no_progress
+from ..reporting import BytesRead, Log, ProgressFactory, log_info, log_warning, no_progress
 from ..streams.files import is_stdio, open_input, open_stream_writer, partial_path
 from .corpus import parse_shard, read_documents
 from .runner import (
@@ -77,8 +77,8 @@ def run_trace(model_path, corpus, *, output, fmt="msgpack", uncompressed=False, 
     ``resume=True`` continues a killed run from ``OUTPUT.partial`` (or does nothing
     when ``output`` is complete already). ``tool`` is the header's ``tool`` field
     (name, version, arguments); ``log``/``warn`` take one line of text each;
-    ``progress(description)`` gives a context manager whose ``advance(tokens)`` is
-    called after every batch. ``top_k`` makes the routers select that many experts per token
+    ``progress(description, total, unit)`` gives a context manager advanced after every batch: in
+    bytes of the corpus file traced (total: its size, unit ``bytes``), or by tokens for a pipe. ``top_k`` makes the routers select that many experts per token
     (:meth:`moetools.models.Adapter.override_top_k`: the forward changes, not only the record); the
     header's ``top_k`` is then ``top_k`` and ``top_k_override`` says so, while ``model`` stays the
     checkpoint's identity (its own ``top_k`` and fingerprint).
@@ -131,9 +131,20 @@ def run_trace(model_path, corpus, *, output, fmt="msgpack", uncompressed=False, 
             last = (record["doc_id"], int(record["window"]))
         if writer.count:
             log(f"resuming after {writer.count} complete records of {previous.name}")
-        with progress("tracing tokens") as bar:
+        # a corpus file: done/total in its bytes, so that the time left is known; the bytes read count in
+        # the share of their tokens traced (the rest waits in the sort buffer). A pipe: tokens traced.
+        read = BytesRead(source)
+        with (progress("tracing corpus", total=read.total, unit="bytes") if read.total is not None else
+              progress("tracing tokens", unit="tokens")) as bar:
+            def on_batch(windows: int, tokens: int) -> None:
+                if read.total is None:
+                    bar.advance(tokens)
+                else:
+                    read.catch_up(bar, done=summary.tokens / max(1, summary.tokens_read))
+
             trace_corpus(model, tokenizer, adapter, documents, writer, options, skip_windows=writer.count,
-                         expect_last=last, summary=summary, on_batch=lambda windows, tokens: bar.advance(tokens))
+                         expect_last=last, summary=summary, on_batch=on_batch)
+            read.catch_up(bar)
         if options.shard and summary.documents_traced == 0:
             warn(f"shard {shard} holds none of the {summary.documents} documents")
         writer.end_extra = {"documents": summary.documents_traced, "windows": summary.windows,

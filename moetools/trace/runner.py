@@ -57,6 +57,7 @@ class TraceSummary:
     documents_traced: int = 0
     windows: int = 0
     tokens: int = 0
+    tokens_read: int = 0  # tokens of the windows read so far, traced or still in the sort buffer (progress)
     skipped: list = field(default_factory=list)
     skipped_count: int = 0
 
@@ -83,8 +84,11 @@ def iter_windows(documents, tokenizer, options: TraceOptions, summary: TraceSumm
             summary.skip(document.line, "no tokens")
             continue
         summary.documents_traced += 1
+        summary.tokens_read += len(first.token_ids)
         yield first
-        yield from windows
+        for window in windows:
+            summary.tokens_read += len(window.token_ids)
+            yield window
 
 
 def default_batch_tokens(model) -> int:

@@ -5,7 +5,7 @@ directory that ``transformers.AutoModelForCausalLM.from_pretrained`` loads (afte
 moetools.models.monet`` for MONET): ``config.json``, ``model.safetensors``, tokenizer files,
 ``training_metadata.json``, ``train_log.jsonl`` and ``checkpoint/`` (for ``--resume``).
 Modules: :mod:`.data` (JSONL, tokenizer, packing), :mod:`.models` (archs and the matching rule),
-:mod:`.state` (pickle-free checkpoints), :mod:`.sharding` (FSDP2), :mod:`.loop` (the loop, DDP or FSDP).
+:mod:`.loop` (the loop); the shared core (DDP or FSDP, checkpoints, loss) is :mod:`moetools.training`.
 """
 
 from .loop import LOG_NAME, METADATA_NAME, TrainOptions, train

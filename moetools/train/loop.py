@@ -1,5 +1,7 @@
-"""The monet-train loop: AdamW, warmup + cosine, clipping, bf16 autocast on GPU, eval per domain,
-JSON-lines log, checkpoints and exact resume, DDP or FSDP through torchrun.
+"""The monet-train loop: AdamW, warmup + cosine, clipping, gradient accumulation, bf16 autocast on GPU,
+eval per domain, JSON-lines log, checkpoints and exact resume, DDP or FSDP through torchrun. The parts
+moe-tune shares (process group, DDP/FSDP, autocast, optimizer, stop rules, log, checkpoint files, the
+per-domain loss) are :mod:`moetools.training`.
 
 Data parallelism: run under ``torchrun --nproc_per_node N``; ``--batch-size`` is the *global*
 batch, each rank takes rows ``rank::N`` of it, gradients are averaged (DDP), so the loss curve
@@ -10,13 +12,17 @@ With ``fsdp=True`` (``--fsdp``, torchrun with 2 or more processes) the model is 
 FSDP2 ``fully_shard`` instead of wrapped in DDP (:mod:`.sharding`): same batch split, same
 averaged gradients, clipping on the global norm, same optimizer, same logs, and the same
 checkpoint and output files (full state dicts gathered on rank 0).
+
+With ``grad_accum=N`` (``--grad-accum``) each process's rows are run as N micro-batches, each loss
+divided by N before its backward: the gradient of the step is that of the whole batch (every block
+has ``seq_len`` tokens, so the micro-batch means average to the batch mean). MONET's BatchNorm routing
+statistics, and the MoE baseline's load-balancing loss, are per micro-batch.
 """
 
 from __future__ import annotations
 
 import gc
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,10 +32,23 @@ import torch
 from ..errors import UsageError
 from ..streams import strict_json
 from ..streams.outputs import check_output, finish_training_directory, prepare_training_directory
+from ..training import sharding
+from ..training.checkpoint import load_checkpoint, save_checkpoint, stop_if_not_finite, tied_parameter_names
+from ..training.distributed import (
+    Distributed,
+    autocast,
+    bf16_autocast_enabled,
+    clip_gradients,
+    data_parallel,
+    shard,
+)
+from ..training.log import TrainingLog
+from ..training.loss import DomainLosses, sequence_losses, shifted
+from ..training.optimizer import adamw, schedule
+from ..training.options import check_loop_options
+from ..training.stopping import StopRule
 from . import data as data_lib
-from . import sharding
 from .models import build_model, parameter_counts, resolve_model_config
-from .state import WarmupCosine, load_checkpoint, save_checkpoint, stop_if_not_finite, tied_parameter_names
 
 LOG_NAME = "train_log.jsonl"
 METADATA_NAME = "training_metadata.json"
@@ -47,6 +66,7 @@ class TrainOptions:
     vocab_size: int = 4096
     steps: int = 1000
     batch_size: int = 8          # global, in sequences
+    grad_accum: int = 1          # micro-batches per optimizer step
     seq_len: int = 256
     lr: float = 5e-4             # paper B.1
     min_lr: float = 0.0
@@ -65,44 +85,7 @@ class TrainOptions:
     fsdp: bool = False  # shard with FSDP2 instead of DDP (torchrun, 2+ processes)
 
 
-class _Distributed:
-    def __init__(self):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
-        if self.world > 1:
-            import torch.distributed as dist
-
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self):
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def mean(self, value: float) -> float:
-        if self.world == 1:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(tensor)
-        return float(tensor.item()) / self.world
-
-    def any(self, flag: bool) -> bool:
-        if self.world == 1:
-            return flag
-        tensor = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        torch.distributed.all_reduce(tensor)
-        return bool(tensor.item() > 0)
-
-
-def _prepare_tokenizer(options: TrainOptions, out: Path, documents, dist: _Distributed):
+def _prepare_tokenizer(options: TrainOptions, out: Path, documents, dist: Distributed):
     saved = out / "tokenizer.json"
     if options.resume and saved.exists():
         return data_lib.load_tokenizer(out)
@@ -136,46 +119,28 @@ def _loss_parts(outputs) -> dict:
     return parts
 
 
-@torch.no_grad()
 def evaluate(model, eval_blocks: dict[str, torch.Tensor], batch_size: int, max_batches: int, device, autocast):
-    """Mean next-token cross-entropy (nats) per domain and over all domains, model in eval mode."""
+    """Mean next-token cross-entropy (nats) per domain and over all domains, model in eval mode
+    (:mod:`moetools.training.loss`: every token but each block's first scored)."""
     was_training = model.training
     model.eval()
-    losses, total, count = {}, 0.0, 0
+    losses = DomainLosses()
     for domain, blocks in eval_blocks.items():
-        domain_total, domain_count = 0.0, 0
         for start in range(0, min(len(blocks), batch_size * max_batches), batch_size):
             ids = blocks[start:start + batch_size].to(device)
-            with autocast():
-                logits = model(input_ids=ids, use_cache=False).logits
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(),
-                                                     reduction="sum")
-            domain_total += float(loss)
-            domain_count += ids[:, 1:].numel()
-        if domain_count:
-            losses[domain] = domain_total / domain_count
-            total, count = total + domain_total, count + domain_count
+            for loss_sum, tokens in sequence_losses(model, ids, *shifted(ids), autocast=autocast):
+                losses.add(domain, loss_sum, tokens)
     model.train(was_training)
-    return losses, (total / count if count else None)
+    return losses.means(), losses.overall()
 
 
 def _check_options(options: TrainOptions) -> None:
     """Usage errors that need no process group."""
-    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "eval_fraction", "max_minutes"):
-        value = getattr(options, name)
-        if value is not None and not math.isfinite(value):
-            raise UsageError(f"--{name.replace('_', '-')} {value} is not a finite number")
-    if options.steps < 1 or options.batch_size < 1 or options.seq_len < 2:
-        raise UsageError("--steps and --batch-size must be at least 1 and --seq-len at least 2")
-    if options.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
-        raise UsageError("--fsdp shards the model over torchrun processes: run under torchrun with "
-                         "--nproc_per_node 2 or more (WORLD_SIZE is 1 here)")
+    check_loop_options(options, more_floats=("eval_fraction",))
 
 
-def _prepare_output(options: TrainOptions, dist: _Distributed) -> Path:
+def _prepare_output(options: TrainOptions, dist: Distributed) -> Path:
     """The output directory (made by rank 0); with ``--resume`` it must hold a checkpoint."""
-    if options.batch_size % dist.world:
-        raise UsageError(f"--batch-size {options.batch_size} is not divisible by the {dist.world} processes")
     out = Path(options.output)
     if options.resume and not (out / "checkpoint" / "trainer_state.json").exists():
         raise UsageError(f"--resume: no checkpoint in {out / 'checkpoint'}")
@@ -199,7 +164,7 @@ class _Data:
     eval_blocks: dict  # domain -> (blocks, seq_len) int64
 
 
-def _load_data(options: TrainOptions, documents: list, out: Path, dist: _Distributed) -> _Data:
+def _load_data(options: TrainOptions, documents: list, out: Path, dist: Distributed) -> _Data:
     """Documents -> train/eval split -> tokenizer (trained or given, saved in ``out``) -> packed blocks."""
     train_docs, eval_docs = data_lib.split_documents(documents, options.eval_fraction)
     tokenizer = _prepare_tokenizer(options, out, train_docs, dist)
@@ -211,7 +176,7 @@ def _load_data(options: TrainOptions, documents: list, out: Path, dist: _Distrib
     return _Data(tokenizer, train_blocks, eval_blocks)
 
 
-def _build_model(options: TrainOptions, tokenizer, dist: _Distributed):
+def _build_model(options: TrainOptions, tokenizer, dist: Distributed):
     """(model on the device, its config keys), initialised from ``options.seed``."""
     special = {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
                "pad_token_id": tokenizer.pad_token_id}
@@ -222,32 +187,12 @@ def _build_model(options: TrainOptions, tokenizer, dist: _Distributed):
     return build_model(options.arch, config_kwargs).to(dist.device), config_kwargs
 
 
-def _make_optimizer(options: TrainOptions, model):
-    """AdamW (no weight decay on embeddings, norms and biases) and its warmup + cosine schedule."""
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=options.lr, betas=(0.9, 0.95))
-    warmup = options.warmup if options.warmup is not None else max(1, options.steps // 20)
-    return optimizer, WarmupCosine(options.lr, warmup, options.steps, options.min_lr)
-
-
-def _wrap_data_parallel(model, options: TrainOptions, dist: _Distributed):
-    """DDP around ``model`` under torchrun without --fsdp; ``model`` itself otherwise."""
-    if dist.world == 1 or options.fsdp:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(model, device_ids=[dist.device] if dist.device.type == "cuda" else None,
-                                   find_unused_parameters=options.arch == "moe")
-
-
 class _Run:
     """One training run's model, optimizer, schedule, counters and log: what the steps of
     :func:`train` share. Built in the order that fixes the random state (model initialised
     from the seed, then optimizer, then the checkpoint restored over both)."""
 
-    def __init__(self, options: TrainOptions, dist: _Distributed, out: Path, data: _Data, on_log,
+    def __init__(self, options: TrainOptions, dist: Distributed, out: Path, data: _Data, on_log,
                  created: bool = False):
         self.options, self.dist, self.out, self.data, self.on_log = options, dist, out, data, on_log
         self.created = created  # this run made ``out`` (removed again if training diverges before a checkpoint)
@@ -257,40 +202,32 @@ class _Run:
         self.counts = parameter_counts(self.model, options.arch)
         self.tied = tied_parameter_names(self.model)
         if options.fsdp:  # before the optimizer: fully_shard replaces the parameters with DTensor shards
-            sharding.shard_model(self.model, dist.device, dist.world)
-        self.optimizer, self.schedule = _make_optimizer(options, self.model)
+            shard(self.model, dist)
+        self.optimizer = adamw(self.model.named_parameters(), lr=options.lr, weight_decay=options.weight_decay)
+        self.schedule = schedule(lr=options.lr, min_lr=options.min_lr, warmup=options.warmup, steps=options.steps)
         self.state = {"step": 0, "tokens": 0, "elapsed_s": 0.0}
-        self._restore_or_reset()
-        self.wrapped = _wrap_data_parallel(self.model, options, dist)
-        self.use_bf16 = dist.device.type == "cuda" and torch.cuda.is_bf16_supported()
-        self.log_handle = open(self.log_path, "a", encoding="utf-8") if dist.main else None  # noqa: SIM115
+        keep_bytes = self._restore()
+        self.wrapped = data_parallel(self.model, dist, fsdp=options.fsdp, find_unused_parameters=options.arch == "moe")
+        self.use_bf16 = bf16_autocast_enabled(dist.device)
+        self.training_log = TrainingLog(self.log_path, main=dist.main, on_log=on_log, keep_bytes=keep_bytes)
         self.last_eval = None
 
-    def _restore_or_reset(self) -> None:
-        """--resume: model, optimizer, schedule and counters from the checkpoint, and the log cut back
-        to what it held then; otherwise a fresh log."""
-        if self.options.resume:
-            saved = load_checkpoint(self.checkpoint_dir, self.model, self.optimizer, sharded=self.options.fsdp,
-                                    tied=self.tied)
-            self.schedule.load_state_dict(saved["schedule"])
-            self.state = {k: saved[k] for k in ("step", "tokens", "elapsed_s")}
-            if self.dist.main and self.log_path.exists():  # drop log lines written after the checkpoint
-                with open(self.log_path, "r+", encoding="utf-8") as handle:
-                    handle.truncate(saved["log_bytes"])
-        elif self.dist.main and self.log_path.exists():
-            self.log_path.unlink()
+    def _restore(self) -> int | None:
+        """--resume: model, optimizer, schedule and counters from the checkpoint; return the log's length
+        then (what the log is cut back to). None without --resume (a fresh log)."""
+        if not self.options.resume:
+            return None
+        saved = load_checkpoint(self.checkpoint_dir, self.model, self.optimizer, sharded=self.options.fsdp,
+                                tied=self.tied)
+        self.schedule.load_state_dict(saved["schedule"])
+        self.state = {k: saved[k] for k in ("step", "tokens", "elapsed_s")}
+        return saved["log_bytes"]
 
     def autocast(self):
-        if self.dist.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_bf16)
-        return torch.autocast("cpu", enabled=False)
+        return autocast(self.dist.device)
 
     def log(self, record: dict) -> None:
-        if self.log_handle is not None:
-            self.log_handle.write(strict_json.dumps(record) + "\n")
-            self.log_handle.flush()
-        if self.on_log is not None and self.dist.main:
-            self.on_log(record)
+        self.training_log.write(record)
 
     def batch(self) -> torch.Tensor:
         """This rank's rows of the global batch of the current step, (B / world, T) on the device."""
@@ -304,18 +241,21 @@ class _Run:
         return self.schedule.apply(self.optimizer)
 
     def forward_backward_update(self, ids: torch.Tensor) -> tuple[dict, float]:
-        """One optimizer step on ``ids``; (loss parts averaged over ranks, gradient norm before clipping)."""
-        if self.options.fsdp:  # buffers (BatchNorm routing statistics) are rank 0's, as DDP broadcasts them
-            sharding.broadcast_buffers(self.model)
-        with self.autocast():
-            outputs = self.wrapped(input_ids=ids, labels=ids, use_cache=False)
+        """One optimizer step on ``ids`` in --grad-accum micro-batches; (loss parts averaged over micro-batches
+        and ranks, gradient norm before clipping)."""
+        accum = self.options.grad_accum
         self.optimizer.zero_grad(set_to_none=True)
-        outputs.loss.backward()
-        if self.options.fsdp:
-            grad_norm = sharding.clip_grad_norm(self.model.parameters(), self.options.grad_clip)
-        else:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip))
-        parts = {k: self.dist.mean(v) for k, v in _loss_parts(outputs).items()}
+        sums: dict[str, float] = {}
+        for micro in ids.chunk(accum):
+            if self.options.fsdp:  # buffers (BatchNorm routing statistics) are rank 0's, as DDP broadcasts them
+                sharding.broadcast_buffers(self.model)
+            with self.autocast():
+                outputs = self.wrapped(input_ids=micro, labels=micro, use_cache=False)
+            (outputs.loss / accum if accum > 1 else outputs.loss).backward()
+            for name, value in _loss_parts(outputs).items():
+                sums[name] = sums.get(name, 0.0) + value
+        grad_norm = clip_gradients(self.model.parameters(), self.options.grad_clip, fsdp=self.options.fsdp)
+        parts = {k: self.dist.mean(v / accum if accum > 1 else v) for k, v in sums.items()}
         if not all(math.isfinite(v) for v in (*parts.values(), grad_norm)):
             self.close_log()
             stop_if_not_finite(self.state["step"] + 1, {**parts, "grad_norm": grad_norm}, self.out,
@@ -327,13 +267,6 @@ class _Run:
         self.state["step"] += 1
         self.state["tokens"] += self.options.batch_size * self.options.seq_len
         self.state["elapsed_s"] = time.monotonic() - started
-
-    def should_stop(self, run_started: float) -> bool:
-        """Out of --max-minutes on any rank (a collective: every rank calls it every step) or at --stop-at-step."""
-        options = self.options
-        out_of_time = options.max_minutes is not None and (time.monotonic() - run_started) > options.max_minutes * 60
-        return self.dist.any(out_of_time) or (options.stop_at_step is not None
-                                              and self.state["step"] >= options.stop_at_step)
 
     def evaluate(self) -> None:
         per_domain, overall = evaluate(self.model, self.data.eval_blocks, self.options.batch_size // self.dist.world,
@@ -349,12 +282,12 @@ class _Run:
             gathered = {"model_state": sharding.full_model_state(self.model),
                         "optimizer_state": sharding.full_optimizer_state(self.model, self.optimizer),
                         "tied": self.tied}
+        log_bytes = self.training_log.size()
         if self.dist.main:
-            self.log_handle.flush()
             train_blocks = len(self.data.train_blocks)
             save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, **gathered, trainer_state=
                             {**state, "schedule": self.schedule.state_dict(),
-                             "log_bytes": self.log_path.stat().st_size,
+                             "log_bytes": log_bytes,
                              # informational: the order itself is block_indices(step, batch, blocks, seed)
                              "data_position": {"samples_seen": state["step"] * options.batch_size,
                                                "epoch": state["step"] * options.batch_size // train_blocks,
@@ -363,8 +296,7 @@ class _Run:
         self.dist.barrier()
 
     def close_log(self) -> None:
-        if self.log_handle is not None:
-            self.log_handle.close()
+        self.training_log.close()
 
     def metadata(self) -> dict:
         options, state, dist, data = self.options, self.state, self.dist, self.data
@@ -397,7 +329,7 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
     ``advance(n)`` and ``update(**fields)`` (a rich progress bar in the CLI).
     """
     _check_options(options)
-    dist = _Distributed()
+    dist = Distributed()
     # the corpus is read before the output directory exists: bad input leaves no empty directory behind
     documents = data_lib.read_training_documents(options.data, options.text_field)
     created = not Path(options.output).exists() and not options.resume
@@ -408,7 +340,7 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
     run = _Run(options, dist, out, data, on_log, created=created)
 
     started = time.monotonic() - run.state["elapsed_s"]
-    run_started = time.monotonic()
+    stop_rule = StopRule(max_minutes=options.max_minutes, stop_at_step=options.stop_at_step)
     if progress is not None:
         progress.update(total=options.steps, completed=run.state["step"])
     run.wrapped.train()
@@ -423,7 +355,7 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
             progress.update(advance=1, description=f"loss {parts['loss']:.3f}")
         step = run.state["step"]
         done = step >= options.steps
-        stop = run.should_stop(run_started)
+        stop = stop_rule.should_stop(step, dist)
         if data.eval_blocks and (step % options.eval_every == 0 or done or stop):
             run.evaluate()
         if (step % options.checkpoint_every == 0 and not done) or (stop and not done):
@@ -442,8 +374,7 @@ def train(options: TrainOptions, on_log=None, progress=None) -> dict:
         # ("terminate called without an active exception", SIGABRT)
         del run
         gc.collect()
-    if dist.world > 1:
-        torch.distributed.destroy_process_group()
+    dist.close()
     return metadata
 
 

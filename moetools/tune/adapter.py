@@ -45,21 +45,22 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) 
     os.replace(partial, path)
 
 
-def save_adapter(tuner, summary: dict) -> None:
-    """Write the adapter of a finished :class:`~moetools.tune.loop.Tuner` run into its output."""
+def save_adapter(tuner, summary: dict, model_state: dict | None = None) -> None:
+    """Write the adapter of a finished :class:`~moetools.tune.loop.Tuner` run into its output
+    (``model_state``: the model's full state dict, gathered when FSDP shards the model)."""
     from dataclasses import asdict
 
     out = tuner.out
     (out / META).unlink(missing_ok=True)  # the directory is not an adapter until tune.json is back
     tensors: dict[str, torch.Tensor] = {}
-    named = dict(tuner.model.named_parameters())
+    named = model_state if model_state is not None else dict(tuner.model.named_parameters())
     whole = set(tuner.changed)
     if tuner.peft is None:
         whole |= {name[len("model."):] for name, _ in tuner.trainable if name.startswith("model.")}
     for name in sorted(whole):
         tensors[f"full.{name}"] = named[name]
     slices = tuner.module.slices
-    tensors.update(slices.adapter_tensors())
+    tensors.update(slices.adapter_tensors(reuse_gradients=True))  # training is done: the gradients are dead
     layout = {piece.name: piece.describe() for piece in slices.slices if slices.trained(piece)}
     if tuner.peft is not None:
         tuner.peft.save_pretrained(str(out))

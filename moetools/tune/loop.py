@@ -1,12 +1,16 @@
 """The moe-tune loop: stages, AdamW over what trains only, warmup + cosine, clipping, accumulation,
-bf16 autocast on GPU, eval per file and domain, JSON-lines log, checkpoints with exact resume, DDP
-under torchrun.
+bf16 autocast on GPU, eval per file and domain, JSON-lines log, checkpoints with exact resume, DDP or
+FSDP under torchrun.
 
-Shared with monet-train (:mod:`moetools.train`): the process group (``_Distributed``), the schedule
-(``WarmupCosine``), the seeded batch order (``block_indices``, a pure function of seed and step,
-which is what makes resume exact), and the pickle-free checkpoint files (``save_checkpoint``,
-optimizer flattening, RNG state). A checkpoint here holds only what changed (the trainable
-tensors, and in das-two-stage's stage 2 the stage-1 tensors too), not the model.
+Shared with monet-train (:mod:`moetools.training`): the process group, DDP and FSDP, autocast,
+AdamW and its schedule, stop rules, the log, the pickle-free checkpoint files, the per-domain loss;
+and (:mod:`moetools.train.data`) the seeded batch order (``block_indices``, a pure function of seed
+and step, which is what makes resume exact). A checkpoint here holds only what changed (the
+trainable tensors, and in das-two-stage's stage 2 the stage-1 tensors too), not the model.
+
+``fsdp=True`` (``--fsdp``, torchrun with 2 or more processes) shards the model with FSDP2 as
+monet-train does, in the modes that train whole parameters (full, attention-router): same batches,
+same averaged gradients, clipping on the global norm, same log, checkpoint and adapter files.
 
 Loss: the sum of token cross-entropies over the global batch divided by its label-token count
 (every rank counts the whole global batch, which it knows), times the world size (DDP averages
@@ -15,11 +19,10 @@ gradients over ranks), so 1 process, N processes and gradient accumulation give 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,18 +31,18 @@ from torch import nn
 
 from ..errors import UsageError
 from ..reporting import ProgressBar, ProgressFactory, log_warning, no_progress
-from ..streams import strict_json
 from ..streams.outputs import check_output, finish_training_directory, prepare_training_directory
 from ..train.data import block_indices
-from ..train.loop import _Distributed  # monet-train's process group, shared rather than copied
-from ..train.state import (
-    WarmupCosine,
-    restore_rng,
-    save_checkpoint,
-    stop_if_not_finite,
-    unflatten_optimizer_state,
-)
+from ..training import sharding
+from ..training.checkpoint import stop_if_not_finite
+from ..training.distributed import Distributed, autocast, clip_gradients, data_parallel, shard
+from ..training.log import TrainingLog
+from ..training.loss import DomainLosses, sequence_losses, shifted
+from ..training.optimizer import adamw, schedule
+from ..training.options import check_loop_options
+from ..training.stopping import StopRule
 from . import das as das_lib
+from .checkpoints import TunerCheckpoints
 from .data import IGNORE, eval_rows, load_examples
 from .modes import MODES, STAGE2_KINDS, attention_router_names, extra_expert_mode_names, make_peft
 from .slices import SliceTrainer, expert_slices
@@ -76,6 +79,7 @@ class TuneOptions:
     stop_at_step: int | None = None
     max_minutes: float | None = None
     resume: bool = False
+    fsdp: bool = False                  # shard with FSDP2 instead of DDP (torchrun, 2+ processes)
     force: bool = False                 # start over in an existing OUTPUT this suite wrote (moved to OUTPUT.old)
     lora_rank: int = 16                 # paper 003
     lora_alpha: float = 32.0
@@ -103,11 +107,10 @@ def stage_plan(options: TuneOptions) -> list[tuple[str, int]]:
     return [(options.mode, options.steps)]
 
 
+FSDP_MODES = ("full", "attention-router")  # whole parameters: FSDP shards them
+
+
 def check_options(options: TuneOptions) -> None:
-    for name in ("lr", "min_lr", "weight_decay", "grad_clip", "lora_alpha", "max_minutes"):
-        value = getattr(options, name)
-        if value is not None and not math.isfinite(value):
-            raise UsageError(f"--{name.replace('_', '-')} {value} is not a finite number")
     if options.mode not in MODES:
         raise UsageError(f"unknown --mode {options.mode!r} (choose from {', '.join(MODES)})")
     if options.mode in ("experts", "lora-experts") and not options.experts:
@@ -119,8 +122,11 @@ def check_options(options: TuneOptions) -> None:
             raise UsageError(f"--stage2 must be one of {', '.join(STAGE2_KINDS)}")
         if options.top < 1 or options.stage1_steps < 1:
             raise UsageError("--top and --stage1-steps must be at least 1")
-    if options.steps < 1 or options.batch_size < 1 or options.seq_len < 2 or options.grad_accum < 1:
-        raise UsageError("--steps, --batch-size, --grad-accum must be at least 1 and --seq-len at least 2")
+    if options.fsdp and options.mode not in FSDP_MODES:
+        raise UsageError(f"--fsdp shards whole parameters: --mode {' or '.join(FSDP_MODES)} (--mode "
+                         f"{options.mode} trains slices or adapters of frozen tensors; run it with DDP, "
+                         "without --fsdp)")
+    check_loop_options(options, more_floats=("lora_alpha",))
 
 
 def _freeze(model) -> None:
@@ -135,7 +141,7 @@ def _freeze_batchnorm(model) -> None:
             module.eval()
 
 
-class Tuner:
+class Tuner(TunerCheckpoints):
     """One run: the model, what trains in the current stage, the optimizer and the log."""
 
     def __init__(self, options: TuneOptions, on_log=None, bar: ProgressBar | None = None, on_note=None):
@@ -145,10 +151,7 @@ class Tuner:
 
         check_options(options)
         self.options, self.on_log, self.bar = options, on_log, bar  # bar: advanced per optimizer step
-        self.dist = _Distributed()
-        if options.batch_size % (self.dist.world * options.grad_accum):
-            raise UsageError(f"--batch-size {options.batch_size} is not divisible by {self.dist.world} processes "
-                             f"x --grad-accum {options.grad_accum}")
+        self.dist = Distributed()
         self.out = Path(options.output)
         self.checkpoint_dir = self.out / "checkpoint"
         if options.resume and not (self.checkpoint_dir / "trainer_state.json").exists():
@@ -232,7 +235,7 @@ class Tuner:
                 chosen, _ = expand_to_groups(chosen, router_groups(self.model, self.adapter), "tuning")
             found = expert_slices(self.model, self.adapter, chosen)
             rank = options.lora_rank if kind == "lora-experts" else None
-            slices = SliceTrainer(found, lora_rank=rank, lora_alpha=options.lora_alpha).attach()
+            slices = SliceTrainer(found, lora_rank=rank, lora_alpha=options.lora_alpha).attach().bind_gradients()
             if kind == "experts" and self.chosen is not None and chosen_layers is None:
                 extra = set(extra_expert_mode_names(self.model, self.adapter, self.chosen.shared_experts,
                                                     self.chosen.non_expert_modules))
@@ -247,23 +250,16 @@ class Tuner:
         self.module.train()
         if not routers_train:
             _freeze_batchnorm(self.model)
+        if options.fsdp:  # before the optimizer: fully_shard replaces the parameters with DTensor shards
+            shard(self.model, self.dist)
         self.trainable = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
-        decay = [p for n, p in self.trainable if p.ndim >= 2 and "embed" not in n]
-        no_decay = [p for n, p in self.trainable if not (p.ndim >= 2 and "embed" not in n)]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}],
-                                           lr=options.lr, betas=(0.9, 0.95))
+        self.optimizer = adamw(self.trainable, lr=options.lr, weight_decay=options.weight_decay)
         warmup = options.warmup if options.warmup is not None else max(1, steps // 20)
-        self.schedule = WarmupCosine(options.lr, min(warmup, steps), steps, options.min_lr)
-        self.wrapped = self.module
-        if self.dist.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            device = self.dist.device
-            # whole-parameter stages may hold parameters without a gradient (a router bias used only
-            # to choose, e.g. ERNIE's moe_statics); slices and LoRA are always in the graph
-            self.wrapped = DistributedDataParallel(self.module, device_ids=[device] if device.type == "cuda" else None,
-                                                   find_unused_parameters=kind in ("full", "attention-router"))
+        self.schedule = schedule(lr=options.lr, min_lr=options.min_lr, warmup=min(warmup, steps), steps=steps)
+        # whole-parameter stages may hold parameters without a gradient (a router bias used only
+        # to choose, e.g. ERNIE's moe_statics); slices and LoRA are always in the graph
+        self.wrapped = data_parallel(self.module, self.dist, fsdp=options.fsdp,
+                                     find_unused_parameters=kind in ("full", "attention-router"))
         self.stage_index = index
 
     # -- DAS (das-two-stage) -------------------------------------------------------------------------
@@ -293,12 +289,12 @@ class Tuner:
     # -- loss and eval -------------------------------------------------------------------------------
     def autocast(self):
         """bf16 autocast on a GPU that has it, as monet-train does; nothing on CPU."""
-        device = self.dist.device
-        enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+        return autocast(self.dist.device)
 
     def _loss(self, module, batch, label_total: int, share: float):
         ids, labels, mask = (t.to(self.dist.device) for t in batch)
+        if self.options.fsdp:  # buffers (BatchNorm routing statistics) are rank 0's, as DDP broadcasts them
+            sharding.broadcast_buffers(self.model)
         with self.autocast():
             outputs = module(input_ids=ids, attention_mask=mask, use_cache=False)
         logits = outputs.logits[:, :-1]
@@ -310,146 +306,100 @@ class Tuner:
             loss = loss + self.model.config.router_aux_loss_coef * aux * share * self.dist.world
         return loss, float(summed.detach())
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
-        """Mean token loss (nats) per eval file and per domain (pooled over files), and overall."""
+        """Mean token loss (nats) per eval file and per domain (pooled over files), and overall
+        (:mod:`moetools.training.loss`: assistant tokens of chats, every token but the first of text)."""
         module = self.module
         was = module.training
         module.eval()
-        by_file, domain_sums, total, count = {}, {}, 0.0, 0
+        by_file, by_domain = DomainLosses(), DomainLosses()
         limit = self.options.eval_batches * self.options.batch_size
         left_out: set[str] = set()
         seen: set[str] = set()
         for name, examples in self.eval_sets.items():
-            file_sum, file_count = 0.0, 0
             chosen, missed = eval_rows(examples.domains, limit)  # every domain in turn, up to the limit
             left_out |= set(missed)
             seen |= set(examples.domains)
             for start in range(0, len(chosen), self.options.batch_size):
-                index = chosen[start:start + self.options.batch_size]
-                part = examples.rows(index)
+                part = examples.rows(chosen[start:start + self.options.batch_size])
                 ids, labels, mask = (t.to(self.dist.device) for t in (part.input_ids, part.labels,
                                                                        part.attention_mask))
-                with self.autocast():
-                    logits = module(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-                token_loss = F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=IGNORE,
-                                             reduction="none")  # (B, T-1)
-                valid = labels[:, 1:] != IGNORE
-                for row, domain in enumerate(part.domains):
-                    s, c = float(token_loss[row][valid[row]].sum()), int(valid[row].sum())
-                    entry = domain_sums.setdefault(domain, [0.0, 0])
-                    entry[0] += s
-                    entry[1] += c
-                    file_sum, file_count = file_sum + s, file_count + c
-            if file_count:
-                by_file[name] = file_sum / file_count
-                total, count = total + file_sum, count + file_count
+                rows = sequence_losses(module, ids, *shifted(ids, labels, IGNORE), attention_mask=mask,
+                                       autocast=self.autocast)
+                for domain, (loss_sum, tokens) in zip(part.domains, rows):
+                    by_domain.add(domain, loss_sum, tokens)
+                    by_file.add(name, loss_sum, tokens)
         module.train(was)
         if self.stage_kind not in ("full", "attention-router"):
             _freeze_batchnorm(self.model)
-        by_domain = {d: s / c for d, (s, c) in sorted(domain_sums.items()) if c}
-        missing = sorted((left_out | seen) - set(by_domain))
+        means = by_domain.means()
+        missing = sorted((left_out | seen) - set(means))
         if missing and not self.warned_left_out:
             self.warned_left_out = True
             log_warning(f"evaluation leaves out {len(missing)} of {len(seen)} domain(s) of the eval files "
                         f"({', '.join(missing)}): raise --eval-batches (now {self.options.eval_batches}) to cover them")
-        return {"eval_loss": total / count if count else None, "eval_loss_by_file": by_file,
-                "eval_loss_by_domain": by_domain, "eval_domains_left_out": missing}
+        return {"eval_loss": by_file.overall(), "eval_loss_by_file": by_file.means(sort=False),
+                "eval_loss_by_domain": means, "eval_domains_left_out": missing}
 
     @property
     def stage_kind(self) -> str:
         return self.plan[self.stage_index][0]
 
-    # -- checkpoints ---------------------------------------------------------------------------------
-    def delta_state(self) -> dict[str, torch.Tensor]:
-        """What changed: trainable tensors of the stage and whole parameters of earlier stages."""
-        state = {name: p.detach() for name, p in self.trainable}
-        named = dict(self.module.model.named_parameters()) if self.peft is None else {}
-        for name in sorted(self.changed):
-            if name in named:
-                state[f"model.{name}"] = named[name].detach()
-        return state
-
-    def save_checkpoint(self, state: dict, log_bytes: int) -> None:
-        if self.dist.main:
-            save_checkpoint(self.checkpoint_dir, None, self.optimizer, model_state=self.delta_state(), tied=[],
-                            trainer_state={**state, "stage": self.stage_index, "schedule": self.schedule.state_dict(),
-                                           "log_bytes": log_bytes, "changed": sorted(self.changed),
-                                           "cdas": self.cdas_log, "options": asdict(self.options),
-                                           "run_id": self.run_id})
-        self.dist.barrier()
-
-    def load_checkpoint(self) -> dict:
-        from safetensors.torch import load_file
-
-        directory = self.checkpoint_dir
-        saved = json.loads((directory / "trainer_state.json").read_text())
-        self.run_id = saved.get("run_id") or self.run_id
-        tensors = load_file(str(directory / "model.safetensors"))
-        chosen = None
-        if saved["stage"] > 0 and self.options.mode == "das-two-stage":
-            from ..select import read_experts
-
-            chosen = dict(read_experts(self.out / "experts.json").items())
-            self.enter_stage(0)  # to name stage 1's parameters, then move on
-            named = dict(self.model.named_parameters())
-            with torch.no_grad():
-                for name in saved["changed"]:
-                    named[name].copy_(tensors[f"model.{name}"])
-        self.enter_stage(saved["stage"], chosen)
-        current = dict(self.module.named_parameters())
-        with torch.no_grad():
-            for name, tensor in tensors.items():
-                if name in current:
-                    current[name].copy_(tensor)
-        self.changed = set(saved["changed"])
-        meta = json.loads((directory / "optimizer.json").read_text())
-        optimizer_tensors = {k: v.to(self.dist.device) for k, v in load_file(str(directory / "optimizer.safetensors")).items()}
-        self.optimizer.load_state_dict(unflatten_optimizer_state(optimizer_tensors, meta))
-        self.schedule.load_state_dict(saved["schedule"])
-        restore_rng(load_file(str(directory / "rng.safetensors")))
-        self.cdas_log = saved.get("cdas", [])
-        return saved
-
     # -- the loop ------------------------------------------------------------------------------------
-    def run(self) -> dict:
-        options, dist = self.options, self.dist
+    def _prepare_output(self) -> bool:
+        """Make OUTPUT (rank 0; formats/README.md, "Outputs"); return whether this run created it."""
+        options = self.options
         created = not self.out.exists()
-        dist.barrier()  # every rank has looked before rank 0 makes it
-        if dist.main:
+        self.dist.barrier()  # every rank has looked before rank 0 makes it
+        if self.dist.main:
             prepare_training_directory(self.out, inputs=self.inputs, force=options.force, resume=options.resume,
                                        complete_file="tune.json", tool="moe-tune")
             if options.resume:  # the adapter of an earlier finish no longer describes what the checkpoint holds
                 (self.out / "tune.json").unlink(missing_ok=True)
-        dist.barrier()
+        self.dist.barrier()
+        return created
+
+    def _step(self, step: int) -> tuple[float, float, torch.Tensor]:
+        """One optimizer step's forward and backward passes over --grad-accum micro-batches of this rank's
+        rows; (loss of the global batch, gradient norm before clipping, the batch's rows)."""
+        options, dist = self.options, self.dist
+        rows = block_indices(step, options.batch_size, len(self.train_set), options.seed)
+        label_total = self.train_set.label_tokens(rows)
+        mine = rows[dist.rank::dist.world]
+        micro = options.batch_size // dist.world // options.grad_accum
+        # the selected experts' gradient buffers (SliceTrainer.bind_gradients) stay allocated from step to
+        # step, zeroed in place (0 + g is g exactly); other modes free their gradients
+        self.optimizer.zero_grad(set_to_none=not self.module.slices.binds_gradients)
+        summed = 0.0
+        for start in range(0, len(mine), micro):
+            part = self.train_set.rows(mine[start:start + micro])
+            loss, part_sum = self._loss(self.wrapped, (part.input_ids, part.labels, part.attention_mask),
+                                        label_total, len(part) / options.batch_size)
+            loss.backward()
+            summed += part_sum
+        grad_norm = clip_gradients([p for _, p in self.trainable], options.grad_clip, fsdp=options.fsdp)
+        return dist.mean(summed) * dist.world / max(1, label_total), grad_norm, rows
+
+    def run(self) -> dict:
+        options, dist = self.options, self.dist
+        created = self._prepare_output()
         torch.manual_seed(options.seed)
-        log_path = self.out / LOG_NAME
         state = {"step": 0, "tokens": 0, "elapsed_s": 0.0}
+        keep_bytes = None
         if options.resume:
             saved = self.load_checkpoint()
             state = {k: saved[k] for k in ("step", "tokens", "elapsed_s")}
-            if dist.main and log_path.exists():
-                with open(log_path, "r+", encoding="utf-8") as handle:
-                    handle.truncate(saved["log_bytes"])
+            keep_bytes = saved["log_bytes"]
         else:
-            if dist.main and log_path.exists():
-                log_path.unlink()
             self.enter_stage(0)
-        log_handle = open(log_path, "a", encoding="utf-8") if dist.main else None  # noqa: SIM115 (closed below)
-
-        def log(record):
-            if log_handle is not None:
-                log_handle.write(strict_json.dumps(record) + "\n")
-                log_handle.flush()
-                if self.on_log is not None:
-                    self.on_log(record)
-
+        training_log = TrainingLog(self.out / LOG_NAME, main=dist.main, on_log=self.on_log, keep_bytes=keep_bytes)
+        log = training_log.write
         if self.bar is not None:
             self.bar.advance(state["step"])  # steps done before a resume
         if options.mode == "das-two-stage" and not options.resume:
             self._log_cdas(0, log)
-        started, run_started = time.monotonic() - state["elapsed_s"], time.monotonic()
-        micro = options.batch_size // dist.world // options.grad_accum
+        started = time.monotonic() - state["elapsed_s"]
+        stop_rule = StopRule(max_minutes=options.max_minutes, stop_at_step=options.stop_at_step)
         last_eval = None
         while state["step"] < self.total_steps:
             step = state["step"]
@@ -458,23 +408,10 @@ class Tuner:
                 self.enter_stage(self.stage_of(step), chosen)
             self.schedule.step = step - self.stage_start(self.stage_index)
             lr = self.schedule.apply(self.optimizer)
-            rows = block_indices(step, options.batch_size, len(self.train_set), options.seed)
-            label_total = self.train_set.label_tokens(rows)
-            mine = rows[dist.rank::dist.world]
-            self.optimizer.zero_grad(set_to_none=True)
-            summed = 0.0
-            for start in range(0, len(mine), micro):
-                part = self.train_set.rows(mine[start:start + micro])
-                loss, part_sum = self._loss(self.wrapped, (part.input_ids, part.labels, part.attention_mask),
-                                            label_total, len(part) / options.batch_size)
-                loss.backward()
-                summed += part_sum
-            parameters = [p for _, p in self.trainable]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, options.grad_clip))
-            train_loss = dist.mean(summed) * dist.world / max(1, label_total)
+            train_loss, grad_norm, rows = self._step(step)
             if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
-                if log_handle is not None:
-                    log_handle.close()
+                training_log.close()
+                if dist.main:
                     (self.out / "tune.json").unlink(missing_ok=True)  # an older run's adapter is not this one
                 stop_if_not_finite(step + 1, {"loss": train_loss, "grad_norm": grad_norm}, self.out,
                                    created=created and not options.resume, main=dist.main, what="adapter")
@@ -487,8 +424,7 @@ class Tuner:
             if self.bar is not None:
                 self.bar.advance()
             done = state["step"] >= self.total_steps
-            out_of_time = options.max_minutes is not None and (time.monotonic() - run_started) > options.max_minutes * 60
-            stop = dist.any(out_of_time) or (options.stop_at_step is not None and state["step"] >= options.stop_at_step)
+            stop = stop_rule.should_stop(state["step"], dist)
             if state["step"] % options.eval_every == 0 or done or stop:
                 if self.eval_sets:
                     last_eval = self.evaluate()
@@ -496,26 +432,27 @@ class Tuner:
                 if options.mode == "das-two-stage" and self.stage_index == 0:
                     self._log_cdas(state["step"], log)
             if (state["step"] % options.checkpoint_every == 0 and not done) or (stop and not done):
-                if log_handle is not None:
-                    log_handle.flush()
-                self.save_checkpoint(state, log_path.stat().st_size if dist.main else 0)
+                self.save_checkpoint(state, training_log.size())
             if stop:
                 break
-        if log_handle is not None:
-            log_handle.close()
+        training_log.close()
         self.module.slices.sync()
         finished = state["step"] >= self.total_steps
         summary = {"steps": state["step"], "steps_planned": self.total_steps, "finished": finished,
                    "tokens": state["tokens"], "elapsed_s": round(state["elapsed_s"], 3), "world_size": dist.world,
-                   "last_eval": last_eval, "trainable_parameters": sum(p.numel() for _, p in self.trainable),
-                   "cdas": self.cdas_log}
+                   "last_eval": last_eval, "trainable_parameters": self.trainable_count(), "cdas": self.cdas_log}
+        full_state = sharding.full_model_state(self.model) if finished and options.fsdp else None  # a collective
         if finished and dist.main:
             from .adapter import save_adapter
 
-            save_adapter(self, summary)
+            save_adapter(self, summary, model_state=full_state)
             finish_training_directory(self.out)
         dist.barrier()
         return summary
+
+    def trainable_count(self) -> int:
+        """Parameters that train (FSDP: of the whole model, not this rank's shards)."""
+        return sum(p.numel() for _, p in self.trainable)
 
     def _log_cdas(self, step: int, log) -> None:
         scores, _ = self.das()
@@ -524,8 +461,15 @@ class Tuner:
         log({"type": "cdas", **record})
 
     def close(self) -> None:
-        if self.dist.world > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        if self.options.fsdp:
+            # drop FSDP's modules, optimizer and autograd graph (which hold gloo work objects) while the
+            # interpreter is alive, as monet-train does: left to exit, their teardown can abort a rank
+            import gc
+
+            self.module = self.wrapped = self.optimizer = self.model = self.peft = None
+            self.trainable = []
+            gc.collect()
+        self.dist.close()
 
 
 def tune(options: TuneOptions, on_log=None, progress: ProgressFactory = no_progress, on_note=None) -> dict:

@@ -16,9 +16,12 @@ full-size state. So, per fused tensor ("base", frozen, ``requires_grad=False``):
   them into the selected rows of the base *in place* before the forward, with the same backward.
 
 Unselected rows are never written, so they stay bit-for-bit what was loaded, and the optimizer only
-ever sees the selected experts' parameters: its state grows with them, not with the model. The one
-transient of full size is the gradient the fused kernel produces for a layer's tensor during
-backward (freed as soon as the selected rows are taken).
+ever sees the selected experts' parameters: its state grows with them, not with the model.
+
+No gradient of full size either, and no stored activations of the experts (``experts`` mode on
+transformers' experts modules, :mod:`.per_expert`): the module runs its family's own per-expert
+forward, where expert e's tensor is its own parameter when selected and a frozen row otherwise, and
+recomputes it in the backward pass instead of keeping its activations.
 
 A slice is described by ``(dim, block, num)``: the tensor's dimension ``dim`` holds ``num`` experts
 of ``block`` consecutive entries each (HF fused tensors: dim 0, block 1; MONET ``v.weight``: dim 1,
@@ -34,6 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from .per_expert import eager_forward, per_expert_forward
 
 
 def experts_view(tensor: torch.Tensor, dim: int, block: int, num: int) -> torch.Tensor:
@@ -187,6 +191,8 @@ class SliceTrainer(nn.Module):
         self.lora_A, self.lora_B = nn.ParameterDict(), nn.ParameterDict()
         self._frozen: dict[str, torch.Tensor] = {}
         self._handles = []
+        self._overridden: list[nn.Module] = []  # owners running their per-expert forward
+        self._gradients: dict[str, torch.Tensor] = {}  # key -> the selected experts' gradients [k, ...]
         for piece in slices:
             original = piece.gather() if lora_rank is not None else None
             if original is not None and train_dtype is not None:
@@ -217,28 +223,52 @@ class SliceTrainer(nn.Module):
     def trained(self, piece: ExpertSlice) -> bool:
         return bool(self.aliases(piece)) or _key(piece.name) in self.lora_A
 
-    def slice_values(self, piece: ExpertSlice) -> torch.Tensor:
+    def bind_gradients(self) -> SliceTrainer:
+        """Give the selected experts of each fused tensor one contiguous gradient buffer ``[k, ...]`` (each
+        expert's ``.grad`` a view of it), allocated once: zeroed in place every step rather than freed and
+        taken again (which fragments the heap by the size of the activations), and reused to write the
+        adapter's ``[k, ...]`` slices when training is done (:meth:`adapter_tensors`)."""
+        for piece in self.slices:
+            aliases = self.aliases(piece)
+            if aliases and _key(piece.name) not in self._gradients:
+                buffer = torch.zeros((len(aliases), *aliases[0].shape), dtype=aliases[0].dtype,
+                                     device=aliases[0].device)
+                for row, parameter in enumerate(aliases):
+                    parameter.grad = buffer[row]
+                self._gradients[_key(piece.name)] = buffer
+        return self
+
+    @property
+    def binds_gradients(self) -> bool:
+        return bool(self._gradients)
+
+    def slice_values(self, piece: ExpertSlice, out: torch.Tensor | None = None) -> torch.Tensor:
         """The selected slices as the model uses them now, ``[k, ...]`` (differentiable for LoRA)."""
         aliases = self.aliases(piece)
         if aliases:
-            return torch.stack([p.detach() for p in aliases])
+            return torch.stack([p.detach() for p in aliases], out=out)
         key = _key(piece.name)
         return self._frozen[key] + self.scale * torch.bmm(self.lora_B[key], self.lora_A[key])
 
     def attach(self) -> SliceTrainer:
-        """Register the splicing hooks on every owner module."""
+        """Register the splicing hooks on every owner module (for selected experts of a transformers experts
+        module: its per-expert forward, :mod:`.per_expert`)."""
+        per_owner: dict[int, tuple[nn.Module, list[ExpertSlice]]] = {}
         for piece in self.slices:
             if not self.trained(piece):
                 continue
+            if self.aliases(piece) and piece.dim == 0 and piece.block == 1 and eager_forward(piece.owner):
+                per_owner.setdefault(id(piece.owner), (piece.owner, []))[1].append(piece)
+                continue
             index = torch.tensor(piece.ids, device=piece.base.device)
+            layout = (piece.dim, piece.block, piece.num)
 
-            def before(module, args, piece=piece, index=index):
+            def before(module, args, piece=piece, index=index, layout=layout):
                 aliases = self.aliases(piece)
                 if aliases:  # the parameters are the base's rows already
-                    view = Alias.apply(piece.base, (piece.dim, piece.block, piece.num), piece.ids, *aliases)
+                    view = Alias.apply(piece.base, layout, piece.ids, *aliases)
                 else:
-                    view = Splice.apply(self.slice_values(piece), piece.base, index, piece.dim, piece.block,
-                                        piece.num)
+                    view = Splice.apply(self.slice_values(piece), piece.base, index, *layout)
                 module.__dict__[piece.attribute] = view  # shadows the frozen Parameter for this call
 
             def after(module, args, output, piece=piece):
@@ -246,12 +276,25 @@ class SliceTrainer(nn.Module):
 
             self._handles.append(piece.owner.register_forward_pre_hook(before))
             self._handles.append(piece.owner.register_forward_hook(after))
+        for owner, pieces in per_owner.values():
+            owner.forward = per_expert_forward(owner, [self._selected_rows(piece) for piece in pieces])
+            self._overridden.append(owner)
         return self
+
+    def _selected_rows(self, piece: ExpertSlice):
+        """(attribute, the fused tensor, {expert id: its parameter}, the Alias view maker) of an ``experts`` piece."""
+        aliases = self.aliases(piece)
+        layout = (piece.dim, piece.block, piece.num)
+        return (piece.attribute, piece.base, dict(zip(piece.ids, aliases)),
+                lambda: Alias.apply(piece.base, layout, piece.ids, *aliases))
 
     def detach_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for owner in self._overridden:
+            owner.__dict__.pop("forward", None)
+        self._overridden = []
 
     @torch.no_grad()
     def sync(self) -> None:
@@ -262,13 +305,18 @@ class SliceTrainer(nn.Module):
                 experts_view(piece.base, piece.dim, piece.block, piece.num)[index] = \
                     self.slice_values(piece).to(piece.base.dtype)
 
-    def adapter_tensors(self) -> dict[str, torch.Tensor]:
-        """What the adapter stores: ``slice.<param>`` or ``lora_A.<param>`` / ``lora_B.<param>``."""
+    def adapter_tensors(self, *, reuse_gradients: bool = False) -> dict[str, torch.Tensor]:
+        """What the adapter stores: ``slice.<param>`` or ``lora_A.<param>`` / ``lora_B.<param>``.
+        ``reuse_gradients`` (training done): the slices are written into the gradient buffers, no new memory."""
         tensors = {}
         for piece in self.slices:
             key = _key(piece.name)
             if self.aliases(piece):
-                tensors[f"slice.{piece.name}"] = self.slice_values(piece).cpu().contiguous()
+                out = self._gradients.pop(key, None) if reuse_gradients else None
+                if out is not None:
+                    for parameter in self.aliases(piece):
+                        parameter.grad = None
+                tensors[f"slice.{piece.name}"] = self.slice_values(piece, out=out).cpu().contiguous()
             elif key in self.lora_A:
                 tensors[f"lora_A.{piece.name}"] = self.lora_A[key].detach().cpu().contiguous()
                 tensors[f"lora_B.{piece.name}"] = self.lora_B[key].detach().cpu().contiguous()

@@ -1,4 +1,4 @@
-"""FSDP for monet-train (``--fsdp`` under torchrun): PyTorch's FSDP2 ``fully_shard``.
+"""FSDP for monet-train and moe-tune (``--fsdp`` under torchrun): PyTorch's FSDP2 ``fully_shard``.
 
 The model is sharded per decoder layer (the classes in ``model._no_split_modules``), then at the
 root (embeddings, final norm, LM head). Parameters become DTensors sharded on dim 0 over a 1-D
@@ -101,11 +101,12 @@ def full_optimizer_state(model, optimizer) -> dict:
     return {"state": {index[name]: values for name, values in by_name["state"].items()}, "param_groups": groups}
 
 
-def load_full_state(model, optimizer, model_state: dict, optimizer_state: dict) -> None:
-    """Shard full (unsharded) state dicts into ``model`` and ``optimizer``; every rank passes the same dicts."""
+def load_full_state(model, optimizer, model_state: dict, optimizer_state: dict, *, strict: bool = True) -> None:
+    """Shard full (unsharded) state dicts into ``model`` and ``optimizer``; every rank passes the same dicts.
+    ``strict=False``: ``model_state`` holds only some of the parameters (moe-tune's trained ones)."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    set_model_state_dict(model, model_state, options=_options(strict=True))
+    set_model_state_dict(model, model_state, options=_options(strict=strict))
     names = optimizer_parameter_names(model, optimizer)
     groups = [{**group, "params": [names[i] for i in group["params"]]} for group in optimizer_state["param_groups"]]
     by_name = {"state": {names[int(i)]: values for i, values in optimizer_state["state"].items()},
