@@ -52,8 +52,11 @@ def command(input, output, fmt, uncompressed, list_backends, llm, domain, expert
     P_domain(d) of "Exploring Expert Monosemanticity in MoE LLMs" (Appendix A.1),
     and writes one label record per expert (formats/labels.md). An answer that is
     not a "This expert specializes in ..." label (no such sentence, the phrase
-    mid-clause, only a list's lead-in, no specific content, cut off at
-    --max-tokens) is asked again, then recorded as failed with the raw text.
+    mid-clause, only a list's lead-in, no specific content, a restatement of
+    the prompt, no property named) is asked again, then recorded as failed with
+    the raw text; one cut off at --max-tokens is first asked again once with
+    twice the limit (at most 1024). Every label records its evidence: firing
+    tokens, contexts, and whether the expert is always-on or rare.
 
     Each backend takes its own options (moe-explain --list-backends shows them
     with their defaults); a flag the backend does not take is an error. The
