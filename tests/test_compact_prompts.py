@@ -86,5 +86,12 @@ def test_yes_no_judge_asks_one_question_per_sample_and_records_the_form(run_tool
     assert len(stub.requests) == 8 * 6                                    # one question per sample
     assert all(r["body"]["messages"][0]["content"] == YES_NO_SYSTEM for r in stub.requests)
     assert all(json.dumps(r["body"]).count("Text: ") == 1 for r in stub.requests)
+    # a small model goes on after its yes or no and is cut off: the first word is the answer, not asked again
+    stub.reset()
+    stub.rule = lambda body: "length"
+    result = run_tool(moe_score, [*args, "--judge-prompt", "yes-no", "--no-cache", "-o", str(tmp_path / "cut.jsonl")])
+    assert result.exit_code == 0, result.stderr
+    assert len(stub.requests) == 8 * 6 and all(r["ems"] == 1.0 for r in read_input(
+        str(tmp_path / "cut.jsonl"), kinds="scores") if r.get("type") == "expert")
     refused = run_tool(moe_score, [*args, "--judge-prompt", "yes-no", "--backend", "embedding"])
     assert refused.exit_code == 2

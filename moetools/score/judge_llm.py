@@ -92,8 +92,14 @@ class LLMScorer:
 
 
     async def _predict_yes_no(self, explanation: str, contexts: list[dict]) -> Prediction:
-        """One question per sample; the prediction fails when any of them got no yes or no."""
-        parse = refusing_truncated(parse_yes_no, TRUNCATED)
+        """One question per sample; the prediction fails when any of them got no yes or no.
+
+        An answer cut off at ``max_tokens`` still counts when its first word is yes or no (small models go
+        on explaining: "No. The description does not fit the text. The ..."): that word is the answer.
+        """
+        def parse(completion):
+            return parse_yes_no(completion.text)
+
         answers = await asyncio.gather(*(
             ask(self.client, build_yes_no_messages(explanation, context), parse, attempts=self.attempts,
                 cache=self.cache, retry_temperature=self.retry_temperature, attempt_in_key=True)
