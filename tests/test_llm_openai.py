@@ -425,11 +425,11 @@ def test_model_is_required_with_api_base_otherwise(tmp_path, stub, models):
 def test_cache_key_includes_the_endpoint(tmp_path, stub):
     assert explain(tmp_path, stub).exit_code == 0 and len(stub.requests) == 6
     with LLMStub() as other:  # another server, the same model name: its answers are its own
-        other.answer = lambda body: "This expert specializes in other things."
+        other.answer = lambda body: "This expert specializes in legal citations."
         result = explain(tmp_path, other, output="other.jsonl")
         assert result.exit_code == 0 and len(other.requests) == 6 and "cache hits 0" in result.stderr
     _, labels, _ = read_labels(tmp_path / "other.jsonl")
-    assert {label["explanation"] for label in labels} == {"This expert specializes in other things"}
+    assert {label["explanation"] for label in labels} == {"This expert specializes in legal citations"}
     entry = json.loads(next((tmp_path / "cache").rglob("*.json")).read_text())
     assert entry["request"]["client"]["endpoint"] in (stub.url, other.url)
     assert entry["request"]["client"]["model"] == "stub-model"
