@@ -112,3 +112,30 @@ def test_offline_names_only_tokens_seen_at_least_three_times(tmp_path):
     assert records[0]["details"]["min_count"] == MIN_TOKEN_COUNT
     assert records[1]["status"] == "failed" and f"at least {MIN_TOKEN_COUNT} times" in records[1]["error"]
     assert records[1]["evidence"]["activating_positions"] == 12        # the evidence is there, the label is not
+
+
+def test_the_always_on_flag_is_drawn_in_the_cards_label_line_in_a_browser(tmp_path):
+    """The rendered page (Debian's Chromium through Playwright, as tests/test_report_browser.py; skipped without)."""
+    import pytest
+
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("no /usr/bin/chromium (see tests/test_report_browser.py)")
+    trace, samples, labels, page_file = (tmp_path / name for name in ("t.msgpack.zst", "s.msgpack.zst", "l.jsonl",
+                                                                      "report.html"))
+    trace.write_bytes(write_trace(plant_always_on(make_records(documents=8, tokens=150))))
+    run("moe-sample", trace, "--top", "3", "--weighted", "1", "--negatives", "1", "-o", samples)
+    run("moe-explain", samples, "--backend", "offline", "--no-cache", "-o", labels)
+    run("moe-report", labels, "-o", page_file)                # built before the browser's event loop starts
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), headless=True,
+                                             args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(page_file.as_uri())
+        planted = page.locator(f"#card-{MOE_LAYER}-{ALWAYS_ON}")
+        assert planted.locator(".label").first.inner_text().startswith("[always-on] ")
+        assert planted.locator(".evidence").first.inner_text().endswith("; always-on")
+        ordinary = page.locator(f"#card-{MOE_LAYER}-{ALWAYS_ON + 1}")
+        assert not ordinary.locator(".label").first.inner_text().startswith("[always-on]")
+        browser.close()

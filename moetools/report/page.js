@@ -125,7 +125,7 @@
         el("div", { cls: "label" + (item.st === "failed" ? " failed" : ""),
           text: (item.flag ? "[" + item.flag + "] " : "") +
             (item.lab || (item.st === "failed" ? "no label: " + (item.err || "failed") : "no label")) }),
-        item.ev ? el("div", { cls: "by evidence", text: "evidence: " + item.ev }) : null,
+        item.ev ? el("div", { cls: "evidence", text: "evidence: " + item.ev }) : null,
         item.by ? el("div", { cls: "by", text: "explainer: " + item.by }) : null]);
     });
     const contexts = expert.c ? el("div", null, expert.c.map(function (c) { return contextLine(c, expert.as); })) : null;
