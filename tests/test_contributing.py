@@ -86,8 +86,6 @@ def _modules_naming_a_family() -> dict[str, list[str]]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason="moe-mask and moe-probe still keep tables of the built-in families "
-                                       "(mask/plan.py, mask/routing.py, mask/remote.py, probe/dla.py, tune/); unmark when gone")
 def test_only_the_adapter_names_a_family():
     found = _modules_naming_a_family()
     assert not found, f"modules outside the adapters that name a family's model_type: {found}"

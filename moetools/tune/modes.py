@@ -63,7 +63,7 @@ def lora_targets(model, adapter) -> tuple[list[str], list[str]]:
     for name, module in model.named_modules():
         if id(module) not in expert_modules:
             continue
-        if getattr(model.config, "model_type", None) == "monet":
+        if adapter.composed_experts:
             modules += [f"{name}.{child}" for child, sub in module.named_children() if isinstance(sub, nn.Linear)]
         else:
             layer = expert_modules[id(module)]
