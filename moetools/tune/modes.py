@@ -1,4 +1,4 @@
-"""What each moe-tune mode trains (issue 14, "Modes"), as parameter sets of a loaded model.
+"""What each moe-tune mode trains (DESIGN.md, moe-tune "Modes"), as parameter sets of a loaded model.
 
 - ``full``: every parameter;
 - ``attention-router`` (paper 003 §3, stage 1): every decoder layer's ``self_attn`` parameters and
