@@ -334,7 +334,7 @@ if __name__ == "__main__" and "--regenerate" in sys.argv:
     regenerate_fixture()
 
 
-# -- answers that are not labels (each a real answer from a server; issue 16) -----------------------
+# -- answers that are not labels (each a real answer from a server) -----------------------
 
 @pytest.mark.parametrize("answer", [
     # the phrase found mid-clause
@@ -355,7 +355,7 @@ def test_parser_rejects_non_labels(answer):
 
 
 @pytest.mark.parametrize("answer, expected", [
-    # a server that does not continue the prefilled "This expert specializes in" (issue 16 item 4)
+    # a server that does not continue the prefilled "This expert specializes in"
     ("Python import statements and module names.", "This expert specializes in Python import statements and module names"),
     ("It handles legal citations in licence texts.", "This expert specializes in legal citations in licence texts"),
     ("Specializes in ICD-10 codes for fractures.", "This expert specializes in ICD-10 codes for fractures"),

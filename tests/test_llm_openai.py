@@ -369,7 +369,7 @@ def test_backoff_is_exponential_with_jitter_capped_and_honours_retry_after():
     assert retry_after_seconds(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0.0
 
 
-# -- issue 16: a real server as a new user meets it ------------------------------------------------
+# -- a real server as a new user meets it ------------------------------------------------
 
 def test_answer_cut_off_by_max_tokens_is_not_a_label(tmp_path, stub):
     stub.rule = lambda body: "length" if "<< tort>>" in body["messages"][1]["content"] else None

@@ -78,7 +78,7 @@ def command(input, output, fmt, uncompressed, list_backends, llm, domain, expert
 
         click.echo(describe_backends())
         return
-    from ..explain.run import explain_samples
+    from ..explain import explain_samples
 
     explain_samples(input, output, fmt=fmt, uncompressed=uncompressed, **llm.keywords(), domain=domain,
                     experts=experts_file, max_examples=max_examples, logit_lens_top=logit_lens_top,

@@ -50,6 +50,10 @@ def command(model, experts_path, output, force, dtype):
             without it fails rather than giving the unmasked model.
 
     Any family with an adapter (moe-trace --list-models), a plugin's too.
+    OUTPUT keeps MODEL's dtype and sharding; quantized experts (GPT-OSS MXFP4
+    blocks and scales, block-FP8 weights with weight_scale_inv) are written
+    sliced in pruned/bias mode, the kept experts' bytes unchanged, so OUTPUT is
+    as small as the experts kept.
 
     Refuses (exit 2) a MODEL whose weights do not belong to its config,
     an experts file scored on another model (fingerprint), ids out of range,

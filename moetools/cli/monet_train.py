@@ -29,7 +29,7 @@ MODEL_FLAGS = {"d_model": "hidden_size", "layers": "num_hidden_layers", "heads":
               help="JSON lines, one document per line.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Output directory: config.json, model.safetensors, tokenizer, training_metadata.json, "
-                   "train_log.jsonl, checkpoint/.")
+                   "train_log.jsonl, checkpoint/ (MONET: also configuration_monet.py, modeling_monet.py).")
 @click.option("--arch", type=click.Choice(["monet-vd", "monet-hd", "llama", "moe"]), default="monet-vd",
               show_default=True, help="MONET vertical/horizontal, or the dense LLaMA / top-k MoE (OLMoE) baseline "
                                       "sized to MONET's active parameters.")
@@ -60,7 +60,9 @@ def command(data, output, arch, config_file, **options):
     gradient clipping, gradient accumulation (--grad-accum) and (on GPU) bf16
     autocast, evaluates per domain, logs JSON
     lines to OUTPUT/train_log.jsonl, checkpoints every --checkpoint-every steps
-    without pickle, and writes a directory that AutoModelForCausalLM loads.
+    without pickle, and writes a directory that AutoModelForCausalLM loads. A MONET
+    directory carries configuration_monet.py, modeling_monet.py and an auto_map (as the
+    published MONET checkpoints do): without moetools, load it with trust_remote_code=True.
     Under torchrun it trains data-parallel (DDP; gloo on CPU), or with --fsdp
     sharded with FSDP2.
     """

@@ -59,8 +59,7 @@ def pop_judge_flags(options: dict) -> dict:
 
 def run_judge(inputs, output, fmt, uncompressed, flags: dict, *, model, seed, domain_field) -> None:
     """``moe-score SAMPLES --labels L [--labels L2] ...``: write a judged scores stream."""
-    from ..score.judge import JudgeOptions
-    from ..score.judge_run import accounting_line, judge_labels, make_scorer
+    from ..score.judge import JudgeOptions, accounting_line, judge_labels, make_scorer
 
     if len(inputs) != 1:
         raise UsageError("with --labels give exactly one samples stream (moe-sample output) as argument")

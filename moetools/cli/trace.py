@@ -100,7 +100,10 @@ def command(model, corpus, output, fmt, uncompressed, **options):
 
     The expert outputs are measured inside the model's own fused experts
     computation: the experts run once, and the model computes exactly what it
-    computes untraced.
+    computes untraced. A checkpoint with quantized weights (GPT-OSS MXFP4,
+    block FP8) is traced as transformers computes it after loading it on this
+    machine (on a CPU: dequantized to bf16); the header's quantized_weights
+    says which.
 
     Clusters: --shard I/N takes a deterministic slice; N array tasks write N
     files that `cat` joins into one valid stream. Output goes to OUTPUT.partial

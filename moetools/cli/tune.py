@@ -60,6 +60,9 @@ def command():
     expert's slice of a fused tensor bit-for-bit unchanged, optimizer state only for
     what trains); attention-router (paper 003 stage 1); das-two-stage; lora (peft,
     r=16, alpha=32); lora-experts (LoRA on the chosen experts only).
+    A base with quantized weights (quantization_config: MXFP4, block FP8) is
+    refused (exit 2): dequantize it first. merge writes the base's dtype and
+    sharding.
 
     Several GPUs: torchrun -m moetools.tune (data parallel). Several nodes under
     SLURM: the recipe in EXAMPLES of man moe-tune (srun torchrun on every node,
@@ -141,13 +144,16 @@ def train_command(model, data, eval_files, output, **options):
               help="Directory for the merged checkpoint (written as OUTPUT.partial, then renamed).")
 @click.option("--base", type=click.Path(file_okay=False), help="The base model [the path in ADAPTER/tune.json].")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-              show_default=True, help="Weights of the merged checkpoint (auto: the base's).")
+              show_default=True, help="Weights of the merged checkpoint (auto: the base checkpoint's, e.g. bf16; "
+                   "shards like the base's).")
 @output_guard(directory=True, pass_force=True)
 def merge_command(adapter, output, base, dtype, force):
     """Merge ADAPTER into its base model; AutoModelForCausalLM.from_pretrained loads OUTPUT.
 
     The merged config carries `moetools_tuned` (base fingerprint, mode, adapter), so the
-    merged model never passes for its base.
+    merged model never passes for its base. A merged MONET model carries
+    configuration_monet.py, modeling_monet.py and an auto_map: without moetools, load it
+    with trust_remote_code=True.
     """
     from ..tune import merge
 

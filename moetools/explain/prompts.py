@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from ..streams.strict_json import read_object
 
 #: P_mono, System (paper 000, A.1.1 "Full Details of P_mono")
 MONO_SYSTEM = (
@@ -167,12 +168,9 @@ def load_domain(spec: str) -> Domain:
         if not content.strip():
             raise UsageError(f"domain file {spec} is empty")
         return Domain(name=path.stem, focus="", important="", text=content)
-    try:
-        data = json.loads(content)
-    except json.JSONDecodeError as error:
-        raise UsageError(f"domain file {spec}: not valid JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"domain file {spec}: expected a JSON object")
+    data, problem = read_object(content)
+    if problem:
+        raise UsageError(f"domain file {spec}: {problem}")
     name = str(data.get("name") or path.stem)
     if data.get("text"):
         return Domain(name=name, focus="", important="", text=str(data["text"]))

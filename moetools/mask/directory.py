@@ -4,6 +4,7 @@ The mask is planned on the model built on the meta device (no weights). ``pruned
 directories are written tensor by tensor through safetensors (:mod:`moetools.mask.stream`: memory
 about two 128 MB shards, whatever the model's size); ``remote`` ones load the model once and save it
 in the layout its modules hold (custom-code classes get no checkpoint conversion from transformers).
+Both keep the source's dtype (unless ``--dtype``) and its sharding (:mod:`moetools.models.checkpoint_layout`).
 Everything goes into ``OUT.partial/`` beside OUT (with the suite's marker, modes from the umask),
 swapped in for OUT at the end (moetools.streams.files.create_directory).
 """
@@ -143,8 +144,11 @@ def mask_directory(source, experts_path, out, *, force: bool = False, dtype: str
         if plan.mode == "remote":
             # the tensors as the modules hold them (fused experts): transformers applies no checkpoint
             # conversion to custom-code classes
+            from ..models.checkpoint_layout import DEFAULT_SHARD, shard_limit
+
             loaded = load_model(source, dtype=dtype, tokenizer=False)
-            loaded.model.save_pretrained(temporary, save_original_format=False, max_shard_size="256MB")
+            loaded.model.save_pretrained(temporary, save_original_format=False,
+                                         max_shard_size=shard_limit(source) or DEFAULT_SHARD)
             del loaded
             config = json.loads((temporary / "config.json").read_text(encoding="utf-8"))
             config.update(remote.write_code(temporary, plan.model_type))

@@ -87,6 +87,9 @@ def write_weights(source: Path, target: Path, plan: MaskPlan, *, dtype=None, sha
                   progress: ProgressFactory = no_progress) -> None:
     """Write the transformed weights of ``source`` into ``target`` (shards + index when more than one).
 
+    Each source file gives its own output file(s) (a source file over ``shard_bytes`` is split), so a
+    sharded checkpoint stays sharded alike and the index lists every tensor written.
+
     ``progress(description, total)`` (moetools.reporting) is advanced per source tensor.
     """
     from safetensors import safe_open
@@ -97,7 +100,12 @@ def write_weights(source: Path, target: Path, plan: MaskPlan, *, dtype=None, sha
         metadata = handle.metadata() or {"format": "pt"}
     shards: list[list[tuple[Path, str]]] = [[]]
     size = 0
+    previous = keys[0][0]
     for path, key in keys:  # plan output shards by the source tensors' sizes (an upper bound after pruning)
+        if shards[-1] and path != previous:  # one output file per source file: the source's sharding kept
+            shards.append([])
+            size = 0
+        previous = path
         with safe_open(str(path), framework="pt") as handle:
             info = handle.get_slice(key)
             count = 1

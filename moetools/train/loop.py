@@ -317,7 +317,12 @@ class _Run:
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()  # our own progress is on stderr already
-            _unwrap(self.wrapped).save_pretrained(self.out, state_dict=full_state)
+            model = _unwrap(self.wrapped)
+            model.save_pretrained(self.out, state_dict=full_state)
+            if model.config.model_type == "monet":  # its code and auto_map: loads where moetools is not installed
+                from ..models.monet.shipped import add_to_directory
+
+                add_to_directory(self.out)
             (self.out / METADATA_NAME).write_text(strict_json.dumps(metadata, indent=1))
         self.dist.barrier()
 

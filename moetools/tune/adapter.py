@@ -218,11 +218,26 @@ def apply_adapter(model, meta: dict, tensors: dict[str, torch.Tensor], directory
     return model
 
 
+def _cast(model, dtype) -> None:
+    """``model.to(dtype)`` as transformers loads in ``dtype``: the tensors a family keeps in float32
+    (``_keep_in_fp32_modules_strict``, e.g. ERNIE's router and ``moe_statics``; in float16 also
+    ``_keep_in_fp32_modules``) stay float32."""
+    keep = list(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
+    if dtype == torch.float16:
+        keep += list(getattr(model, "_keep_in_fp32_modules", None) or [])
+    model.config.dtype = dtype
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point():
+            tensor.data = tensor.data.to(torch.float32 if any(pattern in name for pattern in keep) else dtype)
+
+
 def merge(adapter_dir, output, base: str | None = None, dtype: str = "auto", force: bool = False) -> dict:
     """Write base + adapter as a standard checkpoint to ``output`` (atomically); return its provenance.
 
     ``output`` is never the adapter or the base (nor a directory holding either or inside either); an
     existing one is replaced only with ``force`` and only when this suite wrote it (check_output).
+    The adapter is applied in the dtype training loaded the base in; the checkpoint is written in
+    ``dtype`` (``auto``: the base checkpoint's) and sharded like the base.
     """
     from ..models import model_identity
     from ..models.loader import load_model
@@ -232,21 +247,35 @@ def merge(adapter_dir, output, base: str | None = None, dtype: str = "auto", for
     if not base_path:
         raise UsageError("the adapter does not name its base model: give --base")
     check_output(output, inputs=[adapter_dir, base_path], force=force, directory=True)
-    model, tokenizer, adapter = load_model(base_path, dtype=dtype, device="cpu")
+    from ..models.checkpoint_layout import checkpoint_dtype
+    from ..models.loader import DTYPE_NAMES, torch_dtype
+    from .loop import refuse_quantized
+
+    refuse_quantized(base_path)
+
+    # the base as training loaded it (its fingerprint covers the config's dtype; the arithmetic is training's)
+    tuned = (meta.get("options") or {}).get("dtype") or "float32"
+    model, tokenizer, adapter = load_model(base_path, dtype=tuned if tuned in DTYPE_NAMES else "float32",
+                                           device="cpu")
     identity = model_identity(model, adapter, base_path)
     expected = (meta.get("base") or {}).get("fingerprint")
     if expected and identity["fingerprint"] != expected:
         raise ModelMismatchError(f"{adapter_dir} was tuned from a model with fingerprint {expected}; "
                                  f"{base_path} has {identity['fingerprint']}")
     model = apply_adapter(model, meta, tensors, adapter_dir)
+    _cast(model, torch_dtype(dtype) if dtype != "auto" else checkpoint_dtype(base_path) or model.dtype)
     provenance = {"base_fingerprint": expected, "base_name": (meta.get("base") or {}).get("name"),
                   "mode": meta["mode"], "adapter": str(Path(adapter_dir).resolve()),
                   "adapter_format": f"{FORMAT}/{meta['version']}"}
     model.config.moetools_tuned = provenance  # in config.json: the merged model never fingerprints as its base
+    from ..models.checkpoint_layout import shard_limit
+
+    limit = shard_limit(base_path)  # a sharded base gives a merged checkpoint sharded alike
     with create_directory(output, tool="moe-tune merge") as partial:  # OUTPUT.partial/, swapped in atomically
-        model.save_pretrained(str(partial))
+        model.save_pretrained(str(partial), **({"max_shard_size": limit} if limit else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(partial))
+        adapter.write_portable_code(partial)  # e.g. MONET's code and auto_map: loads without moetools
         (partial / "moetools_tuned.json").write_text(strict_json.dumps(provenance, indent=1) + "\n")
     return provenance
 

@@ -141,6 +141,19 @@ def _freeze_batchnorm(model) -> None:
             module.eval()
 
 
+def refuse_quantized(model) -> None:
+    """UsageError (exit 2) for a base whose checkpoint stores quantized weights (MXFP4, block FP8, ...):
+    transformers dequantizes it on load, but training and merging would then write a checkpoint that
+    is neither the quantized layout nor a declared dequantized one."""
+    from ..models.checkpoint_layout import quantization_method
+
+    method = quantization_method(model)
+    if method:
+        raise UsageError(f"{model} stores quantized weights (quantization_config quant_method {method!r}); "
+                         "moe-tune trains and merges unquantized checkpoints only: dequantize it first "
+                         "(load it in transformers and save_pretrained a bf16 copy)")
+
+
 class Tuner(TunerCheckpoints):
     """One run: the model, what trains in the current stage, the optimizer and the log."""
 
@@ -150,6 +163,7 @@ class Tuner(TunerCheckpoints):
         from ..models.shared_routers import expand_to_groups, router_groups
 
         check_options(options)
+        refuse_quantized(options.model)
         self.options, self.on_log, self.bar = options, on_log, bar  # bar: advanced per optimizer step
         self.dist = Distributed()
         self.out = Path(options.output)

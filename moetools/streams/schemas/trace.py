@@ -82,6 +82,12 @@ class TraceSchema(Schema):
         field_int(header, "logit_lens", place, minimum=0, optional=True)
         field_choice(header, "precision", place, PRECISIONS, optional=True)
         field_bool(header, "reduced_precision_padding", place, optional=True)
+        quantized = field_map(header, "quantized_weights", place, optional=True)
+        if quantized is not None:
+            where = "trace header quantized_weights"
+            field_str(quantized, "quant_method", where)
+            field_bool(quantized, "dequantized", where)
+            field_str(quantized, "dtype", where, optional=True)
         order = field_map(header, "order", place, optional=True)
         if order is not None:
             field_int(order, "sort_buffer", "trace header order", minimum=1, optional=True)
