@@ -19,7 +19,7 @@ from test_llm_openai import explain, read_labels
 
 from moetools.cli.score import command as moe_score
 from moetools.explain.prompts import COMPACT_EXAMPLES, COMPACT_SYSTEM, COMPACT_WINDOW, MONO_SYSTEM
-from moetools.score.judge_prompts import YES_NO_SYSTEM, parse_yes_no
+from moetools.score.judge.prompts import YES_NO_SYSTEM, parse_yes_no
 from moetools.streams.files import read_input
 
 

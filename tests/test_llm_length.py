@@ -16,7 +16,7 @@ from test_llm_openai import explain, read_labels
 
 from moetools.llm import ResponseCache, ask, make_client, refusing_truncated
 from moetools.llm.exchange import LONGEST_ANSWER, longer_limit
-from moetools.score.judge_prompts import parse_answer
+from moetools.score.judge.prompts import parse_answer
 
 
 @pytest.fixture
