@@ -67,8 +67,8 @@ def test_a_planted_always_on_expert_is_flagged_in_its_label_and_on_the_page(tmp_
 
 def test_flag_thresholds():
     assert flag_of(950, 0.95, 40, None) == "always-on"                # >= 90% of all tokens
-    assert flag_of(600, 0.6, 40, 0.125) == "always-on"                # >= 50% and >= 4x uniform (1/8)
-    assert flag_of(600, 0.6, 40, 0.25) is None                        # 2.4x uniform: a busy expert, not always on
+    assert flag_of(950, 0.95, 40, 0.5) == "always-on" and flag_of(890, 0.89, 40, 0.125) is None
+    assert flag_of(1000, 1.0, 40, 1.0) is None                        # top-2 of 2: every expert sees every token
     assert flag_of(19, 0.019, 40, 0.25) == "rare" and flag_of(500, 0.5 * 0.25, 4, 0.25) == "rare"
     assert flag_of(20, 0.02, 5, 0.25) is None
 

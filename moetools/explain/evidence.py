@@ -9,8 +9,10 @@ From the samples record (formats/samples.md ``stats``) and the contexts shown to
   the number shown when the samples do not say); ``shown``: contexts shown to the explainer;
   ``activating_positions``: tokens with activation > 0 in the contexts shown;
 - ``flag``: ``"always-on"`` when the expert fires on at least :data:`ALWAYS_ON_SHARE` of all tokens,
-  or on at least :data:`ALWAYS_ON_MIN_SHARE` of them and at least :data:`ALWAYS_ON_OVER_UNIFORM`
-  times its uniform share (a label of such an expert describes the corpus, not a specialisation);
+  judged only where the uniform share is at most :data:`ALWAYS_ON_MAX_UNIFORM` or unknown (else a
+  uniform router is near that share already) — the rule of moe-score's routing health
+  (formats/scores.md), so a label's flag and the report's health badge agree; a label of such an
+  expert describes the corpus, not a specialisation;
   ``"rare"`` when it fires on fewer than :data:`RARE_FIRING_TOKENS` tokens or in fewer than
   :data:`RARE_CONTEXTS` contexts (a label resting on a handful of tokens); null otherwise.
 """
@@ -20,8 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 ALWAYS_ON_SHARE = 0.9
-ALWAYS_ON_MIN_SHARE = 0.5
-ALWAYS_ON_OVER_UNIFORM = 4.0
+ALWAYS_ON_MAX_UNIFORM = 0.5
 RARE_FIRING_TOKENS = 20
 RARE_CONTEXTS = 5
 FLAGS = ("always-on", "rare")
@@ -45,8 +46,7 @@ def activating_positions(contexts: list[dict]) -> int:
 
 def flag_of(firing: int | None, share: float | None, contexts: int | None, uniform: float | None) -> str | None:
     """``always-on``, ``rare`` or None (the thresholds of the module docstring)."""
-    if share is not None and (share >= ALWAYS_ON_SHARE or (
-            share >= ALWAYS_ON_MIN_SHARE and uniform is not None and share >= ALWAYS_ON_OVER_UNIFORM * uniform)):
+    if share is not None and share >= ALWAYS_ON_SHARE and (uniform is None or uniform <= ALWAYS_ON_MAX_UNIFORM):
         return "always-on"
     if (firing is not None and firing < RARE_FIRING_TOKENS) or (contexts is not None and contexts < RARE_CONTEXTS):
         return "rare"
@@ -87,6 +87,6 @@ def evidence_text(evidence: dict | None) -> str | None:
     return text + (f"; {evidence['flag']}" if evidence.get("flag") else "")
 
 
-__all__ = ["ALWAYS_ON_MIN_SHARE", "ALWAYS_ON_OVER_UNIFORM", "ALWAYS_ON_SHARE", "FLAGS", "RARE_CONTEXTS",
+__all__ = ["ALWAYS_ON_MAX_UNIFORM", "ALWAYS_ON_SHARE", "FLAGS", "RARE_CONTEXTS",
            "RARE_FIRING_TOKENS", "activating_positions", "evidence_text", "flag_of", "label_evidence",
            "uniform_share"]
