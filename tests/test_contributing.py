@@ -270,7 +270,7 @@ def test_no_issue_numbers_or_machine_paths_in_the_tree():
         pytest.skip("not a git checkout: nothing to list")
     # built from pieces so this file does not match itself
     issue = re.compile("issue" + r" #?\d+|\"issue\"" + r": \d+", re.IGNORECASE)
-    machine = re.compile("(?<![\\w.])/(?:" + "|".join(("work", "home", "Users")) + r")/\w")
+    machine = re.compile("(?<![\\w.])/(?:" + "work|home|Users" + r")/\w")
     found = []
     for name in tracked:
         path = ROOT / name
