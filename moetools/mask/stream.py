@@ -1,8 +1,8 @@
 """Prune or bias a checkpoint tensor by tensor through safetensors (``pruned`` and ``bias`` modes).
 
 No model is loaded: each output file's header is planned first (the transformation run on the meta
-device), then each tensor is read from its source file with plain reads (no mapping), transformed,
-appended to its output file and released before the next. Peak memory is the runtime plus about one
+device), then each tensor the mask leaves as stored is copied file to file (``copy_file_range``) and
+each other one is read with plain reads (no mapping), transformed, appended and released. Peak memory is the runtime plus about one
 tensor (twice the largest, while it is transformed), whatever the model's size; one output file per
 source file, so the sharding is the source's.
 
@@ -104,8 +104,9 @@ def _read_tensor(handle, info: dict, data_start: int, dtype):
     return flat.reshape(info["shape"])
 
 
-def _planned(files: list[Path], plan: MaskPlan, dtype) -> list[list[tuple[str, str, object]]]:
-    """Per source file, in its data order: (source name, output name, output meta tensor) of each tensor kept.
+def _planned(files: list[Path], plan: MaskPlan, dtype) -> list[list[tuple[str, str, object, bool]]]:
+    """Per source file, in its data order: (source name, output name, output meta tensor, unchanged) of each
+    tensor kept; ``unchanged``: its bytes are the stored ones.
 
     The transformation runs once on the meta device, so every output header is known before any data is read.
     """
@@ -120,13 +121,16 @@ def _planned(files: list[Path], plan: MaskPlan, dtype) -> list[list[tuple[str, s
         for key, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
             if info["dtype"] not in dtypes:
                 raise UsageError(f"{path}: tensor {key} has dtype {info['dtype']}, which this moe-mask cannot read")
-            result = transform(key, torch.empty(info["shape"], dtype=dtypes[info["dtype"]], device="meta"), plan)
+            stored = torch.empty(info["shape"], dtype=dtypes[info["dtype"]], device="meta")
+            result = transform(key, stored, plan)
             if result is None:
                 continue
             name, meta = result
+            # the stored bytes are the output's: copied file to file, never read into Python
+            unchanged = meta is stored and (dtype is None or not meta.is_floating_point() or meta.dtype == dtype)
             if dtype is not None and meta.is_floating_point():
                 meta = meta.to(dtype)
-            entries.append((key, name, meta))
+            entries.append((key, name, meta, unchanged))
         planned.append(entries)
     return planned
 
@@ -134,7 +138,7 @@ def _planned(files: list[Path], plan: MaskPlan, dtype) -> list[list[tuple[str, s
 def _output_header(entries, metadata: dict) -> bytes:
     names = {value: key for key, value in _torch_dtypes().items()}
     header, offset = {"__metadata__": metadata}, 0
-    for _, name, meta in entries:
+    for _, name, meta, _ in entries:
         size = meta.numel() * meta.element_size()
         header[name] = {"dtype": names[meta.dtype], "shape": list(meta.shape), "data_offsets": [offset, offset + size]}
         offset += size
@@ -143,12 +147,41 @@ def _output_header(entries, metadata: dict) -> bytes:
     return len(raw).to_bytes(8, "little") + raw
 
 
+def _copy_range(source, out, offset: int, count: int) -> None:
+    """``count`` bytes of ``source`` from ``offset`` appended to ``out`` (flushed): in the kernel
+    (``copy_file_range``) where it can, else through a 16 MB buffer."""
+    import os
+
+    source_fd, out_fd = source.fileno(), out.fileno()
+    position = out.tell()
+    if hasattr(os, "copy_file_range"):
+        try:
+            while count:
+                done = os.copy_file_range(source_fd, out_fd, count, offset, position)
+                if done == 0:
+                    raise UsageError(f"{source.name} is cut short (tensor data past its end)")
+                offset, position, count = offset + done, position + done, count - done
+            out.seek(position)
+            return
+        except OSError:  # another file system, an old kernel: the same bytes through a buffer
+            pass
+    out.seek(position)
+    while count:
+        block = os.pread(source_fd, min(count, 16 << 20), offset)
+        if not block:
+            raise UsageError(f"{source.name} is cut short (tensor data past its end)")
+        out.write(block)
+        offset, count = offset + len(block), count - len(block)
+    out.flush()
+
+
 def write_weights(source: Path, target: Path, plan: MaskPlan, *, dtype=None,
                   progress: ProgressFactory = no_progress) -> None:
     """Write the transformed weights of ``source`` into ``target`` (files + index when more than one).
 
     One output file per source file (a file left with no tensor is not written): a sharded checkpoint
-    stays sharded alike and the index lists every tensor written. Tensor by tensor: each is read with
+    stays sharded alike and the index lists every tensor written. Tensor by tensor: a tensor the mask
+    leaves as stored (renamed or not) is copied file to file in the kernel; any other is read with
     plain file reads, transformed, appended to its output file and released, so the memory beyond
     the runtime is about one tensor, whatever the model's size; each output's header is planned first
     (on the meta device), so nothing is held back until a shard is complete.
@@ -173,16 +206,23 @@ def write_weights(source: Path, target: Path, plan: MaskPlan, *, dtype=None,
             header, data_start = _header(path)
             with open(path, "rb") as handle, open(target / filename, "wb") as out:
                 out.write(_output_header(entries, metadata))
-                for key, name, meta in entries:
+                for key, name, meta, unchanged in entries:
                     info = header[key]
-                    _, tensor = transform(key, _read_tensor(handle, info, data_start, dtypes[info["dtype"]]), plan)
-                    tensor = tensor.to(meta.dtype).contiguous()
-                    if tuple(tensor.shape) != tuple(meta.shape):  # the plan and the data disagree: never write it
-                        raise UsageError(f"{key}: transformed to {tuple(tensor.shape)}, planned {tuple(meta.shape)}")
-                    out.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+                    if unchanged:
+                        start, end = info["data_offsets"]
+                        out.flush()
+                        _copy_range(handle, out, data_start + start, end - start)
+                    else:
+                        _, tensor = transform(key, _read_tensor(handle, info, data_start, dtypes[info["dtype"]]),
+                                              plan)
+                        tensor = tensor.to(meta.dtype).contiguous()
+                        if tuple(tensor.shape) != tuple(meta.shape):  # plan and data disagree: never write it
+                            raise UsageError(f"{key}: transformed to {tuple(tensor.shape)}, "
+                                             f"planned {tuple(meta.shape)}")
+                        out.write(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+                        del tensor
                     weight_map[name] = filename
-                    total += tensor.numel() * tensor.element_size()
-                    del tensor
+                    total += meta.numel() * meta.element_size()
                     bar.advance()
         bar.advance(stored - sum(len(entries) for _, entries in kept))  # the tensors dropped
     if len(kept) > 1:
