@@ -6,11 +6,14 @@ What the layout is, from the MONET paper and the project's papers README [004 Ap
 ``moe_decompose``, ``hidden_act="relu2"``, the LLaMA keys, and the per-layer state-dict names
 ``router.w1/w2/norm1/norm2`` and ``moe.u1/u2/v11/v12/v21/v22/b1/b2`` (VD) or ``moe.u/v/b`` (HD); the
 directory carries its own ``configuration_monet.py``/``modeling_monet.py`` and an ``auto_map`` that
-points at them. Not verified here (no published file on this machine): the exact ``auto_map``
-entries and the other keys a transformers 4 save writes; the fixture uses what any transformers 4
-LLaMA-style config has (``rope_theta``, ``rope_scaling``, ``torch_dtype``) and the two ``auto_map``
-entries the remote-code convention needs. Its code files raise when imported, so a tool that ran
-them would fail: moetools registers its own MONET classes and never trusts a directory's code.
+points at them. Checked against a public third-party copy of the release's code: its ``MonetConfig``
+subclasses ``LlamaConfig`` with the transformers 4 keys ``rope_theta``/``rope_scaling`` and
+``output_router_probs``, and its router norms are ``BatchNorm1d(moe_heads, affine=False)`` (so
+``running_mean``/``running_var``/``num_batches_tracked`` are in the state dict, as in moetools'
+MONET). Not verified here (no published file on this machine): the exact ``auto_map`` entries and
+the ``torch_dtype``/``transformers_version`` values; the fixture uses the two ``auto_map`` entries
+the remote-code convention needs. Its code files raise when imported, so a tool that ran them would
+fail: moetools registers its own MONET classes and never trusts a directory's code.
 """
 
 from __future__ import annotations
