@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MOETOOLS_HOME ?= $(CURDIR)/.moetools
 
-.PHONY: install sources browser manual test test-all demo models lint man bench clean
+.PHONY: install bin sources browser manual test test-all demo models lint man bench clean
 
 install: $(STAMP)
 
@@ -19,7 +19,12 @@ $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	PYTHONPATH=$(CURDIR) $(PY) -m moetools.cli.launchers bin
 	touch $(STAMP)
+
+# bin/<tool>: a link to bin/_launch per console script of pyproject.toml (no install needed, any python3)
+bin:
+	PYTHONPATH=$(CURDIR) $(PYTHON) -m moetools.cli.launchers bin
 
 # the fast tier: every test not marked `slow` (under ~4 minutes on 2 idle cores)
 test: install sources browser manual

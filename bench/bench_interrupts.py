@@ -115,7 +115,7 @@ def main() -> None:
     import transformers  # noqa: F401
 
     import moetools.cli.trace
-    import moetools.trace.command  # noqa: F401
+    import moetools.trace.run  # noqa: F401
 
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:

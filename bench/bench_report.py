@@ -113,8 +113,9 @@ def write_streams(directory: Path, layers: int, experts: int, verdicts: bool = T
     return paths
 
 
-def open_in_chromium(report: Path) -> float | None:
-    """Seconds from navigation to the first page of cards drawn; None without Chromium/Playwright."""
+def open_in_chromium(report: Path) -> dict | None:
+    """Seconds from navigation to the first page of cards (and the maps) drawn, the first contentful paint, the
+    page's JS heap once drawn, and its maps; None without Chromium/Playwright."""
     if not Path("/usr/bin/chromium").exists():
         return None
     try:
@@ -132,8 +133,12 @@ def open_in_chromium(report: Path) -> float | None:
         page.wait_for_selector("body[data-ready='1']", timeout=120_000)
         seconds = time.perf_counter() - started
         assert page.locator(".card").count() == 50
+        paint = page.evaluate("() => (performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime")
+        heap = page.evaluate("() => performance.memory ? performance.memory.usedJSHeapSize : null")
+        maps = page.locator("figure.map canvas").count()
         context.close()
-    return seconds
+    return {"ready_seconds": round(seconds, 2), "first_contentful_paint_seconds": paint and round(paint / 1000, 3),
+            "js_heap_mb": heap and round(heap / 2**20, 1), "maps": maps, "file_mb": round(report.stat().st_size / 2**20, 1)}
 
 
 def build_one(tmp: str, layers: int, experts: int, verdicts: bool) -> tuple[dict, Path]:
@@ -165,14 +170,17 @@ def main() -> None:
             added.append({"experts": before["experts"], "bytes_per_expert_without": before["bytes_per_expert"],
                           "bytes_per_expert_with": after["bytes_per_expert"],
                           "added_bytes_per_expert": after["bytes_per_expert"] - before["bytes_per_expert"]})
-        browser_seconds = open_in_chromium(report)
-    if browser_seconds is not None:
-        print(f"largest report ({runs[-1]['experts']} experts, with verdicts) opened and drew its first 50 cards in "
-              f"{browser_seconds:.1f} s (headless Chromium)")
+        browser = open_in_chromium(report)
+    browser_seconds = browser and browser["ready_seconds"]
+    if browser is not None:
+        print(f"largest report ({runs[-1]['experts']} experts, with verdicts, {browser['file_mb']} MB) first painted "
+              f"in {browser['first_contentful_paint_seconds']} s, drew its first 50 cards and {browser['maps']} maps "
+              f"in {browser_seconds:.1f} s, JS heap {browser['js_heap_mb']} MB (headless Chromium)")
     results = {"per_expert": "scores (6 domains x 10 metrics, skew, Pearson), a label, 4 top contexts + 2+2 holdout "
                              f"examples of {CONTEXT} tokens, 8 logit-lens tokens; with verdicts also judged "
                              "EMS/F1 with 10+10 verdicts over 2 repeats and a second (LLM) label",
                "runs": runs, "verdicts_side_by_side": added, "largest_opened_in_chromium_seconds": browser_seconds,
+               "largest_opened_in_chromium": browser,
                "peak_rss_mb": cost["peak_rss_mb"], "whole_run": cost}
     write_result(args, results)
 

@@ -40,7 +40,7 @@ from _harness import ROOT, measure, parser, read_result, write_result
 
 HOME = Path(os.environ.get("MOETOOLS_HOME") or ROOT / ".moetools")
 WORK = HOME / "bench_topk_lds"
-# the demo's "moe" recipe (moetools/demo.py DEFAULT_RECIPES) made smaller so a few hundred steps fit here
+# the demo's "moe" recipe (moetools/demo/run.py DEFAULT_RECIPES) made smaller so a few hundred steps fit here
 TRAIN_ARGS = ["--arch", "moe", "--lr", "1e-3", "--d-model", "128", "--layers", "2", "--seq-len", "128",
               "--batch-size", "8"]
 

@@ -103,9 +103,9 @@ def throughput(model_dir: Path, corpus: Path, work: Path, repeats: int, max_leng
     from moetools.models import load_model
     from moetools.streams import StreamWriter
     from moetools.trace import TraceOptions, trace_corpus
-    from moetools.trace.command import TRACE_ZSTD_LEVEL
     from moetools.trace.corpus import batches, read_documents
     from moetools.trace.records import PieceTable, batch_records
+    from moetools.trace.run import TRACE_ZSTD_LEVEL
     from moetools.trace.runner import TraceSummary, _forward, iter_windows, pad_batch
 
     model, tokenizer, adapter = load_model(str(model_dir))

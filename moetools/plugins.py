@@ -33,11 +33,16 @@ def is_builtin(entry: EntryPoint) -> bool:
 
 
 def checkout_entry_points(group: str) -> list[EntryPoint]:
-    """The built-ins of ``group`` as declared in the checkout's pyproject.toml."""
+    """The built-ins of ``group`` as declared in the checkout's pyproject.toml, in its order.
+
+    ``console_scripts`` is the table ``[project.scripts]`` (the tools, :data:`moetools.cli.TOOLS`).
+    """
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     if not pyproject.is_file():
         return []
-    pattern = r'^\[project\.entry-points\."' + re.escape(group) + r'"\][ \t]*\n(.*?)(?=^\[|\Z)'
+    table = (r"\[project\.scripts\]" if group == "console_scripts"
+             else r'\[project\.entry-points\."' + re.escape(group) + r'"\]')
+    pattern = r"^" + table + r"[ \t]*\n(.*?)(?=^\[|\Z)"
     section = re.search(pattern, pyproject.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
     if section is None:
         return []

@@ -7,7 +7,13 @@ import io
 import pytest
 from click.testing import CliRunner
 
+from moetools.cli.launchers import write_launchers
 from moetools.streams import StreamWriter
+
+
+def pytest_sessionstart(session):
+    """bin/<tool> links to bin/_launch, as `make bin` writes them: the tests run tools from the checkout."""
+    write_launchers()
 
 #: a model identity as moe-trace writes it (formats/README.md, "Header record")
 MODEL = {"name": "tiny-moe", "path": None, "model_type": "olmoe", "num_layers": 2, "moe_layers": [0, 1],

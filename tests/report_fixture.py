@@ -19,8 +19,13 @@ def run_tool(name: str, args: list[str]) -> None:
     assert result.exit_code == 0, result.output
 
 
-def write_eval(path, fingerprint: str) -> None:
-    """An eval stream of the model and a masked copy of it (formats/eval.md)."""
+def write_eval(path, fingerprint: str, experts=None) -> None:
+    """An eval stream of the model and a masked copy of it (formats/eval.md); ``experts``: the experts.json
+    the masked copy masked (recorded by path and sha256, as moe-mask does)."""
+    import hashlib
+
+    source = None if experts is None else {"file": {"path": str(experts.resolve()),
+                                                   "sha256": "sha256:" + hashlib.sha256(experts.read_bytes()).hexdigest()}}
     lines = [
         {"type": "header", "format": "moetools", "version": 1, "kind": "eval", "tool": {"name": "moe-eval"},
          "model": None, "models": ["synthetic-moe", "masked"], "data": "val.jsonl", "choices": None,
@@ -29,9 +34,10 @@ def write_eval(path, fingerprint: str) -> None:
         {"type": "domain", "model": 0, "domain": "code", "documents": 4, "tokens": 600, "loss": 3.2,
          "perplexity": 24.5, "delta_loss": None},
         {"type": "model", "model": 1, "identity": {"name": "masked", "fingerprint": "sha256:other"},
-         "masked": {"mode": "pruned", "base": {"name": "synthetic-moe", "fingerprint": fingerprint}}},
+         "masked": {"mode": "pruned", "base": {"name": "synthetic-moe", "fingerprint": fingerprint},
+                    "experts": source}},
         {"type": "domain", "model": 1, "domain": "code", "documents": 4, "tokens": 600, "loss": 3.5,
-         "perplexity": 33.1, "delta_loss": 0.3},
+         "perplexity": 33.1, "delta_loss": 0.3, "delta_loss_ci95": [0.2, 0.4]},
         {"type": "end", "count": 4},
     ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -65,7 +71,7 @@ def build_inputs(directory) -> dict:
         ("trace", "trace.msgpack.zst"), ("samples", "samples.msgpack.zst"), ("labels", "labels.jsonl"),
         ("llm_labels", "llm.labels.jsonl"), ("scores", "scores.jsonl"), ("experts", "code.json"),
         ("eval", "eval.jsonl"))}
-    paths["trace"].write_bytes(write_trace(make_records(documents=8, tokens=150, logit_lens=3)))
+    paths["trace"].write_bytes(write_trace(make_records(documents=8, tokens=150, logit_lens=3, vocab=20)))
     run_tool("moe-sample", [str(paths["trace"]), "--top", "3", "--weighted", "1", "--negatives", "1",
                             "-o", str(paths["samples"])])
     run_tool("moe-explain", [str(paths["samples"]), "--backend", "offline", "--no-cache", "-o", str(paths["labels"])])
@@ -83,5 +89,5 @@ def build_inputs(directory) -> dict:
     run_tool("moe-score", ["join", str(routing), str(judged), "-o", str(paths["scores"])])
     chosen = json.loads(paths["experts"].read_text())["experts"]
     keep_labels(every, paths["llm_labels"], {(int(layer), e) for layer, ids in chosen.items() for e in ids})
-    write_eval(paths["eval"], MODEL["fingerprint"])
+    write_eval(paths["eval"], MODEL["fingerprint"], paths["experts"])
     return paths

@@ -4,6 +4,7 @@ trains nothing)."""
 
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 
 from moetools import demo
 from moetools.cli.main import command as moetools_command
+from moetools.errors import MoetoolsError, UsageError
 from moetools.streams import read_stream
 
 TINY_TRAIN = ["--batch-size", "4", "--seq-len", "32", "--d-model", "32", "--layers", "2", "--heads", "2",
@@ -81,15 +83,19 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
         assert header["kind"] == "scores" and len(scores) == len(header["layers"]) * header["num_experts"]
         if recipe.arch == "monet-vd":  # its 2 layers share one router (moe_groups 4): scored once
             assert header["layers"] == [0] and header["shared_routers"] == [[0, 1]]
-        assert {p.stem for p in (out / "sets").glob("*.json")} == {*WORDS, "random"}
+        assert {p.stem for p in (out / "sets").glob("*.json")} == {*WORDS, "random", "random-1", "random-2"}
         header, evaluated, _ = records(out / "eval.jsonl")
-        assert len(header["models"]) == len(WORDS) + 2  # the model, each domain's mask, the random one
+        assert len(header["models"]) == len(WORDS) + 4  # the model, each domain's mask, three random ones
         masked = [r for r in evaluated if r["type"] == "domain" and r["model"] > 0]
-        assert len(masked) == (len(WORDS) + 1) * len(WORDS) and all(r["delta_loss"] is not None for r in masked)
+        assert len(masked) == (len(WORDS) + 3) * len(WORDS) and all(r["delta_loss"] is not None for r in masked)
         header, joined, _ = records(out / "joined.scores.jsonl")  # routing + judged (EMS, F1, EDMRS)
         assert any("f1" in r for r in joined if r["type"] == "expert")
         page = (out / "report.html").read_text()
         assert '<script type="application/json" id="moe-data">' in page and "Evaluation (moe-eval)" in page
+        assert "random controls: 3 random sets (seeds 0, 1, 2)" in page   # a band of the random sets' changes
+        assert re.search(r"\([+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]\)", page)   # changes with intervals
+        compare = (out / "compare.html").read_text()   # trained beside random-init, with the routing change
+        assert "— trained vs random-init" in compare and "id=rc>RC = " in compare
     assert "layers 0-1 share one router: their routing is one sample" in summaries[1]
     assert "over 1 router x 64 experts (layers 0-1 share one router" in summaries[1]
     moe_summary = summaries[0]
@@ -147,14 +153,14 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path, corpus):
     directory = home / "models" / recipe.name
     (directory / "checkpoint").mkdir(parents=True)
     logged = []
-    with pytest.raises(demo.MoetoolsError):  # the empty checkpoint is refused by monet-train --resume
+    with pytest.raises(MoetoolsError):  # the empty checkpoint is refused by monet-train --resume
         demo.ensure_model(recipe, corpus, home, steps=2, max_minutes=1, log=logged.append)
     assert logged[-1].startswith("$ monet-train --arch moe") and logged[-1].endswith("--resume")
 
 
 def test_demo_without_a_validation_split_is_a_usage_error(tmp_path):
     (tmp_path / "corpus").mkdir()
-    with pytest.raises(demo.UsageError, match="no validation split"):
+    with pytest.raises(UsageError, match="no validation split"):
         demo.run_demo(tmp_path, recipes=RECIPES, corpus=tmp_path / "corpus", log=print, echo=print)
 
 
@@ -167,21 +173,26 @@ def test_models_and_demo_have_help_with_an_example():
 def test_chain_summary_has_the_loss_matrix_the_report_and_what_failed(tmp_path):
     from report_fixture import write_eval
 
-    from moetools.demo_chain import summarise_chain
+    from moetools.demo.chain import summarise_chain
 
     write_eval(tmp_path / "eval.jsonl", "sha256:" + "a1" * 32)
     (tmp_path / "code.json").write_text(json.dumps({"experts": {"0": [1, 2], "2": [5]}}))
     (tmp_path / "report.html").write_text("<html></html>")
+    (tmp_path / "compare.html").write_text("<html></html>")
     lines = summarise_chain({"sets": {"code": tmp_path / "code.json"}, "eval": tmp_path / "eval.jsonl",
                              "report": tmp_path / "report.html", "joined": tmp_path / "not-judged.jsonl",
+                             "compare": tmp_path / "compare.html",
                              "notes": ["moe-mask random failed: why"]})
     assert "expert sets (moe-select; experts over all layers): code 3" in lines
     assert any(line.split() == ["masked", "+0.300"] for line in lines)
     assert f"report: {tmp_path / 'report.html'} (open it in a browser; #LAYER/EXPERT jumps to an expert)" in lines
+    assert f"compare page, trained vs random-init: {tmp_path / 'compare.html'}" in lines
+    assert "95% intervals of those changes (paired bootstrap over the domain's documents):" in lines
+    assert any(line.split() == ["masked", "[+0.20,+0.40]"] for line in lines)
     assert lines[-1] == "not done: moe-mask random failed: why"
 
 
-# -- the experts shown, and SmolLM2's labels of them (issue 15) -------------------------------------------
+# -- the experts shown, and SmolLM2's labels of them -------------------------------------------
 
 def write_set(path, experts: dict, scores: dict | None = None):
     data = {"experts": {str(layer): ids for layer, ids in experts.items()}, "shared_experts": False,
@@ -194,7 +205,7 @@ def write_set(path, experts: dict, scores: dict | None = None):
 
 
 def test_shown_experts_are_the_most_skewed_then_each_sets_best_at_most_the_limit(tmp_path):
-    from moetools.demo_smollm2 import choose_shown, most_skewed
+    from moetools.demo.smollm2 import choose_shown, most_skewed
 
     ratio = np.array([[1.0, 5.0, 2.0, 1.5], [9.0, 1.0, 3.0, 1.1]])  # (L, E) best / runner-up domain
     eligible = {(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 2), (1, 3)}  # (1, 1) has no offline label
@@ -223,7 +234,7 @@ def write_labels(path, labels: list[dict]):
 
 
 def test_summary_shows_smollm2_sentences_and_says_plainly_when_it_falls_back(tmp_path):
-    from moetools.demo_smollm2 import label_text, read_labels, summary_lines
+    from moetools.demo.smollm2 import label_text, read_labels, summary_lines
 
     offline = {(0, 1): {"explanation": 'This expert specializes in the tokens "def" (a statistical summary)'},
                (0, 2): {"explanation": 'This expert specializes in the tokens "fever" (a statistical summary)'}}
@@ -255,7 +266,7 @@ def test_summary_shows_smollm2_sentences_and_says_plainly_when_it_falls_back(tmp
 
 
 def test_smollm2_judge_line_counts_unusable_answers_and_gives_no_f1_without_judged_experts(tmp_path):
-    from moetools.demo_smollm2 import judged_line
+    from moetools.demo.smollm2 import judged_line
     from moetools.streams.files import open_stream_writer
 
     path = tmp_path / "smollm2.judged.scores.jsonl"
@@ -287,7 +298,7 @@ def _skew_scores(path, significant, specialised, expected, layers=(0, 1), expert
 
 
 def test_skew_verdict_is_the_permutation_tests_trained_beyond_random_init(tmp_path):
-    from moetools.demo_chain import skew_significance_lines
+    from moetools.demo.chain import skew_significance_lines
 
     trained = _skew_scores(tmp_path / "t.jsonl", significant=5, specialised=9, expected=2.5)
     random_init = _skew_scores(tmp_path / "r.jsonl", significant=0, specialised=4, expected=3.0)

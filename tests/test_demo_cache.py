@@ -1,6 +1,6 @@
-"""moetools.demo_cache: a demo step is skipped only when its command and every input are unchanged."""
+"""moetools.demo.cache: a demo step is skipped only when its command and every input are unchanged."""
 
-from moetools.demo_cache import fingerprint, run_cached, stamp_path
+from moetools.demo.cache import fingerprint, run_cached, stamp_path
 
 
 def test_a_step_reruns_exactly_when_its_command_or_an_input_changes(tmp_path):

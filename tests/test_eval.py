@@ -130,3 +130,34 @@ def test_valid_examples_pass(path):
 def test_invalid_examples_fail(path):
     with open(path, "rb") as handle, pytest.raises(FormatError):
         list(StreamReader(handle, validate=True))
+
+
+def test_per_document_losses_add_up_to_the_domain_and_bound_a_bootstrap_interval(setup):
+    root, docs, _, corpus, _ = setup
+    records = run_eval([root / "base", root / "other", "--data", corpus, "--max-length", 8, "--batch-tokens", 40])
+    documents = [r for r in records if r["type"] == "document"]
+    assert len(documents) == 2 * len(docs)
+    for domain_record in (r for r in records if r["type"] == "domain"):
+        mine = [d for d in documents if d["model"] == domain_record["model"] and d["domain"] == domain_record["domain"]]
+        assert sorted(d["doc"] for d in mine) == sorted(x["id"] for x in docs if x["domain"] == domain_record["domain"])
+        assert sum(d["tokens"] for d in mine) == domain_record["tokens"]
+        total = sum(d["loss"] * d["tokens"] for d in mine if d["tokens"])
+        assert math.isclose(total / domain_record["tokens"], domain_record["loss"], rel_tol=1e-9)
+        if domain_record["model"] == 0:
+            assert "delta_loss_ci95" not in domain_record
+            continue
+        low, high = domain_record["delta_loss_ci95"]
+        # the point estimate of three documents lies inside its interval, and the interval is not a point
+        assert low <= domain_record["delta_loss"] <= high and low < high
+
+
+def test_the_paired_bootstrap_interval_is_seeded_paired_and_covers_a_constant_shift():
+    from moetools.eval.bootstrap import paired_delta_interval
+
+    base = {i: (10 + i, 2.0 * (10 + i) + i) for i in range(20)}
+    shifted = {i: (n, s + 0.5 * n) for i, (n, s) in base.items()}      # every document 0.5 nats worse
+    assert paired_delta_interval(base, shifted) == pytest.approx([0.5, 0.5])   # paired: no spread at all
+    noisy = {i: (n, s + (0.5 + (0.3 if i % 2 else -0.3)) * n) for i, (n, s) in base.items()}
+    low, high = paired_delta_interval(base, noisy)
+    assert low < 0.5 < high and paired_delta_interval(base, noisy) == [low, high]
+    assert paired_delta_interval({0: (5, 1.0)}, {0: (5, 2.0)}) is None           # one document: no interval

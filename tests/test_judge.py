@@ -1,4 +1,4 @@
-"""moe-score --labels: judged detection scores (issue 12) against a real HTTP server on 127.0.0.1.
+"""moe-score --labels: judged detection scores against a real HTTP server on 127.0.0.1.
 
 No mock of the client: tests/llm_stub.py is a real OpenAI-compatible server; the scorer reads its
 answers through moetools.llm's openai backend, cache and accounting.
@@ -18,15 +18,15 @@ from llm_stub import LLMStub
 
 from moetools.cli.score import command as moe_score
 from moetools.cli.select import command as moe_select
-from moetools.score.judge_metrics import chance_levels, detection_metrics, layer_mean, mean_metrics
-from moetools.score.judge_prompts import SCORER_SYSTEM, SCORER_USER, build_scorer_messages, parse_answer
+from moetools.score.judge.metrics import chance_levels, detection_metrics, layer_mean, mean_metrics
+from moetools.score.judge.prompts import SCORER_SYSTEM, SCORER_USER, build_scorer_messages, parse_answer
 from moetools.streams.files import read_input
 
 #: the source papers, beside the checkout (formats/REFERENCES.md); tests that read them skip without them
 PAPERS = Path(__file__).resolve().parent.parent.parent / "shared" / "papers"
 SECRET = "sk-test-Judge9SECRETkey0987654321"
 
-# Paper 000, Appendix A.2, typed out again here (independently of moetools/score/judge_prompts.py)
+# Paper 000, Appendix A.2, typed out again here (independently of moetools/score/judge/prompts.py)
 PAPER_SYSTEM = (
     "We're studying experts in a large-scale Mixture of Experts (MoE) language model. Each expert in the MoE layers "
     "specializes in processing certain types of content, knowledge domains, linguistic patterns, or reasoning "
@@ -335,7 +335,7 @@ def test_join_writes_edmrs_and_moe_select_picks_by_it(run_tool, inputs, stub):
 def test_embedding_scorer_ranks_code_above_legal_for_a_python_label(run_tool, inputs):
     import asyncio
 
-    from moetools.score.embedding import EmbeddingScorer, fit_threshold
+    from moetools.score.judge.embedding import EmbeddingScorer, fit_threshold
 
     scorer = EmbeddingScorer()
     scorer.prepare()

@@ -1,5 +1,7 @@
 """The library never imports the CLI: no module of moetools/ outside moetools/cli/ imports click or
-moetools.cli, absolutely or relatively, at any depth of the file (issue 10, item 1).
+moetools.cli, absolutely or relatively, at any depth of the file. And no package
+reaches into another's privates: ``from ..other.module import _name`` (or a ``_module``) is refused
+anywhere in moetools/, the CLI included; what two packages share is public in one of them.
 
 So every tool's logic is usable from Python without click and without the CLI's global
 state. A package's ``__main__.py`` (``python -m moetools.train``) is a command-line entry
@@ -61,8 +63,54 @@ def test_the_library_imports_neither_click_nor_the_cli():
 
 def test_the_walk_sees_the_library_and_resolves_relative_imports():
     names = {module_name(path) for path in library_modules()}
-    assert {"moetools.streams.files", "moetools.trace.command", "moetools.cat"} <= names
+    assert {"moetools.streams.files", "moetools.trace.run", "moetools.cat"} <= names
     assert not any(name.startswith("moetools.cli") for name in names)
+
+
+def private_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module.name) of each private name or module ``path`` imports from another moetools package.
+
+    A package is the first component below ``moetools`` (``moetools.train``, ``moetools.errors``); a
+    private name starts with one underscore (``__version__`` is public).
+    """
+    def home(name: str) -> str:
+        return ".".join(name.split(".")[:2])
+
+    def private(part: str) -> bool:
+        return part.startswith("_") and not part.startswith("__")
+
+    mine = home(module_name(path))
+    found = []
+    for line, name in imported_modules(path):
+        parts = name.split(".")
+        if parts[0] == "moetools" and home(name) != mine and any(private(part) for part in parts[1:]):
+            found.append((line, name))
+    return found
+
+
+def test_no_package_imports_another_packages_privates():
+    found = [f"{path.relative_to(PACKAGE.parent).as_posix()}:{line}: {name}"
+             for path in sorted(PACKAGE.rglob("*.py")) for line, name in private_imports(path)]
+    assert not found, "private names imported from another package (make them public where they are, or move " \
+                      "them):\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("source,where,bad", [
+    ("from ..train.loop import _Distributed\n", "moetools/tune/x.py", True),
+    ("from ..train._state import save\n", "moetools/tune/x.py", True),
+    ("from moetools.train.loop import _Distributed\n", "moetools/cli/x.py", True),
+    ("from .. import _lazy\n", "moetools/tune/x.py", True),
+    ("from .loop import _Distributed\n", "moetools/train/x.py", False),
+    ("from ..loop import _Distributed\n", "moetools/train/sub/x.py", False),
+    ("from .. import __version__\n", "moetools/tune/x.py", False),
+    ("from ..train.loop import Distributed\n", "moetools/tune/x.py", False),
+])
+def test_the_private_import_check_catches_each_form(tmp_path, monkeypatch, source, where, bad):
+    path = tmp_path / where
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source, encoding="utf-8")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path / "moetools")
+    assert bool(private_imports(path)) is bad
 
 
 @pytest.mark.parametrize("source,where,bad", [
@@ -100,7 +148,7 @@ def test_moe_trace_runs_and_resumes_from_python_without_click(tmp_path):
     script = f"""
 import sys
 from moetools.streams import StreamReader
-from moetools.trace.command import run_trace
+from moetools.trace.run import run_trace
 lines = []
 run_trace({str(tmp_path / "model")!r}, {str(corpus)!r}, output={str(tmp_path / "t.zst")!r}, batch_size=1,
           log=lines.append, warn=lines.append)

@@ -140,10 +140,15 @@ def test_moe_report_draws_one_row_per_router_and_names_the_layers_sharing_it(mon
     assert "layers 0-3 share one router: one row per router" in html
     payload = read_data_block(html)
     assert payload["layers"] == [0] and {entry["l"] for entry in payload["experts"]} == {0}
+    # the maps, the routing health and the document view have one row per router too
+    assert payload["rows"] == ["0-3"] and payload["map_layers"] == [0] and payload["maps"]
+    assert list(payload["health"]["layers"]) == ["0"] and payload["health"]["source"] == "scores"
+    assert payload["doc_rows"] == ["0-3"] and all(len(doc["x"]) == 1 for doc in payload["docs"])
+    assert "<tr class='ok' data-layer='0'><th>0-3</th>" in html or "data-layer='0'><th>0-3</th>" in html
 
 
 def test_the_demo_summary_says_the_layers_share_one_router(monet):
-    from moetools.demo_chain import skew_significance_lines
+    from moetools.demo.chain import skew_significance_lines
     from moetools.score.specialisation import routing_from_stream, specialisation_report
 
     _, _, trace, scores = monet

@@ -1,25 +1,28 @@
 """Thin click commands, one module per tool; the shared conventions live in ``common``.
 
-``TOOLS`` maps each console script to the module holding its ``command``; the man
-pages (``make man``) and their drift test iterate it, and pyproject.toml's
-``[project.scripts]`` must list the same names (tested).
+``TOOLS`` maps each console script to the module holding its ``command``. It is read from the one
+place a tool is declared, ``[project.scripts]``: the checkout's pyproject.toml when moetools runs
+from a checkout (``bin/`` launchers, ``PYTHONPATH``; :func:`moetools.plugins.checkout_entry_points`),
+else the installed distribution's metadata. The man pages (``make man``), the ``bin/`` links
+(``launchers``), the startup-time test and the bad-input tests iterate it, so a tool is covered the
+day its console script is declared.
 """
 
-TOOLS = {
-    "moe-cat": "moetools.cli.cat",
-    "moe-trace": "moetools.cli.trace",
-    "moe-sample": "moetools.cli.sample",
-    "moe-explain": "moetools.cli.explain",
-    "moe-score": "moetools.cli.score",
-    "moe-select": "moetools.cli.select",
-    "moe-tune": "moetools.cli.tune",
-    "moe-mask": "moetools.cli.mask",
-    "moe-eval": "moetools.cli.eval",
-    "moe-report": "moetools.cli.report",
-    "moe-probe": "moetools.cli.probe",
-    "monet-train": "moetools.cli.monet_train",
-    "moetools": "moetools.cli.main",
-}
+from __future__ import annotations
+
+
+def _tools() -> dict[str, str]:
+    from ..plugins import checkout_entry_points
+
+    scripts = checkout_entry_points("console_scripts")
+    if not scripts:
+        from importlib.metadata import distribution
+
+        scripts = [entry for entry in distribution("moetools").entry_points if entry.group == "console_scripts"]
+    return {entry.name: entry.value.partition(":")[0] for entry in scripts}
+
+
+TOOLS = _tools()
 
 
 def load_command(name: str):

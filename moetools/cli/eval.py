@@ -29,8 +29,10 @@ def _table(records: list[dict], paths: list[str]) -> None:
         name = paths[r["model"]]
         if r["type"] == "domain":
             per = tuple(fmt(r.get(k)) for k in ("word_perplexity", "byte_perplexity")) if rolling else ()
+            interval = r.get("delta_loss_ci95")
             table.add_row(name, r["domain"], str(r["tokens"]), fmt(r["loss"]), fmt(r["perplexity"]), *per, "", "",
-                          "" if r["delta_loss"] is None else f"{r['delta_loss']:+.4f}")
+                          ("" if r["delta_loss"] is None else f"{r['delta_loss']:+.4f}")
+                          + (f" [{interval[0]:+.3f}, {interval[1]:+.3f}]" if interval else ""))
         elif r["type"] == "choice":
             table.add_row(name, "choices", str(r["items"]), "", "", *("",) * len(extra), f"{r['acc']:.4f}",
                           f"{r['acc_norm']:.4f}", "" if r["delta_acc"] is None else f"{r['delta_acc']:+.4f}")
@@ -70,7 +72,9 @@ def command(models, data, choices, domain_field, text_field, max_length, loss_de
     then a `domain` record per domain of --data (mean next-token loss in nats
     per token, perplexity, token and document counts) and a `choice` record for
     --choices (acc and acc_norm, as lm-evaluation-harness names them). Every
-    model after the first carries deltas against the first. moe-mask
+    model after the first carries deltas against the first, each loss change
+    with its 95% interval (paired bootstrap over the domain's documents), and
+    a `document` record per document gives its tokens and loss. moe-mask
     directories of every mode load, the custom-code mode only when its code is
     moe-mask's own.
 

@@ -188,7 +188,7 @@ def causal(model, labels, output, fmt, uncompressed, llm, triggers, targets, shu
     The LLM options are moe-explain's (--model, --api-base, ..., -O KEY=VALUE;
     --llm-model is the old name of --model).
     """
-    from ..probe.run import probe_causal
+    from ..probe import probe_causal
     from .common import tool_info
 
     probe_causal(model, labels, output, fmt=fmt, uncompressed=uncompressed, **llm.keywords(), triggers=triggers,

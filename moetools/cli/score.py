@@ -125,7 +125,8 @@ def command(traces, output, fmt, uncompressed, general, rc_against, metrics, doc
     if traces and traces[0] == "join":
         join(traces[1:], output, fmt, uncompressed)
         return
-    from ..score.run import resolve_general, score_traces
+    from ..score import score_traces
+    from ..score.run import resolve_general
     from ..score.scorer import METRICS, ScoreOptions
 
     asked = parse_metrics(metrics)
@@ -176,7 +177,7 @@ def join(paths, output, fmt, uncompressed) -> None:
         raise UsageError("join writes a scores stream: --format jsonl or msgpack")
     readers = [read_input(path, kinds="scores", validate=True) for path in paths]
     model, extra, records, summary = join_streams(readers, [str(p) for p in paths])
-    from ..score.judge_join import add_edmrs
+    from ..score.judge import add_edmrs
 
     add_edmrs(extra, records)  # EDMRS = AF x EDMS where routing and judged scores meet (000 sec. 4.1)
     with open_stream_writer(output, "scores", fmt, uncompressed, model=model, header_extra=extra) as writer:

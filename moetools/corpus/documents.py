@@ -27,7 +27,6 @@ Documents are yielded one at a time, so memory does not grow with the corpus.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -35,6 +34,7 @@ from typing import BinaryIO
 from ..errors import EmptyInputError, FormatError, UsageError
 from ..reporting import Log, log_warning
 from ..streams.files import is_stdio, open_input
+from ..streams.strict_json import read_object
 
 BAD_LINE_POLICIES = ("skip", "fail")
 
@@ -126,13 +126,9 @@ def read_documents(source: BinaryIO, *, name: str, text_field: str = "text", id_
         if mode == "text":
             document = Document(index, line_number, f"{name}:{line_number}", line)
         else:
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as error:
-                skip(line_number, f"not valid JSON ({error.msg})")
-                continue
-            if not isinstance(obj, dict):
-                skip(line_number, "not a JSON object")
+            obj, problem = read_object(line)
+            if problem:
+                skip(line_number, problem)
                 continue
             text = obj.pop(text_field, None)
             if not isinstance(text, str):
@@ -197,12 +193,9 @@ def read_json_objects(path) -> Iterator[tuple[int, dict]]:
                 raise UsageError(f"{name}:{line_number}: invalid UTF-8 at byte {error.start}") from None
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UsageError(f"{name}:{line_number}: not valid JSON ({error.msg})") from None
-            if not isinstance(obj, dict):
-                raise UsageError(f"{name}:{line_number}: not a JSON object")
+            obj, problem = read_object(line)
+            if problem:
+                raise UsageError(f"{name}:{line_number}: {problem}")
             yield line_number, obj
     finally:
         if not is_stdio(path):

@@ -44,28 +44,46 @@ def paragraph_key(paragraph: str) -> str:
     return _SPACES.sub(" ", paragraph).strip().casefold()
 
 
+class _Packer:
+    """Consecutive pieces joined by ``separator`` into chunks of at most ``max_chars`` (a piece alone may be longer)."""
+
+    def __init__(self, separator: str, max_chars: int):
+        self.separator, self.max_chars = separator, max_chars
+        self.chunks: list[str] = []
+        self.current = ""
+
+    def add(self, piece: str) -> None:
+        candidate = f"{self.current}{self.separator}{piece}" if self.current else piece
+        if len(candidate) > self.max_chars and self.current:
+            self.chunks.append(self.current)
+            self.current = piece
+        else:
+            self.current = candidate
+
+    def add_alone(self, piece: str) -> None:
+        """``piece`` as a chunk of its own, after the one being packed."""
+        if self.current:
+            self.chunks.append(self.current)
+            self.current = ""
+        self.chunks.append(piece)
+
+    def done(self) -> list[str]:
+        if self.current.strip():
+            self.chunks.append(self.current)
+        return self.chunks
+
+
 def _split_long(paragraph: str, max_chars: int) -> list[str]:
     """A paragraph over ``max_chars``: cut at line ends, and inside a line only when it must."""
-    pieces: list[str] = []
-    current = ""
+    lines = _Packer("\n", max_chars)
     for line in paragraph.split("\n"):
         while len(line) > max_chars:  # a single very long line: cut at the last space before the limit
             cut = line.rfind(" ", 0, max_chars)
             cut = cut if cut > max_chars // 2 else max_chars
-            if current:
-                pieces.append(current)
-                current = ""
-            pieces.append(line[:cut])
+            lines.add_alone(line[:cut])
             line = line[cut:].lstrip(" ")
-        candidate = f"{current}\n{line}" if current else line
-        if len(candidate) > max_chars and current:
-            pieces.append(current)
-            current = line
-        else:
-            current = candidate
-    if current.strip():
-        pieces.append(current)
-    return pieces
+        lines.add(line)
+    return lines.done()
 
 
 def chunk_text(text: str, max_chars: int = 2000) -> list[str]:
@@ -77,16 +95,8 @@ def chunk_text(text: str, max_chars: int = 2000) -> list[str]:
     """
     if max_chars < 1:
         raise ValueError("max_chars must be positive")
-    chunks: list[str] = []
-    current = ""
+    chunks = _Packer("\n\n", max_chars)
     for paragraph in split_paragraphs(text):
         for piece in (_split_long(paragraph, max_chars) if len(paragraph) > max_chars else [paragraph]):
-            candidate = f"{current}\n\n{piece}" if current else piece
-            if len(candidate) > max_chars and current:
-                chunks.append(current)
-                current = piece
-            else:
-                current = candidate
-    if current.strip():
-        chunks.append(current)
-    return chunks
+            chunks.add(piece)
+    return chunks.done()

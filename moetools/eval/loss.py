@@ -75,11 +75,14 @@ def _domain_values(docs: int, tokens: int, loss_sum: float, words: int, size: in
 
 def domain_loss(model, tokenizer, documents: Iterable, *, domain_field: str = "domain", max_length: int = 512,
                 batch_tokens: int = 4096, chunk: int = 256, definition: str = "no-prefix",
-                on_batch: Callable[[int], None] | None = None, on_read: Callable[[int], None] | None = None) -> dict:
+                on_batch: Callable[[int], None] | None = None, on_read: Callable[[int], None] | None = None,
+                per_document: dict | None = None) -> dict:
     """{domain: {"documents", "tokens", "loss", "perplexity"}} over ``documents`` (moetools Documents); with
     ``definition="lm-eval"`` also "loglikelihood", "words", "bytes", "word_perplexity", "byte_perplexity",
     "bits_per_byte" (formats/eval.md). ``on_batch(sequences)`` follows each batch scored, ``on_read(sequences)``
-    each document read (its sequences wait for a batch: progress counts the share scored)."""
+    each document read (its sequences wait for a batch: progress counts the share scored). ``per_document``:
+    filled with ``{document index: [doc_id, domain, tokens, -Σ log p]}`` (the bootstrap's units,
+    moetools.eval.bootstrap)."""
     from ..errors import ModelError, UsageError
 
     if definition not in LOSS_DEFINITIONS:
@@ -92,13 +95,16 @@ def domain_loss(model, tokenizer, documents: Iterable, *, domain_field: str = "d
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def flush(pending):
-        pending.sort(key=lambda item: len(item[1][0]))
+        pending.sort(key=lambda item: len(item[1][0]))   # (domain, doc_id) with each sequence
         batch, domains = [], []
         for domain, sequence in pending + [(None, None)]:
             if sequence is None or (batch and (len(batch) + 1) * (len(sequence[0]) - 1) > batch_tokens):
-                for d, (loss, count) in zip(domains, sequence_losses(model, batch, pad_id) if batch else []):
+                for (d, doc), (loss, count) in zip(domains, sequence_losses(model, batch, pad_id) if batch else []):
                     totals[d][1] += count
                     totals[d][2] += loss
+                    if per_document is not None:
+                        per_document[doc][2] += count
+                        per_document[doc][3] += loss
                 if on_batch and batch:
                     on_batch(len(batch))
                 batch, domains = [], []
@@ -115,7 +121,9 @@ def domain_loss(model, tokenizer, documents: Iterable, *, domain_field: str = "d
         if definition == "lm-eval":  # lm-eval counts every document's words and bytes, even one with no token
             entry[3] += count_words(document.text)
             entry[4] += count_bytes(document.text)
-        pending.extend((domain, sequence) for sequence in sequences)
+        if per_document is not None:
+            per_document[document.index] = [document.doc_id, domain, 0, 0.0]
+        pending.extend(((domain, document.index), sequence) for sequence in sequences)
         if on_read:
             on_read(len(sequences))
         if len(pending) >= chunk:

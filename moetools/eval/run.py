@@ -62,6 +62,7 @@ def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domai
     """
     from ..corpus.documents import read_corpus
     from ..mask.directory import read_mask_record
+    from .bootstrap import paired_delta_interval
     from .choices import choice_accuracy, read_choice_items
     from .loss import domain_loss
 
@@ -69,6 +70,7 @@ def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domai
     # read once, before any model loads: empty or unusable input is refused first (moetools.corpus.documents)
     documents = list(read_corpus(data, text_field=text_field)) if data is not None else None
     first_domains: dict = {}
+    first_documents: dict = {}
     first_choice: dict = {}
     for position, path in enumerate(paths):
         if on_model:
@@ -97,16 +99,26 @@ def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domai
                     if on_batch:
                         on_batch(size)
 
+                per_document: dict = {}
                 results = domain_loss(loaded.model, loaded.tokenizer, documents, domain_field=domain_field,
                                       max_length=max_length, batch_tokens=batch_tokens,
-                                      definition=loss_definition, on_batch=count_batch, on_read=count_read)
+                                      definition=loss_definition, on_batch=count_batch, on_read=count_read,
+                                      per_document=per_document)
                 bar.advance(max(0.0, len(documents) - counts["shown"]))
+            if position == 0:
+                first_documents = per_document
             for domain, values in results.items():
                 base = first_domains.setdefault(domain, values) if position == 0 else first_domains.get(domain)
-                delta = None
+                record = {"type": "domain", "model": position, "domain": domain, **values, "delta_loss": None}
                 if position and base and base["loss"] is not None and values["loss"] is not None:
-                    delta = values["loss"] - base["loss"]
-                yield {"type": "domain", "model": position, "domain": domain, **values, "delta_loss": delta}
+                    record["delta_loss"] = values["loss"] - base["loss"]
+                    record["delta_loss_ci95"] = paired_delta_interval(  # over the domain's documents, paired
+                        {i: (v[2], v[3]) for i, v in first_documents.items() if v[1] == domain},
+                        {i: (v[2], v[3]) for i, v in per_document.items() if v[1] == domain})
+                yield record
+            for index, (doc_id, domain, tokens, loss_sum) in per_document.items():
+                yield {"type": "document", "model": position, "doc": doc_id, "index": index, "domain": domain,
+                       "tokens": tokens, "loss": loss_sum / tokens if tokens else None}
         if items is not None:
             with progress(f"model {position}: choice items", total=len(items)) as bar:
                 values = choice_accuracy(loaded.model, loaded.tokenizer, items, on_item=bar.advance)

@@ -23,6 +23,7 @@ import asyncio
 import time
 from collections.abc import Callable, Container, Iterable
 
+from ..lazy import lazy_exports
 from ..llm.cache import ResponseCache, default_cache_dir
 from ..reporting import ProgressFactory, no_progress
 from .method import ExplainAccounting, Explainer, ExplainJob, ExplainSettings
@@ -69,6 +70,10 @@ def listed_experts(path, model: dict | None) -> set[tuple[int, int]]:
     return read_experts(path, model=model).pairs()
 
 
+#: the tool's entry point (CONTRIBUTING.md, "Add a tool"), imported when first used
+__getattr__ = lazy_exports(__name__, {"explain_samples": "run"})
+
+
 __all__ = [
     "BUILTIN_DOMAINS",
     "Domain",
@@ -84,6 +89,7 @@ __all__ = [
     "check_explanation",
     "default_cache_dir",
     "describe_backends",
+    "explain_samples",
     "listed_experts",
     "load_domain",
     "logit_lens_pieces",

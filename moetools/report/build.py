@@ -8,16 +8,10 @@ not their names.
 from __future__ import annotations
 
 import html
-import math
 
 import numpy as np
 
 from .inputs import ReportData, _round
-
-#: per-domain metrics drawn as overview heatmaps, in this order, when the scores have them
-DOMAIN_HEATMAPS = ("das", "af", "edms", "edmrs")
-#: expert-level metrics drawn as overview heatmaps (skew.ratio drawn as log2)
-EXPERT_HEATMAPS = ("skew.ratio", "ems", "f1", "pearson", "jsd_routing", "jsd_functional")
 
 
 def flat_scores(record: dict) -> dict[str, float]:
@@ -108,6 +102,15 @@ def _label_entry(label: dict) -> dict:
     entry = {"lab": label.get("explanation"), "st": label.get("status"), "by": _explainer(label)}
     if label.get("error"):
         entry["err"] = label["error"]
+    evidence = label.get("evidence") if isinstance(label.get("evidence"), dict) else None
+    if evidence is not None:
+        from ..explain.evidence import (
+            evidence_text,  # the explain package is not needed to read reports otherwise
+        )
+
+        entry["ev"] = evidence_text(evidence)
+        if evidence.get("flag"):
+            entry["flag"] = evidence["flag"]
     return entry
 
 
@@ -150,6 +153,9 @@ def payload(data: ReportData, title: str) -> dict:
     flats = {key: flat_scores(card.scores) for key, card in data.cards.items() if card.scores}
     keys = sorted({name for flat in flats.values() for name in flat})
     histogram_kind, histograms = _histograms(data, domains)
+    from .health import routing_health
+
+    health, health_flags = routing_health(data)
     membership: dict = {}
     for index, (_, chosen) in enumerate(data.sets):
         for pair in chosen.pairs():
@@ -187,13 +193,25 @@ def payload(data: ReportData, title: str) -> dict:
             entry["ft"] = card.sample_stats["firing_tokens"]
         if key in membership:
             entry["sets"] = membership[key]
+        if key in health_flags:
+            entry["hf"] = health_flags[key]
         experts.append(entry)
-    return {"version": 1, "title": title, "model": data.model, "domains": domains, "keys": keys,
+    layers = data.layers or sorted({layer for layer, _ in data.cards})
+    content = {"version": 1, "title": title, "model": data.model, "domains": domains, "keys": keys,
             "histogram": histogram_kind, "layers": data.layers, "num_experts": data.num_experts,
             "sets": [{"name": name, "size": len(chosen), "criterion": chosen.provenance.get("criterion")}
                      for name, chosen in data.sets],
             "sources": data.sources, "scorer": scorer_name(data.scores_header),
-            "verdicts_unmatched": data.verdicts_unmatched, "experts": experts}
+            "verdicts_unmatched": data.verdicts_unmatched, "health": health, "experts": experts}
+    from .maps import map_specs, rows
+
+    content["maps"], content["rows"] = map_specs(data, content), rows(data, layers)
+    content["map_layers"] = layers
+    if data.docs:
+        content["docs"] = data.docs
+        content["doc_layers"], content["doc_rows"] = data.routing_layers, row_labels(data, data.routing_layers)
+        content["top_k"] = data.top_k
+    return content
 
 
 def _quantise(contexts: list[dict]) -> float | None:
@@ -210,19 +228,6 @@ def _quantise(contexts: list[dict]) -> float | None:
     for context in contexts:
         context["a"] = [round(100 * value / largest) or (1 if value > 0 else 0) for value in context["a"]]
     return _round(largest, 4)
-
-
-def _grid(data: ReportData, value_of) -> np.ndarray:
-    """(L, E) float array of ``value_of(card)`` (NaN where missing)."""
-    layers = data.layers or sorted({layer for layer, _ in data.cards})
-    experts = data.num_experts or (1 + max((e for _, e in data.cards), default=0))
-    grid = np.full((len(layers), experts), np.nan)
-    row = {layer: index for index, layer in enumerate(layers)}
-    for (layer, expert), card in data.cards.items():
-        value = value_of(card)
-        if layer in row and expert < experts and value is not None and math.isfinite(value):
-            grid[row[layer], expert] = value
-    return grid
 
 
 def row_labels(data: ReportData, layers: list) -> list[str]:
@@ -242,42 +247,11 @@ def shared_caption(data: ReportData) -> str:
 
 
 def overview_figures(data: ReportData) -> list[tuple[str, str]]:
-    """(caption, svg) of each overview figure the inputs allow."""
-    from .plots import grouped_bars_svg, heatmap_svg
+    """(caption, svg) of each overview bar chart the inputs allow; the layer × expert maps are drawn by the
+    page from the inline data (:mod:`moetools.report.maps`)."""
+    from .plots import grouped_bars_svg
 
     figures = []
-    layers = data.layers or sorted({layer for layer, _ in data.cards})
-    rows, shared = row_labels(data, layers), shared_caption(data)
-    domains = _domains(data)
-    if data.scores_header:
-        metrics = data.scores_header.get("metrics") or {}
-        present = {name for card in data.cards.values() for m in (card.scores.get("domains") or {}).values()
-                   for name in (m or {})}
-        for metric in DOMAIN_HEATMAPS:
-            if metric in present:
-                panels = [(f"{metric} · {d}", _grid(data, lambda c, d=d, metric=metric: ((c.scores.get("domains") or {})
-                                                    .get(d) or {}).get(metric))) for d in domains]
-                definition = (metrics.get(metric) or {}).get("definition", "")
-                figures.append((f"{metric} per layer × expert, one panel per domain ({definition}){shared}",
-                                heatmap_svg(metric, panels, rows, diverging=metric == "das", colorbar=metric)))
-        for metric in EXPERT_HEATMAPS:
-            name, _, inner = metric.partition(".")
-            def value(card, name=name, inner=inner, metric=metric):
-                item = card.scores.get(name)
-                item = item.get(inner) if inner and isinstance(item, dict) else item
-                if item is None or isinstance(item, (dict, bool)):
-                    return None
-                return math.log2(item) if metric == "skew.ratio" and item > 0 else float(item)
-            grid = _grid(data, value)
-            if np.isfinite(grid).any():
-                label = "log2 skew ratio (top domain / runner-up; 1 = MONET's 2x)" if metric == "skew.ratio" else metric
-                figures.append((label + shared, heatmap_svg(label, [(label, grid)], rows, colorbar=metric)))
-    elif data.routing is not None and data.routing.shape is not None:
-        names, probability = data.routing.mean_probability()
-        panels = [(f"mean router probability · {d}", probability[i]) for i, d in enumerate(names)]
-        figures.append((f"mean router probability per layer × expert, one panel per domain (trace){shared}",
-                        heatmap_svg("router probability", panels, row_labels(data, data.routing_layers),
-                                    colorbar="p")))
     figures.extend(_concentration_figures(data, grouped_bars_svg))
     return figures
 

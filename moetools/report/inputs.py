@@ -31,6 +31,9 @@ class ReportOptions:
     holdout: int = 2           # holdout examples per side (positive, negative)
     context_tokens: int = 48   # tokens kept per context, centred on the marked token
     logit_lens: int = 8        # logit-lens tokens per card
+    documents: int = 8         # documents of the trace in the document view (the first ones) ...
+    document_ids: tuple | None = None   # ... or these (doc_id), in this order
+    document_tokens: int = 256          # tokens kept per document
     title: str | None = None
 
 
@@ -66,8 +69,10 @@ class ReportData:
     shared_layers: dict = field(default_factory=dict)  # router layer -> the layers it routes (shared routers)
     top_k: int | None = None
     baseline_routing: object = None                    # DomainRouting of a --baseline trace
+    docs: list = field(default_factory=list)           # the document view's documents (moetools.report.documents)
     baseline_model: dict | None = None
     sets: list = field(default_factory=list)           # (name, ExpertSet)
+    set_files: dict = field(default_factory=dict)      # set name -> {"path": resolved, "sha256": "sha256:…"}
     eval_header: dict | None = None
     eval_models: dict = field(default_factory=dict)    # index -> model record
     eval_domains: list = field(default_factory=list)   # domain records
@@ -136,14 +141,25 @@ def _round(value, digits: int = 3):
     return float(f"{value:.{digits}g}")
 
 
-def _read_trace(data: ReportData, reader, where: str, baseline: bool) -> None:
+def _read_trace(data: ReportData, reader, where: str, baseline: bool, options: ReportOptions | None = None) -> None:
     from ..score.specialisation import DomainRouting
+    from .documents import DocumentPicker
 
+    options = options or ReportOptions()
     header = reader.header
     fold = RouterFold.from_header(header)   # layers sharing one router: one row per router
     routing = DomainRouting()
+    picker = None if baseline else DocumentPicker(options.documents, options.document_ids, options.document_tokens)
     for record in reader:
-        routing.add(record if fold is None or record.get("type", "sequence") != "sequence" else fold.record(record))
+        record = record if fold is None or record.get("type", "sequence") != "sequence" else fold.record(record)
+        routing.add(record)
+        if picker is not None:
+            picker.add(record)
+    if picker is not None:
+        missing = picker.missing()
+        if missing:
+            raise UsageError(f"{where}: no document {missing[0]!r} in the trace (--document names a doc_id)")
+        data.docs = picker.result()
     if baseline:
         data.baseline_routing, data.baseline_model = routing, header.get("model")
         return
@@ -297,7 +313,7 @@ def load_inputs(paths, *, baseline=None, options: ReportOptions | None = None) -
         data.sources.append({"path": where, "kind": kind, "tool": (reader.header.get("tool") or {}).get("name")})
         _merge_shape(data, reader.header)
         if kind == "trace":
-            _read_trace(data, reader, where, baseline=False)
+            _read_trace(data, reader, where, baseline=False, options=options)
         elif kind == "samples":
             _read_samples(data, reader, options)
         elif kind == "labels":
@@ -312,6 +328,7 @@ def load_inputs(paths, *, baseline=None, options: ReportOptions | None = None) -
         where = os.fspath(path)
         _adopt_model(data, chosen.model, where)
         data.sets.append((Path(path).stem, chosen))
+        data.set_files[Path(path).stem] = {"path": str(Path(path).resolve()), "sha256": _file_sha256(path)}
         data.sources.append({"path": where, "kind": "experts", "tool": (chosen.provenance.get("tool") or {}).get("name")})
     if later_eval:
         _check_eval_model(data, later_eval)
@@ -320,6 +337,17 @@ def load_inputs(paths, *, baseline=None, options: ReportOptions | None = None) -
         _check_baseline(data, reader.header, os.fspath(baseline))
         _read_trace(data, reader, os.fspath(baseline), baseline=True)
     return data
+
+
+def _file_sha256(path) -> str:
+    """``sha256:HEX`` of a file, as moe-mask records the experts.json it masked (formats/mask.md)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
 
 
 def _merge_shape(data: ReportData, header: dict) -> None:

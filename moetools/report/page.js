@@ -24,6 +24,25 @@
   const experts = DATA.experts;
   const keys = DATA.keys;
   const state = { sort: "", desc: true, query: "", min: "", set: "", layer: "", page: 0, list: experts };
+  // a compressed page holds the fields only a card shows in chunks of DATA.chunk experts (formats/report.md),
+  // decoded the first time one of their cards is drawn
+  const chunkNodes = document.querySelectorAll("script.moe-chunk"), chunkLoads = {}, chunkDone = {};
+  experts.forEach(function (expert, i) { Object.defineProperty(expert, "_i", { value: i, enumerable: false }); });
+  function loadChunk(k) {
+    if (!chunkLoads[k]) chunkLoads[k] = decode(chunkNodes[k]).then(function (rows) {
+      rows.forEach(function (fields, j) { Object.assign(experts[k * DATA.chunk + j], fields); });
+      chunkDone[k] = true;
+    });
+    return chunkLoads[k];
+  }
+  function ensure(list) {   // null when every card of ``list`` can be drawn now, else a promise of that
+    if (!DATA.chunk) return null;
+    const need = {};
+    list.forEach(function (expert) { const k = Math.floor(expert._i / DATA.chunk); if (!chunkDone[k]) need[k] = true; });
+    const wanted = Object.keys(need);
+    return wanted.length ? Promise.all(wanted.map(function (k) { return loadChunk(Number(k)); })) : null;
+  }
+  let drawn = 0;
 
   function el(tag, attrs, children) {
     const node = document.createElement(tag);
@@ -61,16 +80,28 @@
     if (where) line.appendChild(el("span", { cls: "where", text: " — " + where }));
     return line;
   }
+  function scoreB(expert, key) {
+    const index = keys.indexOf(key);
+    return index < 0 || !expert.b || !expert.b.v ? null : expert.b.v[index];
+  }
+  // a comparison's value pair: "A → B (Δ ±d)"; a plain page: the value
+  function shown(expert, key) {
+    const a = score(expert, key);
+    if (!DATA.compare) return fmt(a);
+    const b = scoreB(expert, key);
+    const delta = a === null || b === null || a === undefined || b === undefined ? null : b - a;
+    return fmt(a) + " → " + fmt(b) + " (Δ " + (delta === null ? "–" : (delta > 0 ? "+" : "") + fmt(delta)) + ")";
+  }
   function scoreTable(expert) {
-    if (!expert.v) return null;
+    if (!expert.v && !(expert.b && expert.b.v)) return null;
     const perDomain = {}, plain = [];
     keys.forEach(function (key, i) {
-      const value = expert.v[i];
-      if (value === null || value === undefined) return;
+      const value = expert.v ? expert.v[i] : null, other = scoreB(expert, key);
+      if ((value === null || value === undefined) && (other === null || other === undefined)) return;
       const cut = key.indexOf(":");
       if (cut > 0) {
         const metric = key.slice(0, cut), domain = key.slice(cut + 1);
-        (perDomain[metric] = perDomain[metric] || {})[domain] = value;
+        (perDomain[metric] = perDomain[metric] || {})[domain] = shown(expert, key);
       } else if (!/_(random|shuffled)$/.test(key)) plain.push(key);
     });
     const box = el("div", { cls: "scores" });
@@ -80,7 +111,7 @@
         return el("th", { text: d }); })));
       const rows = metrics.map(function (metric) {
         return el("tr", null, [el("th", { text: metric })].concat(DATA.domains.map(function (d) {
-          return el("td", { text: fmt(perDomain[metric][d]) }); })));
+          return el("td", { text: perDomain[metric][d] === undefined ? "–" : perDomain[metric][d] }); })));
       });
       box.appendChild(el("table", { cls: "grid" }, [head].concat(rows)));
     }
@@ -89,7 +120,7 @@
       if (expert.sd) list.appendChild(el("li", { text: "skew.domain = " + expert.sd + " (the domain routed to most)" }));
       plain.forEach(function (key) {
         const random = score(expert, key + "_random"), shuffled = score(expert, key + "_shuffled");
-        list.appendChild(el("li", { text: key + " = " + fmt(score(expert, key)) +
+        list.appendChild(el("li", { text: key + " = " + shown(expert, key) +
           (random !== null ? "  (random-expert baseline " + fmt(random) + ")" : "") +
           (shuffled !== null ? "  (with a shuffled label " + fmt(shuffled) + ")" : "") }));
       });
@@ -118,14 +149,28 @@
     const head = el("div", { cls: "head" }, [
       el("a", { href: "#" + id, cls: "anchor", text: "layer " + expert.l + " · expert " + expert.e }),
       expert.sets ? el("span", { cls: "sets", text: expert.sets.map(function (s) { return DATA.sets[s].name; }).join(", ") }) : null,
+      expert.hf ? el("span", { cls: "badge health", text: "⚠ " + expert.hf.join(", "),
+        title: "routing health (see the Routing health panel): " + expert.hf.join(", ") }) : null,
     ]);
     // every label of the expert, one per labels stream given, an LLM's first (formats/report.md)
     const labels = [expert].concat(expert.more || []).map(function (item, i) {
       return el("div", { cls: "labelbox" + (i ? " other" : "") }, [
         el("div", { cls: "label" + (item.st === "failed" ? " failed" : ""),
-          text: item.lab || (item.st === "failed" ? "no label: " + (item.err || "failed") : "no label") }),
+          text: (item.flag ? "[" + item.flag + "] " : "") +
+            (item.lab || (item.st === "failed" ? "no label: " + (item.err || "failed") : "no label")) }),
+        item.ev ? el("div", { cls: "evidence", text: "evidence: " + item.ev }) : null,
         item.by ? el("div", { cls: "by", text: "explainer: " + item.by }) : null]);
     });
+    if (DATA.compare) {   // the other run's label, and the routing change of this expert
+      labels[0].insertBefore(el("div", { cls: "by", text: DATA.compare.a + ":" }), labels[0].firstChild);
+      const other = expert.b || {};
+      labels.push(el("div", { cls: "labelbox other compare-b" }, [el("div", { cls: "by", text: DATA.compare.b + ":" }),
+        el("div", { cls: "label", text: other.lab || "no label" }),
+        other.by ? el("div", { cls: "by", text: "explainer: " + other.by }) : null,
+        other.hf ? el("span", { cls: "badge health", text: "⚠ " + DATA.compare.b + ": " + other.hf.join(", ") }) : null]));
+      if (expert.rs !== undefined) labels.push(el("div", { cls: "by rs", text: "routing change " + DATA.compare.a + " → " +
+        DATA.compare.b + ": shift " + fmt(expert.rs) + " (003 eq. 4: squared change of its mean router probability)" }));
+    }
     const contexts = expert.c ? el("div", null, expert.c.map(function (c) { return contextLine(c, expert.as); })) : null;
     const lens = expert.ll ? el("div", { cls: "lens" }, expert.ll.map(function (item) {
       return el("span", { cls: "lt", text: showPiece(String(item[0])) + (item[1] ? " ×" + item[1] : "") }); })) : null;
@@ -137,7 +182,7 @@
         return row; }))) : null;
     const note = expert.ss ? el("div", { cls: "by", text: "samples: " + expert.ss + (expert.ft !== undefined ? " (" + expert.ft + " firing tokens)" : "") }) : null;
     return el("div", { cls: "card", id: "card-" + expert.l + "-" + expert.e, "data-key": id }, [head].concat(labels, [
-      note, section("scores", scoreTable(expert)), section("domains — " + DATA.histogram, histogram(expert)),
+      note, section("scores", scoreTable(expert)), section("domains — " + DATA.histogram + (DATA.compare ? " (" + DATA.compare.a + ")" : ""), histogram(expert)),
       section("top contexts (shaded by contribution; routed tokens underlined; the marked token boxed)", contexts),
       section("logit lens", lens),
       section(expert.jv ? "holdout examples with the scorer's verdicts (its mistakes first)" : "holdout examples",
@@ -191,6 +236,10 @@
     return true;
   }
   function refresh() {
+    filterSort();
+    return render();
+  }
+  function filterSort() {
     let list = experts.filter(matches);
     if (state.sort) {
       const sign = state.desc ? -1 : 1;
@@ -204,9 +253,16 @@
     }
     state.list = list;
     state.page = Math.min(state.page, Math.max(0, Math.ceil(list.length / PAGE) - 1));
-    render();
   }
+  // draws the current page of cards; returns a promise, resolved once they are drawn
   function render() {
+    const start = state.page * PAGE, token = ++drawn;
+    const waiting = ensure(state.list.slice(start, start + PAGE));
+    if (!waiting) { draw(); return Promise.resolve(); }
+    document.getElementById("count").textContent = "reading the cards' data…";
+    return waiting.then(function () { if (token === drawn) draw(); });
+  }
+  function draw() {
     const box = document.getElementById("cards");
     box.textContent = "";
     const start = state.page * PAGE;
@@ -225,16 +281,20 @@
     if (index < 0) {  // filtered out: clear the filters, then look again
       state.query = ""; state.set = ""; state.layer = ""; state.min = "";
       ["search", "set", "layer", "min"].forEach(function (id) { const n = document.getElementById(id); if (n) n.value = ""; });
-      refresh();
+      filterSort();
       index = state.list.findIndex(function (x) { return x.l + "/" + x.e === key; });
     }
-    if (index < 0) { document.getElementById("count").textContent += " · no expert " + key; return; }
+    if (index < 0) {
+      return render().then(function () { document.getElementById("count").textContent += " · no expert " + key; });
+    }
     state.page = Math.floor(index / PAGE);
-    render();
-    const target = document.getElementById("card-" + match[1] + "-" + match[2]);
-    document.querySelectorAll(".card.target").forEach(function (n) { n.classList.remove("target"); });
-    target.classList.add("target");
-    target.scrollIntoView();
+    return render().then(function () {
+      const target = document.getElementById("card-" + match[1] + "-" + match[2]);
+      if (!target) return;
+      document.querySelectorAll(".card.target").forEach(function (n) { n.classList.remove("target"); });
+      target.classList.add("target");
+      target.scrollIntoView();
+    });
   }
 
   // -- controls ---------------------------------------------------------------------------------
@@ -253,11 +313,21 @@
   document.getElementById("min").addEventListener("input", function (event) { state.min = event.target.value; state.page = 0; refresh(); });
   sets.addEventListener("change", function (event) { state.set = event.target.value; state.page = 0; refresh(); });
   layer.addEventListener("change", function (event) { state.layer = event.target.value; state.page = 0; refresh(); });
-  document.getElementById("prev").addEventListener("click", function () { state.page -= 1; render(); window.scrollTo(0, document.getElementById("controls").offsetTop); });
-  document.getElementById("next").addEventListener("click", function () { state.page += 1; render(); window.scrollTo(0, document.getElementById("controls").offsetTop); });
+  function turn(by) {
+    state.page += by;
+    render().then(function () { window.scrollTo(0, document.getElementById("controls").offsetTop); });
+  }
+  document.getElementById("prev").addEventListener("click", function () { turn(-1); });
+  document.getElementById("next").addEventListener("click", function () { turn(1); });
   window.addEventListener("hashchange", jump);
-  refresh();
-  jump();
-  document.body.setAttribute("data-ready", "1");
+  document.addEventListener("click", function (event) {   // a link to the card already in the hash: no hashchange
+    const link = event.target.closest && event.target.closest("a[href^='#']");
+    if (link && link.getAttribute("href") === location.hash) { event.preventDefault(); jump(); }
+  });
+  const first = refresh();
+  (window.moeDraw || []).forEach(function (view) {   // the maps (maps.js) and other views drawn from DATA
+    try { view(DATA); } catch (error) { console.error(error); }
+  });
+  Promise.all([first, jump()]).then(function () { document.body.setAttribute("data-ready", "1"); });
   }
 })();

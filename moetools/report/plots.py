@@ -3,9 +3,9 @@
 Why matplotlib and not Plotly's offline bundle: the page must open from ``file://`` with no
 network and stay small for 16k-expert MONET models. Plotly inlines ~4.5 MB of JavaScript into
 every report and draws in the browser; matplotlib draws here, once, and the page carries only
-the finished SVG (text kept as ``<text>`` so fonts come from the browser, images of layer x
-expert grids as one embedded PNG whose size depends on the figure, not on the number of
-experts). It is maintained, already in wide use, and needs no browser engine at build time.
+the finished SVG (text kept as ``<text>`` so fonts come from the browser). The layer x expert
+maps are not figures: the page paints them on a canvas from the inline data, one pixel per
+expert, so they can show a value on hover and open a card on click (moetools/report/maps.py). It is maintained, already in wide use, and needs no browser engine at build time.
 Figures use ``matplotlib.figure.Figure`` directly (no pyplot, no global state, no display).
 
 Per-expert pictures (the domain histogram of a card) are not matplotlib figures: 16k SVGs would
@@ -43,39 +43,6 @@ def _new_figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def heatmap_svg(title: str, panels: list[tuple[str, np.ndarray]], layers: list, *, diverging: bool = False,
-                colorbar: str = "") -> str:
-    """One image per panel: rows = MoE layers (``layers``: their names, e.g. "0-3" for a router that
-    routes layers 0 to 3), columns = expert ids; NaN (no value) drawn grey."""
-    import matplotlib
-
-    with matplotlib.rc_context(SVG_RC):
-        rows = len(panels)
-        height = 0.5 + rows * (0.35 + 0.18 * max(1, len(layers)))
-        figure = _new_figure(9.0, height)
-        axes = figure.subplots(rows, 1, squeeze=False)[:, 0]
-        finite = np.concatenate([values[np.isfinite(values)].ravel() for _, values in panels] or [np.zeros(0)])
-        if diverging:
-            bound = float(np.max(np.abs(finite))) if finite.size else 1.0
-            low, high, cmap = -bound or -1.0, bound or 1.0, "RdBu_r"
-        else:
-            low = float(finite.min()) if finite.size else 0.0
-            high = float(finite.max()) if finite.size else 1.0
-            cmap = "viridis"
-        colormap = matplotlib.colormaps[cmap].with_extremes(bad="#dddddd")
-        image = None
-        for axis, (name, values) in zip(axes, panels):
-            image = axis.imshow(np.ma.masked_invalid(values), aspect="auto", cmap=colormap, vmin=low, vmax=high)
-            axis.set_title(name, loc="left", fontsize=9)
-            axis.set_yticks(range(len(layers)), [str(layer) for layer in layers])
-            axis.set_ylabel("layer")
-        axes[-1].set_xlabel("expert")
-        if image is not None:
-            figure.colorbar(image, ax=list(axes), shrink=0.9, label=colorbar)
-        figure.suptitle(title, x=0.01, ha="left", fontsize=10)
-        return figure_svg(figure)
-
-
 def grouped_bars_svg(title: str, groups: list[str], series: list[tuple[str, list[float]]], *, ylabel: str = "",
                      reference: float | None = None, reference_label: str = "") -> str:
     """Bars per group, one colour per series (e.g. own-domain share vs elsewhere vs baseline)."""
@@ -97,4 +64,4 @@ def grouped_bars_svg(title: str, groups: list[str], series: list[tuple[str, list
         return figure_svg(figure)
 
 
-__all__ = ["figure_svg", "grouped_bars_svg", "heatmap_svg"]
+__all__ = ["figure_svg", "grouped_bars_svg"]

@@ -17,6 +17,11 @@ def _num(value):
     return value if math.isfinite(value) else None
 
 
+def _flag(value):
+    """1.0 / 0.0 / NaN (not judged) as true / false / null."""
+    return None if math.isnan(value) else bool(value)
+
+
 def asked(metrics, name: str) -> bool:
     """Whether ``--metrics`` (None: every metric the input supports) asks for ``name``: only those are written."""
     return metrics is None or name in metrics
@@ -86,6 +91,12 @@ def expert_records(computed: dict, layers: list[int], min_ratio: float, metrics=
                 record["skew"] = skew
             if "pearson" in computed:
                 record["pearson"] = _num(computed["pearson"][li, expert])
+            if "health" in computed:
+                health = computed["health"]
+                record["health"] = {"share": _num(f"{health['share'][li, expert]:.6g}"),
+                                    "tokens": _num(f"{health['tokens'][li, expert]:.6g}"),
+                                    "dead": _flag(health["dead"][li, expert]),
+                                    "always_on": _flag(health["always_on"][li, expert])}
             for name in ("rc_shift", "jsd_routing", "jsd_routing_random", "jsd_functional",
                          "jsd_functional_random"):
                 if name in computed and asked(metrics, name):
@@ -130,6 +141,8 @@ def end_summary(scorer: RoutingScorer, computed: dict, q_threshold: float = 0.05
     if "pearson" in computed:
         summary["pearson"] = {"field": scorer.options.target_field, "documents": computed["pearson_n"],
                               "without_value": scorer.documents.without_target}
+    if "health_summary" in computed:
+        summary["health"] = computed["health_summary"]
     if "rc" in computed:
         summary["rc"] = _num(computed["rc"])
     if scorer.clusters is not None:

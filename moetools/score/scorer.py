@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import FormatError, ModelMismatchError, UsageError
 from ..models.shared_routers import RouterFold
+from . import health as H
 from . import metrics as M
 from .permutation import skew_permutation_test
 from .routing import DocumentTable, DomainSums
@@ -42,6 +43,8 @@ METRICS = {
     "jsd_functional": ("expert", ("002: JSD (bits) of the clusters of the expert's logit-lens tokens (final norm "
                                  "applied) vs the layer's")),
     "jsd_functional_random": ("expert", "002: the same for a random expert with as many logit-lens tokens"),
+    "health": ("expert", ("routing health: share of the layer's routing slots and of its tokens, dead and "
+                          "always-on flags (thresholds in the end record's summary.health)")),
 }
 ALWAYS = ("af", "prob", "score", "explen", "psn", "reap", "esft_token", "esft_gate", "routed")
 #: options read only for some metrics: given with a --metrics that asks for none of them, they would do nothing
@@ -279,6 +282,9 @@ class RoutingScorer:
         out["esft_token"] = M.esft_token_score(arrays["selected"])
         out["esft_gate"] = M.esft_gate_score(arrays["gate"], t)
         out["routed"] = arrays["selected"]
+        if self._require("health", bool(sums.domains), "no tokens with a domain", quiet=True):
+            out["health"], out["health_summary"] = H.summary(arrays["selected"].sum(axis=0), float(tokens.sum()),
+                                                             sums.top_k, self.layers)
         self._general(out, arrays, tokens)
         self._skew(out)
         self._pearson(out)

@@ -9,7 +9,7 @@ For domain d, layer l and expert e, the mean routing probability per token is
 
     p(d, l, e) = Σ_{sequences s of d} prob_sum_s[l, e] / Σ_{s of d} T_s.
 
-Two figures per model (issue 5, item 4):
+Two figures per model:
 
 - **top-expert share** (:func:`top_expert_share`): the share of domain d's
   routing mass at layer l held by its k most-used experts,
@@ -54,6 +54,7 @@ class DomainRouting:
         self.shape: tuple[int, int] | None = None
         self.sequences = 0
         self.skipped_without_domain = 0
+        self.routed: np.ndarray | None = None  # (L, E) Σ_t 1[e ∈ topK_l(t)] over tokens with a domain
 
     def add(self, record: dict) -> None:
         """Add one ``sequence`` record (other record types are ignored)."""
@@ -81,6 +82,12 @@ class DomainRouting:
         self._mass[index] += prob_sum
         self._tokens[index] += int(np.asarray(record["tokens"]).shape[0])
         self.sequences += 1
+        experts = record.get("experts")
+        if experts is not None:   # the routing counts of moetools.score.health
+            layers, count = self.shape
+            ids = np.asarray(experts).astype(np.int64) + (np.arange(layers, dtype=np.int64) * count)[:, None, None]
+            counts = np.bincount(ids.ravel(), minlength=layers * count)[:layers * count].reshape(layers, count)
+            self.routed = counts.astype(np.float64) if self.routed is None else self.routed + counts
 
     def extend(self, records: Iterable[dict]) -> DomainRouting:
         for record in records:

@@ -178,45 +178,42 @@ def field_int(record: dict, name: str, place: str, *, minimum: int | None = 0, m
     return value
 
 
-def field_number(record: dict, name: str, place: str, *, optional: bool = False, nullable: bool = False):
+def _typed(record: dict, name: str, place: str, optional: bool, nullable: bool, ok, what: str, got=repr):
+    """The field's value when ``ok(value)``; None when missing (``optional``) or null (``nullable``);
+    FormatError "'name' must be WHAT, got GOT(value)" otherwise."""
     value = _value(record, name, place, optional)
     if value is _MISSING or (nullable and value is None):
         return None
-    need(is_number(value), place, f"'{name}' must be a finite number{' or null' if nullable else ''}, got {value!r}")
+    if not ok(value):
+        raise FormatError(f"{place}: '{name}' must be {what}, got {got(value)}")
     return value
+
+
+def _type_name(value) -> str:
+    return type(value).__name__
+
+
+def field_number(record: dict, name: str, place: str, *, optional: bool = False, nullable: bool = False):
+    return _typed(record, name, place, optional, nullable, is_number,
+                  "a finite number or null" if nullable else "a finite number")
 
 
 def field_str(record: dict, name: str, place: str, *, optional: bool = False, nullable: bool = False):
-    value = _value(record, name, place, optional)
-    if value is _MISSING or (nullable and value is None):
-        return None
-    need(isinstance(value, str), place, f"'{name}' must be a string{' or null' if nullable else ''}, "
-                                        f"got {type(value).__name__}")
-    return value
+    return _typed(record, name, place, optional, nullable, lambda value: isinstance(value, str),
+                  "a string or null" if nullable else "a string", _type_name)
 
 
 def field_bool(record: dict, name: str, place: str, *, optional: bool = False):
-    value = _value(record, name, place, optional)
-    if value is _MISSING:
-        return None
-    need(isinstance(value, bool), place, f"'{name}' must be true or false, got {value!r}")
-    return value
+    return _typed(record, name, place, optional, False, lambda value: isinstance(value, bool), "true or false")
 
 
 def field_map(record: dict, name: str, place: str, *, optional: bool = False, nullable: bool = False):
-    value = _value(record, name, place, optional)
-    if value is _MISSING or (nullable and value is None):
-        return None
-    need(isinstance(value, dict), place, f"'{name}' must be a map, got {type(value).__name__}")
-    return value
+    return _typed(record, name, place, optional, nullable, lambda value: isinstance(value, dict), "a map",
+                  _type_name)
 
 
 def field_list(record: dict, name: str, place: str, *, optional: bool = False):
-    value = _value(record, name, place, optional)
-    if value is _MISSING:
-        return None
-    need(isinstance(value, list), place, f"'{name}' must be a list, got {type(value).__name__}")
-    return value
+    return _typed(record, name, place, optional, False, lambda value: isinstance(value, list), "a list", _type_name)
 
 
 def field_choice(record: dict, name: str, place: str, choices, *, optional: bool = False):

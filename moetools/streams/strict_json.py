@@ -67,4 +67,20 @@ def strict_loads(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-__all__ = ["NonFiniteJSONError", "dumps", "first_non_finite", "strict_loads"]
+def read_object(text: str) -> tuple[dict | None, str | None]:
+    """``(object, None)`` for a JSON object, else ``(None, why)``: "not valid JSON (…)" or "not a JSON object".
+
+    The one wording of the tools' JSON-object inputs (corpus lines, chat and choice files, domain files);
+    the place of a syntax error is given when ``text`` spans several lines.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        where = f" at line {error.lineno} column {error.colno}" if "\n" in text.strip() else ""
+        return None, f"not valid JSON ({error.msg}{where})"
+    if not isinstance(value, dict):
+        return None, "not a JSON object"
+    return value, None
+
+
+__all__ = ["NonFiniteJSONError", "dumps", "first_non_finite", "read_object", "strict_loads"]

@@ -4,7 +4,7 @@
     model, tokenizer, adapter = moetools.models.load_model("path/to/olmoe", dtype="auto", device="cpu")
     summary = trace_corpus(model, tokenizer, adapter, documents, writer, options)
 
-:mod:`moetools.trace.command` (what ``moe-trace`` calls) adds the output file
+:mod:`moetools.trace.run` (what ``moe-trace`` calls) adds the output file
 handling, ``--resume`` and the header/end records. Memory stays flat in corpus length: documents are
 read one at a time, windows sorted inside a bounded buffer, records streamed out.
 """

@@ -28,7 +28,7 @@ def _models_in(header: dict) -> int | None:
 @register_schema
 class EvalSchema(Schema):
     kind = "eval"
-    record_types = ("model", "domain", "choice")
+    record_types = ("model", "domain", "choice", "document")
 
     def check_header(self, header: dict) -> None:
         place = "eval header"
@@ -67,11 +67,29 @@ class EvalSchema(Schema):
         need(loss is None or loss >= 0, place, f"'loss' must be >= 0 (nats per token), got {loss!r}")
         delta = field_number(record, "delta_loss", place, optional=True, nullable=True)
         need(not (position == 0 and delta is not None), place, "the first model has no 'delta_loss' (null)")
+        interval = record.get("delta_loss_ci95")
+        if interval is not None:
+            need(isinstance(interval, list) and len(interval) == 2 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in interval) and interval[0] <= interval[1],
+                 place, f"'delta_loss_ci95' must be [low, high] with low <= high, got {interval!r}")
+            need(delta is not None, place, "'delta_loss_ci95' without a 'delta_loss'")
         if header.get("loss_definition") == "lm-eval":
             self._check_rolling(record, tokens, place)
         else:
             extra = [name for name in ROLLING_FIELDS if name in record]
             need(not extra, place, f"{', '.join(repr(n) for n in extra)} belong to loss_definition 'lm-eval' only")
+
+    def check_document(self, record, header, number=None):
+        """One document's loss (the bootstrap's unit): its tokens and mean −log p; null exactly when no token."""
+        place = where("eval", number, "document")
+        self._model_index(record, header, place)
+        field_str(record, "doc", place)
+        field_str(record, "domain", place)
+        field_int(record, "index", place, minimum=0)
+        tokens = field_int(record, "tokens", place, minimum=0)
+        loss = field_number(record, "loss", place, nullable=True)
+        need((loss is None) == (tokens == 0), place, "'loss' is null exactly when 'tokens' is 0")
+        need(loss is None or loss >= 0, place, f"'loss' must be >= 0 (nats per token), got {loss!r}")
 
     @staticmethod
     def _check_rolling(record, tokens, place):

@@ -21,7 +21,7 @@ from ..schema import (
 )
 
 IDENTITY = ("type", "layer", "expert")
-#: judged detection scores (issue 12, formats/scores.md "Judged scores"): shares in [0, 1] or null,
+#: judged detection scores (formats/scores.md "Judged scores"): shares in [0, 1] or null,
 #: as record fields, inside ``domains.<d>`` (the ``edms*`` and ``edmrs*`` ones) or in ``layer`` records (lds)
 JUDGED = ("ems", "precision", "recall", "f1", "balanced_accuracy")
 JUDGED_DOMAIN = ("edms", "edms_precision", "edms_recall", "edms_f1", "edms_balanced_accuracy", "edmrs")
@@ -146,6 +146,14 @@ class ScoresSchema(Schema):
             for name in JUDGED_DOMAIN:
                 for suffix in ("", "_shuffled"):
                     _check_share(values.get(name + suffix), place, f"domains.{domain}.{name}{suffix}")
+        health = record.get("health")
+        if health is not None:   # routing health (formats/scores.md): two shares and two flags
+            need(isinstance(health, dict), place, "health is not a map")
+            for name in ("share", "tokens"):
+                _check_share(health.get(name), place, f"health.{name}")
+            for name in ("dead", "always_on"):
+                need(health.get(name) is None or isinstance(health[name], bool), place,
+                     f"health.{name} {health[name]!r} is not true, false or null")
         judged = record.get("judged")
         if judged is not None:
             need(isinstance(judged, dict) and all(isinstance(v, dict) and isinstance(v.get("scorer"), str)
