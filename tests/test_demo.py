@@ -331,3 +331,30 @@ def test_a_cached_model_of_another_recipe_is_trained_again(tmp_path):
     assert demo.recipe_matches(demo.Recipe("moe", "moe"), old)  # no model_config: any cached model
     assert demo.DEFAULT_RECIPES[1].model_config == {"moe_experts": 16, "moe_dim": 32}
     assert "--moe-experts" in demo.DEFAULT_RECIPES[1].train_args
+
+
+def test_shown_labels_carry_their_evidence_and_the_yes_no_judge_is_named(tmp_path):
+    from moetools.demo.smollm2 import EXPLAIN_ARGS, JUDGE_ARGS, judged_line, label_text, read_labels
+    from moetools.streams.files import open_stream_writer
+
+    assert "compact" in EXPLAIN_ARGS and "yes-no" in JUDGE_ARGS    # the forms a 135M model can meet, recorded
+    evidence = {"firing_tokens": 980, "tokens_seen": 1000, "firing_share": 0.98, "uniform_share": 0.25,
+                "contexts": 35, "shown": 5, "activating_positions": 40, "flag": "always-on"}
+    smollm2 = write_labels(tmp_path / "labels.smollm2.jsonl", [
+        {"layer": 0, "expert": 1, "status": "ok", "explanation": "This expert specializes in Python keywords",
+         "evidence": evidence}])
+    text = label_text((0, 1), {}, read_labels(smollm2), "x")
+    assert text.endswith("(rests on 980 firing tokens of 1000 (98%), 35 contexts, 5 shown; always-on)")
+    offline = {(0, 2): {"explanation": "This expert specializes in the tokens \"fever\"",
+                        "evidence": {**evidence, "firing_tokens": 7, "flag": "rare"}}}
+    assert label_text((0, 2), offline, {}, "SmolLM2 not run").endswith("; rare)")
+
+    path = tmp_path / "judged.scores.jsonl"
+    with open_stream_writer(path, "scores", "jsonl", False, tool={"name": "test"}, model=None,
+                            header_extra={"scorer": {"kind": "llm", "form": "yes-no"}}) as writer:
+        writer.write({"type": "expert", "layer": 0, "expert": 1, "judged": {"mono": {"status": "ok"}}})
+        writer.end_extra = {"summary": {"labels": {"mono": {"mean": {"f1": 0.0, "ems": 0.5}}},
+                                        "accounting": {"predictions": 8, "failures": 0}}}
+    line = judged_line(path)
+    assert "one yes/no question per sample" in line and "0 of 8 scorer answers were not a usable yes or no" in line
+    assert "mean EMS 0.500 (a judge that always says no scores 0.5)" in line

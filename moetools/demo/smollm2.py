@@ -34,10 +34,14 @@ from .cache import run_cached, stamp_path
 SHOWN_PER_MODEL = 8
 #: the most domain-skewed experts the summary prints (the first of the shown ones)
 SKEWED_SHOWN = 2
-EXPLAIN_ARGS = ("--max-examples", "5", "--max-tokens", "40", "--attempts", "2", "--batch-size", "8")
-#: --no-baseline: the shuffled-label baseline doubles the requests; SmolLM2 rarely answers with numbers at all
-JUDGE_ARGS = ("--positives", "4", "--negatives", "4", "--max-tokens", "32", "--attempts", "1", "--no-baseline",
-              "--batch-size", "8")
+#: the compact prompt (moe-explain --prompt-form compact, recorded in each label's prompt): a 135M model
+#: answers the papers' long prompt with an echo of it; a cut-off answer is asked again at twice the limit
+EXPLAIN_ARGS = ("--prompt-form", "compact", "--max-examples", "5", "--max-tokens", "40", "--attempts", "2",
+                "--batch-size", "8")
+#: one yes/no question per sample (moe-score --judge-prompt yes-no, recorded in the header): SmolLM2 rarely
+#: answers the paper's list-of-numbers prompt at all; --no-baseline: the shuffled baseline doubles the requests
+JUDGE_ARGS = ("--judge-prompt", "yes-no", "--positives", "4", "--negatives", "4", "--max-tokens", "8",
+              "--attempts", "1", "--no-baseline", "--batch-size", "8")
 #: one torch thread for the SmolLM2 steps (see the module docstring)
 THREADS = "OMP_NUM_THREADS=1"
 EXPLAINER_NAME = "SmolLM2-135M-Instruct"
@@ -238,15 +242,24 @@ def read_labels(path: Path) -> dict:
 
 def label_text(pair, offline: dict, smollm2: dict, smollm2_state: str) -> str:
     """The sentence shown for one expert, saying which explainer wrote it (SmolLM2 first, else offline)."""
+    from ..explain.evidence import evidence_text
+
     label = smollm2.get(pair)
     if label is not None and label.get("status") == "ok":
-        return f"[{EXPLAINER_NAME}] {label['explanation']}"
+        return f"[{EXPLAINER_NAME}] {label['explanation']}" + _evidence(label, evidence_text)
     fallback = (offline.get(pair) or {}).get("explanation") or "no label"
     if label is not None:
         why = f"SmolLM2 failed: {_short(label.get('error'))}"
     else:
         why = smollm2_state
-    return f"[offline method; {why}] {fallback}"
+    return f"[offline method; {why}] {fallback}" + _evidence(offline.get(pair) or {}, evidence_text)
+
+
+def _evidence(label: dict, evidence_text) -> str:
+    """`` (rests on 980 firing tokens of 1000 (98%), 35 contexts, 12 shown; always-on)`` when the record has
+    its evidence (formats/labels.md), else nothing."""
+    text = evidence_text(label.get("evidence"))
+    return f" ({text})" if text else ""
 
 
 def _short(text, length: int = 60) -> str:
@@ -303,9 +316,15 @@ def judged_line(path: Path) -> str:
     requests = accounting.get("predictions", accounting.get("requests", 0))
     failures = accounting.get("failures", 0)
     judged = [r for r in records if ((r.get("judged") or {}).get("mono") or {}).get("status") == "ok"]
-    line = (f"SmolLM2 as judge of those labels (paper 000 A.2 scorer prompt, {EXPLAINER_NAME}): "
-            f"{failures} of {requests} scorer answers were not a usable list of numbers; "
+    yes_no = ((reader.header.get("scorer") or {}).get("form") == "yes-no")
+    prompt, usable = (("one yes/no question per sample", "a usable yes or no") if yes_no
+                      else ("paper 000 A.2 scorer prompt", "a usable list of numbers"))
+    line = (f"SmolLM2 as judge of those labels ({prompt}, {EXPLAINER_NAME}): "
+            f"{failures} of {requests} scorer answers were not {usable}; "
             f"{len(judged)} of {len(records)} experts judged")
+    ems = (summary.get("mean") or {}).get("ems")
+    if isinstance(ems, (int, float)):
+        line += f", mean EMS {ems:.3f} (a judge that always says no scores 0.5)"
     f1 = (summary.get("mean") or {}).get("f1")
     if isinstance(f1, (int, float)):
         shuffled = (summary.get("mean_shuffled") or {}).get("f1")
