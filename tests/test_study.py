@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tiny_models import save_tiny_olmoe
 
 from moetools.cli.main import command as moetools_command
+from moetools.errors import UsageError
 from moetools.streams.outputs import MARKER
 from moetools.study import LOG_NAME, labelling, prepare_directory
-from tiny_models import save_tiny_olmoe
 
 WORDS = {"pets": ["the", "cat", "sat", "on", "a", "mat", "dog", "barked", "warm", "fire"],
          "code": ["def", "loop", "return", "value", "for", "item", "in", "list", "while", "print"],
@@ -99,7 +100,7 @@ def test_study_writes_the_report_and_summary_and_a_killed_run_redoes_only_the_un
     assert (out / "report.html").read_text().count("moetools study: olmoe") >= 1
     eval_records = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
     assert {r["domain"] for r in eval_records if r.get("type") == "domain"} == set(WORDS)
-    assert "labels: the offline method (no LLM)" in stdout and "OPENAI_BASE_URL" in stdout
+    assert "labels: offline backend" in stdout and "no LLM endpoint configured" in stdout and "OPENAI_BASE_URL" in stdout
     assert "loss change when masking each set" in stdout and f"report: {out / 'report.html'}" in stdout
     assert "not done:" not in stdout
     assert "offline backend (no LLM endpoint configured)" in (out / LOG_NAME).read_text()
@@ -121,7 +122,7 @@ def test_output_directory_rule(tmp_path):
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     for force in (False, True):
-        with pytest.raises(Exception, match="not written by moetools"):
+        with pytest.raises(UsageError, match="not written by moetools"):
             prepare_directory(foreign, inputs=[], force=force)
     assert (foreign / "notes.txt").read_text() == "mine"
 

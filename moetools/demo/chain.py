@@ -70,7 +70,7 @@ class ChainSettings:
     explain_args: str = "--backend offline --no-cache"  # moe-explain's backend and its flags (shell words)
     judge_args: str = "--backend embedding"   # moe-score --labels' judge and its flags (shell words)
     judge_name: str = "the embedding scorer (all-MiniLM-L6-v2, no LLM)"
-    labels_name: str = "the offline method"
+    labels_name: str = "offline"              # whose labels, for the summary ("offline labels judged by ...")
     permutations: int = 1000                  # moe-score --permutations
     eval_max_length: int = 256                # moe-eval --max-length
     random_seeds: tuple[int, ...] = RANDOM_SEEDS
@@ -239,8 +239,11 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
 
 
 def _mask(model: Path, experts: Path, directory: Path) -> None:
+    from transformers.utils import logging as hf_logging
+
     from ..mask import mask_directory
 
+    hf_logging.disable_progress_bar()  # the tool's -q: no "Writing model shards" bar per masked set
     mask_directory(model, experts, directory, force=True)
 
 
@@ -266,7 +269,7 @@ def summarise_chain(made: dict) -> list[str]:
     if made.get("scores") and made.get("random_scores"):
         lines.extend(skew_significance_lines(made["scores"], made["random_scores"]))
     if made["joined"].is_file():
-        lines.append(f"labels by {made.get('labels_name', 'the offline method')} judged on held-out contexts by "
+        lines.append(f"{made.get('labels_name', 'offline')} labels judged on held-out contexts by "
                      f"{made.get('judge_name', 'the embedding scorer')}: {_judged_line(made['joined'])}")
     if made["sets"]:
         sizes = ", ".join(f"{name} {_set_size(path)}" for name, path in made["sets"].items())

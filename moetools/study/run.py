@@ -87,15 +87,15 @@ def labelling(backend: str, api_base: str | None, llm_model: str | None) -> dict
         backend = "openai" if (api_base or os.environ.get("OPENAI_BASE_URL")) else "offline"
     if backend == "offline":
         return {"backend": "offline", "explain": "--backend offline --no-cache", "judge": "--backend embedding",
-                "labels_name": "the offline method (no LLM)",
+                "labels_name": "offline",
                 "judge_name": "the embedding scorer (all-MiniLM-L6-v2, no LLM)"}
     if backend == "openai" and not llm_model:
         raise UsageError("--backend openai needs --llm-model NAME (the endpoint's model)")
     flags = f"--backend {shlex.quote(backend)}"
     flags += f" --api-base {shlex.quote(api_base)}" if api_base else ""
     flags += f" --model {shlex.quote(llm_model)}" if llm_model else ""
-    return {"backend": backend, "explain": flags, "judge": flags, "labels_name": f"the {backend} backend",
-            "judge_name": f"the {backend} backend"}
+    return {"backend": backend, "explain": flags, "judge": flags, "labels_name": backend,
+            "judge_name": f"the {backend} backend" + (f" ({llm_model})" if llm_model else "")}
 
 
 def model_context(model: Path) -> int | None:
@@ -149,8 +149,9 @@ def run_study(model, corpus, out, *, domain_field: str = "domain", backend: str 
     made = run_chain(None, model, corpus, out, sorted(domains), paths, run_shell, logged, root=None,
                      shown_limit=0, settings=settings)
     lines = [f"== study of {model} on {corpus} ({len(domains)} domains, field {domain_field!r})",
-             f"labels: {chosen['labels_name']} ({paths['labels']})"
-             + (f"; {OFFLINE_HINT}" if chosen["backend"] == "offline" else ""),
+             f"labels: {chosen['backend']} backend ({paths['labels']})"
+             + (f": the offline method, no LLM endpoint configured; {OFFLINE_HINT}" if chosen["backend"] == "offline"
+                else ""),
              *summarise_chain(made),
              f"commands: {log_path} (each step's command line; rerun the study to redo only what changed)",
              f"study finished in {time.perf_counter() - started:.0f} s; outputs under {out}"]
