@@ -94,6 +94,8 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
         assert '<script type="application/json" id="moe-data">' in page and "Evaluation (moe-eval)" in page
         assert "random controls: 3 random sets (seeds 0, 1, 2)" in page   # a band of the random sets' changes
         assert re.search(r"\([+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]\)", page)   # changes with intervals
+        commands = (out / "commands.log").read_text()  # every step's command, as moetools study's study.log
+        assert all(f"$ {tool} " in commands for tool in ("moe-trace", "moe-score", "moe-select", "moe-eval", "moe-report"))
         compare = (out / "compare.html").read_text()   # trained beside random-init, with the routing change
         assert "— trained vs random-init" in compare and "id=rc>RC = " in compare
     assert "layers 0-1 share one router: their routing is one sample" in summaries[1]

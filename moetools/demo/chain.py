@@ -83,6 +83,16 @@ def demo_settings(recipe) -> ChainSettings:
                          eval_max_length=EVAL_MAX_LENGTH)
 
 
+def command_log(path: Path, log):
+    """``log`` that also appends each line to ``path`` (the chain's commands, to rerun or swap one by hand)."""
+    def logged(line: str) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+        log(line)
+    return logged
+
+
 def run_front(settings: ChainSettings, model: Path, corpus: Path, out: Path, run_shell, log) -> dict[str, Path]:
     """moe-trace, moe-sample, moe-explain on ``corpus``: three steps, each skipped when unchanged."""
     out.mkdir(parents=True, exist_ok=True)
@@ -393,4 +403,4 @@ def _loss_matrix(path: Path):
             [(name(index), row) for index, row in sorted(intervals.items())])
 
 
-__all__ = ["RANDOM_SEEDS", "ChainSettings", "demo_settings", "run_chain", "run_front", "summarise_chain"]
+__all__ = ["RANDOM_SEEDS", "ChainSettings", "command_log", "demo_settings", "run_chain", "run_front", "summarise_chain"]

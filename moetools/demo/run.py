@@ -54,7 +54,7 @@ import numpy as np
 from ..errors import MoetoolsError, UsageError
 from ..streams.files import create_directory, create_output, open_input
 from .cache import run_cached
-from .chain import demo_settings, run_chain, run_front, summarise_chain
+from .chain import command_log, demo_settings, run_chain, run_front, summarise_chain
 from .smollm2 import (
     SHOWN_PER_MODEL,
     SKEWED_SHOWN,
@@ -319,8 +319,10 @@ def run_demo(root: Path | None = None, *, recipes=DEFAULT_RECIPES, steps: int = 
     summaries = []
     for recipe, model in models:
         out = root / "demo" / recipe.name
-        paths = run_pipeline(recipe, model, sliced, out, log)
-        made = run_chain(recipe, model, sliced, out, sorted(taken), paths, run_shell, log, root=root,
+        chain_log = command_log(out / "commands.log", log)  # every step's command, as moetools study's study.log
+        chain_log(f"# moetools demo {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {recipe.name}")
+        paths = run_pipeline(recipe, model, sliced, out, chain_log)
+        made = run_chain(recipe, model, sliced, out, sorted(taken), paths, run_shell, chain_log, root=root,
                          shown_limit=shown_per_model)
         summary = "\n".join([summarise(recipe, model, paths, smollm2=made.get("smollm2")), *summarise_chain(made)])
         echo(summary)

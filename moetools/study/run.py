@@ -25,7 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
-from ..demo.chain import ChainSettings, run_chain, run_front, summarise_chain
+from ..demo.chain import ChainSettings, command_log, run_chain, run_front, summarise_chain
 from ..errors import MoetoolsError, UsageError
 from ..streams.outputs import MARKER, check_not_an_input, is_suite_directory, write_marker
 
@@ -128,11 +128,7 @@ def run_study(model, corpus, out, *, domain_field: str = "domain", backend: str 
     started = time.perf_counter()
     log_path = out / LOG_NAME
 
-    def logged(line: str) -> None:
-        with open(log_path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-        log(line)
-
+    logged = command_log(log_path, log)
     logged(f"# moetools study {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} ({verdict}): model {model}, "
            f"corpus {corpus}, domains {', '.join(f'{d} {n}' for d, n in sorted(domains.items()))}")
     if chosen["backend"] == "offline":
