@@ -1,4 +1,4 @@
-"""``moetools study`` on a tiny OLMoE and a held-out-style corpus (JSON lines, a `topic` field, three domains):
+"""``moetools study`` on a tiny OLMoE and a held-out-style corpus (JSON lines, `body` and `topic` fields, three domains):
 the whole chain into one directory, the summary, every command in study.log, and a rerun after SIGKILL that
 redoes only the steps not stamped when the process died."""
 
@@ -34,7 +34,7 @@ def model_and_corpus(tmp_path_factory):
     with open(root / "heldout.jsonl", "w") as handle:
         for index in range(36):
             topic = list(WORDS)[index % 3]
-            handle.write(json.dumps({"id": f"doc-{index}", "text": " ".join(rng.choice(WORDS[topic]) for _ in range(40)),
+            handle.write(json.dumps({"id": f"doc-{index}", "body": " ".join(rng.choice(WORDS[topic]) for _ in range(40)),
                                      "topic": topic}) + "\n")
     return root / "olmoe", root / "heldout.jsonl"
 
@@ -44,7 +44,7 @@ def study_process(model, corpus, out, *extra):
     env = {**os.environ, "PYTHONPATH": str(CHECKOUT), "OMP_NUM_THREADS": "1"}
     env.pop("OPENAI_BASE_URL", None)
     return subprocess.Popen([sys.executable, "-m", "moetools.cli.main", "study", str(model), str(corpus),
-                             "--domain-field", "topic", "--permutations", "50", "-o", str(out), *extra],
+                             "--domain-field", "topic", "--text-field", "body", "--permutations", "50", "-o", str(out), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
 
@@ -94,6 +94,7 @@ def test_study_writes_the_report_and_summary_and_a_killed_run_redoes_only_the_un
         assert any(line.startswith(tool + " ") for line in first_run + second_run), tool
     assert any("--labels" in line and "--backend embedding" in line for line in second_run)
     assert any("--random" in line for line in second_run)
+    assert any(line.startswith("moe-trace ") and "--text-field body" in line for line in first_run)
     assert {f"moe-select -q {out / 'scores.jsonl'} --by das --domain {topic} --top 1 -o {out / 'sets' / f'{topic}.json'}"
             for topic in WORDS} <= set(first_run + second_run)
     # what the user gets

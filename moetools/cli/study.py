@@ -19,6 +19,7 @@ OPENAI_BASE_URL=http://localhost:8000/v1 moetools study models/olmoe corpus.json
 @click.option("-o", "--output", "output", type=click.Path(), required=True,
               help="Study directory: every stream, set, masked model, the report and study.log.")
 @click.option("--domain-field", default="domain", show_default=True, help="Corpus field naming a document's domain.")
+@click.option("--text-field", default="text", show_default=True, help="Corpus field holding a document's text.")
 @click.option("--backend", default="auto", show_default=True,
               help="Who writes the labels: auto (openai when $OPENAI_BASE_URL is set, else offline), offline "
                    "(no LLM; judged by the embedding scorer), openai, local or a plugin's backend (labels and "
@@ -33,7 +34,7 @@ OPENAI_BASE_URL=http://localhost:8000/v1 moetools study models/olmoe corpus.json
 @click.option("--force", is_flag=True, help="Start an existing study directory over, or replace another output "
                                             "directory of the suite.")
 @subcommand_verbosity
-def study(model, corpus, output, domain_field, backend, api_base, llm_model, top, permutations, force):
+def study(model, corpus, output, domain_field, text_field, backend, api_base, llm_model, top, permutations, force):
     """Run the whole chain on your own model and corpus into one directory.
 
     CORPUS is JSON lines with a text field and a domain field (--domain-field);
@@ -56,7 +57,8 @@ def study(model, corpus, output, domain_field, backend, api_base, llm_model, top
     the labels are the offline method's (no LLM) and the summary says so. A
     step that fails is reported in the summary and the chain goes on (exit 1).
     """
-    study_lib.run_study(model, corpus, output, domain_field=domain_field, backend=backend, api_base=api_base,
+    study_lib.run_study(model, corpus, output, domain_field=domain_field, text_field=text_field,
+                        backend=backend, api_base=api_base,
                         llm_model=llm_model, top=top, permutations=permutations, force=force, log=say,
                         echo=click.echo)
 

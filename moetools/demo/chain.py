@@ -66,6 +66,7 @@ class ChainSettings:
     title: str
     select_top: int = 1                       # moe-select --top: each domain's set and the random controls
     domain_field: str = "domain"              # the corpus field naming a document's domain
+    text_field: str = "text"                  # the corpus field holding the text
     sample_args: tuple[str, ...] = ()         # extra moe-sample flags
     explain_args: str = "--backend offline --no-cache"  # moe-explain's backend and its flags (shell words)
     judge_args: str = "--backend embedding"   # moe-score --labels' judge and its flags (shell words)
@@ -99,7 +100,8 @@ def run_front(settings: ChainSettings, model: Path, corpus: Path, out: Path, run
     paths = {"trace": out / "trace.msgpack.zst", "samples": out / "samples.msgpack.zst",
              "labels": out / "labels.jsonl", "random_trace": out / "random-init.trace.msgpack.zst"}
     sample_args = "".join(f" {_q(arg)}" for arg in settings.sample_args)
-    steps = ((f"moe-trace -q {_q(model)} {_q(corpus)} -o {_q(paths['trace'])}", [model, corpus], paths["trace"]),
+    text = "" if settings.text_field == "text" else f" --text-field {_q(settings.text_field)}"
+    steps = ((f"moe-trace -q {_q(model)} {_q(corpus)}{text} -o {_q(paths['trace'])}", [model, corpus], paths["trace"]),
              (f"moe-sample -q {_q(paths['trace'])}{sample_args} -o {_q(paths['samples'])}", [paths["trace"]],
               paths["samples"]),
              (f"moe-explain -q {_q(paths['samples'])} {settings.explain_args} -o {_q(paths['labels'])}",
@@ -157,6 +159,7 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
 
     target = " --target-field toxicity" if toxicity else ""
     field = "" if settings.domain_field == "domain" else f" --domain-field {_q(settings.domain_field)}"
+    text = "" if settings.text_field == "text" else f" --text-field {_q(settings.text_field)}"
     scored = step("moe-score", f"moe-score -q {_q(paths['trace'])}{target}{field} --permutations "
                                f"{settings.permutations} -o {_q(made['scores'])}",
                   inputs=[paths["trace"]], outputs=[made["scores"]])
@@ -221,7 +224,7 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
             made["masked"][name] = directory
     if made["masked"]:
         models = " ".join(_q(directory) for directory in made["masked"].values())
-        step("moe-eval", f"moe-eval -q {_q(model)} {models} --data {_q(corpus)}{field} --max-length "
+        step("moe-eval", f"moe-eval -q {_q(model)} {models} --data {_q(corpus)}{field}{text} --max-length "
                          f"{settings.eval_max_length} -o {_q(made['eval'])}",
              lambda: _evaluate([model, *made["masked"].values()], corpus, made["eval"], settings),
              inputs=[model, *made["masked"].values(), corpus], outputs=[made["eval"]])
@@ -263,13 +266,13 @@ def _evaluate(models: list[Path], corpus: Path, out: Path, settings: ChainSettin
     from ..eval.run import evaluate
     from ..streams.files import open_stream_writer
 
-    length, field = settings.eval_max_length, settings.domain_field
+    length, field, text = settings.eval_max_length, settings.domain_field, settings.text_field
     header = {"models": [str(path) for path in models], "data": str(corpus), "choices": None,
               "domain_field": field, "max_length": length}
     tool = {"name": "moe-eval", "version": __version__,
-            "args": {"max_length": length, "domain_field": field, "via": settings.title}}
+            "args": {"max_length": length, "domain_field": field, "text_field": text, "via": settings.title}}
     with open_stream_writer(out, "eval", "jsonl", tool=tool, model=None, header_extra=header) as writer:
-        for record in evaluate(models, data=corpus, max_length=length, domain_field=field):
+        for record in evaluate(models, data=corpus, max_length=length, domain_field=field, text_field=text):
             writer.write(record)
 
 

@@ -110,7 +110,7 @@ def model_context(model: Path) -> int | None:
     return None
 
 
-def run_study(model, corpus, out, *, domain_field: str = "domain", backend: str = "auto",
+def run_study(model, corpus, out, *, domain_field: str = "domain", text_field: str = "text", backend: str = "auto",
               api_base: str | None = None, llm_model: str | None = None, top: int = 1, force: bool = False,
               permutations: int = 1000, log=print, echo=print) -> list[str]:
     """Run the chain on ``model`` and ``corpus`` into ``out``; print and return the summary's lines."""
@@ -135,6 +135,7 @@ def run_study(model, corpus, out, *, domain_field: str = "domain", backend: str 
         logged(f"# labels: offline backend (no LLM endpoint configured); {OFFLINE_HINT}")
     context = model_context(model)
     settings = ChainSettings(title=f"moetools study: {model.name}", select_top=top, domain_field=domain_field,
+                             text_field=text_field,
                              explain_args=chosen["explain"], judge_args=chosen["judge"],
                              judge_name=chosen["judge_name"], labels_name=chosen["labels_name"],
                              permutations=permutations,
