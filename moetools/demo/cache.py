@@ -2,7 +2,8 @@
 
 A cached ``make demo`` (corpus and models built) must take under two minutes, and most of its time
 would go to recomputing streams whose inputs did not change: the traces, the embedding judge,
-moe-mask + moe-eval. Each such step writes ``<first output>.stamp.json`` after it succeeded: its
+moe-mask + moe-eval. Each such step writes ``.<first output>.stamp.json`` after it succeeded (a hidden
+file beside it, so ``sets/*.json`` still names only the sets): its
 command line and a fingerprint of every input. A rerun skips the step when every output exists and
 the stamp equals what it would write now; otherwise the outputs and the stamp are removed first, so
 a step that then fails leaves nothing stale behind.
@@ -41,7 +42,7 @@ def fingerprint(path: Path):
 
 def stamp_path(outputs: list[Path]) -> Path:
     first = Path(outputs[0])
-    return first.with_name(first.name + ".stamp.json")
+    return first.with_name(f".{first.name}.stamp.json")
 
 
 def _stamp(line: str, inputs: list[Path]) -> dict:
