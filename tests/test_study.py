@@ -61,7 +61,7 @@ def runs(log: Path) -> list[list[str]]:
 
 
 def stamped_commands(out: Path) -> set[str]:
-    return {json.loads(stamp.read_text())["command"] for stamp in out.rglob("*.stamp.json")}
+    return {json.loads(stamp.read_text())["command"] for stamp in out.rglob(".stamps/*.json")}
 
 
 @pytest.mark.slow  # the whole chain twice on a tiny model: ~12 tool starts each

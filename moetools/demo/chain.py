@@ -167,7 +167,9 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
         forget([made["scores"]])
     # the same permutation test on the random-init copy: routing depends on the tokens even untrained,
     # so what is learned is the trained model's significant skew beyond its random-init copy's
-    if scored and Path(paths["random_trace"]).is_file():
+    if not (scored and Path(paths["random_trace"]).is_file()):
+        forget([made["random_scores"]])  # no random-init figures of another run
+    else:
         step("moe-score random-init", f"moe-score -q {_q(paths['random_trace'])}{field} --permutations "
                                       f"{settings.permutations} -o {_q(made['random_scores'])}",
              inputs=[paths["random_trace"]], outputs=[made["random_scores"]])
@@ -248,7 +250,6 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
              outputs=[made["compare"]])
     made["notes"] = notes
     return made
-
 
 
 def _mask(model: Path, experts: Path, directory: Path) -> None:
