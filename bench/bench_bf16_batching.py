@@ -1,4 +1,4 @@
-"""How much padded batching changes gates in reduced precision (issue 16 item 3; man moe-trace, --batch-size).
+"""How much padded batching changes gates in reduced precision (man moe-trace, --batch-size).
 
 The same corpus is traced through the library (:func:`moetools.trace.runner.trace_corpus`, the code
 moe-trace runs) once with ``batch_size=1`` (no padding) and once with length-sorted padded batches

@@ -1,4 +1,4 @@
-"""Run benches in two source trees side by side and record new/old ratios (issue 10, "done when").
+"""Run benches in two source trees side by side and record new/old ratios.
 
 Each bench runs with --quick in each tree (the old tree: `git archive` of the pre-redesign commit),
 alternating old/new per round so both see the same machine load. Both trees use this interpreter; the

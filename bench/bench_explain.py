@@ -6,7 +6,7 @@ file, answered from the response cache (target: under 2 s and zero requests), bo
 in-process and as a separate process (interpreter start-up included). Then a server
 with one slot (one request at a time, 0.3 s each, like llama.cpp's server) asked
 with ``--concurrency 8 --timeout 1``: requests sent and seconds with the client's
-adaptive in-flight limit, and with that limit held fixed (the client before issue 16).
+adaptive in-flight limit, and with that limit held fixed (the earlier client).
 
     .venv/bin/python bench/bench_explain.py           # full: 256 experts at both concurrencies
     .venv/bin/python bench/bench_explain.py --quick   # concurrency 1 on 32 experts only

@@ -39,7 +39,7 @@ NOTE = ("windows_large's growth over windows_small is the document's own text, h
         "it (the line's bytes, the decoded line and the parsed JSON string: ~3 bytes a character); the tokenizer "
         "and the windows add a constant (one 64k-character piece, one sort buffer). whole_small is the old way, "
         "the whole text in one tokenizer call: ~137 bytes a character, ~6.9 GB at 50 MB by extrapolation (7.9 GB "
-        "measured in issue 18)")
+        "measured earlier)")
 WORDS = ["the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "code", "law", "math", "cell", "expert"]
 
 

@@ -1,4 +1,4 @@
-"""Benchmark moe-mask (issue 13): masking time and peak RSS against the model's size on disk, and the
+"""Benchmark moe-mask: masking time and peak RSS against the model's size on disk, and the
 forward time of masked models against the unmasked one, measured side by side in one run.
 
 The model is a random OLMoE (transformers' real modeling code) of ``--layers`` x ``--experts`` experts,

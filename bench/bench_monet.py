@@ -1,4 +1,4 @@
-"""Benchmark: MONET's efficient expert forms against a dense LLaMA and a naive MONET (issue 4).
+"""Benchmark: MONET's efficient expert forms against a dense LLaMA and a naive MONET.
 
 Model: d=256, 4 layers, 4 attention heads, 4 routing heads, moe_dim=8, moe_topk = moe_experts/16,
 batch 4 x 128 tokens (``--quick``: 2 x 64). Compared side by side in one run, each in its own

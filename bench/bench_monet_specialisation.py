@@ -1,4 +1,4 @@
-"""Which small MONET-VD shows learned domain specialisation above its random-init copy? (issue 15)
+"""Which small MONET-VD shows learned domain specialisation above its random-init copy?
 
 The demo's first MONET-VD (64² = 4,096 composed experts per layer, ~20k traced tokens per domain)
 passed MONET's 2× skew criterion (paper 004 §5.1) *fewer* times than its random-init copy, and most

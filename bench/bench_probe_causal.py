@@ -1,4 +1,4 @@
-"""moe-probe causal: labels per minute with the loopback LLM stub at concurrency 32 vs 1 (issue 17: >= 20x).
+"""moe-probe causal: labels per minute with the loopback LLM stub at concurrency 32 vs 1.
 
 The stub (moetools.testing.llm_stub, a real HTTP server) answers the trigger/target JSON after ``--latency``
 seconds, as a remote LLM would. Measured side by side in one run, the response cache off: the

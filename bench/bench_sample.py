@@ -1,4 +1,4 @@
-"""Benchmark moe-sample against the moe-trace run that produced its input (issue 6).
+"""Benchmark moe-sample against the moe-trace run that produced its input.
 
 On a trace of ~1M tokens from the OLMoE-shaped benchmark model (8 MoE layers, 32
 experts, top-4, d=256; ``bench/bench_trace.py``), measured in one run:

@@ -1,4 +1,4 @@
-"""Benchmark moe-score (issue 11): its time against just reading the trace and against tracing, and
+"""Benchmark moe-score: its time against just reading the trace and against tracing, and
 its peak memory against trace length, side by side in one run.
 
 A trace of the OLMoE-shaped benchmark model (``bench_sample.SHAPE``: 8 MoE layers, 32 experts,

@@ -1,4 +1,4 @@
-"""Do the trained models' experts specialise by domain more than a random-init copy's? (issue 5, item 4)
+"""Do the trained models' experts specialise by domain more than a random-init copy's?
 
 For each model directory: trace a per-domain sample of the corpus's validation
 split with moe-trace, build a random-init copy of the same config (same

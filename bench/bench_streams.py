@@ -1,4 +1,4 @@
-"""Benchmark: write then read a routing-trace-shaped stream (issue 2).
+"""Benchmark: write then read a routing-trace-shaped stream.
 
 Per token: 16 MoE layers x 8 selected experts, each a uint16 expert id, a
 float16 gate and a float16 contribution norm = 768 bytes of raw payload per

@@ -113,7 +113,7 @@ def main() -> None:
             print(mode, results[mode], file=sys.stderr)
     full, experts, lora, lora_experts = (results[m] for m in ("full", "experts", "lora", "lora-experts"))
     report = {
-        "bench": "tune", "issue": 14,
+        "bench": "tune",
         "model": {"family": "olmoe", "layers": layers, "hidden_size": hidden, "expert_intermediate": intermediate,
                   "experts": EXPERTS, "top_k": 8, "selected_per_layer": SELECTED, "vocab": 512},
         "batch": {"sequences": 4, "seq_len": 64, "steps": args.steps, "threads": 1},

@@ -1,4 +1,4 @@
-"""Replication (issue 14): tune chosen experts vs full vs random experts on a demo-scale MoE.
+"""Replication: tune chosen experts vs full vs random experts on a demo-scale MoE.
 
 Base: a top-k MoE (transformers OLMoE) with 32 experts per layer, top-4, ``--d-model`` (64), 2 layers,
 expert intermediate 64, vocabulary 1024, trained here with monet-train on the project corpus
@@ -195,7 +195,7 @@ def main() -> None:
                        "trainable_parameters": summary["trainable_parameters"], "wall_s": summary["wall_s"],
                        "cpu_s": summary["cpu_s"],
                        "peak_rss_mb": round(summary["peak_rss_mb"], 1), "cdas": summary.get("cdas")}
-    report = {"bench": "tuning", "issue": 14,
+    report = {"bench": "tuning",
               "base": {"arch": "OLMoE (monet-train --arch moe)", "experts": EXPERTS, "top_k": TOP_K,
                        "d_model": args.d_model, "layers": 2, "steps": args.base_steps, "batch": f"8 x {args.seq_len}", "train_s": base_s,
                        "validation_loss": {d: round(v, 4) for d, v in reference["eval_loss_by_domain"].items()}},

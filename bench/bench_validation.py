@@ -1,4 +1,4 @@
-"""What checking every field costs (issue 10, item 2): reading a trace with and without the schema.
+"""What checking every field costs: reading a trace with and without the schema.
 
 A synthetic trace of the OLMoE shape the other benches use (8 MoE layers, 32 experts,
 top-4, windows of 512 tokens; ``moetools.testing.trace_factory``, |u1 ids, <f2 values as

@@ -71,7 +71,7 @@ def build_inputs(directory) -> dict:
         ("trace", "trace.msgpack.zst"), ("samples", "samples.msgpack.zst"), ("labels", "labels.jsonl"),
         ("llm_labels", "llm.labels.jsonl"), ("scores", "scores.jsonl"), ("experts", "code.json"),
         ("eval", "eval.jsonl"))}
-    paths["trace"].write_bytes(write_trace(make_records(documents=8, tokens=150, logit_lens=3)))
+    paths["trace"].write_bytes(write_trace(make_records(documents=8, tokens=150, logit_lens=3, vocab=20)))
     run_tool("moe-sample", [str(paths["trace"]), "--top", "3", "--weighted", "1", "--negatives", "1",
                             "-o", str(paths["samples"])])
     run_tool("moe-explain", [str(paths["samples"]), "--backend", "offline", "--no-cache", "-o", str(paths["labels"])])

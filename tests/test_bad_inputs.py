@@ -1,4 +1,4 @@
-"""Bad input gets a one-line message and a documented exit code, never "internal error" (issue 16 item 6).
+"""Bad input gets a one-line message and a documented exit code, never "internal error".
 
 First the model cases one by one (damaged weights, no tokenizer, --logit-lens past the vocabulary,
 a device that does not exist, monet-train --tokenizer without tokenizer files), then every tool of

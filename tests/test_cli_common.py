@@ -107,7 +107,7 @@ def test_verbose_shows_a_traceback_otherwise_one_line(run_tool):
     assert quiet.stderr.rstrip().endswith("(rerun with -v for a traceback)")
     verbose = run_tool(probe, ["--fail", "crash", "-v"])
     assert verbose.exit_code == 1 and "Traceback (most recent call last)" in verbose.stderr
-    # the hint is only for runs without -v (issue 18 item 8)
+    # the hint is only for runs without -v
     assert "rerun with -v" not in verbose.stderr
 
 

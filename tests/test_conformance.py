@@ -157,8 +157,8 @@ def test_moe_explain_refuses_what_the_samples_schema_refuses_with_the_same_messa
     entry, path = _hand_manifest("samples")[name], EXAMPLES / "samples" / "hand-written" / name
     out = tmp_path / "labels.jsonl"
     result = run_tool(moe_explain, ["-q", "--backend", "offline", "--no-cache", str(path), "-o", str(out)])
-    if entry["valid"]:
-        assert result.exit_code == 0, result.stderr
+    if entry["valid"]:  # read and labelled; the offline method may find no token seen 3 times (failed, exit 1)
+        assert out.exists() and (result.exit_code == 0 or "no expert was labelled" in result.stderr), result.stderr
         return
     assert result.exit_code == 2 and not out.exists()
     checked = run_tool(moe_cat, ["--check", str(path)])

@@ -86,8 +86,6 @@ def _modules_naming_a_family() -> dict[str, list[str]]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason="moe-mask and moe-probe still keep tables of the built-in families "
-                                       "(mask/plan.py, mask/routing.py, mask/remote.py, probe/dla.py, tune/); unmark when gone")
 def test_only_the_adapter_names_a_family():
     found = _modules_naming_a_family()
     assert not found, f"modules outside the adapters that name a family's model_type: {found}"
@@ -262,3 +260,26 @@ def test_every_cited_paper_is_in_the_references():
                 cited |= set(re.findall(r"[Pp]apers? (0\d\d)\b", text))
                 cited |= set(re.findall(r"\[(0\d\d)(?:\]| §| eq| [A-D]\b)", text))
     assert cited and cited <= listed, f"papers cited but not in formats/REFERENCES.md: {sorted(cited - listed)}"
+
+
+# -- knowledge that can be looked up: no tracker numbers, no machine paths ----------------------------------
+
+def test_no_issue_numbers_or_machine_paths_in_the_tree():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=False).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout: nothing to list")
+    # built from pieces so this file does not match itself
+    issue = re.compile("issue" + r" #?\d+|\"issue\"" + r": \d+", re.IGNORECASE)
+    machine = re.compile("(?<![\\w.])/(?:" + "work|home|Users" + r")/\w")
+    found = []
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix not in (".py", ".md", ".json", ".jsonl", ".sh", ".toml", ".txt", ".lock", ".1", ".5", "") \
+                or not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        found += [f"{name}: {match.group(0)}" for pattern in (issue, machine) for match in pattern.finditer(text)]
+    assert not found, f"issue numbers or machine paths (cite papers by REFERENCES.md, paths relative): {found[:10]}"

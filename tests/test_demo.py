@@ -194,7 +194,7 @@ def test_chain_summary_has_the_loss_matrix_the_report_and_what_failed(tmp_path):
     assert lines[-1] == "not done: moe-mask random failed: why"
 
 
-# -- the experts shown, and SmolLM2's labels of them (issue 15) -------------------------------------------
+# -- the experts shown, and SmolLM2's labels of them -------------------------------------------
 
 def write_set(path, experts: dict, scores: dict | None = None):
     data = {"experts": {str(layer): ids for layer, ids in experts.items()}, "shared_experts": False,

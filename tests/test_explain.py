@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from llm_stub import synthetic_expert, write_samples
 
 from moetools.cli.explain import command
-from moetools.explain import ExplainSettings, ResponseCache, load_domain, make_runner, run_sync
+from moetools.explain import ExplainSettings, ResponseCache, load_domain, make_runner, prompts, run_sync
 from moetools.explain.parse import parse_explanation
 from moetools.explain.prompts import mark_context, system_prompt
 from moetools.explain.registry import explainer_class
@@ -155,7 +155,7 @@ def test_offline_backend_matches_the_fixture(tmp_path):
     assert end["count"] == expected_end["count"] == 8
     by_key = {(label["layer"], label["expert"]): label for label in labels}
     assert by_key[(1, 3)]["status"] == "failed" and by_key[(1, 3)]["explanation"] is None  # nothing to explain
-    assert by_key[(0, 0)]["explainer"]["method"].startswith("offline-log-odds-v3")
+    assert by_key[(0, 0)]["explainer"]["method"].startswith("offline-log-odds-v4")
     # the sentence says what it is: a statistical summary, no LLM's reading
     assert by_key[(0, 0)]["explanation"].endswith("(a statistical summary of its activating tokens, not an LLM label)")
     assert by_key[(0, 0)]["prompt"]["kind"] == "offline"
@@ -334,7 +334,7 @@ if __name__ == "__main__" and "--regenerate" in sys.argv:
     regenerate_fixture()
 
 
-# -- answers that are not labels (each a real answer from a server; issue 16) -----------------------
+# -- answers that are not labels (each a real answer from a server) -----------------------
 
 @pytest.mark.parametrize("answer", [
     # the phrase found mid-clause
@@ -355,7 +355,7 @@ def test_parser_rejects_non_labels(answer):
 
 
 @pytest.mark.parametrize("answer, expected", [
-    # a server that does not continue the prefilled "This expert specializes in" (issue 16 item 4)
+    # a server that does not continue the prefilled "This expert specializes in"
     ("Python import statements and module names.", "This expert specializes in Python import statements and module names"),
     ("It handles legal citations in licence texts.", "This expert specializes in legal citations in licence texts"),
     ("Specializes in ICD-10 codes for fractures.", "This expert specializes in ICD-10 codes for fractures"),
@@ -412,9 +412,9 @@ def test_options_dataclasses_own_defaults_and_checks():
 
 
 def test_offline_resume_refuses_labels_of_the_previous_offline_method(tmp_path):
-    """An output of offline v2 (no "statistical summary" in its sentence) is not mixed with v3's."""
+    """An output of offline v3 (tokens seen once named) is not mixed with v4's."""
     old = tmp_path / "l.jsonl"
-    old.write_text((FIXTURES / "offline_labels.jsonl").read_text().replace("offline-log-odds-v3", "offline-log-odds-v2"))
+    old.write_text((FIXTURES / "offline_labels.jsonl").read_text().replace("offline-log-odds-v4", "offline-log-odds-v3"))
     result = run_cli(FIXTURES / "samples.jsonl", "--backend", "offline", "--no-cache", "-o", old)
     assert result.exit_code == 2 and "use another -o" in result.stderr
 
@@ -500,3 +500,31 @@ def test_experts_file_with_an_llm_resumes_and_asks_only_for_listed_experts(tmp_p
     _, labels, _ = data_records(tmp_path / "l.jsonl")
     assert sorted((label["layer"], label["expert"]) for label in labels) == [(0, 1), (0, 2), (0, 4)]
     assert len(keys) == 6
+
+
+@pytest.mark.parametrize("answer, why", [
+    # real SmolLM2-135M-Instruct answers accepted as labels before the rule
+    ("This expert specializes in a list of documents on which the expert is activated by the router.",
+     "restates the prompt"),
+    ("This expert specializes in This explanation is a summary of the previous one.", "names no property"),
+    ("This expert specializes in this text.", "names no property"),
+    ("This expert specializes in information processing.", "names no property"),
+    ("This expert specializes in all the content that activates the expert.", "restates the prompt"),
+    ("This expert specializes in the marked words have in common.", "restates the prompt"),
+])
+def test_a_label_that_restates_the_prompt_or_names_no_property_is_a_failed_parse(answer, why):
+    from moetools.explain.parse import check_explanation
+
+    label, reason = check_explanation(answer)
+    assert label is None and why in reason
+
+
+@pytest.mark.parametrize("answer", [
+    *prompts.MEDICAL.examples, *prompts.LEGAL.examples,      # the paper's own example labels
+    "This expert specializes in Python import statements and module names",
+    "This expert specializes in the tokens \"fever\", \"dose\" in medical text",
+    "This expert specializes in information retrieval queries",
+    "This expert specializes in document headers of legal contracts",
+])
+def test_labels_that_name_a_property_still_parse(answer):
+    assert parse_explanation(answer) == answer

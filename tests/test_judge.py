@@ -1,4 +1,4 @@
-"""moe-score --labels: judged detection scores (issue 12) against a real HTTP server on 127.0.0.1.
+"""moe-score --labels: judged detection scores against a real HTTP server on 127.0.0.1.
 
 No mock of the client: tests/llm_stub.py is a real OpenAI-compatible server; the scorer reads its
 answers through moetools.llm's openai backend, cache and accounting.

@@ -1,5 +1,5 @@
 """The library never imports the CLI: no module of moetools/ outside moetools/cli/ imports click or
-moetools.cli, absolutely or relatively, at any depth of the file (issue 10, item 1). And no package
+moetools.cli, absolutely or relatively, at any depth of the file. And no package
 reaches into another's privates: ``from ..other.module import _name`` (or a ``_module``) is refused
 anywhere in moetools/, the CLI included; what two packages share is public in one of them.
 

@@ -369,7 +369,7 @@ def test_backoff_is_exponential_with_jitter_capped_and_honours_retry_after():
     assert retry_after_seconds(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0.0
 
 
-# -- issue 16: a real server as a new user meets it ------------------------------------------------
+# -- a real server as a new user meets it ------------------------------------------------
 
 def test_answer_cut_off_by_max_tokens_is_not_a_label(tmp_path, stub):
     stub.rule = lambda body: "length" if "<< tort>>" in body["messages"][1]["content"] else None
@@ -425,11 +425,11 @@ def test_model_is_required_with_api_base_otherwise(tmp_path, stub, models):
 def test_cache_key_includes_the_endpoint(tmp_path, stub):
     assert explain(tmp_path, stub).exit_code == 0 and len(stub.requests) == 6
     with LLMStub() as other:  # another server, the same model name: its answers are its own
-        other.answer = lambda body: "This expert specializes in other things."
+        other.answer = lambda body: "This expert specializes in legal citations."
         result = explain(tmp_path, other, output="other.jsonl")
         assert result.exit_code == 0 and len(other.requests) == 6 and "cache hits 0" in result.stderr
     _, labels, _ = read_labels(tmp_path / "other.jsonl")
-    assert {label["explanation"] for label in labels} == {"This expert specializes in other things"}
+    assert {label["explanation"] for label in labels} == {"This expert specializes in legal citations"}
     entry = json.loads(next((tmp_path / "cache").rglob("*.json")).read_text())
     assert entry["request"]["client"]["endpoint"] in (stub.url, other.url)
     assert entry["request"]["client"]["model"] == "stub-model"

@@ -71,23 +71,45 @@ def test_bad_experts_file_exits_2_with_one_line(base, tmp_path, content, message
 
 
 def test_sharded_streaming_write_equals_one_file(base, tmp_path):
-    """Many small output shards (an index) give the same model as one file."""
+    """A source sharded over many files gives as many output files (an index) and the same model as one
+    file; every tensor is the one safetensors reads from the source, transformed."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
     from moetools.mask.directory import _meta_model
     from moetools.mask.plan import plan_mask
-    from moetools.mask.stream import write_weights
+    from moetools.mask.stream import transform, write_weights
 
     root, _ = base
+    transformers.AutoModelForCausalLM.from_pretrained(root / "base").save_pretrained(tmp_path / "sharded",
+                                                                                     max_shard_size=20_000)
+    sources = {"one": root / "base", "many": tmp_path / "sharded"}
     model, adapter = _meta_model(root / "base")
     plan = plan_mask(model, adapter, {0: [3], 1: [5]})
-    for name, shard_bytes in (("one", 1 << 30), ("many", 20_000)):
+    for name, source in sources.items():
         (tmp_path / name).mkdir()
-        write_weights(root / "base", tmp_path / name, plan, shard_bytes=shard_bytes)
+        write_weights(source, tmp_path / name, plan)
         for extra in ("config.json", "tokenizer.json", "tokenizer_config.json"):
             text = (root / "base" / extra).read_text()
             if extra == "config.json":
                 text = json.dumps(dict(json.loads(text), num_experts=7))
             (tmp_path / name / extra).write_text(text)
-    assert len(list((tmp_path / "many").glob("*.safetensors"))) > 3
+        written = {}
+        for path in (tmp_path / name).glob("*.safetensors"):
+            written.update(load_file(str(path)))
+        expected = {}
+        for path in source.glob("*.safetensors"):
+            with safe_open(str(path), "pt") as handle:
+                for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    result = transform(key, handle.get_tensor(key), plan)
+                    if result is not None:
+                        expected[result[0]] = result[1]
+        assert written.keys() == expected.keys()
+        assert all(torch.equal(written[key], expected[key]) for key in expected)
+    files = list((tmp_path / "many").glob("*.safetensors"))
+    assert len(files) == len(list(sources["many"].glob("*.safetensors"))) > 3
+    index = json.loads((tmp_path / "many" / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {path.name for path in files}
     ids = torch.tensor([[2, 3, 4, 5]])
     one = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "one")(ids).logits
     many = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "many")(ids).logits

@@ -182,7 +182,7 @@ def test_empty_data_fails_clearly(tmp_path):
     (b'{"text": "one"}\n{"text": "two"\n', 2, "not valid JSON"),
 ])
 def test_bad_data_lines_stop_with_the_file_and_line(tmp_path, content, line, reason):
-    """The corpus reader's fail policy: one line naming FILE:LINE, exit 2, no internal error (issue 16 item 6)."""
+    """The corpus reader's fail policy: one line naming FILE:LINE, exit 2, no internal error."""
     data = tmp_path / "data.jsonl"
     data.write_bytes(content)
     result = run(["--data", str(data), "-o", str(tmp_path / "out"), *TINY])

@@ -1,7 +1,8 @@
 """Every tool on checkpoints in the shapes models are published in (tests/published_shapes.py: the
 published config.json of each of 8 families with only the sizes scaled down, bf16, sharded with an
 index): moe-trace exact against a recomputation from the model's own router and expert weights,
-moe-mask in each mode that applies, moe-tune (experts, lora-experts) and merge, moe-eval. What the
+moe-mask in each mode that applies, moe-tune (experts, lora-experts) and merge, moe-eval, moe-probe
+neurons on every family and moe-probe causal where the routing rule allows its attribution. What the
 tools write keeps the input's dtype, tensor for tensor, and its sharding, and the index lists every
 tensor."""
 
@@ -295,3 +296,138 @@ def test_eval_equals_the_direct_loss(checkpoint, family, tmp_path):
         total, tokens = sums[r["domain"]]
         assert r["tokens"] == tokens
         assert math.isclose(r["loss"], total / tokens, rel_tol=1e-5), (r["loss"], total / tokens)
+
+
+# -- moe-probe -------------------------------------------------------------------------------------
+
+#: the families whose router moe-probe causal attributes: a softmax over all experts then the top-k,
+#: no score bias, no group limit (GPT-OSS: top-k then softmax; DeepSeek-V3: sigmoid, group-limited,
+#: score bias; ERNIE: score bias) -- the rule moetools.probe.dla.check_supported reads from the adapter
+CAUSAL = ("olmoe", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_probe_neurons_captures_the_experts_hidden_vectors(checkpoint, family, tmp_path):
+    from test_probe import expert_hidden
+
+    from moetools.cli.probe import command
+    from moetools.probe.hidden import HiddenCapture
+
+    directory = checkpoint(family)
+    corpus = write_corpus(tmp_path / "c.jsonl", documents=24, seed=4)
+    out = tmp_path / "probe.jsonl"
+    result = CliRunner().invoke(command, ["neurons", str(directory), str(corpus), "-o", str(out), "--k", "1,2",
+                                          "--domains", "law,med", "--concepts", "line_start,domain:law", "--min-count", "2",
+                                          "--max-length", "16"])
+    assert result.exit_code == 0, result.output
+    with open(out, "rb") as handle:
+        reader = StreamReader(handle, validate=True)
+        records = list(reader)
+    loaded = load_model(directory)
+    layers = loaded.adapter.moe_layers()
+    assert reader.header["arch"] == "moe" and reader.header["ks"] == [1, 2]
+    probes = [r for r in records if r["type"] == "probe"]
+    assert probes and {r["layer"] for r in probes} <= {layer.index for layer in layers}
+    # the h the probe fits on is the experts' own h (bf16 kernels) and capturing it leaves the logits unchanged
+    inputs = {}
+    hooks = [layer.experts.register_forward_pre_hook(lambda m, a, index=layer.index: inputs.__setitem__(index, a))
+             for layer in layers]
+    input_ids = torch.randint(2, 62, (1, 9), generator=torch.Generator().manual_seed(5))
+    try:
+        with torch.no_grad():
+            plain = loaded.model(input_ids).logits
+            with HiddenCapture(loaded.model, loaded.adapter) as capture:
+                captured = loaded.model(input_ids).logits
+                taken = capture.take()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert torch.equal(captured, plain)
+    experts = {layer.index: layer.experts for layer in layers}
+    for index, ids, hidden in taken:
+        x, routed = inputs[index][0], inputs[index][1]
+        assert torch.equal(ids, routed)
+        for token in range(ids.shape[0]):
+            for slot in range(ids.shape[1]):
+                expected = expert_hidden(experts[index], int(ids[token, slot]), x[token])
+                torch.testing.assert_close(hidden[token, slot].double(), expected, rtol=2e-2, atol=2e-2)
+
+
+def write_probe_labels(path, directory, layers):
+    from moetools.models import model_identity
+    from moetools.streams.files import open_stream_writer
+
+    loaded = load_model(directory)
+    identity = model_identity(loaded.model, loaded.adapter, path=str(directory))
+    with open_stream_writer(str(path), "labels", "jsonl", True, model=identity) as writer:
+        for layer in layers:
+            for expert in range(4):
+                writer.write({"type": "label", "layer": layer, "expert": expert, "status": "ok",
+                              "explanation": f"expert {expert}: w{expert} and w{expert + 1}",
+                              "details": {"tokens": [{"piece": f"w{expert}"}, {"piece": f"w{expert + 1}"}],
+                                          "logit_lens": [f"w{expert + 9}"]}})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_probe_causal_where_the_routing_rule_supports_it(checkpoint, family, tmp_path):
+    from moetools.cli.probe import command
+
+    directory = checkpoint(family)
+    loaded = load_model(directory)
+    layers = loaded.adapter.moe_layers()
+    write_probe_labels(tmp_path / "labels.jsonl", directory, [layer.index for layer in layers])
+    out = tmp_path / "causal.jsonl"
+    result = CliRunner().invoke(command, ["causal", str(directory), str(tmp_path / "labels.jsonl"), "--backend",
+                                          "offline", "-o", str(out)])
+    if family not in CAUSAL:
+        assert result.exit_code == 2, result.output
+        assert "supports routers that softmax over all experts" in result.output and not out.exists()
+        return
+    assert result.exit_code == 0, result.output
+    causal = [r for r in read_input_records(out) if r["type"] == "causal"]
+    assert len(causal) == 4 * len(layers)
+    # the ranks are those of a DLA recomputed here in float64 from the bf16 weights: full softmax
+    # probabilities, every expert's output, the final norm's frozen rms
+    tokenizer, model = loaded.tokenizer, loaded.model
+    norm, unembed, seen = loaded.adapter.final_norm(), loaded.adapter.unembedding().weight, {}
+    logits_of = loaded.adapter.router_logits
+    for record in causal:
+        layer = next(layer for layer in layers if layer.index == record["layer"])
+        targets = [t["token_id"] for t in record["targets"]]
+        seen.clear()
+        hooks = [layer.experts.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0])),
+                 layer.router.register_forward_hook(lambda m, a, o: seen.__setitem__("logits", logits_of(o))),
+                 norm.register_forward_pre_hook(lambda m, a: seen.__setitem__("h", a[0]))]
+        scores = torch.zeros(layer.num_experts, dtype=torch.float64)
+        try:
+            for text in record["triggers"]:
+                with torch.no_grad():
+                    model(torch.tensor([tokenizer(text)["input_ids"]]))
+                x, h = seen["x"].reshape(-1, seen["x"].shape[-1]), seen["h"][0].double()
+                probs = torch.softmax(seen["logits"].double(), dim=-1)
+                rms = (h.pow(2).mean(-1) + norm.variance_epsilon).sqrt()
+                direction = unembed[targets].double().sum(0) * norm.weight.double()
+                with torch.no_grad():
+                    for expert in range(layer.num_experts):
+                        out_e = torch.stack([expert_output(layer.experts, expert, row) for row in x])
+                        scores[expert] += (probs[:, expert] * (out_e @ direction) / rms).sum()
+        finally:
+            for hook in hooks:
+                hook.remove()
+        # moe-probe runs the experts with bf16 kernels: its DLA is this one to bf16 rounding
+        scale = float(scores.abs().max())
+        for entry in [{"expert": record["expert"], "dla": record["dla"]}, *record["top_experts"]]:
+            assert math.isclose(entry["dla"], float(scores[entry["expert"]]), rel_tol=3e-2, abs_tol=1e-2 * scale), \
+                (family, entry, float(scores[entry["expert"]]))
+        mine, slack = float(scores[record["expert"]]), 3e-2 * abs(float(scores[record["expert"]])) + 1e-2 * scale
+        surely_above = int((scores > mine + slack).sum())  # a near-tie may reorder under bf16, nothing else
+        maybe_above = int((scores > mine - slack).sum()) - 1
+        assert surely_above + 1 <= record["rank"] <= maybe_above + 1, (family, record["rank"], surely_above)
+
+
+def read_input_records(path):
+    from moetools.streams.files import read_input
+
+    return list(read_input(str(path), kinds="probe", validate=True))

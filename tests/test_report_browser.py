@@ -87,6 +87,8 @@ def test_report_opens_filters_and_jumps_in_chromium(browser_page, report_file, t
     assert page.locator(".card .labelbox.other").count() == 4    # moe-select's 2 + 2: an LLM and the offline label
     first_other = page.locator(".card:has(.labelbox.other)").first
     assert first_other.locator(".by").first.inner_text() == "explainer: openai (stub-model)"
+    # each label's evidence beside it (formats/labels.md evidence)
+    assert first_other.locator(".evidence").first.inner_text().startswith("evidence: rests on ")
 
     screenshot = tmp_path / "report.png"
     page.screenshot(path=str(screenshot))

@@ -1,4 +1,4 @@
-"""Streams never lose work and never pass on altered or incomplete data (issue 18).
+"""Streams never lose work and never pass on altered or incomplete data.
 
 Interrupts between compressing and writing, single-byte flips, a cut-off checksum, Ctrl-C
 and .partial files, stale resume state, model identity, long documents.
@@ -47,7 +47,7 @@ class InterruptingCompressor:
     """A zstd compressor whose ``compress`` is interrupted on its ``at``-th call after compressing.
 
     The data went into the frame (and its checksum) and a block of compressed bytes came out,
-    then Ctrl-C lands before the writer writes them: the moment of issue 18, item 1.
+    then Ctrl-C lands before the writer writes them: the moment a kill used to lose them.
     """
 
     def __init__(self, real, at: int):

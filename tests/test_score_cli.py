@@ -345,7 +345,7 @@ def test_join_merges_by_layer_and_expert_and_refuses_disagreement(make_stream, r
     assert result.exit_code == 0, result.stderr
     lines = [json.loads(x) for x in result.stdout.splitlines()]
     assert lines[0]["source"] == ["routing", "judged"] and lines[0]["domains"] == ["code", "legal"]
-    assert {"af", "edms"} <= set(lines[0]["metrics"])        # a join may add derived metrics (EDMRS, issue 12)
+    assert {"af", "edms"} <= set(lines[0]["metrics"])        # a join may add derived metrics (EDMRS)
     first = lines[1]
     assert (first["layer"], first["expert"], first["ems"]) == (0, 0, 0.7)
     assert {k: first["domains"]["code"][k] for k in ("af", "edms")} == {"af": 0.0, "edms": 0.9}

@@ -1,6 +1,6 @@
 """Every tool answers --help, --version and usage errors without importing torch or transformers.
 
-Issue 16 item 1: `moe-trace --help` took 6.6 s because the CLI module imported the trace library
+Why: `moe-trace --help` took 6.6 s because the CLI module imported the trace library
 (and so torch) at module level. The test measures the import set, not the time: each tool runs in
 a fresh interpreter and reports which heavy packages ``sys.modules`` holds afterwards. It iterates
 ``moetools.cli.TOOLS``, so a new tool is covered the day it is added.

@@ -9,11 +9,13 @@ from .common import CONTEXT_SETTINGS, finite_float, say, subcommand_verbosity
 
 
 def _budget(function):
-    function = click.option("--max-minutes", type=finite_float(min=0.1), default=demo_lib.DEFAULT_MAX_MINUTES,
-                            show_default=True, help="Cap on each model's training time (monet-train --max-minutes).")(
+    function = click.option("--max-minutes", type=finite_float(min=0.1), default=None,
+                            help="Optional cap on each model's training time (monet-train --max-minutes) [none: "
+                                 "every model trains its --steps]; a verdict on a model it stopped says so.")(
         function)
     return click.option("--steps", type=click.IntRange(min=1), default=demo_lib.DEFAULT_STEPS, show_default=True,
-                        help="Training steps per model (batch 8 x 256 tokens).")(function)
+                        help="Training steps per model (batch 8 x 256 tokens), trained whatever the load; "
+                             "fewer to shorten a demo on a busy machine.")(function)
 
 
 def _home(function):
@@ -49,13 +51,19 @@ def demo(home, steps, max_minutes, tokens_per_domain):
     every step whose command and inputs are unchanged. The chain is the one
     `moetools study` runs on your own model and corpus; every step's command is
     appended to HOME/demo/MODEL/commands.log.
+
+    Each model trains --steps steps however busy the machine is (progress
+    with an ETA on stderr); after its first steps the demo says how long the
+    rest will take beside the time on 2 idle cores, and when the machine is
+    much slower, how to shorten it (--steps). A model trained for another
+    --steps is trained again.
     """
     demo_lib.run_demo(home, steps=steps, max_minutes=max_minutes, tokens_per_domain=tokens_per_domain,
                       log=say, echo=click.echo)
 
 
 @click.command("models", context_settings=CONTEXT_SETTINGS,
-               epilog="Example:\n\n\b\n  make models\n  moetools models --steps 2000 --max-minutes 30")
+               epilog="Example:\n\n\b\n  make models\n  moetools models --steps 2000")
 @_home
 @_budget
 @subcommand_verbosity

@@ -12,6 +12,7 @@ moe-explain samples.msgpack.zst --backend offline -o labels.jsonl
 moe-explain samples.msgpack.zst --api-base http://localhost:8000/v1 --model Qwen/Qwen3-8B \\
     --concurrency 32 --domain medical -o labels.medical.jsonl
 moe-explain samples.msgpack.zst --experts sets/medical.json --backend local -o labels.medical.jsonl
+moe-explain samples.msgpack.zst --backend local --prompt-form compact --max-tokens 48 -o labels.smollm2.jsonl
 moe-explain --list-backends"""
 
 EXPLAIN_FORCE_HELP = ("Start OUTPUT over instead of continuing it (an existing OUTPUT of moe-explain is continued: its "
@@ -35,11 +36,14 @@ EXPLAIN_FORCE_HELP = ("Start OUTPUT over instead of continuing it (an existing O
 @click.option("--max-examples", type=int, default=None, help="Contexts shown per expert (defaults: --list-backends).")
 @click.option("--logit-lens-top", type=int, default=None,
               help="Logit-lens tokens shown when the samples have them (0: none).")
+@click.option("--prompt-form", type=click.Choice(["paper", "compact"]), default=None,
+              help="paper (default): the papers' prompts; compact: a short prompt with at most 6 examples clipped to "
+                   "16 tokens, for small local models such as SmolLM2-135M (recorded as prompt.form in every label).")
 @click.option("--strict", is_flag=True,
               help="Exit 1 when any expert failed (other than for having no examples); the labels are written.")
 @output_guard(continues=True, pass_force=True, force_help=EXPLAIN_FORCE_HELP)
 def command(input, output, fmt, uncompressed, list_backends, llm, domain, experts_file, max_examples,
-            logit_lens_top, strict, force):
+            logit_lens_top, prompt_form, strict, force):
     """Label every expert of a samples stream with a natural-language explanation.
 
     Reads a samples stream (moe-sample), shows the explainer each expert's
@@ -48,8 +52,11 @@ def command(input, output, fmt, uncompressed, list_backends, llm, domain, expert
     P_domain(d) of "Exploring Expert Monosemanticity in MoE LLMs" (Appendix A.1),
     and writes one label record per expert (formats/labels.md). An answer that is
     not a "This expert specializes in ..." label (no such sentence, the phrase
-    mid-clause, only a list's lead-in, no specific content, cut off at
-    --max-tokens) is asked again, then recorded as failed with the raw text.
+    mid-clause, only a list's lead-in, no specific content, a restatement of
+    the prompt, no property named) is asked again, then recorded as failed with
+    the raw text; one cut off at --max-tokens is first asked again once with
+    twice the limit (at most 1024). Every label records its evidence: firing
+    tokens, contexts, and whether the expert is always-on or rare.
 
     Each backend takes its own options (moe-explain --list-backends shows them
     with their defaults); a flag the backend does not take is an error. The
@@ -74,7 +81,8 @@ def command(input, output, fmt, uncompressed, list_backends, llm, domain, expert
     from ..explain import explain_samples
 
     explain_samples(input, output, fmt=fmt, uncompressed=uncompressed, **llm.keywords(), domain=domain,
-                    experts=experts_file, max_examples=max_examples, logit_lens_top=logit_lens_top, strict=strict,
+                    experts=experts_file, max_examples=max_examples, logit_lens_top=logit_lens_top,
+                    prompt_form=prompt_form, strict=strict,
                     force=force, tool=tool_info(), log=say, warn=warn, progress=progress)
 
 

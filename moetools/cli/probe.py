@@ -83,7 +83,9 @@ def command():
 @click.option("--text-field", default="text", show_default=True, help="Corpus field holding the text.")
 @click.option("--id-field", default="id", show_default=True, help="Corpus field holding the document id.")
 @click.option("--device", default="cpu", show_default=True, help="Device to run the model on.")
-@click.option("--dtype", default="float32", show_default=True, help="Model dtype (float32, bfloat16, auto).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="Model weights dtype. auto: the checkpoint's own (a bf16 checkpoint runs in "
+                                      "bf16), as moe-trace loads it, so the fingerprint matches its labels.")
 @output_guard()
 def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, concept_file, domain_field, min_count,
             test_fraction, reservoir, max_length, batch_tokens, seed, shuffle_labels, text_field, id_field, device, dtype):
@@ -165,7 +167,9 @@ def neurons(model, corpus, output, fmt, uncompressed, ks, concepts, domains, con
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the baseline's permutations.")
 @click.option("--max-length", default=128, show_default=True, type=int, help="Most tokens of a trigger.")
 @click.option("--device", default="cpu", show_default=True, help="Device to run the model on.")
-@click.option("--dtype", default="float32", show_default=True, help="Model dtype (float32, bfloat16, auto).")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="Model weights dtype. auto: the checkpoint's own (a bf16 checkpoint runs in "
+                                      "bf16), as moe-trace loads it, so the fingerprint matches its labels.")
 @output_guard()
 def causal(model, labels, output, fmt, uncompressed, llm, triggers, targets, shuffles, seed, max_length, device,
            dtype):

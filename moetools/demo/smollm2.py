@@ -1,4 +1,4 @@
-"""The labels a person reads in the demo: SmolLM2-135M-Instruct for the experts shown (issue 15).
+"""The labels a person reads in the demo: SmolLM2-135M-Instruct for the experts shown.
 
 The offline method labels every expert (:mod:`moetools.demo`, the fallback). The demo then picks
 the experts it shows — the most domain-skewed ones its summary prints, and the best expert of each

@@ -5,12 +5,14 @@ method sends it, greedy at the client's temperature, and on a retry after an
 answer that was not a label with at least ``retry_temperature``. Clients that can
 pre-fill the answer (``local``) start it with "This expert specializes in" (the
 form the prompt asks for; small models need it). An answer the server cut off at
-``max_tokens`` before its first sentence ended is not a label.
+``max_tokens`` before its first sentence ended is asked again once with a larger limit
+(:func:`moetools.llm.exchange.longer_limit`) and then, still cut off, is not a label.
 """
 
 from __future__ import annotations
 
 from ..llm.base import BackendError, Completion, CompletionClient
+from ..llm.exchange import longer_limit
 from .method import Explainer, ExplainJob
 from .parse import check_explanation
 
@@ -38,6 +40,10 @@ class LLMExplainer(Explainer):
         return self.client.concurrency
 
     @property
+    def max_tokens(self) -> int:
+        return self.client.options.max_tokens
+
+    @property
     def answer_prefix(self) -> str | None:
         return ANSWER_PREFIX if self.client.supports_prefix else None
 
@@ -51,7 +57,7 @@ class LLMExplainer(Explainer):
         temperature = None
         if job.attempt > 0:  # an answer that was not a label: ask again with some sampling
             temperature = max(self.client.options.temperature, self.settings.retry_temperature)
-        return {"temperature": temperature, "answer_prefix": self.answer_prefix}
+        return {"temperature": temperature, "answer_prefix": self.answer_prefix, "max_tokens": job.max_tokens}
 
     def request_identity(self, job: ExplainJob) -> dict:
         identity = self.client.request_identity(job.messages, **self._parameters(job))
@@ -66,8 +72,10 @@ class LLMExplainer(Explainer):
 
     def advice(self, kind: str) -> str | None:
         if kind == "length":
-            return (f"answers were cut off at --max-tokens {self.client.options.max_tokens}; "
-                    "raise --max-tokens")
+            limit = self.client.options.max_tokens
+            longer = longer_limit(limit)
+            again = f" and again at {longer} when asked once more" if longer else ""
+            return f"answers were cut off at --max-tokens {limit}{again}; raise --max-tokens"
         if kind == "answer":
             return "the model did not answer with a usable label (see 'raw'); try more --attempts or a larger model"
         return self.client.advice(kind)

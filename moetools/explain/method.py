@@ -19,6 +19,7 @@ from .parse import check_explanation
 
 DEFAULT_MAX_EXAMPLES = 20     # paper 002: the top-20 activating sequences per expert
 DEFAULT_LOGIT_LENS_TOP = 3    # paper 002: top-3 logit-lens tokens
+PROMPT_FORMS = ("paper", "compact")
 
 
 @dataclass
@@ -29,11 +30,15 @@ class ExplainSettings(Options):
     logit_lens_top: int = option(DEFAULT_LOGIT_LENS_TOP, "logit-lens tokens shown when the samples have them")
     attempts: int = option(3, "times to ask when an answer is not a label")
     retry_temperature: float = option(0.7, "least temperature when asking again after an answer that was not a label")
+    prompt_form: str = option("paper", "paper: the papers' prompts (P_mono/P_domain, 000 App. A.1.1); compact: a short "
+                                       "prompt with at most 6 clipped examples, for small local models")
 
     def check(self) -> None:
         require(self.max_examples >= 1, f"--max-examples must be >= 1 (got {self.max_examples})")
         require(self.logit_lens_top >= 0, f"--logit-lens-top must be >= 0 (got {self.logit_lens_top})")
         require(self.attempts >= 1, f"--attempts must be >= 1 (got {self.attempts})")
+        require(self.prompt_form in PROMPT_FORMS,
+                f"--prompt-form must be one of {', '.join(PROMPT_FORMS)} (got {self.prompt_form!r})")
 
 
 @dataclass
@@ -50,8 +55,8 @@ class ExplainAccounting(Accounting):
     labelled: int = 0          # experts labelled in this run
     skipped: int = 0           # experts already labelled in the output (resume)
 
-    ORDER = ("requests", "cache_hits", "retries", "answer_retries", "failures", "no_examples", "labelled", "skipped",
-             "prompt_tokens", "completion_tokens", "max_in_flight")
+    ORDER = ("requests", "cache_hits", "retries", "answer_retries", "length_retries", "failures", "no_examples",
+             "labelled", "skipped", "prompt_tokens", "completion_tokens", "max_in_flight")
 
     def as_dict(self) -> dict:
         values = dataclasses.asdict(self)
@@ -81,6 +86,8 @@ class ExplainJob:
     examples: list[dict]
     record: dict = field(repr=False, default_factory=dict)
     attempt: int = 0
+    #: the token limit of this request (None: the backend's own; larger after an answer was cut off)
+    max_tokens: int | None = None
     #: requests sent for this job (retries included); methods add to it
     requests: int = 0
 
@@ -119,6 +126,11 @@ class Explainer:
     @property
     def concurrency(self) -> int:
         return 1
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The token limit of an answer when answers can be cut off (a cut-off one is asked again with more)."""
+        return None
 
     def identity(self) -> dict:
         """``explainer`` field of the label records: backend, model, method."""

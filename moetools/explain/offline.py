@@ -1,6 +1,6 @@
 """``offline``: a statistical summary of each expert's activating tokens; no language model at all.
 
-Method ``offline-log-odds-v3`` (what the label records say in ``explainer.method``
+Method ``offline-log-odds-v4`` (what the label records say in ``explainer.method``
 and, with the numbers, in ``details``):
 
 1. Background: every token of every context the explainer may see (``explain``
@@ -15,7 +15,9 @@ and, with the numbers, in ``details``):
 3. Each token t is ranked by the smoothed log ratio
    ``log((c_e(t) + 1) / (n_e + V)) - log((c_b(t) + 1) / (n_b + V))``
    (c: counts, n: totals, V: background vocabulary size; add-one smoothing),
-   ties by foreground count then text; the top 5 are named.
+   ties by foreground count then text; only tokens seen at least MIN_TOKEN_COUNT (3) times at the
+   expert's activating positions are ranked (a fragment seen once says nothing); the top 5 are named.
+   An expert with no such token gets no label (status failed, with the reason).
 4. The top 3 logit-lens tokens (paper 002) when the samples carry them, and the
    dominant document domain (``meta.domain`` of the shown contexts) when it holds
    at least half of them.
@@ -40,13 +42,16 @@ from ..llm.base import Completion
 from .method import Explainer, ExplainJob
 from .runner import logit_lens_pieces, select_examples
 
-# v1 ignored white-space-only pieces (no label for such experts); v2's sentence did not say it was no LLM's
-METHOD = "offline-log-odds-v3"
+# v1 ignored white-space-only pieces (no label for such experts); v2's sentence did not say it was no LLM's;
+# v3 named tokens seen once
+METHOD = "offline-log-odds-v4"
 DESCRIPTION = (f"{METHOD}: the tokens most over-represented at the expert's activating positions against all "
-               "tokens of the samples' explain contexts (add-one smoothed log ratio), its top logit-lens tokens "
+               "tokens of the samples' explain contexts (add-one smoothed log ratio; tokens seen at least 3 times), its top logit-lens tokens "
                "and its dominant document domain; no language model")
 SUMMARY_NOTE = " (a statistical summary of its activating tokens, not an LLM label)"
 TOP_TOKENS = 5
+#: a token is named only when seen at least this many times at the expert's activating positions
+MIN_TOKEN_COUNT = 3
 TOP_LOGIT_LENS = 3
 DOMINANT_SHARE = 0.5
 
@@ -93,7 +98,7 @@ class OfflineExplainer(Explainer):
     def interpret(self, completion: Completion) -> tuple[str | None, str | None]:
         if completion.text:
             return completion.text, None
-        return None, "no activating token to summarize"
+        return None, f"no activating token seen at least {MIN_TOKEN_COUNT} times to summarize"
 
     def corpus_pass(self, records: Iterable[dict]) -> Iterator[dict]:
         """Read the whole stream once: background counts, and a small summary per expert."""
@@ -122,6 +127,7 @@ class OfflineExplainer(Explainer):
                         foreground[token] += 1
                 domains[str((context.get("meta") or {}).get("domain"))] += 1
             summaries.append({"type": "expert", "layer": int(record["layer"]), "expert": int(record["expert"]),
+                              "stats": record.get("stats"), "activating_positions": sum(foreground.values()),
                               "shown": [{"id": str(context.get("id"))} for context in shown],
                               "foreground": foreground, "domains": domains,
                               "logit_lens": logit_lens_pieces({"logit_lens": record.get("logit_lens")},
@@ -134,6 +140,8 @@ class OfflineExplainer(Explainer):
         vocabulary = max(1, len(self.background))
         rows = []
         for token, count in foreground.items():
+            if count < MIN_TOKEN_COUNT:
+                continue
             background = self.background.get(token, 0)
             ratio = math.log((count + 1) / (total_foreground + vocabulary)) \
                 - math.log((background + 1) / (total_background + vocabulary))
@@ -158,6 +166,6 @@ class OfflineExplainer(Explainer):
         if summary["logit_lens"]:
             text += " and promotes " + ", ".join(quote(piece) for piece in summary["logit_lens"])
         text += SUMMARY_NOTE
-        details = {"method": METHOD, "tokens": tokens, "logit_lens": summary["logit_lens"], "domains": domains,
+        details = {"method": METHOD, "min_count": MIN_TOKEN_COUNT, "tokens": tokens, "logit_lens": summary["logit_lens"], "domains": domains,
                    "activating_positions": sum(summary["foreground"].values())}
         return Completion(text=text, details=details)

@@ -14,6 +14,16 @@ content"), the prompt's ``<< >>`` marks or an unbalanced bracket kept, a sentenc
 cut off after a function word ("... the pattern of"), and an answer the server cut
 off at ``max_tokens`` (``finish_reason: "length"``) before its first sentence ended.
 
+A label must name a property of what the expert fires on. Two more rules, each seen from SmolLM2
+(tests/test_explain.py lists the real answers): a body that **restates the prompt** — it holds
+:data:`RESTATED_WORDS` or more consecutive words of the explanation prompt (P_mono or the compact form,
+:mod:`moetools.explain.prompts`), as "a list of documents on which the expert is activated by the
+router" or "all the content that activates the expert" — and a body that **names no property** —
+every word is a function word, a word of no specific content or a word about the task itself
+(:data:`ABOUT_THE_TASK`: explanation, summary, text, document, expert, router, information,
+content, ...), as "This explanation is a summary of the previous one", "this text" or
+"information processing" — are failed parses.
+
 An answer without the phrase (a server that does not continue a prefilled answer)
 is read as the label's body when its first sentence is a short description
 ("Python import statements.", "It handles legal citations."), never when it is
@@ -23,6 +33,8 @@ chatter ("Sure, here is ...") or an essay.
 from __future__ import annotations
 
 import re
+
+from .prompts import COMPACT_SYSTEM, COMPACT_USER, MONO_SYSTEM, MONO_USER
 
 NOT_A_LABEL = "answer has no \"This expert specializes in ...\" sentence"
 
@@ -38,6 +50,49 @@ _GENERIC = _DANGLING | frozenset({
     "areas", "area", "various", "different", "certain", "specific", "many", "several", "some", "list", "below",
     "above", "these", "those", "this", "that", "processing", "handling", "general", "domains", "domain", "it",
     "is", "are", "here", "ways", "aspects"})
+#: words about the task, the prompt or the model rather than about what an expert fires on
+ABOUT_THE_TASK = frozenset({
+    "explanation", "explanations", "summary", "summaries", "previous", "one", "ones", "text", "texts", "document",
+    "documents", "example", "examples", "expert", "experts", "router", "routed", "activated", "activates",
+    "activate", "activating", "activation", "information", "all", "which", "what", "whatever", "every", "each",
+    "input", "inputs", "data", "token", "tokens", "word", "words", "sentence", "sentences", "marked", "parts",
+    "part", "given", "shown", "above", "model", "language", "specializes", "specialized", "has", "have", "be",
+    "was", "were", "been", "other", "same", "not", "no", "any", "whole", "entire", "stuff", "something"})
+#: this many consecutive words of the explanation prompt in a label's body: it restates the prompt
+RESTATED_WORDS = 4
+
+
+def _words(text: str) -> list[str]:
+    return [word for word in (re.sub(r"[^\w]", "", piece.lower()) for piece in text.split()) if word]
+
+
+def _prompt_runs(texts: tuple[str, ...], n: int) -> frozenset[tuple[str, ...]]:
+    """Every run of ``n`` consecutive words of the prompt texts holding at least two words that are not function words."""
+    runs = set()
+    for text in texts:
+        words = _words(text)
+        for start in range(len(words) - n + 1):
+            run = tuple(words[start:start + n])
+            if sum(word not in _DANGLING for word in run) >= 2:
+                runs.add(run)
+    return frozenset(runs)
+
+
+_PROMPT_RUNS = _prompt_runs((MONO_SYSTEM, MONO_USER, COMPACT_SYSTEM, COMPACT_USER), RESTATED_WORDS)
+
+
+def restates_prompt(body: str) -> bool:
+    """Whether ``body`` holds RESTATED_WORDS consecutive words of the explanation prompt."""
+    words = _words(body)
+    return any(tuple(words[start:start + RESTATED_WORDS]) in _PROMPT_RUNS
+               for start in range(len(words) - RESTATED_WORDS + 1))
+
+
+def names_no_property(body: str) -> bool:
+    """Whether every word of ``body`` is a function word, a generic word or a word about the task."""
+    return all(word in _GENERIC or word in ABOUT_THE_TASK for word in _words(body))
+
+
 _QUOTES = "\"'“‘«"
 _CLOSING = {"“": "”", "‘": "’", "«": "»"}
 _LEAD_IN = " \t\"'“‘«*#>-"
@@ -95,6 +150,10 @@ def _label_from(rest: str, truncated: bool) -> tuple[str | None, str | None]:
         why = "it ends in a function word"
     elif all(re.sub(r"[^\w]", "", word.lower()) in _GENERIC for word in words):
         why = "no specific content"
+    elif restates_prompt(body):
+        why = "it restates the prompt"
+    elif names_no_property(body):
+        why = "it names no property of the text the expert fires on"
     if why is not None:
         return None, f"{NOT_A_LABEL} ({why})"
     return f"This expert specializes in {body}", None

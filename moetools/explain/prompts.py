@@ -13,6 +13,13 @@ line breaks (e.g. "indicated with\\n\\n<< ... >>." is one sentence).
   system message. The medical and legal texts are built in; a user's own domain
   comes from a file (:func:`load_domain`).
 
+The compact form (``--prompt-form compact``; not the paper's, recorded as ``prompt.form`` in every
+label) is for small local models whose answers the paper's 400-word instructions drown:
+:data:`COMPACT_SYSTEM`, at most :data:`COMPACT_EXAMPLES` examples each cut to :data:`COMPACT_WINDOW`
+tokens around the strongest activation, and one question; the answer's start "This expert
+specializes in" is pre-filled where the backend can (``local``; ``openai`` with
+``continue_final_message``).
+
 Paper 002 (*The Expert Strikes Back*) also shows the explainer the top-3 tokens
 each expert promotes through the logit lens; when the samples carry them they are
 added after the examples (:data:`LOGIT_LENS_LINE`).
@@ -52,6 +59,16 @@ MONO_SYSTEM = (
 
 #: P_mono, User; ``{examples}`` "refers to our sampled activation examples, with activated tokens marked using <<>>"
 MONO_USER = "Here is the explanation: this expert specializes in\n\nHere are the examples:\n{examples}"
+
+#: the compact form for small local models (``--prompt-form compact``; not the paper's): a short system
+#: message, few short examples, the answer's start pre-filled where the backend can
+COMPACT_SYSTEM = ("You describe what one part of a language model reacts to. The words it reacts to are marked "
+                  "<< >>. Answer with one short sentence that names what the marked words have in common: a topic, "
+                  "a kind of word or a pattern.")
+COMPACT_USER = "{examples}\n\nWhat do the marked words have in common?"
+#: the compact form shows at most this many examples, each cut to this many pieces around its strongest token
+COMPACT_EXAMPLES = 6
+COMPACT_WINDOW = 16
 
 RESPONSE_FORM = "Your response should be in the form \"This expert specializes in...\""
 
@@ -206,6 +223,26 @@ def user_prompt(contexts: list[dict], logit_lens: list[str] | None = None) -> st
         text += "\n\n" + LOGIT_LENS_LINE.format(tokens=", ".join(json.dumps(piece, ensure_ascii=False)
                                                                  for piece in logit_lens))
     return text
+
+
+def clip_context(context: dict, window: int = COMPACT_WINDOW) -> dict:
+    """``context`` cut to ``window`` pieces around its strongest activating token (for the compact form)."""
+    pieces, activation = list(context["pieces"]), [float(value) for value in context["activation"]]
+    if len(pieces) <= window:
+        return context
+    strongest = max(range(len(activation)), key=lambda index: (activation[index], -index))
+    start = min(max(0, strongest - window // 2), len(pieces) - window)
+    return {**context, "pieces": pieces[start:start + window], "activation": activation[start:start + window]}
+
+
+def build_compact_messages(contexts: list[dict], logit_lens: list[str] | None = None) -> list[dict]:
+    """The compact form (``--prompt-form compact``, not the paper's): COMPACT_SYSTEM, then at most
+    COMPACT_EXAMPLES examples clipped to COMPACT_WINDOW pieces, marked like P_mono's, and the question."""
+    user = format_examples([clip_context(context) for context in contexts[:COMPACT_EXAMPLES]])
+    if logit_lens:
+        user += "\n" + LOGIT_LENS_LINE.format(tokens=", ".join(json.dumps(piece, ensure_ascii=False)
+                                                               for piece in logit_lens))
+    return [{"role": "system", "content": COMPACT_SYSTEM}, {"role": "user", "content": COMPACT_USER.format(examples=user)}]
 
 
 def build_messages(contexts: list[dict], domain: Domain | None = None,

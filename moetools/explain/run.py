@@ -20,6 +20,7 @@ from ..llm.cache import response_cache
 from ..reporting import Log, ProgressFactory, log_info, log_warning, no_progress
 from ..streams.files import open_stream_writer, read_input
 from . import listed_experts, make_runner, run_sync
+from .evidence import uniform_share
 from .method import ExplainAccounting, ExplainSettings
 from .output import previous_labels
 from .prompts import load_domain
@@ -31,19 +32,20 @@ CACHE_NAMESPACE = "explain"
 def explain_samples(input, output, *, fmt: str = "jsonl", uncompressed: bool = False, backend: str = "openai",
                     backend_options: Mapping[str, Any] | None = None, domain: str | None = None,
                     experts: str | None = None, max_examples: int | None = None, logit_lens_top: int | None = None,
-                    attempts: int | None = None, cache_dir: str | None = None, no_cache: bool = False,
+                    attempts: int | None = None, prompt_form: str | None = None, cache_dir: str | None = None, no_cache: bool = False,
                     refresh: bool = False, strict: bool = False, force: bool = False, tool: dict | None = None,
                     log: Log = log_info, warn: Log = log_warning, progress: ProgressFactory = no_progress) -> ExplainAccounting:
     """Label every expert of the samples stream ``input`` into ``output`` (see the module docstring).
 
     ``backend_options``: the backend's own options by name (moe-explain --list-backends);
     ``domain``: P_domain(d) for a built-in domain name or a domain file; ``experts``: an experts file
-    whose experts alone are labelled; ``max_examples``, ``logit_lens_top``, ``attempts``: the
+    whose experts alone are labelled; ``max_examples``, ``logit_lens_top``, ``attempts``, ``prompt_form``: the
     method's :class:`ExplainSettings` (None: its default). Returns the run's accounting.
     """
     settings = ExplainSettings.from_settings({name: value for name, value in
                                               (("max_examples", max_examples), ("logit_lens_top", logit_lens_top),
-                                               ("attempts", attempts)) if value is not None})
+                                               ("attempts", attempts), ("prompt_form", prompt_form))
+                                              if value is not None})
     domain_spec = load_domain(domain) if domain else None
     explainer = make_explainer(backend, dict(backend_options or {}), settings=settings)
     if domain_spec is not None and not explainer.uses_chat_prompt:
@@ -66,6 +68,7 @@ def explain_samples(input, output, *, fmt: str = "jsonl", uncompressed: bool = F
 
     reader = read_input(input, kinds="samples", validate=True)  # formats/samples.md, field by field
     only = listed_experts(experts, reader.header.get("model")) if experts else None
+    runner.uniform_share = uniform_share(reader.header)
     with open_stream_writer(output, "labels", fmt, uncompressed, tool=tool, model=reader.header.get("model"),
                             header_extra={"explain": header_settings}, keep_partial=True) as writer:
         for label in kept:

@@ -30,10 +30,12 @@ from collections.abc import Callable, Container, Iterable
 
 import numpy as np
 
+from ..errors import UsageError
 from ..llm.cache import ResponseCache
 from ..llm.exchange import exchange
+from .evidence import label_evidence
 from .method import DEFAULT_LOGIT_LENS_TOP, DEFAULT_MAX_EXAMPLES, ExplainAccounting, Explainer, ExplainJob
-from .prompts import Domain, build_messages
+from .prompts import COMPACT_EXAMPLES, Domain, build_compact_messages, build_messages
 
 
 def max_activation(context: dict) -> float:
@@ -88,6 +90,11 @@ class ExplainRunner:
         self.max_examples = backend.settings.max_examples
         self.logit_lens_top = backend.settings.logit_lens_top
         self.attempts = max(1, backend.settings.attempts)
+        #: the compact prompt form (chat methods only; see moetools.explain.prompts)
+        self.compact = backend.uses_chat_prompt and backend.settings.prompt_form == "compact"
+        if self.compact and domain is not None:
+            raise UsageError("--prompt-form compact has no P_domain(d) form; leave out --domain or use --prompt-form "
+                             "paper")
         self.window = window or max(2, 2 * backend.concurrency)
         self._slots = asyncio.Semaphore(max(1, backend.concurrency))
         #: why experts failed, by kind (a BackendError's kind, "answer", "length"), for the advice line
@@ -95,20 +102,28 @@ class ExplainRunner:
         #: experts of the stream left out by ``run(only=...)``, and the listed experts the stream had
         self.unlisted = 0
         self.listed_seen: set[tuple[int, int]] = set()
+        #: top_k / num_experts of the samples header, for the always-on flag (:mod:`moetools.explain.evidence`)
+        self.uniform_share: float | None = None
 
     # -- one expert ------------------------------------------------------------------------------
     def prompt_record(self) -> dict:
         if not self.backend.uses_chat_prompt:
             return {"kind": self.backend.prompt_kind or self.backend.name, "domain": None}
+        form = {"form": "compact"} if self.compact else {}   # absent: the paper's prompt
         if self.domain is None:
-            return {"kind": "mono", "domain": None}
-        return {"kind": "domain", "domain": self.domain.name}
+            return {"kind": "mono", "domain": None, **form}
+        return {"kind": "domain", "domain": self.domain.name, **form}
 
     def make_job(self, record: dict) -> ExplainJob:
         # a method's corpus pass may have chosen the examples already (and dropped the rest of the record)
         examples = record["shown"] if "shown" in record else select_examples(record, self.max_examples)
-        messages = build_messages(examples, self.domain, logit_lens_pieces(record, self.logit_lens_top)) \
-            if self.backend.uses_chat_prompt and examples else []
+        if self.compact:
+            examples = examples[:COMPACT_EXAMPLES]
+        messages = []
+        if self.backend.uses_chat_prompt and examples:
+            lens = logit_lens_pieces(record, self.logit_lens_top)
+            messages = build_compact_messages(examples, lens) if self.compact else \
+                build_messages(examples, self.domain, lens)
         return ExplainJob(layer=int(record["layer"]), expert=int(record["expert"]), messages=messages,
                           examples=examples, record=record)
 
@@ -118,7 +133,8 @@ class ExplainRunner:
         job = self.make_job(record)
         label = {"type": "label", "layer": job.layer, "expert": job.expert, "explanation": None,
                  "status": "failed", "prompt": self.prompt_record(), "explainer": self.backend.identity(),
-                 "examples": [str(context.get("id")) for context in job.examples]}
+                 "examples": [str(context.get("id")) for context in job.examples],
+                 "evidence": label_evidence(record, job.examples, self.uniform_share)}
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0, "cache_hits": 0}
         if job.examples:
             answer = await self._exchange(job)
@@ -152,18 +168,18 @@ class ExplainRunner:
     async def _exchange(self, job: ExplainJob):
         """The method's answer to ``job`` through the one exchange (:func:`moetools.llm.exchange.exchange`)."""
 
-        async def send(messages, attempt):
-            job.attempt = attempt
+        async def send(messages, attempt, max_tokens=None):
+            job.attempt, job.max_tokens = attempt, max_tokens
             async with self._slots:
                 return await self.backend.complete(job)
 
-        def key(messages, attempt):
-            job.attempt = attempt
+        def key(messages, attempt, max_tokens=None):
+            job.attempt, job.max_tokens = attempt, max_tokens
             return self.backend.request_identity(job)
 
         return await exchange(send, job.messages, lambda completion: self.backend.interpret(completion),
                               attempts=self.attempts, cache=self.cache if self.backend.cacheable else None, key=key,
-                              accounting=self.accounting)
+                              accounting=self.accounting, max_tokens=self.backend.max_tokens)
 
     def advice(self) -> str | None:
         """One line on what to change, from the most common reason experts failed (None when nothing to say)."""

@@ -66,6 +66,7 @@ class Accounting:
     completion_tokens: int = 0
     max_in_flight: int = 0
     answer_retries: int = 0    # answers that did not parse and were asked again (moetools.llm.exchange)
+    length_retries: int = 0    # answers cut off at max_tokens, asked again with a larger limit (moetools.llm.exchange)
     failures: int = 0          # exchanges that ended without an answer (after every attempt, or a transport failure)
 
     def add_usage(self, usage: Usage) -> None:
@@ -157,7 +158,8 @@ class GenerationOptions(Options):
 
     model: str | None = option(None, "the model (a name for a server, a directory or file for a local model)")
     temperature: float = option(0.0, "sampling temperature (0: greedy)")
-    max_tokens: int = option(64, "most tokens an answer may have")
+    max_tokens: int = option(64, "most tokens an answer may have (an answer cut off there is asked again once "
+                                 "with twice as many, at most 1024)")
 
     def check(self) -> None:
         require(self.temperature >= 0, f"--temperature must be >= 0 (got {self.temperature})")

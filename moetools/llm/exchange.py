@@ -20,6 +20,14 @@ second attempt with at least ``retry_temperature`` so that a greedy model can an
 (moe-explain, the judge). A :class:`BackendError` (the transport already retried) ends the exchange
 as failed; a :class:`FatalBackendError` is raised.
 
+Cut off: an answer that ended at the token limit (``finish_reason`` "length"; the ``local`` backend
+says the same when it generated ``max_tokens`` tokens without an end-of-sequence) and that the parser
+refused is asked again once, the same prompt and attempt, with the limit raised to
+:func:`longer_limit` (doubled, at most :data:`LONGEST_ANSWER` tokens); later attempts keep the raised
+limit. Only then does a cut-off answer count as failed (kind ``"length"``). ``answer.max_tokens`` is
+the limit of the last request (None: the client's own). :func:`exchange` does this when given
+``max_tokens`` (its ``send`` and ``key`` then take ``max_tokens=`` too); :func:`ask` always does.
+
 Cache: the key is the request's identity (:meth:`CompletionClient.request_identity`: backend,
 endpoint, model, the messages, the generation parameters), plus ``"attempt"`` when
 ``attempt_in_key`` (a re-asked prompt is sampled again, not replayed). The cache holds the raw
@@ -28,7 +36,8 @@ served only if the parser still takes it, so a changed parser never serves a sta
 parser version is needed in the key (keys are those written before this module existed).
 
 The accounting (``accounting`` or the client's) counts cache hits, re-asked answers
-(``answer_retries``) and failed exchanges (``failures``). Methods that are not completion clients
+(``answer_retries``), answers asked again with a larger limit (``length_retries``) and failed
+exchanges (``failures``). Methods that are not completion clients
 (moe-explain's ``self`` and ``offline``) use :func:`exchange`, the same loop with their own ``send``
 and cache ``key``.
 """
@@ -48,6 +57,17 @@ Parser = Callable[[Completion], tuple[Any, str | None]]
 #: ``reask(messages, answer text, why) -> the messages of the next attempt``
 Reasker = Callable[[list[dict], str, str], list[dict]]
 
+#: the most tokens a cut-off answer is asked again with (a label is one sentence, a judgement a short list)
+LONGEST_ANSWER = 1024
+#: a cut-off answer is asked again once with its limit times this
+LENGTH_GROWTH = 2
+
+
+def longer_limit(max_tokens: int) -> int | None:
+    """The limit a cut-off answer is asked again with: doubled, at most LONGEST_ANSWER; None when not larger."""
+    longer = min(LENGTH_GROWTH * int(max_tokens), LONGEST_ANSWER)
+    return longer if longer > max_tokens else None
+
 
 @dataclass
 class Answer:
@@ -61,6 +81,8 @@ class Answer:
     messages: list[dict] = field(default_factory=list)   # the prompt last sent
     attempts: int = 0
     requests: int = 0
+    max_tokens: int | None = None    # the token limit of the last request (None: the client's own)
+    longer: bool = False             # a cut-off answer was asked again with a larger limit
     cache_hits: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -81,33 +103,54 @@ def refusing_truncated(parse: Callable[[str], tuple[Any, str | None]], why: str)
     return parse_completion
 
 
-async def exchange(send: Callable[[list[dict], int], Awaitable[Completion]], messages: list[dict], parse: Parser, *,
+async def exchange(send: Callable[..., Awaitable[Completion]], messages: list[dict], parse: Parser, *,
                    attempts: int = 1, cache: ResponseCache | None = None,
-                   key: Callable[[list[dict], int], dict] | None = None, reask: Reasker | None = None,
-                   accounting: Accounting | None = None) -> Answer:
-    """:func:`ask` with the sending and the cache key given: ``send(messages, attempt)``, ``key(messages, attempt)``."""
+                   key: Callable[..., dict] | None = None, reask: Reasker | None = None,
+                   accounting: Accounting | None = None, max_tokens: int | None = None) -> Answer:
+    """:func:`ask` with the sending and the cache key given: ``send(messages, attempt)``, ``key(messages, attempt)``.
+
+    With ``max_tokens`` (the limit the requests are sent with) a refused cut-off answer is asked again
+    once with :func:`longer_limit`; ``send`` and ``key`` are then called with ``max_tokens=`` as well.
+    """
     answer = Answer(messages=messages)
+    limit = None                       # None: the caller's own limit; set once a cut-off answer raised it
 
     def accept(completion: Completion) -> bool:
         return parse(completion)[0] is not None
 
-    for attempt in range(max(1, attempts)):
-        answer.attempts, answer.messages = attempt + 1, messages
-        if attempt and accounting is not None:
-            accounting.answer_retries += 1
-        identity = key(messages, attempt) if cache is not None and key is not None else None
+    def limited(call: Callable, *arguments):
+        return call(*arguments) if max_tokens is None else call(*arguments, max_tokens=limit or max_tokens)
+
+    async def one(messages: list[dict], attempt: int) -> tuple[Completion | None, Any, str | None]:
+        identity = limited(key, messages, attempt) if cache is not None and key is not None else None
         try:
-            completion = await through_cache(cache, identity, lambda m=messages, a=attempt: send(m, a),
+            completion = await through_cache(cache, identity, lambda: limited(send, messages, attempt),
                                              accept=accept, accounting=accounting)
         except BackendError as error:
             answer.requests += error.requests
             answer.error, answer.kind, answer.raw = str(error), error.kind, None
-            break                      # the client already retried the transport
+            return None, None, None    # the client already retried the transport
         answer.requests += completion.usage.requests
         answer.cache_hits += int(completion.cached)
         answer.prompt_tokens += completion.usage.prompt_tokens
         answer.completion_tokens += completion.usage.completion_tokens
         value, why = parse(completion)
+        return completion, value, why
+
+    for attempt in range(max(1, attempts)):
+        answer.attempts, answer.messages = attempt + 1, messages
+        if attempt and accounting is not None:
+            accounting.answer_retries += 1
+        completion, value, why = await one(messages, attempt)
+        if completion is not None and value is None and completion.truncated and max_tokens is not None \
+                and limit is None and longer_limit(max_tokens) is not None:
+            limit, answer.longer = longer_limit(max_tokens), True      # once per exchange: ask with more room
+            if accounting is not None:
+                accounting.length_retries += 1
+            completion, value, why = await one(messages, attempt)
+        answer.max_tokens = limit or max_tokens
+        if completion is None:
+            break
         if value is not None:
             answer.value, answer.completion, answer.error, answer.kind, answer.raw = value, completion, None, None, None
             break
@@ -126,23 +169,24 @@ async def ask(client: CompletionClient, messages: list[dict], parse: Parser, *, 
               attempt_in_key: bool = False, accounting: Accounting | None = None) -> Answer:
     """One exchange with ``client`` (see the module docstring); the client's accounting unless ``accounting``."""
 
-    def parameters(attempt: int) -> dict:
+    def parameters(attempt: int, max_tokens: int) -> dict:
         temperature = None
         if attempt and retry_temperature is not None:
             temperature = max(client.options.temperature, retry_temperature)
-        return {"temperature": temperature, "answer_prefix": answer_prefix}
+        return {"temperature": temperature, "answer_prefix": answer_prefix, "max_tokens": max_tokens}
 
-    def send(messages: list[dict], attempt: int) -> Awaitable[Completion]:
-        return client.complete(messages, **parameters(attempt))
+    def send(messages: list[dict], attempt: int, max_tokens: int) -> Awaitable[Completion]:
+        return client.complete(messages, **parameters(attempt, max_tokens))
 
-    def key(messages: list[dict], attempt: int) -> dict:
-        identity = client.request_identity(messages, **parameters(attempt))
+    def key(messages: list[dict], attempt: int, max_tokens: int) -> dict:
+        identity = client.request_identity(messages, **parameters(attempt, max_tokens))
         if attempt_in_key:
             identity["attempt"] = attempt
         return identity
 
     return await exchange(send, messages, parse, attempts=attempts, cache=cache, key=key, reask=reask,
-                          accounting=client.accounting if accounting is None else accounting)
+                          accounting=client.accounting if accounting is None else accounting,
+                          max_tokens=client.options.max_tokens)
 
 
 async def ask_all(client: CompletionClient, prompts: Iterable[list[dict]], parse: Parser, **kwargs) -> list[Answer]:
@@ -159,4 +203,5 @@ def ask_batch(client: CompletionClient, prompts: Iterable[list[dict]], parse: Pa
     return asyncio.run(ask_all(client, list(prompts), parse, **kwargs))
 
 
-__all__ = ["Answer", "Parser", "Reasker", "ask", "ask_all", "ask_batch", "exchange", "refusing_truncated"]
+__all__ = ["LENGTH_GROWTH", "LONGEST_ANSWER", "Answer", "Parser", "Reasker", "ask", "ask_all", "ask_batch",
+           "exchange", "longer_limit", "refusing_truncated"]

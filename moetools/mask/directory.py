@@ -1,8 +1,8 @@
 """Write a masked model directory (formats/mask.md) that transformers loads without moetools.
 
 The mask is planned on the model built on the meta device (no weights). ``pruned`` and ``bias``
-directories are written tensor by tensor through safetensors (:mod:`moetools.mask.stream`: memory
-about two 128 MB shards, whatever the model's size); ``remote`` ones load the model once and save it
+directories are written tensor by tensor in the safetensors format (:mod:`moetools.mask.stream`:
+memory about one tensor beyond the runtime, whatever the model's size); ``remote`` ones load the model once and save it
 in the layout its modules hold (custom-code classes get no checkpoint conversion from transformers).
 Both keep the source's dtype (unless ``--dtype``) and its sharding (:mod:`moetools.models.checkpoint_layout`).
 Everything goes into ``OUT.partial/`` beside OUT (with the suite's marker, modes from the umask),

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import struct
 from pathlib import Path
 
@@ -145,18 +144,23 @@ def _weight_files(directory: Path) -> list[Path]:
 
 
 def _safetensors_digest(files: list[Path]) -> bytes:
-    tensors, metadata, maps = {}, {}, []
+    """The weight sample read with positioned reads (``os.pread``), not a mapping: a mapping's faulted-in
+    pages (the kernel maps whole neighbourhoods around each sampled block) would count in the process's
+    resident set as if it had read every weight."""
+    import os
+
+    tensors, metadata, handles = {}, {}, []
     try:
         for number, path in enumerate(files):
-            with open(path, "rb") as handle:
-                prefix = handle.read(8)
-                (length,) = struct.unpack("<Q", prefix) if len(prefix) == 8 else (-1,)
-                if not 0 < length <= path.stat().st_size - 8:  # random bytes or a file cut short
-                    from ..errors import ModelError
+            handle = open(path, "rb")  # noqa: SIM115 - closed in finally, all files open during the sample
+            handles.append(handle)
+            prefix = handle.read(8)
+            (length,) = struct.unpack("<Q", prefix) if len(prefix) == 8 else (-1,)
+            if not 0 < length <= path.stat().st_size - 8:  # random bytes or a file cut short
+                from ..errors import ModelError
 
-                    raise ModelError(f"{path} is not a complete safetensors file (its header length does not fit)")
-                header = json.loads(handle.read(length))
-                maps.append(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) if path.stat().st_size else b"")
+                raise ModelError(f"{path} is not a complete safetensors file (its header length does not fit)")
+            header = json.loads(handle.read(length))
             metadata.update(header.pop("__metadata__", None) or {})
             for name, info in header.items():
                 start, end = info["data_offsets"]
@@ -164,15 +168,14 @@ def _safetensors_digest(files: list[Path]) -> bytes:
         digest = hashlib.sha256(canonical_json(metadata).encode())
         for name in sorted(tensors):
             dtype, shape, number, start, size = tensors[name]
-            data = maps[number]
+            descriptor = handles[number].fileno()
             digest.update(b"\0" + canonical_json([name, dtype, shape]).encode() + b"\0")
-            digest.update(_sample(lambda offset, count, data=data, start=start:
-                                  data[start + offset:start + offset + count], size))
+            digest.update(_sample(lambda offset, count, descriptor=descriptor, start=start:
+                                  os.pread(descriptor, count, start + offset), size))
         return digest.digest()
     finally:
-        for data in maps:
-            if isinstance(data, mmap.mmap):
-                data.close()
+        for handle in handles:
+            handle.close()
 
 
 def _state_dict_digest(model) -> bytes:

@@ -148,6 +148,14 @@ class Adapter:
         """(groups, groups chosen per token) of a group-limited router; (1, 1) when the rule is not."""
         return 1, 1
 
+    #: experts built from shared factor tables rather than one weight row each (MONET); see MonetAdapter
+    composed_experts: bool = False
+
+    def write_portable_code(self, directory) -> None:
+        """Write into a saved checkpoint ``directory`` whatever lets it load where moetools is not
+        installed (a family transformers does not know ships its code and ``auto_map``); nothing for the
+        families transformers has."""
+
     def router_layer(self, layer_index: int) -> int:
         """The layer whose router routes decoder layer ``layer_index`` (itself, unless the family shares
         one router over several layers, as MONET's ``moe_groups``)."""

@@ -33,7 +33,7 @@ def probe_causal(model, labels, output, *, fmt: str = "jsonl", uncompressed: boo
                  backend_options: Mapping[str, Any] | None = None, attempts: int | None = None,
                  cache_dir: str | None = None, no_cache: bool = False, refresh: bool = False,
                  triggers: int = 4, targets: int = 4, shuffles: int = 100, seed: int = 0, max_length: int = 128,
-                 device: str = "cpu", dtype: str = "float32", tool: dict | None = None, log: Log = log_info,
+                 device: str = "cpu", dtype: str = "auto", tool: dict | None = None, log: Log = log_info,
                  warn: Log = log_warning, progress: ProgressFactory = no_progress) -> Summary:
     """Trigger/target attribution of the ``ok`` labels in ``labels`` (:mod:`moetools.probe.causal`).
 

@@ -102,6 +102,15 @@ def _label_entry(label: dict) -> dict:
     entry = {"lab": label.get("explanation"), "st": label.get("status"), "by": _explainer(label)}
     if label.get("error"):
         entry["err"] = label["error"]
+    evidence = label.get("evidence") if isinstance(label.get("evidence"), dict) else None
+    if evidence is not None:
+        from ..explain.evidence import (
+            evidence_text,  # the explain package is not needed to read reports otherwise
+        )
+
+        entry["ev"] = evidence_text(evidence)
+        if evidence.get("flag"):
+            entry["flag"] = evidence["flag"]
     return entry
 
 

@@ -156,7 +156,9 @@
     const labels = [expert].concat(expert.more || []).map(function (item, i) {
       return el("div", { cls: "labelbox" + (i ? " other" : "") }, [
         el("div", { cls: "label" + (item.st === "failed" ? " failed" : ""),
-          text: item.lab || (item.st === "failed" ? "no label: " + (item.err || "failed") : "no label") }),
+          text: (item.flag ? "[" + item.flag + "] " : "") +
+            (item.lab || (item.st === "failed" ? "no label: " + (item.err || "failed") : "no label")) }),
+        item.ev ? el("div", { cls: "evidence", text: "evidence: " + item.ev }) : null,
         item.by ? el("div", { cls: "by", text: "explainer: " + item.by }) : null]);
     });
     if (DATA.compare) {   // the other run's label, and the routing change of this expert

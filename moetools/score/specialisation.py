@@ -9,7 +9,7 @@ For domain d, layer l and expert e, the mean routing probability per token is
 
     p(d, l, e) = Σ_{sequences s of d} prob_sum_s[l, e] / Σ_{s of d} T_s.
 
-Two figures per model (issue 5, item 4):
+Two figures per model:
 
 - **top-expert share** (:func:`top_expert_share`): the share of domain d's
   routing mass at layer l held by its k most-used experts,

@@ -7,12 +7,13 @@ import math
 
 from ..errors import UsageError
 from .distributed import check_fsdp, world_size
+from .stopping import injected_step_delay
 
 FLOAT_SETTINGS = ("lr", "min_lr", "weight_decay", "grad_clip", "max_minutes")
 
 
 def check_loop_options(options, *, more_floats: tuple[str, ...] = ()) -> None:
-    """Finite floats, positive counts, ``--fsdp`` only under torchrun, and a global batch that splits
+    """Finite floats, positive counts, a valid step-delay testing hook, ``--fsdp`` only under torchrun, and a global batch that splits
     evenly over processes x ``--grad-accum`` micro-batches."""
     for name in (*FLOAT_SETTINGS, *more_floats):
         value = getattr(options, name)
@@ -21,6 +22,7 @@ def check_loop_options(options, *, more_floats: tuple[str, ...] = ()) -> None:
     if options.steps < 1 or options.batch_size < 1 or options.seq_len < 2 or options.grad_accum < 1:
         raise UsageError("--steps, --batch-size, --grad-accum must be at least 1 and --seq-len at least 2")
     check_fsdp(options.fsdp)
+    injected_step_delay()  # a bad testing hook value is refused before any output exists
     world = world_size()
     if options.batch_size % (world * options.grad_accum):
         raise UsageError(f"--batch-size {options.batch_size} is not divisible by {world} processes "

@@ -275,10 +275,7 @@ def merge(adapter_dir, output, base: str | None = None, dtype: str = "auto", for
         model.save_pretrained(str(partial), **({"max_shard_size": limit} if limit else {}))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(partial))
-        if model.config.model_type == "monet":  # its code and auto_map: loads where moetools is not installed
-            from ..models.monet.shipped import add_to_directory
-
-            add_to_directory(partial)
+        adapter.write_portable_code(partial)  # e.g. MONET's code and auto_map: loads without moetools
         (partial / "moetools_tuned.json").write_text(strict_json.dumps(provenance, indent=1) + "\n")
     return provenance
 

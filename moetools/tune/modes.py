@@ -1,4 +1,4 @@
-"""What each moe-tune mode trains (issue 14, "Modes"), as parameter sets of a loaded model.
+"""What each moe-tune mode trains (DESIGN.md, moe-tune "Modes"), as parameter sets of a loaded model.
 
 - ``full``: every parameter;
 - ``attention-router`` (paper 003 §3, stage 1): every decoder layer's ``self_attn`` parameters and
@@ -63,7 +63,7 @@ def lora_targets(model, adapter) -> tuple[list[str], list[str]]:
     for name, module in model.named_modules():
         if id(module) not in expert_modules:
             continue
-        if getattr(model.config, "model_type", None) == "monet":
+        if adapter.composed_experts:
             modules += [f"{name}.{child}" for child, sub in module.named_children() if isinstance(sub, nn.Linear)]
         else:
             layer = expert_modules[id(module)]

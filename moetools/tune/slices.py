@@ -147,7 +147,7 @@ def expert_slices(model, adapter, chosen: dict[int, list[int]]) -> list[ExpertSl
         if bad:
             raise UsageError(f"layer {layer_index}: expert ids {bad} out of range 0..{layer.num_experts - 1}")
         experts = layer.experts
-        if getattr(model.config, "model_type", None) == "monet":
+        if adapter.composed_experts:
             factor = int(model.config.moe_experts)
             per_factor = (sorted({int(i) // factor for i in ids}), sorted({int(i) % factor for i in ids}))
             table = MONET_FACTOR[model.config.moe_decompose]

@@ -99,6 +99,15 @@ class MonetAdapter(Adapter):
     def dense_layers(self) -> list[int]:
         return []
 
+    #: experts composed from factor tables (E_ij from rows i and j): tuned by factor rows, LoRA on the
+    #: experts module's Linear children (moetools.tune)
+    composed_experts = True
+
+    def write_portable_code(self, directory) -> None:
+        from ..monet.shipped import add_to_directory
+
+        add_to_directory(directory)  # configuration_monet.py, modeling_monet.py and auto_map
+
     def router_layer(self, layer_index: int) -> int:
         # moe_groups consecutive layers share one product-key router (the first of the group holds it)
         size = max(1, int(getattr(self.config, "moe_groups", 1)))

@@ -8,7 +8,9 @@ moetools loads the directory with ``AutoModelForCausalLM.from_pretrained(DIR, tr
 (and ``lm_eval --model hf --model_args pretrained=DIR,trust_remote_code=True``); without
 ``trust_remote_code`` transformers refuses with its own message. moetools itself loads such a
 directory without remote code: ``model_type="monet"`` is registered with the Auto classes
-(:mod:`moetools.models.monet`), so the shipped files are never executed by moetools. moe-mask's
+(:mod:`moetools.models.monet`), so the shipped files are never executed by moetools. A published MONET
+checkpoint, whose files and ``auto_map`` are the release's own, is read the same way (its code is
+never run); what moetools writes from it carries these files instead. moe-mask's
 ``remote`` mode copies the same two module files next to its own code (:mod:`moetools.mask.remote`),
 so its check of a directory's code (``check_own_code``) and :func:`is_shipped` agree byte for byte.
 

@@ -10,12 +10,22 @@ The cache namespace is ``score`` (moe-explain uses ``explain``).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from ...llm.base import Accounting, CompletionClient
 from ...llm.cache import ResponseCache
 from ...llm.exchange import ask, refusing_truncated
-from .prompts import build_scorer_messages, parse_answer
+from .prompts import (
+    YES_NO_DESCRIPTION,
+    build_scorer_messages,
+    build_yes_no_messages,
+    parse_answer,
+    parse_yes_no,
+)
+
+#: how the scorer is asked: paper 000's A.2 list (default) or one yes/no question per sample
+JUDGE_PROMPTS = ("paper", "yes-no")
 
 CACHE_NAMESPACE = "score"
 TRUNCATED = "answer cut off at --max-tokens (finish_reason \"length\"); raise --max-tokens"
@@ -45,15 +55,18 @@ class LLMScorer:
     repeats_matter = True
 
     def __init__(self, client: CompletionClient, *, cache: ResponseCache | None = None, attempts: int = 3,
-                 retry_temperature: float = 0.7):
+                 retry_temperature: float = 0.7, form: str = "paper"):
         self.client = client
         self.accounting = JudgeAccounting()
         client.accounting = self.accounting        # one set of counters for the run
         self.cache = cache
         self.attempts = max(1, attempts)
         self.retry_temperature = retry_temperature
+        self.form = form
 
     def describe(self) -> dict:
+        if self.form == "yes-no":
+            return {"kind": "llm", **self.client.label(), "prompt": YES_NO_DESCRIPTION, "form": "yes-no"}
         return {"kind": "llm", **self.client.label(), "prompt": "paper 000 appendix A.2"}
 
     def prepare(self) -> None:
@@ -66,6 +79,8 @@ class LLMScorer:
         await self.client.aclose()
 
     async def predict(self, explanation: str, contexts: list[dict], fit=None) -> Prediction:
+        if self.form == "yes-no":
+            return await self._predict_yes_no(explanation, contexts)
         n = len(contexts)
         parse = refusing_truncated(lambda text: parse_answer(text, n), TRUNCATED)
         answer = await ask(self.client, build_scorer_messages(explanation, contexts), parse, attempts=self.attempts,
@@ -76,4 +91,27 @@ class LLMScorer:
                           cache_hits=answer.cache_hits, raw=answer.raw)
 
 
-__all__ = ["CACHE_NAMESPACE", "JudgeAccounting", "LLMScorer", "Prediction"]
+    async def _predict_yes_no(self, explanation: str, contexts: list[dict]) -> Prediction:
+        """One question per sample; the prediction fails when any of them got no yes or no.
+
+        An answer cut off at ``max_tokens`` still counts when its first word is yes or no (small models go
+        on explaining: "No. The description does not fit the text. The ..."): that word is the answer.
+        """
+        def parse(completion):
+            return parse_yes_no(completion.text)
+
+        answers = await asyncio.gather(*(
+            ask(self.client, build_yes_no_messages(explanation, context), parse, attempts=self.attempts,
+                cache=self.cache, retry_temperature=self.retry_temperature, attempt_in_key=True)
+            for context in contexts))
+        self.accounting.predictions += 1
+        failed = next((answer for answer in answers if answer.value is None), None)
+        chosen = None if failed is not None else [bool(answer.value) for answer in answers]
+        return Prediction(chosen, error=None if failed is None else failed.error,
+                          attempts=max((answer.attempts for answer in answers), default=0),
+                          requests=sum(answer.requests for answer in answers),
+                          cache_hits=sum(answer.cache_hits for answer in answers),
+                          raw=None if failed is None else failed.raw)
+
+
+__all__ = ["CACHE_NAMESPACE", "JUDGE_PROMPTS", "JudgeAccounting", "LLMScorer", "Prediction"]

@@ -16,6 +16,10 @@ Answers: "a comma-separated list of numbers or the word None". :func:`parse_answ
 exactly that (white space, surrounding quotes and one final period tolerated); anything else, and
 any number outside 1..N, is a parse failure (the caller asks again, then records a failure; an
 answer is never guessed).
+
+The yes/no form (``moe-score --judge-prompt yes-no``, not the paper's; recorded in the scores header's
+``scorer.prompt`` and ``scorer.form``) asks one question per sample, for small local models that do
+not answer with a list of numbers: :data:`YES_NO_SYSTEM`, :data:`YES_NO_USER`, :func:`parse_yes_no`.
 """
 
 from __future__ import annotations
@@ -88,5 +92,40 @@ def parse_answer(text: str | None, n: int) -> tuple[set[int] | None, str | None]
     return numbers, None
 
 
-__all__ = ["EXPLANATION_LINE", "SCORER_SYSTEM", "SCORER_USER", "build_scorer_messages", "context_text",
-           "format_samples", "parse_answer"]
+# -- the yes/no form (``--judge-prompt yes-no``; not the paper's): one question per sample ----------------------
+
+#: for small local models that cannot answer with a list of numbers: one sample per request
+YES_NO_SYSTEM = ("You check whether a description of one part of a language model fits a text. Answer with one "
+                 "word: yes or no.")
+YES_NO_USER = "Description: {explanation}\n\nText: {text}\n\nDoes the description fit the text? Answer yes or no."
+YES_NO_DESCRIPTION = "yes/no per sample (compact form for small models; not paper 000's A.2 list)"
+
+
+def build_yes_no_messages(explanation: str, context: dict) -> list[dict]:
+    """System + user messages asking whether ``explanation`` fits one sample (shown without marks)."""
+    return [{"role": "system", "content": YES_NO_SYSTEM},
+            {"role": "user", "content": YES_NO_USER.format(explanation=explanation, text=context_text(context))}]
+
+
+def parse_yes_no(text: str | None) -> tuple[bool | None, str | None]:
+    """``(True/False, None)`` for an answer whose first word is yes or no (case, quotes, punctuation tolerated)."""
+    words = re.findall(r"[a-z]+", (text or "").lower())
+    if words and words[0] in ("yes", "no"):
+        return words[0] == "yes", None
+    return None, f"not yes or no: {(text or '').strip()[:80]!r}"
+
+
+__all__ = [
+    "EXPLANATION_LINE",
+    "SCORER_SYSTEM",
+    "SCORER_USER",
+    "YES_NO_DESCRIPTION",
+    "YES_NO_SYSTEM",
+    "YES_NO_USER",
+    "build_scorer_messages",
+    "build_yes_no_messages",
+    "context_text",
+    "format_samples",
+    "parse_answer",
+    "parse_yes_no",
+]

@@ -52,14 +52,17 @@ def judge_labels(samples_path: str, label_paths: list[str], scorer, options: Jud
 
 def make_scorer(*, backend: str | None = None, backend_options: dict | None = None, attempts: int | None = None,
                 cache_dir: str | None = None, no_cache: bool = False, refresh: bool = False, model: str | None = None,
-                embedding_model: str | None = None):
+                embedding_model: str | None = None, judge_prompt: str = "paper"):
     """The scorer ``--backend`` names: an LLM backend's client (default openai, ``max_tokens`` 128, the cache
-    namespace ``score``), or ``embedding`` (no LLM: only ``batch_size`` and ``device`` apply)."""
+    namespace ``score``; ``judge_prompt`` ``paper`` or ``yes-no``), or ``embedding`` (no LLM: only ``batch_size``
+    and ``device`` apply)."""
     given = dict(backend_options or {})
     if backend == "embedding":
         from .embedding import EmbeddingScorer
 
         stray = [name for name in given if name not in ("batch_size", "device")] + (["model"] if model else [])
+        if judge_prompt != "paper":
+            stray.append("judge_prompt")
         if stray:
             raise UsageError(f"--{stray[0].replace('_', '-')} does not apply to the embedding scorer")
         return EmbeddingScorer(embedding_model, device=given.get("device") or "cpu",
@@ -72,7 +75,8 @@ def make_scorer(*, backend: str | None = None, backend_options: dict | None = No
         given["model"] = model
     given.setdefault("max_tokens", 128)
     cache = response_cache(cache_dir, CACHE_NAMESPACE, no_cache=no_cache, refresh=refresh)
-    return LLMScorer(make_client(backend or "openai", given), cache=cache, attempts=3 if attempts is None else attempts)
+    return LLMScorer(make_client(backend or "openai", given), cache=cache, attempts=3 if attempts is None else attempts,
+                     form=judge_prompt)
 
 
 def accounting_line(summary: dict, scorer_kind: str) -> str:

@@ -22,9 +22,12 @@ from ..schema import (
 
 STATUSES = ("ok", "failed")
 PROMPT_KINDS = ("mono", "domain", "self", "offline")
+PROMPT_FORMS = ("paper", "compact")
+EVIDENCE_FLAGS = ("always-on", "rare")
+EVIDENCE_COUNTS = ("firing_tokens", "tokens_seen", "contexts", "shown", "activating_positions")
 USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "requests", "cache_hits")
-ACCOUNTING = ("requests", "cache_hits", "retries", "answer_retries", "failures", "no_examples", "labelled",
-              "skipped", "prompt_tokens", "completion_tokens", "max_in_flight")
+ACCOUNTING = ("requests", "cache_hits", "retries", "answer_retries", "length_retries", "failures", "no_examples",
+              "labelled", "skipped", "prompt_tokens", "completion_tokens", "max_in_flight")
 
 
 def check_prompt(prompt: dict | None, place: str) -> None:
@@ -32,7 +35,23 @@ def check_prompt(prompt: dict | None, place: str) -> None:
         return
     kind = field_choice(prompt, "kind", f"{place} prompt", PROMPT_KINDS)
     domain = field_str(prompt, "domain", f"{place} prompt", optional=True, nullable=True)
+    field_choice(prompt, "form", f"{place} prompt", PROMPT_FORMS, optional=True)
     need(kind != "domain" or domain is not None, f"{place} prompt", "kind 'domain' needs its 'domain' name")
+
+
+def check_evidence(evidence: dict | None, place: str) -> None:
+    """formats/labels.md ``evidence``: counts >= 0 (or null), shares in [0, 1] (or null), flag one of two or null."""
+    if evidence is None:
+        return
+    place = f"{place} evidence"
+    for name in EVIDENCE_COUNTS:
+        if name in evidence and evidence[name] is not None:
+            field_int(evidence, name, place)
+    for name in ("firing_share", "uniform_share"):
+        value = field_number(evidence, name, place, optional=True, nullable=True)
+        need(value is None or 0.0 <= value <= 1.0, place, f"'{name}' must be a share in [0, 1], got {value}")
+    need("flag" not in evidence or evidence["flag"] is None or evidence["flag"] in EVIDENCE_FLAGS, place,
+         f"'flag' is {evidence.get('flag')!r}, not one of {', '.join(EVIDENCE_FLAGS)} or null")
 
 
 def check_explainer(explainer: dict | None, place: str) -> None:
@@ -80,6 +99,7 @@ class LabelsSchema(Schema):
         usage = field_map(record, "usage", place, optional=True)
         for name in USAGE_COUNTS if usage is not None else ():
             field_int(usage, name, f"{place} usage", optional=True)
+        check_evidence(field_map(record, "evidence", place, optional=True), place)
         field_int(record, "attempts", place, optional=True)
         seconds = field_number(record, "seconds", place, optional=True)
         need(seconds is None or seconds >= 0, place, "'seconds' must be >= 0")

@@ -21,7 +21,7 @@ from ..schema import (
 )
 
 IDENTITY = ("type", "layer", "expert")
-#: judged detection scores (issue 12, formats/scores.md "Judged scores"): shares in [0, 1] or null,
+#: judged detection scores (formats/scores.md "Judged scores"): shares in [0, 1] or null,
 #: as record fields, inside ``domains.<d>`` (the ``edms*`` and ``edmrs*`` ones) or in ``layer`` records (lds)
 JUDGED = ("ems", "precision", "recall", "f1", "balanced_accuracy")
 JUDGED_DOMAIN = ("edms", "edms_precision", "edms_recall", "edms_f1", "edms_balanced_accuracy", "edmrs")
