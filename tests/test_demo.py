@@ -94,6 +94,8 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
         assert '<script type="application/json" id="moe-data">' in page and "Evaluation (moe-eval)" in page
         assert "random controls: 3 random sets (seeds 0, 1, 2)" in page   # a band of the random sets' changes
         assert re.search(r"\([+-]\d\.\d{3} \[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]\)", page)   # changes with intervals
+        commands = (out / "commands.log").read_text()  # every step's command, as moetools study's study.log
+        assert all(f"$ {tool} " in commands for tool in ("moe-trace", "moe-score", "moe-select", "moe-eval", "moe-report"))
         compare = (out / "compare.html").read_text()   # trained beside random-init, with the routing change
         assert "— trained vs random-init" in compare and "id=rc>RC = " in compare
     assert "layers 0-1 share one router: their routing is one sample" in summaries[1]
@@ -116,8 +118,8 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
     assert random_header["model"]["path"] != trained_header["model"]["path"]
     assert len(random_trace) == len(trained_trace)
     assert any(not np.array_equal(a["prob_sum"], b["prob_sum"]) for a, b in zip(random_trace, trained_trace))
-    assert any(line.startswith("$ moe-trace ") and "| moe-sample" in line and "| moe-explain" in line
-               for line in logged)
+    for tool in ("moe-trace", "moe-sample", "moe-explain"):  # the chain's front: one step each (moetools.demo.chain)
+        assert any(line.startswith(f"$ {tool} ") and "|" not in line for line in logged), tool
     # the expert shown (shown_per_model=1) labelled and judged by the real SmolLM2 when installed, else said
     from moetools.llm.local import smollm2_gguf
 

