@@ -243,7 +243,11 @@ def test_killed_run_resumes_with_only_the_missing_requests(tmp_path, stub, how):
     arguments = [str(ROOT / "bin" / "moe-explain"), str(samples), "--api-base", stub.url, "--model", "stub-model",
                  "--cache-dir", str(tmp_path / "cache"), "--concurrency", "2", "-o", str(output)]
     env = {**os.environ, "OPENAI_API_KEY": SECRET, "MOETOOLS_PYTHON": sys.executable}
-    process = subprocess.Popen(arguments, env=env, stderr=subprocess.PIPE)
+    # SIGINT as a terminal delivers it: a test runner started in the background (`.ci/run &`) hands its children
+    # SIGINT ignored, and a Python started so keeps ignoring it (as it should); the tool gets it at its default
+    default_sigint = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                      "os.execv(sys.argv[1], sys.argv[1:])")
+    process = subprocess.Popen([sys.executable, "-c", default_sigint, *arguments], env=env, stderr=subprocess.PIPE)
     partial = tmp_path / "labels.jsonl.partial"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
