@@ -134,7 +134,7 @@ def head_tokens(source: Path, target: Path, tokens: int) -> int:
 
 def run_sample(trace: Path, output: Path) -> dict:
     """moe-sample (the CLI, default options) in a fresh process."""
-    report = _measured([str(trace), "-q", "-o", str(output)], "sample")
+    report = _measured([str(trace), "-q", "--force", "-o", str(output)], "sample")
     report["output_bytes"] = output.stat().st_size
     return report
 

@@ -141,13 +141,13 @@ def main(argv=None) -> int:
         out, full = str(work / "scores.jsonl"), str(work / "full.scores.jsonl")
         runs = {
             "read": best([_read(trace) for _ in range(args.repeats)]),
-            "score": best([_measured([str(trace), "-q", "-o", full], "score") for _ in range(args.repeats)]),
-            "score_target_field": best([_measured([str(trace), "-q", "-o", out, "--target-field", "toxicity"],
+            "score": best([_measured([str(trace), "-q", "--force", "-o", full], "score") for _ in range(args.repeats)]),
+            "score_target_field": best([_measured([str(trace), "-q", "--force", "-o", out, "--target-field", "toxicity"],
                                                   "score") for _ in range(args.repeats)]),
-            "score_no_permutations": best([_measured([str(trace), "-q", "-o", out, "--permutations", "0"], "score")
+            "score_no_permutations": best([_measured([str(trace), "-q", "--force", "-o", out, "--permutations", "0"], "score")
                                            for _ in range(args.repeats)]),
-            "score_small": best([_measured([str(small), "-q", "-o", out], "score") for _ in range(args.repeats)]),
-            "score_small_no_permutations": best([_measured([str(small), "-q", "-o", out, "--permutations", "0"],
+            "score_small": best([_measured([str(small), "-q", "--force", "-o", out], "score") for _ in range(args.repeats)]),
+            "score_small_no_permutations": best([_measured([str(small), "-q", "--force", "-o", out, "--permutations", "0"],
                                                            "score") for _ in range(args.repeats)]),
         }
         summary = json.loads(Path(full).read_text().splitlines()[-1])["summary"]   # the default run's
