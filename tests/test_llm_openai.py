@@ -149,13 +149,10 @@ def test_own_domain_from_a_file(tmp_path, stub):
 def test_concurrency_reaches_the_configured_number_in_flight(tmp_path, stub):
     stub.latency = 0.3
     write_samples(tmp_path / "many.msgpack.zst", experts=24)
-    started = time.perf_counter()
     result = explain(tmp_path, stub, "--concurrency", "8", samples=tmp_path / "many.msgpack.zst")
-    elapsed = time.perf_counter() - started
     assert result.exit_code == 0, result.output
     assert len(stub.requests) == 24
-    assert stub.max_in_flight == 8
-    assert elapsed < 24 * 0.3 / 2  # far from one at a time
+    assert stub.max_in_flight == 8  # the server itself saw 8 at once: not one at a time (no wall clock)
 
 
 def test_transient_faults_are_retried(tmp_path, stub):
@@ -368,9 +365,9 @@ def test_backoff_is_exponential_with_jitter_capped_and_honours_retry_after():
     assert backoff_seconds(0, 0.5, 4.0, retry_after=3.0) == 3.0      # never sooner than the server asked
     assert retry_after_seconds("2") == 2.0 and retry_after_seconds(" 0.5 ") == 0.5
     assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
-    later = email.utils.formatdate(time.time() + 10, usegmt=True)  # the HTTP-date form
-    assert 8.0 <= retry_after_seconds(later) <= 10.0
-    assert retry_after_seconds(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0.0
+    now = 1_800_000_000.0  # the HTTP-date form, measured from a given clock
+    assert retry_after_seconds(email.utils.formatdate(now + 10, usegmt=True), now=now) == 10.0
+    assert retry_after_seconds(email.utils.formatdate(now - 60, usegmt=True), now=now) == 0.0
 
 
 # -- a real server as a new user meets it ------------------------------------------------
@@ -451,10 +448,9 @@ def test_unreachable_server_fails_before_any_work(tmp_path, stub):
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    started = time.perf_counter()
     result = explain(tmp_path, stub, "--api-base", f"http://127.0.0.1:{port}/v1")
     assert result.exit_code == 1 and "cannot reach" in result.stderr
-    assert time.perf_counter() - started < 10 and not list(tmp_path.glob("labels.jsonl*"))
+    assert not list(tmp_path.glob("labels.jsonl*"))  # refused at the models check, before any output
 
 
 def test_exit_1_when_no_expert_was_labelled_and_with_strict_when_some_failed(tmp_path, stub):

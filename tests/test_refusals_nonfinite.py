@@ -143,19 +143,14 @@ def test_the_experts_file_refuses_a_non_finite_score():
         read_experts(EXAMPLES / "experts" / "invalid" / "score-nan.json")
 
 
-def test_float_arrays_are_checked_once_per_array_and_fast():
-    """The trace reader stays fast: one np.isfinite pass per array, not a Python loop per element."""
-    import time
-
+def test_float_arrays_are_checked_as_whole_arrays():
+    """One np.isfinite pass per array (its cost is measured in bench/bench_validation.py, not here)."""
     import numpy as np
 
     from moetools.streams.schema import check_finite_array
 
     gates = np.random.default_rng(0).random((16, 4096, 8)).astype("<f2")
-    started = time.perf_counter()
-    for _ in range(20):
-        check_finite_array(gates, "sequence record 1", "gates")
-    assert (time.perf_counter() - started) / 20 < 0.05  # 524 288 values; a Python loop takes ~100x longer
+    check_finite_array(gates, "sequence record 1", "gates")  # 524 288 finite values: accepted
     gates = gates.copy()
     gates[3, 7, 1] = np.nan
     with pytest.raises(FormatError, match=r"'gates' holds 1 non-finite value\(s\).*nan at index \[3, 7, 1\]"):

@@ -159,8 +159,9 @@ class AdaptiveLimit:
             self._changed.notify_all()
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """The wait a ``Retry-After`` header asks for (delta-seconds or HTTP date), or None."""
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """The wait a ``Retry-After`` header asks for (delta-seconds or HTTP date), or None; ``now`` is the
+    clock an HTTP date is measured from (default: ``time.time()``)."""
     if not value:
         return None
     value = value.strip()
@@ -174,7 +175,7 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None
     if when is None:
         return None
-    return max(0.0, min(when.timestamp() - time.time(), MAX_RETRY_AFTER))
+    return max(0.0, min(when.timestamp() - (time.time() if now is None else now), MAX_RETRY_AFTER))
 
 
 def backoff_seconds(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
