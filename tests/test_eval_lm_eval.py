@@ -13,25 +13,11 @@ from tiny_models import save_tiny_olmoe
 from moetools.cli.eval import command as eval_command
 from moetools.cli.mask import command as mask_command
 from moetools.streams import StreamReader
+from moetools.testing.lm_eval_task import write_choice_task
 
 lm_eval = pytest.importorskip("lm_eval")
 
 WORDS = [f"w{i}" for i in range(40)]
-TASK = """\
-task: moetools_local_choices
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {items}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: acc
-  - metric: acc_norm
-"""
 
 
 @pytest.mark.slow
@@ -53,7 +39,7 @@ def test_lm_eval_on_masked_directory_agrees_with_moe_eval(tmp_path, monkeypatch,
     items.write_text("".join(json.dumps(row) + "\n" for row in rows))
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    (tasks / "local.yaml").write_text(TASK.format(items=items))
+    write_choice_task(tasks / "local.yaml", "moetools_local_choices", items, ("acc", "acc_norm"))
 
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager

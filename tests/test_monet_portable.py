@@ -24,21 +24,7 @@ from moetools.cli.monet_train import command as train_command
 from moetools.cli.tune import command as tune_command
 from moetools.models.loader import load_model
 from moetools.models.monet.shipped import AUTO_MAP, FILES, is_shipped, shipped_files
-
-TASK = """\
-task: moetools_monet_choices
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {items}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: acc
-"""
+from moetools.testing.lm_eval_task import write_choice_task
 
 # runs in a fresh interpreter with moetools made unimportable
 WITHOUT_MOETOOLS = textwrap.dedent("""
@@ -104,7 +90,7 @@ def test_monet_directories_load_without_moetools(tmp_path, corpus):  # noqa: F81
                              for i in range(6)))
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    (tasks / "local.yaml").write_text(TASK.format(items=items))
+    write_choice_task(tasks / "local.yaml", "moetools_monet_choices", items, ("acc",))
     input_ids = [[2, 5, 9, 14, 3, 7], [4, 4, 8, 1, 11, 6]]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": "",
            "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_DATASETS_CACHE": str(tmp_path / "datasets")}
