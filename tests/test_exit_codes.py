@@ -14,27 +14,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from cli_checks import invoke, one_line
 from tiny_models import save_tiny_olmoe
-
-from moetools.cli import load_command
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "formats" / "examples"
 WORDS = ["the", "a", "of", "court", "law", "judge", "patient", "dose", "fever", "code", "loop", "def"]
 
 
-def invoke(tool: str, args):
-    return CliRunner().invoke(load_command(tool), [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line(result, tool: str, code: int, *fragments: str) -> str:
-    assert result.exit_code == code, result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{tool}: ") and "internal error" not in lines[0], result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

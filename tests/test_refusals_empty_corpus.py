@@ -13,10 +13,8 @@ import os
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from cli_checks import invoke
 from tiny_models import save_tiny_olmoe
-
-from moetools.cli import load_command
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples"
 WORDS = ["the", "a", "of", "court", "law", "judge", "patient", "dose", "fever", "code", "loop", "def"]
@@ -33,9 +31,6 @@ TOOLS = {
                     "2", "--moe-dim", "4", "--moe-heads", "2", "--moe-groups", "1", "--vocab-size", "260"],
 }
 
-
-def invoke(tool: str, args):
-    return CliRunner().invoke(load_command(tool), [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

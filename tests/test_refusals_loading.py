@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import transformers
-from click.testing import CliRunner
+from cli_checks import invoke
 from tiny_models import save_tiny_mixtral, save_tiny_olmoe, save_word_tokenizer
 
-from moetools.cli import load_command
 from moetools.errors import ModelError
 from moetools.models.loader import load_model
 
@@ -42,9 +41,6 @@ def models(tmp_path_factory):
                                           "domain": "law" if i % 2 else "code"}) + "\n" for i in range(6)))
     return root
 
-
-def invoke(tool: str, args):
-    return CliRunner().invoke(load_command(tool), [str(a) for a in args], catch_exceptions=False)
 
 
 def assert_refused(result, tool: str) -> None:

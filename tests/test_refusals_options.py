@@ -8,11 +8,10 @@ import json
 
 import pytest
 import test_adapters
-from click.testing import CliRunner
+from cli_checks import invoke
 from tiny_models import save_tiny_olmoe, save_word_tokenizer
 from trace_factory import make_records, write_trace
 
-from moetools.cli import load_command
 from moetools.cli.score import command as moe_score
 from moetools.cli.select import command as moe_select
 from moetools.streams import read_stream
@@ -20,9 +19,6 @@ from moetools.streams import read_stream
 WORDS = ["the", "a", "of", "to", "and", "expert", "model", "token", "court", "patient", "theorem", "code",
          "user", "assistant", ":", ";"]
 
-
-def invoke(tool: str, args):
-    return CliRunner().invoke(load_command(tool), [str(a) for a in args], catch_exceptions=False)
 
 
 def assert_refused(result, tool: str, *fragments: str) -> None:
