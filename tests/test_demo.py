@@ -360,3 +360,38 @@ def test_shown_labels_carry_their_evidence_and_the_yes_no_judge_is_named(tmp_pat
     line = judged_line(path)
     assert "one yes/no question per sample" in line and "0 of 8 scorer answers were not a usable yes or no" in line
     assert "mean EMS 0.500 (a judge that always says no scores 0.5)" in line
+
+
+def _routed_scores(path, routed):
+    """A scores stream with per-domain routed counts: ``routed[layer][domain] = [count per expert]``."""
+    layers, domains = sorted(routed), ["a", "b"]
+    experts = len(routed[layers[0]]["a"])
+    header = {"type": "header", "format": "moetools", "version": 1, "kind": "scores",
+              "tool": {"name": "hand", "version": "0", "args": {}}, "model": None, "source": "routing",
+              "layers": layers, "num_experts": experts, "top_k": 2, "domain_field": "domain",
+              "domains": domains, "general": {"kind": "rest"}, "target_field": None, "metrics": {},
+              "options": {}, "inputs": []}
+    records = [header] + [{"type": "expert", "layer": layer, "expert": expert,
+                           "domains": {d: {"routed": routed[layer][d][expert]} for d in domains}}
+                          for layer in layers for expert in range(experts)]
+    records.append({"type": "end", "count": len(records) - 1, "summary": {}})
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def test_collapse_check_names_layers_above_three_times_uniform(tmp_path):
+    from moetools.demo.chain import collapse_lines
+    from moetools.score.health import domain_max_share
+
+    even = [10, 10, 10, 10, 10, 10, 10, 10]
+    # layer 1: two of 8 experts take every slot of domain b (k = 2): 4x uniform, the demo's collapsed layer
+    collapsed = [0, 0, 40, 40, 0, 0, 0, 0]
+    path = _routed_scores(tmp_path / "s.jsonl", {0: {"a": even, "b": even}, 1: {"a": even, "b": collapsed}})
+    [line] = collapse_lines(path)
+    assert "vs uniform 1/8 (worst domain): 0 1.0x, 1 4.0x:" in line
+    assert line.endswith("COLLAPSED: layer 1 (expert 2 takes 4.0x uniform of b's routing)")
+    mild = [20, 20, 10, 10, 5, 5, 5, 5]  # 2.0x: busy experts, not a collapse
+    [line] = collapse_lines(_routed_scores(tmp_path / "m.jsonl", {0: {"a": even, "b": mild}}))
+    assert line.endswith("0 2.0x: no layer above 3x uniform")
+    assert domain_max_share(np.zeros((2, 1, 4)))[0]["vs_uniform"] is None
+    assert collapse_lines(tmp_path / "missing.jsonl") == []

@@ -44,6 +44,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import MoetoolsError
 from ..streams.files import partial_path
 from .cache import forget, run_cached
@@ -285,6 +287,8 @@ def summarise_chain(made: dict, shortened: str | None = None) -> list[str]:
     lines = []
     if made.get("scores") and made.get("random_scores"):
         lines.extend(skew_significance_lines(made["scores"], made["random_scores"], shortened=shortened))
+    if made.get("scores"):
+        lines.extend(collapse_lines(made["scores"]))
     if made["joined"].is_file():
         lines.append(f"{made.get('labels_name', 'offline')} labels judged on held-out contexts by "
                      f"{made.get('judge_name', 'the embedding scorer')}: {_judged_line(made['joined'])}")
@@ -364,6 +368,44 @@ def skew_significance_lines(scores: Path, random_scores: Path, shortened: str | 
     if shortened:
         verdict += f" — on a SHORTENED model ({shortened}): not the verdict of the full budget"
     return [f"{line} [random-init {figures(random)}]: {verdict}"]
+
+
+def collapse_lines(scores: Path) -> list[str]:
+    """The collapse check beside the verdict: per layer (router), the largest share one expert takes of a
+    domain's routing slots against uniform (1/E), from the scores' per-domain ``routed`` counts
+    (``moetools.score.health.domain_max_share``); above 3x uniform a layer is named as collapsed."""
+    from ..score.health import DOMAIN_COLLAPSE_FACTOR, domain_max_share
+    from ..streams.files import read_input
+
+    try:
+        reader = read_input(scores, kinds="scores")
+        experts = [record for record in reader if record.get("type") == "expert"]
+    except (MoetoolsError, OSError):
+        return []
+    layers = [int(layer) for layer in reader.header.get("layers") or []]
+    domains = list(reader.header.get("domains") or [])
+    count = int(reader.header.get("num_experts") or 0)
+    if not experts or not layers or not domains or count < 1:
+        return []
+    routed = np.zeros((len(domains), len(layers), count))
+    index = {layer: i for i, layer in enumerate(layers)}
+    for record in experts:
+        for d, domain in enumerate(domains):
+            value = (record.get("domains") or {}).get(domain, {}).get("routed")
+            if value is None or int(record["layer"]) not in index:
+                return []  # scored without the routed counts: nothing to check
+            routed[d, index[int(record["layer"])], int(record["expert"])] = value
+    worst = domain_max_share(routed)
+    shares = ", ".join(f"{layer} {w['vs_uniform']:.1f}x" for layer, w in zip(layers, worst)
+                       if w["vs_uniform"] is not None)
+    above = [(layer, w) for layer, w in zip(layers, worst)
+             if w["vs_uniform"] is not None and w["vs_uniform"] > DOMAIN_COLLAPSE_FACTOR]
+    verdict = (f"no layer above {DOMAIN_COLLAPSE_FACTOR:g}x uniform" if not above else
+               "COLLAPSED: " + "; ".join(f"layer {layer} (expert {w['expert']} takes {w['vs_uniform']:.1f}x uniform "
+                                         f"of {domains[w['domain']]}'s routing)" for layer, w in above))
+    line = (f"collapse check, max expert share of a domain's routing per layer vs uniform 1/{count} "
+            f"(worst domain): {shares}: {verdict}")
+    return [line]
 
 
 def _judged_line(path: Path) -> str:

@@ -90,6 +90,34 @@ def flagged(layer: dict) -> list[str]:
     return words
 
 
+#: a layer whose busiest expert takes more than this multiple of the uniform share of a domain's routing
+#: slots (1/E, i.e. k/E of its tokens) counts as collapsed for that domain in the demo's collapse check
+#: (two of 8 experts taking every token with k = 2 is 4x)
+DOMAIN_COLLAPSE_FACTOR = 3.0
+
+
+def domain_max_share(routed: np.ndarray) -> list[dict]:
+    """Per layer, the largest share one expert takes of one domain's routing slots, against uniform.
+
+    ``routed``: (D, L, E) routed counts per domain. Returns, per layer index, ``{"vs_uniform": max over
+    domains and experts of routed / Σ_e routed · E, "domain": index, "expert": id}`` (``vs_uniform``
+    None where no domain routed a token there); 1 = every expert equally busy in every domain."""
+    routed = np.asarray(routed, dtype=np.float64)
+    experts = routed.shape[-1]
+    totals = routed.sum(axis=-1, keepdims=True)
+    ratio = np.divide(routed, totals, out=np.zeros_like(routed), where=totals > 0) * experts  # (D, L, E)
+    out = []
+    for layer in range(routed.shape[1]):
+        block = ratio[:, layer, :]
+        if not (totals[:, layer] > 0).any():
+            out.append({"vs_uniform": None, "domain": None, "expert": None})
+            continue
+        domain, expert = np.unravel_index(int(block.argmax()), block.shape)
+        out.append({"vs_uniform": round(float(block[domain, expert]), 3), "domain": int(domain),
+                    "expert": int(expert)})
+    return out
+
+
 def summary(routed: np.ndarray, tokens: float, top_k: int, layers: list) -> tuple[dict, dict]:
     """(per-expert arrays, the end record's ``summary.health``)."""
     per_expert = expert_health(routed, tokens, top_k)
@@ -97,4 +125,4 @@ def summary(routed: np.ndarray, tokens: float, top_k: int, layers: list) -> tupl
                         "layers": layer_health(per_expert, layers)}
 
 
-__all__ = ["THRESHOLDS", "expert_health", "flagged", "layer_health", "summary"]
+__all__ = ["DOMAIN_COLLAPSE_FACTOR", "THRESHOLDS", "domain_max_share", "expert_health", "flagged", "layer_health", "summary"]
