@@ -109,10 +109,12 @@ def train(name: str, out: Path, corpus: Path, tokenizer: Path | None, steps: int
 
 def score(model: Path, sample: Path, work: Path, permutations: int) -> dict:
     """Trace ``model`` on the slice, run moe-score's permutation test; per-layer figures."""
-    trace_path, scores_path = work.with_suffix(".trace.msgpack.zst"), work.with_suffix(".scores.jsonl")
-    trace_s = run("moe-trace", [str(model), str(sample), "-q", "--max-length", "256", "-o", str(trace_path)])
+    # names spelled out: with_suffix would cut "e16-k2-aux0.1.trained" and ".random" to one name
+    trace_path, scores_path = Path(f"{work}.trace.msgpack.zst"), Path(f"{work}.scores.jsonl")
+    trace_s = run("moe-trace", [str(model), str(sample), "-q", "--max-length", "256", "-o", str(trace_path),
+                                "--force"])
     score_s = run("moe-score", [str(trace_path), "-q", "--permutations", str(permutations),
-                                "-o", str(scores_path)])
+                                "-o", str(scores_path), "--force"])
     records = [json.loads(line) for line in scores_path.read_text().splitlines() if line.strip()]
     header, summary = records[0], records[-1]["summary"]
     layers = [str(layer) for layer in header["layers"]]
