@@ -3,11 +3,11 @@
 Five replications on models trained here (per seed: one top-k MoE and one MONET-VD, the demo's recipes of
 ``moetools.demo.run.DEFAULT_RECIPES``, and the dense model matched to the MoE, ``--arch llama``):
 
-1. ``lds_vs_k``              paper 000 Insight 1: LDS vs the number of active experts (``moe-trace --top-k``)
+1. ``lds_vs_k``              paper 000 §3.2 Insight 1: LDS vs the number of active experts (``moe-trace --top-k``)
 2. ``selective_finetuning``  papers 000/003: DAS / routing-proxy / random experts vs full FT vs LoRA
 3. ``sparse_probing``        paper 002: k-sparse probing, MoE experts vs the matched dense model
 4. ``monet_specialisation``  paper 004 §5.1: domain specialisation beyond random init, MONET-VD vs the MoE
-5. ``domain_masking``        paper 004 §5.2: masking a domain's experts, MONET-VD (and the MoE)
+5. ``domain_masking``        paper 004 §5.1: masking a domain's experts, MONET-VD (and the MoE)
 
 Each figure is measured per seed; its mean and 95% t-interval over seeds give the verdict: ``reproduced``
 (the interval excludes 0 on the claimed side), ``not reproduced (null)`` (it holds 0) or ``opposite``.
@@ -51,7 +51,7 @@ BEGIN, END = "<!-- replication table: begin (bench/replicate.py writes it) -->",
 
 
 def fmt(value, digits=3) -> str:
-    return "–" if value is None else f"{value:+.{digits}f}"
+    return "–" if value is None else f"{value:+.{digits}g}"
 
 
 def table(results: dict) -> str:

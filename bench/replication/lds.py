@@ -16,7 +16,7 @@ import statistics
 from .common import claim, read_jsonl
 
 NAME = "lds_vs_k"
-PAPER = "paper 000 §4 (Insight 1)"
+PAPER = "paper 000 §3.2 (Insight 1)"
 CLAIM = "more active experts per token (larger k) -> lower LDS"
 HOLDOUT = 10
 

@@ -14,7 +14,7 @@ from bench_probe import best_f1, mean_curve
 from .common import claim, eval_loss, read_jsonl
 
 NAME = "sparse_probing"
-PAPER = "paper 002 §4 (k-sparse probing, MoE vs dense)"
+PAPER = "paper 002 (main results: k-sparse probing, MoE vs dense)"
 CLAIM = "k-sparse probes on MoE expert neurons reach a higher F1 than on a matched dense model's neurons"
 
 

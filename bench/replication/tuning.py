@@ -22,7 +22,7 @@ from bench_tuning import base_losses, run_mode, split_corpus
 from .common import claim
 
 NAME = "selective_finetuning"
-PAPER = "paper 003 §3-4 (DAS, expert-selective tuning); paper 000 §5 (EDMRS-chosen experts)"
+PAPER = "paper 003 §2.2, §4.2 (DAS experts); paper 000 §5.1-5.2 (EDMRS experts vs Full, AF, LoRA)"
 CLAIM = ("tuning domain-chosen experts gains more in-domain than tuning random experts of the same number, "
          "and loses less out of domain than full fine-tuning")
 MODES = ("full", "experts-das", "experts-routing", "experts-random", "lora")
