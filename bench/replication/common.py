@@ -87,8 +87,7 @@ class Budget:
     seq_len: int = 256
     tokens_per_domain: int = 4000
     ks: tuple[int, ...] = (1, 2, 4)
-    tune_steps: int = 60
-    probe_docs: int = 400
+    tune_steps: int = 40
     permutations: int = 1000
 
 
@@ -97,7 +96,7 @@ def budget(quick: bool) -> Budget:
         return Budget("quick", train_steps=30, shape=["--d-model", "64", "--layers", "2", "--seq-len", "64",
                                                       "--vocab-size", "512", "--eval-batches", "2"],
                       monet_shape=["--moe-groups", "2"], seq_len=64, tokens_per_domain=600, ks=(1, 2, 4),
-                      tune_steps=4, probe_docs=60, permutations=50)
+                      tune_steps=4, permutations=50)
     from moetools.demo.run import DEFAULT_STEPS
 
     return Budget("full", train_steps=DEFAULT_STEPS)

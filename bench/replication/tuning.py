@@ -1,7 +1,7 @@
 """Papers 000/003 selective fine-tuning: tune the experts chosen by a domain criterion, against full fine-tuning,
 LoRA and random experts; in-domain gain and out-of-domain loss.
 
-Per seed, on the shared MoE (8 experts per layer, top-2): expert sets of m = top-k experts per layer chosen
+Per seed, on the shared MoE (the demo's: 8 experts per layer, top-2): expert sets of m = top-k experts per layer chosen
 on a balanced slice of the training split (``moe-trace | moe-score``, then ``moe-select``): by DAS (paper 003
 eq. 1, medical vs the other domains), by the routing proxy (mean routing probability on medical text, ``--by
 prob``: 003 Table 5's direct routing score standing in for EDMRS, which needs LLM labels) and at random
@@ -103,4 +103,4 @@ def replicate(ctx) -> dict:
             "setup": {"steps": ctx.budget.tune_steps, "batch": f"8 x {ctx.budget.seq_len}", "lr": 1e-3,
                       "data": "corpus train split, domain medical", "experts_per_layer": "the model's top-k"},
             "caveats": ["EDMRS needs LLM labels of every expert: the routing proxy (--by prob) stands in for it",
-                        "8 experts per layer: a chosen set is 2 of 8, a quarter of the expert parameters"]}
+                        "a chosen set is the MoE's top-k experts per layer (the demo MoE: 2 of 8)"]}
