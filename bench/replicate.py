@@ -36,6 +36,8 @@ from _harness import RESULTS, ROOT, machine, parser, read_result
 from replication import lds, monet, probing, tuning
 from replication.common import Context, eval_loss, write_json
 
+from moetools.demo.run import ensure_corpus
+
 REPLICATIONS = {
     "lds_vs_k": lds.replicate,
     "selective_finetuning": tuning.replicate,
@@ -54,7 +56,7 @@ def fmt(value, digits=3) -> str:
     return "–" if value is None else f"{value:+.{digits}g}"
 
 
-def table(results: dict) -> str:
+def table(results: dict, output: str = "bench/results/replication.json") -> str:
     """One row per replication: the main figure, its mean and 95% interval over seeds, the verdict."""
     rows = ["| replication | paper | figure (claimed sign) | mean [95% CI] | seeds | verdict |",
             "|---|---|---|---|---|---|"]
@@ -68,11 +70,25 @@ def table(results: dict) -> str:
                     f"{fmt(main['mean'])} [{fmt(main['low'])}, {fmt(main['high'])}] | {main['n']} | "
                     f"**{main['verdict']}** |")
     compute = results.get("compute", {})
+    losses: dict = {}
+    for name, model in results.get("models", {}).items():
+        if model.get("eval_loss_nats_per_token") is not None:
+            losses.setdefault(name.rsplit("-seed", 1)[0], []).append(model["eval_loss_nats_per_token"])
     rows.append("")
     rows.append(f"Seeds {results.get('seeds')}, device {results.get('device')}, budget {results.get('budget')}; "
-                f"compute {compute.get('wall_s', 0) / 60:.0f} min wall, {compute.get('cpu_s', 0) / 60:.0f} min CPU "
-                f"(bench/results/replication.json has every figure per seed and the secondary claims).")
+                "models' held-out loss (mean over seeds, nats/token): "
+                + ", ".join(f"{arch} {sum(v) / len(v):.2f}" for arch, v in losses.items())
+                + f"; compute {compute.get('wall_s', 0) / 60:.0f} min wall, {compute.get('cpu_s', 0) / 60:.0f} min "
+                f"CPU ({output} has every figure per seed and the secondary claims).")
     return "\n".join(rows)
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the checkout when it is inside it (the table goes into README.md)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return Path(path).name
 
 
 def write_readme_table(text: str) -> bool:
@@ -97,7 +113,7 @@ def main(argv=None) -> int:
     if args.quick and args.output == RESULTS / "replication.json":
         args.output = RESULTS / "replication-quick.json"
     if args.table:
-        print(table(read_result(args.output)))
+        print(table(read_result(args.output), _shown(args.output)))
         return 0
     try:
         seeds = sorted({int(s) for s in args.seeds.split(",") if s.strip()})
@@ -119,6 +135,7 @@ def main(argv=None) -> int:
         print(f"[replicate {time.perf_counter() - started:6.0f} s] {line}", file=sys.stderr, flush=True)
 
     ctx = Context(args.quick, args.device, seeds, log)
+    ensure_corpus(ctx.home, log)  # the demo's: built once with every source installed, else cached
     wanted = args.only or list(REPLICATIONS)
     models = [(arch, seed) for seed in seeds for arch in ("moe", "dense", "monet-vd")
               if any(arch in NEEDS[name] for name in wanted)]
@@ -148,7 +165,7 @@ def main(argv=None) -> int:
                     "opposite: it excludes 0 on the other side",
     })
     write_json(Path(args.output), results)
-    text = table(results)
+    text = table(results, _shown(args.output))
     print(text)
     if not args.quick and set(results["replications"]) == set(REPLICATIONS) and os.environ.get(
             "REPLICATE_NO_README") is None and write_readme_table(text):

@@ -116,8 +116,8 @@ class Context:
         self.trained: list[str] = []     # models this run trained (a resumed run: none already finished)
         self.compute: dict = {}          # stage key -> {wall_s, cpu_s} of the stages this run ran
         self.env = {**os.environ, "PATH": tool_path()}
-        if device == "cpu":
-            self.env["CUDA_VISIBLE_DEVICES"] = ""  # monet-train and moe-tune take a GPU when they see one
+        if device == "cpu":  # monet-train and moe-tune (and this process's base evaluation) take a GPU they see
+            self.env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
     # -- tools --------------------------------------------------------------------------------------------
     def tool(self, *words) -> None:
