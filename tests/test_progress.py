@@ -15,7 +15,7 @@ from test_cli_common import _stderr_of
 from tiny_models import save_tiny_olmoe
 
 from moetools.cli import common
-from moetools.reporting import BytesRead, LineProgress, format_amount, format_duration, progress_line
+from moetools.progress import BytesRead, LineProgress, format_amount, format_duration, progress_line
 
 WORDS = [f"w{i}" for i in range(12)]
 

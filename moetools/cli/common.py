@@ -84,7 +84,7 @@ def warn(message: str) -> None:
 
 
 class _LibraryWarnings(logging.Handler):
-    """The library's warnings (``moetools.reporting.log_warning``) as this tool's ``tool: warning:`` lines."""
+    """The library's warnings (``moetools.progress.log_warning``) as this tool's ``tool: warning:`` lines."""
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.levelno >= logging.WARNING:
@@ -411,7 +411,7 @@ class _RichProgress:
         from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
         from rich.text import Text
 
-        from ..reporting import format_amount, format_duration
+        from ..progress import format_amount, format_duration
 
         label = "" if unit in ("", "bytes") else f" {unit}"
 
@@ -470,7 +470,7 @@ def progress(description: str, total: float | None = None, unit: str = ""):
         return _NoProgress()
     if hasattr(sys.stderr, "isatty") and sys.stderr.isatty():
         return _RichProgress(description, total, unit)
-    from ..reporting import LineProgress
+    from ..progress import LineProgress
 
     def write(line: str) -> None:
         print(f"{state.tool}: {line}", file=sys.stderr, flush=True)

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import UsageError
-from ..reporting import ProgressFactory, no_progress
+from ..progress import ProgressFactory, no_progress
 from ..streams import strict_json
 from ..streams.files import create_directory
 from ..streams.outputs import MARKER, check_output
@@ -111,7 +111,7 @@ def mask_directory(source, experts_path, out, *, force: bool = False, dtype: str
                    progress: ProgressFactory = no_progress) -> dict:
     """Mask the model in ``source`` with the experts file ``experts_path``; write the directory ``out``.
 
-    ``progress`` (a moetools.reporting factory) is advanced per tensor written (not in ``remote``
+    ``progress`` (a moetools.progress factory) is advanced per tensor written (not in ``remote``
     mode, where transformers' save_pretrained writes the weights).
 
     Returns the ``moe_mask`` record. UsageError/FormatError (exit 2) for a bad experts file, a set

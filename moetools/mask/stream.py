@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from ..errors import UsageError
-from ..reporting import ProgressFactory, no_progress
+from ..progress import ProgressFactory, no_progress
 from ..streams import strict_json
 from .plan import MaskPlan
 
@@ -186,7 +186,7 @@ def write_weights(source: Path, target: Path, plan: MaskPlan, *, dtype=None,
     the runtime is about one tensor, whatever the model's size; each output's header is planned first
     (on the meta device), so nothing is held back until a shard is complete.
 
-    ``progress(description, total)`` (moetools.reporting) is advanced per source tensor.
+    ``progress(description, total)`` (moetools.progress) is advanced per source tensor.
     """
     import torch
 
