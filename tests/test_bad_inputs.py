@@ -15,9 +15,9 @@ import pytest
 import torch
 import zstandard
 from click.testing import CliRunner
-from tiny_models import save_tiny_olmoe
 
 from moetools.cli import TOOLS, load_command
+from tests.tiny_models import save_tiny_olmoe
 
 WORDS = ["the", "a", "of", "to", "and", "expert", "model", "token", "court", "patient", "theorem", "code"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MODEL, stream_bytes
 
 from moetools.cat import copy_streams
 from moetools.cli.cat import command as moe_cat
 from moetools.streams import ZSTD_MAGIC, read_stream
+from tests.conftest import MODEL, stream_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 

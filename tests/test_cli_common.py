@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
-from conftest import stream_bytes
 
 from moetools import __version__
 from moetools.cli.cat import command as moe_cat
@@ -27,6 +26,7 @@ from moetools.cli.common import (
 )
 from moetools.errors import FormatError, TruncatedStreamError
 from moetools.streams import read_stream
+from tests.conftest import stream_bytes
 
 
 @tool("moe-probe", example="moe-probe --fail format -o out.zst")
@@ -203,7 +203,7 @@ def test_moe_score_bar_only_on_a_terminal_and_never_with_quiet(tmp_path):
 
 
 def test_moe_eval_bar_only_on_a_terminal_and_never_with_quiet(tmp_path):
-    from tiny_models import save_tiny_olmoe
+    from tests.tiny_models import save_tiny_olmoe
 
     words = [f"w{i}" for i in range(12)]
     save_tiny_olmoe(tmp_path / "model", words, seed=0)

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from fake_slurm import install as install_fake_slurm
-from tiny_models import save_tiny_olmoe
 
 from moetools.cluster import DIRECTORY, RECIPES, recipe_text
 from moetools.streams import StreamReader
+from tests.fake_slurm import install as install_fake_slurm
+from tests.tiny_models import save_tiny_olmoe
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"

@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from judge_fixture import write_labels
-from judge_fixture import write_samples as write_judge_samples
-from llm_stub import LLMStub
-from test_llm_openai import explain, read_labels
 
 from moetools.cli.score import command as moe_score
 from moetools.explain.prompts import COMPACT_EXAMPLES, COMPACT_SYSTEM, COMPACT_WINDOW, MONO_SYSTEM
 from moetools.score.judge.prompts import YES_NO_SYSTEM, parse_yes_no
 from moetools.streams.files import read_input
+from tests.judge_fixture import write_labels
+from tests.judge_fixture import write_samples as write_judge_samples
+from tests.llm_stub import LLMStub
+from tests.test_llm_openai import explain, read_labels
 
 
 @pytest.fixture

@@ -173,9 +173,8 @@ def test_models_and_demo_have_help_with_an_example():
 
 
 def test_chain_summary_has_the_loss_matrix_the_report_and_what_failed(tmp_path):
-    from report_fixture import write_eval
-
     from moetools.demo.chain import summarise_chain
+    from tests.report_fixture import write_eval
 
     write_eval(tmp_path / "eval.jsonl", "sha256:" + "a1" * 32)
     (tmp_path / "code.json").write_text(json.dumps({"experts": {"0": [1, 2], "2": [5]}}))

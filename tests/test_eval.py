@@ -11,11 +11,11 @@ import pytest
 import torch
 import transformers
 from click.testing import CliRunner
-from tiny_models import save_tiny_olmoe
 
 from moetools.cli.eval import command
 from moetools.errors import FormatError
 from moetools.streams import StreamReader
+from tests.tiny_models import save_tiny_olmoe
 
 WORDS = [f"w{i}" for i in range(40)]
 EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples" / "eval"

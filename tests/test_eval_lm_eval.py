@@ -8,12 +8,12 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from tiny_models import save_tiny_olmoe
 
 from moetools.cli.eval import command as eval_command
 from moetools.cli.mask import command as mask_command
 from moetools.streams import StreamReader
 from moetools.testing.lm_eval_task import write_choice_task
+from tests.tiny_models import save_tiny_olmoe
 
 lm_eval = pytest.importorskip("lm_eval")
 

@@ -10,11 +10,11 @@ import math
 
 import pytest
 from click.testing import CliRunner
-from tiny_bpe import save_tiny_bpe_olmoe
-from tiny_models import save_tiny_olmoe
 
 from moetools.cli.eval import command as eval_command
 from moetools.streams import StreamReader
+from tests.tiny_bpe import save_tiny_bpe_olmoe
+from tests.tiny_models import save_tiny_olmoe
 
 TRAINING = ["the court held that the law of the land applies", "def main(): return the value of x",
             "patients with the disease were given a dose"] * 20

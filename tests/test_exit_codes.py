@@ -14,8 +14,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli_checks import invoke, one_line
-from tiny_models import save_tiny_olmoe
+
+from tests.cli_checks import invoke, one_line
+from tests.tiny_models import save_tiny_olmoe
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "formats" / "examples"

@@ -11,9 +11,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parent))
-from llm_stub import synthetic_expert, write_samples
-
 from moetools.cli.explain import command
 from moetools.explain import ExplainSettings, ResponseCache, load_domain, make_runner, prompts, run_sync
 from moetools.explain.parse import parse_explanation
@@ -21,6 +18,7 @@ from moetools.explain.prompts import mark_context, system_prompt
 from moetools.explain.registry import explainer_class
 from moetools.explain.runner import select_examples
 from moetools.llm import Completion, Usage, client_class
+from tests.llm_stub import synthetic_expert, write_samples
 
 FIXTURES = Path(__file__).parent / "fixtures" / "explain"
 
@@ -430,9 +428,8 @@ def test_binary_domain_file_is_a_usage_error(tmp_path):
 
 def samples_from_a_traced_tiny_model(tmp_path):
     """A samples stream made by moe-sample from a synthetic trace (tests/trace_factory.py, layers 0 and 2)."""
-    from trace_factory import MODEL, make_records, write_trace
-
     from moetools.cli.sample import command as sample_command
+    from tests.trace_factory import MODEL, make_records, write_trace
 
     path = tmp_path / "s.msgpack.zst"
     result = CliRunner().invoke(sample_command, ["-q", "--top", "4", "--weighted", "2", "--negatives", "2",
@@ -479,7 +476,7 @@ def test_experts_file_of_another_model_or_out_of_range_is_refused(tmp_path):
 
 
 def test_experts_file_with_an_llm_resumes_and_asks_only_for_listed_experts(tmp_path):
-    from llm_stub import LLMStub
+    from tests.llm_stub import LLMStub
 
     keys = write_samples(tmp_path / "s.msgpack.zst", experts=6)
     chosen = experts_file(tmp_path / "set.json", {0: [4, 1]}, None)

@@ -7,20 +7,17 @@ answers through moetools.llm's openai backend, cache and accounting.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from judge_fixture import MODEL, keyword_answer, write_labels, write_samples
-from llm_stub import LLMStub
 
 from moetools.cli.score import command as moe_score
 from moetools.cli.select import command as moe_select
 from moetools.score.judge.metrics import chance_levels, detection_metrics, layer_mean, mean_metrics
 from moetools.score.judge.prompts import SCORER_SYSTEM, SCORER_USER, build_scorer_messages, parse_answer
 from moetools.streams.files import read_input
+from tests.judge_fixture import MODEL, keyword_answer, write_labels, write_samples
+from tests.llm_stub import LLMStub
 
 #: the source papers, beside the checkout (formats/REFERENCES.md); tests that read them skip without them
 PAPERS = Path(__file__).resolve().parent.parent.parent / "shared" / "papers"

@@ -4,20 +4,17 @@ the label record and on moe-report's card; the offline method names only tokens 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parent))
-from llm_stub import synthetic_expert
-from trace_factory import make_records, write_trace
-
 from moetools.cli import load_command
 from moetools.explain.evidence import flag_of
 from moetools.explain.offline import MIN_TOKEN_COUNT
 from moetools.report.page import read_data_block
+from tests.llm_stub import synthetic_expert
+from tests.trace_factory import make_records, write_trace
 
 ALWAYS_ON = 0          # the planted expert, in the trace's first MoE layer
 MOE_LAYER = 0

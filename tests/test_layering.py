@@ -138,7 +138,7 @@ def test_moe_trace_runs_and_resumes_from_python_without_click(tmp_path):
     import subprocess
     import sys
 
-    from tiny_models import save_tiny_olmoe
+    from tests.tiny_models import save_tiny_olmoe
 
     words = ["the", "court", "law", "patient", "cell", "code", "a", "of"]
     save_tiny_olmoe(tmp_path / "model", words)

@@ -5,18 +5,14 @@ Against the real OpenAI-compatible server on 127.0.0.1 (tests/llm_stub.py)."""
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from llm_stub import LLMStub
-from test_llm_openai import explain, read_labels
 
 from moetools.llm import ResponseCache, ask, make_client, refusing_truncated
 from moetools.llm.exchange import LONGEST_ANSWER, longer_limit
 from moetools.score.judge.prompts import parse_answer
+from tests.llm_stub import LLMStub
+from tests.test_llm_openai import explain, read_labels
 
 
 @pytest.fixture

@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).parent))
-from llm_stub import LLMStub, write_samples
-
 from moetools.cli.explain import command
+from tests.llm_stub import LLMStub, write_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-Zq8SECRETkey1234567890"

@@ -10,8 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from llm_stub import write_samples
+from tests.llm_stub import write_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,8 +84,8 @@ def test_a_third_party_backend_is_found_by_its_entry_point(tmp_path):
     refused = moe_explain(tmp_path / "s.msgpack.zst", "--backend", "echo", "--api-base", "http://x/v1", site=site)
     assert refused.returncode == 2 and "--api-base does not apply to backend echo" in refused.stderr
     # the same backend judges labels in moe-score, with the same option names (nothing else to add)
-    from judge_fixture import write_labels as write_judge_labels
-    from judge_fixture import write_samples as write_judge_samples
+    from tests.judge_fixture import write_labels as write_judge_labels
+    from tests.judge_fixture import write_samples as write_judge_samples
 
     write_judge_samples(tmp_path / "j.samples.jsonl")
     write_judge_labels(tmp_path / "j.labels.jsonl")
@@ -127,9 +126,8 @@ def test_llm_and_explain_do_not_import_each_other_in_a_cycle():
 
 def test_one_exchange_for_every_tool(tmp_path):
     """moetools.llm.ask: send, parse, ask again with the reason, cache what parses, record what failed."""
-    from llm_stub import LLMStub
-
     from moetools.llm import ResponseCache, ask_batch, make_client
+    from tests.llm_stub import LLMStub
 
     def parse(completion):
         words = completion.text.split()

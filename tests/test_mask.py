@@ -12,17 +12,17 @@ import sys
 import textwrap
 
 import pytest
-import test_adapters
 import torch
 import transformers
 from safetensors.torch import load_file
-from test_adapters import FAMILIES, tiny_model
-from tiny_models import save_word_tokenizer
 
 from moetools.mask import mask_directory, masked
 from moetools.mask.directory import _meta_model
 from moetools.models import adapter_for, load_model, model_identity
 from moetools.models.shared_routers import expand_to_groups, router_groups
+from tests import test_adapters
+from tests.test_adapters import FAMILIES, tiny_model
+from tests.tiny_models import save_word_tokenizer
 
 INF = float("-inf")
 # per-family masks: equal-size sets (pruned) and unequal ones (bias / remote), on a 3-layer tiny model

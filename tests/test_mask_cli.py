@@ -8,10 +8,10 @@ import pytest
 import torch
 import transformers
 from click.testing import CliRunner
-from tiny_models import save_tiny_olmoe
 
 from moetools.cli.mask import command
 from moetools.models import load_model, model_identity
+from tests.tiny_models import save_tiny_olmoe
 
 WORDS = [f"w{i}" for i in range(40)]
 

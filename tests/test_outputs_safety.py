@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tiny_models import save_tiny_olmoe
 
 from moetools.cli import cat, explain, mask, monet_train, probe, report, sample, score, select, trace, tune
 from moetools.cli import eval as eval_cli
 from moetools.cli import main as moetools_cli
 from moetools.streams.outputs import MARKER
+from tests.tiny_models import save_tiny_olmoe
 
 WORDS = [f"w{i}" for i in range(20)]
 REPO = Path(__file__).resolve().parent.parent

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_adapters import tiny_model
-from tiny_models import save_tiny_olmoe, save_word_tokenizer
 
 from moetools.plugins import checkout_entry_points
 from moetools.streams import StreamReader
+from tests.test_adapters import tiny_model
+from tests.tiny_models import save_tiny_olmoe, save_word_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 WORDS = ["the", "a", "of", "to", "and", "expert", "model", "token", "court", "patient", "theorem", "code"]

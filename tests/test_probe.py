@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from test_adapters import FAMILIES, tiny_model
-from tiny_models import save_word_tokenizer
 
 from moetools.cli.probe import command as moe_probe
 from moetools.errors import FormatError
@@ -23,6 +21,8 @@ from moetools.probe.hidden import HiddenCapture
 from moetools.probe.neurons import ProbeOptions, collect, is_test_document, probe_records
 from moetools.probe.stats import Reservoir
 from moetools.streams import StreamReader
+from tests.test_adapters import FAMILIES, tiny_model
+from tests.tiny_models import save_word_tokenizer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples" / "probe"
 DIGITS = [str(number) for number in range(10)]

@@ -6,8 +6,6 @@ import json
 import pytest
 import torch
 import transformers
-from llm_stub import LLMStub
-from tiny_models import save_tiny_olmoe, save_word_tokenizer
 
 from moetools.cli.probe import command as moe_probe
 from moetools.models import model_identity
@@ -15,6 +13,8 @@ from moetools.models.loader import load_model
 from moetools.probe.causal_prompts import parse_answer
 from moetools.probe.dla import all_expert_outputs, layer_dla
 from moetools.streams.files import open_stream_writer, read_input
+from tests.llm_stub import LLMStub
+from tests.tiny_models import save_tiny_olmoe, save_word_tokenizer
 
 WORDS = [f"w{i}" for i in range(40)]
 PLANTED_LAYER, PLANTED_EXPERT, TARGET_WORD = 1, 3, "w7"

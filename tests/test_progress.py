@@ -11,11 +11,11 @@ import re
 
 import pytest
 from click.testing import CliRunner
-from test_cli_common import _stderr_of
-from tiny_models import save_tiny_olmoe
 
 from moetools.cli import common
 from moetools.progress import BytesRead, LineProgress, format_amount, format_duration, progress_line
+from tests.test_cli_common import _stderr_of
+from tests.tiny_models import save_tiny_olmoe
 
 WORDS = [f"w{i}" for i in range(12)]
 

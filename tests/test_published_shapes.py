@@ -17,7 +17,10 @@ import pytest
 import torch
 import transformers
 from click.testing import CliRunner
-from published_shapes import (
+
+from moetools.models.loader import load_model
+from moetools.streams import StreamReader
+from tests.published_shapes import (
     FAMILIES,
     PUBLISHED,
     WORDS,
@@ -26,10 +29,7 @@ from published_shapes import (
     save_published_shape,
     shard_files,
 )
-from test_adapters import expert_output, independent_probabilities
-
-from moetools.models.loader import load_model
-from moetools.streams import StreamReader
+from tests.test_adapters import expert_output, independent_probabilities
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -309,10 +309,9 @@ CAUSAL = ("olmoe", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2")
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_probe_neurons_captures_the_experts_hidden_vectors(checkpoint, family, tmp_path):
-    from test_probe import expert_hidden
-
     from moetools.cli.probe import command
     from moetools.probe.hidden import HiddenCapture
+    from tests.test_probe import expert_hidden
 
     directory = checkpoint(family)
     corpus = write_corpus(tmp_path / "c.jsonl", documents=24, seed=4)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import save_tiny_olmoe
 
 import moetools
+from tests.tiny_models import save_tiny_olmoe
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")

@@ -10,12 +10,12 @@ import re
 
 import pytest
 import torch
-from published_shapes import checkpoint_tensors, index_tensors, shard_files
-from quantized_shapes import pack_mxfp4, save_fp8_deepseek_v3, save_mxfp4_gpt_oss, unpack_mxfp4
 from safetensors import safe_open
 
 from moetools.mask import mask_directory, masked
 from moetools.models.loader import load_model
+from tests.published_shapes import checkpoint_tensors, index_tensors, shard_files
+from tests.quantized_shapes import pack_mxfp4, save_fp8_deepseek_v3, save_mxfp4_gpt_oss, unpack_mxfp4
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 QUANTIZED = {"gpt_oss": ("U8",), "deepseek_v3": ("F8_E4M3", "F32")}
@@ -113,9 +113,9 @@ def test_mask_slices_quantized_experts_bit_for_bit(quantized, tmp_path, family, 
 @pytest.mark.parametrize("family", ["gpt_oss", "deepseek_v3"])
 def test_tune_refuses_a_quantized_base_in_one_line(quantized, tmp_path, family):
     from click.testing import CliRunner
-    from test_published_shapes import write_corpus
 
     from moetools.cli.tune import command
+    from tests.test_published_shapes import write_corpus
 
     (tmp_path / "experts.json").write_text(json.dumps({"experts": {"3": [0, 1]}}))
     result = CliRunner().invoke(command, [str(quantized / family), "--data", str(write_corpus(tmp_path / "d.jsonl")),
@@ -131,10 +131,10 @@ def test_tune_refuses_a_quantized_base_in_one_line(quantized, tmp_path, family):
 def test_trace_says_it_traced_the_dequantized_model(quantized, tmp_path, family):
     import numpy as np
     from click.testing import CliRunner
-    from test_published_shapes import write_corpus
 
     from moetools.cli.trace import command
     from moetools.streams import StreamReader
+    from tests.test_published_shapes import write_corpus
 
     out = tmp_path / "trace.msgpack.zst"
     result = CliRunner().invoke(command, [str(quantized / family), str(write_corpus(tmp_path / "c.jsonl")),

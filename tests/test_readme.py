@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_models import save_tiny_olmoe
 
 from moetools.streams import read_stream
+from tests.tiny_models import save_tiny_olmoe
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()

@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 
 import pytest
-from cli_checks import invoke
-from tiny_models import save_tiny_olmoe
+
+from tests.cli_checks import invoke
+from tests.tiny_models import save_tiny_olmoe
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples"
 WORDS = ["the", "a", "of", "court", "law", "judge", "patient", "dose", "fever", "code", "loop", "def"]

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from trace_factory import make_records, write_trace
 
 from moetools.cli.score import command as moe_score
 from moetools.cli.select import command as moe_select
 from moetools.errors import FormatError
 from moetools.select import ExpertSet, complement, read_experts, union
+from tests.trace_factory import make_records, write_trace
 
 MODEL = {"name": "olmoe-tiny", "path": None, "model_type": "olmoe", "num_layers": 2, "moe_layers": [0, 1],
          "num_experts": 8, "top_k": 2, "fingerprint": "sha256:" + "ab" * 32}

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import transformers
-from cli_checks import invoke
-from tiny_models import save_tiny_mixtral, save_tiny_olmoe, save_word_tokenizer
 
 from moetools.errors import ModelError
 from moetools.models.loader import load_model
+from tests.cli_checks import invoke
+from tests.tiny_models import save_tiny_mixtral, save_tiny_olmoe, save_word_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ["the", "a", "of", "to", "and", "expert", "model", "token", "court", "patient", "theorem", "code"]
@@ -113,7 +113,7 @@ def test_moe_tune_merge_refuses_such_a_base(models, tmp_path):
 
 
 def test_moe_explain_local_backend_refuses_such_a_model(models, tmp_path):
-    from llm_stub import write_samples
+    from tests.llm_stub import write_samples
 
     write_samples(tmp_path / "s.msgpack.zst", experts=2)
     result = invoke("moe-explain", [tmp_path / "s.msgpack.zst", "--backend", "local", "--model", models / "mixed",

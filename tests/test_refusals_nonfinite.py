@@ -13,12 +13,12 @@ from pathlib import Path
 
 import click
 import pytest
-from cli_checks import invoke, one_line
-from tiny_models import save_tiny_olmoe
 
 from moetools.cli import TOOLS, load_command
 from moetools.errors import FormatError
 from moetools.streams import StreamReader
+from tests.cli_checks import invoke, one_line
+from tests.tiny_models import save_tiny_olmoe
 
 
 def strict_loads(text: str):

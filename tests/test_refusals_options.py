@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 
 import pytest
-import test_adapters
-from cli_checks import invoke
-from tiny_models import save_tiny_olmoe, save_word_tokenizer
-from trace_factory import make_records, write_trace
 
 from moetools.cli.score import command as moe_score
 from moetools.cli.select import command as moe_select
 from moetools.streams import read_stream
+from tests import test_adapters
+from tests.cli_checks import invoke
+from tests.tiny_models import save_tiny_olmoe, save_word_tokenizer
+from tests.trace_factory import make_records, write_trace
 
 WORDS = ["the", "a", "of", "to", "and", "expert", "model", "token", "court", "patient", "theorem", "code",
          "user", "assistant", ":", ";"]

@@ -10,13 +10,13 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from tiny_models import save_tiny_olmoe
 
 from moetools.cli import eval as eval_cli
 from moetools.cli import probe, trace, tune
 from moetools.cli.mask import command as mask_command
 from moetools.errors import ModelError
 from moetools.models.loader import load_config, load_model, load_tokenizer
+from tests.tiny_models import save_tiny_olmoe
 
 WORDS = [f"w{i}" for i in range(20)]
 

@@ -8,12 +8,12 @@ import re
 
 import pytest
 from click.testing import CliRunner
-from report_fixture import build_inputs
-from trace_factory import make_records, write_trace
 
 from moetools.cli import load_command
 from moetools.report import ReportOptions, build_report
 from moetools.report.page import read_data_block
+from tests.report_fixture import build_inputs
+from tests.trace_factory import make_records, write_trace
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,7 @@ def test_streams_of_two_models_are_refused(inputs, tmp_path):
 
 
 def test_eval_of_another_model_is_refused(inputs, tmp_path):
-    from report_fixture import write_eval
+    from tests.report_fixture import write_eval
 
     stranger = tmp_path / "eval.jsonl"
     write_eval(stranger, "sha256:" + "c3" * 32)
@@ -221,7 +221,7 @@ def test_eval_of_another_model_is_refused(inputs, tmp_path):
 
 
 def test_other_stream_kinds_and_no_input_are_usage_errors(tmp_path):
-    from conftest import stream_bytes
+    from tests.conftest import stream_bytes
 
     odd = tmp_path / "odd.msgpack.zst"
     odd.write_bytes(stream_bytes([{"type": "thing"}], kind="mystery"))

@@ -15,9 +15,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from report_fixture import build_inputs
 
 from moetools.report import build_report
+from tests.report_fixture import build_inputs
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -183,7 +183,7 @@ def test_a_sets_expert_link_and_an_eval_cell_link_land_on_the_card(browser_page,
 
 
 def test_the_health_panel_lists_a_planted_collapsed_layer(browser_page, tmp_path):
-    from test_score_health import collapsed_trace
+    from tests.test_score_health import collapsed_trace
 
     collapsed_trace(tmp_path / "t.msgpack.zst")
     out = tmp_path / "collapsed.html"
@@ -232,7 +232,7 @@ def test_the_document_view_shows_a_documents_tokens_with_the_trace_s_experts(bro
 def test_a_compare_page_shows_both_runs_and_the_difference_on_a_card(browser_page, tmp_path):
     import json
 
-    from test_report_compare import build_compare
+    from tests.test_report_compare import build_compare
 
     out = build_compare(tmp_path)
     trained = {(r["layer"], r["expert"]): r for r in map(json.loads, (tmp_path / "trained.scores.jsonl").read_text()
@@ -263,10 +263,10 @@ def test_a_compare_page_shows_both_runs_and_the_difference_on_a_card(browser_pag
 
 def test_a_large_page_decodes_the_card_data_of_a_chunk_when_one_of_its_cards_is_drawn(browser_page, tmp_path):
     from click.testing import CliRunner
-    from trace_factory import make_records, write_trace
 
     from moetools.cli import load_command
     from moetools.report.page import CHUNK, read_data_block
+    from tests.trace_factory import make_records, write_trace
 
     trace, samples, out = tmp_path / "t.msgpack.zst", tmp_path / "s.msgpack.zst", tmp_path / "big.html"
     trace.write_bytes(write_trace(make_records(documents=4, tokens=120, num_experts=160), num_experts=160))

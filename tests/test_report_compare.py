@@ -7,10 +7,10 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from trace_factory import make_records, write_trace
 
 from moetools.cli import load_command
 from moetools.report.page import read_data_block
+from tests.trace_factory import make_records, write_trace
 
 
 def run(name, args):

@@ -9,11 +9,11 @@ import json
 import re
 
 from click.testing import CliRunner
-from tiny_bpe import save_tiny_bpe_olmoe
-from trace_factory import MODEL, make_records, write_trace
 
 from moetools.cli import load_command
 from moetools.report.page import read_data_block
+from tests.tiny_bpe import save_tiny_bpe_olmoe
+from tests.trace_factory import MODEL, make_records, write_trace
 
 TRAINING = ["the court held that the law of the land applies", "patients with the disease were given a dose"] * 20
 NAMES = ["Møller", "Ørsted", "Müller", "Gödel", "日本"]  # none in TRAINING: their characters stay split into bytes

@@ -12,13 +12,13 @@ import json
 import numpy as np
 import pytest
 import zstandard
-from conftest import MODEL, stream_bytes
 
 from moetools import cat
 from moetools.cli.cat import command as moe_cat
 from moetools.errors import FormatError, MoetoolsError, TruncatedStreamError
 from moetools.streams import StreamReader, StreamWriter, read_stream
 from moetools.streams import writer as writer_module
+from tests.conftest import MODEL, stream_bytes
 
 
 def float_records(count: int = 24, seed: int = 0) -> list[dict]:
@@ -218,7 +218,7 @@ TRACE_FLAGS = ("--max-length", "16", "--batch-size", "1")
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory):
     """(model dir, corpus, complete trace path, its canonical records)."""
-    from tiny_models import save_tiny_olmoe
+    from tests.tiny_models import save_tiny_olmoe
 
     work = tmp_path_factory.mktemp("robust-trace")
     save_tiny_olmoe(work / "model", WORDS)
@@ -329,7 +329,8 @@ def test_a_finished_output_counts_as_finished_despite_stale_resume_state(traced,
 def identity_dirs(tmp_path_factory):
     import torch
     import transformers
-    from tiny_models import save_tiny_olmoe
+
+    from tests.tiny_models import save_tiny_olmoe
 
     work = tmp_path_factory.mktemp("identity")
     save_tiny_olmoe(work / "base", WORDS)
@@ -426,11 +427,11 @@ def awkward_text(words: int = 3000, seed: int = 0) -> str:
 @pytest.mark.parametrize("family", ["word", "byte-level BPE"])
 def test_a_document_tokenised_in_pieces_gives_the_same_ids_and_windows(family, tmp_path):
     import transformers
-    from tiny_models import save_word_tokenizer
 
     from moetools.corpus.documents import Document
     from moetools.corpus.tokenize import token_pieces
     from moetools.trace.corpus import windows_of, windows_of_pieces
+    from tests.tiny_models import save_word_tokenizer
 
     text = awkward_text()
     if family == "word":

@@ -9,11 +9,11 @@ from collections import defaultdict
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from trace_factory import make_records, write_trace
 
 from moetools.cli.sample import command
 from moetools.sample import SampleOptions, Sampler, sample_trace
 from moetools.streams import StreamReader, StreamWriter
+from tests.trace_factory import make_records, write_trace
 
 LAYERS = (0, 2)
 

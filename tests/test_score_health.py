@@ -7,12 +7,12 @@ import json
 import math
 
 import numpy as np
-from trace_factory import make_records, write_trace
 
 from moetools.cli.score import command as moe_score
 from moetools.report import build_report
 from moetools.report.page import read_data_block
 from moetools.score.health import THRESHOLDS, expert_health
+from tests.trace_factory import make_records, write_trace
 
 
 def collapsed_trace(path, tokens: int = 150):

@@ -15,7 +15,6 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from tiny_models import save_tiny_monet
 
 from moetools.cli.mask import command as moe_mask
 from moetools.cli.report import command as moe_report
@@ -26,6 +25,7 @@ from moetools.cli.tune import command as moe_tune
 from moetools.report.page import read_data_block
 from moetools.score.metrics import benjamini_hochberg
 from moetools.streams import StreamReader
+from tests.tiny_models import save_tiny_monet
 
 WORDS = ["the", "court", "law", "contract", "party", "def", "return", "import", "class", "value", "patient", "dose"]
 TEXTS = {"law": "the court law contract party the law court contract party",
@@ -161,7 +161,7 @@ def test_the_demo_summary_says_the_layers_share_one_router(monet):
 
 
 def test_a_trace_whose_shared_layers_route_differently_is_refused(make_stream, tmp_path):
-    from trace_factory import MODEL, header_extra, make_records
+    from tests.trace_factory import MODEL, header_extra, make_records
 
     model = dict(MODEL, shared_routers=[[0, 2]])        # says layers 0 and 2 share a router; they do not
     trace = tmp_path / "liar.msgpack.zst"

@@ -10,7 +10,6 @@ import threading
 import numpy as np
 import pytest
 import zstandard
-from conftest import MODEL, stream_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -35,6 +34,7 @@ from moetools.streams import (
     read_stream,
 )
 from moetools.streams.reader import check_header
+from tests.conftest import MODEL, stream_bytes
 
 ENCODINGS = [("msgpack", True), ("msgpack", False), ("jsonl", False)]
 ENCODING_IDS = ["zstd", "msgpack", "jsonl"]

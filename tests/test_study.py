@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tiny_models import save_tiny_olmoe
 
 from moetools.cli.main import command as moetools_command
 from moetools.errors import UsageError
 from moetools.streams.outputs import MARKER
 from moetools.study import LOG_NAME, labelling, prepare_directory
+from tests.tiny_models import save_tiny_olmoe
 
 WORDS = {"pets": ["the", "cat", "sat", "on", "a", "mat", "dog", "barked", "warm", "fire"],
          "code": ["def", "loop", "return", "value", "for", "item", "in", "list", "while", "print"],

@@ -10,12 +10,12 @@ import pytest
 import torch
 import transformers
 from click.testing import CliRunner
-from tiny_models import save_tiny_olmoe, save_word_tokenizer
 
 from moetools.cli.trace import command
 from moetools.errors import UsageError
 from moetools.models.loader import load_model
 from moetools.streams import StreamReader
+from tests.tiny_models import save_tiny_olmoe, save_word_tokenizer
 
 WORDS = ["the", "a", "of", "to", "and", "in", "is", "code", "law", "math", "cell", "court", "patient", "theorem"]
 TOKENS = torch.tensor([[2, 9, 10, 3, 11, 12, 4, 5, 13, 7, 8, 6]])  # (1, T) word ids of the tokenizer above

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tiny_models
 import torch
 import transformers
 from click.testing import CliRunner
-from tiny_models import save_tiny_olmoe, save_word_tokenizer
 
 from moetools.cli.trace import command
 from moetools.errors import TruncatedStreamError
 from moetools.streams import StreamReader
+from tests import tiny_models
+from tests.tiny_models import save_tiny_olmoe, save_word_tokenizer
 
 WORDS = ["the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "on", "with", "as", "was", "he", "she", "they", "we", "you", "code", "law", "math", "cell", "expert", "model", "token", "court", "patient", "theorem"]
 

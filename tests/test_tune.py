@@ -9,9 +9,6 @@ import pytest
 import torch
 import transformers
 from click.testing import CliRunner
-from test_adapters import FAMILIES, tiny_model
-from test_monet_model import tiny_config as tiny_monet_config
-from tiny_models import save_word_tokenizer
 
 from moetools.cli.tune import command
 from moetools.models import model_identity
@@ -21,6 +18,9 @@ from moetools.tune import TuneOptions, merge
 from moetools.tune.data import IGNORE, chat_example
 from moetools.tune.loop import Tuner
 from moetools.tune.slices import experts_view
+from tests.test_adapters import FAMILIES, tiny_model
+from tests.test_monet_model import tiny_config as tiny_monet_config
+from tests.tiny_models import save_word_tokenizer
 
 WORDS = ["the", "a", "of", "cat", "dog", "sat", "on", "mat", "pain", "fever", "cough", "doctor", "dose", "court", "law", "judge", "appeal", "code", "loop", "def"]
 MEDICAL, GENERAL = WORDS[8:13] + WORDS[:3], WORDS[:8] + WORDS[13:]
