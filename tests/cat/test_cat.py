@@ -15,7 +15,7 @@ from moetools.cli.cat import command as moe_cat
 from moetools.streams import ZSTD_MAGIC, read_stream
 from tests.conftest import MODEL, stream_bytes
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sequences(count: int, start: int = 0) -> list[dict]:
