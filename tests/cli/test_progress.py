@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from moetools.cli import common
 from moetools.progress import BytesRead, LineProgress, format_amount, format_duration, progress_line
-from tests.test_cli_common import _stderr_of
+from tests.cli.test_common import _stderr_of
 from tests.tiny_models import save_tiny_olmoe
 
 WORDS = [f"w{i}" for i in range(12)]

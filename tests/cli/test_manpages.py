@@ -14,7 +14,7 @@ from moetools.cli.common import EXIT_STATUS_TEXT
 from moetools.cli.manpage import main as write_pages
 from moetools.cli.manpage import render_command, render_formats, tool_exists
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MAN = ROOT / "man"
 EXISTING = [name for name in TOOLS if tool_exists(name)]
 

@@ -144,7 +144,7 @@ def test_quiet_silences_information_but_not_warnings(run_tool):
     assert quiet.exit_code == 0 and quiet.stderr == "moe-talk: warning: careful\n"
 
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TRACE = ROOT / "formats" / "examples" / "samples" / "trace.jsonl"
 
 

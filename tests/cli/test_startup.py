@@ -17,7 +17,7 @@ import pytest
 
 from moetools.cli import TOOLS
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers")
 #: what each run asks; a usage error must exit 2, and the missing input is whatever the tool's
 #: first positional argument is (a stream, a model directory...): any exit but 0 and no torch
