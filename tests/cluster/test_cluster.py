@@ -23,7 +23,7 @@ from moetools.streams import StreamReader
 from tests.fake_slurm import install as install_fake_slurm
 from tests.tiny_models import save_tiny_olmoe
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
 WORDS = ["the", "a", "of", "cat", "dog", "sat", "on", "mat", "pain", "fever", "cough", "doctor", "dose", "court",
          "law", "judge", "appeal", "code", "loop", "def"]
