@@ -18,7 +18,7 @@ from moetools.streams import StreamReader
 from tests.tiny_models import save_tiny_olmoe
 
 WORDS = [f"w{i}" for i in range(40)]
-EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples" / "eval"
+EXAMPLES = Path(__file__).resolve().parents[2] / "formats" / "examples" / "eval"
 
 
 def write_jsonl(path, rows):
