@@ -20,7 +20,7 @@ from moetools.explain.runner import select_examples
 from moetools.llm import Completion, Usage, client_class
 from tests.llm_stub import synthetic_expert, write_samples
 
-FIXTURES = Path(__file__).parent / "fixtures" / "explain"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "explain"
 
 
 def run_cli(*args, env=None):
