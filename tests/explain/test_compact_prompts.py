@@ -16,7 +16,7 @@ from moetools.streams.files import read_input
 from tests.judge_fixture import write_labels
 from tests.judge_fixture import write_samples as write_judge_samples
 from tests.llm_stub import LLMStub
-from tests.test_llm_openai import explain, read_labels
+from tests.llm.test_openai import explain, read_labels
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.llm_stub import write_samples
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 PLUGIN = '''
 from dataclasses import dataclass

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from moetools.cli.explain import command
 from tests.llm_stub import LLMStub, write_samples
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "sk-test-Zq8SECRETkey1234567890"
 
 # Paper 000, Appendix A.1.1, typed out again here (independently of moetools/explain/prompts.py)
