@@ -136,7 +136,7 @@ def test_moe_trace_of_the_masked_directory_never_selects_a_masked_expert(base, t
     result = CliRunner().invoke(trace_command, [str(out), str(corpus), "-o", str(tmp_path / "t.msgpack.zst")])
     if record["mode"] == "remote":  # moe-trace loads without trust_remote_code: refused, never traced unmasked
         assert result.exit_code == 2 and not (tmp_path / "t.msgpack.zst").exists(), result.output
-        return  # (tests/test_mask.py traces remote-mode directories through the adapter's capture)
+        return  # (tests/mask/test_mask.py traces remote-mode directories through the adapter's capture)
     assert result.exit_code == 0, result.output
     with open(tmp_path / "t.msgpack.zst", "rb") as handle:
         reader = StreamReader(handle, kinds="trace")
