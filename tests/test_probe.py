@@ -21,7 +21,7 @@ from moetools.probe.hidden import HiddenCapture
 from moetools.probe.neurons import ProbeOptions, collect, is_test_document, probe_records
 from moetools.probe.stats import Reservoir
 from moetools.streams import StreamReader
-from tests.test_adapters import FAMILIES, tiny_model
+from tests.models.test_adapters import FAMILIES, tiny_model
 from tests.tiny_models import save_word_tokenizer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples" / "probe"

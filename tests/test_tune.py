@@ -18,8 +18,8 @@ from moetools.tune import TuneOptions, merge
 from moetools.tune.data import IGNORE, chat_example
 from moetools.tune.loop import Tuner
 from moetools.tune.slices import experts_view
-from tests.test_adapters import FAMILIES, tiny_model
-from tests.test_monet_model import tiny_config as tiny_monet_config
+from tests.models.test_adapters import FAMILIES, tiny_model
+from tests.models.test_monet_model import tiny_config as tiny_monet_config
 from tests.tiny_models import save_word_tokenizer
 
 WORDS = ["the", "a", "of", "cat", "dog", "sat", "on", "mat", "pain", "fever", "cough", "doctor", "dose", "court", "law", "judge", "appeal", "code", "loop", "def"]

@@ -20,8 +20,8 @@ from moetools.mask import mask_directory, masked
 from moetools.mask.directory import _meta_model
 from moetools.models import adapter_for, load_model, model_identity
 from moetools.models.shared_routers import expand_to_groups, router_groups
-from tests import test_adapters
-from tests.test_adapters import FAMILIES, tiny_model
+from tests.models import test_adapters
+from tests.models.test_adapters import FAMILIES, tiny_model
 from tests.tiny_models import save_word_tokenizer
 
 INF = float("-inf")

@@ -115,7 +115,7 @@ def test_tune_refuses_a_quantized_base_in_one_line(quantized, tmp_path, family):
     from click.testing import CliRunner
 
     from moetools.cli.tune import command
-    from tests.test_published_shapes import write_corpus
+    from tests.models.test_published_shapes import write_corpus
 
     (tmp_path / "experts.json").write_text(json.dumps({"experts": {"3": [0, 1]}}))
     result = CliRunner().invoke(command, [str(quantized / family), "--data", str(write_corpus(tmp_path / "d.jsonl")),
@@ -134,7 +134,7 @@ def test_trace_says_it_traced_the_dequantized_model(quantized, tmp_path, family)
 
     from moetools.cli.trace import command
     from moetools.streams import StreamReader
-    from tests.test_published_shapes import write_corpus
+    from tests.models.test_published_shapes import write_corpus
 
     out = tmp_path / "trace.msgpack.zst"
     result = CliRunner().invoke(command, [str(quantized / family), str(write_corpus(tmp_path / "c.jsonl")),

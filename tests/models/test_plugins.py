@@ -24,10 +24,10 @@ import pytest
 
 from moetools.plugins import checkout_entry_points
 from moetools.streams import StreamReader
-from tests.test_adapters import tiny_model
+from tests.models.test_adapters import tiny_model
 from tests.tiny_models import save_tiny_olmoe, save_word_tokenizer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 WORDS = ["the", "a", "of", "to", "and", "expert", "model", "token", "court", "patient", "theorem", "code"]
 
 PLUGIN = '''

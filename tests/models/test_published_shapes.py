@@ -29,7 +29,7 @@ from tests.published_shapes import (
     save_published_shape,
     shard_files,
 )
-from tests.test_adapters import expert_output, independent_probabilities
+from tests.models.test_adapters import expert_output, independent_probabilities
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
