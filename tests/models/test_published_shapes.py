@@ -311,7 +311,7 @@ CAUSAL = ("olmoe", "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2")
 def test_probe_neurons_captures_the_experts_hidden_vectors(checkpoint, family, tmp_path):
     from moetools.cli.probe import command
     from moetools.probe.hidden import HiddenCapture
-    from tests.test_probe import expert_hidden
+    from tests.probe.test_probe import expert_hidden
 
     directory = checkpoint(family)
     corpus = write_corpus(tmp_path / "c.jsonl", documents=24, seed=4)

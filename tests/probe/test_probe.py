@@ -24,7 +24,7 @@ from moetools.streams import StreamReader
 from tests.models.test_adapters import FAMILIES, tiny_model
 from tests.tiny_models import save_word_tokenizer
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples" / "probe"
+EXAMPLES = Path(__file__).resolve().parents[2] / "formats" / "examples" / "probe"
 DIGITS = [str(number) for number in range(10)]
 WORDS = DIGITS + [f"w{index}" for index in range(40)]  # ids 2..11 are digits, 12..51 plain words
 PLANTED = 5  # the hidden neuron that carries "digit" by construction
