@@ -250,7 +250,7 @@ def tool_group(name: str, *, example: str, **group_kwargs):
 class FiniteFloat(click.FloatRange):
     """A float option that refuses ``nan``, ``inf`` and ``-inf`` (exit 2), optionally within a range.
 
-    Every float option of every tool uses it (tests/test_refusals_nonfinite.py checks): a NaN
+    Every float option of every tool uses it (tests/project/test_refusals_nonfinite.py checks): a NaN
     threshold compares false with everything and selects nothing, silently; an infinite learning
     rate trains to NaN. ``click.FloatRange`` alone lets both through (NaN passes every bound).
     """

@@ -16,7 +16,7 @@ import pytest
 from moetools.streams import read_stream
 from tests.tiny_models import save_tiny_olmoe
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
 WORDS = ["the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "on", "with", "code", "law", "math", "cell", "patient", "court", "theorem", "model"]
 

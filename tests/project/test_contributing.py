@@ -16,7 +16,7 @@ import pytest
 from moetools.cli import TOOLS
 from moetools.score.scorer import METRICS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONTRIBUTING = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
 REFERENCES = (ROOT / "formats" / "REFERENCES.md").read_text(encoding="utf-8")
 tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python >= 3.11's tomllib")

@@ -18,7 +18,7 @@ import pytest
 from tests.cli_checks import invoke, one_line
 from tests.tiny_models import save_tiny_olmoe
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "formats" / "examples"
 WORDS = ["the", "a", "of", "court", "law", "judge", "patient", "dose", "fever", "code", "loop", "def"]
 

@@ -28,7 +28,7 @@ def strict_loads(text: str):
 
     return json.loads(text, parse_constant=refuse)
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "formats" / "examples"
 WORDS = ["the", "a", "of", "court", "law", "judge", "patient", "dose", "fever", "code", "loop", "def"]
 
 

@@ -21,7 +21,7 @@ from moetools.models.loader import load_model
 from tests.cli_checks import invoke
 from tests.tiny_models import save_tiny_mixtral, save_tiny_olmoe, save_word_tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORDS = ["the", "a", "of", "to", "and", "expert", "model", "token", "court", "patient", "theorem", "code"]
 #: what the one-line refusal names: the rule, a missing (newly initialised) and an unexpected tensor
 NAMED = ("do not belong to its config (MixtralForCausalLM)",

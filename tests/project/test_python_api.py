@@ -20,7 +20,7 @@ import pytest
 import moetools
 from tests.tiny_models import save_tiny_olmoe
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text(encoding="utf-8")
 NOTEBOOK = REPO / "examples" / "study.ipynb"
 WORDS = ["the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "on", "with", "code", "law", "math", "cell",

@@ -23,7 +23,7 @@ from moetools.streams.outputs import MARKER
 from tests.tiny_models import save_tiny_olmoe
 
 WORDS = [f"w{i}" for i in range(20)]
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run(command, args):
@@ -284,7 +284,7 @@ def test_masked_directory_modes_follow_the_umask(world, tmp_path):
               "command.main(sys.argv[1:], standalone_mode=True)")
     done = subprocess.run([sys.executable, "-c", script, str(world.model), "--experts", str(world.experts),
                            "-o", str(out), "-q"], check=False, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert done.returncode == 0, done.stderr
     assert out.stat().st_mode & 0o777 == 0o755
     modes = {path.name: path.stat().st_mode & 0o777 for path in out.iterdir()}

@@ -12,7 +12,7 @@ from moetools import errors
 from moetools.cli.cat import command as moe_cat
 from moetools.streams import StreamReader
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "formats" / "examples"
 MANIFEST = json.loads((EXAMPLES / "manifest.json").read_text(encoding="utf-8"))
 
 

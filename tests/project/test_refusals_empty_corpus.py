@@ -17,7 +17,7 @@ import pytest
 from tests.cli_checks import invoke
 from tests.tiny_models import save_tiny_olmoe
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "formats" / "examples"
 WORDS = ["the", "a", "of", "court", "law", "judge", "patient", "dose", "fever", "code", "loop", "def"]
 
 #: how each corpus-reading tool takes the corpus ({corpus}) and writes ({out})
