@@ -112,12 +112,12 @@ def test_offline_names_only_tokens_seen_at_least_three_times(tmp_path):
 
 
 def test_the_always_on_flag_is_drawn_in_the_cards_label_line_in_a_browser(tmp_path):
-    """The rendered page (Debian's Chromium through Playwright, as tests/test_report_browser.py; skipped without)."""
+    """The rendered page (Debian's Chromium through Playwright, as tests/report/test_browser.py; skipped without)."""
     import pytest
 
     chromium = Path("/usr/bin/chromium")
     if not chromium.exists():
-        pytest.skip("no /usr/bin/chromium (see tests/test_report_browser.py)")
+        pytest.skip("no /usr/bin/chromium (see tests/report/test_browser.py)")
     trace, samples, labels, page_file = (tmp_path / name for name in ("t.msgpack.zst", "s.msgpack.zst", "l.jsonl",
                                                                       "report.html"))
     trace.write_bytes(write_trace(plant_always_on(make_records(documents=8, tokens=150))))

@@ -232,7 +232,7 @@ def test_the_document_view_shows_a_documents_tokens_with_the_trace_s_experts(bro
 def test_a_compare_page_shows_both_runs_and_the_difference_on_a_card(browser_page, tmp_path):
     import json
 
-    from tests.test_report_compare import build_compare
+    from tests.report.test_compare import build_compare
 
     out = build_compare(tmp_path)
     trained = {(r["layer"], r["expert"]): r for r in map(json.loads, (tmp_path / "trained.scores.jsonl").read_text()

@@ -1,5 +1,5 @@
 """moe-report without a browser: inputs in any order and any subset, one model only, a self-contained page,
-bounded per-expert data (the browser test is tests/test_report_browser.py)."""
+bounded per-expert data (the browser test is tests/report/test_browser.py)."""
 
 from __future__ import annotations
 
