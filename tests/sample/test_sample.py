@@ -330,7 +330,7 @@ def test_format_example_is_current(tmp_path):
     """formats/examples/samples/samples.jsonl is what moe-sample makes of the trace beside it."""
     from pathlib import Path
 
-    folder = Path(__file__).resolve().parent.parent / "formats" / "examples" / "samples"
+    folder = Path(__file__).resolve().parents[2] / "formats" / "examples" / "samples"
     args = ["--format", "jsonl", "-q", "--context", "8", "--split-region", "16", "--top", "2", "--weighted", "1",
             "--negatives", "1", "--holdout-positive", "1", "--holdout-negative", "1", "--experts", "0-1",
             "--holdout-fraction", "0.3", "-o", str(tmp_path / "out.jsonl"), str(folder / "trace.jsonl")]
@@ -354,7 +354,7 @@ def test_moe_trace_conformance_files():
     """The real tiny-OLMoE trace of formats/examples/trace samples; its invalid variants are refused (exit 2)."""
     from pathlib import Path
 
-    folder = Path(__file__).resolve().parent.parent / "formats" / "examples" / "trace"
+    folder = Path(__file__).resolve().parents[2] / "formats" / "examples" / "trace"
     valid = folder / "valid" / "olmoe-tiny.jsonl"
     if not valid.exists():
         pytest.skip("moe-trace's conformance files are not there")
