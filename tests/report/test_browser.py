@@ -183,7 +183,7 @@ def test_a_sets_expert_link_and_an_eval_cell_link_land_on_the_card(browser_page,
 
 
 def test_the_health_panel_lists_a_planted_collapsed_layer(browser_page, tmp_path):
-    from tests.test_score_health import collapsed_trace
+    from tests.score.test_health import collapsed_trace
 
     collapsed_trace(tmp_path / "t.msgpack.zst")
     out = tmp_path / "collapsed.html"

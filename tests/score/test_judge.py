@@ -20,7 +20,7 @@ from tests.judge_fixture import MODEL, keyword_answer, write_labels, write_sampl
 from tests.llm_stub import LLMStub
 
 #: the source papers, beside the checkout (formats/REFERENCES.md); tests that read them skip without them
-PAPERS = Path(__file__).resolve().parent.parent.parent / "shared" / "papers"
+PAPERS = Path(__file__).resolve().parents[3] / "shared" / "papers"
 SECRET = "sk-test-Judge9SECRETkey0987654321"
 
 # Paper 000, Appendix A.2, typed out again here (independently of moetools/score/judge/prompts.py)

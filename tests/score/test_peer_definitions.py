@@ -15,7 +15,7 @@ import pytest
 
 from moetools.score.scorer import METRICS
 
-SCORES_MD = (Path(__file__).resolve().parent.parent / "formats" / "scores.md").read_text(encoding="utf-8")
+SCORES_MD = (Path(__file__).resolve().parents[2] / "formats" / "scores.md").read_text(encoding="utf-8")
 
 
 def row(metric: str) -> str:

@@ -15,7 +15,7 @@ from moetools.select import read_experts
 from moetools.streams import StreamReader
 from moetools.streams.files import read_input
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "formats" / "examples"
 WORDS = ["def", "return", "import", "class", "self", "value", "court", "law", "contract", "party", "clause",
          "patient", "dose", "fever", "blood", "heart", "the", "a", "of", "and", "is"]
 TEXTS = {"code": "def value return self import class value self def return",

@@ -123,7 +123,7 @@ def load_bench():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "bench" / "bench_specialisation.py"
+    path = Path(__file__).resolve().parents[2] / "bench" / "bench_specialisation.py"
     if str(path.parent) not in sys.path:  # its bench/_harness.py, as `python bench/bench_specialisation.py` finds it
         sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location("bench_specialisation", path)
