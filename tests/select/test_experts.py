@@ -12,7 +12,7 @@ from moetools.cli.select import command as moe_select
 from moetools.errors import FormatError, ModelMismatchError, UsageError, VersionError
 from moetools.select import ExpertSet, complement, intersect, minus, read_experts, union, write_experts
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples" / "experts"
+EXAMPLES = Path(__file__).resolve().parents[2] / "formats" / "examples" / "experts"
 MANIFEST = json.loads((EXAMPLES / "manifest.json").read_text(encoding="utf-8"))
 MODEL = {"name": "olmoe-tiny", "path": None, "model_type": "olmoe", "num_layers": 3, "moe_layers": [0, 1, 2],
          "num_experts": 8, "top_k": 2, "fingerprint": "sha256:" + "ab" * 32}

@@ -1,0 +1,1 @@
+"""Tests of moetools.select (moetools/select/)."""
