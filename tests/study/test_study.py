@@ -23,7 +23,7 @@ from tests.tiny_models import save_tiny_olmoe
 WORDS = {"pets": ["the", "cat", "sat", "on", "a", "mat", "dog", "barked", "warm", "fire"],
          "code": ["def", "loop", "return", "value", "for", "item", "in", "list", "while", "print"],
          "medical": ["patient", "fracture", "of", "femur", "acute", "infection", "chronic", "pain", "diagnosis"]}
-CHECKOUT = Path(__file__).resolve().parents[1]
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

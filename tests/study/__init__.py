@@ -1,0 +1,1 @@
+"""Tests of moetools.study (moetools/study/)."""
