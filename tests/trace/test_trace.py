@@ -304,7 +304,7 @@ def test_256_composed_experts_keep_the_padding_id_out_of_the_expert_ids(tmp_path
     assert sampled.exit_code == 0, sampled.output
 
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples" / "trace"
+EXAMPLES = Path(__file__).resolve().parents[2] / "formats" / "examples" / "trace"
 
 
 def test_trace_examples_and_real_records_validate(full_trace):
