@@ -23,7 +23,7 @@ from moetools.cli.tune import command as tune_command
 from moetools.models.loader import load_model
 from moetools.models.monet.shipped import AUTO_MAP, FILES, is_shipped, shipped_files
 from moetools.testing.lm_eval_task import write_choice_task
-from tests.test_monet_train import TINY, corpus  # noqa: F401 - corpus: the fixture
+from tests.train.test_monet_train import TINY, corpus  # noqa: F401 - corpus: the fixture
 from tests.test_tune import GENERAL, MEDICAL, write_corpus
 
 # runs in a fresh interpreter with moetools made unimportable

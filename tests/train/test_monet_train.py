@@ -17,7 +17,7 @@ from moetools.cli.monet_train import command
 from moetools.streams.outputs import MARKER
 from moetools.training.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["--steps", "4", "--batch-size", "4", "--seq-len", "24", "--d-model", "32", "--layers", "2", "--heads", "2",
         "--moe-experts", "8", "--moe-topk", "2", "--moe-dim", "4", "--moe-heads", "2", "--moe-groups", "2",
         "--vocab-size", "300", "--eval-every", "2", "--checkpoint-every", "2", "-q"]
