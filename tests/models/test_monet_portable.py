@@ -24,7 +24,7 @@ from moetools.models.loader import load_model
 from moetools.models.monet.shipped import AUTO_MAP, FILES, is_shipped, shipped_files
 from moetools.testing.lm_eval_task import write_choice_task
 from tests.train.test_monet_train import TINY, corpus  # noqa: F401 - corpus: the fixture
-from tests.test_tune import GENERAL, MEDICAL, write_corpus
+from tests.tune.test_tune import GENERAL, MEDICAL, write_corpus
 
 # runs in a fresh interpreter with moetools made unimportable
 WITHOUT_MOETOOLS = textwrap.dedent("""

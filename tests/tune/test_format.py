@@ -10,7 +10,7 @@ import pytest
 from moetools.errors import FormatError
 from moetools.tune.adapter import read_tune_json
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "formats" / "examples" / "tune"
+EXAMPLES = Path(__file__).resolve().parents[2] / "formats" / "examples" / "tune"
 MANIFEST = json.loads((EXAMPLES / "manifest.json").read_text(encoding="utf-8"))
 
 

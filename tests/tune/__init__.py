@@ -1,0 +1,1 @@
+"""Tests of moetools.tune (moetools/tune/)."""
