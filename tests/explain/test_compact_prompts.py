@@ -15,8 +15,8 @@ from moetools.score.judge.prompts import YES_NO_SYSTEM, parse_yes_no
 from moetools.streams.files import read_input
 from tests.judge_fixture import write_labels
 from tests.judge_fixture import write_samples as write_judge_samples
-from tests.llm_stub import LLMStub
 from tests.llm.test_openai import explain, read_labels
+from tests.llm_stub import LLMStub
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import pytest
 from moetools.llm import ResponseCache, ask, make_client, refusing_truncated
 from moetools.llm.exchange import LONGEST_ANSWER, longer_limit
 from moetools.score.judge.prompts import parse_answer
-from tests.llm_stub import LLMStub
 from tests.llm.test_openai import explain, read_labels
+from tests.llm_stub import LLMStub
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from moetools.models.loader import load_model
 from moetools.streams import StreamReader
+from tests.models.test_adapters import expert_output, independent_probabilities
 from tests.published_shapes import (
     FAMILIES,
     PUBLISHED,
@@ -29,7 +30,6 @@ from tests.published_shapes import (
     save_published_shape,
     shard_files,
 )
-from tests.models.test_adapters import expert_output, independent_probabilities
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -49,9 +49,9 @@ def test_every_path_a_guide_names_exists(document):
 
 def test_each_checklist_states_its_count_and_its_test():
     for heading in ("Add a model family — 2 files", "Add an LLM backend — 2 files",
-                    "Add a routing metric to moe-score — 2 files", "Add a tool — 4 files"):
+                    "Add a routing metric to moe-score — 2 files", "Add a tool — 5 files"):
         assert f"## {heading}" in CONTRIBUTING
-    named_tests = set(re.findall(r"tests/test_contributing\.py::(\w+)", CONTRIBUTING))
+    named_tests = set(re.findall(r"tests/project/test_contributing\.py::(\w+)", CONTRIBUTING))
     defined = {name for name in globals() if name.startswith("test_")}
     assert named_tests and named_tests <= defined, f"CONTRIBUTING.md names missing tests: {named_tests - defined}"
 
@@ -116,8 +116,9 @@ def test_every_metric_is_in_the_format_page():
 # -- a tool: library, command, console script, tests (TOOLS, bin/ and the man page are derived) -------------
 
 def _has_tests(stem: str) -> bool:
+    """A tests folder ``tests/<stem>/`` (the tool's package) or a ``test_<stem>*.py`` in one (monet_train)."""
     tests = ROOT / "tests"
-    return any(tests.rglob(f"test_{stem}*.py")) or (tests / stem).is_dir()
+    return any((tests / stem).glob("test_*.py")) or any(tests.glob(f"*/test_{stem}*.py"))
 
 
 def test_every_tool_has_its_files():
@@ -135,7 +136,7 @@ def test_every_tool_has_its_files():
             commands = getattr(load_command(name), "commands", {})
             homes = {sub: command.callback.__module__.rpartition(".")[2] for sub, command in commands.items()}
             uncovered = {sub: home for sub, home in homes.items() if not _has_tests(home)}
-            assert commands and not uncovered, f"{name}: no tests/test_{stem}*.py, nor for {uncovered}"
+            assert commands and not uncovered, f"{name}: no tests/{stem}/test_*.py, nor for {uncovered}"
     tracked = subprocess.run(["git", "ls-files", "bin"], cwd=ROOT, capture_output=True, text=True, check=False)
     if tracked.returncode == 0:  # a git checkout: bin/ holds the one launcher, the links are made
         assert tracked.stdout.split() == ["bin/_launch"], f"bin/ files written by hand: {tracked.stdout.split()}"
@@ -170,7 +171,9 @@ def command(name):
 
 main = command.main
 ''',
-    "tests/test_hello.py": '''from moetools.hello import greet
+    "tests/hello/__init__.py": '''"""Tests of moetools.hello (moetools/hello/)."""
+''',
+    "tests/hello/test_hello.py": '''from moetools.hello import greet
 
 
 def test_greet():
@@ -179,8 +182,8 @@ def test_greet():
 }
 
 
-def test_a_tool_is_four_files(tmp_path):
-    """A copy of the checkout gains moe-hello from its 3 files and 1 pyproject line; the rest is generated."""
+def test_a_tool_is_five_files(tmp_path):
+    """A copy of the checkout gains moe-hello from its 4 files and 1 pyproject line; the rest is generated."""
     checkout = tmp_path / "checkout"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(ROOT / "moetools", checkout / "moetools", ignore=ignore)
@@ -210,7 +213,41 @@ def test_a_tool_is_four_files(tmp_path):
     assert "Print a greeting" in page and "moe\\-hello world" in page
     assert "moe-hello" in run(sys.executable, "-c", "from moetools.cli import TOOLS; print(list(TOOLS))")
     written = set(HELLO_FILES) | {"pyproject.toml"}
-    assert len(written) == 4
+    assert len(written) == 5
+
+
+# -- the tests' layout: tests/<package>/test_<topic>.py, tests/project/ for the checkout as a whole ----------
+
+#: the folders of tests that are not a moetools package: the checkout as a whole; data files
+CROSS_CUTTING, DATA = "project", "fixtures"
+
+
+def test_every_test_file_is_in_its_package_folder():
+    """CONTRIBUTING.md's layout rule: a test file's folder is the moetools package it tests (or project/),
+    each folder a package, the helpers at the root, no name repeating its folder's package."""
+    tests = ROOT / "tests"
+    packages = {path.parent.name for path in (ROOT / "moetools").glob("*/__init__.py")}
+    misplaced = []
+    for path in sorted(tests.rglob("*.py")):
+        relative = path.relative_to(tests)
+        if relative.parts[0] == DATA or "__pycache__" in relative.parts:
+            continue
+        if len(relative.parts) == 1:  # the root: helpers, conftest.py, __init__.py; no test file
+            if path.name.startswith("test_"):
+                misplaced.append(f"{relative}: a test file at the root (tests/<package>/ or tests/project/)")
+            continue
+        folder = relative.parts[0]
+        if len(relative.parts) > 2:
+            misplaced.append(f"{relative}: one level only (tests/<package>/test_<topic>.py)")
+        elif folder not in packages | {CROSS_CUTTING}:
+            misplaced.append(f"{relative}: tests/{folder}/ is neither a moetools package nor tests/{CROSS_CUTTING}/")
+        elif path.name != "__init__.py" and not path.name.startswith("test_"):
+            misplaced.append(f"{relative}: a helper in a package folder (helpers live at the root of tests/)")
+        elif path.name.startswith(f"test_{folder}_"):
+            misplaced.append(f"{relative}: the name repeats its folder (tests/{folder}/test_<topic>.py)")
+    folders = [path for path in tests.iterdir() if path.is_dir() and path.name not in (DATA, "__pycache__")]
+    misplaced += [f"{path.name}/: no __init__.py" for path in folders if not (path / "__init__.py").is_file()]
+    assert len(folders) >= 10 and not misplaced, f"tests outside the layout rule of CONTRIBUTING.md: {misplaced}"
 
 
 def _entry_points() -> dict[str, list[str]]:

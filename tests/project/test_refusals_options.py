@@ -11,8 +11,8 @@ import pytest
 from moetools.cli.score import command as moe_score
 from moetools.cli.select import command as moe_select
 from moetools.streams import read_stream
-from tests.models import test_adapters
 from tests.cli_checks import invoke
+from tests.models import test_adapters
 from tests.tiny_models import save_tiny_olmoe, save_word_tokenizer
 from tests.trace_factory import make_records, write_trace
 
