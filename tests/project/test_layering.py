@@ -11,6 +11,7 @@ point, i.e. part of the CLI layer, and is the one exception.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,7 @@ def test_the_private_import_check_catches_each_form(tmp_path, monkeypatch, sourc
     path = tmp_path / where
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(source, encoding="utf-8")
-    monkeypatch.setattr(__import__(__name__), "PACKAGE", tmp_path / "moetools")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "moetools")
     assert bool(private_imports(path)) is bad
 
 
@@ -127,7 +128,7 @@ def test_the_checker_catches_each_form(tmp_path, monkeypatch, source, where, bad
     path = tmp_path / where
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(source, encoding="utf-8")
-    monkeypatch.setattr(__import__(__name__), "PACKAGE", root)
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", root)
     assert any(forbidden(module) for _, module in imported_modules(path)) is bad
 
 
