@@ -89,6 +89,7 @@ def test_the_cli_factory_writes_lines_to_a_log_and_nothing_with_quiet(monkeypatc
     clock = Clock()
     monkeypatch.setattr(common, "log_progress_clock", clock)
     monkeypatch.setattr(common.state, "tool", "moe-trace")
+    monkeypatch.setattr(common.state, "quiet", False)  # not left over from an earlier test's -q
     with common.progress("tracing corpus", total=1000, unit="bytes") as bar:  # stderr is not a terminal here
         assert isinstance(bar, LineProgress)
         clock.now += 61
