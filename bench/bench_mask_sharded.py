@@ -8,8 +8,9 @@ over ``--shards`` files. moe-mask runs as the real CLI in a fresh process (peak 
 ``VmHWM``, bench/_harness.py): ``pruned`` (16 of 64 experts masked in every layer: written tensor by
 tensor) and ``remote`` (unequal sets: OLMoE has no router bias to put -inf in, so the other mode for
 unequal sets is ``remote``, which loads the model once; ``bias`` mode writes through the same tensor
-by tensor writer as ``pruned``). ``cp -r`` of the directory is the time baseline, run before and
-after the masks (the faster kept). Everything lives in a temporary directory, removed at the end.
+by tensor writer as ``pruned``). ``cp -r`` of the directory is the time baseline, run before, between
+and after the masks (the fastest kept; pruned runs twice, the faster kept; every timing starts after
+``sync``). Everything lives in a temporary directory, removed at the end.
 
     .venv/bin/python bench/bench_mask_sharded.py            # ~2.5 GB; writes bench/results/mask_sharded.json
     .venv/bin/python bench/bench_mask_sharded.py --quick    # 2 layers, d=256: the same measurements, ~30 MB
@@ -18,6 +19,7 @@ after the masks (the faster kept). Everything lives in a temporary directory, re
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -45,7 +47,14 @@ save_word_tokenizer(out, [f"w{i}" for i in range(100)])
 """
 
 
+def settle() -> None:
+    """Write back every dirty page before a timing: the previous run's output must not slow the next
+    one down through the kernel's writeback throttling (cp and moe-mask measured alike)."""
+    os.sync()
+
+
 def copy_seconds(source: Path, target: Path) -> float:
+    settle()
     started = time.perf_counter()
     subprocess.run(["cp", "-r", str(source), str(target)], check=True)
     elapsed = time.perf_counter() - started
@@ -81,7 +90,14 @@ def main() -> None:
         copies = [copy_seconds(root / "base", root / "copy")]
         runs = {}
         for mode, chosen in (("pruned", "equal.json"), ("remote", "unequal.json")):
+            settle()
             runs[mode] = run_mask(root / "base", root / chosen, root / mode)
+            if mode == "pruned":  # a second round, after another copy: the faster of each kept
+                copies.append(copy_seconds(root / "base", root / "copy"))
+                shutil.rmtree(root / mode)
+                settle()
+                again = run_mask(root / "base", root / chosen, root / mode)
+                runs[mode] = min(runs[mode], again, key=lambda run: run["mask_seconds"])
             written = sorted((root / mode).glob("*.safetensors"))
             runs[mode].update(files_written=len(written),
                               written_mb=round(sum(p.stat().st_size for p in written) / 2**20, 1))
