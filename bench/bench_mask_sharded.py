@@ -14,6 +14,9 @@ and after the masks (the fastest kept; pruned runs twice, the faster kept; every
 
     .venv/bin/python bench/bench_mask_sharded.py            # ~2.5 GB; writes bench/results/mask_sharded.json
     .venv/bin/python bench/bench_mask_sharded.py --quick    # 2 layers, d=256: the same measurements, ~30 MB
+    # OLMoE-1B-7B-0924 at its published size (13.8 GB; remote mode would need 2x that in memory):
+    .venv/bin/python bench/bench_mask_sharded.py --layers 16 --hidden 2048 --intermediate 1024 --vocab 50304 \
+        --shards 3 --modes pruned -o bench/results/mask_sharded_published_size.json
 """
 
 from __future__ import annotations
@@ -67,11 +70,14 @@ def main() -> None:
     options.add_argument("--layers", type=int, default=None, help="12 (--quick: 2)")
     options.add_argument("--hidden", type=int, default=None, help="1024 (--quick: 256)")
     options.add_argument("--intermediate", type=int, default=None, help="512 (--quick: 64)")
+    options.add_argument("--vocab", type=int, default=8192)
     options.add_argument("--shards", type=int, default=5)
+    options.add_argument("--modes", default="pruned,remote",
+                         help="pruned,remote; remote loads the whole model (2x the checkpoint in memory)")
     args = options.parse_args()
     for name, full, quick in (("layers", 12, 2), ("hidden", 1024, 256), ("intermediate", 512, 64)):
         setattr(args, name, getattr(args, name) or (quick if args.quick else full))
-    values = {**PUBLISHED_OLMOE, "vocab_size": 8192, "hidden_size": args.hidden, "intermediate_size": args.intermediate,
+    values = {**PUBLISHED_OLMOE, "vocab_size": args.vocab, "hidden_size": args.hidden, "intermediate_size": args.intermediate,
               "num_hidden_layers": args.layers, "num_attention_heads": 16, "num_key_value_heads": 16,
               "pad_token_id": 1, "bos_token_id": None, "eos_token_id": None}
     free = shutil.disk_usage(tempfile.gettempdir()).free
@@ -89,7 +95,9 @@ def main() -> None:
         (root / "unequal.json").write_text(json.dumps({"experts": unequal}))
         copies = [copy_seconds(root / "base", root / "copy")]
         runs = {}
-        for mode, chosen in (("pruned", "equal.json"), ("remote", "unequal.json")):
+        modes = [mode for mode in (("pruned", "equal.json"), ("remote", "unequal.json"))
+                 if mode[0] in args.modes.split(",")]
+        for mode, chosen in modes:
             settle()
             runs[mode] = run_mask(root / "base", root / chosen, root / mode)
             if mode == "pruned":  # a second round, after another copy: the faster of each kept
@@ -126,8 +134,9 @@ def main() -> None:
                        "build_seconds": round(built["wall_s"], 1)},
         "copy_seconds": [round(c, 3) for c in copies], "quarter_of_checkpoint_mb": round(bound, 1),
         "runtime_baseline_rss_mb": round(baseline, 1), "runtime_baseline_seconds": round(fixed["wall_s"], 2),
-        "masking": {"pruned (16 of 64 experts masked per layer)": runs["pruned"],
-                    "remote (16..23 of 64 experts masked per layer)": runs["remote"]},
+        "masking": {title: runs[mode] for mode, title in
+                    (("pruned", "pruned (16 of 64 experts masked per layer)"),
+                     ("remote", "remote (16..23 of 64 experts masked per layer)")) if mode in runs},
         "note": ("peak_rss_mb is the whole moe-mask process (VmHWM); runtime_baseline_rss_mb is the same imports "
                  "and the model on the meta device without weights "
                  "(runtime_baseline_seconds: that process's wall time, mostly importing transformers' modeling code; "
