@@ -49,7 +49,7 @@ def test_every_path_a_guide_names_exists(document):
 
 def test_each_checklist_states_its_count_and_its_test():
     for heading in ("Add a model family — 2 files", "Add an LLM backend — 2 files",
-                    "Add a routing metric to moe-score — 2 files", "Add a tool — 5 files"):
+                    "Add a routing metric to moe-score — 2 files", "Add a tool — 4 files"):
         assert f"## {heading}" in CONTRIBUTING
     named_tests = set(re.findall(r"tests/project/test_contributing\.py::(\w+)", CONTRIBUTING))
     defined = {name for name in globals() if name.startswith("test_")}
@@ -171,8 +171,6 @@ def command(name):
 
 main = command.main
 ''',
-    "tests/hello/__init__.py": '''"""Tests of moetools.hello (moetools/hello/)."""
-''',
     "tests/hello/test_hello.py": '''from moetools.hello import greet
 
 
@@ -182,8 +180,8 @@ def test_greet():
 }
 
 
-def test_a_tool_is_five_files(tmp_path):
-    """A copy of the checkout gains moe-hello from its 4 files and 1 pyproject line; the rest is generated."""
+def test_a_tool_is_four_files(tmp_path):
+    """A copy of the checkout gains moe-hello from its 3 files and 1 pyproject line; the rest is generated."""
     checkout = tmp_path / "checkout"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(ROOT / "moetools", checkout / "moetools", ignore=ignore)
@@ -213,7 +211,7 @@ def test_a_tool_is_five_files(tmp_path):
     assert "Print a greeting" in page and "moe\\-hello world" in page
     assert "moe-hello" in run(sys.executable, "-c", "from moetools.cli import TOOLS; print(list(TOOLS))")
     written = set(HELLO_FILES) | {"pyproject.toml"}
-    assert len(written) == 5
+    assert len(written) == 4
 
 
 # -- the tests' layout: tests/<package>/test_<topic>.py, tests/project/ for the checkout as a whole ----------
@@ -224,7 +222,8 @@ CROSS_CUTTING, DATA = "project", "fixtures"
 
 def test_every_test_file_is_in_its_package_folder():
     """CONTRIBUTING.md's layout rule: a test file's folder is the moetools package it tests (or project/),
-    each folder a package, the helpers at the root, no name repeating its folder's package."""
+    no ``__init__.py`` in a folder (pytest runs in importlib mode: a tool's tests are one file), the helpers
+    at the root, no name repeating its folder's package."""
     tests = ROOT / "tests"
     packages = {path.parent.name for path in (ROOT / "moetools").glob("*/__init__.py")}
     misplaced = []
@@ -241,12 +240,13 @@ def test_every_test_file_is_in_its_package_folder():
             misplaced.append(f"{relative}: one level only (tests/<package>/test_<topic>.py)")
         elif folder not in packages | {CROSS_CUTTING}:
             misplaced.append(f"{relative}: tests/{folder}/ is neither a moetools package nor tests/{CROSS_CUTTING}/")
-        elif path.name != "__init__.py" and not path.name.startswith("test_"):
+        elif path.name == "__init__.py":
+            misplaced.append(f"{relative}: no __init__.py in a folder (pytest's importlib mode names the module)")
+        elif not path.name.startswith("test_"):
             misplaced.append(f"{relative}: a helper in a package folder (helpers live at the root of tests/)")
         elif path.name.startswith(f"test_{folder}_"):
             misplaced.append(f"{relative}: the name repeats its folder (tests/{folder}/test_<topic>.py)")
     folders = [path for path in tests.iterdir() if path.is_dir() and path.name not in (DATA, "__pycache__")]
-    misplaced += [f"{path.name}/: no __init__.py" for path in folders if not (path / "__init__.py").is_file()]
     assert len(folders) >= 10 and not misplaced, f"tests outside the layout rule of CONTRIBUTING.md: {misplaced}"
 
 

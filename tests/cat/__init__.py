@@ -1,1 +1,0 @@
-"""Tests of moetools.cat (moetools/cat/)."""

@@ -1,1 +1,0 @@
-"""Tests of moetools.sample (moetools/sample/)."""

@@ -1,1 +1,0 @@
-"""Tests of moetools.score (moetools/score/)."""

@@ -1,1 +1,0 @@
-"""Tests of moetools.streams (moetools/streams/)."""

@@ -1,1 +1,0 @@
-"""Tests of moetools.study (moetools/study/)."""

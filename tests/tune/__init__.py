@@ -1,1 +1,0 @@
-"""Tests of moetools.tune (moetools/tune/)."""
