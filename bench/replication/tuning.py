@@ -16,6 +16,7 @@ over the other domains of tuned - base. Main: DAS experts gain more in-domain th
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from bench_tuning import base_losses, run_mode, split_corpus
 
@@ -45,7 +46,7 @@ def sets(ctx, seed: int) -> dict:
             ctx.tool("moe-select", "-q", scores, *how, "-o", paths[name], "--force")
         trace.unlink()
         return {"paths": paths, "per_layer": int(top),
-                "sets": {n: json.loads(open(p).read())["experts"] for n, p in paths.items()}}
+                "sets": {n: json.loads(Path(p).read_text())["experts"] for n, p in paths.items()}}
     return ctx.stage(NAME, seed, "sets", work)
 
 
