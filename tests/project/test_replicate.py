@@ -98,3 +98,12 @@ def test_quick_replication_end_to_end_then_resumed(tmp_path):
     assert "monet-train" not in second.stderr and "moe-probe" not in second.stderr
     assert stage_file.stat().st_mtime_ns == written
     assert again["replications"]["sparse_probing"]["main"] == main
+
+
+@pytest.mark.parametrize("args", [["--seeds", "a"], ["--seeds", ","]])
+def test_bad_seeds_are_one_line_and_exit_2(args, tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH / "replicate.py"), "--quick", *args, "-o", str(tmp_path / "r.json")],
+                          env={**os.environ, "MOETOOLS_HOME": str(tmp_path)}, cwd=ROOT, capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 2 and done.stderr.startswith("replicate: --seeds") and done.stderr.count("\n") == 1
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "replicate").exists()
