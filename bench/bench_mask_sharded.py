@@ -8,16 +8,21 @@ over ``--shards`` files. moe-mask runs as the real CLI in a fresh process (peak 
 ``VmHWM``, bench/_harness.py): ``pruned`` (16 of 64 experts masked in every layer: written tensor by
 tensor) and ``remote`` (unequal sets: OLMoE has no router bias to put -inf in, so the other mode for
 unequal sets is ``remote``, which loads the model once; ``bias`` mode writes through the same tensor
-by tensor writer as ``pruned``). ``cp -r`` of the directory is the time baseline, run before and
-after the masks (the faster kept). Everything lives in a temporary directory, removed at the end.
+by tensor writer as ``pruned``). ``cp -r`` of the directory is the time baseline, run before, between
+and after the masks (the fastest kept; pruned runs twice, the faster kept; every timing starts after
+``sync``). Everything lives in a temporary directory, removed at the end.
 
     .venv/bin/python bench/bench_mask_sharded.py            # ~2.5 GB; writes bench/results/mask_sharded.json
     .venv/bin/python bench/bench_mask_sharded.py --quick    # 2 layers, d=256: the same measurements, ~30 MB
+    # OLMoE-1B-7B-0924 at its published size (13.8 GB; remote mode would need 2x that in memory):
+    .venv/bin/python bench/bench_mask_sharded.py --layers 16 --hidden 2048 --intermediate 1024 --vocab 50304 \
+        --shards 3 --modes pruned -o bench/results/mask_sharded_published_size.json
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -45,7 +50,14 @@ save_word_tokenizer(out, [f"w{i}" for i in range(100)])
 """
 
 
+def settle() -> None:
+    """Write back every dirty page before a timing: the previous run's output must not slow the next
+    one down through the kernel's writeback throttling (cp and moe-mask measured alike)."""
+    os.sync()
+
+
 def copy_seconds(source: Path, target: Path) -> float:
+    settle()
     started = time.perf_counter()
     subprocess.run(["cp", "-r", str(source), str(target)], check=True)
     elapsed = time.perf_counter() - started
@@ -58,11 +70,14 @@ def main() -> None:
     options.add_argument("--layers", type=int, default=None, help="12 (--quick: 2)")
     options.add_argument("--hidden", type=int, default=None, help="1024 (--quick: 256)")
     options.add_argument("--intermediate", type=int, default=None, help="512 (--quick: 64)")
+    options.add_argument("--vocab", type=int, default=8192)
     options.add_argument("--shards", type=int, default=5)
+    options.add_argument("--modes", default="pruned,remote",
+                         help="pruned,remote; remote loads the whole model (2x the checkpoint in memory)")
     args = options.parse_args()
     for name, full, quick in (("layers", 12, 2), ("hidden", 1024, 256), ("intermediate", 512, 64)):
         setattr(args, name, getattr(args, name) or (quick if args.quick else full))
-    values = {**PUBLISHED_OLMOE, "vocab_size": 8192, "hidden_size": args.hidden, "intermediate_size": args.intermediate,
+    values = {**PUBLISHED_OLMOE, "vocab_size": args.vocab, "hidden_size": args.hidden, "intermediate_size": args.intermediate,
               "num_hidden_layers": args.layers, "num_attention_heads": 16, "num_key_value_heads": 16,
               "pad_token_id": 1, "bos_token_id": None, "eos_token_id": None}
     free = shutil.disk_usage(tempfile.gettempdir()).free
@@ -80,8 +95,17 @@ def main() -> None:
         (root / "unequal.json").write_text(json.dumps({"experts": unequal}))
         copies = [copy_seconds(root / "base", root / "copy")]
         runs = {}
-        for mode, chosen in (("pruned", "equal.json"), ("remote", "unequal.json")):
+        modes = [mode for mode in (("pruned", "equal.json"), ("remote", "unequal.json"))
+                 if mode[0] in args.modes.split(",")]
+        for mode, chosen in modes:
+            settle()
             runs[mode] = run_mask(root / "base", root / chosen, root / mode)
+            if mode == "pruned":  # a second round, after another copy: the faster of each kept
+                copies.append(copy_seconds(root / "base", root / "copy"))
+                shutil.rmtree(root / mode)
+                settle()
+                again = run_mask(root / "base", root / chosen, root / mode)
+                runs[mode] = min(runs[mode], again, key=lambda run: run["mask_seconds"])
             written = sorted((root / mode).glob("*.safetensors"))
             runs[mode].update(files_written=len(written),
                               written_mb=round(sum(p.stat().st_size for p in written) / 2**20, 1))
@@ -110,8 +134,9 @@ def main() -> None:
                        "build_seconds": round(built["wall_s"], 1)},
         "copy_seconds": [round(c, 3) for c in copies], "quarter_of_checkpoint_mb": round(bound, 1),
         "runtime_baseline_rss_mb": round(baseline, 1), "runtime_baseline_seconds": round(fixed["wall_s"], 2),
-        "masking": {"pruned (16 of 64 experts masked per layer)": runs["pruned"],
-                    "remote (16..23 of 64 experts masked per layer)": runs["remote"]},
+        "masking": {title: runs[mode] for mode, title in
+                    (("pruned", "pruned (16 of 64 experts masked per layer)"),
+                     ("remote", "remote (16..23 of 64 experts masked per layer)")) if mode in runs},
         "note": ("peak_rss_mb is the whole moe-mask process (VmHWM); runtime_baseline_rss_mb is the same imports "
                  "and the model on the meta device without weights "
                  "(runtime_baseline_seconds: that process's wall time, mostly importing transformers' modeling code; "

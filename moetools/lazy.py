@@ -1,6 +1,6 @@
 """Names a package exports without importing their modules until first used (PEP 562).
 
-So that ``import moetools.<package>`` (the commands' ``--help``, tests/test_startup.py) stays free of
+So that ``import moetools.<package>`` (the commands' ``--help``, tests/cli/test_startup.py) stays free of
 torch while the package still exports its tool's entry point::
 
     __getattr__ = lazy_exports(__name__, {"run_trace": "run"})

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import torch
 import transformers
-from tiny_models import save_word_tokenizer
+
+from tests.tiny_models import save_word_tokenizer
 
 WORDS = [f"w{i}" for i in range(60)]
 VOCAB = 96  # the word tokenizer's 62 ids fit

@@ -19,8 +19,9 @@ import json
 from pathlib import Path
 
 import torch
-from published_shapes import save_published_shape, shard_files
 from safetensors.torch import load_file, save_file
+
+from tests.published_shapes import save_published_shape, shard_files
 
 FP4_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
 FP8_BLOCK = 128

@@ -9,9 +9,9 @@ import json
 import re
 
 from click.testing import CliRunner
-from trace_factory import MODEL, make_records, write_trace
 
 from moetools.cli import load_command
+from tests.trace_factory import MODEL, make_records, write_trace
 
 
 def run_tool(name: str, args: list[str]) -> None:
@@ -65,7 +65,7 @@ def keep_labels(source, target, experts: set) -> None:
 
 def build_inputs(directory) -> dict:
     """Every input moe-report reads, for one synthetic model (2 layers x 8 experts)."""
-    from llm_stub import LLMStub
+    from tests.llm_stub import LLMStub
 
     paths = {name: directory / file for name, file in (
         ("trace", "trace.msgpack.zst"), ("samples", "samples.msgpack.zst"), ("labels", "labels.jsonl"),

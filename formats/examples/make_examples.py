@@ -5,7 +5,7 @@
 
 Everything is deterministic (no randomness, no dates, a fixed producing tool),
 so a rerun gives the same bytes with the same zstandard version. ``manifest.json``
-says for each file what a reader must do; tests/test_conformance.py checks
+says for each file what a reader must do; tests/project/test_conformance.py checks
 that moetools does exactly that, and README.md is rendered from the manifest.
 """
 
@@ -245,7 +245,7 @@ A conforming reader MUST accept every file under `valid/`, reading exactly the g
 data records in the given number of segments, and MUST reject every file under `invalid/` with the
 given error. The error classes are those of `moetools.errors`; the exit status is what every
 moetools tool (e.g. `moe-cat --check FILE`) returns, with a one-line message on stderr containing
-the given text. `tests/test_conformance.py` checks all of it.
+the given text. `tests/project/test_conformance.py` checks all of it.
 """
 
 

@@ -24,7 +24,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..errors import MoetoolsError
-from ..reporting import ProgressFactory, no_progress
+from ..progress import ProgressFactory, no_progress
 from ..streams import StreamReader, StreamWriter, check_compatible
 
 #: (name shown in messages, binary file) of one input; name None for stdin
@@ -151,7 +151,7 @@ def copy_streams(sources: Iterable[Source], out: BinaryIO, *, encoding: str | No
                  summary: Summary | None = None, progress: ProgressFactory = no_progress) -> Summary:
     """Re-encode ``sources`` onto ``out`` segment by segment; ``head`` stops after that many data records.
 
-    ``progress(description)`` (moetools.reporting) is advanced per data record copied.
+    ``progress(description)`` (moetools.progress) is advanced per data record copied.
 
     ``encoding=None`` keeps the first input's encoding; ``compress=None`` keeps
     its compression when the output is msgpack (zstd when the input is JSON lines).

@@ -8,7 +8,7 @@ import sys
 import click
 
 from .. import cat
-from ..reporting import no_progress
+from ..progress import no_progress
 from ..streams import strict_json
 from .common import open_input, open_output, output_guard, progress, say, state, tool
 

@@ -84,7 +84,7 @@ def warn(message: str) -> None:
 
 
 class _LibraryWarnings(logging.Handler):
-    """The library's warnings (``moetools.reporting.log_warning``) as this tool's ``tool: warning:`` lines."""
+    """The library's warnings (``moetools.progress.log_warning``) as this tool's ``tool: warning:`` lines."""
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.levelno >= logging.WARNING:
@@ -250,7 +250,7 @@ def tool_group(name: str, *, example: str, **group_kwargs):
 class FiniteFloat(click.FloatRange):
     """A float option that refuses ``nan``, ``inf`` and ``-inf`` (exit 2), optionally within a range.
 
-    Every float option of every tool uses it (tests/test_refusals_nonfinite.py checks): a NaN
+    Every float option of every tool uses it (tests/project/test_refusals_nonfinite.py checks): a NaN
     threshold compares false with everything and selects nothing, silently; an infinite learning
     rate trains to NaN. ``click.FloatRange`` alone lets both through (NaN passes every bound).
     """
@@ -411,7 +411,7 @@ class _RichProgress:
         from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
         from rich.text import Text
 
-        from ..reporting import format_amount, format_duration
+        from ..progress import format_amount, format_duration
 
         label = "" if unit in ("", "bytes") else f" {unit}"
 
@@ -470,7 +470,7 @@ def progress(description: str, total: float | None = None, unit: str = ""):
         return _NoProgress()
     if hasattr(sys.stderr, "isatty") and sys.stderr.isatty():
         return _RichProgress(description, total, unit)
-    from ..reporting import LineProgress
+    from ..progress import LineProgress
 
     def write(line: str) -> None:
         print(f"{state.tool}: {line}", file=sys.stderr, flush=True)

@@ -19,7 +19,7 @@ moe-eval models/olmoe --data wiki.jsonl --loss-definition lm-eval --max-length 4
 def _table(records: list[dict], paths: list[str]) -> None:
     from rich.table import Table
 
-    from ..reporting import table_console
+    from ..progress import table_console
 
     rolling = any("word_perplexity" in r for r in records)
     extra = ("word ppl", "byte ppl") if rolling else ()

@@ -6,7 +6,7 @@ Section 1 pages take NAME and DESCRIPTION from the command's docstring, SYNOPSIS
 and OPTIONS from its click parameters (the same text as ``--help``), EXIT STATUS
 from :data:`moetools.cli.common.EXIT_STATUS_TEXT`, EXAMPLES from the ``example``
 given to ``@tool``. The output does not depend on the terminal, the date or the
-machine, so that ``tests/test_manpages.py`` can compare the committed pages with
+machine, so that ``tests/cli/test_manpages.py`` can compare the committed pages with
 a fresh rendering. Tools whose module does not exist yet are skipped.
 """
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ..errors import EmptyInputError, FormatError, UsageError
-from ..reporting import Log, log_warning
+from ..progress import Log, log_warning
 from ..streams.files import is_stdio, open_input
 from ..streams.strict_json import read_object
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from ..reporting import ProgressFactory, no_progress
+from ..progress import ProgressFactory, no_progress
 
 
 def load_for_eval(path, *, dtype: str = "auto", device: str = "cpu"):
@@ -55,7 +55,7 @@ def evaluate(paths: list, *, data=None, choices=None, domain_field: str = "domai
              on_model: Callable[[str], None] | None = None, progress: ProgressFactory = no_progress) -> Iterator[dict]:
     """Yield ``model`` records then ``domain`` / ``choice`` records (formats/eval.md) for each model in turn.
 
-    ``progress(description, total, unit)`` (moetools.reporting) is advanced per batch of --data evaluated
+    ``progress(description, total, unit)`` (moetools.progress) is advanced per batch of --data evaluated
     (in documents, out of all of them) and per --choices item, one bar per model and part.
     ``loss_definition`` is one of :data:`moetools.eval.loss.LOSS_DEFINITIONS` (which tokens a domain's
     loss scores).

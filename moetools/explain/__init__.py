@@ -25,7 +25,7 @@ from collections.abc import Callable, Container, Iterable
 
 from ..lazy import lazy_exports
 from ..llm.cache import ResponseCache, default_cache_dir
-from ..reporting import ProgressFactory, no_progress
+from ..progress import ProgressFactory, no_progress
 from .method import ExplainAccounting, Explainer, ExplainJob, ExplainSettings
 from .parse import check_explanation, parse_explanation
 from .prompts import BUILTIN_DOMAINS, Domain, build_messages, load_domain
@@ -46,7 +46,7 @@ def run_sync(runner: ExplainRunner, records: Iterable[dict], emit: Callable[[dic
              only: Container | None = None) -> float:
     """Run ``runner`` to the end on a fresh event loop; returns the seconds it took.
 
-    ``progress(description)`` (moetools.reporting) is advanced per expert labelled (or failed);
+    ``progress(description)`` (moetools.progress) is advanced per expert labelled (or failed);
     ``only``: label just these (layer, expert) pairs (:func:`listed_experts`), skipping the rest.
     """
     started = time.perf_counter()

@@ -15,7 +15,7 @@ cut off after a function word ("... the pattern of"), and an answer the server c
 off at ``max_tokens`` (``finish_reason: "length"``) before its first sentence ended.
 
 A label must name a property of what the expert fires on. Two more rules, each seen from SmolLM2
-(tests/test_explain.py lists the real answers): a body that **restates the prompt** — it holds
+(tests/explain/test_explain.py lists the real answers): a body that **restates the prompt** — it holds
 :data:`RESTATED_WORDS` or more consecutive words of the explanation prompt (P_mono or the compact form,
 :mod:`moetools.explain.prompts`), as "a list of documents on which the expert is activated by the
 router" or "all the content that activates the expert" — and a body that **names no property** —

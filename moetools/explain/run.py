@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import MoetoolsError, UsageError
 from ..llm.cache import response_cache
-from ..reporting import Log, ProgressFactory, log_info, log_warning, no_progress
+from ..progress import Log, ProgressFactory, log_info, log_warning, no_progress
 from ..streams.files import open_stream_writer, read_input
 from . import listed_experts, make_runner, run_sync
 from .evidence import uniform_share

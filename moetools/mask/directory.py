@@ -11,15 +11,14 @@ swapped in for OUT at the end (moetools.streams.files.create_directory).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 from ..errors import UsageError
-from ..reporting import ProgressFactory, no_progress
+from ..progress import ProgressFactory, no_progress
 from ..streams import strict_json
-from ..streams.files import create_directory
+from ..streams.files import create_directory, file_sha256
 from ..streams.outputs import MARKER, check_output
 from . import remote, stream
 from .plan import MaskPlan, plan_mask
@@ -33,21 +32,13 @@ _NOT_COPIED = {"config.json", RECORD_FILE, MARKER}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".index.json", ".py", ".pyc")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
-
-
 def mask_record(plan: MaskPlan, identity: dict, chosen, experts_path) -> dict:
     """The ``moe_mask`` block of config.json / moe_mask.json (formats/mask.md)."""
     from .. import __version__
 
     source = None
     if experts_path not in (None, "-") and Path(experts_path).is_file():
-        source = {"path": str(Path(experts_path).resolve()), "sha256": _sha256(Path(experts_path))}
+        source = {"path": str(Path(experts_path).resolve()), "sha256": file_sha256(experts_path)}
     return {"version": MASK_VERSION, "tool": {"name": "moe-mask", "version": __version__},
             "semantics": SEMANTICS, **plan.record(), "base": identity,
             "experts": {"file": source, "model": getattr(chosen, "model", None),
@@ -111,7 +102,7 @@ def mask_directory(source, experts_path, out, *, force: bool = False, dtype: str
                    progress: ProgressFactory = no_progress) -> dict:
     """Mask the model in ``source`` with the experts file ``experts_path``; write the directory ``out``.
 
-    ``progress`` (a moetools.reporting factory) is advanced per tensor written (not in ``remote``
+    ``progress`` (a moetools.progress factory) is advanced per tensor written (not in ``remote``
     mode, where transformers' save_pretrained writes the weights).
 
     Returns the ``moe_mask`` record. UsageError/FormatError (exit 2) for a bad experts file, a set

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from ..errors import UsageError
-from ..reporting import ProgressFactory, no_progress
+from ..progress import ProgressFactory, no_progress
 from ..streams import strict_json
 from .plan import MaskPlan
 
@@ -175,6 +175,29 @@ def _copy_range(source, out, offset: int, count: int) -> None:
     out.flush()
 
 
+class _CopyRun:
+    """Stored tensors copied unchanged, merged while they lie back to back in the source: one
+    ``copy_file_range`` per run of kept tensors instead of one per tensor (a per-expert checkpoint
+    keeps thousands of small tensors in long runs between the dropped experts)."""
+
+    def __init__(self, handle, out, data_start: int):
+        self.handle, self.out, self.data_start = handle, out, data_start
+        self.start = self.end = None
+
+    def add(self, start: int, end: int) -> None:
+        if self.end is not None and start == self.end:
+            self.end = end
+            return
+        self.flush()
+        self.start, self.end = start, end
+
+    def flush(self) -> None:
+        if self.start is not None and self.end > self.start:
+            self.out.flush()
+            _copy_range(self.handle, self.out, self.data_start + self.start, self.end - self.start)
+        self.start = self.end = None
+
+
 def write_weights(source: Path, target: Path, plan: MaskPlan, *, dtype=None,
                   progress: ProgressFactory = no_progress) -> None:
     """Write the transformed weights of ``source`` into ``target`` (files + index when more than one).
@@ -186,7 +209,7 @@ def write_weights(source: Path, target: Path, plan: MaskPlan, *, dtype=None,
     the runtime is about one tensor, whatever the model's size; each output's header is planned first
     (on the meta device), so nothing is held back until a shard is complete.
 
-    ``progress(description, total)`` (moetools.reporting) is advanced per source tensor.
+    ``progress(description, total)`` (moetools.progress) is advanced per source tensor.
     """
     import torch
 
@@ -206,13 +229,13 @@ def write_weights(source: Path, target: Path, plan: MaskPlan, *, dtype=None,
             header, data_start = _header(path)
             with open(path, "rb") as handle, open(target / filename, "wb") as out:
                 out.write(_output_header(entries, metadata))
+                run = _CopyRun(handle, out, data_start)
                 for key, name, meta, unchanged in entries:
                     info = header[key]
                     if unchanged:
-                        start, end = info["data_offsets"]
-                        out.flush()
-                        _copy_range(handle, out, data_start + start, end - start)
+                        run.add(*info["data_offsets"])
                     else:
+                        run.flush()
                         _, tensor = transform(key, _read_tensor(handle, info, data_start, dtypes[info["dtype"]]),
                                               plan)
                         tensor = tensor.to(meta.dtype).contiguous()
@@ -224,6 +247,7 @@ def write_weights(source: Path, target: Path, plan: MaskPlan, *, dtype=None,
                     weight_map[name] = filename
                     total += meta.numel() * meta.element_size()
                     bar.advance()
+                run.flush()
         bar.advance(stored - sum(len(entries) for _, entries in kept))  # the tensors dropped
     if len(kept) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}

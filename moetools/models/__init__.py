@@ -11,6 +11,8 @@ Names are imported lazily, so importing this package (or any tool that never tou
 model) does not pay for importing torch.
 """
 
+from ..lazy import lazy_exports
+
 _LAZY = {
     "Adapter": "registry", "MoeLayer": "registry", "RoutingRule": "registry", "adapter_for": "registry",
     "register_adapter": "registry", "registered_adapters": "registry", "adapter_table": "registry",
@@ -19,12 +21,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["Adapter", "LoadedModel", "MoeLayer", "RoutingCapture", "RoutingRule", "adapter_for", "adapter_table",

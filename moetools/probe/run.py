@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import UsageError
-from ..reporting import Log, ProgressFactory, log_info, log_warning, no_progress
+from ..progress import Log, ProgressFactory, log_info, log_warning, no_progress
 from .causal import (
     OFFLINE_PROPOSER,
     CausalOptions,

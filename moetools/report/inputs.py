@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import FormatError, ModelMismatchError, UsageError
 from ..models.shared_routers import RouterFold, shared_routers
-from ..streams.files import is_stdio, read_input
+from ..streams.files import file_sha256, is_stdio, read_input
 
 STREAM_KINDS = ("trace", "samples", "labels", "scores", "eval")
 READ_ORDER = ("scores", "labels", "samples", "trace", "eval")
@@ -328,7 +328,7 @@ def load_inputs(paths, *, baseline=None, options: ReportOptions | None = None) -
         where = os.fspath(path)
         _adopt_model(data, chosen.model, where)
         data.sets.append((Path(path).stem, chosen))
-        data.set_files[Path(path).stem] = {"path": str(Path(path).resolve()), "sha256": _file_sha256(path)}
+        data.set_files[Path(path).stem] = {"path": str(Path(path).resolve()), "sha256": file_sha256(path)}
         data.sources.append({"path": where, "kind": "experts", "tool": (chosen.provenance.get("tool") or {}).get("name")})
     if later_eval:
         _check_eval_model(data, later_eval)
@@ -337,17 +337,6 @@ def load_inputs(paths, *, baseline=None, options: ReportOptions | None = None) -
         _check_baseline(data, reader.header, os.fspath(baseline))
         _read_trace(data, reader, os.fspath(baseline), baseline=True)
     return data
-
-
-def _file_sha256(path) -> str:
-    """``sha256:HEX`` of a file, as moe-mask records the experts.json it masked (formats/mask.md)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
 
 
 def _merge_shape(data: ReportData, header: dict) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ..reporting import ProgressFactory, no_progress
+from ..progress import ProgressFactory, no_progress
 from ..streams.files import read_input
 from .output import end_summary, expert_records, header_extra
 from .scorer import RoutingScorer, ScoreOptions, check_options_serve_metrics
@@ -28,7 +28,7 @@ def score_traces(paths, options: ScoreOptions, *, general_trace: str | None = No
                  rc_against: str | None = None, on_record=None, progress: ProgressFactory = no_progress):
     """Returns (header_extra, list of expert records, end summary, model identity of the first trace).
 
-    ``progress(description)`` (moetools.reporting) is advanced by the tokens of each trace record scored.
+    ``progress(description)`` (moetools.progress) is advanced by the tokens of each trace record scored.
     """
     given = {"--model": options.model_dir is not None, "--target-field": options.target_field is not None,
              "--rc-against": rc_against is not None, "--general": options.general != "rest"}

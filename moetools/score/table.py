@@ -13,7 +13,7 @@ def render_table(records: list[dict], domains: list[str], *, by: str, top: int, 
     """Print, per domain, the ``top`` (layer, expert) pairs by metric ``by`` with AF, DAS and skew."""
     from rich.table import Table
 
-    from ..reporting import table_console
+    from ..progress import table_console
 
     console = table_console(file=file, width=120)
     columns = list(dict.fromkeys([by, "af", "das", "prob"]))

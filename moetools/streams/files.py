@@ -211,5 +211,18 @@ def open_stream_writer(path, kind: str, fmt: str = "msgpack", uncompressed: bool
         writer.close(**getattr(writer, "end_extra", {}))
 
 
-__all__ = ["binary_stream", "check_output_directory", "create_directory", "create_output", "is_stdio", "open_input",
+def file_sha256(path: str | os.PathLike) -> str:
+    """``sha256:HEX`` of a file's bytes, read 1 MiB at a time: how moe-mask records the experts.json it masked
+    and moe-report the sets it shows (formats/mask.md), so that the two can be compared."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+__all__ = ["binary_stream", "check_output_directory", "create_directory", "create_output", "file_sha256", "is_stdio",
+           "open_input",
            "open_stream_writer", "open_text_input", "partial_path", "read_input", "write_file_atomic"]

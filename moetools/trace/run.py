@@ -5,7 +5,7 @@
 
 Usable from Python without the CLI (no click): the caller passes what to do with
 messages (``log``, ``warn``), a progress-bar factory (``progress``) and the header's
-``tool`` field (:mod:`moetools.reporting`); ``moetools.cli.trace`` passes its own.
+``tool`` field (:mod:`moetools.progress`); ``moetools.cli.trace`` passes its own.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .. import __version__
 from ..errors import FormatError, TruncatedStreamError, UsageError
 from ..models import model_identity
 from ..models.loader import load_model
-from ..reporting import BytesRead, Log, ProgressFactory, log_info, log_warning, no_progress
+from ..progress import BytesRead, Log, ProgressFactory, log_info, log_warning, no_progress
 from ..streams.files import is_stdio, open_input, open_stream_writer, partial_path
 from .corpus import parse_shard, read_documents
 from .runner import (

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
-from ..reporting import ProgressBar, ProgressFactory, log_warning, no_progress
+from ..progress import ProgressBar, ProgressFactory, log_warning, no_progress
 from ..streams.outputs import check_output, finish_training_directory, prepare_training_directory
 from ..train.data import block_indices
 from ..training import sharding
@@ -489,7 +489,7 @@ class Tuner(TunerCheckpoints):
 def tune(options: TuneOptions, on_log=None, progress: ProgressFactory = no_progress, on_note=None) -> dict:
     """Run moe-tune per ``options``; write ``OUTPUT/`` (adapter, log, checkpoint); return a summary.
 
-    ``progress(description, total)`` (moetools.reporting) is advanced per optimizer step; ``on_note(text)``
+    ``progress(description, total)`` (moetools.progress) is advanced per optimizer step; ``on_note(text)``
     gets one-line notes (e.g. that a shared router's expert trains in every layer of its group).
     """
     tuner = Tuner(options, on_log=on_log, on_note=on_note)

@@ -9,6 +9,8 @@ transformers, so only code that loads a model imports it. :func:`register` is id
 
 from __future__ import annotations
 
+from ...lazy import lazy_exports
+
 _LAZY = {
     "MonetConfig": "configuration_monet",
     "monet_config_problems": "configuration_monet",
@@ -44,12 +46,7 @@ def register() -> None:
     register_models()
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["MonetConfig", "MonetForCausalLM", "MonetModel", "MonetPreTrainedModel",
