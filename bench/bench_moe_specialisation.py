@@ -10,9 +10,11 @@ copy on the demo's slice (``moetools.demo.balanced_slice``, 4,000 tokens per dom
 - ``significant``: experts per layer passing MONET's 2x skew criterion (paper 004 §5.1) with
   q < 0.05 in moe-score's permutation test (``moetools.score.permutation``), trained and random-init;
 - ``excess``: significant trained − significant random-init (summed over the layers);
-- ``max_share_vs_uniform``: per layer, the largest share of a domain's routing slots one expert
-  takes, over the domains, divided by uniform (1/E of the slots = k/E of the tokens); a layer above
-  3x uniform counts as collapsed (two of 8 experts taking every token with k = 2 is 4x);
+- ``max_share_vs_uniform``: per layer, the busiest expert's share of all the layer's routing slots
+  (every domain together) divided by uniform (1/E of the slots = k/E of the tokens); a layer above
+  3x uniform counts as collapsed (two of 8 experts taking every token with k = 2 is 4x). The worst
+  single domain's figure is recorded beside it (``worst_domain_vs_uniform``): an expert taking most of
+  one domain's tokens is specialisation, not collapse, and a random-init copy already reaches 5-7x there;
 - ``health``: moe-score's routing health per layer (``moetools.score.health``: entropy_norm, collapsed);
 - eval loss and training time (s/step).
 
@@ -25,6 +27,7 @@ best by excess among those without collapse, else by excess, named with what it 
     .venv/bin/python bench/bench_moe_specialisation.py --only e16-k2-aux0.1   # one (repeatable)
     .venv/bin/python bench/bench_moe_specialisation.py --list
     .venv/bin/python bench/bench_moe_specialisation.py --quick   # e8-k2-aux0.1 at 100 steps, 1000 tokens/domain
+    .venv/bin/python bench/bench_moe_specialisation.py --rescore # the figures again from the kept scores files
 
 Trained models are kept under ``$MOETOOLS_HOME/bench_moe_specialisation/<name>/`` (a rerun reuses
 them); results go to ``bench/results/moe_specialisation.json``.
@@ -44,8 +47,7 @@ from _harness import measured_python, parser, read_result, write_result
 
 from moetools.demo import balanced_slice, model_is_complete
 from moetools.demo.run import DEFAULT_STEPS, DEFAULT_TOKENS_PER_DOMAIN
-from moetools.score.health import DOMAIN_COLLAPSE_FACTOR as COLLAPSE_FACTOR
-from moetools.score.health import domain_max_share
+from moetools.score.health import COLLAPSE_FACTOR, max_share_vs_uniform
 from moetools.score.specialisation import random_init_copy
 
 LR = 1e-3  # the demo's (moetools.demo.run.DEFAULT_RECIPES)
@@ -115,6 +117,12 @@ def score(model: Path, sample: Path, work: Path, permutations: int) -> dict:
                                 "--force"])
     score_s = run("moe-score", [str(trace_path), "-q", "--permutations", str(permutations),
                                 "-o", str(scores_path), "--force"])
+    trace_path.unlink()
+    return {**figures(scores_path), "trace_s": round(trace_s, 1), "score_s": round(score_s, 1)}
+
+
+def figures(scores_path: Path) -> dict:
+    """Per-layer figures from moe-score's output (kept beside the models: ``--rescore`` reads them again)."""
     records = [json.loads(line) for line in scores_path.read_text().splitlines() if line.strip()]
     header, summary = records[0], records[-1]["summary"]
     layers = [str(layer) for layer in header["layers"]]
@@ -126,19 +134,18 @@ def score(model: Path, sample: Path, work: Path, permutations: int) -> dict:
             for d, domain in enumerate(domains):
                 routed[d, layers.index(str(record["layer"])), record["expert"]] = \
                     record["domains"][domain].get("routed") or 0
-    max_share = {layer: {**worst, "domain": None if worst["domain"] is None else domains[worst["domain"]]}
-                 for layer, worst in zip(layers, domain_max_share(routed))}
+    max_share = {layer: {**worst, "worst_domain": None if worst["worst_domain"] is None else
+                         domains[worst["worst_domain"]]}
+                 for layer, worst in zip(layers, max_share_vs_uniform(routed))}
     skew = summary["skew"]
     health = {layer: {key: value[key] for key in ("entropy_norm", "max_share", "collapsed")}
               for layer, value in summary["health"]["layers"].items()}
-    trace_path.unlink()
     return {"experts": experts, "significant": {layer: skew["significant"][layer] for layer in layers},
             "significant_total": skew["significant_total"],
             "specialised": {layer: skew["specialised"][layer] for layer in layers},
             "expected_under_null": {layer: round(skew["expected_under_null"][layer], 1) for layer in layers},
             "max_share_vs_uniform": max_share, "worst_max_share_vs_uniform": max(v["vs_uniform"] for v in max_share.values()),
-            "health": health, "permutations": skew["permutations"],
-            "trace_s": round(trace_s, 1), "score_s": round(score_s, 1)}
+            "health": health, "permutations": skew["permutations"]}
 
 
 def verdict(trained: dict, random: dict) -> dict:
@@ -186,6 +193,23 @@ def pick(section: dict) -> dict | None:
                     "largest excess, then lowest eval loss; else the best without collapse"}
 
 
+def rescore(args) -> int:
+    """The figures, verdicts and pick again from the scores files a sweep kept (no training, no tracing)."""
+    latest = read_result(args.output)
+    latest.pop("machine", None)
+    root = home() / "bench_moe_specialisation"
+    for name, entry in latest.get("configurations", {}).items():
+        for key, kind in (("trained", "trained"), ("random_init", "random")):
+            seconds = {k: entry[key][k] for k in ("trace_s", "score_s") if k in entry[key]}
+            entry[key] = {**figures(root / f"{name}.{kind}.scores.jsonl"), **seconds}
+        entry["verdict"] = verdict(entry["trained"], entry["random_init"])
+        print(f"{name}: max share vs uniform {entry['trained']['worst_max_share_vs_uniform']}x -> "
+              f"{'PASS' if entry['verdict']['pass'] else entry['verdict']['misses']}")
+    latest["pick"] = pick(latest.get("configurations", {}))
+    write_result(args, latest)
+    return 0
+
+
 def main(argv=None) -> int:
     made = parser(__doc__, "moe_specialisation")
     made.add_argument("--only", action="append", choices=sorted(CONFIGURATIONS), default=[])
@@ -195,7 +219,11 @@ def main(argv=None) -> int:
                       help="tokenizer directory (default: the first configuration trains the demo's BPE, "
                            "the others reuse it)")
     made.add_argument("--permutations", type=int, default=None, help="1000 (--quick: 200)")
+    made.add_argument("--rescore", action="store_true",
+                      help="recompute every recorded configuration's figures and verdict from its kept scores files")
     args = made.parse_args(argv)
+    if args.rescore:
+        return rescore(args)
     args.permutations = args.permutations or (200 if args.quick else 1000)
     args.steps = 100 if args.quick else DEFAULT_STEPS
     budget = 1000 if args.quick else DEFAULT_TOKENS_PER_DOMAIN

@@ -371,10 +371,12 @@ def skew_significance_lines(scores: Path, random_scores: Path, shortened: str | 
 
 
 def collapse_lines(scores: Path) -> list[str]:
-    """The collapse check beside the verdict: per layer (router), the largest share one expert takes of a
-    domain's routing slots against uniform (1/E), from the scores' per-domain ``routed`` counts
-    (``moetools.score.health.domain_max_share``); above 3x uniform a layer is named as collapsed."""
-    from ..score.health import DOMAIN_COLLAPSE_FACTOR, domain_max_share
+    """The collapse check beside the verdict: per layer (router), the busiest expert's share of all its
+    routing slots (every domain together) against uniform (1/E), from the scores' per-domain ``routed``
+    counts (``moetools.score.health.max_share_vs_uniform``); above 3x uniform a layer is named as
+    collapsed. The worst single domain's figure is shown beside it: a specialised expert may take most of
+    one domain's tokens without the layer collapsing."""
+    from ..score.health import COLLAPSE_FACTOR, max_share_vs_uniform
     from ..streams.files import read_input
 
     try:
@@ -395,16 +397,17 @@ def collapse_lines(scores: Path) -> list[str]:
             if value is None or int(record["layer"]) not in index:
                 return []  # scored without the routed counts: nothing to check
             routed[d, index[int(record["layer"])], int(record["expert"])] = value
-    worst = domain_max_share(routed)
-    shares = ", ".join(f"{layer} {w['vs_uniform']:.1f}x" for layer, w in zip(layers, worst)
+    worst = max_share_vs_uniform(routed)
+    shares = ", ".join(f"{layer} {w['vs_uniform']:.1f}x ({domains[w['worst_domain']]} "
+                       f"{w['worst_domain_vs_uniform']:.1f}x)" for layer, w in zip(layers, worst)
                        if w["vs_uniform"] is not None)
     above = [(layer, w) for layer, w in zip(layers, worst)
-             if w["vs_uniform"] is not None and w["vs_uniform"] > DOMAIN_COLLAPSE_FACTOR]
-    verdict = (f"no layer above {DOMAIN_COLLAPSE_FACTOR:g}x uniform" if not above else
-               "COLLAPSED: " + "; ".join(f"layer {layer} (expert {w['expert']} takes {w['vs_uniform']:.1f}x uniform "
-                                         f"of {domains[w['domain']]}'s routing)" for layer, w in above))
-    line = (f"collapse check, max expert share of a domain's routing per layer vs uniform 1/{count} "
-            f"(worst domain): {shares}: {verdict}")
+             if w["vs_uniform"] is not None and w["vs_uniform"] > COLLAPSE_FACTOR]
+    verdict = (f"no layer above {COLLAPSE_FACTOR:g}x uniform" if not above else
+               "COLLAPSED: " + "; ".join(f"layer {layer} (expert {w['expert']} takes {w['vs_uniform']:.1f}x "
+                                         "uniform of all its routing)" for layer, w in above))
+    line = (f"collapse check, busiest expert's share of all routing per layer vs uniform 1/{count} "
+            f"(in brackets: the worst single domain): {shares}: {verdict}")
     return [line]
 
 

@@ -383,17 +383,21 @@ def _routed_scores(path, routed):
 
 def test_collapse_check_names_layers_above_three_times_uniform(tmp_path):
     from moetools.demo.chain import collapse_lines
-    from moetools.score.health import domain_max_share
+    from moetools.score.health import max_share_vs_uniform
 
     even = [10, 10, 10, 10, 10, 10, 10, 10]
-    # layer 1: two of 8 experts take every slot of domain b (k = 2): 4x uniform, the demo's collapsed layer
+    # layer 1: two of 8 experts take every slot of both domains (k = 2): 4x uniform, the demo's collapsed layer
     collapsed = [0, 0, 40, 40, 0, 0, 0, 0]
-    path = _routed_scores(tmp_path / "s.jsonl", {0: {"a": even, "b": even}, 1: {"a": even, "b": collapsed}})
+    path = _routed_scores(tmp_path / "s.jsonl", {0: {"a": even, "b": even}, 1: {"a": collapsed, "b": collapsed}})
     [line] = collapse_lines(path)
-    assert "vs uniform 1/8 (worst domain): 0 1.0x, 1 4.0x:" in line
-    assert line.endswith("COLLAPSED: layer 1 (expert 2 takes 4.0x uniform of b's routing)")
+    assert "vs uniform 1/8 (in brackets: the worst single domain): 0 1.0x (a 1.0x), 1 4.0x (a 4.0x):" in line
+    assert line.endswith("COLLAPSED: layer 1 (expert 2 takes 4.0x uniform of all its routing)")
+    # specialisation is not collapse: experts 0-1 take all of domain a, experts 2-7 all of domain b
+    special_a, special_b = [40, 40, 0, 0, 0, 0, 0, 0], [0, 0, 13, 13, 13, 13, 14, 14]
+    [line] = collapse_lines(_routed_scores(tmp_path / "d.jsonl", {0: {"a": special_a, "b": special_b}}))
+    assert line.endswith("0 2.0x (a 4.0x): no layer above 3x uniform")
     mild = [20, 20, 10, 10, 5, 5, 5, 5]  # 2.0x: busy experts, not a collapse
     [line] = collapse_lines(_routed_scores(tmp_path / "m.jsonl", {0: {"a": even, "b": mild}}))
-    assert line.endswith("0 2.0x: no layer above 3x uniform")
-    assert domain_max_share(np.zeros((2, 1, 4)))[0]["vs_uniform"] is None
+    assert line.endswith("no layer above 3x uniform") and " 0 1.5x (b 2.0x)" in line
+    assert max_share_vs_uniform(np.zeros((2, 1, 4)))[0]["vs_uniform"] is None
     assert collapse_lines(tmp_path / "missing.jsonl") == []
