@@ -384,6 +384,7 @@ def collapse_lines(scores: Path) -> list[str]:
         experts = [record for record in reader if record.get("type") == "expert"]
     except (MoetoolsError, OSError):
         return []
+    health = (((reader.ends[-1] if reader.ends else {}).get("summary") or {}).get("health") or {}).get("layers") or {}
     layers = [int(layer) for layer in reader.header.get("layers") or []]
     domains = list(reader.header.get("domains") or [])
     count = int(reader.header.get("num_experts") or 0)
@@ -405,10 +406,20 @@ def collapse_lines(scores: Path) -> list[str]:
              if w["vs_uniform"] is not None and w["vs_uniform"] > COLLAPSE_FACTOR]
     verdict = (f"no layer above {COLLAPSE_FACTOR:g}x uniform" if not above else
                "COLLAPSED: " + "; ".join(f"layer {layer} (expert {w['expert']} takes {w['vs_uniform']:.1f}x "
-                                         "uniform of all its routing)" for layer, w in above))
+                                         f"uniform of all its routing{_health_words(health.get(str(layer)), count)})"
+                                         for layer, w in above))
     line = (f"collapse check, busiest expert's share of all routing per layer vs uniform 1/{count} "
             f"(in brackets: the worst single domain): {shares}: {verdict}")
     return [line]
+
+
+def _health_words(layer: dict | None, experts: int) -> str:
+    """moe-score's routing health of a layer, beside the collapse verdict: how spread its routing is."""
+    if not layer or layer.get("entropy_norm") is None:
+        return ""
+    dead = len(layer.get("dead") or [])
+    return (f"; routing entropy {layer['entropy_norm']:.2f} of its maximum, {dead} of {experts} experts "
+            "dead (moe-score's health)")
 
 
 def _judged_line(path: Path) -> str:

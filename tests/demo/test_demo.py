@@ -401,3 +401,12 @@ def test_collapse_check_names_layers_above_three_times_uniform(tmp_path):
     assert line.endswith("no layer above 3x uniform") and " 0 1.5x (b 2.0x)" in line
     assert max_share_vs_uniform(np.zeros((2, 1, 4)))[0]["vs_uniform"] is None
     assert collapse_lines(tmp_path / "missing.jsonl") == []
+
+
+def test_collapse_verdict_carries_the_layers_routing_health():
+    from moetools.demo.chain import _health_words
+
+    layer = {"entropy_norm": 0.7637, "dead": [0, 18, 39], "collapsed": False}
+    assert _health_words(layer, 256) == ("; routing entropy 0.76 of its maximum, 3 of 256 experts dead "
+                                         "(moe-score's health)")
+    assert _health_words(None, 8) == "" and _health_words({"entropy_norm": None}, 8) == ""
