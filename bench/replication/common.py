@@ -157,7 +157,9 @@ class Context:
     def recipe(self, arch: str) -> Recipe:
         """The demo's MoE and MONET-VD recipes (moetools.demo.run.DEFAULT_RECIPES); dense = the MoE's, --arch llama."""
         recipes = {recipe.name: recipe for recipe in DEFAULT_RECIPES}
-        return dataclasses.replace(recipes["moe"], name="dense", arch="llama") if arch == "dense" else recipes[arch]
+        if arch == "dense":  # the MoE's training flags, none of its router's keys (a dense model has no router)
+            return dataclasses.replace(recipes["moe"], name="dense", arch="llama", model_config={})
+        return recipes[arch]
 
     def model(self, arch: str, seed: int) -> Path:
         """The ``arch`` model of ``seed`` (moe, monet-vd, dense), trained once with monet-train; the MoE's BPE
