@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export MOETOOLS_HOME ?= $(CURDIR)/.moetools
 
-.PHONY: install bin sources browser manual test test-all demo models lint man bench clean
+.PHONY: install bin sources browser manual test test-all demo models replicate lint man bench clean
 
 install: $(STAMP)
 
@@ -67,6 +67,11 @@ demo: install sources
 
 models: install sources
 	$(PY) -m moetools.cli.main models
+
+# the papers' findings over seeds 0,1,2 with 95% intervals -> bench/results/replication.json and README's table
+# (about an hour on 2 idle cores; resumable: run it again after a kill; `bench/replicate.py --device cuda` on a GPU)
+replicate: install sources
+	$(PY) bench/replicate.py
 
 lint: install
 	$(PY) -m ruff check moetools tests bench

@@ -142,6 +142,25 @@ def measured_python(arguments: list[str], *, env: dict | None = None, cwd: Path 
             "stderr": done.stderr}
 
 
+def moetools_home() -> Path:
+    """Where the benchmarks keep what they train (``$MOETOOLS_HOME``, else the checkout's .moetools/)."""
+    return Path(os.environ.get("MOETOOLS_HOME", ROOT / ".moetools"))
+
+
+#: what bin/_launch runs: the tool's click command, here under :func:`measured_python`'s measurement
+LAUNCH = ("import sys; from moetools.cli import load_command; "
+          "load_command(sys.argv[1]).main(args=sys.argv[2:], prog_name=sys.argv[1])")
+
+
+def run_tool(tool: str, arguments: list[str], *, bench: str) -> float:
+    """Run one of the suite's tools in a fresh, measured process; its wall seconds (a failure ends ``bench``)."""
+    done = measured_python(["-c", LAUNCH, tool, *arguments], check=False)
+    if done["returncode"] != 0:
+        raise SystemExit(f"{bench}: {tool} {' '.join(arguments[:1])} failed "
+                         f"(exit {done['returncode']}):\n{done['stderr'].strip()[-2000:]}")
+    return done["wall_s"]
+
+
 def _run_child(report: str, arguments: list[str]) -> int:
     """The ``--measure-child`` side: run ``python ARGUMENTS`` here, then write cpu_s and peak_rss_mb."""
     code = 0

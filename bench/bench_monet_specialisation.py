@@ -32,13 +32,11 @@ results are merged into ``bench/results/specialisation.json`` under ``monet_conf
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from _harness import ROOT as REPO
-from _harness import measured_python, parser, read_result, write_result
+from _harness import moetools_home, parser, read_result, run_tool, write_result
 
 from moetools.demo import balanced_slice, model_is_complete
 from moetools.score.specialisation import random_init_copy
@@ -61,22 +59,12 @@ CONFIGURATIONS = {
 }
 
 
-def home() -> Path:
-    return Path(os.environ.get("MOETOOLS_HOME", REPO / ".moetools"))
-
-
-#: what bin/_launch runs: the tool's click command, here under bench/_harness.py's measurement
-LAUNCH = ("import sys; from moetools.cli import load_command; "
-          "load_command(sys.argv[1]).main(args=sys.argv[2:], prog_name=sys.argv[1])")
+home = moetools_home
 
 
 def run(tool: str, arguments: list[str]) -> float:
     """Run ``tool`` in a fresh process; its wall seconds."""
-    done = measured_python(["-c", LAUNCH, tool, *arguments], check=False)
-    if done["returncode"] != 0:
-        raise SystemExit(f"bench_monet_specialisation: {tool} {' '.join(arguments[:1])} failed "
-                         f"(exit {done['returncode']}):\n{done['stderr'].strip()[-2000:]}")
-    return done["wall_s"]
+    return run_tool(tool, arguments, bench="bench_monet_specialisation")
 
 
 def train(name: str, out: Path, corpus: Path, tokenizer: Path | None) -> dict:

@@ -44,6 +44,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import MoetoolsError
 from ..streams.files import partial_path
 from .cache import forget, run_cached
@@ -285,6 +287,8 @@ def summarise_chain(made: dict, shortened: str | None = None) -> list[str]:
     lines = []
     if made.get("scores") and made.get("random_scores"):
         lines.extend(skew_significance_lines(made["scores"], made["random_scores"], shortened=shortened))
+    if made.get("scores"):
+        lines.extend(collapse_lines(made["scores"]))
     if made["joined"].is_file():
         lines.append(f"{made.get('labels_name', 'offline')} labels judged on held-out contexts by "
                      f"{made.get('judge_name', 'the embedding scorer')}: {_judged_line(made['joined'])}")
@@ -364,6 +368,58 @@ def skew_significance_lines(scores: Path, random_scores: Path, shortened: str | 
     if shortened:
         verdict += f" — on a SHORTENED model ({shortened}): not the verdict of the full budget"
     return [f"{line} [random-init {figures(random)}]: {verdict}"]
+
+
+def collapse_lines(scores: Path) -> list[str]:
+    """The collapse check beside the verdict: per layer (router), the busiest expert's share of all its
+    routing slots (every domain together) against uniform (1/E), from the scores' per-domain ``routed``
+    counts (``moetools.score.health.max_share_vs_uniform``); above 3x uniform a layer is named as
+    collapsed. The worst single domain's figure is shown beside it: a specialised expert may take most of
+    one domain's tokens without the layer collapsing."""
+    from ..score.health import COLLAPSE_FACTOR, max_share_vs_uniform
+    from ..streams.files import read_input
+
+    try:
+        reader = read_input(scores, kinds="scores")
+        experts = [record for record in reader if record.get("type") == "expert"]
+    except (MoetoolsError, OSError):
+        return []
+    health = (((reader.ends[-1] if reader.ends else {}).get("summary") or {}).get("health") or {}).get("layers") or {}
+    layers = [int(layer) for layer in reader.header.get("layers") or []]
+    domains = list(reader.header.get("domains") or [])
+    count = int(reader.header.get("num_experts") or 0)
+    if not experts or not layers or not domains or count < 1:
+        return []
+    routed = np.zeros((len(domains), len(layers), count))
+    index = {layer: i for i, layer in enumerate(layers)}
+    for record in experts:
+        for d, domain in enumerate(domains):
+            value = (record.get("domains") or {}).get(domain, {}).get("routed")
+            if value is None or int(record["layer"]) not in index:
+                return []  # scored without the routed counts: nothing to check
+            routed[d, index[int(record["layer"])], int(record["expert"])] = value
+    worst = max_share_vs_uniform(routed)
+    shares = ", ".join(f"{layer} {w['vs_uniform']:.1f}x ({domains[w['worst_domain']]} "
+                       f"{w['worst_domain_vs_uniform']:.1f}x)" for layer, w in zip(layers, worst)
+                       if w["vs_uniform"] is not None)
+    above = [(layer, w) for layer, w in zip(layers, worst)
+             if w["vs_uniform"] is not None and w["vs_uniform"] > COLLAPSE_FACTOR]
+    verdict = (f"no layer above {COLLAPSE_FACTOR:g}x uniform" if not above else
+               "COLLAPSED: " + "; ".join(f"layer {layer} (expert {w['expert']} takes {w['vs_uniform']:.1f}x "
+                                         f"uniform of all its routing{_health_words(health.get(str(layer)), count)})"
+                                         for layer, w in above))
+    line = (f"collapse check, busiest expert's share of all routing per layer vs uniform 1/{count} "
+            f"(in brackets: the worst single domain): {shares}: {verdict}")
+    return [line]
+
+
+def _health_words(layer: dict | None, experts: int) -> str:
+    """moe-score's routing health of a layer, beside the collapse verdict: how spread its routing is."""
+    if not layer or layer.get("entropy_norm") is None:
+        return ""
+    dead = len(layer.get("dead") or [])
+    return (f"; routing entropy {layer['entropy_norm']:.2f} of its maximum, {dead} of {experts} experts "
+            "dead (moe-score's health)")
 
 
 def _judged_line(path: Path) -> str:

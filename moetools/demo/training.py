@@ -155,6 +155,11 @@ def train_to_budget(recipe, corpus: Path, directory: Path, steps: int, max_minut
     start_step = ((_read_json(directory / "checkpoint" / "trainer_state.json") or {}).get("step") or 0
                   if checkpoint else 0)
     args = " ".join(shlex.quote(arg) for arg in recipe.train_args)
+    if recipe.model_config:  # keys without a flag (the MoE's num_experts, router_aux_loss_coef): a --config file
+        config = directory.parent / f"{recipe.name}.config.json"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(json.dumps(recipe.model_config, sort_keys=True) + "\n", encoding="utf-8")
+        args = f"--config {shlex.quote(str(config))} {args}".strip()
     cap = "" if max_minutes is None else f" --max-minutes {max_minutes:g}"
     run_shell(f"monet-train --arch {recipe.arch} --data {shlex.quote(str(corpus / 'train.jsonl'))} "
               f"-o {shlex.quote(str(directory))} --steps {steps}{cap} "

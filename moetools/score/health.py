@@ -90,6 +90,40 @@ def flagged(layer: dict) -> list[str]:
     return words
 
 
+#: a layer whose busiest expert takes more than this multiple of the uniform share (1/E) of all its routing
+#: slots, every domain together, counts as collapsed in the demo's collapse check (two of 8 experts taking
+#: every token with k = 2 is 4x). Judged on all domains together: one expert taking most of one domain's
+#: tokens is specialisation, not collapse (the per-domain figure is reported beside it).
+COLLAPSE_FACTOR = 3.0
+
+
+def max_share_vs_uniform(routed: np.ndarray) -> list[dict]:
+    """Per layer, the busiest expert's share of the layer's routing slots against uniform.
+
+    ``routed``: (D, L, E) routed counts per domain. Returns, per layer index, ``{"vs_uniform": max over
+    experts of Σ_d routed / Σ_d,e routed · E, "expert": id, "worst_domain_vs_uniform": the same within one
+    domain (max over domains), "worst_domain": index}`` (None where no domain routed a token there);
+    1 = every expert equally busy."""
+    routed = np.asarray(routed, dtype=np.float64)
+    experts = routed.shape[-1]
+    pooled = routed.sum(axis=0)                                   # (L, E)
+    pooled_total = pooled.sum(axis=-1, keepdims=True)
+    pooled_ratio = np.divide(pooled, pooled_total, out=np.zeros_like(pooled), where=pooled_total > 0) * experts
+    totals = routed.sum(axis=-1, keepdims=True)
+    ratio = np.divide(routed, totals, out=np.zeros_like(routed), where=totals > 0) * experts  # (D, L, E)
+    out = []
+    for layer in range(routed.shape[1]):
+        if not pooled_total[layer, 0] > 0:
+            out.append({"vs_uniform": None, "expert": None, "worst_domain_vs_uniform": None, "worst_domain": None})
+            continue
+        block = ratio[:, layer, :]
+        domain, _ = np.unravel_index(int(block.argmax()), block.shape)
+        out.append({"vs_uniform": round(float(pooled_ratio[layer].max()), 3),
+                    "expert": int(pooled_ratio[layer].argmax()),
+                    "worst_domain_vs_uniform": round(float(block.max()), 3), "worst_domain": int(domain)})
+    return out
+
+
 def summary(routed: np.ndarray, tokens: float, top_k: int, layers: list) -> tuple[dict, dict]:
     """(per-expert arrays, the end record's ``summary.health``)."""
     per_expert = expert_health(routed, tokens, top_k)
@@ -97,4 +131,4 @@ def summary(routed: np.ndarray, tokens: float, top_k: int, layers: list) -> tupl
                         "layers": layer_health(per_expert, layers)}
 
 
-__all__ = ["THRESHOLDS", "expert_health", "flagged", "layer_health", "summary"]
+__all__ = ["COLLAPSE_FACTOR", "THRESHOLDS", "expert_health", "flagged", "layer_health", "max_share_vs_uniform", "summary"]

@@ -30,6 +30,9 @@ SHARED_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_
                "max_position_embeddings", "rms_norm_eps", "initializer_range", "tie_word_embeddings",
                "rope_parameters", "attention_bias", "attention_dropout", "head_dim")
 MONET_KEYS = ("moe_dim", "moe_heads", "moe_experts", "moe_topk", "moe_groups", "router_aux_loss_coef", "hidden_act")
+#: MONET keys that only size MONET (and the matched baselines); the others mean the same in the baselines'
+#: configs and pass through: ``hidden_act`` (both), ``router_aux_loss_coef`` (the MoE's load-balancing weight)
+MONET_ONLY_KEYS = ("moe_dim", "moe_heads", "moe_experts", "moe_topk", "moe_groups")
 
 
 def monet_expert_parameters(hidden_size: int, moe_experts: int, moe_dim: int) -> int:
@@ -64,7 +67,10 @@ def resolve_model_config(arch: str, settings: dict, vocab_size: int, special_ids
         config = {k: v for k, v in values.items() if k in keep}
         config["moe_decompose"] = "vertical" if arch == "monet-vd" else "horizontal"
         return config
-    extra = {k: v for k, v in values.items() if k not in DEFAULTS and k not in MONET_KEYS}
+    if arch == "llama" and "router_aux_loss_coef" in values:
+        raise UsageError("router_aux_loss_coef is a load-balancing loss weight: --arch llama has no router "
+                         "(use --arch moe or a MONET arch)")
+    extra = {k: v for k, v in values.items() if k not in DEFAULTS and k not in MONET_ONLY_KEYS}
     config = {k: values[k] for k in values if k in SHARED_KEYS or k in ("pad_token_id", "bos_token_id", "eos_token_id")}
     config.update({k: v for k, v in extra.items() if k not in config})
     if arch == "llama":

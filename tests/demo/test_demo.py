@@ -107,6 +107,9 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
     assert "[random-init " in moe_summary and "(raw counts; chance is tested below)" in moe_summary
     assert "domain skew, permutation test (1000 shuffles" in moe_summary
     assert "domain specialisation above random init" in moe_summary
+    # the collapse check beside the verdict, for both models (MONET-VD: its one router)
+    assert "collapse check, max expert share of a domain's routing per layer vs uniform 1/8" in moe_summary
+    assert "collapse check, max expert share of a domain's routing per layer vs uniform 1/64" in summaries[1]
     assert (home / "demo" / "moe" / "random-init.scores.jsonl").is_file()
     assert f"report: {home / 'demo' / 'moe' / 'report.html'}" in moe_summary and "not done:" not in moe_summary
     assert "loss change when masking each set" in moe_summary
@@ -359,3 +362,51 @@ def test_shown_labels_carry_their_evidence_and_the_yes_no_judge_is_named(tmp_pat
     line = judged_line(path)
     assert "one yes/no question per sample" in line and "0 of 8 scorer answers were not a usable yes or no" in line
     assert "mean EMS 0.500 (a judge that always says no scores 0.5)" in line
+
+
+def _routed_scores(path, routed):
+    """A scores stream with per-domain routed counts: ``routed[layer][domain] = [count per expert]``."""
+    layers, domains = sorted(routed), ["a", "b"]
+    experts = len(routed[layers[0]]["a"])
+    header = {"type": "header", "format": "moetools", "version": 1, "kind": "scores",
+              "tool": {"name": "hand", "version": "0", "args": {}}, "model": None, "source": "routing",
+              "layers": layers, "num_experts": experts, "top_k": 2, "domain_field": "domain",
+              "domains": domains, "general": {"kind": "rest"}, "target_field": None, "metrics": {},
+              "options": {}, "inputs": []}
+    records = [header] + [{"type": "expert", "layer": layer, "expert": expert,
+                           "domains": {d: {"routed": routed[layer][d][expert]} for d in domains}}
+                          for layer in layers for expert in range(experts)]
+    records.append({"type": "end", "count": len(records) - 1, "summary": {}})
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def test_collapse_check_names_layers_above_three_times_uniform(tmp_path):
+    from moetools.demo.chain import collapse_lines
+    from moetools.score.health import max_share_vs_uniform
+
+    even = [10, 10, 10, 10, 10, 10, 10, 10]
+    # layer 1: two of 8 experts take every slot of both domains (k = 2): 4x uniform, the demo's collapsed layer
+    collapsed = [0, 0, 40, 40, 0, 0, 0, 0]
+    path = _routed_scores(tmp_path / "s.jsonl", {0: {"a": even, "b": even}, 1: {"a": collapsed, "b": collapsed}})
+    [line] = collapse_lines(path)
+    assert "vs uniform 1/8 (in brackets: the worst single domain): 0 1.0x (a 1.0x), 1 4.0x (a 4.0x):" in line
+    assert line.endswith("COLLAPSED: layer 1 (expert 2 takes 4.0x uniform of all its routing)")
+    # specialisation is not collapse: experts 0-1 take all of domain a, experts 2-7 all of domain b
+    special_a, special_b = [40, 40, 0, 0, 0, 0, 0, 0], [0, 0, 13, 13, 13, 13, 14, 14]
+    [line] = collapse_lines(_routed_scores(tmp_path / "d.jsonl", {0: {"a": special_a, "b": special_b}}))
+    assert line.endswith("0 2.0x (a 4.0x): no layer above 3x uniform")
+    mild = [20, 20, 10, 10, 5, 5, 5, 5]  # 2.0x: busy experts, not a collapse
+    [line] = collapse_lines(_routed_scores(tmp_path / "m.jsonl", {0: {"a": even, "b": mild}}))
+    assert line.endswith("no layer above 3x uniform") and " 0 1.5x (b 2.0x)" in line
+    assert max_share_vs_uniform(np.zeros((2, 1, 4)))[0]["vs_uniform"] is None
+    assert collapse_lines(tmp_path / "missing.jsonl") == []
+
+
+def test_collapse_verdict_carries_the_layers_routing_health():
+    from moetools.demo.chain import _health_words
+
+    layer = {"entropy_norm": 0.7637, "dead": [0, 18, 39], "collapsed": False}
+    assert _health_words(layer, 256) == ("; routing entropy 0.76 of its maximum, 3 of 256 experts dead "
+                                         "(moe-score's health)")
+    assert _health_words(None, 8) == "" and _health_words({"entropy_norm": None}, 8) == ""

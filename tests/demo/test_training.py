@@ -122,3 +122,18 @@ def test_a_bad_step_delay_is_a_usage_error(tmp_path, corpus, monkeypatch, run_to
     assert result.exit_code == 2
     assert result.stderr.strip() == f"monet-train: {STEP_DELAY_VARIABLE}='soon' is not a number of seconds >= 0"
     assert not (tmp_path / "m").exists()
+
+
+def test_a_recipes_model_config_reaches_the_trained_model(tmp_path, corpus):
+    """The MoE's expert count, top-k and load-balancing weight have no monet-train flag: the recipe's
+    model_config goes in a --config file, and the cached model matches the recipe only with those values."""
+    config = {"num_experts": 4, "num_experts_per_tok": 1, "router_aux_loss_coef": 0.1}
+    recipe = demo.Recipe("moe", "moe", TINY_TRAIN, model_config=config)
+    logged = []
+    model = demo.ensure_model(recipe, corpus, tmp_path, steps=2, max_minutes=None, log=logged.append)
+    written = json.loads((model / "config.json").read_text())
+    assert {key: written[key] for key in config} == config
+    assert any("--config " in line for line in logged if line.startswith("$ monet-train"))
+    assert demo.recipe_matches(recipe, model)
+    other = demo.Recipe("moe", "moe", TINY_TRAIN, model_config={**config, "router_aux_loss_coef": 0.01})
+    assert not demo.recipe_matches(other, model)  # another weight: trained again, not reused

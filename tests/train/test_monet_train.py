@@ -86,6 +86,35 @@ def test_baselines_match_monet_active_parameters(tmp_path, corpus):
     assert abs(3 * 64 * moe["intermediate_size"] * moe["num_experts_per_tok"] - expert) <= 3 * 64 * 2 * 4
 
 
+def test_moe_load_balancing_weight_from_config_reaches_the_model(tmp_path, corpus):
+    """``router_aux_loss_coef`` in --config is the MoE's load-balancing weight, not a MONET-only key dropped
+    on the way: the trained OLMoE's config carries it and its loss adds that multiple of the aux loss."""
+    from transformers import AutoModelForCausalLM
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"router_aux_loss_coef": 0.25, "num_experts": 4}))
+    out = tmp_path / "moe"
+    result = run(["--data", str(corpus), "--arch", "moe", *TINY, "--config", str(config), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    written = json.loads((out / "config.json").read_text())
+    assert written["router_aux_loss_coef"] == 0.25 and written["num_experts"] == 4
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(2, 300, (2, 16))
+    with torch.no_grad():
+        outputs = model(input_ids=ids, labels=ids)
+        plain = model(input_ids=ids, labels=ids, output_router_logits=False).loss
+    assert torch.allclose(outputs.loss, plain + 0.25 * outputs.aux_loss)
+
+
+def test_load_balancing_weight_for_the_dense_baseline_is_refused(tmp_path, corpus):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"router_aux_loss_coef": 0.1}))
+    result = run(["--data", str(corpus), "--arch", "llama", *TINY, "--config", str(config),
+                  "-o", str(tmp_path / "llama")])
+    assert result.exit_code == 2
+    assert "router_aux_loss_coef" in result.output and "Traceback" not in result.output
+
+
 def test_moe_baseline_at_the_default_shape_trains_a_step():
     """The default MoE baseline goes through transformers' fused grouped_mm experts (aligned strides)."""
     import torch
