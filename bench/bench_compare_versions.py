@@ -6,8 +6,8 @@ first, ...) so both see the same machine load. Both versions use this interprete
 replaced by this tree's bench/*.py, so the scripts import the old library (checked: moetools.__file__ of each
 version is recorded). Where a new script calls something the old library spells differently, a recorded
 text edit of the copy (``SHIMS``) adapts it; each edit must match exactly once. A figure is "worse" only if
-the mean new/old ratio is worse than 1 by more than the noise of two runs: the larger relative spread
-between the first and last rounds of either version (one round: no verdict).
+the mean new/old ratio is worse than 1 by more than the noise: the larger relative spread (max / min - 1)
+of one version's runs over the rounds (one round: no verdict).
 
     .venv/bin/python bench/bench_compare_versions.py --old /tmp/before [--old-label a116deb] [--rounds 2]
         [--bench trace sample ...] [--no-bytes] [--conditions TEXT]
@@ -144,10 +144,11 @@ def verdicts(bench: str, rounds: list[dict]) -> dict:
         mean = sum(r["ratio_new_over_old"][name] for r in rounds) / len(rounds)
         worse_by = (1 - mean) if higher_better else (mean - 1)
         noise = None
-        if len(rounds) > 1:
-            noise = max(abs(rounds[0][v]["figures"][name] / rounds[-1][v]["figures"][name] - 1) for v in ("old", "new"))
+        if len(rounds) > 1:  # the largest spread of one version's runs: max / min - 1
+            noise = max(max(runs) / min(runs) - 1 for runs in
+                        ([r[v]["figures"][name] for r in rounds] for v in ("old", "new")))
         verdict[name] = {"higher_is_better": higher_better, "mean_ratio": mean, "worse_by": worse_by,
-                         "noise_two_runs": noise, "worse_beyond_noise": None if noise is None else worse_by > noise}
+                         "noise": noise, "worse_beyond_noise": None if noise is None else worse_by > noise}
     return verdict
 
 
