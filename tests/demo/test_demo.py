@@ -108,8 +108,8 @@ def test_demo_pipeline_end_to_end_and_cached(tmp_path, corpus):
     assert "domain skew, permutation test (1000 shuffles" in moe_summary
     assert "domain specialisation above random init" in moe_summary
     # the collapse check beside the verdict, for both models (MONET-VD: its one router)
-    assert "collapse check, max expert share of a domain's routing per layer vs uniform 1/8" in moe_summary
-    assert "collapse check, max expert share of a domain's routing per layer vs uniform 1/64" in summaries[1]
+    assert "collapse check, busiest expert's share of all routing per layer vs uniform 1/8" in moe_summary
+    assert "collapse check, busiest expert's share of all routing per layer vs uniform 1/64" in summaries[1]
     assert (home / "demo" / "moe" / "random-init.scores.jsonl").is_file()
     assert f"report: {home / 'demo' / 'moe' / 'report.html'}" in moe_summary and "not done:" not in moe_summary
     assert "loss change when masking each set" in moe_summary
