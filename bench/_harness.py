@@ -161,6 +161,14 @@ def run_tool(tool: str, arguments: list[str], *, bench: str) -> float:
     return done["wall_s"]
 
 
+def train_resumable(command: list[str], out: Path, tokenizer: Path | None, *, bench: str) -> float:
+    """monet-train ``command`` into ``out`` with the shared ``tokenizer`` when given, resuming a killed run
+    from its checkpoint; its wall seconds."""
+    command = [*command, *(["--tokenizer", str(tokenizer)] if tokenizer is not None else []),
+               *(["--resume"] if (Path(out) / "checkpoint").is_dir() else [])]
+    return run_tool("monet-train", command, bench=bench)
+
+
 def _run_child(report: str, arguments: list[str]) -> int:
     """The ``--measure-child`` side: run ``python ARGUMENTS`` here, then write cpu_s and peak_rss_mb."""
     code = 0

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _harness import moetools_home, parser, read_result, run_tool, write_result
+from _harness import moetools_home, parser, read_result, run_tool, train_resumable, write_result
 
 from moetools.demo import balanced_slice, model_is_complete
 from moetools.demo.run import DEFAULT_STEPS, DEFAULT_TOKENS_PER_DOMAIN
@@ -81,11 +81,7 @@ def train(name: str, out: Path, corpus: Path, tokenizer: Path | None, steps: int
         command = ["-q", "--arch", "moe", "--data", str(corpus), "-o", str(out), "--steps", str(steps),
                    "--lr", str(LR), "--config", str(config),
                    "--eval-every", str(max(1, steps // 5)), "--checkpoint-every", str(max(1, steps // 5))]
-        if tokenizer is not None:
-            command += ["--tokenizer", str(tokenizer)]
-        if (out / "checkpoint").is_dir():
-            command.append("--resume")
-        run("monet-train", command)
+        train_resumable(command, out, tokenizer, bench="bench_moe_specialisation")
     metadata = json.loads((out / "training_metadata.json").read_text())
     written = json.loads((out / "config.json").read_text())
     assert written["router_aux_loss_coef"] == aux, "the load-balancing weight did not reach the model config"
@@ -153,7 +149,7 @@ def verdict(trained: dict, random: dict) -> dict:
 
 
 def measure(name: str, args, sample: Path, taken: dict, tokenizer: Path | None) -> dict:
-    root = home() / "bench_moe_specialisation"
+    root = home() / "bench_moe_specialisation" / ("quick" if args.quick else "")  # a --quick model is not a full one
     model = root / name
     started = time.perf_counter()
     training = train(name, model, args.corpus / "train.jsonl", tokenizer, args.steps)
@@ -231,7 +227,7 @@ def main(argv=None) -> int:
         print(f"{name}: training/tracing/scoring ...", flush=True)
         entry = measure(name, args, sample, taken, tokenizer)
         if tokenizer is None:
-            tokenizer = home() / "bench_moe_specialisation" / name  # its BPE, the same for every configuration
+            tokenizer = root / name  # its BPE, the same for every configuration
         t, r, v = entry["trained"], entry["random_init"], entry["verdict"]
         print(f"{name}: eval loss {entry['training']['eval_loss']:.3f}, {entry['training']['s_per_step']} s/step; "
               f"significant per layer {t['significant']} (random-init {r['significant']}), excess {v['excess']}; "

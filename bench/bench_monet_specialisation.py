@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from _harness import moetools_home, parser, read_result, run_tool, write_result
+from _harness import moetools_home, parser, read_result, run_tool, train_resumable, write_result
 
 from moetools.demo import balanced_slice, model_is_complete
 from moetools.score.specialisation import random_init_copy
@@ -77,11 +77,7 @@ def train(name: str, out: Path, corpus: Path, tokenizer: Path | None) -> dict:
                    "-o", str(out), "--moe-experts", str(experts), "--moe-dim", str(moe_dim),
                    "--steps", str(steps), "--lr", str(lr), "--config", str(config),
                    "--eval-every", str(steps // 5), "--checkpoint-every", str(steps // 5)]
-        if tokenizer is not None:
-            command += ["--tokenizer", str(tokenizer)]
-        if (out / "checkpoint").is_dir():
-            command.append("--resume")
-        run("monet-train", command)
+        train_resumable(command, out, tokenizer, bench="bench_monet_specialisation")
     metadata = json.loads((out / "training_metadata.json").read_text())
     return {"moe_experts": experts, "composed_experts": experts * experts, "moe_dim": moe_dim, "steps": steps,
             "lr": lr, "router_aux_loss_coef": aux, "steps_done": metadata.get("steps"),
